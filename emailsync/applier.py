@@ -1,0 +1,146 @@
+"""Applies a reviewed plan exactly: refuses anything that does not match it, then writes per database."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from emailsync.config import LoadedTargets
+from emailsync.errors import UserError
+from emailsync.plan import Action, Plan
+from emailsync.stores.pg_apply import Outcome, PostgresApplier, TargetResult
+from emailsync.stores.pg_catalog import TableMeta, resolve_table
+from emailsync.stores.postgres import connect
+
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
+
+
+def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
+    """Refuse before connecting if the plan was made for other targets than these."""
+    by_name = {t.name: (i, t) for i, t in enumerate(loaded.config.postgres)}
+    problems = []
+    for name, fp in plan.targets.items():
+        if name not in by_name:
+            problems.append(f"the plan targets {name!r}, which {loaded.path.name} does not define")
+            continue
+        now = by_name[name][1].fingerprint()
+        then = fp.model_dump(exclude={"store"})
+        if now != then:
+            problems.append(
+                f"target {name!r} now points at {now} but the plan was made against {then}; "
+                "re-plan against this database"
+            )
+    for a in plan.actions:
+        if a.target not in plan.targets:
+            problems.append(f"action {a.id} names target {a.target!r}, which the plan's header does not list")
+            break
+    if problems:
+        raise UserError(f"the plan does not match {loaded.path}", problems=problems)
+
+
+def apply_plan(
+    plan: Plan,
+    loaded: LoadedTargets,
+    *,
+    on_stale: str,
+    confirm: Callable[[Plan], bool],
+    only_targets: list[str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    check_plan_matches(plan, loaded)
+    by_target: dict[str, list[Action]] = defaultdict(list)
+    for a in plan.actions:
+        if only_targets is None or a.target in only_targets:
+            by_target[a.target].append(a)
+    started = datetime.now(UTC)
+    results: list[TargetResult] = []
+    if by_target:
+        # Connect to, and resolve the tables of, every database before writing to any of them.
+        prepared = []
+        try:
+            for name, actions in by_target.items():
+                idx, target = next((i, t) for i, t in enumerate(loaded.config.postgres) if t.name == name)
+                conn = connect(target)
+                prepared.append((target, conn, _metas(conn, loaded, idx, actions), actions))
+                conn.rollback()
+            if not confirm(plan):
+                raise UserError("apply cancelled: nothing was written")
+            for target, conn, metas, actions in prepared:
+                results.append(
+                    PostgresApplier(conn, target.name, metas, actions, on_stale, target.lock_timeout,
+                                    target.statement_timeout).run()
+                )
+        finally:
+            for _, conn, _, _ in prepared:
+                conn.close()
+    report = _report(plan, results, started, on_stale)
+    failed = any(r.error for r in results) or any(
+        o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
+    )
+    return (EXIT_INCOMPLETE if failed else EXIT_OK), report
+
+
+def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
+    target = loaded.config.postgres[idx]
+    metas = [
+        resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
+        for i, t in enumerate(target.tables)
+    ]
+    known = {m.display: m for m in metas}
+    used = []
+    for table in dict.fromkeys(a.table for a in actions):
+        m = known.get(table)
+        if m is None:
+            raise UserError(
+                f"the plan changes {table!r} in target {target.name!r}, which {loaded.path.name} no longer lists; "
+                "apply with the targets file the plan was made from"
+            )
+        missing = {a.column for a in actions if a.table == table} - set(m.email_columns)
+        if missing:
+            raise UserError(
+                f"the plan changes columns {sorted(missing)} of {table!r}, which {loaded.path.name} does not "
+                "list for that table; apply with the targets file the plan was made from"
+            )
+        used.append(m)
+    return used
+
+
+def _report(plan: Plan, results: list[TargetResult], started: datetime, on_stale: str) -> dict[str, Any]:
+    by_id = {a.id: a for a in plan.actions}
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    actions = []
+    for r in results:
+        for aid, o in r.outcomes.items():
+            a = by_id[aid]
+            counts[(a.target, a.table, a.kind, o.status)] += 1
+            actions.append(_action_outcome(a, o))
+    return {
+        "plan_digest": plan.digest,
+        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "applied_by": {"user": getpass.getuser(), "host": socket.gethostname()},
+        "on_stale": on_stale,
+        "targets": [{"target": r.target, "committed": r.committed, "error": r.error} for r in results],
+        "summary": [
+            {"target": k[0], "table": k[1], "kind": k[2], "status": k[3], "count": n}
+            for k, n in sorted(counts.items())
+        ],
+        "actions": actions,
+    }
+
+
+def _action_outcome(a: Action, o: Outcome) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": a.id, "target": a.target, "table": a.table, "status": o.status}
+    if o.detail:
+        d["detail"] = o.detail
+    return d
+
+
+def plan_dir_of(path: Path) -> Path:
+    return path.parent

@@ -1,0 +1,145 @@
+"""The command line: a thin layer that parses options, calls the library and maps outcomes to exit codes.
+
+Exit codes: 0 success (plan --detailed-exitcode: no changes); 1 a user mistake or refusal, nothing written;
+2 plan --detailed-exitcode: the plan has changes; 3 apply finished but some actions are stale, failed or
+unverified.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emailsync import __version__
+from emailsync.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Plan, review and apply bulk email changes across PostgreSQL databases.",
+    pretty_exceptions_enable=False,
+)
+
+
+class OnStale(str, Enum):
+    abort = "abort"
+    skip = "skip"
+
+
+def _fail(e: UserError) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(1)
+
+
+TargetsOpt = Annotated[Path, typer.Option("--targets", "-t", help="The targets file.")]
+
+
+@app.command()
+def plan(
+    targets: TargetsOpt = Path("targets.yaml"),
+    mappings: Annotated[Path | None, typer.Option(help="Mappings file (JSON or CSV); default: `mappings:` "
+                                                       "in the targets file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")] = None,
+    plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path("plans"),
+    detailed_exitcode: Annotated[bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")]
+    = False,
+) -> None:
+    """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
+    from emailsync.archive import save_plan
+    from emailsync.config import load_targets
+    from emailsync.mappings import load_mappings
+    from emailsync.planner import build_plan, default_plan_path
+    from emailsync.render import summary_lines
+
+    try:
+        loaded = load_targets(targets)
+        mset = load_mappings(loaded.mappings_path(mappings), loaded.config.match)
+        for w in mset.warnings:
+            typer.echo(f"warning: {w}", err=True)
+        p = build_plan(loaded, mset)
+        path = out or default_plan_path(plans_dir, p)
+        md = save_plan(p, path)
+    except UserError as e:
+        _fail(e)
+    for w in p.warnings[len(mset.warnings):]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo("\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email.")
+    typer.echo(f"\n{len(p.actions)} action(s), {len(p.skipped)} skipped. Plan: {path}\nReview: {md}")
+    if p.actions:
+        typer.echo(f"Apply after review with: emailsync apply {path} --targets {targets}")
+    raise typer.Exit(2 if detailed_exitcode and p.has_changes else 0)
+
+
+@app.command()
+def apply(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The reviewed plan.json.")],
+    targets: TargetsOpt = Path("targets.yaml"),
+    auto_approve: Annotated[bool, typer.Option(help="Do not ask for confirmation.")] = False,
+    on_stale: Annotated[OnStale, typer.Option(help="abort: roll back a database with stale rows; skip: apply "
+                                                   "the rest and report them.")] = OnStale.abort,
+    only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
+) -> None:
+    """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
+    from emailsync.applier import apply_plan
+    from emailsync.archive import write_report
+    from emailsync.config import load_targets
+    from emailsync.plan import read_plan
+    from emailsync.render import report_lines, summary_lines
+
+    def confirm(p: object) -> bool:
+        if auto_approve:
+            return True
+        typer.echo("\n".join(summary_lines(plan_obj)))
+        answer = typer.prompt("\nApply these changes? Only 'yes' is accepted", default="", show_default=False)
+        return answer.strip() == "yes"
+
+    try:
+        if not auto_approve and not sys.stdin.isatty():
+            raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
+        plan_obj = read_plan(plan_file)
+        loaded = load_targets(targets)
+        if loaded.sha256 != plan_obj.inputs.targets_sha256:
+            typer.echo(f"warning: {targets} changed since the plan was made; the plan's targets are checked "
+                       "against it before anything is written", err=True)
+        if only_target:
+            unknown = set(only_target) - set(plan_obj.targets)
+            if unknown:
+                raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})")
+        if not plan_obj.actions:
+            typer.echo("The plan has no changes: nothing to apply.")
+            raise typer.Exit(0)
+        code, report = apply_plan(plan_obj, loaded, on_stale=on_stale.value, confirm=confirm,
+                                  only_targets=only_target)
+        path = write_report(plan_file, report)
+    except UserError as e:
+        _fail(e)
+    typer.echo("\n".join(report_lines(report)))
+    typer.echo(f"\nReport: {path}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def show(plan_file: Annotated[Path, typer.Argument(metavar="PLAN")]) -> None:
+    """Render a plan in the terminal (its digest is checked first)."""
+    from emailsync.plan import read_plan
+    from emailsync.render import plan_markdown
+
+    try:
+        p = read_plan(plan_file)
+    except UserError as e:
+        _fail(e)
+    typer.echo(plan_markdown(p))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

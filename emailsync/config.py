@@ -1,0 +1,739 @@
+"""Load and validate targets.yaml: which databases, tables and columns an email change touches.
+
+Everything a user can get wrong here surfaces as one `UserError` that names the file, the path inside it
+(`postgres[0].tables[1].columns`), what is wrong and how to fix it. DSNs are secrets: they never appear in
+error messages, reprs or strs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import types
+import typing
+import urllib.parse
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+import yaml
+from dotenv import dotenv_values
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from emailsync.errors import UserError
+
+__all__ = [
+    "LoadedTargets",
+    "OnConflict",
+    "PostgresTable",
+    "PostgresTarget",
+    "Targets",
+    "dsn_secrets",
+    "load_targets",
+    "redact",
+]
+
+OnConflict = Literal["delete", "skip", "fail"]
+
+Loc = tuple[str | int, ...]
+
+# hide_input_in_errors: even a ValidationError raised by direct construction must not print a DSN.
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+_TARGET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# What PostgreSQL accepts for a time setting such as lock_timeout: a number with an optional unit.
+# Validated strictly because the value ends up in a SET LOCAL statement.
+_DURATION_RE = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+_VAR_RE = re.compile(r"\$\{([^}]*)\}")
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Raised by our cross-entry validators; the loader reports these itself with precise locations.
+_DUPLICATE = "duplicate_entry"
+_MAX_DEPTH = 100
+
+
+# --------------------------------------------------------------------------------------------------
+# Identifier parsing
+
+
+def _parse_qualified_name(text: str) -> tuple[str | None, str]:
+    """Split `schema.table` / `table`; double-quoted parts may hold dots, and `""` is a literal quote.
+
+    Names are taken as written (no case folding): quotes only delimit, matching how column names are given.
+    """
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            buf: list[str] = []
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise ValueError(
+                        f'table {text!r} has an unterminated quote; close the quoted name with "'
+                    )
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            part = "".join(buf)
+            i = j + 1
+            if not part:
+                raise ValueError(f'table {text!r} has an empty quoted name ""; write schema.table or table')
+        else:
+            j = i
+            while j < n and text[j] not in '."':
+                j += 1
+            part = text[i:j]
+            if j < n and text[j] == '"':
+                raise ValueError(
+                    f'table {text!r} has a quote inside a name; quote the whole part, e.g. "my.schema"."t""x"'
+                )
+            i = j
+            if not part:
+                raise ValueError(f"table {text!r} has an empty name part; write schema.table or table")
+            if part != part.strip():
+                raise ValueError(f"table {text!r} has spaces around a name; remove them or quote the name")
+        parts.append(part)
+        if i == n:
+            break
+        if text[i] != ".":
+            raise ValueError(f'table {text!r}: expected \'.\' after a quoted name; write "schema"."table"')
+        i += 1
+        if i == n:
+            raise ValueError(f"table {text!r} ends with '.'; write schema.table or table")
+    if len(parts) > 2:
+        raise ValueError(
+            f"table {text!r} has {len(parts)} parts; write schema.table or table, "
+            f'and quote names that contain dots, e.g. "my.schema".table'
+        )
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    return None, parts[0]
+
+
+def _check_names(values: tuple[str, ...], what: str, *, allow_empty: bool) -> tuple[str, ...]:
+    if not values and not allow_empty:
+        raise ValueError(f"{what} must list at least one column")
+    for value in values:
+        if not value:
+            raise ValueError(f"{what} contains an empty column name; remove it")
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(
+            f"{what} lists {', '.join(repr(d) for d in dupes)} more than once; list each column once"
+        )
+    return values
+
+
+def _duplicates(items: Iterable[tuple[str, Hashable]]) -> list[tuple[str, str, Hashable]]:
+    """(where, first_where, key) for every item whose key was already seen."""
+    seen: dict[Hashable, str] = {}
+    found: list[tuple[str, str, Hashable]] = []
+    for where, key in items:
+        if key in seen:
+            found.append((where, seen[key], key))
+        else:
+            seen[key] = where
+    return found
+
+
+def _check_duration(value: str | None, field: str) -> str | None:
+    if value is not None and not _DURATION_RE.fullmatch(value.strip()):
+        raise ValueError(
+            f"{field} {value!r} is not a duration; "
+            "use a number with a unit (us, ms, s, min, h, d), e.g. 5s or 10min"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+class PostgresTable(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    table: str
+    columns: tuple[str, ...]
+    on_conflict: OnConflict = "delete"
+    key: tuple[str, ...] | None = None
+    verify_ignore: tuple[str, ...] = ()
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        _parse_qualified_name(value)
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_names(value, "columns", allow_empty=False)
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        return _check_names(value, "key", allow_empty=False)
+
+    @field_validator("verify_ignore")
+    @classmethod
+    def _check_verify_ignore(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_names(value, "verify_ignore", allow_empty=True)
+
+    @property
+    def schema_name(self) -> str | None:
+        return _parse_qualified_name(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        return _parse_qualified_name(self.table)[1]
+
+
+class PostgresTarget(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    name: str
+    dsn: SecretStr
+    tables: tuple[PostgresTable, ...]
+    lock_timeout: str = "5s"
+    statement_timeout: str | None = None
+    ledger: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _TARGET_NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"target name {value!r} is not allowed; use only letters, digits, '_', '.' and '-'"
+                if value
+                else "target name is empty; give the target a name such as 'crm-main'"
+            )
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        # The messages never include the value or psycopg's parser message: both can echo the password.
+        raw = value.get_secret_value()
+        if not raw.strip():
+            raise ValueError(
+                "dsn is empty; set it to a PostgreSQL URI (postgresql://user@host:5432/db) "
+                "or a key=value string"
+            )
+        try:
+            conninfo_to_dict(raw)
+        except (psycopg.Error, ValueError):
+            raise ValueError(
+                "dsn is not a valid PostgreSQL connection string; use a URI such as "
+                "postgresql://user:password@host:5432/db or key=value pairs such as 'host=h dbname=db'"
+            ) from None
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, value: tuple[PostgresTable, ...]) -> tuple[PostgresTable, ...]:
+        if not value:
+            raise ValueError("tables must list at least one table")
+        dupes = _duplicates((f"tables[{i}]", (t.schema_name, t.table_name)) for i, t in enumerate(value))
+        if dupes:
+            where, first, _ = dupes[0]
+            raise PydanticCustomError(
+                _DUPLICATE,
+                "{detail}",
+                {"detail": f"{first} and {where} name the same table; merge them into one entry"},
+            )
+        return value
+
+    @field_validator("lock_timeout")
+    @classmethod
+    def _check_lock_timeout(cls, value: str) -> str:
+        _check_duration(value, "lock_timeout")
+        return value
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _check_statement_timeout(cls, value: str | None) -> str | None:
+        return _check_duration(value, "statement_timeout")
+
+    def fingerprint(self) -> dict[str, str | None]:
+        """Where the DSN points, without credentials: safe to print and to record in plans."""
+        try:
+            params = conninfo_to_dict(self.dsn.get_secret_value())
+        except (psycopg.Error, ValueError):
+            raise UserError(
+                f"target {self.name!r}: dsn is not a valid PostgreSQL connection string"
+            ) from None
+        host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or None
+        port = params.get("port") or "5432"
+        database = params.get("dbname") or params.get("user") or None
+        return {
+            "host": str(host) if host is not None else None,
+            "port": str(port),
+            "database": str(database) if database is not None else None,
+        }
+
+
+class Targets(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    version: Literal[1]
+    mappings: str | None = None
+    match: Literal["exact", "casefold"] = "exact"
+    postgres: tuple[PostgresTarget, ...] = ()
+    # A later issue adds DynamoDB target models here; until then any entry is rejected below.
+    dynamodb: tuple[dict, ...] = ()
+
+    @field_validator("mappings")
+    @classmethod
+    def _check_mappings(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("mappings is empty; give a file path or remove the key")
+        return value
+
+    @field_validator("dynamodb", mode="before")
+    @classmethod
+    def _reject_dynamodb(cls, value: Any) -> Any:
+        if value:
+            raise ValueError(
+                "DynamoDB targets are not supported by this version yet; "
+                "remove the entries (or use `dynamodb: []`)"
+            )
+        return value
+
+    @field_validator("postgres")
+    @classmethod
+    def _check_unique_names(cls, value: tuple[PostgresTarget, ...]) -> tuple[PostgresTarget, ...]:
+        dupes = _duplicates((f"postgres[{i}]", t.name) for i, t in enumerate(value))
+        if dupes:
+            where, first, name = dupes[0]
+            raise PydanticCustomError(
+                _DUPLICATE,
+                "{detail}",
+                {
+                    "detail": f"target name {name!r} is used by {first} and {where}; "
+                    "target names must be unique"
+                },
+            )
+        return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaded file
+
+
+@dataclass(frozen=True)
+class LoadedTargets:
+    path: Path
+    sha256: str
+    base_dir: Path
+    config: Targets
+
+    def mappings_path(self, override: Path | None) -> Path:
+        if override is not None:
+            return override
+        if self.config.mappings is None:
+            raise UserError(
+                f"{self.path}: no mappings file given; "
+                "set `mappings: <file>` in targets.yaml or pass --mappings"
+            )
+        # An absolute path survives the join; a relative one is relative to targets.yaml, not the cwd.
+        return self.base_dir / Path(self.config.mappings).expanduser()
+
+    def target(self, name: str) -> PostgresTarget:
+        for target in self.config.postgres:
+            if target.name == name:
+                return target
+        known = ", ".join(t.name for t in self.config.postgres)
+        raise UserError(
+            f"{self.path}: unknown target {name!r}; "
+            + (f"known targets: {known}" if known else "the file defines no targets")
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    # Longest first, so a secret that contains another is not left half-visible.
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The password in a DSN, in every spelling that may show up in a message (decoded and as written)."""
+    found: list[str] = []
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except (psycopg.Error, ValueError):
+        password = None
+        # Unparseable: fall back to the obvious spellings so error text can still be scrubbed.
+        match = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+        if match:
+            found.append(match.group(1).strip("'"))
+    if password:
+        found.append(str(password))
+    if re.match(r"postgres(ql)?://", dsn):
+        try:
+            raw = urllib.parse.urlsplit(dsn).password
+        except ValueError:
+            raw = None
+        if raw:
+            found.append(raw)
+    return list(dict.fromkeys(found))
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may legitimately be overridden by explicit keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable key: SafeLoader reports it
+            if first is not None:
+                raise _DuplicateKeyError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first defined on line {first}); each key may appear only once",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> tuple[Any, bytes]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: targets file not found; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; give the path of the targets YAML file") from None
+    except PermissionError:
+        raise UserError(f"{path}: permission denied reading the targets file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the targets file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: not valid UTF-8 (line {line}, byte {exc.start}); save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader), data
+    except yaml.MarkedYAMLError as exc:
+        # Built from problem and position only: str(exc) quotes the offending line, which may hold a DSN.
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        if isinstance(exc, _DuplicateKeyError):
+            raise UserError(f"{path}: {where}: {exc.problem}") from None
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise UserError(f"{path}: YAML syntax error at {where}: {problem}{context}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: YAML error: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# ${VAR} substitution
+
+
+class _Env:
+    """os.environ first, then the .env beside targets.yaml (read lazily, never copied into os.environ)."""
+
+    def __init__(self, env_file: Path) -> None:
+        self.env_file = env_file
+        self._dotenv: dict[str, str | None] | None = None
+
+    def get(self, name: str) -> str | None:
+        if name in os.environ:
+            return os.environ[name]
+        if self._dotenv is None:
+            self._dotenv = self._read()
+        return self._dotenv.get(name)  # None also for a bare `NAME` line without a value
+
+    def _read(self) -> dict[str, str | None]:
+        if not self.env_file.is_file():
+            return {}
+        try:
+            return dict(dotenv_values(self.env_file, encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.env_file}: cannot read the .env file ({exc}); fix or remove it") from None
+
+
+class _TooDeepError(Exception):
+    def __init__(self, loc: Loc) -> None:
+        self.loc = loc
+
+
+def _substitute(value: Any, loc: Loc, env: _Env, problems: list[tuple[Loc, str]], depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _TooDeepError(loc)
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not _VAR_NAME_RE.fullmatch(name):
+                # The text inside ${...} is not echoed: it may be part of a literal password.
+                problems.append(
+                    (loc, "invalid ${...} reference; use ${NAME} with letters, digits and _ only")
+                )
+                return match.group(0)
+            resolved = env.get(name)
+            if resolved is None:
+                problems.append(
+                    (
+                        loc,
+                        f"environment variable {name} is not set; export {name} or add {name}=... to "
+                        f"{env.env_file}",
+                    )
+                )
+                return match.group(0)
+            return resolved
+
+        return _VAR_RE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*loc, k), env, problems, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*loc, i), env, problems, depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Error formatting
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY_RE.fullmatch(part):
+            out += ("." if out else "") + part
+        else:
+            out += f"[{str(part)!r}]"
+    return out or "(top level)"
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model that validates the mapping at `loc`, to list its allowed keys."""
+    model: type[BaseModel] = Targets
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a tuple field: same model as the field
+        field = model.model_fields.get(str(part))
+        sub = _find_model(field.annotation) if field else None
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (tuple, list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _find_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "model_type": "a mapping of keys to values",
+    "model_attributes_type": "a mapping of keys to values",
+    "dict_type": "a mapping of keys to values",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+}
+
+
+def _describe(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    kind = error["type"]
+    value = error.get("input")
+    # Values under a dsn are never shown, whatever the error.
+    show_value = "dsn" not in loc and isinstance(value, str | int | float) and len(str(value)) <= 80
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_at(loc[:-1])
+        allowed = list(model.model_fields) if model else []
+        message = f"unknown key {key!r}"
+        if allowed:
+            message += f" (allowed: {', '.join(allowed)})"
+        close = difflib.get_close_matches(key, allowed, n=1)
+        return message + (f"; did you mean {close[0]!r}?" if close else "; remove it")
+    if kind == "missing":
+        hint = " such as `version: 1`" if tuple(loc) == ("version",) else ""
+        return f"missing required key {str(loc[-1])!r}; add it{hint}"
+    if kind == "literal_error" and tuple(loc) == ("version",):
+        return f"unsupported version {value!r}; this emailsync reads files with `version: 1`"
+    if kind == "literal_error":
+        expected = (error.get("ctx") or {}).get("expected", "")
+        got = f"{value!r} is not allowed" if show_value else "value is not allowed"
+        return f"{got}; use one of: {expected}"
+    if kind == "invalid_key":
+        return "keys must be strings"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}, got {_kind(value)}"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def _cross_entry_problems(data: dict[Any, Any]) -> list[tuple[Loc, str]]:
+    """Duplicate target names and tables, checked on the raw data.
+
+    The models check these too, but pydantic runs those checks only once every entry is valid; doing it
+    here as well reports them together with everything else, at the exact entry.
+    """
+    problems: list[tuple[Loc, str]] = []
+    names: list[tuple[str, Hashable]] = []
+    name_locs: dict[str, Loc] = {}
+    for section in ("postgres", "dynamodb"):
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                loc: Loc = (section, i, "name")
+                name_locs[_format_loc(loc)] = loc
+                names.append((_format_loc(loc), entry["name"]))
+    for where, first, name in _duplicates(names):
+        problems.append(
+            (name_locs[where], f"duplicate target name {name!r} (already used at {first}); use a unique name")
+        )
+    postgres = data.get("postgres")
+    for i, target in enumerate(postgres if isinstance(postgres, list) else []):
+        tables = target.get("tables") if isinstance(target, dict) else None
+        if not isinstance(tables, list):
+            continue
+        parsed: list[tuple[str, Hashable]] = []
+        table_locs: dict[str, Loc] = {}
+        for j, entry in enumerate(tables):
+            if not (isinstance(entry, dict) and isinstance(entry.get("table"), str)):
+                continue
+            try:
+                key = _parse_qualified_name(entry["table"])
+            except ValueError:
+                continue  # reported by the model
+            loc = ("postgres", i, "tables", j, "table")
+            table_locs[_format_loc(loc)] = loc
+            parsed.append((_format_loc(loc), key))
+        for where, first, _ in _duplicates(parsed):
+            problems.append((table_locs[where], f"same table as {first}; merge the two entries into one"))
+    return problems
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_targets(path: Path) -> LoadedTargets:
+    path = Path(path)
+    raw, data = _read_yaml(path)
+    if raw is None:
+        raise UserError(f"{path}: the file is empty; it needs at least `version: 1` and a `postgres:` list")
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path}: the top level must be a mapping (`version: 1`, `postgres: [...]`), not {_kind(raw)}"
+        )
+
+    absolute = Path(os.path.abspath(path))
+    env = _Env(absolute.parent / ".env")
+    problems: list[tuple[Loc, str]] = []
+    try:
+        substituted = _substitute(raw, (), env, problems)
+    except _TooDeepError as exc:
+        raise UserError(
+            f"{path}: {_format_loc(exc.loc[:3])}: nested too deeply; "
+            "is a YAML alias (*name) used inside its own anchor?"
+        ) from None
+    env_locs = [loc for loc, _ in problems]
+
+    config: Targets | None = None
+    try:
+        config = Targets.model_validate(substituted)
+    except ValidationError as exc:
+        skipped: list[tuple[Loc, str]] = []
+        for error in exc.errors(include_url=False):
+            loc = tuple(error["loc"])
+            duplicate = error["type"] == _DUPLICATE  # reported by _cross_entry_problems at the exact entry
+            after_env = any(loc[: len(env_loc)] == env_loc for env_loc in env_locs)  # unset variable
+            (skipped if duplicate or after_env else problems).append((loc, _describe(error)))
+        problems += _cross_entry_problems(substituted)
+        if not problems:
+            problems = skipped  # never fail without saying why
+
+    if problems or config is None:
+        # Belt and braces: scrub any password that might have slipped into a message, looking at every
+        # string because a DSN may sit under a misspelt key or the wrong field.
+        secrets = [secret for text in _strings(substituted) for secret in dsn_secrets(text)]
+        lines = [redact(f"{_format_loc(loc)}: {message}", secrets) for loc, message in problems]
+        raise UserError(f"{path}: invalid targets file", problems=lines)
+
+    return LoadedTargets(
+        path=absolute,
+        sha256=hashlib.sha256(data).hexdigest(),
+        base_dir=absolute.parent,
+        config=config,
+    )

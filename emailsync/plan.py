@@ -1,0 +1,230 @@
+"""The plan: frozen data, its canonical JSON, its digest, and reading/writing plan files.
+
+Making plans lives in planner.py and applying them in applier.py; this module only knows the format.
+Format versioning follows Terraform: `format` carries the major version (a new major breaks readers),
+`format_minor` counts additions (an older reader refuses a newer minor rather than ignore fields it does
+not understand, because ignoring part of a plan that rewrites identity data is never safe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from emailsync.errors import UserError
+
+PLAN_FORMAT = "emailsync.plan/v1"
+PLAN_FORMAT_MINOR = 0
+
+ActionKind = Literal["update", "array-replace", "delete-on-conflict"]
+Store = Literal["postgres", "dynamodb"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Action(_Frozen):
+    """One planned change to one row (or, for PostgreSQL updates, one column of one row).
+
+    Values (`old`, `new`, `row`, `key`) are JSON exactly as PostgreSQL's to_jsonb renders them, so apply can
+    compare them in the database (`to_jsonb(t.col) = old`) without any client-side type conversion.
+    """
+
+    id: str
+    kind: ActionKind
+    store: Store
+    target: str
+    table: str
+    key: dict[str, Any]
+    step: int
+    column: str
+    old: Any
+    new: Any
+    mappings: list[int]  # ords of the mapping entries that produced `new`
+    row: dict[str, Any] | None = None  # delete-on-conflict: the whole row that will be deleted
+    reason: str | None = None
+
+
+class Skipped(_Frozen):
+    """A change the planner did not emit (on_conflict: skip), kept in the plan so reviewers see it."""
+
+    target: str
+    table: str
+    key: dict[str, Any]
+    column: str
+    old: Any
+    new: Any
+    reason: str
+
+
+class SummaryRow(_Frozen):
+    target: str
+    table: str
+    column: str
+    kind: str
+    count: int
+
+
+class Inputs(_Frozen):
+    targets_file: str
+    targets_sha256: str
+    mappings_file: str
+    mappings_sha256: str
+    match: Literal["exact", "casefold"]
+    mapping_count: int
+
+
+class TargetFingerprint(_Frozen):
+    store: Store
+    host: str | None = None
+    port: str | None = None
+    database: str | None = None
+
+
+class Plan(_Frozen):
+    format: str = PLAN_FORMAT
+    format_minor: int = PLAN_FORMAT_MINOR
+    digest: str
+    created_at: str
+    tool_version: str
+    inputs: Inputs
+    targets: dict[str, TargetFingerprint]
+    summary: list[SummaryRow]
+    warnings: list[str]
+    skipped: list[Skipped]
+    actions: list[Action]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)
+
+
+# --- canonical JSON ------------------------------------------------------------------------------------------
+
+# Numbers from PostgreSQL (numeric) are read as Decimal so a numeric(30,10) survives the round trip exactly.
+# json cannot emit a Decimal as a bare number, so it is emitted as a sentinel string and unwrapped after.
+# PostgreSQL text cannot hold NUL, so no real value can look like the sentinel.
+_DEC = "\u0000emailsync-decimal:"
+_DEC_RE = re.compile(r'"\\u0000emailsync-decimal:([-+0-9.eEinfaINFA]+)\\u0000"')
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        if not obj.is_finite():
+            return str(obj)  # PostgreSQL renders non-finite numbers as strings in JSON too
+        return f"{_DEC}{obj}\u0000"
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="python")
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """JSON with sorted keys and exact decimals; compact unless indent is given."""
+    seps = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(obj, sort_keys=True, separators=seps, ensure_ascii=False, default=_default, indent=indent)
+    return _DEC_RE.sub(r"\1", text) if _DEC in text or "\\u0000emailsync" in text else text
+
+
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears more than once in one object")
+        out[k] = v
+    return out
+
+
+def loads(text: str) -> Any:
+    return json.loads(text, parse_float=Decimal, object_pairs_hook=_pairs_no_duplicates)
+
+
+def compute_digest(plan_body: dict[str, Any]) -> str:
+    body = {k: v for k, v in plan_body.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(dumps(body).encode()).hexdigest()
+
+
+def seal(body: dict[str, Any]) -> Plan:
+    """Build the frozen Plan from everything but the digest, computing the digest."""
+    body = dict(body)
+    body["digest"] = "sha256:" + "0" * 64
+    plan = Plan.model_validate(body)
+    as_json = plan.model_dump(mode="python")
+    return plan.model_copy(update={"digest": compute_digest(as_json)})
+
+
+# --- files -------------------------------------------------------------------------------------------------
+
+
+def render_json(plan: Plan) -> str:
+    """The plan file: readable header, then one action per line so a re-plan diffs line by line in review."""
+    data = plan.model_dump(mode="python")
+    actions = data.pop("actions")
+    skipped = data.pop("skipped")
+    head = dumps(data, indent=2)
+    assert head.endswith("}")
+
+    def block(name: str, items: list[Any]) -> str:
+        if not items:
+            return f'  "{name}": []'
+        return f'  "{name}": [\n' + ",\n".join("    " + dumps(a) for a in items) + "\n  ]"
+
+    return head[:-2] + ",\n" + block("actions", actions) + ",\n" + block("skipped", skipped) + "\n}\n"
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(render_json(plan), encoding="utf-8")
+    tmp.replace(path)  # never leave a half-written plan under the real name
+
+
+def read_plan(path: Path) -> Plan:
+    """Read and check a plan file: format, digest, schema. Every problem is a UserError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: plan file not found; pass the plan.json written by `emailsync plan`") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; pass the plan.json inside it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the plan file ({e})") from None
+    try:
+        data = loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; the plan was edited by hand, make a new one with `emailsync plan`") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a plan (the top level must be an object)")
+    fmt = data.get("format")
+    if fmt != PLAN_FORMAT:
+        raise UserError(
+            f"{path}: unknown plan format {fmt!r}; this emailsync reads {PLAN_FORMAT!r}. "
+            "Make the plan with this version, or upgrade emailsync to the one that made it."
+        )
+    minor = data.get("format_minor", 0)
+    if not isinstance(minor, int) or minor > PLAN_FORMAT_MINOR:
+        raise UserError(
+            f"{path}: plan format {PLAN_FORMAT} minor {minor!r} is newer than this emailsync understands "
+            f"(minor {PLAN_FORMAT_MINOR}); upgrade emailsync before applying it."
+        )
+    digest = data.get("digest")
+    expected = compute_digest(data)
+    if digest != expected:
+        raise UserError(
+            f"{path}: digest mismatch: the file says {digest!r} but its content hashes to {expected!r}. "
+            "The plan was changed after it was made; re-run `emailsync plan` and have it reviewed again."
+        )
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: not a valid plan at {loc}: {first['msg']}") from None

@@ -1,0 +1,139 @@
+"""Builds a Plan from targets.yaml and the mappings. Reads the stores, writes nothing anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from emailsync import __version__
+from emailsync.config import LoadedTargets
+from emailsync.errors import UserError
+from emailsync.mappings import MappingSet
+from emailsync.plan import Action, Inputs, Plan, Skipped, SummaryRow, TargetFingerprint, dumps, seal
+from emailsync.stores.postgres import PostgresPlanner, TargetPlan
+
+
+def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None) -> Plan:
+    cfg = loaded.config
+    warnings = list(mset.warnings)
+    target_plans: list[TargetPlan] = []
+    for i, target in enumerate(cfg.postgres):
+        scoped = mset.unscoped(
+            f"PostgreSQL target {target.name!r} has no client column, so client_id is ignored there"
+        )
+        tp = PostgresPlanner(target, f"{loaded.path.name}: postgres[{i}]", scoped, cfg.match).plan()
+        warnings += tp.warnings
+        target_plans.append(tp)
+
+    levels = _levels({e for tp in target_plans for e in tp.edges}, mset)
+    actions: list[Action] = []
+    skipped: list[Skipped] = []
+    for t_order, tp in enumerate(target_plans):
+        for tb_order, tab in enumerate(tp.tables):
+            meta = tab.meta
+            col_order = {c: n for n, c in enumerate(meta.email_columns)}
+            for row in tab.rows:
+                base = dict(store="postgres", target=tp.target.name, table=meta.display, key=row.key)
+                if row.fate == "skip":
+                    for ch in row.changes.values():
+                        skipped.append(
+                            Skipped(target=tp.target.name, table=meta.display, key=row.key, column=ch.column,
+                                    old=ch.old, new=ch.new, reason=row.reason or "")
+                        )
+                    continue
+                if row.fate == "delete":
+                    cause = [c for c in meta.email_columns if c in row.changes
+                             and set(row.changes[c].entries) & set(row.delete_entries)]
+                    ch = row.changes[(cause or list(row.changes))[0]]
+                    actions.append(
+                        Action(id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
+                               kind="delete-on-conflict", step=max(levels.get(e, 0) for e in row.delete_entries),
+                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries),
+                               row=row.image, reason=row.reason, **base)
+                    )
+                    continue
+                for ch in sorted(row.changes.values(), key=lambda c: col_order[c.column]):
+                    actions.append(
+                        Action(id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
+                               kind=ch.kind, step=max((levels.get(e, 0) for e in ch.entries), default=0),
+                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries), **base)
+                    )
+            _ = (t_order, tb_order)
+    # Actions are already in target, table, key, column order; a stable sort by step keeps that within a step.
+    actions.sort(key=lambda a: a.step)
+    ids = Counter(a.id for a in actions)
+    if any(n > 1 for n in ids.values()):  # 64-bit ids: a clash is astronomically unlikely, but never silent
+        raise UserError("internal: two actions got the same id; please report this with the inputs")
+
+    summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for a in actions:
+        summary[(a.target, a.table, a.column, a.kind)] += 1
+    for s in skipped:
+        summary[(s.target, s.table, s.column, "skipped-conflict")] += 1
+
+    now = now or datetime.now(UTC)
+    body = dict(
+        created_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tool_version=__version__,
+        inputs=Inputs(
+            targets_file=loaded.path.name,
+            targets_sha256=loaded.sha256,
+            mappings_file=mset.path.name,
+            mappings_sha256=mset.sha256,
+            match=cfg.match,
+            mapping_count=len(mset.mappings),
+        ),
+        targets={
+            t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres
+        },
+        summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
+        warnings=warnings,
+        skipped=skipped,
+        actions=actions,
+    )
+    return seal(body)
+
+
+def _action_id(target: str, table: str, keystr: str, column: str, kind: str) -> str:
+    # Content-derived, so the same change keeps its id across re-plans and plan diffs stay readable.
+    return "pg-" + hashlib.sha256(dumps([target, table, keystr, column, kind]).encode()).hexdigest()[:16]
+
+
+def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:
+    """Longest-path level of each mapping entry: an entry runs after every entry it depends on."""
+    after: dict[int, set[int]] = defaultdict(set)
+    nodes: set[int] = set()
+    for a, b in edges:
+        after[a].add(b)
+        nodes.update((a, b))
+    level: dict[int, int] = {}
+    state: dict[int, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(n: int, path: list[int]) -> int:
+        if state.get(n) == 2:
+            return level[n]
+        if state.get(n) == 1:
+            cyc = path[path.index(n):] + [n]
+            by_ord = {m.ord: m for m in mset.mappings}
+            raise UserError(
+                "the mappings cannot be ordered: under a unique index these changes each wait for the other "
+                "(for example a swap that a case-insensitive index sees as one value). Split them into two plans",
+                problems=[f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord],
+            )
+        state[n] = 1
+        lv = 0
+        for b in sorted(after[n]):
+            lv = max(lv, visit(b, path + [n]) + 1)
+        state[n], level[n] = 2, lv
+        return lv
+
+    for n in sorted(nodes):
+        visit(n, [])
+    return level
+
+
+def default_plan_path(plans_dir: Path, plan: Plan) -> Path:
+    stamp = plan.created_at.replace("-", "").replace(":", "")
+    return plans_dir / f"{stamp}-{plan.digest.split(':')[1][:12]}" / "plan.json"

@@ -1,0 +1,114 @@
+"""Renderings of plans and reports for people: plan.md for a pull request, text for the terminal."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from emailsync.plan import Action, Plan
+
+MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
+
+
+def _v(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _key(key: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_v(v, 30)}" for k, v in key.items())
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    rows = [("target", "table", "column", "kind", "count")]
+    rows += [(s.target, s.table, s.column, s.kind, str(s.count)) for s in plan.summary]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def plan_markdown(plan: Plan) -> str:
+    out: list[str] = [
+        "# emailsync plan",
+        "",
+        f"- digest: `{plan.digest}`",
+        f"- created: {plan.created_at} by emailsync {plan.tool_version}",
+        f"- inputs: `{plan.inputs.targets_file}` (sha256 {plan.inputs.targets_sha256[:12]}), "
+        f"`{plan.inputs.mappings_file}` (sha256 {plan.inputs.mappings_sha256[:12]}, "
+        f"{plan.inputs.mapping_count} mappings, match: {plan.inputs.match})",
+        "- targets: " + ", ".join(
+            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})" for n, fp in plan.targets.items()
+        ),
+        "",
+    ]
+    if not plan.actions and not plan.skipped:
+        out += ["**No changes.** Every configured column already holds no old email.", ""]
+    out += ["## Summary", "", "| target | table | column | kind | count |", "|---|---|---|---|---:|"]
+    out += [f"| {s.target} | {s.table} | {s.column} | {s.kind} | {s.count} |" for s in plan.summary]
+    out.append("")
+    if plan.warnings:
+        out += ["## Warnings", ""] + [f"- {_v(w, 300)}" for w in plan.warnings] + [""]
+
+    dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
+    body: list[str] = []
+    if dels:
+        body += [
+            "## Rows to be deleted (delete-on-conflict)",
+            "",
+            "Each row's new email is already taken under a unique constraint, so the row is deleted as the old "
+            "script did. The whole row is kept in plan.json.",
+            "",
+            "| table | key | column | old → new | why | row |",
+            "|---|---|---|---|---|---|",
+        ]
+        body += [
+            f"| {a.table} | {_key(a.key)} | {a.column} | {_v(a.old, 40)} → {_v(a.new, 40)} | {_v(a.reason, 80)} "
+            f"| {_v(a.row, 120)} |"
+            for a in dels
+        ]
+        body.append("")
+    if plan.skipped:
+        body += ["## Skipped because of conflicts (on_conflict: skip)", "", "| table | key | column | old → new | why |",
+                 "|---|---|---|---|---|"]
+        body += [f"| {s.table} | {_key(s.key)} | {s.column} | {_v(s.old, 40)} → {_v(s.new, 40)} | {_v(s.reason, 80)} |"
+                 for s in plan.skipped]
+        body.append("")
+    by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
+    for a in plan.actions:
+        if a.kind != "delete-on-conflict":
+            by_table[(a.target, a.table)].append(a)
+    for (target, table), acts in by_table.items():
+        body += [f"## {target} / {table}", "", "| step | key | column | kind | old → new |", "|---:|---|---|---|---|"]
+        body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
+        body.append("")
+
+    head = "\n".join(out)
+    text = head + "\n" + "\n".join(body)
+    if len(text) > MD_LIMIT:
+        kept: list[str] = []
+        size = len(head) + 200
+        for line in body:
+            if size + len(line) + 1 > MD_LIMIT:
+                break
+            kept.append(line)
+            size += len(line) + 1
+        shown = sum(1 for line in kept if line.startswith("| ") and not line.startswith("| step") and not
+                    line.startswith("| table"))
+        text = head + "\n" + "\n".join(kept) + (
+            f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
+            f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
+        )
+    return text
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    rows = [("target", "table", "kind", "status", "count")]
+    for r in report["summary"]:
+        rows.append((r["target"], r["table"], r["kind"], r["status"], str(r["count"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for t in report["targets"]:
+        if t.get("error"):
+            lines.append(f"{t['target']}: {t['error']}")
+    return lines

