@@ -48,7 +48,9 @@ class Action(_Frozen):
     old: Any
     new: Any
     mappings: list[int]  # ords of the mapping entries that produced `new`
-    row: dict[str, Any] | None = None  # delete-on-conflict: the whole row that will be deleted
+    # The whole row as planned: for delete-on-conflict (what will be deleted), and for updates of a column
+    # that is part of the row's key (the key alone cannot identify the row once emails move between keys).
+    row: dict[str, Any] | None = None
     reason: str | None = None
 
 

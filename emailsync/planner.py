@@ -30,8 +30,8 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
     levels = _levels({e for tp in target_plans for e in tp.edges}, mset)
     actions: list[Action] = []
     skipped: list[Skipped] = []
-    for t_order, tp in enumerate(target_plans):
-        for tb_order, tab in enumerate(tp.tables):
+    for tp in target_plans:
+        for tab in tp.tables:
             meta = tab.meta
             col_order = {c: n for n, c in enumerate(meta.email_columns)}
             for row in tab.rows:
@@ -58,9 +58,9 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                     actions.append(
                         Action(id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
                                kind=ch.kind, step=max((levels.get(e, 0) for e in ch.entries), default=0),
-                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries), **base)
+                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries),
+                               row=row.image, **base)
                     )
-            _ = (t_order, tb_order)
     # Actions are already in target, table, key, column order; a stable sort by step keeps that within a step.
     actions.sort(key=lambda a: a.step)
     ids = Counter(a.id for a in actions)

