@@ -136,6 +136,20 @@ def show(plan_file: Annotated[Path, typer.Argument(metavar="PLAN")]) -> None:
 
 
 @app.command()
+def demo(
+    keep: Annotated[Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")] = None,
+) -> None:
+    """Run plan, review and apply on a throwaway embedded PostgreSQL HR estate (needs the sandbox extra)."""
+    from emailsync.sandbox import run_demo
+
+    try:
+        code = run_demo(typer.echo, keep.resolve() if keep else None)
+    except UserError as e:
+        _fail(e)
+    raise typer.Exit(code)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
