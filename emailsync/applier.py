@@ -73,8 +73,15 @@ def apply_plan(
                 raise UserError("apply cancelled: nothing was written")
             for target, conn, metas, actions in prepared:
                 results.append(
-                    PostgresApplier(conn, target.name, metas, actions, on_stale, target.lock_timeout,
-                                    target.statement_timeout).run()
+                    PostgresApplier(
+                        conn,
+                        target.name,
+                        metas,
+                        actions,
+                        on_stale,
+                        target.lock_timeout,
+                        target.statement_timeout,
+                    ).run()
                 )
         finally:
             for _, conn, _, _ in prepared:
@@ -86,7 +93,9 @@ def apply_plan(
     return (EXIT_INCOMPLETE if failed else EXIT_OK), report
 
 
-def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
+def _metas(
+    conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]
+) -> list[TableMeta]:
     target = loaded.config.postgres[idx]
     metas = [
         resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)

@@ -8,7 +8,7 @@ unverified.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,9 +25,14 @@ app = typer.Typer(
 )
 
 
-class OnStale(str, Enum):
+class OnStale(StrEnum):
     abort = "abort"
     skip = "skip"
+
+
+def _interactive() -> bool:
+    """Whether a person can answer the approval prompt (a separate function so tests can stand in for one)."""
+    return sys.stdin.isatty()
 
 
 def _fail(e: UserError) -> None:
@@ -41,12 +46,19 @@ TargetsOpt = Annotated[Path, typer.Option("--targets", "-t", help="The targets f
 @app.command()
 def plan(
     targets: TargetsOpt = Path("targets.yaml"),
-    mappings: Annotated[Path | None, typer.Option(help="Mappings file (JSON or CSV); default: `mappings:` "
-                                                       "in the targets file.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")] = None,
-    plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path("plans"),
-    detailed_exitcode: Annotated[bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")]
-    = False,
+    mappings: Annotated[
+        Path | None,
+        typer.Option(help="Mappings file (JSON or CSV); default: `mappings:` in the targets file."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")
+    ] = None,
+    plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path(
+        "plans"
+    ),
+    detailed_exitcode: Annotated[
+        bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")
+    ] = False,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
     from emailsync.archive import save_plan
@@ -65,9 +77,11 @@ def plan(
         md = save_plan(p, path)
     except UserError as e:
         _fail(e)
-    for w in p.warnings[len(mset.warnings):]:
+    for w in p.warnings[len(mset.warnings) :]:
         typer.echo(f"warning: {w}", err=True)
-    typer.echo("\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email.")
+    typer.echo(
+        "\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email."
+    )
     typer.echo(f"\n{len(p.actions)} action(s), {len(p.skipped)} skipped. Plan: {path}\nReview: {md}")
     if p.actions:
         typer.echo(f"Apply after review with: emailsync apply {path} --targets {targets}")
@@ -79,9 +93,15 @@ def apply(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The reviewed plan.json.")],
     targets: TargetsOpt = Path("targets.yaml"),
     auto_approve: Annotated[bool, typer.Option(help="Do not ask for confirmation.")] = False,
-    on_stale: Annotated[OnStale, typer.Option(help="abort: roll back a database with stale rows; skip: apply "
-                                                   "the rest and report them.")] = OnStale.abort,
-    only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
+    on_stale: Annotated[
+        OnStale,
+        typer.Option(
+            help="abort: roll back a database with stale rows; skip: apply the rest and report them."
+        ),
+    ] = OnStale.abort,
+    only_target: Annotated[
+        list[str] | None, typer.Option(help="Apply only these targets (repeatable).")
+    ] = None,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
@@ -98,22 +118,30 @@ def apply(
         return answer.strip() == "yes"
 
     try:
-        if not auto_approve and not sys.stdin.isatty():
-            raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
+        if not auto_approve and not _interactive():
+            raise UserError(
+                "no terminal to confirm on: review the plan, then pass --auto-approve to apply it"
+            )
         plan_obj = read_plan(plan_file)
         loaded = load_targets(targets)
         if loaded.sha256 != plan_obj.inputs.targets_sha256:
-            typer.echo(f"warning: {targets} changed since the plan was made; the plan's targets are checked "
-                       "against it before anything is written", err=True)
+            typer.echo(
+                f"warning: {targets} changed since the plan was made; the plan's targets are checked "
+                "against it before anything is written",
+                err=True,
+            )
         if only_target:
             unknown = set(only_target) - set(plan_obj.targets)
             if unknown:
-                raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})")
+                raise UserError(
+                    f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})"
+                )
         if not plan_obj.actions:
             typer.echo("The plan has no changes: nothing to apply.")
             raise typer.Exit(0)
-        code, report = apply_plan(plan_obj, loaded, on_stale=on_stale.value, confirm=confirm,
-                                  only_targets=only_target)
+        code, report = apply_plan(
+            plan_obj, loaded, on_stale=on_stale.value, confirm=confirm, only_targets=only_target
+        )
         path = write_report(plan_file, report)
     except UserError as e:
         _fail(e)
@@ -137,7 +165,9 @@ def show(plan_file: Annotated[Path, typer.Argument(metavar="PLAN")]) -> None:
 
 @app.command()
 def demo(
-    keep: Annotated[Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")] = None,
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")
+    ] = None,
 ) -> None:
     """Run plan, review and apply on a throwaway embedded PostgreSQL HR estate (needs the sandbox extra)."""
     from emailsync.sandbox import run_demo

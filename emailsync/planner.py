@@ -39,27 +39,52 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                 if row.fate == "skip":
                     for ch in row.changes.values():
                         skipped.append(
-                            Skipped(target=tp.target.name, table=meta.display, key=row.key, column=ch.column,
-                                    old=ch.old, new=ch.new, reason=row.reason or "")
+                            Skipped(
+                                target=tp.target.name,
+                                table=meta.display,
+                                key=row.key,
+                                column=ch.column,
+                                old=ch.old,
+                                new=ch.new,
+                                reason=row.reason or "",
+                            )
                         )
                     continue
                 if row.fate == "delete":
-                    cause = [c for c in meta.email_columns if c in row.changes
-                             and set(row.changes[c].entries) & set(row.delete_entries)]
+                    cause = [
+                        c
+                        for c in meta.email_columns
+                        if c in row.changes and set(row.changes[c].entries) & set(row.delete_entries)
+                    ]
                     ch = row.changes[(cause or list(row.changes))[0]]
                     actions.append(
-                        Action(id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
-                               kind="delete-on-conflict", step=max(levels.get(e, 0) for e in row.delete_entries),
-                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries),
-                               row=row.image, reason=row.reason, **base)
+                        Action(
+                            id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
+                            kind="delete-on-conflict",
+                            step=max(levels.get(e, 0) for e in row.delete_entries),
+                            column=ch.column,
+                            old=ch.old,
+                            new=ch.new,
+                            mappings=list(ch.entries),
+                            row=row.image,
+                            reason=row.reason,
+                            **base,
+                        )
                     )
                     continue
                 for ch in sorted(row.changes.values(), key=lambda c: col_order[c.column]):
                     actions.append(
-                        Action(id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
-                               kind=ch.kind, step=max((levels.get(e, 0) for e in ch.entries), default=0),
-                               column=ch.column, old=ch.old, new=ch.new, mappings=list(ch.entries),
-                               row=row.image, **base)
+                        Action(
+                            id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
+                            kind=ch.kind,
+                            step=max((levels.get(e, 0) for e in ch.entries), default=0),
+                            column=ch.column,
+                            old=ch.old,
+                            new=ch.new,
+                            mappings=list(ch.entries),
+                            row=row.image,
+                            **base,
+                        )
                     )
     # Actions are already in target, table, key, column order; a stable sort by step keeps that within a step.
     actions.sort(key=lambda a: a.step)
@@ -85,10 +110,10 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
             match=cfg.match,
             mapping_count=len(mset.mappings),
         ),
-        targets={
-            t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres
-        },
-        summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
+        targets={t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres},
+        summary=[
+            SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()
+        ],
         warnings=warnings,
         skipped=skipped,
         actions=actions,
@@ -115,12 +140,14 @@ def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:
         if state.get(n) == 2:
             return level[n]
         if state.get(n) == 1:
-            cyc = path[path.index(n):] + [n]
+            cyc = path[path.index(n) :] + [n]
             by_ord = {m.ord: m for m in mset.mappings}
             raise UserError(
                 "the mappings cannot be ordered: under a unique index these changes each wait for the other "
                 "(for example a swap that a case-insensitive index sees as one value). Split them into two plans",
-                problems=[f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord],
+                problems=[
+                    f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord
+                ],
             )
         state[n] = 1
         lv = 0

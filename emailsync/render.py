@@ -37,8 +37,10 @@ def plan_markdown(plan: Plan) -> str:
         f"- inputs: `{plan.inputs.targets_file}` (sha256 {plan.inputs.targets_sha256[:12]}), "
         f"`{plan.inputs.mappings_file}` (sha256 {plan.inputs.mappings_sha256[:12]}, "
         f"{plan.inputs.mapping_count} mappings, match: {plan.inputs.match})",
-        "- targets: " + ", ".join(
-            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})" for n, fp in plan.targets.items()
+        "- targets: "
+        + ", ".join(
+            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})"
+            for n, fp in plan.targets.items()
         ),
         "",
     ]
@@ -69,18 +71,31 @@ def plan_markdown(plan: Plan) -> str:
         ]
         body.append("")
     if plan.skipped:
-        body += ["## Skipped because of conflicts (on_conflict: skip)", "", "| table | key | column | old → new | why |",
-                 "|---|---|---|---|---|"]
-        body += [f"| {s.table} | {_key(s.key)} | {s.column} | {_v(s.old, 40)} → {_v(s.new, 40)} | {_v(s.reason, 80)} |"
-                 for s in plan.skipped]
+        body += [
+            "## Skipped because of conflicts (on_conflict: skip)",
+            "",
+            "| table | key | column | old → new | why |",
+            "|---|---|---|---|---|",
+        ]
+        body += [
+            f"| {s.table} | {_key(s.key)} | {s.column} | {_v(s.old, 40)} → {_v(s.new, 40)} | {_v(s.reason, 80)} |"
+            for s in plan.skipped
+        ]
         body.append("")
     by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
     for a in plan.actions:
         if a.kind != "delete-on-conflict":
             by_table[(a.target, a.table)].append(a)
     for (target, table), acts in by_table.items():
-        body += [f"## {target} / {table}", "", "| step | key | column | kind | old → new |", "|---:|---|---|---|---|"]
-        body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
+        body += [
+            f"## {target} / {table}",
+            "",
+            "| step | key | column | kind | old → new |",
+            "|---:|---|---|---|---|",
+        ]
+        body += [
+            f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts
+        ]
         body.append("")
 
     head = "\n".join(out)
@@ -93,11 +108,19 @@ def plan_markdown(plan: Plan) -> str:
                 break
             kept.append(line)
             size += len(line) + 1
-        shown = sum(1 for line in kept if line.startswith("| ") and not line.startswith("| step") and not
-                    line.startswith("| table"))
-        text = head + "\n" + "\n".join(kept) + (
-            f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
-            f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
+        shown = sum(
+            1
+            for line in kept
+            if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| table")
+        )
+        text = (
+            head
+            + "\n"
+            + "\n".join(kept)
+            + (
+                f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
+                f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
+            )
         )
     return text
 

@@ -52,7 +52,14 @@ def test_merge_keeps_first_mapping_and_deletes_the_other_with_full_row_in_plan(d
 
 
 def test_conflict_with_existing_row_deletes_old_row_like_the_old_script(db, ws):
-    _emp(db, [(1, "old@x.com", None, "Old"), (2, "new@x.com", None, "New"), (3, "boss@x.com", "old@x.com", "Boss")])
+    _emp(
+        db,
+        [
+            (1, "old@x.com", None, "Old"),
+            (2, "new@x.com", None, "New"),
+            (3, "boss@x.com", "old@x.com", "Boss"),
+        ],
+    )
     ws.postgres_targets({"core": db}, EMP)
     ws.mappings({"old@x.com": "new@x.com"})
     r, plan = ws.plan()
@@ -108,7 +115,10 @@ def test_citext_column_matches_case_insensitively_and_conflicts_in_its_terms(db,
     kinds = {a["key"]["id"]: a["kind"] for a in ws.plan_json(plan)["actions"]}
     assert kinds == {1: "update", 3: "delete-on-conflict"}  # ben@NEW.com equals BEN@new.com under citext
     assert _apply(ws, plan).code == 0
-    assert db.rows("SELECT id, email::text FROM users ORDER BY id") == [(1, "ann@new.com"), (2, "BEN@new.com")]
+    assert db.rows("SELECT id, email::text FROM users ORDER BY id") == [
+        (1, "ann@new.com"),
+        (2, "BEN@new.com"),
+    ]
 
 
 def test_lower_expression_unique_index_decides_conflicts(db, ws):
@@ -151,7 +161,10 @@ def test_composite_and_partial_unique_indexes(db, ws):
     assert kinds == {1: "delete-on-conflict", 3: "update", 4: "update"}
     assert _apply(ws, plan).code == 0
     assert db.rows("SELECT id, tenant, email FROM members ORDER BY id") == [
-        (2, 1, "b@x.com"), (3, 2, "b@x.com"), (4, 3, "b@x.com"), (5, 3, "b@x.com")
+        (2, 1, "b@x.com"),
+        (3, 2, "b@x.com"),
+        (4, 3, "b@x.com"),
+        (5, 3, "b@x.com"),
     ]
 
 
@@ -163,7 +176,9 @@ def test_email_as_primary_key_with_chain(db, ws):
     r, plan = ws.plan()
     assert _apply(ws, plan).code == 0
     assert db.rows("SELECT email, theme FROM settings ORDER BY email") == [
-        ("b@x.com", "dark"), ("c@x.com", "light"), ("n@x.com", "blue")
+        ("b@x.com", "dark"),
+        ("c@x.com", "light"),
+        ("n@x.com", "blue"),
     ]
     r = _apply(ws, plan)  # re-run: found under the new keys, nothing changes
     assert r.code == 0 and "already-applied" in r.out
@@ -186,14 +201,20 @@ def test_arrays_and_jsonb(db, ws):
     r, plan = ws.plan()
     kinds = sorted((a["key"]["id"], a["column"], a["kind"]) for a in ws.plan_json(plan)["actions"])
     assert kinds == [
-        (1, "members", "array-replace"), (1, "payload", "update"), (1, "watchers", "array-replace"),
+        (1, "members", "array-replace"),
+        (1, "payload", "update"),
+        (1, "watchers", "array-replace"),
         (2, "payload", "update"),
     ]
     assert _apply(ws, plan).code == 0, r.err
     rows = {r[0]: r[1:] for r in db.rows("SELECT id, members, watchers, payload FROM projects")}
     assert rows[1][0] == ["z@x.com", "a2@x.com", None, "b2@x.com"]
     assert rows[1][1] == ["a2@x.com"]
-    assert rows[1][2] == {"actor": "a2@x.com", "a@x.com": 1, "nested": {"to": ["b2@x.com", "k@x.com"], "n": 1.50}}
+    assert rows[1][2] == {
+        "actor": "a2@x.com",
+        "a@x.com": 1,
+        "nested": {"to": ["b2@x.com", "k@x.com"], "n": 1.50},
+    }
     assert rows[2][1:] == (None, "b2@x.com")
     assert rows[3] == (None, ["k@x.com"], {"n": 2})
 
@@ -209,14 +230,20 @@ def _fk_schema(db, on_update: str) -> None:
 
 def test_foreign_key_no_action_parent_and_child_change_together(db, ws):
     _fk_schema(db, "")
-    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n")
+    ws.postgres_targets(
+        {"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n"
+    )
     ws.mappings({"a@x.com": "a2@x.com"})
     r, plan = ws.plan()
     assert r.code == 0, r.err
     r = _apply(ws, plan)
     assert r.code == 0, r.out + r.err
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b@x.com")]
-    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [(10, "a2@x.com"), (11, "a2@x.com"), (12, "b@x.com")]
+    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [
+        (10, "a2@x.com"),
+        (11, "a2@x.com"),
+        (12, "b@x.com"),
+    ]
 
 
 def test_foreign_key_no_action_with_child_not_configured_is_refused(db, ws):
@@ -236,23 +263,35 @@ def test_foreign_key_on_update_cascade_updates_parent_only(db, ws):
     assert r.code == 0 and "ON UPDATE CASCADE" in r.err
     assert [a["table"] for a in ws.plan_json(plan)["actions"]] == ["public.employees"]
     assert _apply(ws, plan).code == 0
-    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [(10, "a2@x.com"), (11, "a2@x.com"), (12, "b@x.com")]
+    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [
+        (10, "a2@x.com"),
+        (11, "a2@x.com"),
+        (12, "b@x.com"),
+    ]
 
 
 def test_foreign_key_on_delete_conflict_moves_children_to_the_survivor(db, ws):
     _fk_schema(db, "")
-    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n")
+    ws.postgres_targets(
+        {"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n"
+    )
     ws.mappings({"a@x.com": "b@x.com"})  # a's row conflicts with b and is deleted; a's leave moves to b
     r, plan = ws.plan()
     assert r.code == 0, r.err
     assert _apply(ws, plan).code == 0
     assert db.rows("SELECT id, email FROM employees") == [(2, "b@x.com")]
-    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [(10, "b@x.com"), (11, "b@x.com"), (12, "b@x.com")]
+    assert db.rows("SELECT id, email FROM leave ORDER BY id") == [
+        (10, "b@x.com"),
+        (11, "b@x.com"),
+        (12, "b@x.com"),
+    ]
 
 
 def test_delete_refused_when_other_rows_reference_the_row(db, ws):
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
-    db.execute("CREATE TABLE reviews (id int PRIMARY KEY, employee_id int REFERENCES employees(id) ON DELETE CASCADE)")
+    db.execute(
+        "CREATE TABLE reviews (id int PRIMARY KEY, employee_id int REFERENCES employees(id) ON DELETE CASCADE)"
+    )
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     db.execute("INSERT INTO reviews VALUES (100, 1)")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
@@ -279,7 +318,15 @@ def test_stale_row_aborts_and_changes_nothing(db, ws):
 
 
 def test_stale_row_skip_applies_the_rest_and_keeps_the_other_writers_value(db, ws):
-    _emp(db, [(1, "a@x.com", None, "A"), (2, "b@x.com", None, "B"), (3, "old@x.com", None, "O"), (4, "n@x.com", None, "N")])
+    _emp(
+        db,
+        [
+            (1, "a@x.com", None, "A"),
+            (2, "b@x.com", None, "B"),
+            (3, "old@x.com", None, "O"),
+            (4, "n@x.com", None, "N"),
+        ],
+    )
     ws.postgres_targets({"core": db}, EMP)
     ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com", "old@x.com": "n@x.com"})
     r, plan = ws.plan()
@@ -288,7 +335,10 @@ def test_stale_row_skip_applies_the_rest_and_keeps_the_other_writers_value(db, w
     r = _apply(ws, plan, "--on-stale", "skip")
     assert r.code == 3
     assert db.rows("SELECT id, email, name FROM employees ORDER BY id") == [
-        (1, "a2@x.com", "A"), (2, "someone@else.com", "B"), (3, "old@x.com", "renamed"), (4, "n@x.com", "N")
+        (1, "a2@x.com", "A"),
+        (2, "someone@else.com", "B"),
+        (3, "old@x.com", "renamed"),
+        (4, "n@x.com", "N"),
     ]
     r = _apply(ws, plan, "--on-stale", "skip")  # again: applied ones are recognised, stale ones still stale
     report = json.loads((plan.parent / "report.json").read_text())
@@ -332,7 +382,11 @@ def test_two_databases_one_transaction_each(make_db, ws):
     assert r.code == 2
     assert _apply(ws, plan).code == 0
     assert core.rows("SELECT email FROM employees") == [("a2@x.com",)]
-    assert leave.rows("SELECT id, email FROM requests ORDER BY id") == [(1, "a2@x.com"), (2, "a2@x.com"), (3, "c@x.com")]
+    assert leave.rows("SELECT id, email FROM requests ORDER BY id") == [
+        (1, "a2@x.com"),
+        (2, "a2@x.com"),
+        (3, "c@x.com"),
+    ]
 
 
 def test_table_without_primary_key_uses_configured_key(db, ws):

@@ -63,7 +63,10 @@ class PostgresApplier:
         res = TargetResult(self.target)
         conn = self.conn
         try:
-            for name, value in (("lock_timeout", self.lock_timeout), ("statement_timeout", self.statement_timeout)):
+            for name, value in (
+                ("lock_timeout", self.lock_timeout),
+                ("statement_timeout", self.statement_timeout),
+            ):
                 if value:
                     conn.execute("SELECT set_config(%s, %s, true)", (name, value))
             self._load()
@@ -78,8 +81,12 @@ class PostgresApplier:
                     if status[a.id] == "stale":
                         res.outcomes[a.id] = Outcome("stale", details.get(a.id))
                     else:
-                        res.outcomes[a.id] = Outcome("not-applied", "rolled back: stale rows and --on-stale abort")
-                res.error = f"{len(stale)} stale action(s); nothing written to this database (--on-stale abort)"
+                        res.outcomes[a.id] = Outcome(
+                            "not-applied", "rolled back: stale rows and --on-stale abort"
+                        )
+                res.error = (
+                    f"{len(stale)} stale action(s); nothing written to this database (--on-stale abort)"
+                )
                 return res
             stale_detail = self._stale_details(stale)
             for step in sorted({a.step for a in self.actions}):
@@ -143,8 +150,19 @@ class PostgresApplier:
                 k = dumps(a.key)
                 cp.write_row(
                     (
-                        a.id, rk[0], rowids[rk], a.kind, a.step, a.column, k, dumps(post_keys[rk]), k,
-                        dumps(a.old), dumps(a.new), dumps(a.row) if a.row is not None else None, rowcols[rk],
+                        a.id,
+                        rk[0],
+                        rowids[rk],
+                        a.kind,
+                        a.step,
+                        a.column,
+                        k,
+                        dumps(post_keys[rk]),
+                        k,
+                        dumps(a.old),
+                        dumps(a.new),
+                        dumps(a.row) if a.row is not None else None,
+                        rowcols[rk],
                     )
                 )
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
@@ -214,7 +232,9 @@ class PostgresApplier:
             if not mine:
                 continue
             t = sql.Identifier("t")
-            q = sql.SQL("SELECT {kj}, to_jsonb(t) FROM {tbl} t WHERE {kj} IN (SELECT jsonb_array_elements(%s))")
+            q = sql.SQL(
+                "SELECT {kj}, to_jsonb(t) FROM {tbl} t WHERE {kj} IN (SELECT jsonb_array_elements(%s))"
+            )
             q = q.format(kj=m.key_json(t), tbl=m.ident)
             cur = {dumps(k): img for k, img in self.conn.execute(q, (dumps([a.key for a in mine]),))}
             self.conn.rollback()
@@ -247,8 +267,13 @@ class PostgresApplier:
                         "{nm} AS (DELETE FROM {tbl} t USING _es_act a WHERE a.tbl = {i} AND a.step = {s} "
                         "AND a.kind = 'delete-on-conflict' AND a.status = 'pending' AND {km} "
                         "AND to_jsonb(t) = a.image RETURNING ARRAY[a.id] AS ids)"
-                    ).format(nm=nm, tbl=m.ident, i=sql.Literal(i), s=sql.Literal(step),
-                             km=m.key_match(t, sql.SQL("a.cur_key")))
+                    ).format(
+                        nm=nm,
+                        tbl=m.ident,
+                        i=sql.Literal(i),
+                        s=sql.Literal(step),
+                        km=m.key_match(t, sql.SQL("a.cur_key")),
+                    )
                 )
                 names.append(nm)
             if set(kinds[i]) - {"delete-on-conflict"}:
@@ -270,8 +295,15 @@ class PostgresApplier:
                         "array_agg(id) AS ids FROM _es_act WHERE tbl = {i} AND step = {s} "
                         "AND kind <> 'delete-on-conflict' AND status = 'pending' GROUP BY cur_key) p "
                         "WHERE {km} AND {conds} RETURNING p.ids)"
-                    ).format(nm=nm, tbl=m.ident, sets=sets, i=sql.Literal(i), s=sql.Literal(step),
-                             km=m.key_match(t, sql.SQL("p.cur_key")), conds=conds)
+                    ).format(
+                        nm=nm,
+                        tbl=m.ident,
+                        sets=sets,
+                        i=sql.Literal(i),
+                        s=sql.Literal(step),
+                        km=m.key_match(t, sql.SQL("p.cur_key")),
+                        conds=conds,
+                    )
                 )
                 names.append(nm)
         body = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) FROM {}").format(n) for n in names)
@@ -342,7 +374,12 @@ def _describe(diff: DeepDiff) -> str:
     for change in ("values_changed", "type_changes"):
         for path, d in diff.get(change, {}).items():
             parts.append(f"{path}: expected {d.get('old_value')!r}, found {d.get('new_value')!r}")
-    for change in ("dictionary_item_added", "dictionary_item_removed", "iterable_item_added", "iterable_item_removed"):
+    for change in (
+        "dictionary_item_added",
+        "dictionary_item_removed",
+        "iterable_item_added",
+        "iterable_item_removed",
+    ):
         for path in diff.get(change, {}):
             parts.append(f"{path}: {change.replace('_', ' ')}")
     return "; ".join(parts) or str(diff)

@@ -123,7 +123,9 @@ def resolve_table(
         )
     oid, schema, name, relkind = row
     if relkind not in ("r", "p"):
-        raise UserError(f"{where}: {cfg.table!r} is not a table (relkind {relkind!r}); configure the base table")
+        raise UserError(
+            f"{where}: {cfg.table!r} is not a table (relkind {relkind!r}); configure the base table"
+        )
 
     cols: dict[str, Column] = {}
     for attname, attnum, type_sql, typname, elem, generated in conn.execute(
@@ -192,7 +194,7 @@ def resolve_table(
         )
         key = ()
     if problems:
-        raise UserError("targets.yaml: the configuration does not match the database", problems=problems)
+        raise UserError("the configuration does not match the database", problems=problems)
 
     meta = TableMeta(
         target=target.name,
@@ -255,7 +257,9 @@ def _check_configured_key_unique(conn: psycopg.Connection, meta: TableMeta, wher
         )
     nulls = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in meta.key)
     if conn.execute(sql.SQL("SELECT 1 FROM {t} WHERE {n} LIMIT 1").format(t=meta.ident, n=nulls)).fetchone():
-        raise UserError(f"{where}.key: some rows of {meta.display} have NULL in {list(meta.key)}; choose NOT NULL columns")
+        raise UserError(
+            f"{where}.key: some rows of {meta.display} have NULL in {list(meta.key)}; choose NOT NULL columns"
+        )
 
 
 def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
@@ -278,6 +282,8 @@ def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
     ):
         name, coid, cname, ccols, poid, pname, pcols, upd, dele, deferrable = row
         out.append(
-            ForeignKey(name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable))
+            ForeignKey(
+                name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable)
+            )
         )
     return out

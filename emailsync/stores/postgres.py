@@ -22,7 +22,14 @@ from emailsync.config import PostgresTarget, dsn_secrets, redact
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
 from emailsync.plan import dumps, loads
-from emailsync.stores.pg_catalog import FK_ACTIONS, ForeignKey, TableMeta, UniqueIndex, foreign_keys, resolve_table
+from emailsync.stores.pg_catalog import (
+    FK_ACTIONS,
+    ForeignKey,
+    TableMeta,
+    UniqueIndex,
+    foreign_keys,
+    resolve_table,
+)
 
 SCAN_BATCH = 5000
 
@@ -147,7 +154,9 @@ class PostgresPlanner:
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.
                 keyed = set(tp.meta.key)
-                imaged = [r for r in tp.rows if r.fate == "delete" or (r.fate == "move" and keyed & set(r.changes))]
+                imaged = [
+                    r for r in tp.rows if r.fate == "delete" or (r.fate == "move" and keyed & set(r.changes))
+                ]
                 if imaged:
                     self._load_images(conn, tp.meta, imaged)
             self._check_foreign_keys(conn, tables)
@@ -319,14 +328,13 @@ class PostgresPlanner:
             raise UserError(
                 f"{self.where}.tables[{meta.index}] ({meta.display}) has on_conflict: fail and the plan "
                 "would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
-                problems=problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
+                problems=problems[:50]
+                + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
             )
         # Ordering: a row moving into a slot goes after the row leaving it (moved away or deleted).
         for u, movers, comps in analyses:
             for comp in comps:
-                arriving = [
-                    by_kid[n[1]] for n in comp if n[0] == "post" and self._present(n, by_kid, movers)
-                ]
+                arriving = [by_kid[n[1]] for n in comp if n[0] == "post" and self._present(n, by_kid, movers)]
                 leaving = [
                     by_kid[n[1]]
                     for n in comp
@@ -367,7 +375,9 @@ class PostgresPlanner:
         names = [sql.Identifier(f"_es_u{i}") for i in range(n)]
         exprs = [sql.SQL(e) for e in u.exprs]
         pred = sql.SQL(u.predicate) if u.predicate else sql.SQL("true")
-        sel = sql.SQL(", ").join(sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True))
+        sel = sql.SQL(", ").join(
+            sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True)
+        )
         eq = sql.SQL(" IS NOT DISTINCT FROM ") if u.nulls_not_distinct else sql.SQL(" = ")
         notnull = (
             sql.SQL("true")
@@ -376,10 +386,14 @@ class PostgresPlanner:
         )
 
         def row_of(alias: str) -> sql.Composable:
-            return sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names))
+            return sql.SQL("ROW({})").format(
+                sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names)
+            )
 
         pair_mm = sql.SQL(" AND ").join(sql.SQL("a.{0}{1}b.{0}").format(nm, eq) for nm in names)
-        pair_mo = sql.SQL(" AND ").join(sql.SQL("a.{}{}({})").format(nm, eq, e) for nm, e in zip(names, exprs, strict=True))
+        pair_mo = sql.SQL(" AND ").join(
+            sql.SQL("a.{}{}({})").format(nm, eq, e) for nm, e in zip(names, exprs, strict=True)
+        )
         tbl = meta.ident
         q = sql.SQL(
             """
@@ -443,7 +457,9 @@ class PostgresPlanner:
         comps: dict[tuple[str, Any], list[tuple[str, Any]]] = {}
         for node in list(parent):
             comps.setdefault(find(node), []).append(node)
-        ordered = sorted((sorted(c, key=_node_order) for c in comps.values()), key=lambda c: _node_order(c[0]))
+        ordered = sorted(
+            (sorted(c, key=_node_order) for c in comps.values()), key=lambda c: _node_order(c[0])
+        )
         return u, movers, ordered
 
     def _load_images(self, conn: psycopg.Connection, meta: TableMeta, rows: list[RowPlan]) -> None:
