@@ -416,3 +416,26 @@ def test_plan_writes_nothing_to_the_database(db, ws):
     r, plan = ws.plan()
     assert r.code == 0 and plan.exists()
     assert db.rows("SELECT xmin::text, * FROM employees") == before
+
+
+def test_char_and_domain_columns_use_the_columns_own_type(db, ws):
+    db.execute("CREATE DOMAIN corp_email AS text CHECK (VALUE LIKE '%@%')")
+    db.execute("CREATE TABLE legacy (id int PRIMARY KEY, code char(16), contact corp_email)")
+    db.execute("INSERT INTO legacy VALUES (1, 'a@x.com', 'a@x.com')")
+    ws.postgres_targets({"core": db}, "- table: legacy\n  columns: [code, contact]\n")
+    ws.mappings({"a@x.com": "ab@x.com"})
+    r, plan = ws.plan()
+    acts = {a["column"]: a for a in ws.plan_json(plan)["actions"]}
+    assert acts["code"]["old"] == "a@x.com".ljust(16) and acts["code"]["new"] == "ab@x.com".ljust(16)
+    assert _apply(ws, plan).code == 0
+    assert db.rows("SELECT code, contact FROM legacy") == [("ab@x.com".ljust(16), "ab@x.com")]
+
+
+def test_new_email_too_long_for_the_column_is_a_plan_error(db, ws):
+    db.execute("CREATE TABLE short (id int PRIMARY KEY, email varchar(12))")
+    db.execute("INSERT INTO short VALUES (1, 'a@x.com')")
+    ws.postgres_targets({"core": db}, "- table: short\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a.very.long.address@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 1 and "character varying(12)" in r.err and "widen the column" in r.err
+    assert not plan.exists() and "Traceback" not in r.err

@@ -97,7 +97,7 @@ class TableMeta:
         return sql.SQL(" AND ").join(parts)
 
 
-_TEXT_TYPES = {"text", "varchar", "bpchar", "citext", "name"}
+_TEXT_TYPES = {"text", "varchar", "bpchar", "citext"}
 
 
 def resolve_table(

@@ -8,6 +8,7 @@ against the mapping, streamed through a server-side cursor.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -226,9 +227,16 @@ class PostgresPlanner:
 
         keyj = meta.key_json(t)
         if c.kind == "text":
+            # The new value is cast to the column's own type here, so char(n) padding, varchar(n) limits and
+            # domain checks show up in the plan (or as a plan error), not as an apply-time failure.
             q = sql.SQL(
-                "SELECT {k}, to_jsonb(t.{c}), m.ord FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
-            ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, v=norm(sql.SQL("t.{}").format(ident)))
+                "SELECT {k}, to_jsonb(t.{c}), m.ord, to_jsonb(CAST(m.new AS {typ})), "
+                "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new "  # an explicit cast truncates silently
+                "FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
+            ).format(
+                k=keyj, c=ident, typ=sql.SQL(c.type_sql), tbl=meta.ident, mp=mp,
+                v=norm(sql.SQL("t.{}").format(ident)),
+            )
         elif c.kind == "array":
             q = sql.SQL(
                 "SELECT {k}, to_jsonb(t.{c}), ARRAY(SELECT m.ord FROM unnest(t.{c}) WITH ORDINALITY e(v, i) "
@@ -248,12 +256,19 @@ class PostgresPlanner:
 
         with conn.cursor(name=f"es_scan_{meta.oid}_{c.attnum}") as cur:
             cur.itersize = SCAN_BATCH
-            cur.execute(q)
-            for rec in cur:
+            try:
+                cur.execute(q)
+                records = iter(cur)
+                first = next(records, None)
+            except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation) as e:
+                raise self._unfit(meta, col, str(e.diag.message_primary or e)) from None
+            for rec in itertools.chain([first] if first is not None else [], records):
                 key = rec[0]
                 if c.kind == "text":
-                    m = self.by_ord[rec[2]]
-                    yield key, rec[1], m.new, (m.ord,)
+                    if rec[4]:
+                        new = self.by_ord[rec[2]].new
+                        raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
+                    yield key, rec[1], rec[3], (rec[2],)
                 elif c.kind == "array":
                     old, ords, ndims = rec[1], rec[2], rec[3]
                     if ndims != 1:
@@ -269,6 +284,12 @@ class PostgresPlanner:
                     pairs = rec[2]
                     repl = {s: self.by_ord[o].new for s, o in pairs}
                     yield key, rec[1], _walk_replace(rec[1], repl), tuple(sorted({o for _, o in pairs}))
+
+    def _unfit(self, meta: TableMeta, col: str, why: str) -> UserError:
+        return UserError(
+            f"{self.where}.tables[{meta.index}]: {meta.display}.{col} ({meta.columns[col].type_sql}) cannot hold "
+            f"a new email of the mappings: {why}; widen the column or fix the mapping"
+        )
 
     # -- unique constraints --------------------------------------------------------------------------------
 
