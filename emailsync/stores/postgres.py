@@ -238,21 +238,22 @@ class PostgresPlanner:
                 v=norm(sql.SQL("t.{}").format(ident)),
             )
         elif c.kind == "array":
+            # One join of every element against the mapping, grouped by row: a per-row subquery would make
+            # PostgreSQL hash the whole mapping once per row.
             q = sql.SQL(
-                "SELECT {k}, to_jsonb(t.{c}), ARRAY(SELECT m.ord FROM unnest(t.{c}) WITH ORDINALITY e(v, i) "
-                "LEFT JOIN {mp} m ON m.old = {ev} ORDER BY e.i), array_ndims(t.{c}) "
-                "FROM {tbl} AS t WHERE EXISTS (SELECT 1 FROM unnest(t.{c}) e(v) JOIN {mp} m ON m.old = {ev})"
+                "SELECT {k}, to_jsonb(t.{c}), h.pos, h.ords, array_ndims(t.{c}) FROM ("
+                "SELECT t.ctid AS tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.ord ORDER BY e.i) AS ords "
+                "FROM {tbl} AS t CROSS JOIN LATERAL unnest(t.{c}) WITH ORDINALITY e(v, i) "
+                "JOIN {mp} m ON m.old = {ev} GROUP BY t.ctid) h JOIN {tbl} AS t ON t.ctid = h.tid"
             ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, ev=norm(sql.SQL("e.v")))
         else:
-            strings = sql.SQL(
-                "SELECT DISTINCT x #>> '{{}}' AS v FROM jsonb_path_query(t.{c}, 'strict $.**') x "
-                "WHERE jsonb_typeof(x) = 'string'"
-            ).format(c=ident)
             q = sql.SQL(
-                "SELECT {k}, t.{c}, ARRAY(SELECT jsonb_build_array(s.v, m.ord) FROM ({strings}) s "
-                "JOIN {mp} m ON m.old = {sv}) FROM {tbl} AS t "
-                "WHERE EXISTS (SELECT 1 FROM ({strings}) s JOIN {mp} m ON m.old = {sv})"
-            ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, strings=strings, sv=norm(sql.SQL("s.v")))
+                "SELECT {k}, t.{c}, h.pairs FROM ("
+                "SELECT t.ctid AS tid, array_agg(jsonb_build_array(s.v, m.ord)) AS pairs FROM {tbl} AS t "
+                "CROSS JOIN LATERAL (SELECT DISTINCT x #>> '{{}}' AS v FROM jsonb_path_query(t.{c}, 'strict $.**') x "
+                "WHERE jsonb_typeof(x) = 'string') s JOIN {mp} m ON m.old = {sv} GROUP BY t.ctid) h "
+                "JOIN {tbl} AS t ON t.ctid = h.tid"
+            ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, sv=norm(sql.SQL("s.v")))
 
         with conn.cursor(name=f"es_scan_{meta.oid}_{c.attnum}") as cur:
             cur.itersize = SCAN_BATCH
@@ -270,16 +271,17 @@ class PostgresPlanner:
                         raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
                     yield key, rec[1], rec[3], (rec[2],)
                 elif c.kind == "array":
-                    old, ords, ndims = rec[1], rec[2], rec[3]
+                    old, positions, ords, ndims = rec[1], rec[2], rec[3], rec[4]
                     if ndims != 1:
                         raise UserError(
                             f"{self.where}.tables[{meta.index}]: {meta.display}.{col} holds a "
                             f"{ndims}-dimensional array at key {dumps(key)}; only one-dimensional arrays "
                             "are supported"
                         )
-                    new = [self.by_ord[o].new if o is not None else v for v, o in zip(old, ords, strict=True)]
-                    used = tuple(sorted({o for o in ords if o is not None}))
-                    yield key, old, new, used
+                    new = list(old)
+                    for pos, o in zip(positions, ords, strict=True):
+                        new[pos - 1] = self.by_ord[o].new
+                    yield key, old, new, tuple(sorted(set(ords)))
                 else:
                     pairs = rec[2]
                     repl = {s: self.by_ord[o].new for s, o in pairs}
