@@ -93,9 +93,7 @@ def apply_plan(
     return (EXIT_INCOMPLETE if failed else EXIT_OK), report
 
 
-def _metas(
-    conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]
-) -> list[TableMeta]:
+def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
     target = loaded.config.postgres[idx]
     metas = [
         resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
@@ -137,8 +135,7 @@ def _report(plan: Plan, results: list[TargetResult], started: datetime, on_stale
         "on_stale": on_stale,
         "targets": [{"target": r.target, "committed": r.committed, "error": r.error} for r in results],
         "summary": [
-            {"target": k[0], "table": k[1], "kind": k[2], "status": k[3], "count": n}
-            for k, n in sorted(counts.items())
+            {"target": k[0], "table": k[1], "kind": k[2], "status": k[3], "count": n} for k, n in sorted(counts.items())
         ],
         "actions": actions,
     }

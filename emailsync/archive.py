@@ -26,9 +26,7 @@ def save_plan(plan: Plan, path: Path) -> Path:
 
 def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
     """report.json beside the plan: the latest apply's outcome per action (fsync'd, then renamed)."""
-    out = plan_path.with_name(
-        "report.json" if plan_path.name == "plan.json" else plan_path.stem + ".report.json"
-    )
+    out = plan_path.with_name("report.json" if plan_path.name == "plan.json" else plan_path.stem + ".report.json")
     tmp = out.with_suffix(".json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, ensure_ascii=False, sort_keys=True, default=str)

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 
 from emailsync import __version__
@@ -50,12 +51,8 @@ def plan(
         Path | None,
         typer.Option(help="Mappings file (JSON or CSV); default: `mappings:` in the targets file."),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")
-    ] = None,
-    plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path(
-        "plans"
-    ),
+    out: Annotated[Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")] = None,
+    plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path("plans"),
     detailed_exitcode: Annotated[
         bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")
     ] = False,
@@ -72,16 +69,21 @@ def plan(
         mset = load_mappings(loaded.mappings_path(mappings), loaded.config.match)
         for w in mset.warnings:
             typer.echo(f"warning: {w}", err=True)
-        p = build_plan(loaded, mset)
+        try:
+            p = build_plan(loaded, mset)
+        except psycopg.Error as e:
+            # Not a mistake in the inputs we could name: report it plainly, without a traceback.
+            msg = (e.diag.message_primary or str(e)).strip()
+            raise UserError(
+                f"the database reported an error while planning ({type(e).__name__}: {msg}); nothing was written"
+            ) from None
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path)
     except UserError as e:
         _fail(e)
     for w in p.warnings[len(mset.warnings) :]:
         typer.echo(f"warning: {w}", err=True)
-    typer.echo(
-        "\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email."
-    )
+    typer.echo("\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email.")
     typer.echo(f"\n{len(p.actions)} action(s), {len(p.skipped)} skipped. Plan: {path}\nReview: {md}")
     if p.actions:
         typer.echo(f"Apply after review with: emailsync apply {path} --targets {targets}")
@@ -95,13 +97,9 @@ def apply(
     auto_approve: Annotated[bool, typer.Option(help="Do not ask for confirmation.")] = False,
     on_stale: Annotated[
         OnStale,
-        typer.Option(
-            help="abort: roll back a database with stale rows; skip: apply the rest and report them."
-        ),
+        typer.Option(help="abort: roll back a database with stale rows; skip: apply the rest and report them."),
     ] = OnStale.abort,
-    only_target: Annotated[
-        list[str] | None, typer.Option(help="Apply only these targets (repeatable).")
-    ] = None,
+    only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
@@ -119,9 +117,7 @@ def apply(
 
     try:
         if not auto_approve and not _interactive():
-            raise UserError(
-                "no terminal to confirm on: review the plan, then pass --auto-approve to apply it"
-            )
+            raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
         plan_obj = read_plan(plan_file)
         loaded = load_targets(targets)
         if loaded.sha256 != plan_obj.inputs.targets_sha256:
@@ -133,15 +129,11 @@ def apply(
         if only_target:
             unknown = set(only_target) - set(plan_obj.targets)
             if unknown:
-                raise UserError(
-                    f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})"
-                )
+                raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})")
         if not plan_obj.actions:
             typer.echo("The plan has no changes: nothing to apply.")
             raise typer.Exit(0)
-        code, report = apply_plan(
-            plan_obj, loaded, on_stale=on_stale.value, confirm=confirm, only_targets=only_target
-        )
+        code, report = apply_plan(plan_obj, loaded, on_stale=on_stale.value, confirm=confirm, only_targets=only_target)
         path = write_report(plan_file, report)
     except UserError as e:
         _fail(e)
@@ -165,9 +157,7 @@ def show(plan_file: Annotated[Path, typer.Argument(metavar="PLAN")]) -> None:
 
 @app.command()
 def demo(
-    keep: Annotated[
-        Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")
-    ] = None,
+    keep: Annotated[Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")] = None,
 ) -> None:
     """Run plan, review and apply on a throwaway embedded PostgreSQL HR estate (needs the sandbox extra)."""
     from emailsync.sandbox import run_demo

@@ -75,9 +75,7 @@ def _parse_qualified_name(text: str) -> tuple[str | None, str]:
             j = i + 1
             while True:
                 if j >= n:
-                    raise ValueError(
-                        f'table {text!r} has an unterminated quote; close the quoted name with "'
-                    )
+                    raise ValueError(f'table {text!r} has an unterminated quote; close the quoted name with "')
                 if text[j] == '"':
                     if j + 1 < n and text[j + 1] == '"':
                         buf.append('"')
@@ -130,9 +128,7 @@ def _check_names(values: tuple[str, ...], what: str, *, allow_empty: bool) -> tu
             raise ValueError(f"{what} contains an empty column name; remove it")
     dupes = sorted({v for v in values if values.count(v) > 1})
     if dupes:
-        raise ValueError(
-            f"{what} lists {', '.join(repr(d) for d in dupes)} more than once; list each column once"
-        )
+        raise ValueError(f"{what} lists {', '.join(repr(d) for d in dupes)} more than once; list each column once")
     return values
 
 
@@ -151,8 +147,7 @@ def _duplicates(items: Iterable[tuple[str, Hashable]]) -> list[tuple[str, str, H
 def _check_duration(value: str | None, field: str) -> str | None:
     if value is not None and not _DURATION_RE.fullmatch(value.strip()):
         raise ValueError(
-            f"{field} {value!r} is not a duration; "
-            "use a number with a unit (us, ms, s, min, h, d), e.g. 5s or 10min"
+            f"{field} {value!r} is not a duration; use a number with a unit (us, ms, s, min, h, d), e.g. 5s or 10min"
         )
     return value
 
@@ -230,8 +225,7 @@ class PostgresTarget(BaseModel):
         raw = value.get_secret_value()
         if not raw.strip():
             raise ValueError(
-                "dsn is empty; set it to a PostgreSQL URI (postgresql://user@host:5432/db) "
-                "or a key=value string"
+                "dsn is empty; set it to a PostgreSQL URI (postgresql://user@host:5432/db) or a key=value string"
             )
         try:
             conninfo_to_dict(raw)
@@ -273,9 +267,7 @@ class PostgresTarget(BaseModel):
         try:
             params = conninfo_to_dict(self.dsn.get_secret_value())
         except (psycopg.Error, ValueError):
-            raise UserError(
-                f"target {self.name!r}: dsn is not a valid PostgreSQL connection string"
-            ) from None
+            raise UserError(f"target {self.name!r}: dsn is not a valid PostgreSQL connection string") from None
         host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or None
         port = params.get("port") or "5432"
         database = params.get("dbname") or params.get("user") or None
@@ -308,8 +300,7 @@ class Targets(BaseModel):
     def _reject_dynamodb(cls, value: Any) -> Any:
         if value:
             raise ValueError(
-                "DynamoDB targets are not supported by this version yet; "
-                "remove the entries (or use `dynamodb: []`)"
+                "DynamoDB targets are not supported by this version yet; remove the entries (or use `dynamodb: []`)"
             )
         return value
 
@@ -322,10 +313,7 @@ class Targets(BaseModel):
             raise PydanticCustomError(
                 _DUPLICATE,
                 "{detail}",
-                {
-                    "detail": f"target name {name!r} is used by {first} and {where}; "
-                    "target names must be unique"
-                },
+                {"detail": f"target name {name!r} is used by {first} and {where}; target names must be unique"},
             )
         return value
 
@@ -346,8 +334,7 @@ class LoadedTargets:
             return override
         if self.config.mappings is None:
             raise UserError(
-                f"{self.path}: no mappings file given; "
-                "set `mappings: <file>` in targets.yaml or pass --mappings"
+                f"{self.path}: no mappings file given; set `mappings: <file>` in targets.yaml or pass --mappings"
             )
         # An absolute path survives the join; a relative one is relative to targets.yaml, not the cwd.
         return self.base_dir / Path(self.config.mappings).expanduser()
@@ -444,9 +431,7 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}: not valid UTF-8 (line {line}, byte {exc.start}); save the file as UTF-8"
-        ) from None
+        raise UserError(f"{path}: not valid UTF-8 (line {line}, byte {exc.start}); save the file as UTF-8") from None
     try:
         return yaml.load(text, Loader=_StrictLoader), data
     except yaml.MarkedYAMLError as exc:
@@ -503,17 +488,14 @@ def _substitute(value: Any, loc: Loc, env: _Env, problems: list[tuple[Loc, str]]
             name = match.group(1)
             if not _VAR_NAME_RE.fullmatch(name):
                 # The text inside ${...} is not echoed: it may be part of a literal password.
-                problems.append(
-                    (loc, "invalid ${...} reference; use ${NAME} with letters, digits and _ only")
-                )
+                problems.append((loc, "invalid ${...} reference; use ${NAME} with letters, digits and _ only"))
                 return match.group(0)
             resolved = env.get(name)
             if resolved is None:
                 problems.append(
                     (
                         loc,
-                        f"environment variable {name} is not set; export {name} or add {name}=... to "
-                        f"{env.env_file}",
+                        f"environment variable {name} is not set; export {name} or add {name}=... to {env.env_file}",
                     )
                 )
                 return match.group(0)
@@ -694,9 +676,7 @@ def load_targets(path: Path) -> LoadedTargets:
     if raw is None:
         raise UserError(f"{path}: the file is empty; it needs at least `version: 1` and a `postgres:` list")
     if not isinstance(raw, dict):
-        raise UserError(
-            f"{path}: the top level must be a mapping (`version: 1`, `postgres: [...]`), not {_kind(raw)}"
-        )
+        raise UserError(f"{path}: the top level must be a mapping (`version: 1`, `postgres: [...]`), not {_kind(raw)}")
 
     absolute = Path(os.path.abspath(path))
     env = _Env(absolute.parent / ".env")

@@ -116,9 +116,7 @@ class MappingSet:
         for cycle in _find_cycles(_edges(kept, self.match)):
             problems.append(_cycle_problem(cycle, None, lambda m: m.ord))
         problems.sort(key=lambda p: p[0])
-        result = tuple(
-            m if m.client_id is None else Mapping(m.old, m.new, None, m.ord, m.where) for m in kept
-        )
+        result = tuple(m if m.client_id is None else Mapping(m.old, m.new, None, m.ord, m.where) for m in kept)
         return result, [text for _, text in problems]
 
 
@@ -189,9 +187,7 @@ def _decode(path: Path, data: bytes) -> str:
     except UnicodeDecodeError as e:
         line = body.count(b"\n", 0, e.start) + 1
         byte = e.start + len(data) - len(body)
-        raise UserError(
-            f"{path}: not valid UTF-8 (line {line}, byte {byte}); save the file as UTF-8"
-        ) from None
+        raise UserError(f"{path}: not valid UTF-8 (line {line}, byte {byte}); save the file as UTF-8") from None
 
 
 def _is_json(path: Path, text: str) -> bool:
@@ -335,9 +331,7 @@ def _json_entry_problems(entry: dict[str, Any], where: str) -> list[str]:
         client = entry[given["client"][0]]
         # bool is an int in Python; true/false as a client id is surely a mistake.
         if isinstance(client, bool) or not isinstance(client, int | str | None):
-            problems.append(
-                f'{where}: "{given["client"][0]}" must be a string or an integer, got {_json_type(client)}'
-            )
+            problems.append(f'{where}: "{given["client"][0]}" must be a string or an integer, got {_json_type(client)}')
     return problems
 
 
@@ -436,8 +430,7 @@ def _is_email_slow(value: str) -> bool:
     if len(labels) < 2:
         return False
     return all(
-        label and label[0] != "-" and label[-1] != "-" and all(_label_char(c) for c in label)
-        for label in labels
+        label and label[0] != "-" and label[-1] != "-" and all(_label_char(c) for c in label) for label in labels
     )
 
 
@@ -492,9 +485,7 @@ def _validate(
 _MAX_RIVALS = 3
 
 
-def _check_conflicts(
-    mappings: list[Mapping], positions: list[int], match: Match, problems: _Problems
-) -> None:
+def _check_conflicts(mappings: list[Mapping], positions: list[int], match: Match, problems: _Problems) -> None:
     """Report one old address with two different news in one client scope, then cycles per scope.
 
     A mapping without client_id applies to every client, so it belongs to every scope.
@@ -529,9 +520,7 @@ def _check_conflicts(
             # A mapping for all clients against many client mappings: name a few and count the rest, or the
             # report would grow as clients x mappings.
             more = len(rivals) - _MAX_RIVALS
-            problems.append(
-                (positions[m.ord], f"{m.where}: ... and conflicts with {more} more client mapping(s)")
-            )
+            problems.append((positions[m.ord], f"{m.where}: ... and conflicts with {more} more client mapping(s)"))
     _check_cycles(first_global, first_client, positions, match, problems)
 
 
@@ -632,9 +621,7 @@ def _find_cycles(edges: dict[str, tuple[str, Mapping]]) -> list[list[Mapping]]:
 # --- messages -----------------------------------------------------------------------------------------------
 
 
-def _cycle_problem(
-    cycle: Sequence[Mapping], client: str | None, pos: Callable[[Mapping], int]
-) -> tuple[int, str]:
+def _cycle_problem(cycle: Sequence[Mapping], client: str | None, pos: Callable[[Mapping], int]) -> tuple[int, str]:
     # Start at the earliest entry so the message does not depend on dict order.
     i = min(range(len(cycle)), key=lambda j: cycle[j].ord)
     ordered = [*cycle[i:], *cycle[:i]]

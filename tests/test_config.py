@@ -206,9 +206,7 @@ def test_env_substitution_from_environ(tmp_path: Path, monkeypatch: pytest.Monke
     assert config.mappings == "m.json"
 
 
-def test_env_substitution_from_dotenv_without_touching_environ(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_env_substitution_from_dotenv_without_touching_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CORE_DSN", raising=False)
     monkeypatch.delenv("MAPPINGS_FILE", raising=False)
     (tmp_path / ".env").write_text("CORE_DSN=host=dotenv-host dbname=app\nMAPPINGS_FILE=d.json\n")
@@ -229,9 +227,7 @@ def test_environ_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_substitution_inside_a_longer_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_HOST", "h1")
     monkeypatch.setenv("SCHEMA", "hr")
-    text = minimal(table="${SCHEMA}.employees").replace(
-        "host=localhost dbname=app", "host=${DB_HOST} dbname=app"
-    )
+    text = minimal(table="${SCHEMA}.employees").replace("host=localhost dbname=app", "host=${DB_HOST} dbname=app")
     target = load_targets(write(tmp_path, text)).config.postgres[0]
     assert target.dsn.get_secret_value() == "host=h1 dbname=app"
     assert target.tables[0].schema_name == "hr"
@@ -277,9 +273,7 @@ def test_unknown_key_nested_with_path_and_allowed_keys(tmp_path: Path) -> None:
 def test_unknown_top_level_and_target_keys(tmp_path: Path) -> None:
     text = minimal().replace("    dsn:", "    lock_timeout_ms: 5\n    dsn:") + "extra: 1\n"
     error = load_error(tmp_path, text)
-    assert "postgres[0].lock_timeout_ms: unknown key 'lock_timeout_ms' (allowed: name, dsn, tables," in str(
-        error
-    )
+    assert "postgres[0].lock_timeout_ms: unknown key 'lock_timeout_ms' (allowed: name, dsn, tables," in str(error)
     assert "extra: unknown key 'extra' (allowed: version, mappings, match, postgres, dynamodb)" in str(error)
 
 
@@ -306,9 +300,7 @@ def test_missing_required_keys(tmp_path: Path) -> None:
 
 
 def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
-    error = load_error(
-        tmp_path, minimal(columns="email", key="[1]").replace("  - name", "  - ledger: maybe\n    name")
-    )
+    error = load_error(tmp_path, minimal(columns="email", key="[1]").replace("  - name", "  - ledger: maybe\n    name"))
     assert "postgres[0].tables[0].columns: must be a list, got a string" in error.problems
     assert "postgres[0].tables[0].key[0]: must be a string, got a number" in error.problems
     assert "postgres[0].ledger: must be true or false, got a string" in error.problems
@@ -367,10 +359,8 @@ postgres:
 def test_duplicate_target_names_and_tables(tmp_path: Path) -> None:
     error = load_error(tmp_path, TWO_TARGETS)
     assert error.problems == [
-        "postgres[1].name: duplicate target name 'core' (already used at postgres[0].name); "
-        "use a unique name",
-        "postgres[1].tables[1].table: same table as postgres[1].tables[0].table; "
-        "merge the two entries into one",
+        "postgres[1].name: duplicate target name 'core' (already used at postgres[0].name); use a unique name",
+        "postgres[1].tables[1].table: same table as postgres[1].tables[0].table; merge the two entries into one",
     ]
 
 
@@ -379,17 +369,14 @@ def test_duplicate_checks_also_apply_to_models_built_in_code() -> None:
     with pytest.raises(ValidationError, match="name the same table"):
         PostgresTarget(name="a", dsn="host=h", tables=(table, table))
     target = PostgresTarget(name="a", dsn="host=h", tables=(table,))
-    with pytest.raises(
-        ValidationError, match="target name 'a' is used by postgres\\[0\\] and postgres\\[1\\]"
-    ):
+    with pytest.raises(ValidationError, match="target name 'a' is used by postgres\\[0\\] and postgres\\[1\\]"):
         Targets(version=1, postgres=(target, target))
 
 
 def test_dynamodb_not_supported_yet(tmp_path: Path) -> None:
     error = load_error(tmp_path, minimal() + "dynamodb:\n  - name: sessions\n    table: Sessions\n")
     assert error.problems == [
-        "dynamodb: DynamoDB targets are not supported by this version yet; "
-        "remove the entries (or use `dynamodb: []`)"
+        "dynamodb: DynamoDB targets are not supported by this version yet; remove the entries (or use `dynamodb: []`)"
     ]
 
 
@@ -478,9 +465,7 @@ def target_with(dsn: str) -> PostgresTarget:
 
 
 def test_fingerprint_uri() -> None:
-    fingerprint = target_with(
-        "postgresql://admin:hunter2@db.internal:6543/core?sslmode=require"
-    ).fingerprint()
+    fingerprint = target_with("postgresql://admin:hunter2@db.internal:6543/core?sslmode=require").fingerprint()
     assert fingerprint == {"host": "db.internal", "port": "6543", "database": "core"}
     assert "hunter2" not in str(fingerprint)
     assert "admin" not in str(fingerprint)
@@ -585,17 +570,14 @@ def test_unsafe_yaml_tag_is_rejected(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path, text: str) -> None:
     error = load_error(tmp_path, text)
     assert str(error) == (
-        f"{tmp_path / 'targets.yaml'}: the file is empty; "
-        "it needs at least `version: 1` and a `postgres:` list"
+        f"{tmp_path / 'targets.yaml'}: the file is empty; it needs at least `version: 1` and a `postgres:` list"
     )
 
 
 @pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "a list"), ("just text\n", "a string")])
 def test_top_level_not_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
     error = load_error(tmp_path, text)
-    assert str(error).endswith(
-        f"the top level must be a mapping (`version: 1`, `postgres: [...]`), not {kind}"
-    )
+    assert str(error).endswith(f"the top level must be a mapping (`version: 1`, `postgres: [...]`), not {kind}")
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
@@ -612,9 +594,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "targets.yaml"
     path.write_bytes(b"version: 1\nmappings: caf\xe9.json\n")
-    with pytest.raises(
-        UserError, match="not valid UTF-8 \\(line 2, byte 24\\); save the file as UTF-8"
-    ) as info:
+    with pytest.raises(UserError, match="not valid UTF-8 \\(line 2, byte 24\\); save the file as UTF-8") as info:
         load_targets(path)
     assert str(path) in str(info.value)
 

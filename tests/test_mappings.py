@@ -332,8 +332,7 @@ def test_cycle_of_three_starts_at_earliest_entry(tmp_path: Path) -> None:
     entries = [{"old": o, "new": n} for o, n in json.loads(content)]
     err = load_error(write(tmp_path, "m.json", json.dumps(entries)))
     assert err.problems == [
-        "[0]: cycle: b@x.com → c@x.com → a@x.com → b@x.com (entries [0], [1], [2]); "
-        "no update order can apply it"
+        "[0]: cycle: b@x.com → c@x.com → a@x.com → b@x.com (entries [0], [1], [2]); no update order can apply it"
     ]
 
 
@@ -411,8 +410,7 @@ def test_cycle_across_clients_is_fine_when_scoped(tmp_path: Path) -> None:
 def test_cycle_through_global_mappings_in_one_client(tmp_path: Path) -> None:
     # a→b and b→c apply to everyone; only client 7 closes the loop with c→a.
     content = (
-        "old_email,new_email,client_id\na@x.com,b@x.com,\nb@x.com,c@x.com,\nc@x.com,a@x.com,7\n"
-        "c@x.com,z@x.com,8\n"
+        "old_email,new_email,client_id\na@x.com,b@x.com,\nb@x.com,c@x.com,\nc@x.com,a@x.com,7\nc@x.com,z@x.com,8\n"
     )
     err = load_error(write(tmp_path, "m.csv", content))
     assert err.problems == [
@@ -428,8 +426,7 @@ def test_cycle_within_one_client(tmp_path: Path) -> None:
     ]
     err = load_error(write(tmp_path, "m.json", json.dumps(entries)))
     assert err.problems == [
-        '[0]: cycle for client "3": a@x.com → b@x.com → a@x.com (entries [0], [1]); '
-        "no update order can apply it"
+        '[0]: cycle for client "3": a@x.com → b@x.com → a@x.com (entries [0], [1]); no update order can apply it'
     ]
 
 
@@ -440,8 +437,7 @@ CONTEXT = "table public.employees has no client column, so client_id is ignored 
 
 def test_unscoped_merges_identical_pairs(tmp_path: Path) -> None:
     content = (
-        "old_email,new_email,client_id\na@x.com,b@x.com,1\nc@x.com,d@x.com,1\na@x.com,b@x.com,2\n"
-        "e@x.com,f@x.com,\n"
+        "old_email,new_email,client_id\na@x.com,b@x.com,1\nc@x.com,d@x.com,1\na@x.com,b@x.com,2\ne@x.com,f@x.com,\n"
     )
     ms = load_mappings(write(tmp_path, "m.csv", content))
     assert pairs(ms.unscoped(CONTEXT)) == [

@@ -267,8 +267,7 @@ def _without_volatile(md: str) -> list[str]:
 
 def test_planning_twice_is_deterministic(ws: Any, db: Any) -> None:
     db.execute(
-        "CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE, manager_email text, "
-        "aliases text[], prefs jsonb)"
+        "CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE, manager_email text, aliases text[], prefs jsonb)"
     )
     db.execute("CREATE TABLE invites (code text PRIMARY KEY, email text)")
     db.execute(

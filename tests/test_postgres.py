@@ -8,9 +8,7 @@ EMP = "- table: public.employees\n  columns: [email, manager_email]\n"
 
 
 def _emp(db, rows):
-    db.execute(
-        "CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, manager_email text, name text NOT NULL)"
-    )
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, manager_email text, name text NOT NULL)")
     for r in rows:
         db.execute("INSERT INTO employees VALUES (%s, %s, %s, %s)", r)
 
@@ -186,9 +184,7 @@ def test_email_as_primary_key_with_chain(db, ws):
 
 
 def test_arrays_and_jsonb(db, ws):
-    db.execute(
-        "CREATE TABLE projects (id int PRIMARY KEY, members text[], watchers varchar(100)[], payload jsonb)"
-    )
+    db.execute("CREATE TABLE projects (id int PRIMARY KEY, members text[], watchers varchar(100)[], payload jsonb)")
     db.execute(
         """INSERT INTO projects VALUES
         (1, ARRAY['z@x.com', 'a@x.com', NULL, 'b@x.com'], ARRAY['a@x.com'],
@@ -221,18 +217,14 @@ def test_arrays_and_jsonb(db, ws):
 
 def _fk_schema(db, on_update: str) -> None:
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
-    db.execute(
-        f"CREATE TABLE leave (id int PRIMARY KEY, email text NOT NULL REFERENCES employees(email) {on_update})"
-    )
+    db.execute(f"CREATE TABLE leave (id int PRIMARY KEY, email text NOT NULL REFERENCES employees(email) {on_update})")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     db.execute("INSERT INTO leave VALUES (10, 'a@x.com'), (11, 'a@x.com'), (12, 'b@x.com')")
 
 
 def test_foreign_key_no_action_parent_and_child_change_together(db, ws):
     _fk_schema(db, "")
-    ws.postgres_targets(
-        {"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n"
-    )
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n")
     ws.mappings({"a@x.com": "a2@x.com"})
     r, plan = ws.plan()
     assert r.code == 0, r.err
@@ -272,9 +264,7 @@ def test_foreign_key_on_update_cascade_updates_parent_only(db, ws):
 
 def test_foreign_key_on_delete_conflict_moves_children_to_the_survivor(db, ws):
     _fk_schema(db, "")
-    ws.postgres_targets(
-        {"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n"
-    )
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n")
     ws.mappings({"a@x.com": "b@x.com"})  # a's row conflicts with b and is deleted; a's leave moves to b
     r, plan = ws.plan()
     assert r.code == 0, r.err
@@ -289,9 +279,7 @@ def test_foreign_key_on_delete_conflict_moves_children_to_the_survivor(db, ws):
 
 def test_delete_refused_when_other_rows_reference_the_row(db, ws):
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
-    db.execute(
-        "CREATE TABLE reviews (id int PRIMARY KEY, employee_id int REFERENCES employees(id) ON DELETE CASCADE)"
-    )
+    db.execute("CREATE TABLE reviews (id int PRIMARY KEY, employee_id int REFERENCES employees(id) ON DELETE CASCADE)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     db.execute("INSERT INTO reviews VALUES (100, 1)")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")

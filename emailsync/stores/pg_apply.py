@@ -2,10 +2,12 @@
 
 The sequence inside the transaction:
 1. the target's actions are copied into a temporary table (one COPY, no per-row round trips);
-2. every planned row is locked (FOR UPDATE) and classified against the plan: pending (still holds the
-   planned old value, or for a delete the whole planned image), already-applied, or stale;
-3. steps run in order; each step is ONE statement (writable CTEs over every table) so foreign keys checked
-   at the end of a statement see parents and children change together;
+2. every planned row is locked (FOR UPDATE; rows a delete depends on, FOR SHARE) and classified against the
+   plan: pending (still holds the planned old value; for a delete, still equal to the whole planned row),
+   already-applied, or stale;
+3. steps run in order; each step is ONE statement (writable CTEs over every table) so foreign keys checked at
+   the end of a statement see parents and children change together. Updates run at even steps and deletes
+   at odd steps, each delete only while the row that took its entry still holds it and no row references it;
 4. every touched row is read back and compared with its pre-write image plus the planned new values;
 5. commit only if nothing is stale (or --on-stale skip) and everything verified; otherwise roll back.
 """
@@ -20,9 +22,7 @@ from deepdiff import DeepDiff
 from psycopg import sql
 
 from emailsync.plan import Action, dumps
-from emailsync.stores.pg_catalog import TableMeta
-
-DONE = ("applied", "already-applied")
+from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
 
 
 @dataclass
@@ -37,6 +37,10 @@ class TargetResult:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     error: str | None = None
     committed: bool = False
+
+
+class _Rollback(Exception):
+    """Something the classification did not foresee happened during the writes: refuse to guess."""
 
 
 class PostgresApplier:
@@ -58,39 +62,28 @@ class PostgresApplier:
         self.on_stale = on_stale
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
+        self.fks: list[ForeignKey] = []
 
     def run(self) -> TargetResult:
         res = TargetResult(self.target)
         conn = self.conn
         try:
-            for name, value in (
-                ("lock_timeout", self.lock_timeout),
-                ("statement_timeout", self.statement_timeout),
-            ):
+            for name, value in (("lock_timeout", self.lock_timeout), ("statement_timeout", self.statement_timeout)):
                 if value:
                     conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            self.fks = foreign_keys(conn, [m.oid for m in self.metas])
             self._load()
             for i, m in enumerate(self.metas):
                 self._classify(i, m)
-            status = dict(conn.execute("SELECT id, status FROM _es_act").fetchall())
-            stale = [i for i, s in status.items() if s == "stale"]
-            if stale and self.on_stale == "abort":
-                conn.rollback()
-                details = self._stale_details_after_rollback(stale)
-                for a in self.actions:
-                    if status[a.id] == "stale":
-                        res.outcomes[a.id] = Outcome("stale", details.get(a.id))
-                    else:
-                        res.outcomes[a.id] = Outcome(
-                            "not-applied", "rolled back: stale rows and --on-stale abort"
-                        )
-                res.error = (
-                    f"{len(stale)} stale action(s); nothing written to this database (--on-stale abort)"
-                )
-                return res
-            stale_detail = self._stale_details(stale)
+            details = self._stale_details()
+            if details and self.on_stale == "abort":
+                return self._abort(res, details, "stale rows and --on-stale abort")
             for step in sorted({a.step for a in self.actions}):
                 self._run_step(step)
+            late = {k: v for k, v in self._stale_details().items() if k not in details}
+            details.update(late)
+            if late and self.on_stale == "abort":
+                return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
             final = dict(conn.execute("SELECT id, status FROM _es_act").fetchall())
             if mismatches:
@@ -99,7 +92,7 @@ class PostgresApplier:
                     if a.id in mismatches:
                         res.outcomes[a.id] = Outcome("failed", "verification mismatch: " + mismatches[a.id])
                     elif final[a.id] == "stale":
-                        res.outcomes[a.id] = Outcome("stale", stale_detail.get(a.id))
+                        res.outcomes[a.id] = Outcome("stale", details.get(a.id))
                     else:
                         res.outcomes[a.id] = Outcome("not-applied", "rolled back: verification failed")
                 res.error = f"{len(mismatches)} action(s) failed verification; the database was rolled back"
@@ -108,15 +101,25 @@ class PostgresApplier:
             res.committed = True
             for a in self.actions:
                 s = final[a.id]
-                res.outcomes[a.id] = Outcome(s, stale_detail.get(a.id) if s == "stale" else None)
+                res.outcomes[a.id] = Outcome(s, details.get(a.id) if s == "stale" else None)
             return res
-        except psycopg.Error as e:
+        except (psycopg.Error, _Rollback) as e:
             conn.rollback()
-            msg = (getattr(e.diag, "message_primary", None) or str(e)).strip()
+            msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
             res.error = f"database error, rolled back: {msg}"
             for a in self.actions:
                 res.outcomes[a.id] = Outcome("failed", res.error)
             return res
+
+    def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
+        self.conn.rollback()
+        for a in self.actions:
+            if a.id in details:
+                res.outcomes[a.id] = Outcome("stale", details[a.id])
+            else:
+                res.outcomes[a.id] = Outcome("not-applied", f"rolled back: {why}")
+        res.error = f"{len(details)} stale action(s); nothing written to this database (--on-stale abort)"
+        return res
 
     # -- 1. load -------------------------------------------------------------------------------------------
 
@@ -127,7 +130,7 @@ class PostgresApplier:
                 id text PRIMARY KEY, tbl int NOT NULL, rowid int NOT NULL, kind text NOT NULL,
                 step int NOT NULL, col text NOT NULL, key jsonb NOT NULL, post_key jsonb NOT NULL,
                 cur_key jsonb NOT NULL, old jsonb, new jsonb, image jsonb, rowcols text[] NOT NULL,
-                status text, pre jsonb
+                conflict jsonb, status text, pre jsonb, detail text
             ) ON COMMIT DROP
             """
         )
@@ -141,10 +144,8 @@ class PostgresApplier:
             pk = post_keys.setdefault(rk, dict(a.key))
             if a.column in a.key and a.kind != "delete-on-conflict":
                 pk[a.column] = a.new
-        with self.conn.cursor().copy(
-            "COPY _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols) "
-            "FROM STDIN"
-        ) as cp:
+        cols = "id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols, conflict"
+        with self.conn.cursor().copy(f"COPY _es_act ({cols}) FROM STDIN") as cp:
             for a in self.actions:
                 rk = (self.tbl_no[a.table], dumps(a.key))
                 k = dumps(a.key)
@@ -161,86 +162,96 @@ class PostgresApplier:
                         k,
                         dumps(a.old),
                         dumps(a.new),
-                        dumps(a.row) if a.row is not None else None,
+                        None if a.row is None else dumps(a.row),
                         rowcols[rk],
+                        None if a.conflict is None else dumps(a.conflict),
                     )
                 )
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
+        self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
         self.conn.execute("ANALYZE _es_act")
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 
     def _classify(self, i: int, m: TableMeta) -> None:
-        t = sql.Identifier("t")
-        km = m.key_match(t, sql.SQL("a.key"))
+        T, W = m.alias("t"), m.alias("w")
+        km = m.key_match(T, sql.SQL("a.key"))
         self.conn.execute(
             sql.SQL(
-                "SELECT count(*) FROM (SELECT 1 FROM {tbl} t JOIN _es_act a ON a.tbl = %s AND {km} "
-                "FOR UPDATE OF t) s"
-            ).format(tbl=m.ident, km=km),
+                "SELECT count(*) FROM (SELECT 1 FROM {tbl} {T} JOIN _es_act a ON a.tbl = %s AND {km} "
+                "FOR UPDATE OF {T}) s"
+            ).format(tbl=m.ident, T=T, km=km),
             (i,),
         )
+        # A delete relies on the row that holds its new value: keep that row from changing until commit.
+        self.conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {tbl} {W} JOIN _es_act a ON a.tbl = %s "
+                "AND a.conflict IS NOT NULL AND {km} FOR SHARE OF {W}) s"
+            ).format(tbl=m.ident, W=W, km=m.key_match(W, sql.SQL("(a.conflict -> 'key')"))),
+            (i,),
+        )
+        # Where the email is part of the key, the row now under an action's key may be the result of another
+        # action that already moved there (a chain a→b, b→c applied before): that row is not this action's.
         self.conn.execute(
             sql.SQL(
                 """
-                UPDATE _es_act a SET pre = to_jsonb(t), status = CASE
+                UPDATE _es_act a SET pre = to_jsonb({T}.*), status = CASE
                     WHEN a.image IS NOT NULL THEN
-                        CASE WHEN to_jsonb(t) = a.image THEN 'pending' END  -- else: maybe applied, look below
-                    WHEN to_jsonb(t) -> a.col = a.old THEN 'pending'
-                    WHEN to_jsonb(t) -> a.col = a.new THEN 'already-applied'
+                        CASE WHEN to_jsonb({T}.*) = a.image AND NOT EXISTS (
+                            SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key
+                              AND x.rowid <> a.rowid AND NOT EXISTS (
+                                SELECT 1 FROM {tbl} {W} WHERE {kmx}))
+                        THEN 'pending' END  -- else decided below, by the post key
+                    WHEN to_jsonb({T}.*) -> a.col = a.old THEN 'pending'
+                    WHEN to_jsonb({T}.*) -> a.col = a.new THEN 'already-applied'
                     ELSE 'stale' END
-                FROM {tbl} t WHERE a.tbl = %s AND {km}
+                FROM {tbl} {T} WHERE a.tbl = %s AND {km}
                 """
-            ).format(tbl=m.ident, km=km),
+            ).format(tbl=m.ident, T=T, W=W, km=km, kmx=m.key_match(W, sql.SQL("x.key"))),
             (i,),
         )
         # A row whose key holds a changed email is found under its new key once applied.
         self.conn.execute(
             sql.SQL(
                 """
-                UPDATE _es_act a SET pre = to_jsonb(t), cur_key = a.post_key, status = CASE
-                    WHEN to_jsonb(t) -> a.col = a.new AND (to_jsonb(t) - a.rowcols) = (a.image - a.rowcols)
+                UPDATE _es_act a SET pre = to_jsonb({T}.*), cur_key = a.post_key, status = CASE
+                    WHEN to_jsonb({T}.*) -> a.col = a.new
+                         AND (to_jsonb({T}.*) - a.rowcols) = (a.image - a.rowcols)
                     THEN 'already-applied' ELSE 'stale' END
-                FROM {tbl} t
+                FROM {tbl} {T}
                 WHERE a.tbl = %s AND a.status IS NULL AND a.kind <> 'delete-on-conflict'
                   AND a.post_key <> a.key AND {km}
                 """
-            ).format(tbl=m.ident, km=m.key_match(t, sql.SQL("a.post_key"))),
+            ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("a.post_key"))),
             (i,),
         )
-        # Not found as planned: a delete whose row is gone already happened; anything else is stale.
+        # Not found as planned. A delete already happened if its row is gone, or if the row now under its key
+        # is one that another action of the plan has already moved there; anything else is stale.
         self.conn.execute(
-            "UPDATE _es_act SET status = CASE WHEN kind = 'delete-on-conflict' AND pre IS NULL "
-            "THEN 'already-applied' ELSE 'stale' END WHERE tbl = %s AND status IS NULL",
+            """
+            UPDATE _es_act a SET status = CASE WHEN a.kind = 'delete-on-conflict' AND (a.pre IS NULL OR EXISTS (
+                    SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key AND x.rowid <> a.rowid
+                      AND x.status = 'already-applied'))
+                THEN 'already-applied' ELSE 'stale' END
+            WHERE a.tbl = %s AND a.status IS NULL
+            """,
+            (i,),
+        )
+        # Updates planned on a row that the plan then deletes: done if that delete is.
+        self.conn.execute(
+            """
+            UPDATE _es_act a SET status = 'already-applied' WHERE a.tbl = %s AND a.status = 'stale'
+              AND a.kind <> 'delete-on-conflict' AND EXISTS (
+                SELECT 1 FROM _es_act d WHERE d.tbl = a.tbl AND d.rowid = a.rowid
+                  AND d.kind = 'delete-on-conflict' AND d.status = 'already-applied')
+            """,
             (i,),
         )
 
-    def _stale_details(self, ids: list[str]) -> dict[str, str]:
-        if not ids:
-            return {}
-        rows = self.conn.execute(
-            "SELECT id, kind, col, pre FROM _es_act WHERE id = ANY(%s)", (ids,)
-        ).fetchall()
-        return {i: _stale_text(kind, col, pre) for i, kind, col, pre in rows}
-
-    def _stale_details_after_rollback(self, ids: list[str]) -> dict[str, str]:
-        # The temp table is gone with the rollback: read the rows' current values directly.
-        out: dict[str, str] = {}
-        by_id = {a.id: a for a in self.actions}
-        for i, m in enumerate(self.metas):
-            mine = [by_id[x] for x in ids if self.tbl_no[by_id[x].table] == i]
-            if not mine:
-                continue
-            t = sql.Identifier("t")
-            q = sql.SQL(
-                "SELECT {kj}, to_jsonb(t) FROM {tbl} t WHERE {kj} IN (SELECT jsonb_array_elements(%s))"
-            )
-            q = q.format(kj=m.key_json(t), tbl=m.ident)
-            cur = {dumps(k): img for k, img in self.conn.execute(q, (dumps([a.key for a in mine]),))}
-            self.conn.rollback()
-            for a in mine:
-                out[a.id] = _stale_text(a.kind, a.column, cur.get(dumps(a.key)))
-        return out
+    def _stale_details(self) -> dict[str, str]:
+        rows = self.conn.execute("SELECT id, kind, col, pre, detail FROM _es_act WHERE status = 'stale'").fetchall()
+        return {i: detail or _stale_text(kind, col, pre) for i, kind, col, pre, detail in rows}
 
     # -- 3. write --------------------------------------------------------------------------------------------
 
@@ -249,48 +260,57 @@ class PostgresApplier:
         names: list[sql.Composable] = []
         kinds = dict(
             self.conn.execute(
-                "SELECT tbl, array_agg(DISTINCT kind) FROM _es_act WHERE step = %s AND status = 'pending' "
-                "GROUP BY tbl",
+                "SELECT tbl, array_agg(DISTINCT kind) FROM _es_act WHERE step = %s AND status = 'pending' GROUP BY tbl",
                 (step,),
             ).fetchall()
         )
         if not kinds:
             return
-        t = sql.Identifier("t")
         for i, m in enumerate(self.metas):
             if i not in kinds:
                 continue
+            T, W = m.alias("t"), m.alias("w")
             if "delete-on-conflict" in kinds[i]:
                 nm = sql.Identifier(f"d{i}")
                 ctes.append(
                     sql.SQL(
-                        "{nm} AS (DELETE FROM {tbl} t USING _es_act a WHERE a.tbl = {i} AND a.step = {s} "
+                        "{nm} AS (DELETE FROM {tbl} {T} USING _es_act a WHERE a.tbl = {i} AND a.step = {s} "
                         "AND a.kind = 'delete-on-conflict' AND a.status = 'pending' AND {km} "
-                        "AND to_jsonb(t) = a.image RETURNING ARRAY[a.id] AS ids)"
+                        # the planned image, with this plan's own earlier updates of the row applied
+                        "AND to_jsonb({T}.*) = a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
+                        "FROM _es_act x WHERE x.tbl = a.tbl AND x.rowid = a.rowid "
+                        "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}') "
+                        "AND EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} "
+                        "AND to_jsonb({W}.*) @> (a.conflict -> 'values'))"
+                        "{unreferenced} RETURNING ARRAY[a.id] AS ids)"
                     ).format(
                         nm=nm,
                         tbl=m.ident,
+                        T=T,
+                        W=W,
                         i=sql.Literal(i),
                         s=sql.Literal(step),
-                        km=m.key_match(t, sql.SQL("a.cur_key")),
+                        km=m.key_match(T, sql.SQL("a.cur_key")),
+                        kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")),
+                        unreferenced=self._unreferenced(m, T),
                     )
                 )
                 names.append(nm)
             if set(kinds[i]) - {"delete-on-conflict"}:
                 nm = sql.Identifier(f"u{i}")
                 sets = sql.SQL(", ").join(
-                    sql.SQL("{c} = (jsonb_populate_record(t, p.new)).{c}").format(c=sql.Identifier(c))
+                    sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
                     for c in m.email_columns
                 )
                 conds = sql.SQL(" AND ").join(
-                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb(t.{c}) = p.old -> {lit})").format(
-                        lit=sql.Literal(c), c=sql.Identifier(c)
+                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
+                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
                     )
                     for c in m.email_columns
                 )
                 ctes.append(
                     sql.SQL(
-                        "{nm} AS (UPDATE {tbl} t SET {sets} FROM ("
+                        "{nm} AS (UPDATE {tbl} {T} SET {sets} FROM ("
                         "SELECT cur_key, jsonb_object_agg(col, new) AS new, jsonb_object_agg(col, old) AS old, "
                         "array_agg(id) AS ids FROM _es_act WHERE tbl = {i} AND step = {s} "
                         "AND kind <> 'delete-on-conflict' AND status = 'pending' GROUP BY cur_key) p "
@@ -298,10 +318,11 @@ class PostgresApplier:
                     ).format(
                         nm=nm,
                         tbl=m.ident,
+                        T=T,
                         sets=sets,
                         i=sql.Literal(i),
                         s=sql.Literal(step),
-                        km=m.key_match(t, sql.SQL("p.cur_key")),
+                        km=m.key_match(T, sql.SQL("p.cur_key")),
                         conds=conds,
                     )
                 )
@@ -309,16 +330,21 @@ class PostgresApplier:
         body = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) FROM {}").format(n) for n in names)
         stmt = sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), body)
         done = [r[0] for r in self.conn.execute(stmt).fetchall()]
-        pending = self.conn.execute(
+        self.conn.execute("UPDATE _es_act SET status = 'applied' WHERE id = ANY(%s)", (done,))
+        # A delete that did not happen: the row holding its new value changed, or rows still reference it.
+        # Never delete on a stale premise; report it (the row was locked and equal to its image).
+        self.conn.execute(
+            "UPDATE _es_act SET status = 'stale', detail = 'not deleted: the row that was to hold ' || col || "
+            "' = ' || (new #>> '{}') || ' no longer does, or other rows still reference this row' "
+            "WHERE step = %s AND status = 'pending' AND kind = 'delete-on-conflict'",
+            (step,),
+        )
+        left = self.conn.execute(
             "SELECT count(*) FROM _es_act WHERE step = %s AND status = 'pending'", (step,)
         ).fetchone()[0]
-        if len(done) != pending:
-            # Every pending row was locked and checked, so this means something else changed them (a trigger,
-            # a rule): refuse to guess, roll back.
-            raise psycopg.errors.RaiseException(
-                f"step {step}: {pending} row(s) were pending but {len(done)} were written; nothing committed"
-            )
-        self.conn.execute("UPDATE _es_act SET status = 'applied' WHERE id = ANY(%s)", (done,))
+        if left:
+            # Every pending row was locked and checked, so something else (a rule, a trigger) changed them.
+            raise _Rollback(f"step {step}: {left} locked row(s) were not written as planned; nothing committed")
         # Later steps find a row under its new key if this step changed a key column.
         self.conn.execute(
             """
@@ -330,40 +356,71 @@ class PostgresApplier:
             (step,),
         )
 
+    def _unreferenced(self, m: TableMeta, T: sql.Identifier) -> sql.Composable:
+        """No row anywhere references the row about to be deleted (so no cascade or SET NULL can fire)."""
+        parts = []
+        for fk in self.fks:
+            if fk.parent_oid != m.oid:
+                continue
+            c = sql.Identifier(m.prefix + "ref")
+            on = sql.SQL(" AND ").join(
+                sql.SQL("{c}.{cc} = {T}.{pc}").format(c=c, cc=sql.Identifier(cc), T=T, pc=sql.Identifier(pc))
+                for cc, pc in zip(fk.child_cols, fk.parent_cols, strict=True)
+            )
+            self_row = sql.SQL(" AND {c}.ctid <> {T}.ctid").format(c=c, T=T) if fk.child_oid == m.oid else sql.SQL("")
+            parts.append(
+                sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {child} {c} WHERE {on}{self_row})").format(
+                    child=sql.SQL(fk.child_name), c=c, on=on, self_row=self_row
+                )
+            )
+        return sql.SQL("").join(parts)
+
     # -- 4. verify -------------------------------------------------------------------------------------------
+
+    def _ignored(self, m: TableMeta) -> list[str]:
+        """Columns not compared: configured, generated (recomputed by the database), or moved by an
+        ON UPDATE CASCADE from a planned parent column (the plan's warning lists them)."""
+        ignore = set(m.cfg.verify_ignore) | set(m.generated)
+        planned = {x.oid: set(x.email_columns) for x in self.metas}
+        for fk in self.fks:
+            cascaded = fk.on_update == "c" and set(fk.parent_cols) & planned.get(fk.parent_oid, set())
+            if fk.child_oid == m.oid and cascaded:
+                ignore |= set(fk.child_cols) - set(m.email_columns)
+        return sorted(ignore)
 
     def _verify(self) -> dict[str, str]:
         """Every touched row, read back, must equal its pre-write image with the planned values set."""
         out: dict[str, str] = {}
-        t = sql.Identifier("t")
         for i, m in enumerate(self.metas):
-            ignore = list(m.cfg.verify_ignore)
+            T = m.alias("t")
+            ignore = self._ignored(m)
             q = sql.SQL(
                 """
                 WITH r AS (
                     SELECT rowid, (array_agg(cur_key))[1] AS k, (array_agg(pre) FILTER (WHERE pre IS NOT NULL))[1]
                            AS pre, bool_or(kind = 'delete-on-conflict') AS deleted,
+                           (array_agg(image) FILTER (WHERE kind = 'delete-on-conflict'))[1] AS image,
                            COALESCE(jsonb_object_agg(col, new) FILTER (WHERE kind <> 'delete-on-conflict'),
                                     '{{}}') AS newvals,
                            array_agg(id) AS ids
                     FROM _es_act WHERE tbl = %s AND status IN ('applied', 'already-applied')
                     GROUP BY rowid
                 )
-                SELECT r.ids, r.deleted, (r.pre || r.newvals) - %s::text[], to_jsonb(t) - %s::text[]
-                FROM r LEFT JOIN {tbl} t ON {km}
-                WHERE CASE WHEN r.deleted THEN t IS NOT NULL
-                           ELSE t IS NULL OR (to_jsonb(t) - %s::text[]) <> ((r.pre || r.newvals) - %s::text[]) END
+                SELECT r.ids, r.deleted, (r.pre || r.newvals) - %s::text[], to_jsonb({T}.*) - %s::text[]
+                FROM r LEFT JOIN {tbl} {T} ON {km}
+                WHERE CASE WHEN r.deleted THEN to_jsonb({T}.*) = r.image
+                           ELSE {T} IS NULL
+                                OR (to_jsonb({T}.*) - %s::text[]) <> ((r.pre || r.newvals) - %s::text[]) END
                 LIMIT 1000
                 """
-            ).format(tbl=m.ident, km=m.key_match(t, sql.SQL("r.k")))
+            ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("r.k")))
             for ids, deleted, expected, actual in self.conn.execute(q, (i, ignore, ignore, ignore, ignore)):
                 if deleted:
                     why = f"{m.display}: the row should be deleted but still exists: {dumps(actual)}"
                 elif actual is None:
                     why = f"{m.display}: the row is missing after the update"
                 else:
-                    diff = DeepDiff(expected, actual, verbose_level=2)
-                    why = f"{m.display}: " + _describe(diff)
+                    why = f"{m.display}: " + _describe(DeepDiff(expected, actual, verbose_level=2))
                 for x in ids:
                     out[x] = why
         return out
@@ -374,12 +431,7 @@ def _describe(diff: DeepDiff) -> str:
     for change in ("values_changed", "type_changes"):
         for path, d in diff.get(change, {}).items():
             parts.append(f"{path}: expected {d.get('old_value')!r}, found {d.get('new_value')!r}")
-    for change in (
-        "dictionary_item_added",
-        "dictionary_item_removed",
-        "iterable_item_added",
-        "iterable_item_removed",
-    ):
+    for change in ("dictionary_item_added", "dictionary_item_removed", "iterable_item_added", "iterable_item_removed"):
         for path in diff.get(change, {}):
             parts.append(f"{path}: {change.replace('_', ' ')}")
     return "; ".join(parts) or str(diff)

@@ -7,6 +7,7 @@ index is evaluated by PostgreSQL itself, never re-implemented in Python.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,10 +69,24 @@ class TableMeta:
     key: tuple[str, ...]
     email_columns: tuple[str, ...]
     unique_indexes: list[UniqueIndex] = field(default_factory=list)
+    generated: dict[str, str] = field(default_factory=dict)  # generated column -> its expression
 
     @property
     def display(self) -> str:
-        return f"{self.schema}.{self.name}"
+        # Quoted only where needed, so "a.b".c and a."b.c" stay two different names.
+        return f"{_display_ident(self.schema)}.{_display_ident(self.name)}"
+
+    @property
+    def prefix(self) -> str:
+        """A prefix no column of this table starts with, for our aliases and internal column names, so that a
+        column called t, a or _es_kid can never be captured by the SQL we generate."""
+        p = "_es_"
+        while any(c.startswith(p) for c in self.columns):
+            p = "_" + p
+        return p
+
+    def alias(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.prefix + name)
 
     @property
     def ident(self) -> sql.Composable:
@@ -98,6 +113,11 @@ class TableMeta:
 
 
 _TEXT_TYPES = {"text", "varchar", "bpchar", "citext"}
+_PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _display_ident(name: str) -> str:
+    return name if _PLAIN_IDENT.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 def resolve_table(
@@ -123,9 +143,7 @@ def resolve_table(
         )
     oid, schema, name, relkind = row
     if relkind not in ("r", "p"):
-        raise UserError(
-            f"{where}: {cfg.table!r} is not a table (relkind {relkind!r}); configure the base table"
-        )
+        raise UserError(f"{where}: {cfg.table!r} is not a table (relkind {relkind!r}); configure the base table")
 
     cols: dict[str, Column] = {}
     for attname, attnum, type_sql, typname, elem, generated in conn.execute(
@@ -156,8 +174,7 @@ def resolve_table(
         col = cols.get(c)
         if col is None:
             problems.append(
-                f"{where}.columns: column {c!r} does not exist in {schema}.{name} "
-                f"(columns: {', '.join(cols)})"
+                f"{where}.columns: column {c!r} does not exist in {schema}.{name} (columns: {', '.join(cols)})"
             )
         elif col.generated:
             problems.append(f"{where}.columns: column {c!r} is a generated column and cannot be written")
@@ -208,6 +225,51 @@ def resolve_table(
         email_columns=tuple(cfg.columns),
     )
     meta.unique_indexes = _unique_indexes(conn, oid, cols)
+    gen_deps: dict[str, set[str]] = {}
+    for gname, gexpr, deps in conn.execute(
+        """
+        SELECT a.attname, pg_get_expr(d.adbin, d.adrelid),
+               ARRAY(SELECT c.attname FROM pg_depend x JOIN pg_attribute c
+                     ON c.attrelid = x.refobjid AND c.attnum = x.refobjsubid
+                     WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid AND x.refobjsubid > 0)
+        FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = %s AND a.attgenerated <> ''
+        """,
+        (oid,),
+    ):
+        meta.generated[gname] = gexpr
+        gen_deps[gname] = set(deps)
+    # An index over a generated column depends on the columns it is computed from.
+    meta.unique_indexes = [
+        UniqueIndex(
+            u.name,
+            u.exprs,
+            u.predicate,
+            u.nulls_not_distinct,
+            u.columns.union(*(gen_deps.get(c, set()) for c in u.columns)),
+        )
+        for u in meta.unique_indexes
+    ]
+    if relkind == "p":
+        own = conn.execute(
+            """
+            WITH RECURSIVE parts(oid) AS (
+                SELECT inhrelid FROM pg_inherits WHERE inhparent = %s
+                UNION SELECT i.inhrelid FROM pg_inherits i JOIN parts p ON i.inhparent = p.oid
+            )
+            SELECT ic.relname FROM parts JOIN pg_index x ON x.indrelid = parts.oid AND x.indisunique
+            JOIN pg_class ic ON ic.oid = x.indexrelid
+            WHERE NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)
+            ORDER BY 1
+            """,
+            (oid,),
+        ).fetchall()
+        if own:
+            raise UserError(
+                f"{where}: partitions of {meta.display} have unique indexes of their own "
+                f"({', '.join(r[0] for r in own)}); conflicts under them cannot be decided for the whole table. "
+                "Create the unique index on the partitioned table instead, or configure the partitions as tables"
+            )
     if cfg.key and not pk:
         _check_configured_key_unique(conn, meta, where)
     return meta
@@ -281,9 +343,5 @@ def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
         (oids, oids),
     ):
         name, coid, cname, ccols, poid, pname, pcols, upd, dele, deferrable = row
-        out.append(
-            ForeignKey(
-                name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable)
-            )
-        )
+        out.append(ForeignKey(name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable)))
     return out

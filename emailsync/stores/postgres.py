@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -76,7 +77,21 @@ class RowPlan:
     fate: str = "move"  # move | delete | skip
     reason: str | None = None
     delete_entries: tuple[int, ...] = ()
-    image: dict[str, Any] | None = None  # whole row, for deletes
+    image: dict[str, Any] | None = None  # whole row, for deletes and key changes
+    conflict: tuple[UniqueIndex, Holder] | None = None  # for deletes: the index and the row holding the entry
+    conflict_check: dict[str, Any] | None = None  # {"key", "values"} that row must still show at apply
+    unique_cols: frozenset[str] = frozenset()  # columns covered by some unique index of the table
+
+    def kept_changes(self) -> dict[str, ColChange]:
+        """The changes the plan may carry out: all for a moving row, none for a skipped one, and for a deleted
+        row those outside every unique index (a change inside one would claim an entry the row lost). The
+        planner keeps a deleted row's change only if it falls before the delete: a value the row references
+        may move first."""
+        if self.fate == "skip":
+            return {}
+        if self.fate == "delete":
+            return {c: ch for c, ch in self.changes.items() if c not in self.unique_cols}
+        return self.changes
 
     def entries_for(self, cols: Iterable[str]) -> set[int]:
         out: set[int] = set()
@@ -85,6 +100,27 @@ class RowPlan:
             if ch:
                 out.update(ch.entries)
         return out
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds an index entry: ("row", keystr) an unplanned row, ("pre", kid) a planned row that stays,
+    ("post", kid) a planned row that moves in."""
+
+    node: tuple[str, Any]
+
+
+@dataclass
+class IndexAnalysis:
+    index: UniqueIndex
+    movers: set[int]  # rows whose entry in this index changes (including rows leaving a partial index)
+    post_slot: dict[int, Any] = field(default_factory=dict)  # kid -> entry it arrives at
+    pre_slot: dict[int, Any] = field(default_factory=dict)  # kid -> entry it holds now
+    incumbents: dict[Any, tuple[str, Any]] = field(default_factory=dict)  # entry -> row that keeps it
+
+
+def _entries_before(row: RowPlan, u: UniqueIndex) -> set[int]:
+    return set(row.delete_entries) if row.fate == "delete" else row.entries_for(u.columns)
 
 
 @dataclass
@@ -155,11 +191,11 @@ class PostgresPlanner:
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.
                 keyed = set(tp.meta.key)
-                imaged = [
-                    r for r in tp.rows if r.fate == "delete" or (r.fate == "move" and keyed & set(r.changes))
-                ]
+                imaged = [r for r in tp.rows if r.fate == "delete" or (r.fate == "move" and keyed & set(r.changes))]
                 if imaged:
-                    self._load_images(conn, tp.meta, imaged)
+                    images = self._images(conn, tp.meta, [r.key for r in imaged])
+                    for r in imaged:
+                        r.image = images.get(r.keystr)
             self._check_foreign_keys(conn, tables)
             conn.rollback()
         finally:
@@ -234,18 +270,24 @@ class PostgresPlanner:
                 "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new "  # an explicit cast truncates silently
                 "FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
             ).format(
-                k=keyj, c=ident, typ=sql.SQL(c.type_sql), tbl=meta.ident, mp=mp,
+                k=keyj,
+                c=ident,
+                typ=sql.SQL(c.type_sql),
+                tbl=meta.ident,
+                mp=mp,
                 v=norm(sql.SQL("t.{}").format(ident)),
             )
         elif c.kind == "array":
             # One join of every element against the mapping, grouped by row: a per-row subquery would make
-            # PostgreSQL hash the whole mapping once per row.
+            # PostgreSQL hash the whole mapping once per row. New elements are rendered in the column's type.
             q = sql.SQL(
-                "SELECT {k}, to_jsonb(t.{c}), h.pos, h.ords, array_ndims(t.{c}) FROM ("
-                "SELECT t.ctid AS tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.ord ORDER BY e.i) AS ords "
+                "SELECT {k}, to_jsonb(t.{c}), h.pos, h.ords, array_ndims(t.{c}), h.news, h.cut FROM ("
+                "SELECT t.ctid AS tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.ord ORDER BY e.i) AS ords, "
+                "array_agg(to_jsonb(CAST(ARRAY[m.new] AS {typ})) -> 0 ORDER BY e.i) AS news, "
+                "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
                 "FROM {tbl} AS t CROSS JOIN LATERAL unnest(t.{c}) WITH ORDINALITY e(v, i) "
                 "JOIN {mp} m ON m.old = {ev} GROUP BY t.ctid) h JOIN {tbl} AS t ON t.ctid = h.tid"
-            ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, ev=norm(sql.SQL("e.v")))
+            ).format(k=keyj, c=ident, typ=sql.SQL(c.type_sql), tbl=meta.ident, mp=mp, ev=norm(sql.SQL("e.v")))
         else:
             q = sql.SQL(
                 "SELECT {k}, t.{c}, h.pairs FROM ("
@@ -271,7 +313,9 @@ class PostgresPlanner:
                         raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
                     yield key, rec[1], rec[3], (rec[2],)
                 elif c.kind == "array":
-                    old, positions, ords, ndims = rec[1], rec[2], rec[3], rec[4]
+                    old, positions, ords, ndims, news, cut = rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
+                    if cut:
+                        raise self._unfit(meta, col, "some new emails do not fit its elements (cut short)")
                     if ndims != 1:
                         raise UserError(
                             f"{self.where}.tables[{meta.index}]: {meta.display}.{col} holds a "
@@ -279,8 +323,8 @@ class PostgresPlanner:
                             "are supported"
                         )
                     new = list(old)
-                    for pos, o in zip(positions, ords, strict=True):
-                        new[pos - 1] = self.by_ord[o].new
+                    for pos, value in zip(positions, news, strict=True):
+                        new[pos - 1] = value
                     yield key, old, new, tuple(sorted(set(ords)))
                 else:
                     pairs = rec[2]
@@ -296,6 +340,14 @@ class PostgresPlanner:
     # -- unique constraints --------------------------------------------------------------------------------
 
     def _resolve_conflicts(self, conn: psycopg.Connection, tp: TablePlan) -> None:
+        """Decide which changed rows may take their new index entries, under every unique index at once.
+
+        Rows are considered in priority order (mapping position, then key). A row wins if none of its new
+        entries is held by a row that stays (unchanged, or left unchanged by on_conflict: skip) or was taken by
+        a row that won before it. With on_conflict: skip a loser stays where it is, which can take an entry
+        another row was counting on, so the decision is repeated until nothing changes. Every loser records
+        the row holding its entry, so apply can check the conflict still exists before deleting anything.
+        """
         meta = tp.meta
         changed_cols = {c for r in tp.rows for c in r.changes}
         relevant = [u for u in meta.unique_indexes if u.columns & changed_cols]
@@ -306,152 +358,231 @@ class PostgresPlanner:
             for r in tp.rows:
                 cp.write_row((r.kid, dumps(r.key), dumps({c: ch.new for c, ch in r.changes.items()})))
         by_kid = {r.kid: r for r in tp.rows}
-        by_keystr = {r.keystr: r for r in tp.rows}
+        analyses = [self._analyse_index(conn, meta, u, {r.keystr: r for r in tp.rows}) for u in relevant]
 
-        analyses = [self._analyse_index(conn, meta, u, by_keystr) for u in relevant]
+        def priority(r: RowPlan) -> tuple[Any, ...]:
+            return (min(e for ch in r.changes.values() for e in ch.entries), r.sortkey)
+
+        movers = sorted({k for a in analyses for k in a.movers}, key=lambda k: priority(by_kid[k]))
+        policy = meta.cfg.on_conflict
+        stayers: set[int] = set()
+        lost: dict[int, tuple[IndexAnalysis, Holder]] = {}  # skip: losers of earlier rounds stay lost
+        while True:
+            losers: dict[int, tuple[IndexAnalysis, Holder]] = {}
+            claimed: list[dict[Any, Holder]] = []
+            for a in analyses:
+                held: dict[Any, Holder] = {}
+                for slot, node in a.incumbents.items():
+                    held[slot] = Holder(node)
+                for kid in stayers:
+                    slot = a.pre_slot.get(kid)
+                    if slot is not None:
+                        held[slot] = Holder(("pre", kid))
+                claimed.append(held)
+            for kid in movers:
+                if kid in stayers:
+                    continue
+                wanted = [(i, a.post_slot[kid]) for i, a in enumerate(analyses) if kid in a.post_slot]
+                clash = next(((i, s) for i, s in wanted if s in claimed[i]), None)
+                if clash is not None:
+                    losers[kid] = (analyses[clash[0]], claimed[clash[0]][clash[1]])
+                    continue
+                for i, s in wanted:
+                    claimed[i][s] = Holder(("post", kid))
+            if policy == "skip" and set(losers) - stayers:
+                stayers |= set(losers)
+                lost.update(losers)
+                continue
+            break
+        losers = {**lost, **losers}
+
         problems: list[str] = []
-        changed = True
-        while changed:
-            changed = False
-            for u, movers, comps in analyses:
-                for comp in comps:
-                    present = [n for n in comp if self._present(n, by_kid, movers)]
-                    if len({n[1] for n in present}) <= 1:
-                        continue
-                    incumbents = [n for n in present if n[0] != "post"]
-                    arriving = sorted(
-                        (n for n in present if n[0] == "post"),
-                        key=lambda n: (min(by_kid[n[1]].entries_for(u.columns) or {0}), by_kid[n[1]].sortkey),
-                    )
-                    if incumbents:
-                        win, losers = incumbents[0], arriving
-                    else:
-                        win, losers = arriving[0], arriving[1:]
-                    win_key = by_kid[win[1]].keystr if win[0] != "row" else win[1]
-                    for node in losers:
-                        loser = by_kid[node[1]]
-                        vals = ", ".join(
-                            f"{c}={json.dumps(ch.new, ensure_ascii=False, default=str)}"
-                            for c, ch in loser.changes.items()
-                            if c in u.columns
-                        )
-                        how = "is already held by" if win[0] != "post" else "is also planned for"
-                        reason = f"unique index {u.name}: {vals} {how} the row with key {win_key}"
-                        policy = meta.cfg.on_conflict
-                        if policy == "fail":
-                            problems.append(f"{meta.display} key {loser.keystr}: {reason}")
-                            loser.fate = "skip"
-                        elif policy == "skip":
-                            loser.fate, loser.reason = "skip", reason
-                        else:
-                            loser.fate, loser.reason = "delete", reason
-                            loser.delete_entries = tuple(sorted(loser.entries_for(u.columns)))
-                        changed = True
+        for kid, (a, holder) in losers.items():
+            loser = by_kid[kid]
+            reason = self._conflict_reason(a.index, loser, holder, by_kid)
+            if policy == "fail":
+                problems.append(f"{meta.display} key {loser.keystr}: {reason}")
+            elif policy == "skip":
+                loser.fate, loser.reason = "skip", reason
+            else:
+                loser.fate, loser.reason = "delete", reason
+                loser.unique_cols = frozenset().union(*(u.columns for u in meta.unique_indexes))
+                loser.delete_entries = tuple(sorted(loser.entries_for(a.index.columns)))
+                loser.conflict = (a.index, holder)
         if problems:
             raise UserError(
                 f"{self.where}.tables[{meta.index}] ({meta.display}) has on_conflict: fail and the plan "
                 "would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
-                problems=problems[:50]
-                + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
+                problems=problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
             )
-        # Ordering: a row moving into a slot goes after the row leaving it (moved away or deleted).
-        for u, movers, comps in analyses:
-            for comp in comps:
-                arriving = [by_kid[n[1]] for n in comp if n[0] == "post" and self._present(n, by_kid, movers)]
-                leaving = [
-                    by_kid[n[1]]
-                    for n in comp
-                    if n[0] == "pre"
-                    and (by_kid[n[1]].fate == "delete" or (by_kid[n[1]].fate == "move" and n[1] in movers))
-                ]
-                for a in arriving:
-                    for b in leaving:
-                        if a.kid == b.kid:
-                            continue
-                        before = b.delete_entries if b.fate == "delete" else b.entries_for(u.columns)
-                        for ea in a.entries_for(u.columns):
-                            for eb in before:
-                                if ea != eb:
-                                    self.edges.add((ea, eb))
+        # Ordering: a row arriving at an entry goes after the row leaving it (moving away or deleted); a deleted
+        # row goes after the row that wins its entry, so rows referencing it can follow that row.
+        for a in analyses:
+            arriving: dict[Any, list[RowPlan]] = defaultdict(list)
+            leaving: dict[Any, list[RowPlan]] = defaultdict(list)
+            for kid, slot in a.post_slot.items():
+                if by_kid[kid].fate == "move":
+                    arriving[slot].append(by_kid[kid])
+            for kid, slot in a.pre_slot.items():
+                r = by_kid[kid]
+                if kid in a.movers and r.fate in ("move", "delete"):
+                    leaving[slot].append(r)
+            for slot, rows in arriving.items():
+                for x in rows:
+                    for y in leaving.get(slot, ()):
+                        if x.kid != y.kid:
+                            self._order(x.entries_for(a.index.columns), _entries_before(y, a.index))
+        for r in tp.rows:
+            if r.fate == "delete" and r.conflict and r.conflict[1].node[0] == "post":
+                w = by_kid[r.conflict[1].node[1]]
+                self._order(set(r.delete_entries), w.entries_for(r.conflict[0].columns))
+        self._holder_images(conn, meta, tp.rows, by_kid)
+
+    def _order(self, after: Iterable[int], before: Iterable[int]) -> None:
+        for x in after:
+            for y in before:
+                if x != y:
+                    self.edges.add((x, y))
 
     @staticmethod
-    def _present(node: tuple[str, Any], by_kid: dict[int, RowPlan], movers: set[int]) -> bool:
-        kind, ident = node
+    def _conflict_reason(u: UniqueIndex, loser: RowPlan, holder: Holder, by_kid: dict[int, RowPlan]) -> str:
+        vals = ", ".join(
+            f"{c}={json.dumps(ch.new, ensure_ascii=False, default=str)}"
+            for c, ch in loser.changes.items()
+            if c in u.columns
+        )
+        kind, ident = holder.node
         if kind == "row":
-            return True
-        r = by_kid[ident]
-        if r.fate == "delete":
-            return False
+            return f"unique index {u.name}: {vals} is already held by the row with key {ident}"
+        other = by_kid[ident]
         if kind == "pre":
-            return r.fate == "skip" or ident not in movers
-        return r.fate == "move" and ident in movers
+            return f"unique index {u.name}: {vals} is already held by the row with key {other.keystr}"
+        return (
+            f"unique index {u.name}: {vals} is also planned for the row with key {other.keystr}, whose mapping "
+            "comes first"
+        )
+
+    def _holder_images(
+        self, conn: psycopg.Connection, meta: TableMeta, rows: list[RowPlan], by_kid: dict[int, RowPlan]
+    ) -> None:
+        """For each deleted row: the key and index values of the row that holds its entry at apply time."""
+        dels = [r for r in rows if r.fate == "delete" and r.conflict]
+        if not dels:
+            return
+        want: dict[str, dict[str, Any]] = {}
+        for r in dels:
+            kind, ident = r.conflict[1].node
+            key = json.loads(ident) if kind == "row" else by_kid[ident].key
+            want[dumps(key)] = key
+        images = self._images(conn, meta, list(want.values()))
+        for r in dels:
+            u, holder = r.conflict
+            kind, ident = holder.node
+            if kind == "row":
+                key, image = json.loads(ident), images.get(ident)
+                if image is None:
+                    continue
+                values = {c: image[c] for c in sorted(u.columns) if c in image}
+            else:
+                h = by_kid[ident]
+                image = images.get(h.keystr)
+                if image is None:
+                    continue
+                post = dict(image)
+                if kind == "post":
+                    post.update({c: ch.new for c, ch in h.changes.items()})
+                key = {k: post[k] for k in meta.key}
+                values = {c: post[c] for c in sorted(u.columns) if c in post and c not in meta.generated}
+            r.conflict_check = {"key": key, "values": values}
 
     def _analyse_index(
         self, conn: psycopg.Connection, meta: TableMeta, u: UniqueIndex, by_keystr: dict[str, RowPlan]
-    ) -> tuple[UniqueIndex, set[int], list[list[tuple[str, Any]]]]:
-        """Which changed rows move within the index, and which of them land on the same index entry.
+    ) -> IndexAnalysis:
+        """Where each changed row sits in the index before and after the change, and who shares those entries.
 
         Index expressions and the predicate are evaluated by PostgreSQL over the row before and after the
-        change, so collation, citext and expression indexes decide equality exactly as the index does.
+        change (generated columns recomputed), so collation, citext and expression indexes decide equality
+        exactly as the index does. They are evaluated in a scope holding only that row, so no column name can
+        be captured by our own aliases.
         """
         n = len(u.exprs)
-        names = [sql.Identifier(f"_es_u{i}") for i in range(n)]
+        P = meta.prefix
+        names = [sql.Identifier(f"{P}u{i}") for i in range(n)]
+        kid, inn = sql.Identifier(f"{P}kid"), sql.Identifier(f"{P}in")
         exprs = [sql.SQL(e) for e in u.exprs]
         pred = sql.SQL(u.predicate) if u.predicate else sql.SQL("true")
-        sel = sql.SQL(", ").join(
-            sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True)
-        )
-        eq = sql.SQL(" IS NOT DISTINCT FROM ") if u.nulls_not_distinct else sql.SQL(" = ")
         notnull = (
             sql.SQL("true")
             if u.nulls_not_distinct
-            else sql.SQL(" AND ").join(sql.SQL("p.{} IS NOT NULL").format(nm) for nm in names)
+            else sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(e) for e in exprs)
+        )
+        # Outside the index's own definition a row with a NULL key column is not in the index at all.
+        sel = sql.SQL(", ").join(
+            [sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True)]
+            + [sql.SQL("(({}) AND {}) AS {}").format(pred, notnull, inn)]
+        )
+        eq = sql.SQL(" IS NOT DISTINCT FROM ") if u.nulls_not_distinct else sql.SQL(" = ")
+        T, C = meta.alias("t"), meta.alias("c")
+        cols = [c for c in meta.columns if c not in meta.generated]
+        post_row = sql.SQL("SELECT {cols}{gen} FROM (SELECT (jsonb_populate_record({T}, {C}._es_patch)).*) s1").format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            gen=sql.SQL("").join(
+                sql.SQL(", ({}) AS {}").format(sql.SQL(expr), sql.Identifier(g)) for g, expr in meta.generated.items()
+            ),
+            T=T,
+            C=C,
         )
 
         def row_of(alias: str) -> sql.Composable:
-            return sql.SQL("ROW({})").format(
-                sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names)
-            )
+            return sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names))
 
-        pair_mm = sql.SQL(" AND ").join(sql.SQL("a.{0}{1}b.{0}").format(nm, eq) for nm in names)
+        pair_mm = sql.SQL(" AND ").join(sql.SQL("x.{0}{1}y.{0}").format(nm, eq) for nm in names)
+        A = meta.alias("a")
         pair_mo = sql.SQL(" AND ").join(
-            sql.SQL("a.{}{}({})").format(nm, eq, e) for nm, e in zip(names, exprs, strict=True)
+            sql.SQL("{a}.{nm}{eq}({e})").format(a=A, nm=nm, eq=eq, e=e) for nm, e in zip(names, exprs, strict=True)
         )
-        tbl = meta.ident
         q = sql.SQL(
             """
             WITH pre AS MATERIALIZED (
-                SELECT c._es_kid, {sel}, ({pred}) AS _es_in
-                FROM _es_chg c JOIN {tbl} ON {km_pre}
+                SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
+                CROSS JOIN LATERAL (SELECT {sel} FROM (SELECT {T}.*) s) v
             ), post AS MATERIALIZED (
-                SELECT s._es_kid, {sel}, ({pred}) AS _es_in
-                FROM (SELECT c._es_kid, (jsonb_populate_record(t, c._es_patch)).*
-                      FROM _es_chg c JOIN {tbl} AS t ON {km_t}) s
+                SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
+                CROSS JOIN LATERAL (SELECT {sel} FROM ({post_row}) s) v
             ), mv AS MATERIALIZED (
-                SELECT p.* FROM post p JOIN pre q USING (_es_kid)
-                WHERE p._es_in AND {notnull}
-                  AND (q._es_in IS DISTINCT FROM p._es_in OR {row_q} IS DISTINCT FROM {row_p})
+                SELECT p.*, q.{inn} AS was_in FROM post p JOIN pre q USING ({kid})
+                WHERE q.{inn} IS DISTINCT FROM p.{inn} OR {row_q} IS DISTINCT FROM {row_p}
             )
-            SELECT 'v', a._es_kid, NULL::int, NULL::jsonb FROM mv a
+            SELECT 'v', {kid}, NULL::int, NULL::jsonb, {inn} FROM mv WHERE was_in OR {inn}
             UNION ALL
-            SELECT 'm', a._es_kid, b._es_kid, NULL FROM mv a JOIN mv b ON {pair_mm} AND a._es_kid < b._es_kid
+            SELECT 'm', x.{kid}, y.{kid}, NULL, NULL FROM mv x JOIN mv y ON {pair_mm} AND x.{kid} < y.{kid}
+            WHERE x.{inn} AND y.{inn}
             UNION ALL
-            SELECT 'o', a._es_kid, NULL, {keyj} FROM mv a JOIN {tbl} ON {pair_mo} WHERE ({pred})
+            SELECT 'o', {A}.{kid}, NULL, {keyj}, NULL FROM (SELECT * FROM mv WHERE {inn}) {A}
+            JOIN {tbl} AS {T} ON {pair_mo} WHERE ({pred_t})
+            UNION ALL
+            SELECT 'p', {kid}, NULL, NULL, NULL FROM pre WHERE {inn}
             """
         ).format(
+            C=C,
+            T=T,
+            A=A,
+            kid=kid,
+            inn=inn,
             sel=sel,
-            pred=pred,
-            tbl=tbl,
-            km_pre=meta.key_match(tbl, sql.SQL("c._es_key")),
-            km_t=meta.key_match(sql.Identifier("t"), sql.SQL("c._es_key")),
-            notnull=notnull,
+            tbl=meta.ident,
+            post_row=post_row,
+            km=meta.key_match(T, sql.SQL("{}._es_key").format(C)),
             row_q=row_of("q"),
             row_p=row_of("p"),
             pair_mm=pair_mm,
             pair_mo=pair_mo,
-            keyj=meta.key_json(tbl),
+            keyj=meta.key_json(T),
+            pred_t=sql.SQL("({}) AND {}").format(pred, notnull),
         )
-        movers: set[int] = set()
+        moving: set[int] = set()
+        arriving: set[int] = set()
+        in_index_before: set[int] = set()
         parent: dict[tuple[str, Any], tuple[str, Any]] = {}
 
         def find(x: tuple[str, Any]) -> tuple[str, Any]:
@@ -464,36 +595,41 @@ class PostgresPlanner:
         def union(a: tuple[str, Any], b: tuple[str, Any]) -> None:
             ra, rb = find(a), find(b)
             if ra != rb:
-                parent[max(ra, rb, key=str)] = min(ra, rb, key=str)
+                parent[max(ra, rb, key=_node_order)] = min(ra, rb, key=_node_order)
 
-        for tag, kid, other, okey in conn.execute(q):
+        for tag, k, other, okey, post_in in conn.execute(q):
             if tag == "v":
-                movers.add(kid)
+                moving.add(k)
+                if post_in:
+                    arriving.add(k)
+            elif tag == "p":
+                in_index_before.add(k)
             elif tag == "m":
-                union(("post", kid), ("post", other))
+                union(("post", k), ("post", other))
             else:
                 ks = dumps(okey)
                 occ = by_keystr.get(ks)
-                if occ is not None and occ.kid == kid:
+                if occ is not None and occ.kid == k:
                     continue
-                union(("post", kid), ("pre", occ.kid) if occ is not None else ("row", ks))
-        comps: dict[tuple[str, Any], list[tuple[str, Any]]] = {}
+                union(("post", k), ("pre", occ.kid) if occ is not None else ("row", ks))
+        a = IndexAnalysis(index=u, movers=moving)
+        for k in arriving:
+            a.post_slot[k] = find(("post", k))
+        for k in in_index_before:
+            a.pre_slot[k] = find(("pre", k))
+            if k not in moving:
+                a.incumbents[a.pre_slot[k]] = ("pre", k)
         for node in list(parent):
-            comps.setdefault(find(node), []).append(node)
-        ordered = sorted(
-            (sorted(c, key=_node_order) for c in comps.values()), key=lambda c: _node_order(c[0])
-        )
-        return u, movers, ordered
+            if node[0] == "row":
+                a.incumbents[find(node)] = node
+        return a
 
-    def _load_images(self, conn: psycopg.Connection, meta: TableMeta, rows: list[RowPlan]) -> None:
-        """Whole rows: reviewed in the plan, compared again at apply."""
-        keys = Jsonb([r.key for r in rows])
+    def _images(self, conn: psycopg.Connection, meta: TableMeta, keys: list[dict[str, Any]]) -> dict[str, Any]:
+        T = meta.alias("t")
         q = sql.SQL(
-            "SELECT {kj}, to_jsonb(t) FROM {tbl} AS t WHERE {kj} IN (SELECT jsonb_array_elements(%s))"
-        ).format(kj=meta.key_json(sql.Identifier("t")), tbl=meta.ident)
-        by_key = {r.keystr: r for r in rows}
-        for key, image in conn.execute(q, (keys,)):
-            by_key[dumps(key)].image = image
+            "SELECT {kj}, to_jsonb({T}.*) FROM {tbl} AS {T} WHERE {kj} IN (SELECT jsonb_array_elements(%s))"
+        ).format(kj=meta.key_json(T), tbl=meta.ident, T=T)
+        return {dumps(k): img for k, img in conn.execute(q, (Jsonb(keys),))}
 
     # -- foreign keys --------------------------------------------------------------------------------------
 
@@ -511,12 +647,12 @@ class PostgresPlanner:
                 )
                 continue
             if parent is not None and p_cols:
-                problems += self._fk_parent_changes(conn, fk, parent, child is not None and bool(c_cols))
+                problems += self._fk_parent_changes(conn, fk, parent, child, child is not None and bool(c_cols))
             elif child is not None and c_cols:
                 problems += self._fk_child_targets(conn, fk, child)
             if parent is not None and not p_cols:
                 dels = [r for r in parent.rows if r.fate == "delete"]
-                n, ex = self._children_of(conn, fk, parent, dels) if dels else (0, [])
+                n, ex, _ = self._children_of(conn, fk, parent, dels) if dels else (0, [], [])
                 if n:
                     problems.append(
                         f"foreign key {fk.name}: {n} row(s) of {fk.child_name} reference rows of "
@@ -524,50 +660,78 @@ class PostgresPlanner:
                         f"set on_conflict: skip for {parent.meta.display} or reassign those rows first"
                     )
         if problems:
-            raise UserError(
-                f"{self.where}: the plan would break foreign keys in target {self.target.name!r}", problems
-            )
+            raise UserError(f"{self.where}: the plan would break foreign keys in target {self.target.name!r}", problems)
 
     def _children_of(
-        self, conn: psycopg.Connection, fk: ForeignKey, parent: TablePlan, rows: list[RowPlan]
-    ) -> tuple[int, list[str]]:
+        self,
+        conn: psycopg.Connection,
+        fk: ForeignKey,
+        parent: TablePlan,
+        rows: list[RowPlan],
+        child: TablePlan | None = None,
+    ) -> tuple[int, list[str], list[str]]:
+        """Rows of the child referencing these parent rows: count, example parent keys, child keys (if the
+        child is a configured table)."""
+        C, Pa = sql.Identifier(parent.meta.prefix + "c"), sql.Identifier(parent.meta.prefix + "p")
         on = sql.SQL(" AND ").join(
-            sql.SQL("c.{} = p.{}").format(sql.Identifier(cc), sql.Identifier(pc))
+            sql.SQL("{c}.{cc} = {p}.{pc}").format(c=C, p=Pa, cc=sql.Identifier(cc), pc=sql.Identifier(pc))
             for cc, pc in zip(fk.child_cols, fk.parent_cols, strict=True)
         )
+        ckey = child.meta.key_json(C) if child is not None else sql.SQL("NULL::jsonb")
         q = sql.SQL(
-            "SELECT count(*), (array_agg(DISTINCT {pk}::text))[1:3] FROM {child} c JOIN {tbl} p ON {on} "
+            "SELECT {pk}::text, {ck} FROM {child} {c} JOIN {tbl} {p} ON {on} "
             "WHERE {pk} IN (SELECT jsonb_array_elements(%s))"
         ).format(
-            pk=parent.meta.key_json(sql.Identifier("p")),
+            pk=parent.meta.key_json(Pa),
+            ck=ckey,
+            c=C,
+            p=Pa,
+            on=on,
             child=sql.SQL(fk.child_name),  # regclass text from the catalog: already quoted
             tbl=parent.meta.ident,
-            on=on,
         )
-        n, ex = conn.execute(q, (Jsonb([r.key for r in rows]),)).fetchone()
-        return int(n), list(ex or [])
+        found = conn.execute(q, (Jsonb([r.key for r in rows]),)).fetchall()
+        parents = sorted({p for p, _ in found})
+        return len(found), parents[:3], [dumps(c) for _, c in found if c is not None]
 
     def _fk_parent_changes(
-        self, conn: psycopg.Connection, fk: ForeignKey, parent: TablePlan, child_planned: bool
+        self,
+        conn: psycopg.Connection,
+        fk: ForeignKey,
+        parent: TablePlan,
+        child: TablePlan | None,
+        child_planned: bool,
     ) -> list[str]:
-        pc = fk.parent_cols[0]
+        pc, cc = fk.parent_cols[0], fk.child_cols[0]
         out = []
         upd = [r for r in parent.rows if r.fate == "move" and pc in r.changes]
         dels = [r for r in parent.rows if r.fate == "delete"]
-        col = f"{fk.child_name}.{fk.child_cols[0]}"
+        col = f"{fk.child_name}.{cc}"
         for rows, what, rule in ((upd, "update", fk.on_update), (dels, "delete", fk.on_delete)):
             if not rows:
                 continue
-            n, ex = self._children_of(conn, fk, parent, rows)
+            n, ex, child_keys = self._children_of(conn, fk, parent, rows, child if child_planned else None)
             if not n:
                 continue
             rule_name = FK_ACTIONS.get(rule, rule)
-            if child_planned:
-                if (what == "update" and rule in "rnd") or (what == "delete" and rule == "r"):
+            if child_planned and child is not None:
+                if what == "update" and rule in "rnd":
                     out.append(
-                        f"foreign key {fk.name} is ON {what.upper()} {rule_name}: the {n} referencing row(s) of "
+                        f"foreign key {fk.name} is ON UPDATE {rule_name}: the {n} referencing row(s) of "
                         f"{fk.child_name} would be blocked or changed outside the plan; make it NO ACTION or "
                         "CASCADE, or leave the parent column out"
+                    )
+                    continue
+                # Every referencing row must move with its parent; one left behind (skipped on a conflict)
+                # would block the parent's change, or be cascaded away with a deleted parent.
+                # A deleted row either follows its parent first or is gone before the parent changes.
+                moving = {r.keystr for r in child.rows if r.fate == "delete" or cc in r.kept_changes()}
+                behind = [k for k in child_keys if k not in moving]
+                if behind:
+                    out.append(
+                        f"foreign key {fk.name}: {len(behind)} row(s) of {fk.child_name} (keys {behind[:3]}) "
+                        f"reference {parent.meta.display}.{pc} values that the plan would {what}, but those rows "
+                        f"are not planned to change (on_conflict: skip left them); resolve their conflicts first"
                     )
             elif what == "update" and rule == "c":
                 self.warnings.append(
@@ -578,27 +742,43 @@ class PostgresPlanner:
                 out.append(
                     f"foreign key {fk.name}: {n} row(s) of {fk.child_name} reference {parent.meta.display}.{pc} "
                     f"values that the plan would {what} (parent keys {ex}), and {col} is not in targets.yaml "
-                    f"(ON {what.upper()} {rule_name}); add {fk.child_cols[0]!r} of {fk.child_name} to the targets"
+                    f"(ON {what.upper()} {rule_name}); add {cc!r} of {fk.child_name} to the targets"
                 )
+        if child_planned and child is not None:
+            out += self._fk_child_targets(conn, fk, child, parent)
         return out
 
-    def _fk_child_targets(self, conn: psycopg.Connection, fk: ForeignKey, child: TablePlan) -> list[str]:
-        """A child moving to a new value needs that value in the parent, which the plan does not change."""
-        cc = fk.child_cols[0]
+    def _fk_child_targets(
+        self, conn: psycopg.Connection, fk: ForeignKey, child: TablePlan, parent: TablePlan | None = None
+    ) -> list[str]:
+        """A child moving to a new value needs that value in the parent once the plan is applied."""
+        cc, pc = fk.child_cols[0], fk.parent_cols[0]
         news = sorted({r.changes[cc].new for r in child.rows if r.fate == "move" and cc in r.changes})
+        leaving: list[dict[str, Any]] = []
+        if parent is not None:
+            arriving = {r.changes[pc].new for r in parent.rows if r.fate == "move" and pc in r.changes}
+            news = [w for w in news if w not in arriving]
+            leaving = [r.key for r in parent.rows if r.fate == "delete" or (r.fate == "move" and pc in r.changes)]
         if not news:
             return []
+        Pa = sql.Identifier("_es_p")
+        still_there = (
+            sql.SQL(" AND {} NOT IN (SELECT jsonb_array_elements(%s))").format(parent.meta.key_json(Pa))
+            if parent is not None
+            else sql.SQL("")
+        )
         q = sql.SQL(
-            "SELECT w FROM unnest(%s::text[]) w WHERE NOT EXISTS "
-            "(SELECT 1 FROM {parent} p WHERE p.{pc} = w) ORDER BY w LIMIT 5"
-        ).format(parent=sql.SQL(fk.parent_name), pc=sql.Identifier(fk.parent_cols[0]))
-        missing = [r[0] for r in conn.execute(q, (news,))]
+            "SELECT _es_w FROM unnest(%s::text[]) _es_w WHERE NOT EXISTS "
+            "(SELECT 1 FROM {parent} {p} WHERE {p}.{pc} = _es_w{still}) ORDER BY 1 LIMIT 5"
+        ).format(parent=sql.SQL(fk.parent_name), p=Pa, pc=sql.Identifier(pc), still=still_there)
+        params: tuple[Any, ...] = (news, Jsonb(leaving)) if parent is not None else (news,)
+        missing = [r[0] for r in conn.execute(q, params)]
         if not missing:
             return []
         return [
-            f"foreign key {fk.name}: {child.meta.display}.{cc} would be set to {missing} which "
-            f"{fk.parent_name}.{fk.parent_cols[0]} does not contain; add that table and column to the "
-            "targets so the parent changes too, or fix the mapping"
+            f"foreign key {fk.name}: {child.meta.display}.{cc} would be set to {missing}, which "
+            f"{fk.parent_name}.{pc} will not contain after the plan; add that table and column to the targets "
+            "so the parent changes too, or fix the mapping"
         ]
 
 
