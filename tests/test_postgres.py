@@ -427,3 +427,24 @@ def test_new_email_too_long_for_the_column_is_a_plan_error(db, ws):
     r, plan = ws.plan()
     assert r.code == 1 and "character varying(12)" in r.err and "widen the column" in r.err
     assert not plan.exists() and "Traceback" not in r.err
+
+
+def test_lock_timeout_from_targets_fails_cleanly_while_another_transaction_holds_the_row(db, ws):
+    _emp(db, [(1, "a@x.com", None, "A"), (2, "b@x.com", None, "B")])
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
+    r, plan = ws.plan()
+    text = ws.path.joinpath("targets.yaml").read_text().replace("    tables:", "    lock_timeout: 300ms\n    tables:")
+    ws.targets(text)
+    other = db.connect()
+    other.autocommit = False
+    other.execute("SELECT * FROM employees WHERE id = 2 FOR UPDATE")  # another writer holds row 2
+    try:
+        r = _apply(ws, plan)
+    finally:
+        other.rollback()
+        other.close()
+    assert r.code == 3 and "lock timeout" in r.out
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@x.com"), (2, "b@x.com")]
+    assert _apply(ws, plan).code == 0  # once the other writer is gone, the same plan applies
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b2@x.com")]
