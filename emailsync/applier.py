@@ -12,10 +12,13 @@ from typing import Any
 
 import psycopg
 
-from emailsync.config import LoadedTargets
+from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
-from emailsync.stores.pg_apply import Outcome, PostgresApplier, TargetResult
+from emailsync.stores.ddb_apply import DynamoApplier
+from emailsync.stores.dynamodb import call, client_for
+from emailsync.stores.outcome import Outcome, TargetResult
+from emailsync.stores.pg_apply import PostgresApplier
 from emailsync.stores.pg_catalog import TableMeta, resolve_table
 from emailsync.stores.postgres import connect
 
@@ -24,13 +27,19 @@ EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
 
 def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
     """Refuse before connecting if the plan was made for other targets than these."""
-    by_name = {t.name: (i, t) for i, t in enumerate(loaded.config.postgres)}
+    by_name: dict[str, PostgresTarget | DynamoTarget] = {t.name: t for t in loaded.config.postgres}
+    by_name |= {t.name: t for t in loaded.config.dynamodb}
     problems = []
     for name, fp in plan.targets.items():
-        if name not in by_name:
+        target = by_name.get(name)
+        if target is None:
             problems.append(f"the plan targets {name!r}, which {loaded.path.name} does not define")
             continue
-        now = by_name[name][1].fingerprint()
+        store = "postgres" if isinstance(target, PostgresTarget) else "dynamodb"
+        if store != fp.store:
+            problems.append(f"target {name!r} is a {store} target now but a {fp.store} target in the plan")
+            continue
+        now = target.fingerprint()
         then = fp.model_dump(exclude={"store"})
         if now != then:
             problems.append(
@@ -61,28 +70,31 @@ def apply_plan(
     started = datetime.now(UTC)
     results: list[TargetResult] = []
     if by_target:
-        # Connect to, and resolve the tables of, every database before writing to any of them.
-        prepared = []
+        # Reach every target, and resolve every table, before writing to any of them.
+        prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], list[Action]]] = []
+        ddb_prepared: list[tuple[DynamoTarget, Any, list[Action]]] = []
         try:
-            for name, actions in by_target.items():
-                idx, target = next((i, t) for i, t in enumerate(loaded.config.postgres) if t.name == name)
-                conn = connect(target)
-                prepared.append((target, conn, _metas(conn, loaded, idx, actions), actions))
-                conn.rollback()
+            for idx, target in enumerate(loaded.config.postgres):
+                if target.name in by_target:
+                    actions = by_target[target.name]
+                    conn = connect(target)
+                    prepared.append((target, conn, _metas(conn, loaded, idx, actions), actions))
+                    conn.rollback()
+            for ddb in loaded.config.dynamodb:
+                if ddb.name in by_target:
+                    actions = by_target[ddb.name]
+                    ddb_prepared.append((ddb, _ddb_client(loaded, ddb, actions), actions))
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
+            # The old script's order: PostgreSQL databases, then DynamoDB.
             for target, conn, metas, actions in prepared:
                 results.append(
                     PostgresApplier(
-                        conn,
-                        target.name,
-                        metas,
-                        actions,
-                        on_stale,
-                        target.lock_timeout,
-                        target.statement_timeout,
+                        conn, target.name, metas, actions, on_stale, target.lock_timeout, target.statement_timeout
                     ).run()
                 )
+            for ddb, client, actions in ddb_prepared:
+                results.append(DynamoApplier(ddb, client, actions, on_stale).run())
         finally:
             for _, conn, _, _ in prepared:
                 conn.close()
@@ -91,6 +103,19 @@ def apply_plan(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )
     return (EXIT_INCOMPLETE if failed else EXIT_OK), report
+
+
+def _ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> Any:
+    client = client_for(target)
+    known = {t.table for t in target.tables}
+    for table in dict.fromkeys(a.table for a in actions):
+        if table not in known:
+            raise UserError(
+                f"the plan changes DynamoDB table {table!r} in target {target.name!r}, which {loaded.path.name} "
+                "no longer lists; apply with the targets file the plan was made from"
+            )
+        call(target, f"describe {table}", client.describe_table, TableName=table)
+    return client
 
 
 def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:

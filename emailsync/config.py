@@ -33,6 +33,9 @@ __all__ = [
     "OnConflict",
     "PostgresTable",
     "PostgresTarget",
+    "DynamoAttribute",
+    "DynamoTable",
+    "DynamoTarget",
     "Targets",
     "dsn_secrets",
     "load_targets",
@@ -278,6 +281,143 @@ class PostgresTarget(BaseModel):
         }
 
 
+_DDB_TABLE_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+
+class DynamoAttribute(BaseModel):
+    """An attribute holding emails: a top-level name or a dotted path into nested maps, optionally with a
+    template such as "USER#{email}" when the email sits inside a larger string (matched anchored)."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str
+    template: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError(f"attribute {value!r} is not a name or a dotted path such as profile.contactEmail")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, value: str | None) -> str | None:
+        if value is not None and value.count("{email}") != 1:
+            raise ValueError(
+                f"template {value!r} must contain exactly one {{email}} placeholder, e.g. 'USER#{{email}}'"
+            )
+        return value
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.name.split("."))
+
+    @property
+    def affixes(self) -> tuple[str, str]:
+        if self.template is None:
+            return "", ""
+        before, after = self.template.split("{email}")
+        return before, after
+
+
+class DynamoTable(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    table: str
+    attributes: tuple[DynamoAttribute, ...]
+    client_attribute: str | None = None  # where a mapping's client_id must match; without it client_id is ignored
+    segments: int | None = None  # parallel Scan segments; default chosen from the table size
+    version_attribute: str | None = None  # guards items too large to compare whole in a condition
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        if not _DDB_TABLE_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a DynamoDB table name: 3 to 255 characters of letters, digits, '_', '-' and '.'"
+            )
+        return value
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _plain_names(cls, value: Any) -> Any:
+        # A bare string is shorthand for {name: ...}.
+        if isinstance(value, list | tuple):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _check_attributes(cls, value: tuple[DynamoAttribute, ...]) -> tuple[DynamoAttribute, ...]:
+        if not value:
+            raise ValueError("attributes must list at least one attribute")
+        names = [a.name for a in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"attributes listed twice: {dup}")
+        return value
+
+    @field_validator("segments")
+    @classmethod
+    def _check_segments(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 1_000_000:
+            raise ValueError("segments must be between 1 and 1000000 (DynamoDB's TotalSegments limit)")
+        return value
+
+
+class DynamoTarget(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    name: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    tables: tuple[DynamoTable, ...]
+
+    _check_name = field_validator("name")(PostgresTarget._check_name.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"endpoint_url {value!r} must be an http(s) URL such as http://localhost:8000")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, value: tuple[DynamoTable, ...]) -> tuple[DynamoTable, ...]:
+        if not value:
+            raise ValueError("tables must list at least one table")
+        names = [t.table for t in value]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tables listed twice: {dup}; merge their attributes into one entry")
+        return value
+
+    def fingerprint(self) -> dict[str, str | None]:
+        """Where the target points: the endpoint (or AWS) and the region. Never credentials."""
+        if self.endpoint_url:
+            parsed = urllib.parse.urlsplit(self.endpoint_url)
+            host, port = parsed.hostname, str(parsed.port) if parsed.port else None
+        else:
+            host, port = "aws", None
+        return {"host": host, "port": port, "database": self.resolved_region()}
+
+    def resolved_region(self) -> str | None:
+        import boto3
+        import botocore.exceptions
+
+        try:
+            return boto3.Session(profile_name=self.profile, region_name=self.region).region_name
+        except botocore.exceptions.ProfileNotFound:
+            raise UserError(
+                f"target {self.name!r}: AWS profile {self.profile!r} is not configured; fix `profile:` or remove it"
+            ) from None
+
+
 class Targets(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -285,23 +425,13 @@ class Targets(BaseModel):
     mappings: str | None = None
     match: Literal["exact", "casefold"] = "exact"
     postgres: tuple[PostgresTarget, ...] = ()
-    # A later issue adds DynamoDB target models here; until then any entry is rejected below.
-    dynamodb: tuple[dict, ...] = ()
+    dynamodb: tuple[DynamoTarget, ...] = ()
 
     @field_validator("mappings")
     @classmethod
     def _check_mappings(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("mappings is empty; give a file path or remove the key")
-        return value
-
-    @field_validator("dynamodb", mode="before")
-    @classmethod
-    def _reject_dynamodb(cls, value: Any) -> Any:
-        if value:
-            raise ValueError(
-                "DynamoDB targets are not supported by this version yet; remove the entries (or use `dynamodb: []`)"
-            )
         return value
 
     @field_validator("postgres")

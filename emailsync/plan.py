@@ -22,7 +22,7 @@ from emailsync.errors import UserError
 PLAN_FORMAT = "emailsync.plan/v1"
 PLAN_FORMAT_MINOR = 0
 
-ActionKind = Literal["update", "array-replace", "delete-on-conflict"]
+ActionKind = Literal["update", "array-replace", "delete-on-conflict", "merge-and-move"]
 Store = Literal["postgres", "dynamodb"]
 
 
@@ -30,11 +30,20 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Action(_Frozen):
-    """One planned change to one row (or, for PostgreSQL updates, one column of one row).
+class AttrChange(_Frozen):
+    """One DynamoDB attribute (a dotted path for nested maps) changing from `old` to `new`."""
 
-    Values (`old`, `new`, `row`, `key`) are JSON exactly as PostgreSQL's to_jsonb renders them, so apply can
-    compare them in the database (`to_jsonb(t.col) = old`) without any client-side type conversion.
+    attribute: str
+    old: Any
+    new: Any
+
+
+class Action(_Frozen):
+    """One planned change: to one column of one PostgreSQL row, or to one whole DynamoDB item.
+
+    PostgreSQL values (`old`, `new`, `row`, `key`) are JSON exactly as to_jsonb renders them, so apply compares
+    them in the database without client-side type conversion. DynamoDB keys, items and values are DynamoDB
+    JSON ({"S": "..."}, {"N": "1.5"}, {"SS": [...]}, binary as base64), exact and typed.
     """
 
     id: str
@@ -44,10 +53,10 @@ class Action(_Frozen):
     table: str
     key: dict[str, Any]
     step: int
-    column: str
-    old: Any
-    new: Any
-    mappings: list[int]  # ords of the mapping entries that produced `new`
+    column: str | None = None  # PostgreSQL: the column changed
+    old: Any = None
+    new: Any = None
+    mappings: list[int]  # ords of the mapping entries that produced the new values
     # The whole row as planned: for delete-on-conflict (what will be deleted), and for updates of a column
     # that is part of the row's key (the key alone cannot identify the row once emails move between keys).
     row: dict[str, Any] | None = None
@@ -55,6 +64,23 @@ class Action(_Frozen):
     # delete-on-conflict: the row holding the new value ({"key", "values"}); apply deletes only while that row
     # still holds it, so a conflict that disappeared since the plan never costs a row.
     conflict: dict[str, Any] | None = None
+    # DynamoDB: every attribute that changes; for merge-and-move the key the item moves to, the item found there
+    # when planning (None: none, the move creates it) and the item that will exist there afterwards.
+    changes: list[AttrChange] | None = None
+    new_key: dict[str, Any] | None = None
+    existing: dict[str, Any] | None = None
+    merged: dict[str, Any] | None = None
+
+
+class ReadRecord(_Frozen):
+    """How a DynamoDB table was read for the plan, for the reviewer and for cost."""
+
+    target: str
+    table: str
+    method: str  # scan
+    segments: int
+    requests: int
+    items_read: int
 
 
 class Skipped(_Frozen):
@@ -103,6 +129,7 @@ class Plan(_Frozen):
     targets: dict[str, TargetFingerprint]
     summary: list[SummaryRow]
     warnings: list[str]
+    reads: list[ReadRecord] = []
     skipped: list[Skipped]
     actions: list[Action]
 

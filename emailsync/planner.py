@@ -11,7 +11,19 @@ from emailsync import __version__
 from emailsync.config import LoadedTargets
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
-from emailsync.plan import Action, Inputs, Plan, Skipped, SummaryRow, TargetFingerprint, dumps, seal
+from emailsync.plan import (
+    Action,
+    AttrChange,
+    Inputs,
+    Plan,
+    ReadRecord,
+    Skipped,
+    SummaryRow,
+    TargetFingerprint,
+    dumps,
+    seal,
+)
+from emailsync.stores.dynamodb import DynamoPlanner
 from emailsync.stores.postgres import PostgresPlanner, TargetPlan
 
 
@@ -25,6 +37,9 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
         warnings += tp.warnings
         target_plans.append(tp)
 
+    ddb_plans = [
+        DynamoPlanner(t, f"{loaded.path.name}: dynamodb[{i}]", mset).plan() for i, t in enumerate(cfg.dynamodb)
+    ]
     levels = _levels({e for tp in target_plans for e in tp.edges}, mset)
     actions: list[Action] = []
     skipped: list[Skipped] = []
@@ -90,15 +105,23 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                             **base,
                         )
                     )
-    # Actions are already in target, table, key, column order; a stable sort by step keeps that within a step.
-    actions.sort(key=lambda a: a.step)
+    for dp in ddb_plans:
+        warnings += dp.warnings
+        ddb_actions = []
+        for d in dp.actions:
+            kid = _action_id(d["target"], d["table"], dumps(d["key"]), "", d["kind"]).replace("pg-", "ddb-")
+            d = dict(d, changes=[AttrChange(**c) for c in d["changes"]])
+            ddb_actions.append(Action(id=kid, **d))
+        actions += sorted(ddb_actions, key=lambda a: (a.table, dumps(a.key)))
+    # PostgreSQL first, then DynamoDB (the order apply runs them in); within a store by step, then as planned.
+    actions.sort(key=lambda a: (a.store != "postgres", a.step))
     ids = Counter(a.id for a in actions)
     if any(n > 1 for n in ids.values()):  # 64-bit ids: a clash is astronomically unlikely, but never silent
         raise UserError("internal: two actions got the same id; please report this with the inputs")
 
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for a in actions:
-        summary[(a.target, a.table, a.column, a.kind)] += 1
+        summary[(a.target, a.table, a.column or "(item)", a.kind)] += 1
     for s in skipped:
         summary[(s.target, s.table, s.column, "skipped-conflict")] += 1
 
@@ -114,7 +137,9 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
             match=cfg.match,
             mapping_count=len(mset.mappings),
         ),
-        targets={t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres},
+        targets={t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres}
+        | {t.name: TargetFingerprint(store="dynamodb", **t.fingerprint()) for t in cfg.dynamodb},
+        reads=[ReadRecord(**r) for dp in ddb_plans for r in dp.reads],
         summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
         warnings=warnings,
         skipped=skipped,

@@ -21,6 +21,23 @@ def _key(key: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_v(v, 30)}" for k, v in key.items())
 
 
+def _ddb(av: Any, width: int = 50) -> str:
+    """A DynamoDB JSON value, shown plainly: "x" for {"S": "x"}, [..] for lists and sets."""
+    if isinstance(av, dict) and len(av) == 1:
+        ((t, v),) = av.items()
+        if t in ("S", "N"):
+            return _v(v, width)
+        if t in ("SS", "NS"):
+            return _v("{" + ", ".join(v) + "}", width)
+        if t == "L":
+            return _v("[" + ", ".join(_ddb(x, width) for x in v) + "]", width)
+    return _v(av, width)
+
+
+def _ddb_key(key: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={_ddb(v, 40)}" for k, v in (key or {}).items())
+
+
 def summary_lines(plan: Plan) -> list[str]:
     rows = [("target", "table", "column", "kind", "count")]
     rows += [(s.target, s.table, s.column, s.kind, str(s.count)) for s in plan.summary]
@@ -86,13 +103,41 @@ def plan_markdown(plan: Plan) -> str:
         if a.kind != "delete-on-conflict":
             by_table[(a.target, a.table)].append(a)
     for (target, table), acts in by_table.items():
+        if acts[0].store == "dynamodb":
+            body += [
+                f"## {target} / {table} (DynamoDB)",
+                "",
+                "| step | key | kind | changes | moves to | existing item there |",
+                "|---:|---|---|---|---|---|",
+            ]
+            body += [
+                f"| {a.step} | {_ddb_key(a.key)} | {a.kind} | "
+                + "; ".join(f"{c.attribute}: {_ddb(c.old)} → {_ddb(c.new)}" for c in a.changes or [])
+                + f" | {_ddb_key(a.new_key) if a.new_key else ''} | "
+                + ("" if a.kind != "merge-and-move" else ("merged, existing wins" if a.existing else "none"))
+                + " |"
+                for a in acts
+            ]
+        else:
+            body += [
+                f"## {target} / {table}",
+                "",
+                "| step | key | column | kind | old → new |",
+                "|---:|---|---|---|---|",
+            ]
+            body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
+        body.append("")
+    if plan.reads:
         body += [
-            f"## {target} / {table}",
+            "## How DynamoDB tables were read",
             "",
-            "| step | key | column | kind | old → new |",
-            "|---:|---|---|---|---|",
+            "| target | table | method | segments | requests | items |",
+            "|---|---|---|---:|---:|---:|",
         ]
-        body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
+        body += [
+            f"| {r.target} | {r.table} | {r.method} | {r.segments} | {r.requests} | {r.items_read} |"
+            for r in plan.reads
+        ]
         body.append("")
 
     head = "\n".join(out)

@@ -137,3 +137,72 @@ class Workspace:
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     return Workspace(tmp_path, monkeypatch)
+
+
+# --- DynamoDB: moto in server mode, a real HTTP endpoint that boto3 reaches through endpoint_url -------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class Dynamo:
+    """Test-side access to the moto server: create tables, put and read items as plain Python values."""
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self.endpoint = endpoint
+        self.client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+        self._ser, self._de = TypeSerializer(), TypeDeserializer()
+
+    def create(self, name: str, hash_key: str, range_key: str | None = None) -> None:
+        keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        defs = [{"AttributeName": hash_key, "AttributeType": "S"}]
+        if range_key:
+            keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
+            defs.append({"AttributeName": range_key, "AttributeType": "S"})
+        self.client.create_table(
+            TableName=name, KeySchema=keys, AttributeDefinitions=defs, BillingMode="PAY_PER_REQUEST"
+        )
+
+    def put(self, name: str, *items: dict[str, Any]) -> None:
+        for item in items:
+            self.client.put_item(TableName=name, Item={k: self._ser.serialize(v) for k, v in item.items()})
+
+    def items(self, name: str) -> list[dict[str, Any]]:
+        out, kwargs = [], {"TableName": name, "ConsistentRead": True}
+        while True:
+            page = self.client.scan(**kwargs)
+            out += [{k: self._de.deserialize(v) for k, v in i.items()} for i in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(out, key=lambda i: json.dumps({k: str(v) for k, v in sorted(i.items())}))
+
+
+@pytest.fixture
+def ddb(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Dynamo:
+    import urllib.request
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("DYNAMODB_ENDPOINT", moto_endpoint)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).read()
+    return Dynamo(moto_endpoint)

@@ -373,11 +373,65 @@ def test_duplicate_checks_also_apply_to_models_built_in_code() -> None:
         Targets(version=1, postgres=(target, target))
 
 
-def test_dynamodb_not_supported_yet(tmp_path: Path) -> None:
-    error = load_error(tmp_path, minimal() + "dynamodb:\n  - name: sessions\n    table: Sessions\n")
-    assert error.problems == [
-        "dynamodb: DynamoDB targets are not supported by this version yet; remove the entries (or use `dynamodb: []`)"
-    ]
+def test_dynamodb_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDB_ENDPOINT", "http://127.0.0.1:8000")
+    text = (
+        minimal()
+        + """\
+dynamodb:
+  - name: hr
+    region: eu-west-1
+    endpoint_url: ${DDB_ENDPOINT}
+    tables:
+      - table: hr-leave-requests
+        attributes: [email, approverEmails, profile.contactEmail]
+      - table: hr-users
+        client_attribute: clientId
+        segments: 4
+        attributes:
+          - name: PK
+            template: "USER#{email}"
+          - userId
+"""
+    )
+    loaded = load_targets(write(tmp_path, text))
+    (hr,) = loaded.config.dynamodb
+    assert hr.endpoint_url == "http://127.0.0.1:8000" and hr.fingerprint() == {
+        "host": "127.0.0.1",
+        "port": "8000",
+        "database": "eu-west-1",
+    }
+    users = hr.tables[1]
+    assert [a.name for a in users.attributes] == ["PK", "userId"]
+    assert users.attributes[0].affixes == ("USER#", "") and users.attributes[1].template is None
+    assert hr.tables[0].attributes[2].path == ("profile", "contactEmail")
+    assert users.client_attribute == "clientId" and users.segments == 4
+
+
+def test_dynamodb_mistakes_are_reported_with_their_place(tmp_path: Path) -> None:
+    text = (
+        minimal()
+        + """\
+dynamodb:
+  - name: core
+    endpoint_url: localhost:8000
+    tables:
+      - table: ab
+        attributes: [email, email]
+      - table: ok-table
+        attributes: [{name: PK, template: "USER#"}, "a..b"]
+        segmnts: 3
+"""
+    )
+    error = load_error(tmp_path, text)
+    text_all = "\n".join(error.problems)
+    assert "dynamodb[0].name: duplicate target name 'core'" in text_all  # minimal() has a postgres 'core'
+    assert "dynamodb[0].endpoint_url" in text_all and "http(s) URL" in text_all
+    assert "dynamodb[0].tables[0].table" in text_all and "3 to 255" in text_all
+    assert "attributes listed twice" in text_all
+    assert "exactly one {email} placeholder" in text_all
+    assert "dotted path" in text_all
+    assert "dynamodb[0].tables[1].segmnts: unknown key 'segmnts'" in text_all
 
 
 def test_several_problems_reported_together(tmp_path: Path) -> None:

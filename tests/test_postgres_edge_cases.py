@@ -25,7 +25,7 @@ def _acts(ws, plan):
 
 
 def test_email_primary_key_chain_into_slot_of_deleted_row_applies(db, ws):
-    """Regression (found in review): verify looks a deleted row up by its key, finds the row that moved onto that key, rolls back."""
+    """Regression: verify looks a deleted row up by its key, finds the row that moved onto that key, rolls back."""
     db.execute("CREATE TABLE settings (email text PRIMARY KEY, theme text)")
     db.execute("INSERT INTO settings VALUES ('a@x.com', 'dark'), ('b@x.com', 'light'), ('c@x.com', 'blue')")
     ws.postgres_targets({"core": db}, "- table: settings\n  columns: [email]\n")
@@ -43,7 +43,7 @@ def test_email_primary_key_chain_into_slot_of_deleted_row_applies(db, ws):
 
 
 def test_rerun_chain_on_email_primary_key_with_identical_other_columns_is_already_applied(db, ws):
-    """Regression (found in review): on re-run the row now at key b (formerly a) equals b's planned image and is classified pending."""
+    """Regression: on re-run the row now at key b (formerly a) equals b's planned image and is classified pending."""
     db.execute("CREATE TABLE subscribers (email text PRIMARY KEY)")
     db.execute("INSERT INTO subscribers VALUES ('a@x.com'), ('b@x.com')")
     ws.postgres_targets({"core": db}, "- table: subscribers\n  columns: [email]\n")
@@ -59,7 +59,7 @@ def test_rerun_chain_on_email_primary_key_with_identical_other_columns_is_alread
 
 
 def test_on_stale_skip_does_not_delete_merge_loser_when_winner_is_stale(db, ws):
-    """Regression (found in review): the delete of the merge loser runs although the winner it yielded to was skipped as stale."""
+    """Regression: the delete of the merge loser runs although the winner it yielded to was skipped as stale."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, name text)")
     db.execute("INSERT INTO employees VALUES (1, 'b@x.com', 'B'), (2, 'a@x.com', 'A')")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
@@ -74,7 +74,7 @@ def test_on_stale_skip_does_not_delete_merge_loser_when_winner_is_stale(db, ws):
 
 
 def test_delete_on_conflict_is_stale_when_the_conflicting_row_no_longer_holds_the_value(db, ws):
-    """Regression (found in review): the reviewed reason for a delete ('m is held by row 2') is not re-checked at apply."""
+    """Regression: the reviewed reason for a delete ('m is held by row 2') is not re-checked at apply."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, name text)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com', 'A'), (2, 'm@x.com', 'M')")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
@@ -88,7 +88,8 @@ def test_delete_on_conflict_is_stale_when_the_conflicting_row_no_longer_holds_th
 
 
 def test_child_row_skipped_on_conflict_is_not_cascade_deleted_with_its_parent(db, ws):
-    """Regression (found in review): parent deleted (ON DELETE CASCADE), planned child row skipped by its own unique index: lost silently."""
+    """Regression: parent deleted (ON DELETE CASCADE), planned child row skipped by its own unique index: lost
+    silently."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
     db.execute(
         "CREATE TABLE leave (id int PRIMARY KEY, email text NOT NULL REFERENCES employees(email) ON DELETE CASCADE,"
@@ -111,7 +112,8 @@ def test_child_row_skipped_on_conflict_is_not_cascade_deleted_with_its_parent(db
 
 
 def test_child_row_skipped_on_conflict_under_no_action_key_is_refused_at_plan(db, ws):
-    """Regression (found in review): the plan is accepted although a skipped child keeps referencing a deleted parent; apply then fails."""
+    """Regression: the plan is accepted although a skipped child keeps referencing a deleted parent; apply then
+    fails."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
     db.execute(
         "CREATE TABLE leave (id int PRIMARY KEY, email text NOT NULL REFERENCES employees(email),"
@@ -129,7 +131,8 @@ def test_child_row_skipped_on_conflict_under_no_action_key_is_refused_at_plan(db
 
 
 def test_child_moves_to_value_the_parent_does_not_hold_is_refused_at_plan(db, ws):
-    """Regression (found in review): parent deleted by a lower() index conflict; children move to 'M@x.com' but the parent holds 'm@x.com'."""
+    """Regression: parent deleted by a lower() index conflict; children move to 'M@x.com' but the parent holds
+    'm@x.com'."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
     db.execute("CREATE UNIQUE INDEX employees_email_lower ON employees (lower(email))")
     db.execute("CREATE TABLE leave (id int PRIMARY KEY, email text NOT NULL REFERENCES employees(email))")
@@ -142,7 +145,8 @@ def test_child_moves_to_value_the_parent_does_not_hold_is_refused_at_plan(db, ws
 
 
 def test_self_referencing_on_update_cascade_with_child_column_not_configured_applies(db, ws):
-    """Regression (found in review): the planner accepts ON UPDATE CASCADE (warning only) but verify rejects the cascaded manager_email."""
+    """Regression: the planner accepts ON UPDATE CASCADE (warning only) but verify rejects the cascaded
+    manager_email."""
     db.execute(
         "CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE NOT NULL,"
         " manager_email text REFERENCES employees(email) ON UPDATE CASCADE)"
@@ -161,7 +165,7 @@ def test_self_referencing_on_update_cascade_with_child_column_not_configured_app
 
 
 def test_generated_column_derived_from_email_does_not_fail_verification(db, ws):
-    """Regression (found in review): a STORED generated column over email changes with the update; verify calls it a mismatch."""
+    """Regression: a STORED generated column over email changes with the update; verify calls it a mismatch."""
     db.execute(
         "CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL,"
         " domain text GENERATED ALWAYS AS (split_part(email, '@', 2)) STORED)"
@@ -176,7 +180,7 @@ def test_generated_column_derived_from_email_does_not_fail_verification(db, ws):
 
 
 def test_unique_index_on_generated_column_decides_conflicts(db, ws):
-    """Regression (found in review): the post-change row keeps the generated column's old value, so the conflict is not seen."""
+    """Regression: the post-change row keeps the generated column's old value, so the conflict is not seen."""
     db.execute(
         "CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL,"
         " email_lower text GENERATED ALWAYS AS (lower(email)) STORED UNIQUE)"
@@ -190,7 +194,7 @@ def test_unique_index_on_generated_column_decides_conflicts(db, ws):
 
 
 def test_column_named_t_is_supported(db, ws):
-    """Regression (found in review): to_jsonb(t) / jsonb_populate_record(t, ...) resolve to the column "t", not the row alias."""
+    """Regression: to_jsonb(t) / jsonb_populate_record(t, ...) resolve to the column "t", not the row alias."""
     db.execute("CREATE TABLE events (id int PRIMARY KEY, email text UNIQUE, t text)")
     db.execute("INSERT INTO events VALUES (1, 'a@x.com', 'x'), (2, 'm@x.com', 'y'), (3, 'b@x.com', 'z')")
     ws.postgres_targets({"core": db}, "- table: events\n  columns: [email]\n")
@@ -205,7 +209,8 @@ def test_column_named_t_is_supported(db, ws):
 
 
 def test_column_named_t_without_unique_index_applies(db, ws):
-    """Regression (found in review): classify reads to_jsonb(t) as the column's text, calls every row stale, then crashes in _stale_text."""
+    """Regression: classify reads to_jsonb(t) as the column's text, calls every row stale, then crashes in
+    _stale_text."""
     db.execute("CREATE TABLE events (id int PRIMARY KEY, email text, t text)")
     db.execute("INSERT INTO events VALUES (1, 'a@x.com', 'x')")
     ws.postgres_targets({"core": db}, "- table: events\n  columns: [email]\n")
@@ -218,7 +223,7 @@ def test_column_named_t_without_unique_index_applies(db, ws):
 
 
 def test_column_named_es_kid_is_supported(db, ws):
-    """Regression (found in review): the unique-index analysis selects c._es_kid next to the table's own columns: ambiguous column."""
+    """Regression: the unique-index analysis selects c._es_kid next to the table's own columns: ambiguous column."""
     db.execute("CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, _es_kid int)")
     db.execute("INSERT INTO users VALUES (1, 'a@x.com', 7)")
     ws.postgres_targets({"core": db}, "- table: users\n  columns: [email]\n")
@@ -230,7 +235,7 @@ def test_column_named_es_kid_is_supported(db, ws):
 
 
 def test_table_named_a_with_unique_index_is_supported(db, ws):
-    """Regression (found in review): the unique-index analysis joins `mv a` with the unaliased table: "table name a specified twice"."""
+    """Regression: the unique-index analysis joins `mv a` with the unaliased table: "table name a specified twice"."""
     db.execute('CREATE TABLE "a" (id int PRIMARY KEY, email text UNIQUE)')
     db.execute("INSERT INTO a VALUES (1, 'a@x.com')")
     ws.postgres_targets({"core": db}, "- table: public.a\n  columns: [email]\n")
@@ -242,7 +247,7 @@ def test_table_named_a_with_unique_index_is_supported(db, ws):
 
 
 def test_new_email_too_long_for_varchar_array_elements_is_a_plan_error(db, ws):
-    """Regression (found in review): only text columns are checked against their type; varchar(n)[] fails at apply instead."""
+    """Regression: only text columns are checked against their type; varchar(n)[] fails at apply instead."""
     db.execute("CREATE TABLE teams (id int PRIMARY KEY, members varchar(12)[])")
     db.execute("INSERT INTO teams VALUES (1, ARRAY['a@x.com'])")
     ws.postgres_targets({"core": db}, "- table: teams\n  columns: [members]\n")
@@ -252,7 +257,7 @@ def test_new_email_too_long_for_varchar_array_elements_is_a_plan_error(db, ws):
 
 
 def test_row_leaving_a_partial_index_frees_its_slot(db, ws):
-    """Regression (found in review): a row whose new value falls outside the index predicate is treated as still holding its slot."""
+    """Regression: a row whose new value falls outside the index predicate is treated as still holding its slot."""
     db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL)")
     db.execute("CREATE UNIQUE INDEX users_corp_email ON users (email) WHERE email LIKE '%@corp.com'")
     db.execute("INSERT INTO users VALUES (1, 'a@corp.com'), (2, 'b@corp.com')")
@@ -267,7 +272,7 @@ def test_row_leaving_a_partial_index_frees_its_slot(db, ws):
 
 
 def test_unique_index_on_a_partition_decides_conflicts(db, ws):
-    """Regression (found in review): unique indexes that exist only on partitions are not read; apply hits a duplicate key."""
+    """Regression: unique indexes that exist only on partitions are not read; apply hits a duplicate key."""
     db.execute(
         "CREATE TABLE users (tenant int NOT NULL, id int NOT NULL, email text NOT NULL, PRIMARY KEY (tenant, id))"
         " PARTITION BY LIST (tenant)"
@@ -287,7 +292,7 @@ def test_unique_index_on_a_partition_decides_conflicts(db, ws):
 
 
 def test_merge_winner_deleted_by_another_index_does_not_also_delete_the_loser(db, ws):
-    """Regression (found in review): conflict decisions depend on index-name order; here both merge rows are deleted, nobody gets m."""
+    """Regression: conflict decisions depend on index-name order; here both merge rows are deleted, nobody gets m."""
     db.execute("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, backup text)")
     db.execute("CREATE UNIQUE INDEX a_email ON people (email)")  # analysed first (name order)
     db.execute("CREATE UNIQUE INDEX b_backup ON people (backup)")

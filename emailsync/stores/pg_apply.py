@@ -14,7 +14,6 @@ The sequence inside the transaction:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -22,21 +21,8 @@ from deepdiff import DeepDiff
 from psycopg import sql
 
 from emailsync.plan import Action, dumps
+from emailsync.stores.outcome import Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
-
-
-@dataclass
-class Outcome:
-    status: str  # applied | already-applied | stale | failed | not-applied
-    detail: str | None = None
-
-
-@dataclass
-class TargetResult:
-    target: str
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-    error: str | None = None
-    committed: bool = False
 
 
 class _Rollback(Exception):

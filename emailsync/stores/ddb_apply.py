@@ -1,0 +1,338 @@
+"""Applying a plan's DynamoDB actions to one target.
+
+DynamoDB has no transaction across a whole table, so safety comes from conditions on every write:
+- merge-and-move is one TransactWriteItems: Put the merged item (condition: nothing there, or still exactly the
+  planned existing item) and Delete the old item (condition: still exactly the planned old item). An item is
+  never lost and never duplicated, even if apply dies between two transactions. Independent moves of a step
+  share transactions up to DynamoDB's limits (100 items, 4 MB).
+- update / array-replace is one UpdateItem whose condition is that every changed attribute still holds its
+  planned value.
+A failed condition is resolved by reading the items: the action either already happened (a rerun) or is stale;
+it is never retried blindly and never overwrites. Before writing, every action is checked (--on-stale abort
+writes nothing if any is stale); after each step, every written item is read back and compared.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import botocore.exceptions
+from deepdiff import DeepDiff
+
+from emailsync.config import DynamoTarget
+from emailsync.plan import Action
+from emailsync.stores.dynamodb import (
+    MAX_EXPRESSION,
+    MAX_TX_BYTES,
+    MAX_TX_ITEMS,
+    RETRYABLE,
+    call,
+    from_json,
+    item_from_json,
+    item_size,
+    item_to_json,
+    keystr,
+    normalized,
+    set_path,
+    with_backoff,
+)
+from emailsync.stores.outcome import Outcome, TargetResult
+
+MAX_ATTEMPTS = 8
+
+
+class DynamoApplier:
+    def __init__(self, target: DynamoTarget, client: Any, actions: list[Action], on_stale: str) -> None:
+        self.target = target
+        self.client = client
+        self.actions = actions
+        self.on_stale = on_stale
+        self.status: dict[str, Outcome] = {}
+        self.requests = 0
+        self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
+        self.version_attr = {t.table: t.version_attribute for t in target.tables}
+        self.email_attrs = {t.table: [a.path[0] for a in t.attributes] for t in target.tables}
+
+    def run(self) -> TargetResult:
+        res = TargetResult(self.target.name)
+        try:
+            self._preflight()
+            stale = {i: o for i, o in self.status.items() if o.status == "stale"}
+            if stale and self.on_stale == "abort":
+                for a in self.actions:
+                    if a.id not in stale:
+                        self.status[a.id] = Outcome("not-applied", "nothing written: stale items and --on-stale abort")
+                res.outcomes = dict(self.status)
+                res.error = f"{len(stale)} stale action(s); nothing written to this target (--on-stale abort)"
+                return res
+            for step in sorted({a.step for a in self.actions}):
+                todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
+                self._moves([a for a in todo if a.kind == "merge-and-move"])
+                for a in todo:
+                    if a.kind != "merge-and-move":
+                        self._update(a)
+                self._verify([a for a in todo if self.status[a.id].status == "applied"])
+        except botocore.exceptions.BotoCoreError as e:
+            res.error = f"DynamoDB error: {type(e).__name__}: {e}"
+        except botocore.exceptions.ClientError as e:
+            err = e.response.get("Error", {})
+            res.error = f"DynamoDB error: {err.get('Code')}: {err.get('Message')}"
+        for a in self.actions:
+            o = self.status.get(a.id)
+            if o is None or o.status == "pending":
+                o = Outcome("failed" if res.error else "not-applied", res.error)
+            res.outcomes[a.id] = o
+        res.committed = res.error is None
+        return res
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _get(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        self.requests += 1
+        resp = call(
+            self.target,
+            f"read {table}",
+            self.client.get_item,
+            TableName=table,
+            Key=item_from_json(key),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return item_to_json(item) if item is not None else None
+
+    def _preflight(self) -> None:
+        """Classify every action against the table as it is now: pending, already-applied or stale."""
+        first_arrival: dict[tuple[str, str], Action] = {}
+        later: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        for a in sorted(self.actions, key=lambda a: a.step):
+            if a.kind == "merge-and-move":
+                k = (a.table, keystr(a.new_key or {}))
+                first_arrival.setdefault(k, a)
+                later[k].append(a)
+        for a in self.actions:
+            current = self._get(a.table, a.key)
+            if a.kind == "merge-and-move":
+                self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
+            else:
+                self.status[a.id] = self._classify_update(a, current)
+        # The first pending arrival at a key also needs that key still as planned, unless the item there is one
+        # this plan moves away first (the write's own condition checks it then).
+        leaving = {
+            (a.table, keystr(a.key))
+            for a in self.actions
+            if a.kind == "merge-and-move" and self.status[a.id].status == "pending"
+        }
+        for k, a in first_arrival.items():
+            pending = [x for x in later[k] if self.status[x.id].status == "pending"]
+            if pending and pending[0] is a and k not in leaving:
+                there = self._get(a.table, a.new_key or {})
+                if normalized(there) != normalized(a.existing):
+                    self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
+
+    def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
+        if current is not None:
+            if normalized(current) == normalized(a.row):
+                return Outcome("pending")
+            return Outcome("stale", _what_changed("the item", a.row, current))
+        there = self._get(a.table, a.new_key or {})
+        # Gone from the old key: applied if the new key holds this move's result, or a later arrival's.
+        mine = same_target.index(a) if a in same_target else 0
+        if there is not None and any(normalized(there) == normalized(x.merged) for x in same_target[mine:]):
+            return Outcome("already-applied")
+        return Outcome("stale", "the item is gone from its old key and the new key does not hold the planned result")
+
+    def _classify_update(self, a: Action, current: dict[str, Any] | None) -> Outcome:
+        if current is None:
+            return Outcome("stale", "the item no longer exists")
+        olds = [_at(current, c.attribute) for c in a.changes or []]
+        if all(normalized({"v": o}) == normalized({"v": c.old}) for o, c in zip(olds, a.changes or [], strict=True)):
+            return Outcome("pending")
+        if all(normalized({"v": o}) == normalized({"v": c.new}) for o, c in zip(olds, a.changes or [], strict=True)):
+            return Outcome("already-applied")
+        changed = [
+            c.attribute
+            for o, c in zip(olds, a.changes or [], strict=True)
+            if normalized({"v": o}) != normalized({"v": c.old})
+        ]
+        return Outcome("stale", f"{', '.join(changed)} changed since the plan")
+
+    # -- moves -------------------------------------------------------------------------------------------------
+
+    def _moves(self, moves: list[Action]) -> None:
+        batch: list[Action] = []
+        size = 0
+        for a in moves:
+            need = item_size(a.merged or {}) + item_size(a.row or {}) + item_size(a.existing or {}) + 1024
+            if batch and (2 * (len(batch) + 1) > MAX_TX_ITEMS or size + need > MAX_TX_BYTES):
+                self._transact(batch)
+                batch, size = [], 0
+            batch.append(a)
+            size += need
+        if batch:
+            self._transact(batch)
+
+    def _transact(self, batch: list[Action]) -> None:
+        attempt = 0
+        while batch:
+            items = []
+            for a in batch:
+                items.append({"Put": self._put(a)})
+                items.append({"Delete": self._delete(a)})
+            try:
+                self.requests += 1
+                self.client.transact_write_items(TransactItems=items)
+            except botocore.exceptions.ClientError as e:
+                code = e.response.get("Error", {}).get("Code", "")
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons") or []]
+                if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
+                    failed = {i // 2 for i, r in enumerate(reasons) if r == "ConditionalCheckFailed"}
+                    for i in failed:
+                        self._resolve_move(batch[i])
+                    batch = [a for i, a in enumerate(batch) if i not in failed]
+                    continue
+                retryable = code in RETRYABLE or (
+                    code == "TransactionCanceledException" and all(r in RETRYABLE or r == "None" for r in reasons)
+                )
+                attempt += 1
+                if retryable and attempt < MAX_ATTEMPTS:
+                    _sleep(attempt)
+                    continue
+                detail = f"{code}: {e.response.get('Error', {}).get('Message', '')} {reasons or ''}".strip()
+                for a in batch:
+                    self.status[a.id] = Outcome("failed", detail)
+                return
+            for a in batch:
+                self.status[a.id] = Outcome("applied")
+            return
+
+    def _resolve_move(self, a: Action) -> None:
+        """A condition failed: the move happened already (a rerun), or something changed: never force it."""
+        old = self._get(a.table, a.key)
+        there = self._get(a.table, a.new_key or {})
+        if old is None and normalized(there) == normalized(a.merged):
+            self.status[a.id] = Outcome("already-applied")
+        elif old is not None and normalized(old) != normalized(a.row):
+            self.status[a.id] = Outcome("stale", _what_changed("the item", a.row, old))
+        else:
+            self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
+
+    def _put(self, a: Action) -> dict[str, Any]:
+        req: dict[str, Any] = {"TableName": a.table, "Item": item_from_json(a.merged or {})}
+        if a.existing is None:
+            k = next(iter(a.key))
+            req.update(ConditionExpression="attribute_not_exists(#k)", ExpressionAttributeNames={"#k": k})
+        else:
+            req.update(self._equals(a.table, a.existing))
+        return req
+
+    def _delete(self, a: Action) -> dict[str, Any]:
+        req: dict[str, Any] = {"TableName": a.table, "Key": item_from_json(a.key)}
+        req.update(self._equals(a.table, a.row or {}))
+        return req
+
+    def _equals(self, table: str, image: dict[str, Any]) -> dict[str, Any]:
+        """A condition that the item still equals `image`, attribute by attribute.
+
+        DynamoDB caps an expression at 4 KB. For an item with too many attributes, the condition falls back to
+        the table's version_attribute if configured, else to the key and the configured email attributes.
+        """
+        attrs = sorted(image)
+        expr = " AND ".join(f"#a{i} = :v{i}" for i in range(len(attrs)))
+        if len(expr) > MAX_EXPRESSION:
+            version = self.version_attr.get(table)
+            keep = [version] if version and version in image else []
+            keep += [a for a in self.email_attrs.get(table, []) if a in image]
+            keep += [k for k in self.key_names[table] if k in image]
+            attrs = sorted(set(keep))
+            expr = " AND ".join(f"#a{i} = :v{i}" for i in range(len(attrs)))
+        return {
+            "ConditionExpression": expr,
+            "ExpressionAttributeNames": {f"#a{i}": n for i, n in enumerate(attrs)},
+            "ExpressionAttributeValues": {f":v{i}": from_json(image[n]) for i, n in enumerate(attrs)},
+        }
+
+    # -- updates -----------------------------------------------------------------------------------------------
+
+    def _update(self, a: Action) -> None:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets, conds = [], []
+
+        def path(attribute: str) -> str:
+            parts = []
+            for p in attribute.split("."):
+                alias = next((k for k, v in names.items() if v == p), None) or f"#n{len(names)}"
+                names[alias] = p
+                parts.append(alias)
+            return ".".join(parts)
+
+        for i, c in enumerate(a.changes or []):
+            p = path(c.attribute)
+            values[f":new{i}"], values[f":old{i}"] = from_json(c.new), from_json(c.old)
+            sets.append(f"{p} = :new{i}")
+            conds.append(f"{p} = :old{i}")
+        try:
+            self.requests += 1
+            with_backoff(
+                lambda: self.client.update_item(
+                    TableName=a.table,
+                    Key=item_from_json(a.key),
+                    UpdateExpression="SET " + ", ".join(sets),
+                    ConditionExpression=" AND ".join(conds),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                )
+            )
+            self.status[a.id] = Outcome("applied")
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            self.status[a.id] = self._classify_update(a, self._get(a.table, a.key))
+            if self.status[a.id].status == "pending":  # it matched again: someone changed it back and forth
+                self.status[a.id] = Outcome("stale", "the item changed while it was being written")
+
+    # -- verification ------------------------------------------------------------------------------------------
+
+    def _verify(self, done: list[Action]) -> None:
+        """Read every written item back (strongly consistent) and compare it field by field with the plan."""
+        for a in done:
+            if a.kind == "merge-and-move":
+                there, old = self._get(a.table, a.new_key or {}), self._get(a.table, a.key)
+                problems = []
+                if normalized(there) != normalized(a.merged):
+                    problems.append(_what_changed("the moved item", a.merged, there))
+                if old is not None:
+                    problems.append("the old item still exists")
+            else:
+                expected = copy.deepcopy(a.row or {})
+                for c in a.changes or []:
+                    set_path(expected, tuple(c.attribute.split(".")), c.new)
+                now = self._get(a.table, a.key)
+                problems = [] if normalized(now) == normalized(expected) else [_what_changed("the item", expected, now)]
+            if problems:
+                self.status[a.id] = Outcome("needs-review", "; ".join(problems))
+
+
+def _at(item: dict[str, Any], attribute: str) -> Any:
+    node: Any = item.get(attribute.split(".")[0])
+    for part in attribute.split(".")[1:]:
+        node = node.get("M", {}).get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _what_changed(what: str, expected: dict[str, Any] | None, found: dict[str, Any] | None) -> str:
+    if found is None:
+        return f"{what} does not exist"
+    if expected is None:
+        return f"{what} exists but the plan expected none"
+    diff = DeepDiff(normalized(expected), normalized(found), verbose_level=2)
+    fields = sorted({p.split("[")[1].strip("'\"]") for kind in diff for p in diff[kind]} if diff else set())
+    return f"{what} differs from the plan in {', '.join(fields) or 'its content'}"
+
+
+def _sleep(attempt: int) -> None:
+    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
