@@ -1,0 +1,182 @@
+"""DynamoDB faults moto does not produce, injected through botocore event hooks on our real client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+import emailsync.applier
+import emailsync.stores.dynamodb as ddb_store
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any):
+        yield self._body
+
+
+def _error(request: Any, code: str, reasons: list[str] | None = None) -> AWSResponse:
+    body: dict[str, Any] = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": f"injected {code}"}
+    if reasons:
+        body["CancellationReasons"] = [{"Code": r} for r in reasons]
+    headers = {"x-amzn-requestid": "injected", "content-type": "application/x-amz-json-1.0"}
+    return AWSResponse(request.url, 400, headers, _Raw(json.dumps(body).encode()))
+
+
+def _hook(ws, event: str, handler: Callable[..., Any]) -> list[str]:
+    """Register `handler` on every DynamoDB client emailsync makes (plan and apply); returns a call log."""
+    calls: list[str] = []
+    original = ddb_store.client_for
+
+    def client_for(target):
+        c = original(target)
+        c.meta.events.register(event, handler)
+        return c
+
+    ws.monkeypatch.setattr(emailsync.applier, "client_for", client_for)
+    ws.monkeypatch.setattr(ddb_store, "client_for", client_for)
+    return calls
+
+
+def _setup(ddb, ws, n: int = 6) -> Any:
+    ddb.create("users", "email")
+    ddb.put("users", *({"email": f"u{i}@old.com", "i": Decimal(i)} for i in range(n)))
+    ws.targets(
+        "version: 1\nmappings: m.json\ndynamodb:\n  - name: hr\n    endpoint_url: ${DYNAMODB_ENDPOINT}\n"
+        "    tables: [{table: users, attributes: [email]}]\n"
+    )
+    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(n)}, name="m.json")
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    return plan
+
+
+def _emails(ddb) -> list[str]:
+    return sorted(i["email"] for i in ddb.items("users"))
+
+
+def _statuses(plan) -> list[str]:
+    return sorted(a["status"] for a in json.loads((plan.parent / "report.json").read_text())["actions"])
+
+
+def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws):
+    plan = _setup(ddb, ws)
+    seen = []
+
+    def conflict_twice(request, **_):
+        seen.append(1)
+        if len(seen) <= 2:
+            return _error(request, "TransactionCanceledException", ["TransactionConflict"] * 12)
+        return None
+
+    _hook(ws, "before-send.dynamodb.TransactWriteItems", conflict_twice)
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert len(seen) == 3
+    assert _emails(ddb) == [f"u{i}@new.com" for i in range(6)]
+
+
+def test_throttling_is_retried_by_botocore(ddb, ws):
+    ddb.create("users", "id")
+    ddb.put("users", {"id": "1", "email": "a@x.com"})
+    ws.targets(
+        "version: 1\nmappings: m.json\ndynamodb:\n  - name: hr\n    endpoint_url: ${DYNAMODB_ENDPOINT}\n"
+        "    tables: [{table: users, attributes: [email]}]\n"
+    )
+    ws.mappings({"a@x.com": "b@x.com"}, name="m.json")
+    r, plan = ws.plan()
+    seen = []
+
+    def throttle_once(request, **_):
+        seen.append(1)
+        return _error(request, "ProvisionedThroughputExceededException") if len(seen) == 1 else None
+
+    _hook(ws, "before-send.dynamodb.UpdateItem", throttle_once)
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert len(seen) == 2 and ddb.items("users") == [{"id": "1", "email": "b@x.com"}]
+
+
+def test_persistent_failure_is_reported_and_changes_nothing(ddb, ws):
+    plan = _setup(ddb, ws)
+    _hook(ws, "before-send.dynamodb.TransactWriteItems",
+          lambda request, **_: _error(request, "TransactionCanceledException", ["ValidationError"] + ["None"] * 11))
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 3 and _statuses(plan) == ["failed"] * 6
+    assert _emails(ddb) == [f"u{i}@old.com" for i in range(6)]
+
+
+def test_writer_between_check_and_transaction_makes_only_that_item_stale(ddb, ws):
+    plan = _setup(ddb, ws)
+    done = []
+
+    def concurrent_writer(**_):
+        if not done:
+            done.append(1)
+            ddb.put("users", {"email": "u2@old.com", "i": Decimal(99)})  # another writer, just before our write
+
+    _hook(ws, "before-call.dynamodb.TransactWriteItems", concurrent_writer)
+    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip")
+    assert r.code == 3
+    items = ddb.items("users")
+    assert {"email": "u2@old.com", "i": Decimal(99)} in items  # kept, never overwritten
+    assert _emails(ddb) == sorted([f"u{i}@new.com" for i in range(6) if i != 2] + ["u2@old.com"])
+    assert _statuses(plan) == ["applied"] * 5 + ["stale"]
+
+
+def test_interrupted_apply_resumes_without_loss_or_duplicates(ddb, ws):
+    plan = _setup(ddb, ws, n=120)  # three transactions of at most 50 moves
+
+    class Crash(Exception):
+        pass
+
+    count = []
+
+    def crash_after_first(**_):
+        count.append(1)
+        if len(count) == 1:
+            raise Crash("killed after the first transaction")
+
+    original = ddb_store.client_for
+    _hook(ws, "after-call.dynamodb.TransactWriteItems", crash_after_first)
+    with pytest.raises(Crash):
+        ws.run("apply", str(plan), "--auto-approve")
+    mid = _emails(ddb)
+    assert len(mid) == 120 and sum(e.endswith("@new.com") for e in mid) == 50  # one whole transaction, no more
+    ws.monkeypatch.setattr(emailsync.applier, "client_for", original)  # the next run is a clean process
+    ws.monkeypatch.setattr(ddb_store, "client_for", original)
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert _emails(ddb) == sorted(f"u{i}@new.com" for i in range(120))
+    assert _statuses(plan).count("already-applied") == 50 and _statuses(plan).count("applied") == 70
+
+
+def test_unprocessed_keys_while_planning_are_read_again(ddb, ws):
+    ddb.create("users", "email")
+    ddb.put("users", *({"email": f"u{i}@old.com"} for i in range(5)))
+    ws.targets(
+        "version: 1\nmappings: m.json\ndynamodb:\n  - name: hr\n    endpoint_url: ${DYNAMODB_ENDPOINT}\n"
+        "    tables: [{table: users, attributes: [email]}]\n"
+    )
+    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(5)}, name="m.json")
+    seen = []
+
+    def unprocessed_once(request, **_):
+        seen.append(1)
+        if len(seen) > 1:
+            return None
+        body = json.loads(request.body)
+        payload = json.dumps({"Responses": {"users": []}, "UnprocessedKeys": body["RequestItems"]}).encode()
+        return AWSResponse(request.url, 200, {"content-type": "application/x-amz-json-1.0"}, _Raw(payload))
+
+    _hook(ws, "before-send.dynamodb.BatchGetItem", unprocessed_once)
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    assert len(ws.plan_json(plan)["actions"]) == 5 and len(seen) >= 2
