@@ -106,7 +106,7 @@ def apply_plan(
 
 
 def _ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> Any:
-    client = client_for(target)
+    client, probe = client_for(target), client_for(target, probe=True)
     known = {t.table for t in target.tables}
     for table in dict.fromkeys(a.table for a in actions):
         if table not in known:
@@ -114,7 +114,7 @@ def _ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Actio
                 f"the plan changes DynamoDB table {table!r} in target {target.name!r}, which {loaded.path.name} "
                 "no longer lists; apply with the targets file the plan was made from"
             )
-        call(target, f"describe {table}", client.describe_table, TableName=table)
+        call(target, f"describe {table}", probe.describe_table, TableName=table)
     return client
 
 

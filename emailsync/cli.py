@@ -83,6 +83,12 @@ def plan(
         _fail(e)
     for w in p.warnings[len(mset.warnings) :]:
         typer.echo(f"warning: {w}", err=True)
+    for rd in p.reads:
+        typer.echo(
+            f"read {rd.target}/{rd.table}: {rd.method}, {rd.segments} segment(s), {rd.requests} request(s), "
+            f"{rd.items_read} item(s)",
+            err=True,
+        )
     typer.echo("\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email.")
     typer.echo(f"\n{len(p.actions)} action(s), {len(p.skipped)} skipped. Plan: {path}\nReview: {md}")
     if p.actions:

@@ -206,8 +206,8 @@ def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
 
     original = d.client_for
 
-    def hooked(target):
-        c = original(target)
+    def hooked(target, **kw):
+        c = original(target, **kw)
         c.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", count)
         return c
 
@@ -217,3 +217,76 @@ def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
     assert _apply(ws, plan).code == 0
     assert sizes == [100, 100, 40]  # 50 moves (Put + Delete) per transaction, the real limit
     assert [i["email"] for i in ddb.items("users")] == sorted(f"u{i}@new.com" for i in range(120))
+
+
+def test_new_key_too_long_is_a_plan_error(ddb, ws):
+    ddb.create("users", "PK", "SK")
+    ddb.put("users", {"PK": "a@x.com", "SK": "S#" + "x" * 1000 + "#a@x.com"})
+    _targets(ws, "- table: users\n  attributes: [PK, {name: SK, template: 'S#" + "x" * 1000 + "#{email}'}]\n")
+    ws.mappings({"a@x.com": "a-much-longer-address-than-before@example.com"})
+    r, plan = ws.plan()
+    assert r.code == 1 and "DynamoDB allows 1024" in r.err and not plan.exists()
+
+
+def test_conditions_stay_within_the_4kb_expression_limit(ddb, ws):
+    ddb.create("wide", "email")
+    wide = {"email": "a@x.com", **{f"attribute_{i:03d}": str(i) for i in range(400)}}
+    ddb.put("wide", wide)
+    _targets(ws, "- table: wide\n  attributes: [email]\n  version_attribute: attribute_000\n")
+    ws.mappings({"a@x.com": "b@x.com"})
+    r, plan = ws.plan()
+    lengths = []
+
+    def measure(params, **_):
+        for item in params["TransactItems"]:
+            for req in item.values():
+                lengths.append(len(req.get("ConditionExpression", "")))
+
+    import emailsync.applier
+    import emailsync.stores.dynamodb as d
+
+    original = d.client_for
+
+    def hooked(target, **kw):
+        c = original(target, **kw)
+        c.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", measure)
+        return c
+
+    ws.monkeypatch.setattr(emailsync.applier, "client_for", hooked)
+    assert _apply(ws, plan).code == 0
+    assert lengths and max(lengths) <= 4096
+    assert ddb.items("wide") == [dict(wide, email="b@x.com")]
+
+
+def test_postgres_first_then_dynamodb_in_one_plan(db, ddb, ws):
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@x.com')")
+    ddb.create("users", "email")
+    ddb.put("users", {"email": "a@x.com", "name": "A"})
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+    _targets(
+        ws,
+        "- table: users\n  attributes: [email]\n",
+        extra_pg="postgres:\n  - name: core\n    dsn: ${CORE_DSN}\n"
+        "    tables: [{table: employees, columns: [email]}]\n",
+    )
+    ws.mappings({"a@x.com": "a2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    assert [a["store"] for a in ws.plan_json(plan)["actions"]] == ["postgres", "dynamodb"]
+    md = (plan.parent / "plan.md").read_text()
+    assert "hr / users (DynamoDB)" in md and "How DynamoDB tables were read" in md
+    assert _apply(ws, plan).code == 0
+    assert [t["target"] for t in _report(plan)["targets"]] == ["core", "hr"]
+    assert db.rows("SELECT email FROM employees") == [("a2@x.com",)]
+    assert ddb.items("users") == [{"email": "a2@x.com", "name": "A"}]
+
+
+def test_unreachable_endpoint_and_missing_table_are_clear_errors(ddb, ws):
+    _targets(ws, "- table: nope-table\n  attributes: [email]\n")
+    ws.mappings({"a@x.com": "b@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 1 and "table not found" in r.err and "Traceback" not in r.err
+    ws.monkeypatch.setenv("DYNAMODB_ENDPOINT", "http://127.0.0.1:9")
+    r, plan = ws.plan()
+    assert r.code == 1 and "cannot reach DynamoDB" in r.err and not plan.exists()

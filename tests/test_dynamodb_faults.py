@@ -35,8 +35,8 @@ def _hook(ws, event: str, handler: Callable[..., Any]) -> list[str]:
     calls: list[str] = []
     original = ddb_store.client_for
 
-    def client_for(target):
-        c = original(target)
+    def client_for(target, **kw):
+        c = original(target, **kw)
         c.meta.events.register(event, handler)
         return c
 
@@ -106,8 +106,11 @@ def test_throttling_is_retried_by_botocore(ddb, ws):
 
 def test_persistent_failure_is_reported_and_changes_nothing(ddb, ws):
     plan = _setup(ddb, ws)
-    _hook(ws, "before-send.dynamodb.TransactWriteItems",
-          lambda request, **_: _error(request, "TransactionCanceledException", ["ValidationError"] + ["None"] * 11))
+    _hook(
+        ws,
+        "before-send.dynamodb.TransactWriteItems",
+        lambda request, **_: _error(request, "TransactionCanceledException", ["ValidationError"] + ["None"] * 11),
+    )
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 3 and _statuses(plan) == ["failed"] * 6
     assert _emails(ddb) == [f"u{i}@old.com" for i in range(6)]

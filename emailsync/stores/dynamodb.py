@@ -48,9 +48,14 @@ RETRYABLE = {
 }
 
 
-def client_for(target: DynamoTarget) -> Any:
-    # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included.
-    cfg = botocore.config.Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60)
+def client_for(target: DynamoTarget, probe: bool = False) -> Any:
+    # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
+    # (the first contact, which finds a wrong endpoint) gives up quickly instead.
+    cfg = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
+        connect_timeout=5 if probe else 10,
+        read_timeout=60,
+    )
     try:
         session = boto3.Session(profile_name=target.profile, region_name=target.region)
         return session.client("dynamodb", endpoint_url=target.endpoint_url, config=cfg)
@@ -333,6 +338,7 @@ class DynamoPlanner:
         self.where = where
         self.mset = mset
         self.client = client_for(target)
+        self.probe = client_for(target, probe=True)
         self.out = DynamoTargetPlan(target)
 
     def plan(self) -> DynamoTargetPlan:
@@ -342,7 +348,7 @@ class DynamoPlanner:
 
     def _describe(self, i: int, cfg: DynamoTable) -> TableInfo:
         where = f"{self.where}.tables[{i}]"
-        t = call(self.target, f"describe {cfg.table}", self.client.describe_table, TableName=cfg.table)["Table"]
+        t = call(self.target, f"describe {cfg.table}", self.probe.describe_table, TableName=cfg.table)["Table"]
         keys = {k["KeyType"]: k["AttributeName"] for k in t["KeySchema"]}
         types = {a["AttributeName"]: a["AttributeType"] for a in t.get("AttributeDefinitions", [])}
         info = TableInfo(cfg, i, keys["HASH"], keys.get("RANGE"), int(t.get("TableSizeBytes", 0)))
