@@ -183,3 +183,22 @@ def test_unprocessed_keys_while_planning_are_read_again(ddb, ws):
     r, plan = ws.plan()
     assert r.code == 0, r.err
     assert len(ws.plan_json(plan)["actions"]) == 5 and len(seen) >= 2
+
+
+def test_a_change_between_write_and_verification_is_needs_review(ddb, ws):
+    plan = _setup(ddb, ws, n=2)
+    done = []
+
+    def meddle(**_):
+        if not done:
+            done.append(1)
+            ddb.put("users", {"email": "u0@new.com", "i": Decimal(7), "extra": "someone else"})
+
+    _hook(ws, "after-call.dynamodb.TransactWriteItems", meddle)
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 3 and "needs-review" in r.out
+    report = json.loads((plan.parent / "report.json").read_text())
+    flagged = [a for a in report["actions"] if a["status"] == "needs-review"]
+    assert len(flagged) == 1 and "differs from the plan in extra, i" in flagged[0]["detail"]
+    # Nothing is undone or overwritten: the other writer's item stays for a person to review.
+    assert {"email": "u0@new.com", "i": Decimal(7), "extra": "someone else"} in ddb.items("users")

@@ -165,13 +165,17 @@ class DynamoApplier:
     def _moves(self, moves: list[Action]) -> None:
         batch: list[Action] = []
         size = 0
+        keys: set[tuple[str, str]] = set()
         for a in moves:
             need = item_size(a.merged or {}) + item_size(a.row or {}) + item_size(a.existing or {}) + 1024
-            if batch and (2 * (len(batch) + 1) > MAX_TX_ITEMS or size + need > MAX_TX_BYTES):
+            mine = {(a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))}
+            # DynamoDB's limits: 100 items and 4 MB per transaction, and no item twice in one.
+            if batch and (2 * (len(batch) + 1) > MAX_TX_ITEMS or size + need > MAX_TX_BYTES or mine & keys):
                 self._transact(batch)
-                batch, size = [], 0
+                batch, size, keys = [], 0, set()
             batch.append(a)
             size += need
+            keys |= mine
         if batch:
             self._transact(batch)
 
