@@ -70,9 +70,12 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                     ch = row.changes[(cause or list(row.changes))[0]]
                     if row.conflict_check is None or row.image is None:
                         raise UserError(f"internal: no image for the row to delete in {meta.display} {row.keystr}")
-                    # Deletes run at odd steps: after the row taking the entry has arrived and after the rows
-                    # referencing the deleted row have moved, both at the even step before.
-                    delete_step = 2 * max(levels.get(e, 0) for e in row.delete_entries) + 1
+                    # Each level has three steps: deletes whose entries another row takes at that level, updates,
+                    # then the other deletes (after the rows referencing them have moved).
+                    delete_step = 3 * max(levels.get(e, 0) for e in row.delete_entries) + 2
+                    for other, cols in row.arrivals:
+                        arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
+                        delete_step = min(delete_step, arrive - 1)
                     actions.append(
                         Action(
                             id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
@@ -89,7 +92,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                         )
                     )
                 for ch in sorted(row.kept_changes().values(), key=lambda c: col_order[c.column]):
-                    step = 2 * max((levels.get(e, 0) for e in ch.entries), default=0)
+                    step = 3 * max((levels.get(e, 0) for e in ch.entries), default=0) + 1
                     if delete_step is not None and step > delete_step:
                         continue  # the row is deleted before this value moves: nothing to keep valid
                     actions.append(

@@ -15,6 +15,7 @@ writes nothing if any is stale); after each step, every written item is read bac
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ from emailsync.stores.dynamodb import (
     MAX_TX_BYTES,
     MAX_TX_ITEMS,
     RETRYABLE,
+    batch_get,
     call,
     from_json,
     item_from_json,
@@ -52,6 +54,7 @@ class DynamoApplier:
         self.actions = actions
         self.on_stale = on_stale
         self.status: dict[str, Outcome] = {}
+        self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.requests = 0
         self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
         self.version_attr = {t.table: t.version_attribute for t in target.tables}
@@ -104,17 +107,33 @@ class DynamoApplier:
         item = resp.get("Item")
         return item_to_json(item) if item is not None else None
 
+    def _fetch(self, wanted: set[tuple[str, str]]) -> None:
+        """Read the items under these (table, keystr) keys into the cache, batched (100 keys a request)."""
+        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for table, ks in wanted:
+            by_table[table].append(item_from_json(json.loads(ks)))
+        for table, keys in by_table.items():
+            self.requests += -(-len(keys) // 100)
+            found = batch_get(self.target, self.client, table, keys)
+            for table_key in ((table, ks) for ks in (keystr(item_to_json(k)) for k in keys)):
+                item = found.get(table_key[1])
+                self.cache[table_key] = item_to_json(item) if item is not None else None
+
     def _preflight(self) -> None:
         """Classify every action against the table as it is now: pending, already-applied or stale."""
         first_arrival: dict[tuple[str, str], Action] = {}
         later: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        wanted: set[tuple[str, str]] = set()
         for a in sorted(self.actions, key=lambda a: a.step):
+            wanted.add((a.table, keystr(a.key)))
             if a.kind == "merge-and-move":
                 k = (a.table, keystr(a.new_key or {}))
+                wanted.add(k)
                 first_arrival.setdefault(k, a)
                 later[k].append(a)
+        self._fetch(wanted)
         for a in self.actions:
-            current = self._get(a.table, a.key)
+            current = self.cache[(a.table, keystr(a.key))]
             if a.kind == "merge-and-move":
                 self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
             else:
@@ -129,7 +148,7 @@ class DynamoApplier:
         for k, a in first_arrival.items():
             pending = [x for x in later[k] if self.status[x.id].status == "pending"]
             if pending and pending[0] is a and k not in leaving:
-                there = self._get(a.table, a.new_key or {})
+                there = self.cache[k]
                 if normalized(there) != normalized(a.existing):
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
@@ -138,7 +157,7 @@ class DynamoApplier:
             if normalized(current) == normalized(a.row):
                 return Outcome("pending")
             return Outcome("stale", _what_changed("the item", a.row, current))
-        there = self._get(a.table, a.new_key or {})
+        there = self.cache[(a.table, keystr(a.new_key or {}))]
         # Gone from the old key: applied if the new key holds this move's result, or a later arrival's.
         mine = same_target.index(a) if a in same_target else 0
         if there is not None and any(normalized(there) == normalized(x.merged) for x in same_target[mine:]):
@@ -302,10 +321,13 @@ class DynamoApplier:
     # -- verification ------------------------------------------------------------------------------------------
 
     def _verify(self, done: list[Action]) -> None:
-        """Read every written item back (strongly consistent) and compare it field by field with the plan."""
+        """Read every written item back (strongly consistent, batched) and compare it field by field."""
+        wanted = {(a.table, keystr(a.key)) for a in done}
+        wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
+        self._fetch(wanted)
         for a in done:
             if a.kind == "merge-and-move":
-                there, old = self._get(a.table, a.new_key or {}), self._get(a.table, a.key)
+                there, old = self.cache[(a.table, keystr(a.new_key or {}))], self.cache[(a.table, keystr(a.key))]
                 problems = []
                 if normalized(there) != normalized(a.merged):
                     problems.append(_what_changed("the moved item", a.merged, there))
@@ -315,7 +337,7 @@ class DynamoApplier:
                 expected = copy.deepcopy(a.row or {})
                 for c in a.changes or []:
                     set_path(expected, tuple(c.attribute.split(".")), c.new)
-                now = self._get(a.table, a.key)
+                now = self.cache[(a.table, keystr(a.key))]
                 problems = [] if normalized(now) == normalized(expected) else [_what_changed("the item", expected, now)]
             if problems:
                 self.status[a.id] = Outcome("needs-review", "; ".join(problems))

@@ -100,6 +100,27 @@ def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
     raise AssertionError("unreachable")
 
 
+def batch_get(target: DynamoTarget, client: Any, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Whole items by key (boto3 form), strongly consistent, 100 keys a request, unprocessed keys retried with
+    backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
+    out: dict[str, dict[str, Any]] = {}
+    names = list(keys[0]) if keys else []
+    unique = list({keystr(item_to_json(k)): k for k in keys}.values())  # a request may not repeat a key
+    for i in range(0, len(unique), MAX_BATCH_GET):
+        pending = {table: {"Keys": unique[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
+        for attempt in range(10):
+            resp = call(target, f"read {table}", client.batch_get_item, RequestItems=pending)
+            for item in resp.get("Responses", {}).get(table, []):
+                out[keystr(item_to_json({k: item[k] for k in names}))] = item
+            pending = resp.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+        else:
+            raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
+    return out
+
+
 # --- values --------------------------------------------------------------------------------------------------
 
 
@@ -439,21 +460,7 @@ class DynamoPlanner:
         return Candidate(key, item, new_item, changes, entries, moves)
 
     def _batch_get(self, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Whole items, strongly consistent, 100 keys a request, unprocessed keys retried with backoff."""
-        out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(keys), MAX_BATCH_GET):
-            pending = {table: {"Keys": keys[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
-            for attempt in range(10):
-                resp = call(self.target, f"read {table}", self.client.batch_get_item, RequestItems=pending)
-                for item in resp.get("Responses", {}).get(table, []):
-                    out[keystr(item_to_json({k: item[k] for k in keys[0]}))] = item
-                pending = resp.get("UnprocessedKeys") or {}
-                if not pending:
-                    break
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-            else:
-                raise UserError(f"target {self.target.name!r}: {table}: reads kept being throttled; try again later")
-        return out
+        return batch_get(self.target, self.client, table, keys)
 
     def _plan_table(self, info: TableInfo) -> None:
         if not hasattr(self, "_lookups"):

@@ -6,8 +6,8 @@ The sequence inside the transaction:
    plan: pending (still holds the planned old value; for a delete, still equal to the whole planned row),
    already-applied, or stale;
 3. steps run in order; each step is ONE statement (writable CTEs over every table) so foreign keys checked at
-   the end of a statement see parents and children change together. Updates run at even steps and deletes
-   at odd steps, each delete only while the row that took its entry still holds it and no row references it;
+   the end of a statement see parents and children change together. Deletes run in steps of their own, each
+   only while the row holding its entry still does (or is a planned row going ahead) and no row references it;
 4. every touched row is read back and compared with its pre-write image plus the planned new values;
 5. commit only if nothing is stale (or --on-stale skip) and everything verified; otherwise roll back.
 """
@@ -266,8 +266,14 @@ class PostgresApplier:
                         "AND to_jsonb({T}.*) = a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
                         "FROM _es_act x WHERE x.tbl = a.tbl AND x.rowid = a.rowid "
                         "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}') "
-                        "AND EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} "
-                        "AND to_jsonb({W}.*) @> (a.conflict -> 'values'))"
+                        # the row that takes the entry: still holding it, or a planned row whose move goes ahead
+                        "AND CASE WHEN a.conflict ? 'winner' THEN "
+                        "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner' "
+                        "AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'applied', 'already-applied')) "
+                        "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl "
+                        "AND w.key = a.conflict -> 'winner' AND w.status = 'stale') "
+                        "ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} "
+                        "AND to_jsonb({W}.*) @> (a.conflict -> 'values')) END"
                         "{unreferenced} RETURNING ARRAY[a.id] AS ids)"
                     ).format(
                         nm=nm,

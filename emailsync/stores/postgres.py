@@ -81,6 +81,7 @@ class RowPlan:
     conflict: tuple[UniqueIndex, Holder] | None = None  # for deletes: the index and the row holding the entry
     conflict_check: dict[str, Any] | None = None  # {"key", "values"} that row must still show at apply
     unique_cols: frozenset[str] = frozenset()  # columns covered by some unique index of the table
+    arrivals: list[tuple[RowPlan, frozenset[str]]] = field(default_factory=list)  # rows taking a deleted row's entries
 
     def kept_changes(self) -> dict[str, ColChange]:
         """The changes the plan may carry out: all for a moving row, none for a skipped one, and for a deleted
@@ -365,37 +366,64 @@ class PostgresPlanner:
 
         movers = sorted({k for a in analyses for k in a.movers}, key=lambda k: priority(by_kid[k]))
         policy = meta.cfg.on_conflict
-        stayers: set[int] = set()
-        lost: dict[int, tuple[IndexAnalysis, Holder]] = {}  # skip: losers of earlier rounds stay lost
+        stayers: set[int] = set()  # skip: rows left as they are, holding their entries
+        lost: dict[int, tuple[IndexAnalysis, Holder]] = {}  # losers of earlier rounds that stay lost
+        # delete: rows blocked by a row outside the plan can never win; they are settled first, and the decisions
+        # repeated with their entries free, until no more such rows appear.
+        certain: set[int] = set()
         while True:
             losers: dict[int, tuple[IndexAnalysis, Holder]] = {}
             claimed: list[dict[Any, Holder]] = []
             for a in analyses:
-                held: dict[Any, Holder] = {}
-                for slot, node in a.incumbents.items():
-                    held[slot] = Holder(node)
+                held: dict[Any, Holder] = {
+                    slot: Holder(node)
+                    for slot, node in a.incumbents.items()
+                    if not (node[0] == "pre" and node[1] in certain)
+                }
                 for kid in stayers:
                     slot = a.pre_slot.get(kid)
                     if slot is not None:
                         held[slot] = Holder(("pre", kid))
                 claimed.append(held)
             for kid in movers:
-                if kid in stayers:
+                if kid in stayers or kid in certain:
                     continue
                 wanted = [(i, a.post_slot[kid]) for i, a in enumerate(analyses) if kid in a.post_slot]
                 clash = next(((i, s) for i, s in wanted if s in claimed[i]), None)
-                if clash is not None:
-                    losers[kid] = (analyses[clash[0]], claimed[clash[0]][clash[1]])
+                if clash is None:
+                    for i, s in wanted:
+                        claimed[i][s] = Holder(("post", kid))
                     continue
-                for i, s in wanted:
-                    claimed[i][s] = Holder(("post", kid))
+                losers[kid] = (analyses[clash[0]], claimed[clash[0]][clash[1]])
+                if policy == "delete":
+                    # Decided in mapping order, as the old script's updates ran: a deleted row frees the entries
+                    # it held at once, for the rows decided after it.
+                    for i, a in enumerate(analyses):
+                        slot = a.pre_slot.get(kid)
+                        if slot is not None and claimed[i].get(slot) == Holder(("pre", kid)):
+                            del claimed[i][slot]
             if policy == "skip" and set(losers) - stayers:
                 stayers |= set(losers)
                 lost.update(losers)
                 continue
+            if policy == "delete":
+                sure = {k: v for k, v in losers.items() if v[1].node[0] == "row"}
+                if sure:
+                    certain |= set(sure)
+                    lost.update(sure)
+                    continue
             break
         losers = {**lost, **losers}
-
+        if policy == "delete":
+            # A delete must be justified by a row that stays; one decided against a row deleted later would cost
+            # a row for nothing.
+            unjustified = [k for k, (_, h) in losers.items() if h.node[0] == "pre" and h.node[1] in losers]
+            if unjustified:
+                raise UserError(
+                    f"{self.where}.tables[{meta.index}] ({meta.display}): these rows would be deleted for a conflict "
+                    "with rows the plan deletes too; use on_conflict: skip, or split the mappings into two plans",
+                    problems=[f"key {by_kid[k].keystr}" for k in unjustified[:20]],
+                )
         problems: list[str] = []
         for kid, (a, holder) in losers.items():
             loser = by_kid[kid]
@@ -415,8 +443,7 @@ class PostgresPlanner:
                 "would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
                 problems=problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
             )
-        # Ordering: a row arriving at an entry goes after the row leaving it (moving away or deleted); a deleted
-        # row goes after the row that wins its entry, so rows referencing it can follow that row.
+        # Ordering: a row arriving at an entry goes after the row leaving it (moving away or deleted).
         for a in analyses:
             arriving: dict[Any, list[RowPlan]] = defaultdict(list)
             leaving: dict[Any, list[RowPlan]] = defaultdict(list)
@@ -425,17 +452,16 @@ class PostgresPlanner:
                     arriving[slot].append(by_kid[kid])
             for kid, slot in a.pre_slot.items():
                 r = by_kid[kid]
-                if kid in a.movers and r.fate in ("move", "delete"):
+                # A deleted row leaves every entry it held, including those of indexes it does not move in.
+                if (kid in a.movers and r.fate == "move") or r.fate == "delete":
                     leaving[slot].append(r)
             for slot, rows in arriving.items():
                 for x in rows:
                     for y in leaving.get(slot, ()):
                         if x.kid != y.kid:
                             self._order(x.entries_for(a.index.columns), _entries_before(y, a.index))
-        for r in tp.rows:
-            if r.fate == "delete" and r.conflict and r.conflict[1].node[0] == "post":
-                w = by_kid[r.conflict[1].node[1]]
-                self._order(set(r.delete_entries), w.entries_for(r.conflict[0].columns))
+                            if y.fate == "delete":
+                                y.arrivals.append((x, a.index.columns))
         self._holder_images(conn, meta, tp.rows, by_kid)
 
     def _order(self, after: Iterable[int], before: Iterable[int]) -> None:
@@ -488,11 +514,14 @@ class PostgresPlanner:
                 image = images.get(h.keystr)
                 if image is None:
                     continue
-                post = dict(image)
-                if kind == "post":
-                    post.update({c: ch.new for c, ch in h.changes.items()})
+                post = dict(image)  # what the holder holds once the plan is applied
+                post.update({c: ch.new for c, ch in h.changes.items()})
                 key = {k: post[k] for k in meta.key}
                 values = {c: post[c] for c in sorted(u.columns) if c in post and c not in meta.generated}
+                # The holder is itself a planned row: apply checks that its changes go ahead (its row is locked
+                # and its actions pending or done), not its values at the moment of the delete.
+                r.conflict_check = {"key": key, "values": values, "winner": h.key}
+                continue
             r.conflict_check = {"key": key, "values": values}
 
     def _analyse_index(
@@ -753,7 +782,7 @@ class PostgresPlanner:
     ) -> list[str]:
         """A child moving to a new value needs that value in the parent once the plan is applied."""
         cc, pc = fk.child_cols[0], fk.parent_cols[0]
-        news = sorted({r.changes[cc].new for r in child.rows if r.fate == "move" and cc in r.changes})
+        news = sorted({r.kept_changes()[cc].new for r in child.rows if cc in r.kept_changes()})
         leaving: list[dict[str, Any]] = []
         if parent is not None:
             arriving = {r.changes[pc].new for r in parent.rows if r.fate == "move" and pc in r.changes}
