@@ -55,6 +55,7 @@ class DynamoApplier:
         self.on_stale = on_stale
         self.status: dict[str, Outcome] = {}
         self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
         self.requests = 0
         self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
         self.version_attr = {t.table: t.version_attribute for t in target.tables}
@@ -132,6 +133,7 @@ class DynamoApplier:
                 first_arrival.setdefault(k, a)
                 later[k].append(a)
         self._fetch(wanted)
+        self.pre = dict(self.cache)
         for a in self.actions:
             current = self.cache[(a.table, keystr(a.key))]
             if a.kind == "merge-and-move":
@@ -145,24 +147,42 @@ class DynamoApplier:
             for a in self.actions
             if a.kind == "merge-and-move" and self.status[a.id].status == "pending"
         }
+        updated = {(x.table, keystr(x.key)): x for x in self.actions if x.kind != "merge-and-move"}
         for k, a in first_arrival.items():
             pending = [x for x in later[k] if self.status[x.id].status == "pending"]
             if pending and pending[0] is a and k not in leaving:
                 there = self.cache[k]
-                if normalized(there) != normalized(a.existing):
+                # If the item there has its own pending update in this plan, it must be as that update expects.
+                own = updated.get(k)
+                expected = own.row if own is not None and self.status[own.id].status == "pending" else a.existing
+                if normalized(there) != normalized(expected):
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
     def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
         if current is not None:
             if normalized(current) == normalized(a.row):
                 return Outcome("pending")
-            return Outcome("stale", _what_changed("the item", a.row, current))
+            if not self._refilled(a, current):
+                return Outcome("stale", _what_changed("the item", a.row, current))
+            # The old key holds what another move of this plan brought there (a chain applied before): this
+            # item already moved on. Judge it by its new key.
         there = self.cache[(a.table, keystr(a.new_key or {}))]
         # Gone from the old key: applied if the new key holds this move's result, or a later arrival's.
         mine = same_target.index(a) if a in same_target else 0
         if there is not None and any(normalized(there) == normalized(x.merged) for x in same_target[mine:]):
             return Outcome("already-applied")
         return Outcome("stale", "the item is gone from its old key and the new key does not hold the planned result")
+
+    def _refilled(self, a: Action, current: dict[str, Any]) -> bool:
+        """Whether the item now under `a`'s old key is the result of a move of this plan into that key."""
+        key = keystr(a.key)
+        return any(
+            x.kind == "merge-and-move"
+            and keystr(x.new_key or {}) == key
+            and normalized(current) == normalized(x.merged)
+            for x in self.actions
+            if x.table == a.table
+        )
 
     def _classify_update(self, a: Action, current: dict[str, Any] | None) -> Outcome:
         if current is None:
@@ -236,9 +256,10 @@ class DynamoApplier:
         """A condition failed: the move happened already (a rerun), or something changed: never force it."""
         old = self._get(a.table, a.key)
         there = self._get(a.table, a.new_key or {})
-        if old is None and normalized(there) == normalized(a.merged):
+        moved_on = old is None or self._refilled(a, old)
+        if moved_on and normalized(there) == normalized(a.merged):
             self.status[a.id] = Outcome("already-applied")
-        elif old is not None and normalized(old) != normalized(a.row):
+        elif old is not None and not moved_on and normalized(old) != normalized(a.row):
             self.status[a.id] = Outcome("stale", _what_changed("the item", a.row, old))
         else:
             self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
@@ -334,7 +355,8 @@ class DynamoApplier:
                 if old is not None:
                     problems.append("the old item still exists")
             else:
-                expected = copy.deepcopy(a.row or {})
+                # What was there when checked (the condition covered only the changed attributes), plus the changes.
+                expected = copy.deepcopy(self.pre.get((a.table, keystr(a.key))) or a.row or {})
                 for c in a.changes or []:
                     set_path(expected, tuple(c.attribute.split(".")), c.new)
                 now = self.cache[(a.table, keystr(a.key))]

@@ -258,6 +258,7 @@ class Candidate:
     changes: list[tuple[str, Any, Any]]
     entries: set[int]
     moves: bool
+    key_entries: set[int] = field(default_factory=set)  # mappings that changed the key: decide merge order
 
     @property
     def keystr(self) -> str:
@@ -301,7 +302,7 @@ def _remap_string(s: str, attr: DynamoAttribute, lookup: Lookup, client: str | N
         return None
     email = s[len(before) : len(s) - len(after)] if after else s[len(before) :]
     m = lookup(email, client)
-    if m is None:
+    if m is None or m.new == email:  # already the new value (a case-only rename under casefold)
         return None
     return before + m.new + after, m.ord
 
@@ -440,6 +441,7 @@ class DynamoPlanner:
         new_item = copy.deepcopy(item)
         changes: list[tuple[str, Any, Any]] = []
         entries: set[int] = set()
+        key_entries: set[int] = set()
         moves = False
         for attr in info.cfg.attributes:
             value = get_path(item, attr.path)
@@ -454,10 +456,11 @@ class DynamoPlanner:
             entries |= used
             if len(attr.path) == 1 and attr.path[0] in info.key_names:
                 moves = True
+                key_entries |= used
         if not changes:
             return None
         key = {k: item[k] for k in info.key_names}
-        return Candidate(key, item, new_item, changes, entries, moves)
+        return Candidate(key, item, new_item, changes, entries, moves, key_entries)
 
     def _batch_get(self, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return batch_get(self.target, self.client, table, keys)
@@ -476,7 +479,7 @@ class DynamoPlanner:
             if c is not None:
                 cj = self._to_plan_candidate(c)
                 cands[cj.keystr] = cj
-        movers = sorted((c for c in cands.values() if c.moves), key=lambda c: (min(c.entries), c.keystr))
+        movers = sorted((c for c in cands.values() if c.moves), key=lambda c: (min(c.key_entries), c.keystr))
         updates = {k: c for k, c in cands.items() if not c.moves}
         new_keys = {}
         for c in movers:
@@ -491,30 +494,26 @@ class DynamoPlanner:
         for c in movers:
             arrivals.setdefault(keystr(new_keys[c.keystr]), []).append(c)
         steps: dict[str, int] = {}  # keystr of a mover -> its step
-        prev: dict[str, str | None] = {}  # mover -> the mover it must follow
-        folded: set[str] = set()
+        prev: dict[str, str | None] = {}  # mover -> the mover (or updated item) it must follow
         for target_key, group in arrivals.items():
             if target_key in leaving:
                 # The item now at the target key moves away first; the arrivals then start from nothing.
-                current, condition, before = None, None, target_key
+                current, before = None, target_key
+            elif target_key in updates:
+                # The item there changes too: its own update runs first (step 0), the arrivals merge into its
+                # updated version, so a stale arrival never holds back that update.
+                current, before = updates[target_key].new_item, "update:" + target_key
+                steps[before] = 0
             else:
-                condition = existing.get(target_key)
-                current = condition
-                if condition is not None and target_key in updates:
-                    # The item there also changes: the first arrival writes its changed version too.
-                    current = updates[target_key].new_item
-                    folded.add(target_key)
-                before = None
+                current, before = existing.get(target_key), None
             for c in group:
                 merged = merge(current, c.new_item)
                 self._check_size(info, c, merged)
-                self._emit_move(info, c, new_keys[c.keystr], condition, merged)
+                self._emit_move(info, c, new_keys[c.keystr], current, merged)
                 prev[c.keystr] = before
-                current = condition = merged
+                current = merged
                 before = c.keystr
-        for k, c in updates.items():
-            if k in folded:
-                continue
+        for c in updates.values():
             self._check_size(info, c, c.new_item)
             kind = "update" if any("S" in old for _, old, _ in c.changes) else "array-replace"
             self._emit(info, c, kind, step=0)
@@ -540,6 +539,7 @@ class DynamoPlanner:
             changes=[(n, to_json(o), to_json(v)) for n, o, v in c.changes],
             entries=c.entries,
             moves=c.moves,
+            key_entries=c.key_entries,
         )
 
     def _check_key(self, info: TableInfo, c: Candidate, nk: dict[str, Any]) -> None:
@@ -547,6 +547,8 @@ class DynamoPlanner:
         if info.range_key:
             limits[info.range_key] = MAX_RANGE_KEY_BYTES
         for k, limit in limits.items():
+            if nk[k] == c.key[k] or "S" not in nk[k]:
+                continue  # unchanged (numbers and binaries never hold emails)
             if len(nk[k]["S"].encode()) > limit:
                 raise UserError(
                     f"{self.where}.tables[{info.index}] ({info.cfg.table}): item {c.keystr} would move to a "
