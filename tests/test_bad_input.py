@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_user_error, employees
 
 EMPLOYEES = "- table: public.employees\n  columns: [email]\n"
 ROWS = [(1, "a@old.com"), (2, "b@old.com"), (3, "keep@x.com")]
@@ -25,28 +26,6 @@ def make_employees(db: Any, extra_cols: str = "") -> None:
     db.execute(f"CREATE TABLE employees (id int PRIMARY KEY, email text{extra_cols})")
     for i, email in ROWS:
         db.execute("INSERT INTO employees (id, email) VALUES (%s, %s)", (i, email))
-
-
-def employees(db: Any) -> list[tuple[Any, ...]]:
-    return db.rows("SELECT * FROM employees ORDER BY id")
-
-
-def assert_user_error(r: Any, *fragments: str) -> str:
-    """Exit 1, exactly one `error:` message on stderr (warnings may precede it), no traceback."""
-    everything = r.out + r.err
-    assert r.code == 1, (r.code, r.out, r.err)
-    assert "Traceback" not in everything, everything
-    error_lines = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
-    assert len(error_lines) == 1, r.err
-    # Nothing but warnings before the error, and only the error's own detail lines after it.
-    before, _, after = r.err.partition(error_lines[0])
-    assert all(ln.startswith("warning:") for ln in before.splitlines() if ln.strip()), r.err
-    assert all(ln.startswith("  - ") for ln in after.splitlines() if ln.strip()), r.err
-    assert "error:" not in r.out, r.out
-    message = r.err[r.err.index("error:") :]
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 def assert_no_plan_written(ws: Any, plan_path: Path) -> None:

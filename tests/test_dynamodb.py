@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+from helpers import hook_dynamodb
+
 
 def _targets(ws, tables_yaml: str, extra_pg: str = "") -> None:
     ws.targets(
@@ -202,18 +204,7 @@ def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
     def count(params, **kwargs):
         sizes.append(len(params["TransactItems"]))
 
-    import emailsync.stores.dynamodb as d
-
-    original = d.client_for
-
-    def hooked(target, **kw):
-        c = original(target, **kw)
-        c.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", count)
-        return c
-
-    import emailsync.applier
-
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", hooked)
+    hook_dynamodb(ws, "provide-client-params.dynamodb.TransactWriteItems", count)
     assert _apply(ws, plan).code == 0
     assert sizes == [100, 100, 40]  # 50 moves (Put + Delete) per transaction, the real limit
     assert [i["email"] for i in ddb.items("users")] == sorted(f"u{i}@new.com" for i in range(120))
@@ -242,17 +233,7 @@ def test_conditions_stay_within_the_4kb_expression_limit(ddb, ws):
             for req in item.values():
                 lengths.append(len(req.get("ConditionExpression", "")))
 
-    import emailsync.applier
-    import emailsync.stores.dynamodb as d
-
-    original = d.client_for
-
-    def hooked(target, **kw):
-        c = original(target, **kw)
-        c.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", measure)
-        return c
-
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", hooked)
+    hook_dynamodb(ws, "provide-client-params.dynamodb.TransactWriteItems", measure)
     assert _apply(ws, plan).code == 0
     assert lengths and max(lengths) <= 4096
     assert ddb.items("wide") == [dict(wide, email="b@x.com")]

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
-
-import emailsync.applier
-import emailsync.stores.dynamodb as ddb_store
+from helpers import hook_dynamodb
 
 
 class _Raw:
@@ -28,21 +25,6 @@ def _error(request: Any, code: str, reasons: list[str] | None = None) -> AWSResp
         body["CancellationReasons"] = [{"Code": r} for r in reasons]
     headers = {"x-amzn-requestid": "injected", "content-type": "application/x-amz-json-1.0"}
     return AWSResponse(request.url, 400, headers, _Raw(json.dumps(body).encode()))
-
-
-def _hook(ws, event: str, handler: Callable[..., Any]) -> list[str]:
-    """Register `handler` on every DynamoDB client emailsync makes (plan and apply); returns a call log."""
-    calls: list[str] = []
-    original = ddb_store.client_for
-
-    def client_for(target, **kw):
-        c = original(target, **kw)
-        c.meta.events.register(event, handler)
-        return c
-
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", client_for)
-    ws.monkeypatch.setattr(ddb_store, "client_for", client_for)
-    return calls
 
 
 def _setup(ddb, ws, n: int = 6) -> Any:
@@ -76,7 +58,7 @@ def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws):
             return _error(request, "TransactionCanceledException", ["TransactionConflict"] * 12)
         return None
 
-    _hook(ws, "before-send.dynamodb.TransactWriteItems", conflict_twice)
+    hook_dynamodb(ws, "before-send.dynamodb.TransactWriteItems", conflict_twice)
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert len(seen) == 3
@@ -98,7 +80,7 @@ def test_throttling_is_retried_by_botocore(ddb, ws):
         seen.append(1)
         return _error(request, "ProvisionedThroughputExceededException") if len(seen) == 1 else None
 
-    _hook(ws, "before-send.dynamodb.UpdateItem", throttle_once)
+    hook_dynamodb(ws, "before-send.dynamodb.UpdateItem", throttle_once)
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert len(seen) == 2 and ddb.items("users") == [{"id": "1", "email": "b@x.com"}]
@@ -106,7 +88,7 @@ def test_throttling_is_retried_by_botocore(ddb, ws):
 
 def test_persistent_failure_is_reported_and_changes_nothing(ddb, ws):
     plan = _setup(ddb, ws)
-    _hook(
+    hook_dynamodb(
         ws,
         "before-send.dynamodb.TransactWriteItems",
         lambda request, **_: _error(request, "TransactionCanceledException", ["ValidationError"] + ["None"] * 11),
@@ -125,7 +107,7 @@ def test_writer_between_check_and_transaction_makes_only_that_item_stale(ddb, ws
             done.append(1)
             ddb.put("users", {"email": "u2@old.com", "i": Decimal(99)})  # another writer, just before our write
 
-    _hook(ws, "before-call.dynamodb.TransactWriteItems", concurrent_writer)
+    hook_dynamodb(ws, "before-call.dynamodb.TransactWriteItems", concurrent_writer)
     r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip")
     assert r.code == 3
     items = ddb.items("users")
@@ -147,14 +129,12 @@ def test_interrupted_apply_resumes_without_loss_or_duplicates(ddb, ws):
         if len(count) == 1:
             raise Crash("killed after the first transaction")
 
-    original = ddb_store.client_for
-    _hook(ws, "after-call.dynamodb.TransactWriteItems", crash_after_first)
+    unhook = hook_dynamodb(ws, "after-call.dynamodb.TransactWriteItems", crash_after_first)
     with pytest.raises(Crash):
         ws.run("apply", str(plan), "--auto-approve")
     mid = _emails(ddb)
     assert len(mid) == 120 and sum(e.endswith("@new.com") for e in mid) == 50  # one whole transaction, no more
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", original)  # the next run is a clean process
-    ws.monkeypatch.setattr(ddb_store, "client_for", original)
+    unhook()  # the next run is a clean process
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert _emails(ddb) == sorted(f"u{i}@new.com" for i in range(120))
@@ -179,7 +159,7 @@ def test_unprocessed_keys_while_planning_are_read_again(ddb, ws):
         payload = json.dumps({"Responses": {"users": []}, "UnprocessedKeys": body["RequestItems"]}).encode()
         return AWSResponse(request.url, 200, {"content-type": "application/x-amz-json-1.0"}, _Raw(payload))
 
-    _hook(ws, "before-send.dynamodb.BatchGetItem", unprocessed_once)
+    hook_dynamodb(ws, "before-send.dynamodb.BatchGetItem", unprocessed_once)
     r, plan = ws.plan()
     assert r.code == 0, r.err
     assert len(ws.plan_json(plan)["actions"]) == 5 and len(seen) >= 2
@@ -194,7 +174,7 @@ def test_a_change_between_write_and_verification_is_needs_review(ddb, ws):
             done.append(1)
             ddb.put("users", {"email": "u0@new.com", "i": Decimal(7), "extra": "someone else"})
 
-    _hook(ws, "after-call.dynamodb.TransactWriteItems", meddle)
+    hook_dynamodb(ws, "after-call.dynamodb.TransactWriteItems", meddle)
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 3 and "needs-review" in r.out
     report = json.loads((plan.parent / "report.json").read_text())

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from helpers import hook_dynamodb
 
 import emailsync.applier
 import emailsync.stores.dynamodb as ddb_store
@@ -43,15 +44,7 @@ def _plan_ok(ws):
 
 
 def _hook(ws, event: str, handler) -> None:
-    original = ddb_store.client_for
-
-    def client_for(target, **kw):
-        c = original(target, **kw)
-        c.meta.events.register(event, handler)
-        return c
-
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", client_for)
-    ws.monkeypatch.setattr(ddb_store, "client_for", client_for)
+    hook_dynamodb(ws, event, handler)
 
 
 def _unhook(ws) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_user_error, employees
 
 from emailsync.plan import compute_digest, dumps, loads, read_plan, render_json
 
@@ -21,23 +22,6 @@ BIG = "12345678901234567890.0123456789"
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def employees(db: Any) -> list[tuple[Any, ...]]:
-    return db.rows("SELECT * FROM employees ORDER BY id")
-
-
-def assert_user_error(r: Any, *fragments: str) -> str:
-    everything = r.out + r.err
-    assert r.code == 1, (r.code, r.out, r.err)
-    assert "Traceback" not in everything, everything
-    error_lines = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
-    assert len(error_lines) == 1, r.err
-    assert r.err.startswith("error:"), r.err
-    message = r.err
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
 
 
 @pytest.fixture

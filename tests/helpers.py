@@ -1,0 +1,52 @@
+"""Helpers shared by the test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import emailsync.applier
+import emailsync.stores.dynamodb as ddb_store
+
+
+def employees(db: Any) -> list[tuple[Any, ...]]:
+    return db.rows("SELECT * FROM employees ORDER BY id")
+
+
+def assert_user_error(r: Any, *fragments: str) -> str:
+    """Exit 1, exactly one `error:` message on stderr (warnings may precede it), no traceback; returns it."""
+    everything = r.out + r.err
+    assert r.code == 1, (r.code, r.out, r.err)
+    assert "Traceback" not in everything, everything
+    error_lines = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, r.err
+    # Nothing but warnings before the error, and only the error's own detail lines after it.
+    before, _, after = r.err.partition(error_lines[0])
+    assert all(ln.startswith("warning:") for ln in before.splitlines() if ln.strip()), r.err
+    assert all(ln.startswith("  - ") for ln in after.splitlines() if ln.strip()), r.err
+    assert "error:" not in r.out, r.out
+    message = r.err[r.err.index("error:") :]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def hook_dynamodb(ws: Any, event: str, handler: Callable[..., Any]) -> Callable[[], None]:
+    """Register a botocore event handler on every DynamoDB client emailsync makes (plan and apply).
+
+    Returns a function that removes the hook again (for a second run that should behave normally)."""
+    original = ddb_store.client_for
+
+    def client_for(target: Any, **kw: Any) -> Any:
+        c = original(target, **kw)
+        c.meta.events.register(event, handler)
+        return c
+
+    ws.monkeypatch.setattr(emailsync.applier, "client_for", client_for)
+    ws.monkeypatch.setattr(ddb_store, "client_for", client_for)
+
+    def unhook() -> None:
+        ws.monkeypatch.setattr(emailsync.applier, "client_for", original)
+        ws.monkeypatch.setattr(ddb_store, "client_for", original)
+
+    return unhook
