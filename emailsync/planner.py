@@ -165,27 +165,35 @@ def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:
         nodes.update((a, b))
     level: dict[int, int] = {}
     state: dict[int, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(n: int, path: list[int]) -> int:
-        if state.get(n) == 2:
-            return level[n]
-        if state.get(n) == 1:
-            cyc = path[path.index(n) :] + [n]
-            by_ord = {m.ord: m for m in mset.mappings}
-            raise UserError(
-                "the mappings cannot be ordered: under a unique index these changes each wait for the other "
-                "(for example a swap that a case-insensitive index sees as one value). Split them into two plans",
-                problems=[f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord],
-            )
-        state[n] = 1
-        lv = 0
-        for b in sorted(after[n]):
-            lv = max(lv, visit(b, path + [n]) + 1)
-        state[n], level[n] = 2, lv
-        return lv
-
-    for n in sorted(nodes):
-        visit(n, [])
+    by_ord = {m.ord: m for m in mset.mappings}
+    # Iterative depth-first search: a long chain of mappings must not hit Python's recursion limit.
+    for root in sorted(nodes):
+        if state.get(root) == 2:
+            continue
+        path: list[int] = [root]
+        stack: list[tuple[int, list[int]]] = [(root, sorted(after[root]))]
+        state[root] = 1
+        while stack:
+            n, todo = stack[-1]
+            if todo:
+                b = todo.pop()
+                if state.get(b) == 1:
+                    cyc = path[path.index(b) :] + [b]
+                    raise UserError(
+                        "the mappings cannot be ordered: under a unique index these changes each wait for the other "
+                        "(for example a swap that a case-insensitive index sees as one value). Split them into two "
+                        "plans",
+                        problems=[f"{by_ord[o].where}: {by_ord[o].old} → {by_ord[o].new}" for o in cyc if o in by_ord],
+                    )
+                if state.get(b) != 2:
+                    state[b] = 1
+                    path.append(b)
+                    stack.append((b, sorted(after[b])))
+                continue
+            level[n] = max((level[b] + 1 for b in after[n]), default=0)
+            state[n] = 2
+            stack.pop()
+            path.pop()
     return level
 
 

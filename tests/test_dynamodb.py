@@ -271,3 +271,16 @@ def test_unreachable_endpoint_and_missing_table_are_clear_errors(ddb, ws):
     ws.monkeypatch.setenv("DYNAMODB_ENDPOINT", "http://127.0.0.1:9")
     r, plan = ws.plan()
     assert r.code == 1 and "cannot reach DynamoDB" in r.err and not plan.exists()
+
+
+def test_a_merge_of_many_items_into_one_key_is_planned_in_order(ddb, ws):
+    ddb.create("users", "email")
+    ddb.put("users", *({"email": f"alias{i:04d}@old.com", "n": Decimal(i)} for i in range(1200)))
+    _targets(ws, "- table: users\n  attributes: [email]\n")
+    ws.mappings([{"old": f"alias{i:04d}@old.com", "new": "one@new.com"} for i in range(1200)])
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    acts = ws.plan_json(plan)["actions"]
+    steps = {a["key"]["email"]["S"]: a["step"] for a in acts}
+    assert steps == {f"alias{i:04d}@old.com": i for i in range(1200)}  # mapping order, one after the other
+    assert acts[-1]["merged"]["n"] == {"N": "0"}  # the first arrival's attributes win in the final item

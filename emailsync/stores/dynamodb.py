@@ -518,14 +518,25 @@ class DynamoPlanner:
             kind = "update" if any("S" in old for _, old, _ in c.changes) else "array-replace"
             self._emit(info, c, kind, step=0)
 
-        def step_of(k: str, seen: tuple[str, ...] = ()) -> int:
-            if k in steps:
-                return steps[k]
-            if k in seen:
-                raise UserError(f"{self.where}: {table}: item moves form a cycle at key {k}; split the mappings")
-            p = prev.get(k)
-            steps[k] = 0 if p is None else step_of(p, seen + (k,)) + 1
-            return steps[k]
+        def step_of(k: str) -> int:
+            # Walk back along the chain of moves iteratively: a merge of thousands of items into one key is a
+            # chain that long.
+            chain: list[str] = []
+            seen: set[str] = set()
+            while k not in steps:
+                if k in seen:
+                    raise UserError(f"{self.where}: {table}: item moves form a cycle at key {k}; split the mappings")
+                seen.add(k)
+                chain.append(k)
+                p = prev.get(k)
+                if p is None:
+                    steps[k] = 0
+                    chain.pop()
+                    break
+                k = p
+            for x in reversed(chain):
+                steps[x] = steps[prev[x]] + 1  # type: ignore[index]
+            return steps[chain[0]] if chain else steps[k]
 
         for a in self.out.actions:
             if a["table"] == table and a["kind"] == "merge-and-move":
