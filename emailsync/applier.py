@@ -60,12 +60,15 @@ def apply_plan(
     *,
     on_stale: str,
     confirm: Callable[[Plan], bool],
+    confirm_live: Callable[[list[Action]], bool] = lambda live: False,
     only_targets: list[str] | None = None,
+    skip_live: bool = False,
+    journal: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     check_plan_matches(plan, loaded)
     by_target: dict[str, list[Action]] = defaultdict(list)
     for a in plan.actions:
-        if only_targets is None or a.target in only_targets:
+        if (only_targets is None or a.target in only_targets) and not (skip_live and a.live):
             by_target[a.target].append(a)
     started = datetime.now(UTC)
     results: list[TargetResult] = []
@@ -86,7 +89,10 @@ def apply_plan(
                     ddb_prepared.append((ddb, _ddb_client(loaded, ddb, actions), actions))
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
-            # The old script's order: PostgreSQL databases, then DynamoDB.
+            live = [a for actions in by_target.values() for a in actions if a.live]
+            if live and not confirm_live(live):
+                raise UserError("live changes not confirmed: nothing was written")
+            # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
             for target, conn, metas, actions in prepared:
                 results.append(
                     PostgresApplier(
@@ -94,7 +100,13 @@ def apply_plan(
                     ).run()
                 )
             for ddb, client, actions in ddb_prepared:
-                results.append(DynamoApplier(ddb, client, actions, on_stale).run())
+                normal = [a for a in actions if not a.live]
+                if normal:
+                    results.append(DynamoApplier(ddb, client, normal, on_stale, journal).run())
+            for ddb, client, actions in ddb_prepared:
+                live_actions = [a for a in actions if a.live]
+                if live_actions:
+                    results.append(DynamoApplier(ddb, client, live_actions, on_stale, journal).run())
         finally:
             for _, conn, _, _ in prepared:
                 conn.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,16 @@ def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
         os.fsync(f.fileno())
     tmp.replace(out)
     return out
+
+
+def journal_writer(path: Path) -> Callable[[dict[str, Any]], None]:
+    """An append-only JSON-lines journal beside the plan, each entry fsync'd before the write goes on."""
+
+    def write(entry: dict[str, Any]) -> None:
+        entry = {"at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **entry}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return write

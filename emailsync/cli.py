@@ -8,9 +8,10 @@ unverified.
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -106,13 +107,34 @@ def apply(
         typer.Option(help="abort: roll back a database with stale rows; skip: apply the rest and report them."),
     ] = OnStale.abort,
     only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
+    confirm_live: Annotated[bool, typer.Option(help="Approve the live-table actions without a prompt.")] = False,
+    skip_live: Annotated[bool, typer.Option(help="Apply everything except the live-table actions.")] = False,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
-    from emailsync.archive import write_report
+    from emailsync.archive import journal_writer, write_report
     from emailsync.config import load_targets
     from emailsync.plan import read_plan
+    from emailsync.render import ddb_key as render_key
     from emailsync.render import report_lines, summary_lines
+
+    def confirm_live_actions(live: list[Any]) -> bool:
+        # --auto-approve never approves the login table: only --confirm-live or typing YES does.
+        if confirm_live:
+            return True
+        tables = sorted({f"{a.target}/{a.table}" for a in live})
+        if not _interactive():
+            raise UserError(
+                f"the plan has {len(live)} live action(s) on {', '.join(tables)}: pass --confirm-live to apply "
+                "them, or --skip-live to apply the rest; nothing was written"
+            )
+        typer.echo(f"\nLIVE: {len(live)} change(s) to the table(s) people log in with ({', '.join(tables)}):")
+        for a in live[:50]:
+            typer.echo(f"  {a.kind} {render_key(a.key)} -> {render_key(a.new_key) if a.new_key else ''}")
+        if len(live) > 50:
+            typer.echo(f"  ... and {len(live) - 50} more (see plan.md)")
+        answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False)
+        return answer.strip() == "YES"
 
     def confirm(p: object) -> bool:
         if auto_approve:
@@ -139,7 +161,17 @@ def apply(
         if not plan_obj.actions:
             typer.echo("The plan has no changes: nothing to apply.")
             raise typer.Exit(0)
-        code, report = apply_plan(plan_obj, loaded, on_stale=on_stale.value, confirm=confirm, only_targets=only_target)
+        journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl")
+        code, report = apply_plan(
+            plan_obj,
+            loaded,
+            on_stale=on_stale.value,
+            confirm=confirm,
+            confirm_live=confirm_live_actions,
+            only_targets=only_target,
+            skip_live=skip_live,
+            journal=journal_writer(journal_path),
+        )
         path = write_report(plan_file, report)
     except UserError as e:
         _fail(e)

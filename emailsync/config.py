@@ -329,6 +329,7 @@ class DynamoTable(BaseModel):
     client_attribute: str | None = None  # where a mapping's client_id must match; without it client_id is ignored
     segments: int | None = None  # parallel Scan segments; default chosen from the table size
     version_attribute: str | None = None  # guards items too large to compare whole in a condition
+    live: bool = False  # the table people log in with: verified swaps, run last, separately confirmed
 
     @field_validator("table")
     @classmethod
@@ -373,6 +374,7 @@ class DynamoTarget(BaseModel):
     region: str | None = None
     endpoint_url: str | None = None
     profile: str | None = None
+    live: bool = False  # every table of the target is live
     tables: tuple[DynamoTable, ...]
 
     _check_name = field_validator("name")(PostgresTarget._check_name.__func__)  # type: ignore[attr-defined]
@@ -396,6 +398,9 @@ class DynamoTarget(BaseModel):
         if dup:
             raise ValueError(f"tables listed twice: {dup}; merge their attributes into one entry")
         return value
+
+    def is_live(self, table: str) -> bool:
+        return self.live or any(t.live for t in self.tables if t.table == table)
 
     def fingerprint(self) -> dict[str, str | None]:
         """Where the target points: the endpoint (or AWS) and the region. Never credentials."""

@@ -22,7 +22,7 @@ from emailsync.errors import UserError
 PLAN_FORMAT = "emailsync.plan/v1"
 PLAN_FORMAT_MINOR = 0
 
-ActionKind = Literal["update", "array-replace", "delete-on-conflict", "merge-and-move"]
+ActionKind = Literal["update", "array-replace", "delete-on-conflict", "merge-and-move", "live-swap"]
 Store = Literal["postgres", "dynamodb"]
 
 
@@ -67,6 +67,7 @@ class Action(_Frozen):
     # DynamoDB: every attribute that changes; for merge-and-move the key the item moves to, the item found there
     # when planning (None: none, the move creates it) and the item that will exist there afterwards.
     changes: list[AttrChange] | None = None
+    live: bool = False  # on a live table: applied last, only after its own confirmation
     new_key: dict[str, Any] | None = None
     existing: dict[str, Any] | None = None
     merged: dict[str, Any] | None = None

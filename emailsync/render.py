@@ -34,8 +34,16 @@ def _ddb(av: Any, width: int = 50) -> str:
     return _v(av, width)
 
 
-def _ddb_key(key: dict[str, Any] | None) -> str:
+def ddb_key(key: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={_ddb(v, 40)}" for k, v in (key or {}).items())
+
+
+def _ddb_row(a: Action) -> str:
+    changes = "; ".join(f"{c.attribute}: {_ddb(c.old)} → {_ddb(c.new)}" for c in a.changes or [])
+    there = "" if a.kind not in ("merge-and-move", "live-swap") else ("merged, existing wins" if a.existing else "none")
+    return (
+        f"| {a.step} | {ddb_key(a.key)} | {a.kind} | {changes} | {ddb_key(a.new_key) if a.new_key else ''} | {there} |"
+    )
 
 
 def summary_lines(plan: Plan) -> list[str]:
@@ -70,6 +78,20 @@ def plan_markdown(plan: Plan) -> str:
 
     dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
     body: list[str] = []
+    live = [a for a in plan.actions if a.live]
+    if live:
+        body += [
+            "## ⚠ LIVE — the table people log in with (high risk)",
+            "",
+            "Applied last, and only after a separate confirmation (`--confirm-live`, or typing YES). Each swap "
+            "creates or merges the new item, reads it back and compares it field by field, and deletes the old "
+            "item only if they match; on a mismatch both are kept for review.",
+            "",
+            "| step | key | kind | changes | moves to | existing item there |",
+            "|---:|---|---|---|---|---|",
+        ]
+        body += [_ddb_row(a) for a in live]
+        body.append("")
     if dels:
         body += [
             "## Rows to be deleted (delete-on-conflict)",
@@ -100,7 +122,7 @@ def plan_markdown(plan: Plan) -> str:
         body.append("")
     by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
     for a in plan.actions:
-        if a.kind != "delete-on-conflict":
+        if a.kind != "delete-on-conflict" and not a.live:
             by_table[(a.target, a.table)].append(a)
     for (target, table), acts in by_table.items():
         if acts[0].store == "dynamodb":
@@ -110,14 +132,7 @@ def plan_markdown(plan: Plan) -> str:
                 "| step | key | kind | changes | moves to | existing item there |",
                 "|---:|---|---|---|---|---|",
             ]
-            body += [
-                f"| {a.step} | {_ddb_key(a.key)} | {a.kind} | "
-                + "; ".join(f"{c.attribute}: {_ddb(c.old)} → {_ddb(c.new)}" for c in a.changes or [])
-                + f" | {_ddb_key(a.new_key) if a.new_key else ''} | "
-                + ("" if a.kind != "merge-and-move" else ("merged, existing wins" if a.existing else "none"))
-                + " |"
-                for a in acts
-            ]
+            body += [_ddb_row(a) for a in acts]
         else:
             body += [
                 f"## {target} / {table}",

@@ -19,6 +19,7 @@ import json
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import botocore.exceptions
@@ -45,14 +46,23 @@ from emailsync.stores.dynamodb import (
 from emailsync.stores.outcome import Outcome, TargetResult
 
 MAX_ATTEMPTS = 8
+MOVES = ("merge-and-move", "live-swap")
 
 
 class DynamoApplier:
-    def __init__(self, target: DynamoTarget, client: Any, actions: list[Action], on_stale: str) -> None:
+    def __init__(
+        self,
+        target: DynamoTarget,
+        client: Any,
+        actions: list[Action],
+        on_stale: str,
+        journal: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.target = target
         self.client = client
         self.actions = actions
         self.on_stale = on_stale
+        self.journal = journal or (lambda entry: None)
         self.status: dict[str, Outcome] = {}
         self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
@@ -77,7 +87,9 @@ class DynamoApplier:
                 todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
                 self._moves([a for a in todo if a.kind == "merge-and-move"])
                 for a in todo:
-                    if a.kind != "merge-and-move":
+                    if a.kind == "live-swap":
+                        self._swap(a)
+                    elif a.kind != "merge-and-move":
                         self._update(a)
                 self._verify([a for a in todo if self.status[a.id].status == "applied"])
         except botocore.exceptions.BotoCoreError as e:
@@ -127,7 +139,7 @@ class DynamoApplier:
         wanted: set[tuple[str, str]] = set()
         for a in sorted(self.actions, key=lambda a: a.step):
             wanted.add((a.table, keystr(a.key)))
-            if a.kind == "merge-and-move":
+            if a.kind in MOVES:
                 k = (a.table, keystr(a.new_key or {}))
                 wanted.add(k)
                 first_arrival.setdefault(k, a)
@@ -136,18 +148,16 @@ class DynamoApplier:
         self.pre = dict(self.cache)
         for a in self.actions:
             current = self.cache[(a.table, keystr(a.key))]
-            if a.kind == "merge-and-move":
+            if a.kind in MOVES:
                 self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
             else:
                 self.status[a.id] = self._classify_update(a, current)
         # The first pending arrival at a key also needs that key still as planned, unless the item there is one
         # this plan moves away first (the write's own condition checks it then).
         leaving = {
-            (a.table, keystr(a.key))
-            for a in self.actions
-            if a.kind == "merge-and-move" and self.status[a.id].status == "pending"
+            (a.table, keystr(a.key)) for a in self.actions if a.kind in MOVES and self.status[a.id].status == "pending"
         }
-        updated = {(x.table, keystr(x.key)): x for x in self.actions if x.kind != "merge-and-move"}
+        updated = {(x.table, keystr(x.key)): x for x in self.actions if x.kind not in MOVES}
         for k, a in first_arrival.items():
             pending = [x for x in later[k] if self.status[x.id].status == "pending"]
             if pending and pending[0] is a and k not in leaving:
@@ -155,7 +165,9 @@ class DynamoApplier:
                 # If the item there has its own pending update in this plan, it must be as that update expects.
                 own = updated.get(k)
                 expected = own.row if own is not None and self.status[own.id].status == "pending" else a.existing
-                if normalized(there) != normalized(expected):
+                # A swap interrupted after its write finds its own result there: it resumes with the delete.
+                resumed = a.kind == "live-swap" and normalized(there) == normalized(a.merged)
+                if normalized(there) != normalized(expected) and not resumed:
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
     def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
@@ -177,9 +189,7 @@ class DynamoApplier:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key."""
         key = keystr(a.key)
         return any(
-            x.kind == "merge-and-move"
-            and keystr(x.new_key or {}) == key
-            and normalized(current) == normalized(x.merged)
+            x.kind in MOVES and keystr(x.new_key or {}) == key and normalized(current) == normalized(x.merged)
             for x in self.actions
             if x.table == a.table
         )
@@ -299,6 +309,61 @@ class DynamoApplier:
             "ExpressionAttributeValues": {f":v{i}": from_json(image[n]) for i, n in enumerate(attrs)},
         }
 
+    # -- live swaps ---------------------------------------------------------------------------------------------
+
+    def _swap(self, a: Action) -> None:
+        """The login table, the old script's safe order: (1) create the new item or merge into the existing one,
+        (2) read it back with ConsistentRead and compare it field by field, (3) only then delete the old item.
+        Every write is journaled before and after. A mismatch keeps both items for a person to review."""
+        there = self._get(a.table, a.new_key or {})
+        if normalized(there) != normalized(a.merged):
+            self._journal(a, "put", "before")
+            try:
+                self.requests += 1
+                with_backoff(lambda: self.client.put_item(**self._put(a)))
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                self._resolve_move(a)
+                self._journal(a, "put", "refused", self.status[a.id].detail)
+                return
+            self._journal(a, "put", "after")
+        there = self._get(a.table, a.new_key or {})
+        if normalized(there) != normalized(a.merged):
+            why = _what_changed("the new item", a.merged, there) + "; both items kept"
+            self.status[a.id] = Outcome("needs-review", why)
+            self._journal(a, "verify", "mismatch", why)
+            return
+        self._journal(a, "delete", "before")
+        try:
+            self.requests += 1
+            with_backoff(lambda: self.client.delete_item(**self._delete(a)))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            old = self._get(a.table, a.key)
+            why = "the old item changed after the new one was written; both items kept" if old else None
+            self.status[a.id] = Outcome("needs-review", why) if old else Outcome("applied")
+            self._journal(a, "delete", "refused", why)
+            return
+        self._journal(a, "delete", "after")
+        self.status[a.id] = Outcome("applied")
+
+    def _journal(self, a: Action, write: str, phase: str, detail: str | None = None) -> None:
+        entry = {
+            "action": a.id,
+            "target": a.target,
+            "table": a.table,
+            "kind": a.kind,
+            "write": write,
+            "phase": phase,
+            "key": a.key,
+            "new_key": a.new_key,
+        }
+        if detail:
+            entry["detail"] = detail
+        self.journal(entry)
+
     # -- updates -----------------------------------------------------------------------------------------------
 
     def _update(self, a: Action) -> None:
@@ -347,7 +412,7 @@ class DynamoApplier:
         wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
         self._fetch(wanted)
         for a in done:
-            if a.kind == "merge-and-move":
+            if a.kind in MOVES:
                 there, old = self.cache[(a.table, keystr(a.new_key or {}))], self.cache[(a.table, keystr(a.key))]
                 problems = []
                 if normalized(there) != normalized(a.merged):

@@ -539,7 +539,7 @@ class DynamoPlanner:
             return steps[chain[0]] if chain else steps[k]
 
         for a in self.out.actions:
-            if a["table"] == table and a["kind"] == "merge-and-move":
+            if a["table"] == table and a["kind"] in ("merge-and-move", "live-swap"):
                 a["step"] = step_of(keystr(a["key"]))
 
     def _to_plan_candidate(self, c: Candidate) -> Candidate:
@@ -581,6 +581,20 @@ class DynamoPlanner:
         existing: dict[str, Any] | None,
         merged: dict[str, Any],
     ) -> None:
+        if self.target.is_live(info.cfg.table):
+            # The login table: no transaction, but create/merge, read back and compare, then delete the old item.
+            self._emit(
+                info,
+                c,
+                "live-swap",
+                step=0,
+                new_key=new_key,
+                existing=existing,
+                merged=merged,
+                reason="create or merge the new item, read it back (ConsistentRead) and compare it field by field "
+                "with `merged`; only if equal, delete the old item (condition: still the planned item)",
+            )
+            return
         self._emit(info, c, "merge-and-move", step=0, new_key=new_key, existing=existing, merged=merged)
 
     def _emit(self, info: TableInfo, c: Candidate, kind: str, step: int, **extra: Any) -> None:
@@ -592,6 +606,7 @@ class DynamoPlanner:
                 table=info.cfg.table,
                 key=c.key,
                 step=step,
+                live=self.target.is_live(info.cfg.table),
                 mappings=sorted(c.entries),
                 row=c.item,
                 changes=[{"attribute": n, "old": o, "new": v} for n, o, v in c.changes],
