@@ -50,6 +50,21 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
         if a.target not in plan.targets:
             problems.append(f"action {a.id} names target {a.target!r}, which the plan's header does not list")
             break
+    # Which tables are live is the targets file's word: a table that became live (or stopped being live)
+    # since the plan needs a new plan, whose actions get the live treatment and confirmation.
+    changed = sorted(
+        {
+            (a.target, a.table)
+            for a in plan.actions
+            if isinstance(by_name.get(a.target), DynamoTarget) and by_name[a.target].is_live(a.table) != a.live
+        }
+    )
+    for target_name, table in changed:
+        problems.append(
+            f"{target_name}/{table} is {'live' if by_name[target_name].is_live(table) else 'not live'} in "
+            f"{loaded.path.name} now but was {'not ' if by_name[target_name].is_live(table) else ''}live when the "
+            "plan was made; re-plan"
+        )
     if problems:
         raise UserError(f"the plan does not match {loaded.path}", problems=problems)
 

@@ -171,11 +171,12 @@ class DynamoApplier:
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
     def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
-        if current is not None:
+        # First: is this what another move of this plan brought here (its own old item gone)? Items can be
+        # identical apart from the key, so this is decided before comparing with this action's own item.
+        if current is not None and not self._refilled(a, current):
             if normalized(current) == normalized(a.row):
                 return Outcome("pending")
-            if not self._refilled(a, current):
-                return Outcome("stale", _what_changed("the item", a.row, current))
+            return Outcome("stale", _what_changed("the item", a.row, current))
             # The old key holds what another move of this plan brought there (a chain applied before): this
             # item already moved on. Judge it by its new key.
         there = self.cache[(a.table, keystr(a.new_key or {}))]
@@ -185,14 +186,19 @@ class DynamoApplier:
             return Outcome("already-applied")
         return Outcome("stale", "the item is gone from its old key and the new key does not hold the planned result")
 
-    def _refilled(self, a: Action, current: dict[str, Any]) -> bool:
-        """Whether the item now under `a`'s old key is the result of a move of this plan into that key."""
+    def _refilled(self, a: Action, current: dict[str, Any], fresh: bool = False) -> bool:
+        """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
+        move's result is there and its own old item is gone."""
         key = keystr(a.key)
-        return any(
-            x.kind in MOVES and keystr(x.new_key or {}) == key and normalized(current) == normalized(x.merged)
-            for x in self.actions
-            if x.table == a.table
-        )
+        for x in self.actions:
+            if x.table != a.table or x.kind not in MOVES or keystr(x.new_key or {}) != key:
+                continue
+            if normalized(current) != normalized(x.merged):
+                continue
+            gone = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
+            if gone is None:
+                return True
+        return False
 
     def _classify_update(self, a: Action, current: dict[str, Any] | None) -> Outcome:
         if current is None:
@@ -266,7 +272,7 @@ class DynamoApplier:
         """A condition failed: the move happened already (a rerun), or something changed: never force it."""
         old = self._get(a.table, a.key)
         there = self._get(a.table, a.new_key or {})
-        moved_on = old is None or self._refilled(a, old)
+        moved_on = old is None or self._refilled(a, old, fresh=True)
         if moved_on and normalized(there) == normalized(a.merged):
             self.status[a.id] = Outcome("already-applied")
         elif old is not None and not moved_on and normalized(old) != normalized(a.row):
@@ -317,10 +323,16 @@ class DynamoApplier:
         Every write is journaled before and after. A mismatch keeps both items for a person to review."""
         there = self._get(a.table, a.new_key or {})
         if normalized(there) != normalized(a.merged):
+            # A condition cannot say "no other attributes": compare the whole item first, so an attribute added
+            # to the existing item since the plan is never overwritten (the condition then covers the rest).
+            if normalized(there) != normalized(a.existing):
+                self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
+                self._journal(a, "put", "refused", self.status[a.id].detail)
+                return
             self._journal(a, "put", "before")
             try:
                 self.requests += 1
-                with_backoff(lambda: self.client.put_item(**self._put(a)))
+                with_backoff(lambda: self._write_new(a))
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
@@ -333,6 +345,12 @@ class DynamoApplier:
             why = _what_changed("the new item", a.merged, there) + "; both items kept"
             self.status[a.id] = Outcome("needs-review", why)
             self._journal(a, "verify", "mismatch", why)
+            return
+        old_now = self._get(a.table, a.key)
+        if normalized(old_now) != normalized(a.row):
+            why = _what_changed("the old item", a.row, old_now) + " since the plan; both items kept"
+            self.status[a.id] = Outcome("needs-review", why)
+            self._journal(a, "delete", "refused", why)
             return
         self._journal(a, "delete", "before")
         try:
@@ -348,6 +366,35 @@ class DynamoApplier:
             return
         self._journal(a, "delete", "after")
         self.status[a.id] = Outcome("applied")
+
+    def _write_new(self, a: Action) -> None:
+        """Create the new item, or merge into the existing one with SET only: an attribute someone added to it in
+        the meantime survives (and the read-back then reports the difference) instead of being overwritten."""
+        if a.existing is None:
+            self.client.put_item(**self._put(a))
+            return
+        keys = set(self.key_names[a.table])
+        attrs = sorted(k for k in (a.merged or {}) if k not in keys)
+        cond = self._equals(a.table, a.existing)
+        names = dict(cond["ExpressionAttributeNames"])
+        values = dict(cond["ExpressionAttributeValues"])
+        sets = []
+        for i, k in enumerate(attrs):
+            names[f"#s{i}"] = k
+            values[f":s{i}"] = from_json((a.merged or {})[k])
+            sets.append(f"#s{i} = :s{i}")
+        update = "SET " + ", ".join(sets)
+        if not sets or len(update) > MAX_EXPRESSION:
+            self.client.put_item(**self._put(a))  # too wide for an update expression: the whole-item Put
+            return
+        self.client.update_item(
+            TableName=a.table,
+            Key=item_from_json(a.new_key or {}),
+            UpdateExpression=update,
+            ConditionExpression=cond["ConditionExpression"],
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     def _journal(self, a: Action, write: str, phase: str, detail: str | None = None) -> None:
         entry = {
@@ -384,6 +431,8 @@ class DynamoApplier:
             values[f":new{i}"], values[f":old{i}"] = from_json(c.new), from_json(c.old)
             sets.append(f"{p} = :new{i}")
             conds.append(f"{p} = :old{i}")
+        if a.live:
+            self._journal(a, "update", "before")
         try:
             self.requests += 1
             with_backoff(
@@ -397,12 +446,16 @@ class DynamoApplier:
                 )
             )
             self.status[a.id] = Outcome("applied")
+            if a.live:
+                self._journal(a, "update", "after")
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             self.status[a.id] = self._classify_update(a, self._get(a.table, a.key))
             if self.status[a.id].status == "pending":  # it matched again: someone changed it back and forth
                 self.status[a.id] = Outcome("stale", "the item changed while it was being written")
+            if a.live:
+                self._journal(a, "update", "refused", self.status[a.id].detail)
 
     # -- verification ------------------------------------------------------------------------------------------
 
