@@ -182,3 +182,26 @@ def test_a_change_between_write_and_verification_is_needs_review(ddb, ws):
     assert len(flagged) == 1 and "differs from the plan in extra, i" in flagged[0]["detail"]
     # Nothing is undone or overwritten: the other writer's item stays for a person to review.
     assert {"email": "u0@new.com", "i": Decimal(7), "extra": "someone else"} in ddb.items("users")
+
+
+def test_attribute_added_to_the_existing_item_before_the_move_survives(ddb, ws):
+    ddb.create("users", "email")
+    ddb.put("users", {"email": "a@old.com", "name": "A"}, {"email": "a@new.com", "team": "red"})
+    ws.targets(
+        "version: 1\nmappings: m.json\ndynamodb:\n  - name: hr\n    endpoint_url: ${DYNAMODB_ENDPOINT}\n"
+        "    tables: [{table: users, attributes: [email]}]\n"
+    )
+    ws.mappings({"a@old.com": "a@new.com"}, name="m.json")
+    r, plan = ws.plan()
+    done = []
+
+    def add_attribute(**_):
+        if not done:
+            done.append(1)
+            ddb.put("users", {"email": "a@new.com", "team": "red", "mfa": "totp"})  # just before our write
+
+    hook_dynamodb(ws, "before-call.dynamodb.TransactWriteItems", add_attribute)
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 3 and "needs-review" in r.out
+    # The merge set its attributes; it did not replace the item, so the other writer's attribute is still there.
+    assert ddb.items("users") == [{"email": "a@new.com", "team": "red", "mfa": "totp", "name": "A"}]

@@ -239,7 +239,8 @@ class DynamoApplier:
         while batch:
             items = []
             for a in batch:
-                items.append({"Put": self._put(a)})
+                kind, req = self._new_item_request(a)
+                items.append({kind: req})
                 items.append({"Delete": self._delete(a)})
             try:
                 self.requests += 1
@@ -368,11 +369,15 @@ class DynamoApplier:
         self.status[a.id] = Outcome("applied")
 
     def _write_new(self, a: Action) -> None:
-        """Create the new item, or merge into the existing one with SET only: an attribute someone added to it in
-        the meantime survives (and the read-back then reports the difference) instead of being overwritten."""
+        kind, req = self._new_item_request(a)
+        (self.client.put_item if kind == "Put" else self.client.update_item)(**req)
+
+    def _new_item_request(self, a: Action) -> tuple[str, dict[str, Any]]:
+        """Create the new item (Put, condition: none there), or merge into the existing one with SET only
+        (Update, condition: the planned attributes unchanged): an attribute someone added to it in the meantime
+        survives, and the read-back then reports the difference, instead of being overwritten."""
         if a.existing is None:
-            self.client.put_item(**self._put(a))
-            return
+            return "Put", self._put(a)
         keys = set(self.key_names[a.table])
         attrs = sorted(k for k in (a.merged or {}) if k not in keys)
         cond = self._equals(a.table, a.existing)
@@ -385,16 +390,15 @@ class DynamoApplier:
             sets.append(f"#s{i} = :s{i}")
         update = "SET " + ", ".join(sets)
         if not sets or len(update) > MAX_EXPRESSION:
-            self.client.put_item(**self._put(a))  # too wide for an update expression: the whole-item Put
-            return
-        self.client.update_item(
-            TableName=a.table,
-            Key=item_from_json(a.new_key or {}),
-            UpdateExpression=update,
-            ConditionExpression=cond["ConditionExpression"],
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
+            return "Put", self._put(a)  # too wide for an update expression: the whole-item Put
+        return "Update", {
+            "TableName": a.table,
+            "Key": item_from_json(a.new_key or {}),
+            "UpdateExpression": update,
+            "ConditionExpression": cond["ConditionExpression"],
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
 
     def _journal(self, a: Action, write: str, phase: str, detail: str | None = None) -> None:
         entry = {
