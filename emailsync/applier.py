@@ -7,7 +7,6 @@ import socket
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -198,7 +197,3 @@ def _action_outcome(a: Action, o: Outcome) -> dict[str, Any]:
     if o.detail:
         d["detail"] = o.detail
     return d
-
-
-def plan_dir_of(path: Path) -> Path:
-    return path.parent

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from emailsync.config import PostgresTarget, dsn_secrets, redact
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
-from emailsync.plan import dumps, loads
+from emailsync.plan import dumps
 from emailsync.stores.pg_catalog import (
     FK_ACTIONS,
     ForeignKey,
@@ -818,4 +818,4 @@ def _node_order(node: tuple[str, Any]) -> tuple[int, int, str]:
     return (0 if kind == "pre" else 1, ident, "")
 
 
-__all__ = ["PostgresPlanner", "TargetPlan", "TablePlan", "RowPlan", "ColChange", "connect", "loads"]
+__all__ = ["PostgresPlanner", "TargetPlan", "TablePlan", "RowPlan", "ColChange", "connect"]
