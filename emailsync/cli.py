@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import botocore.exceptions
 import psycopg
 import typer
 
@@ -78,6 +79,8 @@ def plan(
             raise UserError(
                 f"the database reported an error while planning ({type(e).__name__}: {msg}); nothing was written"
             ) from None
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise UserError(f"DynamoDB reported an error while planning ({e}); nothing was written") from None
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path)
     except UserError as e:

@@ -26,6 +26,7 @@ import botocore.exceptions
 from deepdiff import DeepDiff
 
 from emailsync.config import DynamoTarget
+from emailsync.errors import UserError
 from emailsync.plan import Action
 from emailsync.stores.dynamodb import (
     MAX_EXPRESSION,
@@ -92,6 +93,10 @@ class DynamoApplier:
                     elif a.kind != "merge-and-move":
                         self._update(a)
                 self._verify([a for a in todo if self.status[a.id].status == "applied"])
+        except UserError as e:
+            # Credentials or a table gone while writing: other targets may have committed already, so this is
+            # reported with them rather than raised past the report.
+            res.error = str(e)
         except botocore.exceptions.BotoCoreError as e:
             res.error = f"DynamoDB error: {type(e).__name__}: {e}"
         except botocore.exceptions.ClientError as e:

@@ -14,6 +14,7 @@ The sequence inside the transaction:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
@@ -90,7 +91,9 @@ class PostgresApplier:
                 res.outcomes[a.id] = Outcome(s, details.get(a.id) if s == "stale" else None)
             return res
         except (psycopg.Error, _Rollback) as e:
-            conn.rollback()
+            # If the connection is gone, the server has rolled the transaction back already.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
             msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
             res.error = f"database error, rolled back: {msg}"
             for a in self.actions:
