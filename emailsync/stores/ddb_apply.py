@@ -67,6 +67,11 @@ class DynamoApplier:
         self.status: dict[str, Outcome] = {}
         self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
+        # (table, key) -> the moves of this plan arriving there, so lookups stay linear in the plan's size
+        self.arriving: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        for x in actions:
+            if x.kind in MOVES:
+                self.arriving[(x.table, keystr(x.new_key or {}))].append(x)
         self.requests = 0
         self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
         self.version_attr = {t.table: t.version_attribute for t in target.tables}
@@ -194,10 +199,7 @@ class DynamoApplier:
     def _refilled(self, a: Action, current: dict[str, Any], fresh: bool = False) -> bool:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
         move's result is there and its own old item is gone."""
-        key = keystr(a.key)
-        for x in self.actions:
-            if x.table != a.table or x.kind not in MOVES or keystr(x.new_key or {}) != key:
-                continue
+        for x in self.arriving.get((a.table, keystr(a.key)), ()):
             if normalized(current) != normalized(x.merged):
                 continue
             gone = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
