@@ -158,6 +158,9 @@ class PostgresApplier:
                 )
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
+        # Lookups by a row's old or new key (chains on email keys, a delete's winner) must not scan every action.
+        self.conn.execute("CREATE INDEX ON _es_act (tbl, key)")
+        self.conn.execute("CREATE INDEX ON _es_act (tbl, post_key)")
         self.conn.execute("ANALYZE _es_act")
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
