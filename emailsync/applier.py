@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import getpass
-import socket
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
+import botocore.exceptions
 import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
+from emailsync.ledger import DynamoLedger, PgLedger, Run, now
 from emailsync.plan import Action, Plan
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
@@ -78,60 +78,172 @@ def apply_plan(
     only_targets: list[str] | None = None,
     skip_live: bool = False,
     journal: Callable[[dict[str, Any]], None] | None = None,
+    run: Run | None = None,
+    force: bool = False,
+    warn: Callable[[str], None] = lambda msg: None,
 ) -> tuple[int, dict[str, Any]]:
     check_plan_matches(plan, loaded)
+    run = run or Run(plan.digest, None)
+    write = journal or (lambda entry: None)
     by_target: dict[str, list[Action]] = defaultdict(list)
+    planned: Counter[str] = Counter(a.target for a in plan.actions)
     for a in plan.actions:
         if (only_targets is None or a.target in only_targets) and not (skip_live and a.live):
             by_target[a.target].append(a)
-    started = datetime.now(UTC)
     results: list[TargetResult] = []
     if by_target:
-        # Reach every target, and resolve every table, before writing to any of them.
-        prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], list[Action]]] = []
-        ddb_prepared: list[tuple[DynamoTarget, Any, list[Action]]] = []
+        # Reach every target, resolve every table and take every lock before writing to any of them.
+        prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], list[Action], PgLedger]] = []
+        ddb_prepared: list[tuple[DynamoTarget, Any, list[Action], DynamoLedger | None]] = []
         try:
             for idx, target in enumerate(loaded.config.postgres):
                 if target.name in by_target:
                     actions = by_target[target.name]
                     conn = connect(target)
-                    prepared.append((target, conn, _metas(conn, loaded, idx, actions), actions))
+                    ledger = PgLedger(conn, target, run)
+                    prepared.append((target, conn, [], actions, ledger))
+                    ledger.lock()
+                    prepared[-1] = (target, conn, table_metas(conn, loaded, idx, actions), actions, ledger)
                     conn.rollback()
+                    ledger.ensure()
             for ddb in loaded.config.dynamodb:
                 if ddb.name in by_target:
                     actions = by_target[ddb.name]
-                    ddb_prepared.append((ddb, _ddb_client(loaded, ddb, actions), actions))
+                    client = ddb_client(loaded, ddb, actions)
+                    dledger = DynamoLedger(ddb, client, run) if ddb.ledger_table else None
+                    ddb_prepared.append((ddb, client, actions, dledger))
+                    if dledger is None:
+                        warn(
+                            f"DynamoDB target {ddb.name!r} has no ledger_table in {loaded.path.name}: this apply is "
+                            "not recorded in the target, and nothing stops a second applier running at the same time"
+                        )
+                    else:
+                        call(ddb, f"ledger table {ddb.ledger_table}", dledger.ensure)
+                        call(ddb, f"lock in {ddb.ledger_table}", dledger.lock)
+            past = [p for *_, lg in prepared for p in lg.completed()]
+            past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
+            done_targets = {p.target for p in past}
+            if past and not force and done_targets < set(by_target):
+                # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the
+                # finished targets' actions are re-checked and come out already-applied.
+                for p in past:
+                    warn(f"already applied completely on target {p.describe()}; its actions are only re-checked")
+            elif past and not force:
+                raise UserError(
+                    f"this plan ({plan.digest[:19]}) has already been applied completely; nothing was written. "
+                    "Applying it again is refused so a plan runs once; run `emailsync verify` on it to check the "
+                    "stores, or pass --force to apply it again anyway",
+                    problems=[p.describe() for p in past],
+                )
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
             live = [a for actions in by_target.values() for a in actions if a.live]
             if live and not confirm_live(live):
                 raise UserError("live changes not confirmed: nothing was written")
+            write(
+                {
+                    "event": "run-start",
+                    **run.header(),
+                    "force": force,
+                    "on_stale": on_stale,
+                    "only_targets": only_targets,
+                    "skip_live": skip_live,
+                    "actions": sum(len(v) for v in by_target.values()),
+                }
+            )
+            for *_, lg in prepared:
+                lg.start()
+            for *_, dl in ddb_prepared:
+                if dl is not None:
+                    call(dl.target, "ledger", dl.start)
             # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
-            for target, conn, metas, actions in prepared:
-                results.append(
-                    PostgresApplier(
-                        conn, target.name, metas, actions, on_stale, target.lock_timeout, target.statement_timeout
-                    ).run()
+            for target, conn, metas, actions, ledger in prepared:
+                write(
+                    {
+                        "event": "write",
+                        "phase": "before",
+                        "target": target.name,
+                        "store": "postgres",
+                        "op": "transaction",
+                        "actions": len(actions),
+                    }
                 )
-            for ddb, client, actions in ddb_prepared:
+                full = len(actions) == planned[target.name]
+                res = PostgresApplier(
+                    conn,
+                    target.name,
+                    metas,
+                    actions,
+                    on_stale,
+                    target.lock_timeout,
+                    target.statement_timeout,
+                    before_commit=lambda statuses, lg=ledger, full=full: lg.finish(
+                        _status(statuses, full), dict(Counter(statuses.values()))
+                    ),
+                ).run()
+                if not res.committed:
+                    with contextlib.suppress(psycopg.Error):
+                        ledger.finish("failed" if res.error else "incomplete", _counts(res))
+                        conn.commit()
+                write(
+                    {
+                        "event": "write",
+                        "phase": "after",
+                        "target": target.name,
+                        "store": "postgres",
+                        "op": "transaction",
+                        "committed": res.committed,
+                        "error": res.error,
+                        # what committed, action by action: the journal alone then tells what a killed run did
+                        "outcomes": {i: o.status for i, o in res.outcomes.items()} if res.committed else {},
+                    }
+                )
+                results.append(res)
+            for ddb, client, actions, _ in ddb_prepared:
                 normal = [a for a in actions if not a.live]
                 if normal:
-                    results.append(DynamoApplier(ddb, client, normal, on_stale, journal).run())
-            for ddb, client, actions in ddb_prepared:
+                    results.append(DynamoApplier(ddb, client, normal, on_stale, write).run())
+            for ddb, client, actions, _ in ddb_prepared:
                 live_actions = [a for a in actions if a.live]
                 if live_actions:
-                    results.append(DynamoApplier(ddb, client, live_actions, on_stale, journal).run())
+                    results.append(DynamoApplier(ddb, client, live_actions, on_stale, write).run())
+            for ddb, _, actions, dl in ddb_prepared:
+                if dl is None:
+                    continue
+                outcomes = {i: o.status for r in results if r.target == ddb.name for i, o in r.outcomes.items()}
+                full = len(actions) == planned[ddb.name]
+                with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                    dl.finish(_status(outcomes, full), dict(Counter(outcomes.values())))
         finally:
-            for _, conn, _, _ in prepared:
+            for *_, dl in ddb_prepared:
+                if dl is not None:
+                    with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                        dl.release()
+            for _, conn, *_ in prepared:
                 conn.close()
-    report = _report(plan, results, started, on_stale)
+    report = _report(plan, results, run, on_stale)
+    for entry in report["actions"]:
+        write({"event": "outcome", **entry})
     failed = any(r.error for r in results) or any(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )
-    return (EXIT_INCOMPLETE if failed else EXIT_OK), report
+    code = EXIT_INCOMPLETE if failed else EXIT_OK
+    if by_target:
+        write({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
+    return code, report
 
 
-def _ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> Any:
+def _status(statuses: dict[str, str], full: bool) -> str:
+    """complete: every action of the plan for the target is done, so applying the plan again is a replay."""
+    done = all(s in ("applied", "already-applied") for s in statuses.values())
+    return "complete" if done and full else "incomplete"
+
+
+def _counts(res: TargetResult) -> dict[str, int]:
+    return dict(Counter(o.status for o in res.outcomes.values()))
+
+
+def ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> Any:
     client, probe = client_for(target), client_for(target, probe=True)
     known = {t.table for t in target.tables}
     for table in dict.fromkeys(a.table for a in actions):
@@ -144,7 +256,7 @@ def _ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Actio
     return client
 
 
-def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
+def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
     target = loaded.config.postgres[idx]
     metas = [
         resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
@@ -169,7 +281,7 @@ def _metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: l
     return used
 
 
-def _report(plan: Plan, results: list[TargetResult], started: datetime, on_stale: str) -> dict[str, Any]:
+def _report(plan: Plan, results: list[TargetResult], run: Run, on_stale: str) -> dict[str, Any]:
     by_id = {a.id: a for a in plan.actions}
     counts: Counter[tuple[str, str, str, str]] = Counter()
     actions = []
@@ -180,9 +292,10 @@ def _report(plan: Plan, results: list[TargetResult], started: datetime, on_stale
             actions.append(_action_outcome(a, o))
     return {
         "plan_digest": plan.digest,
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "applied_by": {"user": getpass.getuser(), "host": socket.gethostname()},
+        "run_id": run.run_id,
+        "started_at": run.started_at,
+        "finished_at": now(),
+        "applied_by": {"user": run.user, "host": run.host, "approver": run.approver},
         "on_stale": on_stale,
         "targets": [{"target": r.target, "committed": r.committed, "error": r.error} for r in results],
         "summary": [

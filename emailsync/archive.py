@@ -9,9 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from emailsync.errors import UserError
-from emailsync.plan import Plan, write_plan
+from emailsync.plan import Plan, loads, write_plan
 from emailsync.render import plan_markdown
+
+DONE = ("applied", "already-applied")
 
 
 def save_plan(plan: Plan, path: Path) -> Path:
@@ -50,3 +54,100 @@ def journal_writer(path: Path) -> Callable[[dict[str, Any]], None]:
             os.fsync(f.fileno())
 
     return write
+
+
+# -- reading the journals back ------------------------------------------------------------------------------------
+
+
+class ApplyRun(BaseModel):
+    """One apply run, as its journal tells it (a run killed part way has no `finished_at`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    journal: str
+    run_id: str | None = None
+    plan_digest: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    user: str | None = None
+    host: str | None = None
+    approver: str | None = None
+    force: bool = False
+    exit_code: int | None = None
+    outcomes: dict[str, int] = {}
+
+
+def journals(plan_path: Path) -> list[Path]:
+    """The plan's apply journals, oldest first (their names start with the UTC time)."""
+    folder = plan_path.parent if plan_path.is_file() or plan_path.suffix == ".json" else plan_path
+    return sorted(folder.glob("apply-*.jsonl"))
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """A journal's entries; a last line cut short by a kill is ignored (it was never fsync'd whole)."""
+    entries = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the journal ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = loads(line)
+        except ValueError:
+            if n == len(lines):
+                break
+            raise UserError(f"{path}: line {n} is not valid JSON; the journal was edited or damaged") from None
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def apply_history(plan_path: Path) -> list[ApplyRun]:
+    runs = []
+    for j in journals(plan_path):
+        entries = read_journal(j)
+        start = next((e for e in entries if e.get("event") == "run-start"), None)
+        end = next((e for e in entries if e.get("event") == "run-end"), None)
+        outcomes: dict[str, int] = {}
+        for e in entries:
+            if e.get("event") == "outcome":
+                outcomes[e.get("status", "?")] = outcomes.get(e.get("status", "?"), 0) + 1
+        runs.append(
+            ApplyRun(
+                journal=j.name,
+                run_id=(start or {}).get("run_id"),
+                plan_digest=(start or {}).get("plan_digest"),
+                started_at=(start or {}).get("started_at"),
+                finished_at=(end or {}).get("at"),
+                user=(start or {}).get("user"),
+                host=(start or {}).get("host"),
+                approver=(start or {}).get("approver"),
+                force=bool((start or {}).get("force")),
+                exit_code=(end or {}).get("exit_code"),
+                outcomes=outcomes,
+            )
+        )
+    return runs
+
+
+def recorded_outcomes(plan_path: Path) -> dict[str, str]:
+    """Each action's latest recorded status over every apply run, from the journals.
+
+    A run killed before its outcome lines still left write records: an action in a batch whose write began
+    counts as `maybe-applied` unless a later record says what happened to it."""
+    latest: dict[str, str] = {}
+    for j in journals(plan_path):
+        for e in read_journal(j):
+            ev = e.get("event")
+            if ev == "outcome" and "id" in e:
+                latest[e["id"]] = e.get("status", "")
+            elif ev == "write" and e.get("phase") == "before":
+                for aid in e.get("actions") or ([e["action"]] if e.get("action") else []):
+                    if latest.get(aid) not in DONE:
+                        latest[aid] = "maybe-applied"
+            elif ev == "write" and e.get("phase") == "after":
+                for aid, status in (e.get("outcomes") or {}).items():
+                    latest[aid] = status
+    return latest

@@ -23,7 +23,7 @@ import psycopg
 import yaml
 from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from emailsync.errors import UserError
@@ -376,8 +376,20 @@ class DynamoTarget(BaseModel):
     profile: str | None = None
     live: bool = False  # every table of the target is live
     tables: tuple[DynamoTable, ...]
+    # Where applied plans are recorded and the apply lock lives (created on first apply). Without it the
+    # target has no replay protection and no lock against a second applier: apply warns.
+    ledger_table: str | None = None
 
     _check_name = field_validator("name")(PostgresTarget._check_name.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("ledger_table")
+    @classmethod
+    def _check_ledger_table(cls, value: str | None) -> str | None:
+        if value is not None and not _DDB_TABLE_RE.fullmatch(value):
+            raise ValueError(
+                f"ledger_table {value!r} is not a DynamoDB table name (3-255 letters, digits, '_', '.', '-')"
+            )
+        return value
 
     @field_validator("endpoint_url")
     @classmethod
@@ -398,6 +410,14 @@ class DynamoTarget(BaseModel):
         if dup:
             raise ValueError(f"tables listed twice: {dup}; merge their attributes into one entry")
         return value
+
+    @model_validator(mode="after")
+    def _ledger_not_a_target_table(self) -> DynamoTarget:
+        if self.ledger_table is not None and any(t.table == self.ledger_table for t in self.tables):
+            raise ValueError(
+                f"ledger_table {self.ledger_table!r} is also listed in tables; give the ledger its own table"
+            )
+        return self
 
     def is_live(self, table: str) -> bool:
         return self.live or any(t.live for t in self.tables if t.table == table)

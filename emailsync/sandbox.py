@@ -160,12 +160,19 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
         code, report = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)
         write_report(path, report)
         echo("\n".join("   " + line for line in report_lines(report)))
-        echo("\n4. apply again: nothing is done twice; every action is recognised as already applied.")
-        code2, report2 = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)
+        echo("\n4. apply again: each database's ledger (table emailsync.ledger) refuses to run a plan twice:")
+        try:
+            apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)
+            refused = False
+        except UserError as e:
+            refused = True
+            echo(f"   refused: {str(e).splitlines()[0][:110]}...")
+        echo("   and with --force nothing is done twice: every action is recognised as already applied.")
+        code2, report2 = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True, force=True)
         echo("\n".join("   " + line for line in report_lines(report2)))
         echo("\nAfter:")
         echo("\n".join(_dump(dsns)))
-        ok = code == 0 and code2 == 0
+        ok = code == 0 and code2 == 0 and refused
         echo(
             f"\nSummary: {len(plan.actions)} planned action(s), {len(plan.skipped)} skipped by on_conflict: skip; "
             f"apply {'succeeded and verified' if ok else 'did not finish cleanly'}."

@@ -14,7 +14,8 @@ def _emp(db, rows):
 
 
 def _apply(ws, plan, *extra):
-    return ws.run("apply", str(plan), "--auto-approve", *extra)
+    # --force: these tests rerun plans on purpose; the ledger's replay refusal has tests of its own (test_audit).
+    return ws.run("apply", str(plan), "--auto-approve", "--force", *extra)
 
 
 def test_chain_is_simultaneous_substitution_ordered_for_unique_index(db, ws):

@@ -10,7 +10,8 @@ import json
 
 
 def _apply(ws, plan, *extra):
-    return ws.run("apply", str(plan), "--auto-approve", *extra)
+    # --force: these tests rerun plans on purpose; the ledger's replay refusal has tests of its own (test_audit).
+    return ws.run("apply", str(plan), "--auto-approve", "--force", *extra)
 
 
 def _report(plan):

@@ -137,7 +137,8 @@ def _keep_valid(rows: list[Row], entries: dict[str, Entry]) -> list[Row]:
 
 
 def _apply(ws, plan):
-    return ws.run("apply", str(plan), "--auto-approve")
+    # --force: reruns are part of these properties; replay refusal is tested in test_audit.
+    return ws.run("apply", str(plan), "--auto-approve", "--force")
 
 
 def _report(plan) -> dict[str, Any]:

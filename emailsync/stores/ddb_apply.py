@@ -47,6 +47,7 @@ from emailsync.stores.dynamodb import (
 from emailsync.stores.outcome import Outcome, TargetResult
 
 MAX_ATTEMPTS = 8
+UPDATE_BATCH = 100
 MOVES = ("merge-and-move", "live-swap")
 
 
@@ -95,8 +96,14 @@ class DynamoApplier:
                 for a in todo:
                     if a.kind == "live-swap":
                         self._swap(a)
-                    elif a.kind != "merge-and-move":
+                updates = [a for a in todo if a.kind not in MOVES]
+                for i in range(0, len(updates), UPDATE_BATCH):
+                    # Journaled a batch at a time (fsync before and after), written an item at a time.
+                    chunk = updates[i : i + UPDATE_BATCH]
+                    self._journal_batch("update", chunk, "before")
+                    for a in chunk:
                         self._update(a)
+                    self._journal_batch("update", chunk, "after")
                 self._verify([a for a in todo if self.status[a.id].status == "applied"])
         except UserError as e:
             # Credentials or a table gone while writing: other targets may have committed already, so this is
@@ -114,6 +121,18 @@ class DynamoApplier:
             res.outcomes[a.id] = o
         res.committed = res.error is None
         return res
+
+    def classify_only(self) -> dict[str, Outcome]:
+        """Each action's state, reading only (for `emailsync verify`): pending, already-applied or stale."""
+        self._preflight()
+        out = dict(self.status)
+        for a in self.actions:
+            there = self.cache.get((a.table, keystr(a.new_key or {})))
+            pending = a.kind == "live-swap" and out[a.id].status == "pending" and a.existing != a.merged
+            if pending and normalized(there) == normalized(a.merged):
+                # Both items exist: the swap stopped between its write and its delete; apply resumes it.
+                out[a.id] = Outcome("stale", "half done: the new item is written, the old one not yet deleted")
+        return out
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -242,6 +261,13 @@ class DynamoApplier:
             self._transact(batch)
 
     def _transact(self, batch: list[Action]) -> None:
+        self._journal_batch("transact-write", batch, "before")
+        try:
+            self._transact_batch(list(batch))
+        finally:
+            self._journal_batch("transact-write", batch, "after")
+
+    def _transact_batch(self, batch: list[Action]) -> None:
         attempt = 0
         while batch:
             items = []
@@ -407,8 +433,25 @@ class DynamoApplier:
             "ExpressionAttributeValues": values,
         }
 
+    def _journal_batch(self, op: str, batch: list[Action], phase: str) -> None:
+        entry: dict[str, Any] = {
+            "event": "write",
+            "phase": phase,
+            "store": "dynamodb",
+            "target": self.target.name,
+            "op": op,
+            "actions": [a.id for a in batch],
+        }
+        if phase == "after":
+            entry["outcomes"] = {a.id: self.status[a.id].status for a in batch if a.id in self.status}
+        self.journal(entry)
+
     def _journal(self, a: Action, write: str, phase: str, detail: str | None = None) -> None:
+        """A live write, item by item: the login table's every step is on record before and after."""
         entry = {
+            "event": "write",
+            "store": "dynamodb",
+            "live": True,
             "action": a.id,
             "target": a.target,
             "table": a.table,

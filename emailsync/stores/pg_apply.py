@@ -15,6 +15,7 @@ The sequence inside the transaction:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -40,8 +41,10 @@ class PostgresApplier:
         on_stale: str,
         lock_timeout: str | None,
         statement_timeout: str | None,
+        before_commit: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.conn = conn
+        self.before_commit = before_commit
         self.target = target
         self.metas = metas
         self.tbl_no = {m.display: i for i, m in enumerate(metas)}
@@ -84,6 +87,8 @@ class PostgresApplier:
                         res.outcomes[a.id] = Outcome("not-applied", "rolled back: verification failed")
                 res.error = f"{len(mismatches)} action(s) failed verification; the database was rolled back"
                 return res
+            if self.before_commit is not None:
+                self.before_commit(final)  # the ledger's record commits with the changes, or not at all
             conn.commit()
             res.committed = True
             for a in self.actions:
@@ -99,6 +104,21 @@ class PostgresApplier:
             for a in self.actions:
                 res.outcomes[a.id] = Outcome("failed", res.error)
             return res
+
+    def classify_only(self) -> dict[str, Outcome]:
+        """Each action's state without writing or locking anything (for `emailsync verify`): pending (the
+        planned old value is there), already-applied, or stale. Everything runs in a transaction rolled back."""
+        try:
+            if self.statement_timeout:
+                self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.statement_timeout,))
+            self._load()
+            for i, m in enumerate(self.metas):
+                self._classify(i, m, lock=False)
+            details = self._stale_details()
+            rows = self.conn.execute("SELECT id, status FROM _es_act").fetchall()
+            return {i: Outcome(s, details.get(i)) for i, s in rows}
+        finally:
+            self.conn.rollback()
 
     def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
         self.conn.rollback()
@@ -165,7 +185,7 @@ class PostgresApplier:
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 
-    def _classify(self, i: int, m: TableMeta) -> None:
+    def _lock(self, i: int, m: TableMeta) -> None:
         T, W = m.alias("t"), m.alias("w")
         km = m.key_match(T, sql.SQL("a.key"))
         self.conn.execute(
@@ -183,6 +203,12 @@ class PostgresApplier:
             ).format(tbl=m.ident, W=W, km=m.key_match(W, sql.SQL("(a.conflict -> 'key')"))),
             (i,),
         )
+
+    def _classify(self, i: int, m: TableMeta, lock: bool = True) -> None:
+        T, W = m.alias("t"), m.alias("w")
+        km = m.key_match(T, sql.SQL("a.key"))
+        if lock:
+            self._lock(i, m)
         # Where the email is part of the key, the row now under an action's key may be the result of another
         # action that already moved there (a chain a→b, b→c applied before): that row is not this action's.
         self.conn.execute(
