@@ -63,6 +63,7 @@ def plan(
     from emailsync.archive import save_plan
     from emailsync.config import load_targets
     from emailsync.mappings import load_mappings
+    from emailsync.plandiff import archive_diff
     from emailsync.planner import build_plan, default_plan_path
     from emailsync.render import summary_lines
 
@@ -83,6 +84,7 @@ def plan(
             raise UserError(f"DynamoDB reported an error while planning ({e}); nothing was written") from None
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path)
+        diffed = archive_diff(path, p, plans_dir)
     except UserError as e:
         _fail(e)
     for w in p.warnings[len(mset.warnings) :]:
@@ -95,6 +97,8 @@ def plan(
         )
     typer.echo("\n".join(summary_lines(p)) if p.summary else "No changes: no configured column holds an old email.")
     typer.echo(f"\n{len(p.actions)} action(s), {len(p.skipped)} skipped. Plan: {path}\nReview: {md}")
+    if diffed is not None:
+        typer.echo(f"Changes since the previous plan for these targets ({diffed[0].parent.name}): {diffed[1]}")
     if p.actions:
         typer.echo(f"Apply after review with: emailsync apply {path} --targets {targets}")
     raise typer.Exit(2 if detailed_exitcode and p.has_changes else 0)
@@ -112,14 +116,27 @@ def apply(
     only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
     confirm_live: Annotated[bool, typer.Option(help="Approve the live-table actions without a prompt.")] = False,
     skip_live: Annotated[bool, typer.Option(help="Apply everything except the live-table actions.")] = False,
+    approver: Annotated[
+        str | None, typer.Option(help="Who approved the plan (recorded in the journal, report and ledgers).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Apply a plan the targets' ledgers record as already applied.")] = False,
+    replan_check: Annotated[
+        bool,
+        typer.Option(help="Re-plan against the stores first; refuse if anything differs but already-applied actions."),
+    ] = False,
+    mappings: Annotated[
+        Path | None, typer.Option(help="Mappings file for --replan-check; default: the one the plan was made from.")
+    ] = None,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
     from emailsync.archive import journal_writer, write_report
     from emailsync.config import load_targets
+    from emailsync.ledger import Run
     from emailsync.plan import read_plan
     from emailsync.render import ddb_key as render_key
     from emailsync.render import report_lines, summary_lines
+    from emailsync.replan import replan_check_or_fail
 
     def confirm_live_actions(live: list[Any]) -> bool:
         # --auto-approve never approves the login table: only --confirm-live or typing YES does.
@@ -164,7 +181,12 @@ def apply(
         if not plan_obj.actions:
             typer.echo("The plan has no changes: nothing to apply.")
             raise typer.Exit(0)
-        journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl")
+        if approver is not None and not approver.strip():
+            raise UserError("--approver is empty; give the approver's name, or leave the option out")
+        if replan_check:
+            replan_check_or_fail(plan_obj, loaded, mappings, plan_file)
+        run = Run(plan_obj.digest, approver.strip() if approver else None)
+        journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
         code, report = apply_plan(
             plan_obj,
             loaded,
@@ -174,6 +196,9 @@ def apply(
             only_targets=only_target,
             skip_live=skip_live,
             journal=journal_writer(journal_path),
+            run=run,
+            force=force,
+            warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
         )
         path = write_report(plan_file, report)
     except UserError as e:
@@ -183,17 +208,163 @@ def apply(
     raise typer.Exit(code)
 
 
+class Format(StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
 @app.command()
-def show(plan_file: Annotated[Path, typer.Argument(metavar="PLAN")]) -> None:
-    """Render a plan in the terminal (its digest is checked first)."""
-    from emailsync.plan import read_plan
-    from emailsync.render import plan_markdown
+def show(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="text, markdown or json.")] = Format.markdown,
+) -> None:
+    """Render a plan (its digest is checked first) and the history of its applies found beside it."""
+    from emailsync.archive import apply_history
+    from emailsync.plan import dumps, read_plan, render_json
+    from emailsync.render import history_lines, plan_markdown, plan_text
 
     try:
         p = read_plan(plan_file)
+        history = apply_history(plan_file)
     except UserError as e:
         _fail(e)
-    typer.echo(plan_markdown(p))
+    if format is Format.json:
+        text = render_json(p)
+        if history:
+            # The plan file's own bytes, then the history as a second JSON document on its own line.
+            text += dumps({"apply_history": [h.model_dump(mode="python") for h in history]}) + "\n"
+        typer.echo(text, nl=False)
+    elif format is Format.text:
+        typer.echo("\n".join([*plan_text(p), "", *history_lines(history)]))
+    else:
+        typer.echo(plan_markdown(p) + "\n" + "\n".join(history_lines(history, markdown=True)))
+
+
+@app.command()
+def verify(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
+    targets: TargetsOpt = Path("targets.yaml"),
+    format: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+) -> None:
+    """Read-only: is each action of the plan in its before state, its after state, or drifted?
+    Exit 0 when every action is in its after state, 3 otherwise."""
+    from emailsync.config import load_targets
+    from emailsync.plan import dumps, read_plan
+    from emailsync.render import verify_lines
+    from emailsync.verify import counts, verify_plan
+
+    try:
+        p = read_plan(plan_file)
+        loaded = load_targets(targets)
+        states = _store_errors("verifying", lambda: verify_plan(p, loaded))
+    except UserError as e:
+        _fail(e)
+    c = counts(states)
+    if format is Format.json:
+        typer.echo(
+            dumps(
+                {
+                    "plan_digest": p.digest,
+                    "counts": c,
+                    "actions": [
+                        {"id": s.action.id, "target": s.action.target, "table": s.action.table, "state": s.state}
+                        | ({"detail": s.detail} if s.detail else {})
+                        for s in states
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        typer.echo("\n".join(verify_lines(p, states, c)))
+    raise typer.Exit(0 if c["after"] == len(states) else 3)
+
+
+@app.command()
+def diff(
+    old_plan: Annotated[Path, typer.Argument(metavar="OLD_PLAN")],
+    new_plan: Annotated[Path, typer.Argument(metavar="NEW_PLAN")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="text, markdown or json.")] = Format.text,
+) -> None:
+    """What changed between two plans, action by action (added, removed, changed field by field).
+    Exit 0 when they make the same changes, 2 when they differ."""
+    from emailsync.plan import read_plan
+    from emailsync.plandiff import diff_plans, render_json, render_markdown, render_text
+
+    try:
+        d = diff_plans(read_plan(old_plan), read_plan(new_plan))
+    except UserError as e:
+        _fail(e)
+    render = {Format.text: render_text, Format.markdown: render_markdown, Format.json: render_json}[format]
+    typer.echo(render(d), nl=format is not Format.json)
+    raise typer.Exit(0 if d.is_empty else 2)
+
+
+@app.command()
+def unlock(
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="The target's name in the targets file.")],
+    lock_id: Annotated[str, typer.Option("--lock-id", help="The lock id the refused apply printed.")],
+    targets: TargetsOpt = Path("targets.yaml"),
+) -> None:
+    """Release the apply lock a crashed `emailsync apply` left on a DynamoDB target (only that lock)."""
+    from emailsync.config import load_targets
+    from emailsync.ledger import unlock_dynamodb
+    from emailsync.stores.dynamodb import call, client_for
+
+    try:
+        loaded = load_targets(targets)
+        pg = {t.name for t in loaded.config.postgres}
+        ddb = {t.name: t for t in loaded.config.dynamodb}
+        if target in pg:
+            raise UserError(
+                f"target {target!r} is PostgreSQL: its apply lock is an advisory lock held by the applying session "
+                "and released by PostgreSQL when that session ends, so there is nothing to unlock. If a stuck "
+                "session holds it, `emailsync apply` names it (pid); end it with pg_terminate_backend(pid)"
+            )
+        if target not in ddb:
+            raise UserError(f"{targets}: no target named {target!r} (targets: {sorted(pg | set(ddb))})")
+        t = ddb[target]
+        if not t.ledger_table:
+            raise UserError(f"{targets}: target {target!r} has no ledger_table, so it has no lock to release")
+        msg = call(t, f"unlock in {t.ledger_table}", lambda: unlock_dynamodb(t, client_for(t), lock_id))
+    except UserError as e:
+        _fail(e)
+    typer.echo(msg)
+
+
+@app.command()
+def rollback(
+    plan_dir: Annotated[Path, typer.Argument(metavar="PLAN_DIR", help="The applied plan's folder in plans/.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the rollback plan.json.")] = None,
+    plans_dir: Annotated[Path, typer.Option(help="Archive folder when --out is not given.")] = Path("plans"),
+) -> None:
+    """Make a plan that puts back everything the recorded applies of PLAN_DIR changed. Review and apply it
+    like any other plan; rows or items changed since are reported stale, never overwritten."""
+    from emailsync.archive import save_plan
+    from emailsync.planner import default_plan_path
+    from emailsync.render import summary_lines
+    from emailsync.rollback import build_rollback
+
+    try:
+        p = build_rollback(plan_dir)
+        path = out or default_plan_path(plans_dir, p)
+        md = save_plan(p, path)
+    except UserError as e:
+        _fail(e)
+    typer.echo("\n".join(summary_lines(p)))
+    typer.echo(f"\nRollback plan: {len(p.actions)} action(s). Plan: {path}\nReview: {md}")
+    typer.echo(f"Apply after review with: emailsync apply {path} --targets {p.inputs.targets_file}")
+
+
+def _store_errors(doing: str, fn: Any) -> Any:
+    try:
+        return fn()
+    except psycopg.Error as e:
+        msg = (e.diag.message_primary or str(e)).strip()
+        raise UserError(f"the database reported an error while {doing} ({type(e).__name__}: {msg})") from None
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+        raise UserError(f"DynamoDB reported an error while {doing} ({e})") from None
 
 
 @app.command()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emailsync.plan import Action, Plan
+
+if TYPE_CHECKING:
+    from emailsync.archive import ApplyRun
+    from emailsync.verify import ActionState
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 
@@ -192,3 +196,77 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         if t.get("error"):
             lines.append(f"{t['target']}: {t['error']}")
     return lines
+
+
+def plan_text(plan: Plan) -> list[str]:
+    """The plan for a terminal: header, counts, then one line per action."""
+    out = [
+        f"plan {plan.digest}  made {plan.created_at} by emailsync {plan.tool_version}",
+        f"inputs: {plan.inputs.targets_file} ({plan.inputs.mapping_count} mapping(s) from {plan.inputs.mappings_file},"
+        f" match {plan.inputs.match})",
+        "",
+        *summary_lines(plan),
+        "",
+    ]
+    out += [f"warning: {w}" for w in plan.warnings]
+    for a in plan.actions:
+        where = f"{a.target}/{a.table}"
+        if a.store == "postgres":
+            change = (
+                "" if a.kind in ("delete-on-conflict", "insert-row") else f" {a.column}: {_v(a.old)} -> {_v(a.new)}"
+            )
+            out.append(f"{a.step:>3} {a.kind:<18} {where} [{_key(a.key)}]{change}")
+        else:
+            moved = f" -> [{ddb_key(a.new_key)}]" if a.new_key else ""
+            changes = "; ".join(f"{c.attribute}: {_ddb(c.old)} -> {_ddb(c.new)}" for c in a.changes or [])
+            live = " LIVE" if a.live else ""
+            out.append(f"{a.step:>3} {a.kind:<18} {where}{live} [{ddb_key(a.key)}]{moved} {changes}".rstrip())
+    out += [f"skipped {s.target}/{s.table} [{_key(s.key)}] {s.column}: {s.reason}" for s in plan.skipped]
+    return out
+
+
+def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:
+    """The apply runs recorded beside a plan, oldest first."""
+    if not history:
+        return ["## Apply history" if markdown else "Apply history:", "", "Not applied yet (no apply journal)."]
+    out = ["## Apply history", ""] if markdown else ["Apply history:"]
+    if markdown:
+        out += ["| started | finished | by | approver | exit | outcomes | journal |", "|---|---|---|---|---|---|---|"]
+    for h in history:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(h.outcomes.items())) or "none recorded"
+        finished = h.finished_at or "never (killed or still running)"
+        if markdown:
+            out.append(
+                f"| {h.started_at or ''} | {finished} | {h.user}@{h.host} | {h.approver or ''} | "
+                f"{'' if h.exit_code is None else h.exit_code} | {outcomes} | {h.journal} |"
+            )
+        else:
+            out.append(
+                f"  {h.started_at}  by {h.user}@{h.host}"
+                + (f" (approver {h.approver})" if h.approver else "")
+                + f"  finished {finished}  exit {h.exit_code if h.exit_code is not None else '-'}  {outcomes}"
+                + ("  --force" if h.force else "")
+            )
+    return out
+
+
+def verify_lines(plan: Plan, states: list[ActionState], counts: dict[str, int], limit: int = 200) -> list[str]:
+    out = [
+        f"plan {plan.digest}: {len(states)} action(s): {counts['after']} after (applied), "
+        f"{counts['before']} before (not applied), {counts['drifted']} drifted",
+    ]
+    by: dict[tuple[str, str, str], int] = defaultdict(int)
+    for s in states:
+        by[(s.action.target, s.action.table, s.state)] += 1
+    rows = [("target", "table", "state", "count")] + [(t, tb, st, str(n)) for (t, tb, st), n in sorted(by.items())]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    drifted = [s for s in states if s.state == "drifted"]
+    if drifted:
+        out.append("\nDrifted (neither as planned nor as applied):")
+        for s in drifted[:limit]:
+            key = ddb_key(s.action.key) if s.action.store == "dynamodb" else _key(s.action.key)
+            out.append(f"  {s.action.id} {s.action.target}/{s.action.table} [{key}] {s.action.kind}: {s.detail or ''}")
+        if len(drifted) > limit:
+            out.append(f"  ... and {len(drifted) - limit} more (--format json lists all)")
+    return out
