@@ -165,7 +165,7 @@ def apply_plan(
                         "target": target.name,
                         "store": "postgres",
                         "op": "transaction",
-                        "actions": len(actions),
+                        "count": len(actions),
                     }
                 )
                 full = len(actions) == planned[target.name]
@@ -183,7 +183,8 @@ def apply_plan(
                 ).run()
                 if not res.committed:
                     with contextlib.suppress(psycopg.Error):
-                        ledger.finish("failed" if res.error else "incomplete", _counts(res))
+                        failed = any(o.status == "failed" for o in res.outcomes.values())
+                        ledger.finish("failed" if failed else "incomplete", _counts(res))
                         conn.commit()
                 write(
                     {
@@ -271,7 +272,7 @@ def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actio
                 f"the plan changes {table!r} in target {target.name!r}, which {loaded.path.name} no longer lists; "
                 "apply with the targets file the plan was made from"
             )
-        missing = {a.column for a in actions if a.table == table} - set(m.email_columns)
+        missing = {a.column for a in actions if a.table == table and a.column is not None} - set(m.email_columns)
         if missing:
             raise UserError(
                 f"the plan changes columns {sorted(missing)} of {table!r}, which {loaded.path.name} does not "

@@ -20,9 +20,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from emailsync.errors import UserError
 
 PLAN_FORMAT = "emailsync.plan/v1"
-PLAN_FORMAT_MINOR = 0
+PLAN_FORMAT_MINOR = 1  # 1: rollback plans (insert-row, restore-item, rollback_of)
 
-ActionKind = Literal["update", "array-replace", "delete-on-conflict", "merge-and-move", "live-swap"]
+ActionKind = Literal[
+    "update",
+    "array-replace",
+    "delete-on-conflict",
+    "merge-and-move",
+    "live-swap",
+    # rollback plans only: put back a deleted PostgreSQL row; set a DynamoDB item from `row` back to `merged`
+    "insert-row",
+    "restore-item",
+]
 Store = Literal["postgres", "dynamodb"]
 
 
@@ -120,6 +129,15 @@ class TargetFingerprint(_Frozen):
     database: str | None = None
 
 
+class RollbackOf(_Frozen):
+    """A rollback plan's origin: the plan whose applies it undoes, and the journals it read."""
+
+    plan_digest: str
+    plan_folder: str
+    journals: list[str]
+    actions_undone: int
+
+
 class Plan(_Frozen):
     format: str = PLAN_FORMAT
     format_minor: int = PLAN_FORMAT_MINOR
@@ -132,6 +150,7 @@ class Plan(_Frozen):
     warnings: list[str]
     reads: list[ReadRecord] = []
     skipped: list[Skipped]
+    rollback_of: RollbackOf | None = None
     actions: list[Action]
 
     @property

@@ -96,7 +96,10 @@ class DynamoApplier:
                 for a in todo:
                     if a.kind == "live-swap":
                         self._swap(a)
-                updates = [a for a in todo if a.kind not in MOVES]
+                # Rollback restores: items created before any is deleted, so a login never vanishes mid-way.
+                for a in sorted((a for a in todo if a.kind == "restore-item"), key=lambda a: a.row is not None):
+                    self._restore(a)
+                updates = [a for a in todo if a.kind not in (*MOVES, "restore-item")]
                 for i in range(0, len(updates), UPDATE_BATCH):
                     # Journaled a batch at a time (fsync before and after), written an item at a time.
                     chunk = updates[i : i + UPDATE_BATCH]
@@ -175,8 +178,11 @@ class DynamoApplier:
                 later[k].append(a)
         self._fetch(wanted)
         self.pre = dict(self.cache)
+        self._classify_restores()
         for a in self.actions:
             current = self.cache[(a.table, keystr(a.key))]
+            if a.kind == "restore-item":
+                continue
             if a.kind in MOVES:
                 self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
             else:
@@ -198,6 +204,51 @@ class DynamoApplier:
                 resumed = a.kind == "live-swap" and normalized(there) == normalized(a.merged)
                 if normalized(there) != normalized(expected) and not resumed:
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
+
+    def _classify_restores(self) -> None:
+        """A rollback plan sets an item through a sequence of states (a key vacated, then refilled): the item
+        found now says how far the sequence got. Matching none of the states, every step on that key is stale."""
+        by_key: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        for a in sorted(self.actions, key=lambda a: a.step):
+            if a.kind == "restore-item":
+                by_key[(a.table, keystr(a.key))].append(a)
+        for k, seq in by_key.items():
+            now = normalized(self.cache[k])
+            states = [normalized(seq[0].row)] + [normalized(a.merged) for a in seq]
+            reached = max((i for i, st in enumerate(states) if st == now), default=None)
+            for i, a in enumerate(seq):
+                if reached is None:
+                    self.status[a.id] = Outcome("stale", _what_changed("the item", a.row, self.cache[k]))
+                else:
+                    self.status[a.id] = Outcome("already-applied" if i < reached else "pending")
+
+    def _restore(self, a: Action) -> None:
+        """Set one item from `row` to `merged` (None: delete it), on condition that it is still `row`."""
+        self._journal(a, "restore", "before")
+        try:
+            self.requests += 1
+            if a.merged is None:
+                with_backoff(lambda: self.client.delete_item(**self._delete(a)))
+            else:
+                req: dict[str, Any] = {"TableName": a.table, "Item": item_from_json(a.merged)}
+                if a.row is None:
+                    k = next(iter(a.key))
+                    req.update(ConditionExpression="attribute_not_exists(#k)", ExpressionAttributeNames={"#k": k})
+                else:
+                    req.update(self._equals(a.table, a.row))
+                with_backoff(lambda: self.client.put_item(**req))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            now = self._get(a.table, a.key)
+            done = normalized(now) == normalized(a.merged)
+            self.status[a.id] = (
+                Outcome("already-applied") if done else Outcome("stale", _what_changed("the item", a.row, now))
+            )
+            self._journal(a, "restore", "refused", self.status[a.id].detail)
+            return
+        self.status[a.id] = Outcome("applied")
+        self._journal(a, "restore", "after")
 
     def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
         # First: is this what another move of this plan brought here (its own old item gone)? Items can be
@@ -451,7 +502,7 @@ class DynamoApplier:
         entry = {
             "event": "write",
             "store": "dynamodb",
-            "live": True,
+            "live": a.live,
             "action": a.id,
             "target": a.target,
             "table": a.table,
@@ -519,7 +570,11 @@ class DynamoApplier:
         wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
         self._fetch(wanted)
         for a in done:
-            if a.kind in MOVES:
+            if a.kind == "restore-item":
+                now = self.cache[(a.table, keystr(a.key))]
+                ok = normalized(now) == normalized(a.merged)
+                problems = [] if ok else [_what_changed("the restored item", a.merged, now)]
+            elif a.kind in MOVES:
                 there, old = self.cache[(a.table, keystr(a.new_key or {}))], self.cache[(a.table, keystr(a.key))]
                 problems = []
                 if normalized(there) != normalized(a.merged):

@@ -149,7 +149,7 @@ class PostgresApplier:
         for a in self.actions:
             rk = (self.tbl_no[a.table], dumps(a.key))
             rowids.setdefault(rk, len(rowids))
-            rowcols.setdefault(rk, []).append(a.column)
+            rowcols.setdefault(rk, []).append(a.column or "")
             pk = post_keys.setdefault(rk, dict(a.key))
             if a.column in a.key and a.kind != "delete-on-conflict":
                 pk[a.column] = a.new
@@ -165,7 +165,7 @@ class PostgresApplier:
                         rowids[rk],
                         a.kind,
                         a.step,
-                        a.column,
+                        a.column or "",
                         k,
                         dumps(post_keys[rk]),
                         k,
@@ -215,6 +215,8 @@ class PostgresApplier:
             sql.SQL(
                 """
                 UPDATE _es_act a SET pre = to_jsonb({T}.*), status = CASE
+                    WHEN a.kind = 'insert-row' THEN
+                        CASE WHEN to_jsonb({T}.*) = a.image THEN 'already-applied' ELSE 'stale' END
                     WHEN a.image IS NOT NULL THEN
                         CASE WHEN to_jsonb({T}.*) = a.image AND NOT EXISTS (
                             SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key
@@ -248,7 +250,8 @@ class PostgresApplier:
         # is one that another action of the plan has already moved there; anything else is stale.
         self.conn.execute(
             """
-            UPDATE _es_act a SET status = CASE WHEN a.kind = 'delete-on-conflict' AND (a.pre IS NULL OR EXISTS (
+            UPDATE _es_act a SET status = CASE WHEN a.kind = 'insert-row' THEN 'pending'
+                WHEN a.kind = 'delete-on-conflict' AND (a.pre IS NULL OR EXISTS (
                     SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key AND x.rowid <> a.rowid
                       AND x.status = 'already-applied'))
                 THEN 'already-applied' ELSE 'stale' END
@@ -320,7 +323,10 @@ class PostgresApplier:
                     )
                 )
                 names.append(nm)
-            if set(kinds[i]) - {"delete-on-conflict"}:
+            if "insert-row" in kinds[i]:
+                ctes.append(self._insert_cte(i, m, step))
+                names.append(sql.Identifier(f"i{i}"))
+            if set(kinds[i]) - {"delete-on-conflict", "insert-row"}:
                 nm = sql.Identifier(f"u{i}")
                 sets = sql.SQL(", ").join(
                     sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
@@ -337,7 +343,8 @@ class PostgresApplier:
                         "{nm} AS (UPDATE {tbl} {T} SET {sets} FROM ("
                         "SELECT cur_key, jsonb_object_agg(col, new) AS new, jsonb_object_agg(col, old) AS old, "
                         "array_agg(id) AS ids FROM _es_act WHERE tbl = {i} AND step = {s} "
-                        "AND kind <> 'delete-on-conflict' AND status = 'pending' GROUP BY cur_key) p "
+                        "AND kind NOT IN ('delete-on-conflict', 'insert-row') AND status = 'pending' "
+                        "GROUP BY cur_key) p "
                         "WHERE {km} AND {conds} RETURNING p.ids)"
                     ).format(
                         nm=nm,
@@ -363,6 +370,12 @@ class PostgresApplier:
             "WHERE step = %s AND status = 'pending' AND kind = 'delete-on-conflict'",
             (step,),
         )
+        # A row that could not be put back: a row with the same key or unique value exists now.
+        self.conn.execute(
+            "UPDATE _es_act SET status = 'stale', detail = 'not inserted: another row now holds its key or a unique "
+            "value' WHERE step = %s AND status = 'pending' AND kind = 'insert-row'",
+            (step,),
+        )
         left = self.conn.execute(
             "SELECT count(*) FROM _es_act WHERE step = %s AND status = 'pending'", (step,)
         ).fetchone()[0]
@@ -378,6 +391,28 @@ class PostgresApplier:
               AND a.tbl = x.tbl AND a.rowid = x.rowid
             """,
             (step,),
+        )
+
+    def _insert_cte(self, i: int, m: TableMeta, step: int) -> sql.Composable:
+        """Put deleted rows back from their images (rollback plans): every column but the generated ones,
+        identity values included, and never over a row that holds the key or a unique value now."""
+        cols = [c for c in m.columns if c not in m.generated]
+        R = m.alias("r")
+        return sql.SQL(
+            "{nm} AS (INSERT INTO {tbl} AS {T} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM _es_act a, "
+            "jsonb_populate_record(NULL::{tbl}, a.image) {R} WHERE a.tbl = {i} AND a.step = {s} "
+            "AND a.kind = 'insert-row' AND a.status = 'pending' ON CONFLICT DO NOTHING "
+            "RETURNING ARRAY(SELECT x.id FROM _es_act x WHERE x.tbl = {i} AND x.step = {s} "
+            "AND x.kind = 'insert-row' AND to_jsonb({T}.*) @> x.key) AS ids)"
+        ).format(
+            nm=sql.Identifier(f"i{i}"),
+            tbl=m.ident,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            rcols=sql.SQL(", ").join(sql.SQL("{}.{}").format(R, sql.Identifier(c)) for c in cols),
+            R=R,
+            T=m.alias("t"),
+            i=sql.Literal(i),
+            s=sql.Literal(step),
         )
 
     def _unreferenced(self, m: TableMeta, T: sql.Identifier) -> sql.Composable:
@@ -424,17 +459,19 @@ class PostgresApplier:
                     SELECT rowid, (array_agg(cur_key))[1] AS k, (array_agg(pre) FILTER (WHERE pre IS NOT NULL))[1]
                            AS pre, bool_or(kind = 'delete-on-conflict') AS deleted,
                            (array_agg(image) FILTER (WHERE kind = 'delete-on-conflict'))[1] AS image,
-                           COALESCE(jsonb_object_agg(col, new) FILTER (WHERE kind <> 'delete-on-conflict'),
-                                    '{{}}') AS newvals,
+                           COALESCE(jsonb_object_agg(col, new)
+                                    FILTER (WHERE kind NOT IN ('delete-on-conflict', 'insert-row')), '{{}}') AS newvals,
+                           (array_agg(image) FILTER (WHERE kind = 'insert-row'))[1] AS inserted,
                            array_agg(id) AS ids
                     FROM _es_act WHERE tbl = %s AND status IN ('applied', 'already-applied')
                     GROUP BY rowid
                 )
-                SELECT r.ids, r.deleted, (r.pre || r.newvals) - %s::text[], to_jsonb({T}.*) - %s::text[]
+                SELECT r.ids, r.deleted, COALESCE(r.inserted, r.pre || r.newvals) - %s::text[],
+                       to_jsonb({T}.*) - %s::text[]
                 FROM r LEFT JOIN {tbl} {T} ON {km}
                 WHERE CASE WHEN r.deleted THEN to_jsonb({T}.*) = r.image
-                           ELSE {T} IS NULL
-                                OR (to_jsonb({T}.*) - %s::text[]) <> ((r.pre || r.newvals) - %s::text[]) END
+                           ELSE {T} IS NULL OR (to_jsonb({T}.*) - %s::text[])
+                                <> (COALESCE(r.inserted, r.pre || r.newvals) - %s::text[]) END
                 LIMIT 1000
                 """
             ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("r.k")))
@@ -462,6 +499,8 @@ def _describe(diff: DeepDiff) -> str:
 
 
 def _stale_text(kind: str, col: str, current: dict[str, Any] | None) -> str:
+    if kind == "insert-row":
+        return f"a different row holds its key now: {dumps(current)}"
     if current is None:
         return "the row no longer exists"
     if kind == "delete-on-conflict":

@@ -1,0 +1,176 @@
+"""`emailsync rollback`: a plan that puts back what the recorded applies of a plan changed.
+
+Built from the archive alone (plan.json has every before image the rollback needs; the journals say which
+actions were applied), with no store access: the rollback plan is reviewed and applied like any other, and
+apply's conditions make any row or item changed since the original apply come out stale, not overwritten.
+
+Each applied action is inverted, in reverse step order (so every unique value is free again when a row
+moves back, exactly as it was free when the row moved away):
+- PostgreSQL update / array-replace: the same column set back from new to old, found under the row's key as
+  it is after the apply;
+- PostgreSQL delete-on-conflict: insert-row, the deleted row re-inserted from its image (updates planned on
+  that row are not inverted separately: the image is the row from before all of them);
+- DynamoDB update / array-replace: the same attributes set back;
+- DynamoDB merge-and-move / live-swap: restore-item twice: the old item put back under its key (created first),
+  and the item under the new key set back to what was there before (deleted if nothing was).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from emailsync import __version__
+from emailsync.archive import DONE, journals, recorded_outcomes
+from emailsync.errors import UserError
+from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, read_plan, seal
+from emailsync.stores.dynamodb import set_path
+
+UNDOABLE = (*DONE, "maybe-applied")
+
+
+def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
+    plan_path = plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir
+    plan = read_plan(plan_path)
+    if plan.rollback_of is not None:
+        # Undoing a rollback is re-applying the original plan; say so rather than build a third plan.
+        raise UserError(
+            f"{plan_path} is itself a rollback (of {plan.rollback_of.plan_folder}); to redo the original changes, "
+            "make a new plan with `emailsync plan`"
+        )
+    runs = journals(plan_path)
+    if not runs:
+        raise UserError(f"{plan_path.parent}: no apply journal (apply-*.jsonl) beside the plan: it was never applied")
+    outcomes = recorded_outcomes(plan_path)
+    done = [a for a in plan.actions if outcomes.get(a.id) in UNDOABLE]
+    if not done:
+        raise UserError(
+            f"{plan_path.parent}: no action of the plan is recorded as applied in {', '.join(p.name for p in runs)}; "
+            "there is nothing to roll back"
+        )
+    last = max(a.step for a in plan.actions)
+    deleted = {_row(a) for a in done if a.kind == "delete-on-conflict"}
+    new_values: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
+    for a in done:
+        if a.store == "postgres" and a.kind != "delete-on-conflict" and a.column is not None:
+            new_values[_row(a)][a.column] = a.new
+    actions: list[Action] = []
+    for a in done:
+        step = last + 1 - a.step
+        common: dict[str, Any] = {
+            "store": a.store,
+            "target": a.target,
+            "table": a.table,
+            "step": step,
+            "mappings": a.mappings,
+            "live": a.live,
+        }
+        if a.store == "postgres":
+            if a.kind == "delete-on-conflict":
+                actions.append(
+                    Action(
+                        id=_id(a, "insert"),
+                        kind="insert-row",
+                        key=a.key,
+                        row=a.row,
+                        reason=f"re-insert the row deleted by {a.id}",
+                        **common,
+                    )
+                )
+            elif _row(a) not in deleted:
+                changed = new_values[_row(a)]
+                key_after = {k: changed.get(k, v) for k, v in a.key.items()}
+                image = None if a.row is None else {**a.row, **changed}
+                actions.append(
+                    Action(
+                        id=_id(a, "revert"),
+                        kind=a.kind,
+                        key=key_after,
+                        column=a.column,
+                        old=a.new,
+                        new=a.old,
+                        row=image,
+                        reason=f"revert {a.id}",
+                        **common,
+                    )
+                )
+        elif a.kind in ("update", "array-replace"):
+            after = copy.deepcopy(a.row or {})
+            for c in a.changes or []:
+                set_path(after, tuple(c.attribute.split(".")), c.new)
+            actions.append(
+                Action(
+                    id=_id(a, "revert"),
+                    kind=a.kind,
+                    key=a.key,
+                    changes=[AttrChange(attribute=c.attribute, old=c.new, new=c.old) for c in a.changes or []],
+                    row=after,
+                    reason=f"revert {a.id}",
+                    **common,
+                )
+            )
+        else:  # merge-and-move, live-swap
+            actions.append(
+                Action(
+                    id=_id(a, "restore-old"),
+                    kind="restore-item",
+                    key=a.key,
+                    row=None,
+                    merged=a.row,
+                    reason=f"put back the item {a.id} moved away",
+                    **common,
+                )
+            )
+            actions.append(
+                Action(
+                    id=_id(a, "restore-new"),
+                    kind="restore-item",
+                    key=a.new_key or {},
+                    row=a.merged,
+                    merged=a.existing,
+                    reason=f"set the item {a.id} moved into back to what was there before",
+                    **common,
+                )
+            )
+    actions.sort(key=lambda x: (x.step, x.target, x.table, x.id))
+    created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for x in actions:
+        summary[(x.target, x.table, x.column or "", x.kind)] += 1
+    body = {
+        "created_at": created,
+        "tool_version": __version__,
+        "inputs": plan.inputs.model_dump(),
+        "targets": {k: v.model_dump() for k, v in plan.targets.items()},
+        "summary": [
+            SummaryRow(target=t, table=tb, column=c, kind=k, count=n).model_dump()
+            for (t, tb, c, k), n in sorted(summary.items())
+        ],
+        "warnings": [
+            f"rollback of plan {plan.digest} ({plan_path.parent.name}): {len(done)} applied action(s) undone as "
+            f"{len(actions)} action(s)"
+        ],
+        "reads": [],
+        "skipped": [],
+        "rollback_of": RollbackOf(
+            plan_digest=plan.digest,
+            plan_folder=plan_path.parent.name,
+            journals=[p.name for p in runs],
+            actions_undone=len(done),
+        ).model_dump(),
+        "actions": [x.model_dump(mode="python") for x in actions],
+    }
+    return seal(body)
+
+
+def _row(a: Action) -> tuple[str, str, str]:
+    return (a.target, a.table, dumps(a.key))
+
+
+def _id(a: Action, what: str) -> str:
+    prefix = "pg-" if a.store == "postgres" else "ddb-"
+    return prefix + "rb-" + hashlib.sha256(f"{a.id}\x00{what}".encode()).hexdigest()[:16]
