@@ -184,21 +184,24 @@ def apply(
         if approver is not None and not approver.strip():
             raise UserError("--approver is empty; give the approver's name, or leave the option out")
         if replan_check:
-            replan_check_or_fail(plan_obj, loaded, mappings, plan_file)
+            _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
         run = Run(plan_obj.digest, approver.strip() if approver else None)
         journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
-        code, report = apply_plan(
-            plan_obj,
-            loaded,
-            on_stale=on_stale.value,
-            confirm=confirm,
-            confirm_live=confirm_live_actions,
-            only_targets=only_target,
-            skip_live=skip_live,
-            journal=journal_writer(journal_path),
-            run=run,
-            force=force,
-            warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+        code, report = _store_errors(
+            "applying",
+            lambda: apply_plan(
+                plan_obj,
+                loaded,
+                on_stale=on_stale.value,
+                confirm=confirm,
+                confirm_live=confirm_live_actions,
+                only_targets=only_target,
+                skip_live=skip_live,
+                journal=journal_writer(journal_path),
+                run=run,
+                force=force,
+                warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+            ),
         )
         path = write_report(plan_file, report)
     except UserError as e:
