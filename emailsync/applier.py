@@ -81,7 +81,12 @@ def apply_plan(
     run: Run | None = None,
     force: bool = False,
     warn: Callable[[str], None] = lambda msg: None,
+    unfinished_runs: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
+    """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`).
+
+    `unfinished_runs`: ids of earlier runs of this plan whose journals never reached their end (killed). A
+    target's ledger recording such a run as complete is no replay: this run finishes what that one began."""
     check_plan_matches(plan, loaded)
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
@@ -122,6 +127,7 @@ def apply_plan(
                         call(ddb, f"lock in {ddb.ledger_table}", dledger.lock)
             past = [p for *_, lg in prepared for p in lg.completed()]
             past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
+            past = [p for p in past if p.run_id not in unfinished_runs]
             done_targets = {p.target for p in past}
             if past and not force and done_targets < set(by_target):
                 # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the
@@ -228,10 +234,9 @@ def apply_plan(
     failed = any(r.error for r in results) or any(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )
-    code = EXIT_INCOMPLETE if failed else EXIT_OK
-    if by_target:
-        write({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
-    return code, report
+    # The run's end is journaled by the caller once report.json is written: a run killed before that is resumed
+    # by a rerun (see unfinished_runs) rather than refused as a replay.
+    return (EXIT_INCOMPLETE if failed else EXIT_OK), report
 
 
 def _status(statuses: dict[str, str], full: bool) -> str:

@@ -130,7 +130,7 @@ def apply(
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
-    from emailsync.archive import journal_writer, write_report
+    from emailsync.archive import apply_history, journal_writer, write_report
     from emailsync.config import load_targets
     from emailsync.ledger import Run
     from emailsync.plan import read_plan
@@ -186,7 +186,9 @@ def apply(
         if replan_check:
             _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
         run = Run(plan_obj.digest, approver.strip() if approver else None)
+        history = apply_history(plan_file)
         journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
+        journal = journal_writer(journal_path)
         code, report = _store_errors(
             "applying",
             lambda: apply_plan(
@@ -197,13 +199,16 @@ def apply(
                 confirm_live=confirm_live_actions,
                 only_targets=only_target,
                 skip_live=skip_live,
-                journal=journal_writer(journal_path),
+                journal=journal,
                 run=run,
                 force=force,
                 warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
+                unfinished_runs=frozenset(h.run_id for h in history if h.run_id and not h.finished_at),
             ),
         )
         path = write_report(plan_file, report)
+        if report["targets"]:
+            journal({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
     except UserError as e:
         _fail(e)
     typer.echo("\n".join(report_lines(report)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from emailsync.stores.dynamodb import call
 # Two int4 keys for pg_try_advisory_lock: 'emsy' and 1. Advisory locks are per database already.
 _PG_LOCK = (0x656D7379, 1)
 LEDGER_SCHEMA = "emailsync"
+LOCK_WAIT_SECONDS = 5.0
 
 
 def now() -> str:
@@ -75,6 +77,7 @@ class PastRun:
     started_at: str
     finished_at: str | None
     who: str
+    run_id: str | None = None
 
     def describe(self) -> str:
         return f"{self.target}: {self.status} on {self.finished_at or self.started_at} by {self.who}"
@@ -101,10 +104,17 @@ class PgLedger:
         conn = self.conn
         # Name the session so a second applier can say who holds the lock (63 bytes at most).
         conn.execute("SELECT set_config('application_name', %s, false)", (f"emailsync apply {self.run.run_id}",))
-        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _PG_LOCK).fetchone()
-        if got and got[0]:
+        # Polled for a few seconds: the session of an apply killed a moment ago is ended by the server as soon
+        # as it notices, and a rerun should not be refused in that instant.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _PG_LOCK).fetchone()
             conn.commit()
-            return
+            if got and got[0]:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
         holder = conn.execute(
             """
             SELECT a.pid, a.application_name, a.usename, a.client_hostname, a.client_addr::text,
@@ -165,13 +175,15 @@ class PgLedger:
             return []
         rows = self.conn.execute(
             sql.SQL(
-                "SELECT status, started_at, finished_at, applied_by, host, approver FROM {}.ledger "
+                "SELECT status, started_at, finished_at, applied_by, host, approver, run_id FROM {}.ledger "
                 "WHERE plan_digest = %s AND status = 'complete' ORDER BY finished_at"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (self.run.plan_digest,),
         ).fetchall()
         self.conn.rollback()
-        return [PastRun(self.target.name, s, _ts(st), _ts(fin), _who(u, h, ap)) for s, st, fin, u, h, ap in rows]
+        return [
+            PastRun(self.target.name, s, _ts(st), _ts(fin), _who(u, h, ap), rid) for s, st, fin, u, h, ap, rid in rows
+        ]
 
     def start(self) -> None:
         if not self.target.ledger:
@@ -318,9 +330,8 @@ class DynamoLedger:
                 if it.get("status", {}).get("S") == "complete":
                     s = {k: v.get("S") for k, v in it.items() if "S" in v}
                     who = _who(s.get("user"), s.get("host"), s.get("approver"))
-                    out.append(
-                        PastRun(self.target.name, "complete", s.get("started_at", ""), s.get("finished_at"), who)
-                    )
+                    started, finished = s.get("started_at", ""), s.get("finished_at")
+                    out.append(PastRun(self.target.name, "complete", started, finished, who, s.get("run_id")))
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]

@@ -268,10 +268,13 @@ class DynamoApplier:
 
     def _refilled(self, a: Action, current: dict[str, Any], fresh: bool = False) -> bool:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
-        move's result is there and its own old item is gone."""
+        move's result is there and its own old item is gone, or, for a live swap (which keeps its old item until
+        its write is verified), its result is there and cannot be mistaken for `a`'s own item."""
         for x in self.arriving.get((a.table, keystr(a.key)), ()):
             if normalized(current) != normalized(x.merged):
                 continue
+            if x.kind == "live-swap" and normalized(current) != normalized(a.row):
+                return True  # a swap stopped between its write and its delete: it resumes later in this run
             gone = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
             if gone is None:
                 return True
