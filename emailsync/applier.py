@@ -154,7 +154,7 @@ def apply_plan(
                     "on_stale": on_stale,
                     "only_targets": only_targets,
                     "skip_live": skip_live,
-                    "actions": sum(len(v) for v in by_target.values()),
+                    "action_count": sum(len(v) for v in by_target.values()),
                 }
             )
             for *_, lg in prepared:
@@ -172,6 +172,7 @@ def apply_plan(
                         "store": "postgres",
                         "op": "transaction",
                         "count": len(actions),
+                        "actions": [a.id for a in actions],
                     }
                 )
                 full = len(actions) == planned[target.name]
@@ -202,7 +203,7 @@ def apply_plan(
                         "committed": res.committed,
                         "error": res.error,
                         # what committed, action by action: the journal alone then tells what a killed run did
-                        "outcomes": {i: o.status for i, o in res.outcomes.items()} if res.committed else {},
+                        "outcomes": {i: o.status for i, o in res.outcomes.items()},
                     }
                 )
                 results.append(res)

@@ -16,6 +16,7 @@ from emailsync.plan import Plan, loads, write_plan
 from emailsync.render import plan_markdown
 
 DONE = ("applied", "already-applied")
+STICKY = (*DONE, "needs-review")  # written: a later run's outcome that wrote nothing does not undo that
 
 
 def save_plan(plan: Plan, path: Path) -> Path:
@@ -90,6 +91,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise UserError(f"{path}: cannot read the journal ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; the journal was damaged or replaced, restore it from git") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -99,15 +102,48 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
             if n == len(lines):
                 break
             raise UserError(f"{path}: line {n} is not valid JSON; the journal was edited or damaged") from None
-        if isinstance(entry, dict):
-            entries.append(entry)
+        if not isinstance(entry, dict) or not _well_formed(entry):
+            raise UserError(f"{path}: line {n} is not a journal entry; the journal was edited or damaged")
+        entries.append(entry)
     return entries
 
 
-def apply_history(plan_path: Path) -> list[ApplyRun]:
-    runs = []
+def _well_formed(e: dict[str, Any]) -> bool:
+    """The fields the archive reads back have the types the journal writes (checked, so a damaged journal is a
+    clear error rather than a crash)."""
+    kinds = {
+        "event": str,
+        "id": str,
+        "status": str,
+        "run_id": str,
+        "plan_digest": str,
+        "action": str,
+        "phase": str,
+        "actions": list,
+        "outcomes": dict,
+    }
+    for name, kind in kinds.items():
+        if name in e and e[name] is not None and not isinstance(e[name], kind):
+            return False
+    ids = e.get("actions") or []
+    outcomes = e.get("outcomes") or {}
+    return all(isinstance(x, str) for x in ids) and all(isinstance(v, str) for v in outcomes.values())
+
+
+def journal_runs(plan_path: Path, digest: str | None) -> list[tuple[Path, list[dict[str, Any]]]]:
+    """The journals of this plan (by digest: several plans may share a folder when written with --out)."""
+    out = []
     for j in journals(plan_path):
         entries = read_journal(j)
+        start = next((e for e in entries if e.get("event") == "run-start"), None)
+        if digest is None or start is None or start.get("plan_digest") == digest:
+            out.append((j, entries))
+    return out
+
+
+def apply_history(plan_path: Path, digest: str | None = None) -> list[ApplyRun]:
+    runs = []
+    for j, entries in journal_runs(plan_path, digest):
         start = next((e for e in entries if e.get("event") == "run-start"), None)
         end = next((e for e in entries if e.get("event") == "run-end"), None)
         outcomes: dict[str, int] = {}
@@ -132,22 +168,29 @@ def apply_history(plan_path: Path) -> list[ApplyRun]:
     return runs
 
 
-def recorded_outcomes(plan_path: Path) -> dict[str, str]:
+def recorded_outcomes(plan_path: Path, digest: str | None = None) -> dict[str, str]:
     """Each action's latest recorded status over every apply run, from the journals.
 
     A run killed before its outcome lines still left write records: an action in a batch whose write began
     counts as `maybe-applied` unless a later record says what happened to it."""
     latest: dict[str, str] = {}
-    for j in journals(plan_path):
-        for e in read_journal(j):
+
+    def record(aid: str, status: str) -> None:
+        # Once written, always to be undone: a later run that wrote nothing (aborted, stale, failed) does not
+        # make an earlier write go away.
+        if latest.get(aid) not in STICKY or status in DONE:
+            latest[aid] = status
+
+    for _, entries in journal_runs(plan_path, digest):
+        for e in entries:
             ev = e.get("event")
             if ev == "outcome" and "id" in e:
-                latest[e["id"]] = e.get("status", "")
+                record(e["id"], e.get("status") or "")
             elif ev == "write" and e.get("phase") == "before":
                 for aid in e.get("actions") or ([e["action"]] if e.get("action") else []):
-                    if latest.get(aid) not in DONE:
+                    if latest.get(aid) not in STICKY:
                         latest[aid] = "maybe-applied"
             elif ev == "write" and e.get("phase") == "after":
                 for aid, status in (e.get("outcomes") or {}).items():
-                    latest[aid] = status
+                    record(aid, status)
     return latest

@@ -186,7 +186,7 @@ def apply(
         if replan_check:
             _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
         run = Run(plan_obj.digest, approver.strip() if approver else None)
-        history = apply_history(plan_file)
+        history = apply_history(plan_file, plan_obj.digest)
         journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
         journal = journal_writer(journal_path)
         code, report = _store_errors(
@@ -234,7 +234,7 @@ def show(
 
     try:
         p = read_plan(plan_file)
-        history = apply_history(plan_file)
+        history = apply_history(plan_file, p.digest)
     except UserError as e:
         _fail(e)
     if format is Format.json:

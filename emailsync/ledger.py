@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +31,15 @@ from emailsync.config import DynamoTarget, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.stores.dynamodb import call
 
-# Two int4 keys for pg_try_advisory_lock: 'emsy' and 1. Advisory locks are per database already.
-_PG_LOCK = (0x656D7379, 1)
+# pg_try_advisory_lock's two int4 keys: 'emsy' and the target's name hashed. Advisory locks are per database
+# already; the name keeps two targets that share a database (different tables) from refusing each other.
+_PG_LOCK_CLASS = 0x656D7379
+
+
+def pg_lock_key(target_name: str) -> tuple[int, int]:
+    return (_PG_LOCK_CLASS, zlib.crc32(target_name.encode()) & 0x7FFFFFFF)
+
+
 LEDGER_SCHEMA = "emailsync"
 LOCK_WAIT_SECONDS = 5.0
 
@@ -108,7 +116,7 @@ class PgLedger:
         # as it notices, and a rerun should not be refused in that instant.
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _PG_LOCK).fetchone()
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", pg_lock_key(self.target.name)).fetchone()
             conn.commit()
             if got and got[0]:
                 return
@@ -122,9 +130,9 @@ class PgLedger:
             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
             WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
                 SELECT oid FROM pg_database WHERE datname = current_database())
-              AND l.classid = %s AND l.objid = %s
+              AND l.classid = %s AND l.objid = %s AND l.objsubid = 2
             """,
-            _PG_LOCK,
+            pg_lock_key(self.target.name),
         ).fetchone()
         conn.rollback()
         who = "another session"
@@ -140,13 +148,20 @@ class PgLedger:
     def ensure(self) -> None:
         if not self.target.ledger:
             return
+        # Created once (by the first apply, or by an administrator for a role without CREATE): not re-created,
+        # since CREATE ... IF NOT EXISTS needs the privilege even when there is nothing to create.
+        found = self.conn.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",)).fetchone()
+        self.conn.rollback()
+        if found and found[0] is not None:
+            return
         try:
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
             self.conn.execute(
                 sql.SQL(
                     """
                     CREATE TABLE IF NOT EXISTS {}.ledger (
-                        run_id text PRIMARY KEY,
+                        run_id text NOT NULL,
+                        target text NOT NULL,  -- targets may share a database (different tables)
                         plan_digest text NOT NULL,
                         status text NOT NULL,
                         started_at timestamptz NOT NULL,
@@ -155,7 +170,8 @@ class PgLedger:
                         host text NOT NULL,
                         approver text,
                         tool_version text NOT NULL,
-                        counts jsonb
+                        counts jsonb,
+                        PRIMARY KEY (run_id, target)
                     )
                     """
                 ).format(sql.Identifier(LEDGER_SCHEMA))
@@ -176,9 +192,9 @@ class PgLedger:
         rows = self.conn.execute(
             sql.SQL(
                 "SELECT status, started_at, finished_at, applied_by, host, approver, run_id FROM {}.ledger "
-                "WHERE plan_digest = %s AND status = 'complete' ORDER BY finished_at"
+                "WHERE plan_digest = %s AND target = %s AND status = 'complete' ORDER BY finished_at"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
-            (self.run.plan_digest,),
+            (self.run.plan_digest, self.target.name),
         ).fetchall()
         self.conn.rollback()
         return [
@@ -191,10 +207,10 @@ class PgLedger:
         r = self.run
         self.conn.execute(
             sql.SQL(
-                "INSERT INTO {}.ledger (run_id, plan_digest, status, started_at, applied_by, host, approver, "
-                "tool_version) VALUES (%s, %s, 'running', %s, %s, %s, %s, %s)"
+                "INSERT INTO {}.ledger (run_id, target, plan_digest, status, started_at, applied_by, host, approver, "
+                "tool_version) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s)"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
-            (r.run_id, r.plan_digest, r.started_at, r.user, r.host, r.approver, __version__),
+            (r.run_id, self.target.name, r.plan_digest, r.started_at, r.user, r.host, r.approver, __version__),
         )
         self.conn.commit()  # recorded even if the apply is killed
 
@@ -203,10 +219,10 @@ class PgLedger:
         if not self.target.ledger:
             return
         self.conn.execute(
-            sql.SQL("UPDATE {}.ledger SET status = %s, finished_at = now(), counts = %s WHERE run_id = %s").format(
-                sql.Identifier(LEDGER_SCHEMA)
-            ),
-            (status, psycopg.types.json.Jsonb(counts), self.run.run_id),
+            sql.SQL(
+                "UPDATE {}.ledger SET status = %s, finished_at = now(), counts = %s WHERE run_id = %s AND target = %s"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (status, psycopg.types.json.Jsonb(counts), self.run.run_id, self.target.name),
         )
 
 
@@ -314,14 +330,19 @@ class DynamoLedger:
         self.locked = False
 
     def _run_key(self) -> dict[str, Any]:
-        return {"pk": {"S": f"run#{self.run.plan_digest}"}, "sk": {"S": f"{self.run.started_at}#{self.run.run_id}"}}
+        # The target's name first: targets may share one ledger table, each keeps its own record of a run.
+        sk = f"{self.target.name}#{self.run.started_at}#{self.run.run_id}"
+        return {"pk": {"S": f"run#{self.run.plan_digest}"}, "sk": {"S": sk}}
 
     def completed(self) -> list[PastRun]:
         out: list[PastRun] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": f"run#{self.run.plan_digest}"}},
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :t)",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": f"run#{self.run.plan_digest}"},
+                ":t": {"S": f"{self.target.name}#"},
+            },
             "ConsistentRead": True,
         }
         while True:

@@ -28,7 +28,7 @@ ActionKind = Literal[
     "delete-on-conflict",
     "merge-and-move",
     "live-swap",
-    # rollback plans only: put back a deleted PostgreSQL row; set a DynamoDB item from `row` back to `merged`
+    # rollback plans only: put back a deleted PostgreSQL row; move a DynamoDB item back (see `remains`)
     "insert-row",
     "restore-item",
 ]
@@ -80,6 +80,9 @@ class Action(_Frozen):
     new_key: dict[str, Any] | None = None
     existing: dict[str, Any] | None = None
     merged: dict[str, Any] | None = None
+    # restore-item (rollback of a move): the item left under `key` once the item has moved back to `new_key`
+    # (what was there before the original merge), or None: the item under `key` is deleted.
+    remains: dict[str, Any] | None = None
 
 
 class ReadRecord(_Frozen):

@@ -11,8 +11,9 @@ moves back, exactly as it was free when the row moved away):
 - PostgreSQL delete-on-conflict: insert-row, the deleted row re-inserted from its image (updates planned on
   that row are not inverted separately: the image is the row from before all of them);
 - DynamoDB update / array-replace: the same attributes set back;
-- DynamoDB merge-and-move / live-swap: restore-item twice: the old item put back under its key (created first),
-  and the item under the new key set back to what was there before (deleted if nothing was).
+- DynamoDB merge-and-move / live-swap: restore-item, a move back: the old item put back under its key and, in
+  the same transaction (on a live table: after the put is verified), the item under the new key set back to
+  what was there before the move (deleted if nothing was). Never one without the other.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from emailsync import __version__
-from emailsync.archive import DONE, journals, recorded_outcomes
+from emailsync.archive import DONE, journal_runs, recorded_outcomes
 from emailsync.errors import UserError
 from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, read_plan, seal
 from emailsync.stores.dynamodb import set_path
 
-UNDOABLE = (*DONE, "maybe-applied")
+UNDOABLE = (*DONE, "needs-review", "maybe-applied")  # needs-review: written, but not as planned
 
 
 def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
@@ -42,10 +43,10 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
             f"{plan_path} is itself a rollback (of {plan.rollback_of.plan_folder}); to redo the original changes, "
             "make a new plan with `emailsync plan`"
         )
-    runs = journals(plan_path)
+    runs = [j for j, _ in journal_runs(plan_path, plan.digest)]
     if not runs:
         raise UserError(f"{plan_path.parent}: no apply journal (apply-*.jsonl) beside the plan: it was never applied")
-    outcomes = recorded_outcomes(plan_path)
+    outcomes = recorded_outcomes(plan_path, plan.digest)
     done = [a for a in plan.actions if outcomes.get(a.id) in UNDOABLE]
     if not done:
         raise UserError(
@@ -113,26 +114,18 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
                     **common,
                 )
             )
-        else:  # merge-and-move, live-swap
+        else:  # merge-and-move, live-swap: the item moves back, like a move, in one transaction or swap
             actions.append(
                 Action(
-                    id=_id(a, "restore-old"),
-                    kind="restore-item",
-                    key=a.key,
-                    row=None,
-                    merged=a.row,
-                    reason=f"put back the item {a.id} moved away",
-                    **common,
-                )
-            )
-            actions.append(
-                Action(
-                    id=_id(a, "restore-new"),
+                    id=_id(a, "move-back"),
                     kind="restore-item",
                     key=a.new_key or {},
                     row=a.merged,
-                    merged=a.existing,
-                    reason=f"set the item {a.id} moved into back to what was there before",
+                    new_key=a.key,
+                    existing=None,
+                    merged=a.row,
+                    remains=a.existing,
+                    reason=f"move back the item {a.id} moved",
                     **common,
                 )
             )

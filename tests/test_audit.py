@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 from helpers import assert_user_error
 
+from emailsync.ledger import pg_lock_key
+
 TARGETS = """version: 1
 mappings: m.json
 postgres:
@@ -160,7 +162,7 @@ def test_concurrent_applier_is_refused_by_the_postgres_lock(ws, db):
     before = _pg_state(db)
     with psycopg.connect(db.dsn, autocommit=True) as holder:
         holder.execute("SELECT set_config('application_name', 'emailsync apply deadbeef', false)")
-        holder.execute("SELECT pg_advisory_lock(%s, %s)", (0x656D7379, 1))
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", pg_lock_key("core"))
         r = _apply(ws, plan)
         assert_user_error(r, "'core' is locked", "emailsync apply deadbeef", "pid")
         assert _pg_state(db) == before

@@ -48,7 +48,7 @@ from emailsync.stores.outcome import Outcome, TargetResult
 
 MAX_ATTEMPTS = 8
 UPDATE_BATCH = 100
-MOVES = ("merge-and-move", "live-swap")
+MOVES = ("merge-and-move", "live-swap", "restore-item")
 
 
 class DynamoApplier:
@@ -92,14 +92,12 @@ class DynamoApplier:
                 return res
             for step in sorted({a.step for a in self.actions}):
                 todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
-                self._moves([a for a in todo if a.kind == "merge-and-move"])
+                # Moves in transactions; on a live table, verified swaps (a rollback's moves back too).
+                self._moves([a for a in todo if a.kind in MOVES and not self._swapped(a)])
                 for a in todo:
-                    if a.kind == "live-swap":
+                    if a.kind in MOVES and self._swapped(a):
                         self._swap(a)
-                # Rollback restores: items created before any is deleted, so a login never vanishes mid-way.
-                for a in sorted((a for a in todo if a.kind == "restore-item"), key=lambda a: a.row is not None):
-                    self._restore(a)
-                updates = [a for a in todo if a.kind not in (*MOVES, "restore-item")]
+                updates = [a for a in todo if a.kind not in MOVES]
                 for i in range(0, len(updates), UPDATE_BATCH):
                     # Journaled a batch at a time (fsync before and after), written an item at a time.
                     chunk = updates[i : i + UPDATE_BATCH]
@@ -131,7 +129,7 @@ class DynamoApplier:
         out = dict(self.status)
         for a in self.actions:
             there = self.cache.get((a.table, keystr(a.new_key or {})))
-            pending = a.kind == "live-swap" and out[a.id].status == "pending" and a.existing != a.merged
+            pending = self._swapped(a) and out[a.id].status == "pending" and a.existing != a.merged
             if pending and normalized(there) == normalized(a.merged):
                 # Both items exist: the swap stopped between its write and its delete; apply resumes it.
                 out[a.id] = Outcome("stale", "half done: the new item is written, the old one not yet deleted")
@@ -178,11 +176,8 @@ class DynamoApplier:
                 later[k].append(a)
         self._fetch(wanted)
         self.pre = dict(self.cache)
-        self._classify_restores()
         for a in self.actions:
             current = self.cache[(a.table, keystr(a.key))]
-            if a.kind == "restore-item":
-                continue
             if a.kind in MOVES:
                 self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
             else:
@@ -201,70 +196,53 @@ class DynamoApplier:
                 own = updated.get(k)
                 expected = own.row if own is not None and self.status[own.id].status == "pending" else a.existing
                 # A swap interrupted after its write finds its own result there: it resumes with the delete.
-                resumed = a.kind == "live-swap" and normalized(there) == normalized(a.merged)
+                resumed = self._swapped(a) and normalized(there) == normalized(a.merged)
                 if normalized(there) != normalized(expected) and not resumed:
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
-
-    def _classify_restores(self) -> None:
-        """A rollback plan sets an item through a sequence of states (a key vacated, then refilled): the item
-        found now says how far the sequence got. Matching none of the states, every step on that key is stale."""
-        by_key: dict[tuple[str, str], list[Action]] = defaultdict(list)
-        for a in sorted(self.actions, key=lambda a: a.step):
-            if a.kind == "restore-item":
-                by_key[(a.table, keystr(a.key))].append(a)
-        for k, seq in by_key.items():
-            now = normalized(self.cache[k])
-            states = [normalized(seq[0].row)] + [normalized(a.merged) for a in seq]
-            reached = max((i for i, st in enumerate(states) if st == now), default=None)
-            for i, a in enumerate(seq):
-                if reached is None:
-                    self.status[a.id] = Outcome("stale", _what_changed("the item", a.row, self.cache[k]))
-                else:
-                    self.status[a.id] = Outcome("already-applied" if i < reached else "pending")
-
-    def _restore(self, a: Action) -> None:
-        """Set one item from `row` to `merged` (None: delete it), on condition that it is still `row`."""
-        self._journal(a, "restore", "before")
-        try:
-            self.requests += 1
-            if a.merged is None:
-                with_backoff(lambda: self.client.delete_item(**self._delete(a)))
-            else:
-                req: dict[str, Any] = {"TableName": a.table, "Item": item_from_json(a.merged)}
-                if a.row is None:
-                    k = next(iter(a.key))
-                    req.update(ConditionExpression="attribute_not_exists(#k)", ExpressionAttributeNames={"#k": k})
-                else:
-                    req.update(self._equals(a.table, a.row))
-                with_backoff(lambda: self.client.put_item(**req))
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            now = self._get(a.table, a.key)
-            done = normalized(now) == normalized(a.merged)
-            self.status[a.id] = (
-                Outcome("already-applied") if done else Outcome("stale", _what_changed("the item", a.row, now))
-            )
-            self._journal(a, "restore", "refused", self.status[a.id].detail)
-            return
-        self.status[a.id] = Outcome("applied")
-        self._journal(a, "restore", "after")
 
     def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
         # First: is this what another move of this plan brought here (its own old item gone)? Items can be
         # identical apart from the key, so this is decided before comparing with this action's own item.
+        there = self.cache[(a.table, keystr(a.new_key or {}))]
+        # A move back out of a merge leaves the pre-merge item: done if the moved item is back too.
+        if a.kind == "restore-item" and a.remains is not None and normalized(there) == normalized(a.merged):
+            # The pre-merge item, perhaps with this plan's later updates of it already made.
+            left = [normalized(a.remains), normalized(self._updated_later(a, a.remains))]
+            if normalized(current) in left:
+                return Outcome("already-applied")
         if current is not None and not self._refilled(a, current):
-            if normalized(current) == normalized(a.row):
+            if normalized(current) == normalized(a.row) or self._left_for(a, current):
                 return Outcome("pending")
             return Outcome("stale", _what_changed("the item", a.row, current))
             # The old key holds what another move of this plan brought there (a chain applied before): this
             # item already moved on. Judge it by its new key.
-        there = self.cache[(a.table, keystr(a.new_key or {}))]
         # Gone from the old key: applied if the new key holds this move's result, or a later arrival's.
         mine = same_target.index(a) if a in same_target else 0
         if there is not None and any(normalized(there) == normalized(x.merged) for x in same_target[mine:]):
             return Outcome("already-applied")
         return Outcome("stale", "the item is gone from its old key and the new key does not hold the planned result")
+
+    def _left_for(self, a: Action, current: dict[str, Any]) -> bool:
+        """Moves back out of a double merge (m1, m2 -> m) leave `m` twice: the first leaves the item the second
+        moves. Pending if an earlier move back, still to do, leaves exactly a's item."""
+        return a.kind == "restore-item" and any(
+            x.kind == "restore-item"
+            and x.step < a.step
+            and x.table == a.table
+            and keystr(x.key) == keystr(a.key)
+            and normalized(x.remains) == normalized(a.row)
+            and normalized(x.row) == normalized(current)
+            for x in self.actions
+        )
+
+    def _updated_later(self, a: Action, item: dict[str, Any]) -> dict[str, Any]:
+        """`item` (under a's key) with the changes of this plan's later updates of that key applied."""
+        out = copy.deepcopy(item)
+        for x in self.actions:
+            if x.kind not in MOVES and x.step > a.step and x.table == a.table and keystr(x.key) == keystr(a.key):
+                for c in x.changes or []:
+                    set_path(out, tuple(c.attribute.split(".")), c.new)
+        return out
 
     def _refilled(self, a: Action, current: dict[str, Any], fresh: bool = False) -> bool:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
@@ -273,7 +251,7 @@ class DynamoApplier:
         for x in self.arriving.get((a.table, keystr(a.key)), ()):
             if normalized(current) != normalized(x.merged):
                 continue
-            if x.kind == "live-swap" and normalized(current) != normalized(a.row):
+            if self._swapped(x) and normalized(current) != normalized(a.row):
                 return True  # a swap stopped between its write and its delete: it resumes later in this run
             gone = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
             if gone is None:
@@ -328,7 +306,7 @@ class DynamoApplier:
             for a in batch:
                 kind, req = self._new_item_request(a)
                 items.append({kind: req})
-                items.append({"Delete": self._delete(a)})
+                items.append(dict([self._vacate(a)]))
             try:
                 self.requests += 1
                 self.client.transact_write_items(TransactItems=items)
@@ -361,6 +339,8 @@ class DynamoApplier:
         old = self._get(a.table, a.key)
         there = self._get(a.table, a.new_key or {})
         moved_on = old is None or self._refilled(a, old, fresh=True)
+        if a.kind == "restore-item" and a.remains is not None:
+            moved_on = normalized(old) == normalized(a.remains)
         if moved_on and normalized(there) == normalized(a.merged):
             self.status[a.id] = Outcome("already-applied")
         elif old is not None and not moved_on and normalized(old) != normalized(a.row):
@@ -381,6 +361,19 @@ class DynamoApplier:
         req: dict[str, Any] = {"TableName": a.table, "Key": item_from_json(a.key)}
         req.update(self._equals(a.table, a.row or {}))
         return req
+
+    def _vacate(self, a: Action) -> tuple[str, dict[str, Any]]:
+        """The old key's write: Delete the planned item, or for a move back out of a merge, Put back the item
+        that was there before the merge; either only while the planned item is still there."""
+        if a.kind == "restore-item" and a.remains is not None:
+            req: dict[str, Any] = {"TableName": a.table, "Item": item_from_json(a.remains)}
+            req.update(self._equals(a.table, a.row or {}))
+            return "Put", req
+        return "Delete", self._delete(a)
+
+    def _swapped(self, a: Action) -> bool:
+        """Moves on a live table are verified swaps, item by item; elsewhere they go in transactions."""
+        return a.kind == "live-swap" or (a.kind == "restore-item" and a.live)
 
     def _equals(self, table: str, image: dict[str, Any]) -> dict[str, Any]:
         """A condition that the item still equals `image`, attribute by attribute.
@@ -443,13 +436,16 @@ class DynamoApplier:
         self._journal(a, "delete", "before")
         try:
             self.requests += 1
-            with_backoff(lambda: self.client.delete_item(**self._delete(a)))
+            kind, req = self._vacate(a)
+            with_backoff(lambda: (self.client.delete_item if kind == "Delete" else self.client.put_item)(**req))
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             old = self._get(a.table, a.key)
-            why = "the old item changed after the new one was written; both items kept" if old else None
-            self.status[a.id] = Outcome("needs-review", why) if old else Outcome("applied")
+            left = a.remains if a.kind == "restore-item" else None
+            done = normalized(old) == normalized(left)
+            why = None if done else "the old item changed after the new one was written; both items kept"
+            self.status[a.id] = Outcome("applied") if done else Outcome("needs-review", why)
             self._journal(a, "delete", "refused", why)
             return
         self._journal(a, "delete", "after")
@@ -573,16 +569,15 @@ class DynamoApplier:
         wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
         self._fetch(wanted)
         for a in done:
-            if a.kind == "restore-item":
-                now = self.cache[(a.table, keystr(a.key))]
-                ok = normalized(now) == normalized(a.merged)
-                problems = [] if ok else [_what_changed("the restored item", a.merged, now)]
-            elif a.kind in MOVES:
+            if a.kind in MOVES:
                 there, old = self.cache[(a.table, keystr(a.new_key or {}))], self.cache[(a.table, keystr(a.key))]
                 problems = []
                 if normalized(there) != normalized(a.merged):
                     problems.append(_what_changed("the moved item", a.merged, there))
-                if old is not None:
+                if a.kind == "restore-item" and a.remains is not None:
+                    if normalized(old) != normalized(a.remains):
+                        problems.append(_what_changed("the item left at the old key", a.remains, old))
+                elif old is not None:
                     problems.append("the old item still exists")
             else:
                 # What was there when checked (the condition covered only the changed attributes), plus the changes.
@@ -593,6 +588,11 @@ class DynamoApplier:
                 problems = [] if normalized(now) == normalized(expected) else [_what_changed("the item", expected, now)]
             if problems:
                 self.status[a.id] = Outcome("needs-review", "; ".join(problems))
+        # Updates of later steps start from the items as these moves left them, not as the preflight found them.
+        for a in done:
+            if a.kind in MOVES:
+                for k in ((a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))):
+                    self.pre[k] = self.cache[k]
 
 
 def _at(item: dict[str, Any], attribute: str) -> Any:

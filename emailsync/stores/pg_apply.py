@@ -111,6 +111,7 @@ class PostgresApplier:
         try:
             if self.statement_timeout:
                 self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.statement_timeout,))
+            self.fks = foreign_keys(self.conn, [m.oid for m in self.metas])
             self._load()
             for i, m in enumerate(self.metas):
                 self._classify(i, m, lock=False)
@@ -209,6 +210,9 @@ class PostgresApplier:
         km = m.key_match(T, sql.SQL("a.key"))
         if lock:
             self._lock(i, m)
+        # Columns the database computes (generated, cascaded) or a trigger sets (verify_ignore) are left out
+        # of whole-row comparisons: a rollback can only predict the rest of a row it moved.
+        ign = self._ignored(m)
         # Where the email is part of the key, the row now under an action's key may be the result of another
         # action that already moved there (a chain a→b, b→c applied before): that row is not this action's.
         self.conn.execute(
@@ -216,9 +220,10 @@ class PostgresApplier:
                 """
                 UPDATE _es_act a SET pre = to_jsonb({T}.*), status = CASE
                     WHEN a.kind = 'insert-row' THEN
-                        CASE WHEN to_jsonb({T}.*) = a.image THEN 'already-applied' ELSE 'stale' END
+                        CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[])
+                        THEN 'already-applied' ELSE 'stale' END
                     WHEN a.image IS NOT NULL THEN
-                        CASE WHEN to_jsonb({T}.*) = a.image AND NOT EXISTS (
+                        CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[]) AND NOT EXISTS (
                             SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key
                               AND x.rowid <> a.rowid AND NOT EXISTS (
                                 SELECT 1 FROM {tbl} {W} WHERE {kmx}))
@@ -226,10 +231,10 @@ class PostgresApplier:
                     WHEN to_jsonb({T}.*) -> a.col = a.old THEN 'pending'
                     WHEN to_jsonb({T}.*) -> a.col = a.new THEN 'already-applied'
                     ELSE 'stale' END
-                FROM {tbl} {T} WHERE a.tbl = %s AND {km}
+                FROM {tbl} {T} WHERE a.tbl = %(i)s AND {km}
                 """
             ).format(tbl=m.ident, T=T, W=W, km=km, kmx=m.key_match(W, sql.SQL("x.key"))),
-            (i,),
+            {"i": i, "ign": ign},
         )
         # A row whose key holds a changed email is found under its new key once applied.
         self.conn.execute(
@@ -237,14 +242,14 @@ class PostgresApplier:
                 """
                 UPDATE _es_act a SET pre = to_jsonb({T}.*), cur_key = a.post_key, status = CASE
                     WHEN to_jsonb({T}.*) -> a.col = a.new
-                         AND (to_jsonb({T}.*) - a.rowcols) = (a.image - a.rowcols)
+                         AND (to_jsonb({T}.*) - a.rowcols - %(ign)s::text[]) = (a.image - a.rowcols - %(ign)s::text[])
                     THEN 'already-applied' ELSE 'stale' END
                 FROM {tbl} {T}
-                WHERE a.tbl = %s AND a.status IS NULL AND a.kind <> 'delete-on-conflict'
+                WHERE a.tbl = %(i)s AND a.status IS NULL AND a.kind <> 'delete-on-conflict'
                   AND a.post_key <> a.key AND {km}
                 """
             ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("a.post_key"))),
-            (i,),
+            {"i": i, "ign": ign},
         )
         # Not found as planned. A delete already happened if its row is gone, or if the row now under its key
         # is one that another action of the plan has already moved there; anything else is stale.
