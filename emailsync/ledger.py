@@ -286,33 +286,31 @@ class DynamoLedger:
             "pid": {"N": str(r.pid)},
             "acquired_at": {"S": now()},
         }
-        try:
-            self.client.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        if self._put_if(item, ConditionExpression="attribute_not_exists(pk)"):
             self.locked = True
             return
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
         held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
         if held is None:  # released in between: try once more
             return self.lock()
         if held.get("host", {}).get("S") == r.host and not _alive(int(held.get("pid", {}).get("N", "0"))):
             # The holder was an apply on this machine that is gone (killed): its lock is taken over, so rerunning
             # the same command resumes. Conditional on the same lock id, so two rerunners cannot both take it.
-            try:
-                self.client.put_item(
-                    TableName=self.table,
-                    Item=item,
-                    ConditionExpression="lock_id = :old",
-                    ExpressionAttributeValues={":old": held["lock_id"]},
-                )
+            old = {":old": held["lock_id"]}
+            if self._put_if(item, ConditionExpression="lock_id = :old", ExpressionAttributeValues=old):
                 self.locked = True
                 return
-            except botocore.exceptions.ClientError as e:
-                if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-                held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
+            held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
         raise UserError(describe_lock(self.target, held))
+
+    def _put_if(self, item: dict[str, Any], **condition: Any) -> bool:
+        """A conditional Put: False when the condition does not hold."""
+        try:
+            self.client.put_item(TableName=self.table, Item=item, **condition)
+            return True
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            return False
 
     def release(self) -> None:
         if not self.locked:

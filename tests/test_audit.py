@@ -171,15 +171,7 @@ def test_concurrent_applier_is_refused_by_the_postgres_lock(ws, db):
 
 def test_dynamodb_lock_held_elsewhere_is_refused_and_unlock_releases_only_that_lock(ws, db, ddb):
     plan = _setup(ws, db, ddb)
-    ddb.client.create_table(
-        TableName="emailsync-ledger",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    ddb.create("emailsync-ledger", "pk", "sk")
     ddb.put(
         "emailsync-ledger",
         {

@@ -408,15 +408,7 @@ def test_dynamodb_lock_held_by_a_live_process_on_this_host_is_refused(ws, db, dd
 
     plan = _mixed(ws, db, ddb)
     assert _apply(ws, plan, "--only-target", "core").code == 0  # creates nothing in DynamoDB
-    ddb.client.create_table(
-        TableName="emailsync-ledger",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    ddb.create("emailsync-ledger", "pk", "sk")
     ddb.put(
         "emailsync-ledger",
         {

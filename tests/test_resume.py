@@ -490,15 +490,15 @@ SCENARIOS = [
     ),
     pytest.param(
         # the chain's second swap (a -> b, into the key b's swap vacated), after its Put, before its Delete.
-        # Fails on the reviewed code: the rerun judges the finished b -> c swap stale (its old key holds a's copy,
-        # not recognised as this plan's because a's old item is still there), aborts the live part, exit 3.
+        # Regression: the rerun used to judge the finished b -> c swap stale (its old key holds a's copy, not
+        # recognised as this plan's because a's old item is still there) and abort the live part, exit 3.
         "ddb-after:PutItem@auth:7",
         {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
         1,
         id="live-chain-put-no-delete",
     ),
-    # Fails on the reviewed code: every ledger says "complete", so the rerun is refused as a replay (exit 1) and
-    # report.json is never written.
+    # Regression: every ledger says "complete", and the rerun used to be refused as a replay (exit 1) with
+    # report.json never written; a run whose journal has no run-end is now resumed.
     pytest.param(
         "report", {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": DONE}, 0, id="before-report"
     ),
