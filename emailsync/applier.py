@@ -77,7 +77,7 @@ def apply_plan(
     confirm_live: Callable[[list[Action]], bool] = lambda live: False,
     only_targets: list[str] | None = None,
     skip_live: bool = False,
-    journal: Callable[[dict[str, Any]], None] | None = None,
+    journal: Callable[[Any], None] | None = None,
     run: Run | None = None,
     force: bool = False,
     warn: Callable[[str], None] = lambda msg: None,
@@ -230,8 +230,8 @@ def apply_plan(
             for _, conn, *_ in prepared:
                 conn.close()
     report = _report(plan, results, run, on_stale)
-    for entry in report["actions"]:
-        write({"event": "outcome", **entry})
+    if report["actions"]:
+        write([{"event": "outcome", **entry} for entry in report["actions"]])  # one fsync for all of them
     failed = any(r.error for r in results) or any(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )

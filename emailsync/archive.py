@@ -44,13 +44,21 @@ def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
     return out
 
 
-def journal_writer(path: Path) -> Callable[[dict[str, Any]], None]:
-    """An append-only JSON-lines journal beside the plan, each entry fsync'd before the write goes on."""
+Entry = dict[str, Any]
 
-    def write(entry: dict[str, Any]) -> None:
-        entry = {"at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **entry}
+
+def journal_writer(path: Path) -> Callable[[Entry | list[Entry]], None]:
+    """An append-only JSON-lines journal beside the plan. Each call (one entry, or a list written together, such
+    as a run's outcomes) is fsync'd before the write it records goes on."""
+
+    def write(entries: Entry | list[Entry]) -> None:
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        batch = [entries] if isinstance(entries, dict) else entries
+        text = "".join(
+            json.dumps({"at": at, **e}, sort_keys=True, ensure_ascii=False, default=str) + "\n" for e in batch
+        )
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
 
