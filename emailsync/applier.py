@@ -12,7 +12,7 @@ import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
-from emailsync.ledger import DynamoLedger, PgLedger, Run, now
+from emailsync.ledger import DynamoLedger, PastRun, PgLedger, Run, now
 from emailsync.plan import Action, Plan
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
@@ -128,19 +128,7 @@ def apply_plan(
             past = [p for *_, lg in prepared for p in lg.completed()]
             past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
             past = [p for p in past if p.run_id not in unfinished_runs]
-            done_targets = {p.target for p in past}
-            if past and not force and done_targets < set(by_target):
-                # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the
-                # finished targets' actions are re-checked and come out already-applied.
-                for p in past:
-                    warn(f"already applied completely on target {p.describe()}; its actions are only re-checked")
-            elif past and not force:
-                raise UserError(
-                    f"this plan ({plan.digest[:19]}) has already been applied completely; nothing was written. "
-                    "Applying it again is refused so a plan runs once; run `emailsync verify` on it to check the "
-                    "stores, or pass --force to apply it again anyway",
-                    problems=[p.describe() for p in past],
-                )
+            _refuse_replay(plan, past, set(by_target), force, warn)
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
             live = [a for actions in by_target.values() for a in actions if a.live]
@@ -164,49 +152,8 @@ def apply_plan(
                     call(dl.target, "ledger", dl.start)
             # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
             for target, conn, metas, actions, ledger in prepared:
-                write(
-                    {
-                        "event": "write",
-                        "phase": "before",
-                        "target": target.name,
-                        "store": "postgres",
-                        "op": "transaction",
-                        "count": len(actions),
-                        "actions": [a.id for a in actions],
-                    }
-                )
                 full = len(actions) == planned[target.name]
-                res = PostgresApplier(
-                    conn,
-                    target.name,
-                    metas,
-                    actions,
-                    on_stale,
-                    target.lock_timeout,
-                    target.statement_timeout,
-                    before_commit=lambda statuses, lg=ledger, full=full: lg.finish(
-                        _status(statuses, full), dict(Counter(statuses.values()))
-                    ),
-                ).run()
-                if not res.committed:
-                    with contextlib.suppress(psycopg.Error):
-                        failed = any(o.status == "failed" for o in res.outcomes.values())
-                        ledger.finish("failed" if failed else "incomplete", _counts(res))
-                        conn.commit()
-                write(
-                    {
-                        "event": "write",
-                        "phase": "after",
-                        "target": target.name,
-                        "store": "postgres",
-                        "op": "transaction",
-                        "committed": res.committed,
-                        "error": res.error,
-                        # what committed, action by action: the journal alone then tells what a killed run did
-                        "outcomes": {i: o.status for i, o in res.outcomes.items()},
-                    }
-                )
-                results.append(res)
+                results.append(_apply_postgres(target, conn, metas, actions, ledger, full, on_stale, write))
             for ddb, client, actions, _ in ddb_prepared:
                 normal = [a for a in actions if not a.live]
                 if normal:
@@ -238,6 +185,60 @@ def apply_plan(
     # The run's end is journaled by the caller once report.json is written: a run killed before that is resumed
     # by a rerun (see unfinished_runs) rather than refused as a replay.
     return (EXIT_INCOMPLETE if failed else EXIT_OK), report
+
+
+def _refuse_replay(
+    plan: Plan, past: list[PastRun], in_scope: set[str], force: bool, warn: Callable[[str], None]
+) -> None:
+    """A plan the targets' ledgers record as applied completely runs again only with --force."""
+    if not past or force:
+        return
+    if {p.target for p in past} < in_scope:
+        # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the finished
+        # targets' actions are re-checked and come out already-applied.
+        for p in past:
+            warn(f"already applied completely on target {p.describe()}; its actions are only re-checked")
+        return
+    raise UserError(
+        f"this plan ({plan.digest[:19]}) has already been applied completely; nothing was written. "
+        "Applying it again is refused so a plan runs once; run `emailsync verify` on it to check the "
+        "stores, or pass --force to apply it again anyway",
+        problems=[p.describe() for p in past],
+    )
+
+
+def _apply_postgres(
+    target: PostgresTarget,
+    conn: psycopg.Connection,
+    metas: list[TableMeta],
+    actions: list[Action],
+    ledger: PgLedger,
+    full: bool,
+    on_stale: str,
+    write: Callable[[Any], None],
+) -> TargetResult:
+    """One database's transaction, journaled before and after; its ledger row commits with the changes."""
+    entry = {"event": "write", "target": target.name, "store": "postgres", "op": "transaction"}
+    write({**entry, "phase": "before", "count": len(actions), "actions": [a.id for a in actions]})
+    res = PostgresApplier(
+        conn,
+        target.name,
+        metas,
+        actions,
+        on_stale,
+        target.lock_timeout,
+        target.statement_timeout,
+        before_commit=lambda statuses: ledger.finish(_status(statuses, full), dict(Counter(statuses.values()))),
+    ).run()
+    if not res.committed:
+        with contextlib.suppress(psycopg.Error):
+            failed = any(o.status == "failed" for o in res.outcomes.values())
+            ledger.finish("failed" if failed else "incomplete", _counts(res))
+            conn.commit()
+    # What committed, action by action: the journal alone then tells what a killed run did.
+    outcomes = {i: o.status for i, o in res.outcomes.items()}
+    write({**entry, "phase": "after", "committed": res.committed, "error": res.error, "outcomes": outcomes})
+    return res
 
 
 def _status(statuses: dict[str, str], full: bool) -> str:
