@@ -132,50 +132,200 @@ def _dump(dsns: dict[str, str]) -> list[str]:
     return out
 
 
-def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
-    from emailsync.applier import apply_plan
-    from emailsync.archive import save_plan, write_report
-    from emailsync.config import load_targets
-    from emailsync.mappings import load_mappings
-    from emailsync.planner import build_plan, default_plan_path
-    from emailsync.render import report_lines, summary_lines
+DYNAMO_TARGET = """\
+dynamodb:
+  - name: tymeplushr-dynamo
+    endpoint_url: ${DYNAMODB_ENDPOINT}
+    region: us-east-1
+    ledger_table: emailsync-ledger
+    tables:
+      - table: hr-profiles
+        attributes: [email, watchers, delegates, contact.managerEmail]
+      - table: userAuthentication
+        live: true
+        client_attribute: clientId
+        attributes: [email]
+"""
 
-    with embedded_estate(keep) as (dsns, work):
-        echo(f"emailsync demo: an embedded PostgreSQL with two HR databases; files in {work}\n")
-        echo("Before:")
-        echo("\n".join(_dump(dsns)))
-        echo("\n1. plan: read targets.yaml and email_mappings.json, read every configured column, write a plan.")
-        loaded = load_targets(work / "targets.yaml")
-        mset = load_mappings(loaded.mappings_path(None), loaded.config.match)
-        plan = build_plan(loaded, mset)
-        path = default_plan_path(work / "plans", plan)
-        md = save_plan(plan, path)
-        echo("\n".join("   " + line for line in summary_lines(plan)))
-        for w in plan.warnings:
-            echo(f"   warning: {w}")
-        echo(f"   plan: {path}\n   review rendering (for the pull request): {md}")
-        echo("\n2. review: plan.md lists every change; deletes show the whole row. (Auto-approved in the demo.)")
-        echo("\n3. apply: one transaction per database, each write conditional on the planned old value,")
-        echo("   every changed row read back and compared before commit.")
-        code, report = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)
-        write_report(path, report)
-        echo("\n".join("   " + line for line in report_lines(report)))
-        echo("\n4. apply again: each database's ledger (table emailsync.ledger) refuses to run a plan twice:")
-        try:
-            apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True)
-            refused = False
-        except UserError as e:
-            refused = True
-            echo(f"   refused: {str(e).splitlines()[0][:110]}...")
-        echo("   and with --force nothing is done twice: every action is recognised as already applied.")
-        code2, report2 = apply_plan(plan, loaded, on_stale="abort", confirm=lambda p: True, force=True)
-        echo("\n".join("   " + line for line in report_lines(report2)))
-        echo("\nAfter:")
-        echo("\n".join(_dump(dsns)))
-        ok = code == 0 and code2 == 0 and refused
+DYNAMO_TABLES: dict[str, tuple[str, str | None]] = {
+    "hr-profiles": ("email", None),
+    "userAuthentication": ("email", "clientId"),
+}
+
+DYNAMO_ITEMS: dict[str, list[dict[str, Any]]] = {
+    "hr-profiles": [
+        {
+            "email": {"S": "jane.doe@oldco.com"},
+            "name": {"S": "Jane Doe"},
+            "watchers": {"L": [{"S": "ceo@oldco.com"}, {"S": "li@partner.org"}]},
+            "contact": {"M": {"managerEmail": {"S": "ceo@oldco.com"}, "phone": {"S": "+1 555 0100"}}},
+        },
+        {
+            "email": {"S": "raj@oldco.com"},
+            "name": {"S": "Raj Patel"},
+            "delegates": {"SS": ["jane.doe@oldco.com", "li@partner.org"]},
+        },
+        # Raj already has a profile under his new address: the old one is merged into it (merge-and-move).
+        {"email": {"S": "raj.patel@newco.com"}, "name": {"S": "Raj P."}, "desk": {"N": "42"}},
+    ],
+    "userAuthentication": [
+        {"email": {"S": "ceo@oldco.com"}, "clientId": {"S": "acme"}, "passwordHash": {"S": "$2b$12$ceo"}},
+        {"email": {"S": "jane.doe@oldco.com"}, "clientId": {"S": "acme"}, "passwordHash": {"S": "$2b$12$jane"}},
+        {"email": {"S": "li@partner.org"}, "clientId": {"S": "globex"}, "passwordHash": {"S": "$2b$12$li"}},
+    ],
+}
+
+
+@contextmanager
+def dynamodb_estate():  # type: ignore[no-untyped-def]
+    """A local DynamoDB endpoint (moto server on 127.0.0.1) seeded with the HR tables; yields its URL."""
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise UserError("the sandbox needs the local DynamoDB server: pip install 'emailsync[sandbox]'") from None
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="sandbox",
+            aws_secret_access_key="sandbox",
+        )
+        for table, (hash_key, range_key) in DYNAMO_TABLES.items():
+            keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+            if range_key:
+                keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
+            client.create_table(
+                TableName=table,
+                KeySchema=keys,
+                AttributeDefinitions=[{"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in keys],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            for item in DYNAMO_ITEMS[table]:
+                client.put_item(TableName=table, Item=item)
+        yield url
+    finally:
+        server.stop()
+
+
+def _dump_dynamodb(url: str) -> list[str]:
+    import boto3
+
+    from emailsync.render import ddb_key
+    from emailsync.stores.dynamodb import item_to_json
+
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    out = []
+    for table in DYNAMO_TABLES:
+        out.append(f"  dynamodb {table}:")
+        items = client.scan(TableName=table, ConsistentRead=True)["Items"]
+        for it in sorted((item_to_json(i) for i in items), key=lambda i: json.dumps(i, sort_keys=True)):
+            out.append("    " + ddb_key(dict(sorted(it.items()))))
+    return out
+
+
+@contextmanager
+def _environment(values: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Set environment variables for the demo's own run, and put the previous values back after."""
+    import os
+
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
+    """The real workflow, command by command, on the embedded estate: plan, show, apply, verify, replay refused,
+    rollback plan. Each step is the CLI itself, so what the demo prints is what a user will see."""
+    from emailsync.cli import app
+
+    def step(title: str, *args: str) -> int:
+        echo(f"\n== {title}\n$ emailsync {' '.join(args)}")
+        return int(app(list(args), standalone_mode=False) or 0)
+
+    with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:
+        aws = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox", "AWS_DEFAULT_REGION": "us-east-1"}
+        with open(work / ".env", "a", encoding="utf-8") as f:
+            f.write(f"DYNAMODB_ENDPOINT={url}\n")
+        (work / "targets.yaml").write_text(TARGETS.replace("dynamodb: []\n", DYNAMO_TARGET))
+        with _environment({**aws, "DYNAMODB_ENDPOINT": url}):
+            echo(
+                f"emailsync demo: an embedded PostgreSQL (two HR databases) and a local DynamoDB (HR profiles and the "
+                f"live login table); files in {work}\n\nBefore:"
+            )
+            echo("\n".join(_dump(dsns) + _dump_dynamodb(url)))
+            targets, plans = str(work / "targets.yaml"), str(work / "plans")
+            codes = {
+                "plan": step(
+                    "1. plan: read every configured column and table, write plan.json and plan.md (nothing written)",
+                    "plan",
+                    "--targets",
+                    targets,
+                    "--plans-dir",
+                    plans,
+                ),
+            }
+            (plan_path,) = sorted((work / "plans").glob("*/plan.json"))
+            codes["show"] = step(
+                "2. review: the plan as a reviewer sees it (plan.md goes into the pull request)",
+                "show",
+                str(plan_path),
+                "--format",
+                "text",
+            )
+            codes["apply"] = step(
+                "3. apply: PostgreSQL in one transaction per database, DynamoDB with conditional writes, the live "
+                "login table last with verified swaps; every change read back",
+                "apply",
+                str(plan_path),
+                "--targets",
+                targets,
+                "--auto-approve",
+                "--confirm-live",
+                "--approver",
+                "demo",
+            )
+            codes["verify"] = step(
+                "4. verify: every action is now in its after state", "verify", str(plan_path), "--targets", targets
+            )
+            codes["replay"] = step(
+                "5. apply again: the targets' ledgers refuse to run a plan twice (exit 1, nothing written)",
+                "apply",
+                str(plan_path),
+                "--targets",
+                targets,
+                "--auto-approve",
+                "--confirm-live",
+            )
+            codes["rollback"] = step(
+                "6. rollback: a new plan that would put everything back, reviewed and applied like any other",
+                "rollback",
+                str(plan_path.parent),
+                "--plans-dir",
+                plans,
+            )
+            echo("\nAfter:")
+            echo("\n".join(_dump(dsns) + _dump_dynamodb(url)))
+        expected = {"plan": 0, "show": 0, "apply": 0, "verify": 0, "replay": 1, "rollback": 0}
+        ok = codes == expected
         echo(
-            f"\nSummary: {len(plan.actions)} planned action(s), {len(plan.skipped)} skipped by on_conflict: skip; "
-            f"apply {'succeeded and verified' if ok else 'did not finish cleanly'}."
+            "\nSummary: plan, review, apply, verify, replay refusal and rollback "
+            + ("all behaved as expected." if ok else f"did not all behave as expected: exit codes {codes}.")
             + (f" Files kept in {work}." if keep else " Everything the demo created has been removed.")
         )
         return 0 if ok else 3

@@ -76,8 +76,18 @@ def test_demo_runs_the_workflow_and_cleans_up(ws, tmp_path):
     keep = tmp_path / "kept"
     r = ws.run("demo", "--keep", str(keep))
     assert r.code == 0, r.out + r.err
-    assert "apply succeeded and verified" in r.out and "already-applied" in r.out
-    assert "raj.patel@newco.com" in r.out.split("After:")[1]
-    plans = list((keep / "plans").glob("*/plan.json"))
-    assert len(plans) == 1 and (plans[0].parent / "report.json").exists()
-    assert (keep / "targets.yaml").exists() and (keep / ".env").exists()
+    assert "all behaved as expected" in r.out
+    after = r.out.split("\nAfter:")[1]
+    # PostgreSQL, the DynamoDB profiles (a merge-and-move) and the live login table all changed
+    assert "2 | jane.smith@newco.com | ceo@newco.com | Jane Doe" in after
+    assert "delegates={jane.smith@newco.com, li@partner.org}, desk=42, email=raj.patel@newco.com" in after
+    assert "clientId=acme, email=ceo@newco.com, passwordHash=$2b$12$ceo" in after
+    assert "ceo@oldco.com" not in after.split("dynamodb userAuthentication:")[1]
+    assert "18 after (applied), 0 before (not applied), 0 drifted" in r.out
+    assert "already been applied completely" in r.err
+    plans = sorted((keep / "plans").glob("*/plan.json"))
+    assert len(plans) == 2  # the plan and its rollback
+    (applied,) = [p for p in plans if (p.parent / "report.json").exists()]
+    (rollback,) = [p for p in plans if p != applied]
+    assert json.loads(rollback.read_text())["rollback_of"]["plan_folder"] == applied.parent.name
+    assert (keep / "targets.yaml").exists() and "DYNAMODB_ENDPOINT=" in (keep / ".env").read_text()
