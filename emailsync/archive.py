@@ -183,10 +183,12 @@ def recorded_outcomes(plan_path: Path, digest: str | None = None) -> dict[str, s
     counts as `maybe-applied` unless a later record says what happened to it."""
     latest: dict[str, str] = {}
 
-    def record(aid: str, status: str) -> None:
+    def record(aid: str, status: str, certain: bool = False) -> None:
         # Once written, always to be undone: a later run that wrote nothing (aborted, stale, failed) does not
-        # make an earlier write go away.
-        if latest.get(aid) not in STICKY or status in DONE:
+        # make an earlier write go away. A write that began and ended in doubt (failed, a lost response) stays
+        # maybe-applied unless the record is certain (a PostgreSQL transaction's outcome).
+        now = latest.get(aid)
+        if status in STICKY or (now not in STICKY and (now != "maybe-applied" or certain)):
             latest[aid] = status
 
     for _, entries in journal_runs(plan_path, digest):
@@ -199,6 +201,49 @@ def recorded_outcomes(plan_path: Path, digest: str | None = None) -> dict[str, s
                     if latest.get(aid) not in STICKY:
                         latest[aid] = "maybe-applied"
             elif ev == "write" and e.get("phase") == "after":
+                # A PostgreSQL transaction's outcome is known for every action (committed or rolled back whole).
+                certain = e.get("store") == "postgres"
                 for aid, status in (e.get("outcomes") or {}).items():
-                    record(aid, status)
+                    record(aid, status, certain=certain)
     return latest
+
+
+# -- rollbacks made from a plan ----------------------------------------------------------------------------------
+
+
+class RollbackRecord(BaseModel):
+    """rollbacks.json in a plan's folder: the rollback plans made from it. Applying the plan again after one of
+    them could undo the rollback, so apply asks for --force."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plan: str  # the rollback plan's path, as given when it was made
+    digest: str
+    created_at: str
+
+
+def _rollbacks_path(plan_path: Path) -> Path:
+    return plan_path.with_name(
+        "rollbacks.json" if plan_path.name == "plan.json" else plan_path.stem + ".rollbacks.json"
+    )
+
+
+def rollbacks(plan_path: Path) -> list[RollbackRecord]:
+    try:
+        data = loads(_rollbacks_path(plan_path).read_text(encoding="utf-8"))
+        return [RollbackRecord.model_validate(r) for r in data]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{_rollbacks_path(plan_path)}: not a list of rollback records ({e})") from None
+
+
+def record_rollback(plan_path: Path, rollback: Plan, rollback_path: Path) -> None:
+    records = [
+        *rollbacks(plan_path),
+        RollbackRecord(plan=str(rollback_path), digest=rollback.digest, created_at=rollback.created_at),
+    ]
+    out = _rollbacks_path(plan_path)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([r.model_dump() for r in records], indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)

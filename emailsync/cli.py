@@ -7,6 +7,7 @@ unverified.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -130,7 +131,7 @@ def apply(
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
-    from emailsync.archive import apply_history, journal_writer, write_report
+    from emailsync.archive import apply_history, journal_writer, rollbacks, write_report
     from emailsync.config import load_targets
     from emailsync.ledger import Run
     from emailsync.plan import read_plan
@@ -183,6 +184,12 @@ def apply(
             raise typer.Exit(0)
         if approver is not None and not approver.strip():
             raise UserError("--approver is empty; give the approver's name, or leave the option out")
+        made = rollbacks(plan_file)
+        if made and not force:
+            raise UserError(
+                f"{plan_file}: a rollback plan was made from this plan ({made[-1].plan}); applying it again could undo "
+                "that rollback, so it needs --force; nothing was written"
+            )
         if replan_check:
             _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
         run = Run(plan_obj.digest, approver.strip() if approver else None)
@@ -349,7 +356,7 @@ def rollback(
 ) -> None:
     """Make a plan that puts back everything the recorded applies of PLAN_DIR changed. Review and apply it
     like any other plan; rows or items changed since are reported stale, never overwritten."""
-    from emailsync.archive import save_plan
+    from emailsync.archive import record_rollback, save_plan
     from emailsync.planner import default_plan_path
     from emailsync.render import summary_lines
     from emailsync.rollback import build_rollback
@@ -358,6 +365,7 @@ def rollback(
         p = build_rollback(plan_dir)
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path)
+        record_rollback(plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir, p, path)
     except UserError as e:
         _fail(e)
     typer.echo("\n".join(summary_lines(p)))
@@ -387,6 +395,56 @@ def demo(
     except UserError as e:
         _fail(e)
     raise typer.Exit(code)
+
+
+sandbox_app = typer.Typer(help="The demo estate left running, to try plan and apply by hand.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+SandboxDir = Annotated[Path, typer.Option("--dir", help="The sandbox's working folder.")]
+
+
+def _print_env(env: dict[str, str]) -> None:
+    for k, v in env.items():
+        typer.echo(f"export {k}={shlex.quote(v)}")
+
+
+@sandbox_app.command("up")
+def sandbox_up(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
+    """Start the embedded PostgreSQL and local DynamoDB with the demo estate, in the background; print the
+    environment that targets.yaml in --dir uses (eval "$(emailsync sandbox up)")."""
+    from emailsync import sandbox
+
+    try:
+        env = sandbox.sandbox_up(dir)
+    except UserError as e:
+        _fail(e)
+    typer.echo(
+        f"# sandbox running; targets.yaml and email_mappings.json in {dir}; stop: emailsync sandbox down", err=True
+    )
+    _print_env(env)
+
+
+@sandbox_app.command("env")
+def sandbox_env(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
+    """Print the running sandbox's environment variables (eval "$(emailsync sandbox env)")."""
+    from emailsync import sandbox
+
+    try:
+        env = sandbox.sandbox_env(dir)
+    except UserError as e:
+        _fail(e)
+    _print_env(env)
+
+
+@sandbox_app.command("down")
+def sandbox_down(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
+    """Stop the sandbox and remove its databases (the files in --dir stay)."""
+    from emailsync import sandbox
+
+    try:
+        sandbox.sandbox_down(dir)
+    except UserError as e:
+        _fail(e)
+    typer.echo(f"sandbox in {dir} stopped")
 
 
 @app.command()

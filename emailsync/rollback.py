@@ -72,6 +72,8 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
         }
         if a.store == "postgres":
             if a.kind == "delete-on-conflict":
+                # After every revert: the values its image holds (its key, its references to parents) are free
+                # and present again only once the rows that took or moved them are back.
                 actions.append(
                     Action(
                         id=_id(a, "insert"),
@@ -79,7 +81,7 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
                         key=a.key,
                         row=a.row,
                         reason=f"re-insert the row deleted by {a.id}",
-                        **common,
+                        **(common | {"step": last + 2}),
                     )
                 )
             elif _row(a) not in deleted:

@@ -329,3 +329,105 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
             + (f" Files kept in {work}." if keep else " Everything the demo created has been removed.")
         )
         return 0 if ok else 3
+
+
+# -- a sandbox left running: `emailsync sandbox up|env|down` ---------------------------------------------------------
+
+STATE = "sandbox.json"
+SANDBOX_AWS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def serve(work: Path) -> None:
+    """Run the estate until SIGTERM (the body of the background process `sandbox up` starts)."""
+    import os
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)  # unwinds the context managers: servers stopped, data removed
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with embedded_estate(work) as (dsns, _), dynamodb_estate() as url:
+            (work / "targets.yaml").write_text(TARGETS.replace("dynamodb: []\n", DYNAMO_TARGET))
+            with open(work / ".env", "a", encoding="utf-8") as f:
+                f.write(f"DYNAMODB_ENDPOINT={url}\n")
+            env = {
+                "TYMEPLUSHR_CORE_DSN": dsns["tymeplushr_core"],
+                "TYMEPLUSHR_LEAVE_DSN": dsns["tymeplushr_leave"],
+                "DYNAMODB_ENDPOINT": url,
+                **SANDBOX_AWS,
+            }
+            tmp = work / (STATE + ".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")
+            tmp.replace(work / STATE)  # written last: its presence means the sandbox is ready
+            while True:
+                signal.pause()
+    finally:
+        (work / STATE).unlink(missing_ok=True)  # after the servers stopped: `down` waits for this
+
+
+def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
+    import subprocess
+    import sys
+    import time
+
+    state = work / STATE
+    if state.exists():
+        raise UserError(f"{work}: a sandbox is already running there; `emailsync sandbox down --dir {work}` first")
+    work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "sandbox.log", "ab")  # noqa: SIM115 - handed to the background process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from emailsync.sandbox import serve; serve(__import__('pathlib').Path(sys.argv[1]))",
+            str(work),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # outlives this command, and a Ctrl-C in this terminal
+    )
+    deadline = time.monotonic() + timeout
+    while not state.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise UserError(f"the sandbox did not start; see {work / 'sandbox.log'}")
+        time.sleep(0.2)
+    return sandbox_env(work)
+
+
+def sandbox_env(work: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((work / STATE).read_text())["env"])
+    except FileNotFoundError:
+        raise UserError(
+            f"{work}: no sandbox is running there; start one with `emailsync sandbox up --dir {work}`"
+        ) from None
+
+
+def sandbox_down(work: Path, timeout: float = 30.0) -> None:
+    import os
+    import signal
+    import time
+
+    try:
+        pid = int(json.loads((work / STATE).read_text())["pid"])
+    except FileNotFoundError:
+        raise UserError(f"{work}: no sandbox is running there") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (work / STATE).unlink(missing_ok=True)  # it died on its own: just forget it
+        return
+    deadline = time.monotonic() + timeout
+    while (work / STATE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if (work / STATE).exists():
+        raise UserError(f"the sandbox (pid {pid}) did not stop within {timeout:.0f} s; stop it with kill {pid}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(Path(sys.argv[1]))

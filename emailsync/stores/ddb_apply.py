@@ -85,7 +85,7 @@ class DynamoApplier:
             stale = {i: o for i, o in self.status.items() if o.status == "stale"}
             if stale and self.on_stale == "abort":
                 for a in self.actions:
-                    if a.id not in stale:
+                    if a.id not in stale and self.status[a.id].status != "already-applied":
                         self.status[a.id] = Outcome("not-applied", "nothing written: stale items and --on-stale abort")
                 res.outcomes = dict(self.status)
                 res.error = f"{len(stale)} stale action(s); nothing written to this target (--on-stale abort)"
@@ -206,9 +206,18 @@ class DynamoApplier:
         there = self.cache[(a.table, keystr(a.new_key or {}))]
         # A move back out of a merge leaves the pre-merge item: done if the moved item is back too.
         if a.kind == "restore-item" and a.remains is not None and normalized(there) == normalized(a.merged):
-            # The pre-merge item, perhaps with this plan's later updates of it already made.
-            left = [normalized(a.remains), normalized(self._updated_later(a, a.remains))]
-            if normalized(current) in left:
+            # The pre-merge item (or what later moves back out of the same key leave), perhaps with this plan's
+            # later updates of it already made.
+            later = [
+                x.remains
+                for x in self.actions
+                if x.kind == "restore-item"
+                and x.step > a.step
+                and x.table == a.table
+                and keystr(x.key) == keystr(a.key)
+            ]
+            left = [normalized(v) for r in [a.remains, *later] if r is not None for v in (r, self._updated_later(a, r))]
+            if normalized(current) in left or (current is None and None in later):
                 return Outcome("already-applied")
         if current is not None and not self._refilled(a, current):
             if normalized(current) == normalized(a.row) or self._left_for(a, current):
@@ -244,17 +253,22 @@ class DynamoApplier:
                     set_path(out, tuple(c.attribute.split(".")), c.new)
         return out
 
-    def _refilled(self, a: Action, current: dict[str, Any], fresh: bool = False) -> bool:
+    def _refilled(
+        self, a: Action, current: dict[str, Any], fresh: bool = False, seen: frozenset[str] = frozenset()
+    ) -> bool:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
-        move's result is there and its own old item is gone, or, for a live swap (which keeps its old item until
-        its write is verified), its result is there and cannot be mistaken for `a`'s own item."""
+        move's result is there and its own old item has left its key (gone, or itself replaced by what the plan
+        leaves or brings there: chains of any length), or, for a live swap (which keeps its old item until its
+        write is verified), its result is there and cannot be mistaken for `a`'s own item."""
         for x in self.arriving.get((a.table, keystr(a.key)), ()):
-            if normalized(current) != normalized(x.merged):
+            if x.id in seen or normalized(current) != normalized(x.merged):
                 continue
             if self._swapped(x) and normalized(current) != normalized(a.row):
                 return True  # a swap stopped between its write and its delete: it resumes later in this run
-            gone = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
-            if gone is None:
+            left = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
+            if left is None or (x.kind == "restore-item" and normalized(left) == normalized(x.remains)):
+                return True
+            if self._refilled(x, left, fresh, seen | {a.id, x.id}):
                 return True
         return False
 

@@ -122,10 +122,15 @@ class PostgresApplier:
             self.conn.rollback()
 
     def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
+        # Read before rolling back (the temporary table goes with the transaction): what was already applied
+        # before this run stays reported as such, so the journal keeps the record a rollback relies on.
+        before = dict(self.conn.execute("SELECT id, status FROM _es_act").fetchall())
         self.conn.rollback()
         for a in self.actions:
             if a.id in details:
                 res.outcomes[a.id] = Outcome("stale", details[a.id])
+            elif before.get(a.id) == "already-applied":
+                res.outcomes[a.id] = Outcome("already-applied")
             else:
                 res.outcomes[a.id] = Outcome("not-applied", f"rolled back: {why}")
         res.error = f"{len(details)} stale action(s); nothing written to this database (--on-stale abort)"
@@ -147,8 +152,13 @@ class PostgresApplier:
         rowids: dict[tuple[int, str], int] = {}
         post_keys: dict[tuple[int, str], dict[str, Any]] = {}
         rowcols: dict[tuple[int, str], list[str]] = {}
+
+        def row_of(a: Action) -> tuple[int, str, bool]:
+            # A re-inserted row is never the row another action moves away from the same key.
+            return (self.tbl_no[a.table], dumps(a.key), a.kind == "insert-row")
+
         for a in self.actions:
-            rk = (self.tbl_no[a.table], dumps(a.key))
+            rk = row_of(a)
             rowids.setdefault(rk, len(rowids))
             rowcols.setdefault(rk, []).append(a.column or "")
             pk = post_keys.setdefault(rk, dict(a.key))
@@ -157,7 +167,7 @@ class PostgresApplier:
         cols = "id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols, conflict"
         with self.conn.cursor().copy(f"COPY _es_act ({cols}) FROM STDIN") as cp:
             for a in self.actions:
-                rk = (self.tbl_no[a.table], dumps(a.key))
+                rk = row_of(a)
                 k = dumps(a.key)
                 cp.write_row(
                     (
@@ -220,8 +230,14 @@ class PostgresApplier:
                 """
                 UPDATE _es_act a SET pre = to_jsonb({T}.*), status = CASE
                     WHEN a.kind = 'insert-row' THEN
-                        CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[])
-                        THEN 'already-applied' ELSE 'stale' END
+                        -- columns added to the table since the image was taken hold their defaults: not compared
+                        CASE WHEN ((SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb({T}.*)) e(k, v)
+                                    WHERE a.image ? k) - %(ign)s::text[]) = (a.image - %(ign)s::text[])
+                        THEN 'already-applied'
+                        -- the row there now is one this plan moves away first (inserts run last)
+                        WHEN EXISTS (SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.key = a.key
+                                     AND x.kind <> 'insert-row' AND x.post_key <> x.key)
+                        THEN 'pending' ELSE 'stale' END
                     WHEN a.image IS NOT NULL THEN
                         CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[]) AND NOT EXISTS (
                             SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key
@@ -303,9 +319,9 @@ class PostgresApplier:
                         "{nm} AS (DELETE FROM {tbl} {T} USING _es_act a WHERE a.tbl = {i} AND a.step = {s} "
                         "AND a.kind = 'delete-on-conflict' AND a.status = 'pending' AND {km} "
                         # the planned image, with this plan's own earlier updates of the row applied
-                        "AND to_jsonb({T}.*) = a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
+                        "AND (to_jsonb({T}.*) - {ign}) = (a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
                         "FROM _es_act x WHERE x.tbl = a.tbl AND x.rowid = a.rowid "
-                        "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}') "
+                        "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}')) - {ign} "
                         # the row that takes the entry: still holding it, or a planned row whose move goes ahead
                         "AND CASE WHEN a.conflict ? 'winner' THEN "
                         "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner' "
@@ -325,6 +341,8 @@ class PostgresApplier:
                         km=m.key_match(T, sql.SQL("a.cur_key")),
                         kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")),
                         unreferenced=self._unreferenced(m, T),
+                        # computed or trigger-set columns, changed by this plan's own earlier updates of the row
+                        ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),
                     )
                 )
                 names.append(nm)
@@ -401,7 +419,11 @@ class PostgresApplier:
     def _insert_cte(self, i: int, m: TableMeta, step: int) -> sql.Composable:
         """Put deleted rows back from their images (rollback plans): every column but the generated ones,
         identity values included, and never over a row that holds the key or a unique value now."""
-        cols = [c for c in m.columns if c not in m.generated]
+        images = [
+            a.row or {} for a in self.actions if a.kind == "insert-row" and a.table == m.display and a.step == step
+        ]
+        # Columns the images lack (added to the table since) are left to their defaults.
+        cols = [c for c in m.columns if c not in m.generated and all(c in img for img in images)]
         R = m.alias("r")
         return sql.SQL(
             "{nm} AS (INSERT INTO {tbl} AS {T} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM _es_act a, "
@@ -472,15 +494,22 @@ class PostgresApplier:
                     GROUP BY rowid
                 )
                 SELECT r.ids, r.deleted, COALESCE(r.inserted, r.pre || r.newvals) - %s::text[],
-                       to_jsonb({T}.*) - %s::text[]
+                       CASE WHEN r.inserted IS NULL THEN to_jsonb({T}.*) ELSE (
+                           SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb({T}.*)) e(k, v) WHERE r.inserted ? k)
+                       END - %s::text[]
                 FROM r LEFT JOIN {tbl} {T} ON {km}
                 WHERE CASE WHEN r.deleted THEN to_jsonb({T}.*) = r.image
-                           ELSE {T} IS NULL OR (to_jsonb({T}.*) - %s::text[])
-                                <> (COALESCE(r.inserted, r.pre || r.newvals) - %s::text[]) END
+                           WHEN {T} IS NULL THEN true
+                           -- a re-inserted row: compared on the image's columns (newer ones hold their defaults)
+                           WHEN r.inserted IS NOT NULL THEN ((
+                               SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb({T}.*)) e(k, v)
+                               WHERE r.inserted ? k) - %s::text[]) <> (r.inserted - %s::text[])
+                           ELSE (to_jsonb({T}.*) - %s::text[]) <> ((r.pre || r.newvals) - %s::text[]) END
                 LIMIT 1000
                 """
             ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("r.k")))
-            for ids, deleted, expected, actual in self.conn.execute(q, (i, ignore, ignore, ignore, ignore)):
+            params = (i, ignore, ignore, ignore, ignore, ignore, ignore)
+            for ids, deleted, expected, actual in self.conn.execute(q, params):
                 if deleted:
                     why = f"{m.display}: the row should be deleted but still exists: {dumps(actual)}"
                 elif actual is None:

@@ -49,6 +49,10 @@ def connect(target: PostgresTarget) -> psycopg.Connection:
             f"{fp.get('port')!r}, database {fp.get('database')!r}: {' '.join(detail)}. "
             "Check the DSN's host, credentials and that the server is running."
         ) from None
+    # TimeZone UTC (committed, so no later rollback undoes it; PGTZ would override a startup option): to_jsonb
+    # renders timestamptz in the session's zone, and images must compare equal whatever zone each step ran in.
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.commit()
     # Exact numbers both ways: numeric stays Decimal, and our canonical JSON writes it back unchanged.
     set_json_loads(lambda s: json.loads(s, parse_float=Decimal), conn)
     set_json_dumps(dumps, conn)
