@@ -1,0 +1,53 @@
+"""`emailsync sandbox up|env|down`: the demo estate left running in the background, used by hand, then stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from helpers import assert_user_error
+
+
+def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "emailsync", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_sandbox_up_plan_apply_down(ws, tmp_path):
+    box = tmp_path / "box"
+    r = _cli("sandbox", "up", "--dir", str(box), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    try:
+        env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in r.stdout.splitlines())
+        assert set(env) >= {"TYMEPLUSHR_CORE_DSN", "TYMEPLUSHR_LEAVE_DSN", "DYNAMODB_ENDPOINT", "AWS_ACCESS_KEY_ID"}
+        assert _cli("sandbox", "env", "--dir", str(box), cwd=str(tmp_path)).stdout == r.stdout
+        # A second `up` on the same folder is refused.
+        assert_user_error(ws.run("sandbox", "up", "--dir", str(box)), "already running")
+        for k, v in env.items():
+            ws.monkeypatch.setenv(k, v)
+        plan = tmp_path / "p" / "plan.json"
+        assert ws.run("plan", "--targets", str(box / "targets.yaml"), "--out", str(plan)).code == 0
+        r2 = ws.run("apply", str(plan), "--targets", str(box / "targets.yaml"), "--auto-approve", "--confirm-live")
+        assert r2.code == 0, r2.out + r2.err
+        import psycopg
+
+        with psycopg.connect(env["TYMEPLUSHR_CORE_DSN"]) as c:
+            assert c.execute("SELECT email FROM employees WHERE id = 2").fetchone() == ("jane.smith@newco.com",)
+        pid = json.loads((box / "sandbox.json").read_text())["pid"]
+    finally:
+        down = _cli("sandbox", "down", "--dir", str(box), cwd=str(tmp_path))
+    assert down.returncode == 0, down.stderr
+    assert not (box / "sandbox.json").exists()
+    for _ in range(50):  # the background process is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"sandbox process {pid} still running")
+    assert_user_error(ws.run("sandbox", "env", "--dir", str(box)), "no sandbox is running")
+    assert_user_error(ws.run("sandbox", "down", "--dir", str(box)), "no sandbox is running")
