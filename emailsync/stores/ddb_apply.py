@@ -70,7 +70,10 @@ class DynamoApplier:
         self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
         # (table, key) -> the moves of this plan arriving there, so lookups stay linear in the plan's size
         self.arriving: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        # (table, key) -> the actions on the item under that key (moves leaving it, updates of it)
+        self.at_key: dict[tuple[str, str], list[Action]] = defaultdict(list)
         for x in actions:
+            self.at_key[(x.table, keystr(x.key))].append(x)
             if x.kind in MOVES:
                 self.arriving[(x.table, keystr(x.new_key or {}))].append(x)
         self.requests = 0
@@ -208,14 +211,7 @@ class DynamoApplier:
         if a.kind == "restore-item" and a.remains is not None and normalized(there) == normalized(a.merged):
             # The pre-merge item (or what later moves back out of the same key leave), perhaps with this plan's
             # later updates of it already made.
-            later = [
-                x.remains
-                for x in self.actions
-                if x.kind == "restore-item"
-                and x.step > a.step
-                and x.table == a.table
-                and keystr(x.key) == keystr(a.key)
-            ]
+            later = [x.remains for x in self.at_key[(a.table, keystr(a.key))] if x.kind == a.kind and x.step > a.step]
             left = [normalized(v) for r in [a.remains, *later] if r is not None for v in (r, self._updated_later(a, r))]
             if normalized(current) in left or (current is None and None in later):
                 return Outcome("already-applied")
@@ -223,9 +219,9 @@ class DynamoApplier:
             if normalized(current) == normalized(a.row) or self._left_for(a, current):
                 return Outcome("pending")
             return Outcome("stale", _what_changed("the item", a.row, current))
-            # The old key holds what another move of this plan brought there (a chain applied before): this
-            # item already moved on. Judge it by its new key.
-        # Gone from the old key: applied if the new key holds this move's result, or a later arrival's.
+        # Gone from the old key, or it holds what another move of this plan brought there (a chain applied
+        # before): this item already moved on. Judge it by its new key: applied if the new key holds this
+        # move's result, or a later arrival's.
         mine = same_target.index(a) if a in same_target else 0
         if there is not None and any(normalized(there) == normalized(x.merged) for x in same_target[mine:]):
             return Outcome("already-applied")
@@ -235,20 +231,18 @@ class DynamoApplier:
         """Moves back out of a double merge (m1, m2 -> m) leave `m` twice: the first leaves the item the second
         moves. Pending if an earlier move back, still to do, leaves exactly a's item."""
         return a.kind == "restore-item" and any(
-            x.kind == "restore-item"
+            x.kind == a.kind
             and x.step < a.step
-            and x.table == a.table
-            and keystr(x.key) == keystr(a.key)
             and normalized(x.remains) == normalized(a.row)
             and normalized(x.row) == normalized(current)
-            for x in self.actions
+            for x in self.at_key[(a.table, keystr(a.key))]
         )
 
     def _updated_later(self, a: Action, item: dict[str, Any]) -> dict[str, Any]:
         """`item` (under a's key) with the changes of this plan's later updates of that key applied."""
         out = copy.deepcopy(item)
-        for x in self.actions:
-            if x.kind not in MOVES and x.step > a.step and x.table == a.table and keystr(x.key) == keystr(a.key):
+        for x in self.at_key[(a.table, keystr(a.key))]:
+            if x.kind not in MOVES and x.step > a.step:
                 for c in x.changes or []:
                     set_path(out, tuple(c.attribute.split(".")), c.new)
         return out
