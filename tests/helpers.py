@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import emailsync.applier
@@ -50,3 +52,39 @@ def hook_dynamodb(ws: Any, event: str, handler: Callable[..., Any]) -> Callable[
         ws.monkeypatch.setattr(ddb_store, "client_for", original)
 
     return unhook
+
+
+# -- the audit trail's tests: stores dumped exactly, plans applied and rolled back through the CLI -------------------
+
+DUMP = "SELECT to_jsonb(t)::text FROM {} t ORDER BY 1"
+
+
+def table_dump(db: Any, *tables: str) -> list[Any]:
+    """Every row of the tables, exactly as PostgreSQL renders it."""
+    return [db.rows(DUMP.format(t)) for t in tables]
+
+
+def raw_items(ddb: Any, table: str) -> list[Any]:
+    """Items exactly as DynamoDB JSON (types included); sets sorted, as DynamoDB sets have no order."""
+
+    def canon(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: sorted(x) if k in ("SS", "NS", "BS") else canon(x) for k, x in v.items()}
+        if isinstance(v, bytes):
+            return v.hex()
+        return [canon(x) for x in v] if isinstance(v, list) else v
+
+    items = [canon(i) for i in ddb.client.scan(TableName=table, ConsistentRead=True)["Items"]]
+    return sorted(items, key=lambda i: json.dumps(i, sort_keys=True))
+
+
+def apply_confirmed(ws: Any, plan: Path, *extra: str) -> Any:
+    """`emailsync apply PLAN --auto-approve --confirm-live`, in-process."""
+    return ws.run("apply", str(plan), "--auto-approve", "--confirm-live", *extra)
+
+
+def rollback_plan(ws: Any, plan: Path) -> Path:
+    """`emailsync rollback` of the plan's folder; returns the rollback plan's path."""
+    r = ws.run("rollback", str(plan.parent))
+    assert r.code == 0, r.out + r.err
+    return Path(r.out.split("Plan: ")[1].split()[0])

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from helpers import apply_confirmed as _apply
 from helpers import assert_user_error
+from helpers import raw_items as _raw_items
 
 from emailsync.ledger import pg_lock_key
 
@@ -80,10 +82,6 @@ def _setup(ws: Any, db: Any, ddb: Any | None = None) -> Path:
     r, plan = ws.plan()
     assert r.code == 0, r.err
     return plan
-
-
-def _apply(ws: Any, plan: Path, *extra: str) -> Any:
-    return ws.run("apply", str(plan), "--auto-approve", "--confirm-live", *extra)
 
 
 def _journal(folder: Path) -> list[dict[str, Any]]:
@@ -312,18 +310,6 @@ def test_replan_check_refuses_when_the_data_changed_and_passes_after_partial_app
 
 
 # -- rollback --------------------------------------------------------------------------------------------------------
-
-
-def _raw_items(ddb: Any, table: str) -> list[Any]:
-    """Items exactly as DynamoDB JSON (types included); sets sorted, as DynamoDB sets have no order."""
-
-    def canon(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: sorted(x) if k in ("SS", "NS", "BS") else canon(x) for k, x in v.items()}
-        return [canon(x) for x in v] if isinstance(v, list) else v
-
-    items = [canon(i) for i in ddb.client.scan(TableName=table, ConsistentRead=True)["Items"]]
-    return sorted(items, key=lambda i: json.dumps(i, sort_keys=True))
 
 
 def test_rollback_round_trip_restores_rows_and_items_exactly(ws, db, ddb):

@@ -7,45 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from helpers import apply_confirmed as _apply
 from helpers import assert_user_error, hook_dynamodb
+from helpers import raw_items as _raw_items
+from helpers import rollback_plan as _rollback
+from helpers import table_dump as _dump
 
 import emailsync.archive
-
-DUMP = "SELECT to_jsonb(t)::text FROM {} t ORDER BY 1"
-
-
-def _dump(db: Any, *tables: str) -> list[Any]:
-    return [db.rows(DUMP.format(t)) for t in tables]
-
-
-def _raw_items(ddb: Any, table: str) -> list[Any]:
-    """Items exactly as DynamoDB JSON (types included); sets sorted."""
-
-    def canon(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: sorted(x) if k in ("SS", "NS", "BS") else canon(x) for k, x in v.items()}
-        if isinstance(v, bytes):
-            return v.hex()
-        return [canon(x) for x in v] if isinstance(v, list) else v
-
-    items = [canon(i) for i in ddb.client.scan(TableName=table, ConsistentRead=True)["Items"]]
-    return sorted(items, key=lambda i: json.dumps(i, sort_keys=True))
 
 
 def _plan(ws: Any) -> Path:
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     return plan
-
-
-def _apply(ws: Any, plan: Path, *extra: str) -> Any:
-    return ws.run("apply", str(plan), "--auto-approve", "--confirm-live", *extra)
-
-
-def _rollback(ws: Any, plan: Path) -> Path:
-    r = ws.run("rollback", str(plan.parent))
-    assert r.code == 0, r.out + r.err
-    return Path(r.out.split("Plan: ")[1].split()[0])
 
 
 def _pg(ws: Any, db: Any, tables: str, mappings: Any) -> Path:

@@ -15,42 +15,19 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+from helpers import apply_confirmed as _apply
 from helpers import assert_user_error, hook_dynamodb
+from helpers import raw_items as _raw_items
+from helpers import rollback_plan as _rollback
+from helpers import table_dump as _dump
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
-DUMP = "SELECT to_jsonb(t)::text FROM {} t ORDER BY 1"
-
-
-def _dump(db: Any, *tables: str) -> list[Any]:
-    return [db.rows(DUMP.format(t)) for t in tables]
-
-
-def _raw_items(ddb: Any, table: str) -> list[Any]:
-    """Items exactly as DynamoDB JSON (types included); sets sorted."""
-
-    def canon(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: sorted(x) if k in ("SS", "NS", "BS") else canon(x) for k, x in v.items()}
-        return [canon(x) for x in v] if isinstance(v, list) else v
-
-    items = [canon(i) for i in ddb.client.scan(TableName=table, ConsistentRead=True)["Items"]]
-    return sorted(items, key=lambda i: json.dumps(i, sort_keys=True))
 
 
 def _plan(ws: Any) -> Path:
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     return plan
-
-
-def _apply(ws: Any, plan: Path, *extra: str) -> Any:
-    return ws.run("apply", str(plan), "--auto-approve", "--confirm-live", *extra)
-
-
-def _rollback(ws: Any, plan: Path) -> Path:
-    r = ws.run("rollback", str(plan.parent))
-    assert r.code == 0, r.out + r.err
-    return Path(r.out.split("Plan: ")[1].split()[0])
 
 
 def _report(plan: Path) -> dict[str, str]:
@@ -116,7 +93,7 @@ def test_three_link_chain_of_moves_is_after_once_applied(ws, ddb):
     """Chain a->b, b->c, c->d (d free) in a non-live table: three steps, applied cleanly (exit 0). Once applied,
     `verify` must find every action `after` and a --force rerun (= the rerun after a kill -9 that struck after
     the last transaction) must report everything already-applied, exit 0.
-    Before the fix: c->d is judged `drifted` / `stale` (exit 3): the item now at c is b's, moved there by b->c, but
+    Was: c->d is judged `drifted` / `stale` (exit 3): the item now at c is b's, moved there by b->c, but
     DynamoApplier._refilled only accepts that when b->c's own old key (b) is empty, and b is refilled by a->b.
     It only works for chains of two links."""
     ddb.create("profiles", "email")
@@ -136,7 +113,7 @@ def test_three_link_chain_of_moves_is_after_once_applied(ws, ddb):
 def test_rollback_of_a_chain_ending_in_a_merge_is_after_once_applied(ws, ddb):
     """Chain a->b, b->c where c exists (b merges into c). Forward and rollback apply cleanly. Once the rollback is
     applied, verify of the rollback plan must say every action is `after` and a --force rerun of it must change
-    nothing and exit 0. Before the fix: the move back of a (b -> a) is `drifted`/`stale`: the item now under b is b's own
+    nothing and exit 0. Was: the move back of a (b -> a) is `drifted`/`stale`: the item now under b is b's own
     (put back by the next move back), but _refilled only recognises it when the next move back's old key (c) is
     empty, and that move back leaves c's pre-merge item there (`remains`)."""
     ddb.create("profiles", "email")
@@ -163,7 +140,7 @@ def test_rollback_of_a_chain_ending_in_a_merge_is_after_once_applied(ws, ddb):
 def test_rollback_of_two_merges_into_an_existing_item_is_after_once_applied(ws, ddb):
     """m1 and m2 both merge into the existing item e. The rollback moves m2 back (leaving e+m1 under e), then m1
     (leaving e). Once applied, verify of the rollback plan must be all `after` and a --force rerun exit 0.
-    Before the fix: m2's move back is `drifted`/`stale`: e holds the original item, which is neither m2's planned `remains`
+    Was: m2's move back is `drifted`/`stale`: e holds the original item, which is neither m2's planned `remains`
     (e+m1) nor its item; _classify_move's already-applied test only knows the `remains` of the same action and
     _left_for only looks at earlier moves back, not later ones."""
     ddb.create("profiles", "email")
@@ -189,7 +166,7 @@ def test_rollback_of_two_merges_into_an_existing_item_is_after_once_applied(ws, 
 def test_kill_9_after_the_last_move_back_then_rerun_finishes(ws, ddb):
     """The rollback of the chain a->b, b->c (c existing) killed with SIGKILL right after its last transaction
     (everything written, no report). The rerun must finish: exit 0, every move back already-applied, items as
-    before the original apply. Before the fix: exit 3, the first move back reported stale (same cause as above)."""
+    before the original apply. Was: exit 3, the first move back reported stale (same cause as above)."""
     ddb.create("profiles", "email")
     ddb.put(
         "profiles",
@@ -215,7 +192,7 @@ def test_kill_9_after_the_last_move_back_then_rerun_finishes(ws, ddb):
 def test_rollback_puts_a_deleted_row_back_under_an_email_key_another_row_moved_into(ws, db):
     """settings keyed by email: x@o -> w@o collides with the existing w@o (x@o's row is deleted), and y@o -> x@o
     moves into the key that freed. The rollback moves y's row back first and then re-inserts x@o's row. Expected:
-    exit 0 and the table exactly as before. Before the fix: the insert-row is classified `stale` up front (PostgresApplier.
+    exit 0 and the table exactly as before. Was: the insert-row is classified `stale` up front (PostgresApplier.
     _classify judges it against the row now under its key, y's, which an earlier step of the same plan moves
     away), so the rollback is refused (exit 3) and can never be applied; the two actions also share a rowid in
     _es_act (same key), mixing their post keys."""
@@ -237,7 +214,7 @@ def test_row_updated_then_deleted_in_a_table_with_an_updated_at_trigger(ws, db):
     """A row whose manager column is updated (m@o -> m@n) and which is then deleted on conflict (its email's new
     value is held by another row), in a table whose BEFORE UPDATE trigger bumps updated_at (listed in
     verify_ignore, as the README says). Expected: exit 0, the row deleted, the other row's manager updated.
-    Before the fix: exit 3, nothing written: the delete's own whole-row condition in PostgresApplier._run_step
+    Was: exit 3, nothing written: the delete's own whole-row condition in PostgresApplier._run_step
     (`to_jsonb(t.*) = a.image || <applied updates>`) still compares every column, updated_at included, so after
     the trigger fired on the row's update the delete never matches and the row is reported stale. The same
     happens with a generated column computed from an updated column, and with a column an ON UPDATE CASCADE moved."""
@@ -265,7 +242,7 @@ def test_row_updated_then_deleted_in_a_table_with_an_updated_at_trigger(ws, db):
 
 def test_row_updated_then_deleted_in_a_table_with_a_generated_column(ws, db):
     """The same with no trigger but a generated column computed from the updated column (manager_domain). Expected:
-    exit 0, row 1 deleted, row 2's manager (and its domain) updated. Before the fix: exit 3, nothing written: the delete's
+    exit 0, row 1 deleted, row 2's manager (and its domain) updated. Was: exit 3, nothing written: the delete's
     whole-row condition in _run_step overlays the applied manager update on the image but not the recomputed
     manager_domain, so it never matches (delete-on-conflict stale, the updates rolled back as not-applied)."""
     db.execute(
@@ -284,7 +261,7 @@ def test_row_updated_then_deleted_in_a_table_with_a_generated_column(ws, db):
 def test_rollback_re_inserts_a_timestamptz_row_from_another_time_zone(ws, db):
     """A deleted row with a timestamptz column. The plan (and so the row image) was made in one session time zone;
     the rollback is applied later from a machine whose PostgreSQL session uses another (PGTZ). The instant is the
-    same, so expected: exit 0 and the row back exactly. Before the fix: to_jsonb renders timestamptz in the session's time
+    same, so expected: exit 0 and the row back exactly. Was: to_jsonb renders timestamptz in the session's time
     zone, so the whole-row comparisons (here the read-back of the inserted row) differ textually: the rollback
     fails verification and is rolled back (exit 3). Nothing pins TimeZone in stores/postgres.connect()."""
     ws.monkeypatch.setenv("PGTZ", "America/New_York")
@@ -309,7 +286,7 @@ def test_rollback_after_a_kill_and_an_aborted_rerun_still_undoes_the_committed_r
     """Run 1 is killed (SIGKILL) right after its PostgreSQL transaction committed, before the journal's `after`
     line: both rows are changed, the journal says `maybe-applied`. Someone then changes row 2 again; run 2
     (--on-stale abort) finds row 1 already-applied and row 2 stale, writes nothing and reports row 1 as
-    `not-applied`. Row 1 is still changed in the database, so `emailsync rollback` must revert it. Before the fix: the
+    `not-applied`. Row 1 is still changed in the database, so `emailsync rollback` must revert it. Was: the
     rollback refuses ("nothing to roll back"): recorded_outcomes lets run 2's `not-applied` replace run 1's
     `maybe-applied` (only applied/already-applied/needs-review are sticky), and apply's abort path (pg_apply
     _abort; DynamoApplier.run likewise) reports already-applied actions as not-applied."""
@@ -331,7 +308,7 @@ def test_rollback_after_a_kill_and_an_aborted_rerun_still_undoes_the_committed_r
 def test_rollback_includes_a_move_whose_transaction_outcome_was_unknown(ws, ddb):
     """The move's TransactWriteItems reaches DynamoDB and succeeds, but the response is lost (a read timeout after
     the server committed). Apply reports the move `failed` (exit 3): it cannot know. The item did move, so the
-    rollback must move it back. Before the fix: "nothing to roll back": DynamoApplier._transact journals the batch's
+    rollback must move it back. Was: "nothing to roll back": DynamoApplier._transact journals the batch's
     `after` with the preflight status `pending`, then the outcome `failed`, and recorded_outcomes lets both
     replace the `maybe-applied` of the batch's `before` record."""
     ddb.create("profiles", "email")
@@ -707,7 +684,7 @@ def test_row_deleted_on_conflict_whose_manager_column_a_cascade_moved(ws, db):
     """The cascaded variant, without any update of the deleted row: employees.manager references users.email ON
     UPDATE CASCADE (not configured: the database moves it, the plan warns). The plan moves boss@o -> boss@n in
     users (step 1) and deletes employee x@o, whose new value w@o is taken (step 2). Expected: exit 0, x@o deleted,
-    w@o's manager cascaded, and the rollback puts everything back. Before the fix: exit 3, nothing written: by step 2 the
+    w@o's manager cascaded, and the rollback puts everything back. Was: exit 3, nothing written: by step 2 the
     cascade has changed x@o's manager, and the delete's exact whole-row condition in _run_step (unlike _classify,
     which leaves cascaded columns out) no longer matches, so the delete is reported stale on every run."""
     db.execute("CREATE TABLE users (email text PRIMARY KEY, name text)")
@@ -737,7 +714,7 @@ def test_rollback_re_inserts_a_child_row_after_its_parent_is_moved_back(ws, db):
     """employees.manager references users.email (NO ACTION; manager is configured, so the plan changes parent and
     children in one statement). The plan moves boss@o -> boss@n (users and every manager, step 1) and then deletes
     employee x@o, whose new value w@o is taken (step 2); both apply cleanly. Expected: the rollback puts users and
-    employees back exactly (exit 0). Before the fix: exit 3, "violates foreign key constraint employees_manager_fkey", every
+    employees back exactly (exit 0). Was: exit 3, "violates foreign key constraint employees_manager_fkey", every
     action failed: rollback.build_rollback orders the insert-row by the reversed step of the delete (step 1), before
     the revert of boss@n -> boss@o (step 2), but the image it re-inserts is the row from before the whole plan
     (manager boss@o), which no users row holds yet. Such a rollback can never be applied (with a NO ACTION or
