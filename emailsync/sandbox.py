@@ -331,6 +331,48 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
         return 0 if ok else 3
 
 
+# -- the same estate for containers (docker-compose.yml, examples/docker/) -----------------------------------------
+
+
+def postgres_init_sql() -> str:
+    """The estate as a script for the postgres image's /docker-entrypoint-initdb.d (run by psql)."""
+    out = ["-- Generated from emailsync/sandbox.py (tests/test_examples.py keeps it in step). The demo HR estate.", ""]
+    for db, stmts in SCHEMAS.items():
+        out += [f'CREATE DATABASE "{db}";', f'\\connect "{db}"']
+        out += [" ".join(line.strip() for line in st.strip().splitlines()) + ";" for st in stmts]
+        out.append("")
+    return "\n".join(out)
+
+
+def dynamodb_seed_script() -> str:
+    """The DynamoDB tables and items as AWS CLI calls, for a one-shot container next to DynamoDB Local."""
+    import shlex
+
+    out = [
+        "#!/bin/sh",
+        "# Generated from emailsync/sandbox.py (tests/test_examples.py keeps it in step). The demo HR tables.",
+        "set -eu",
+        'ddb() { aws dynamodb --endpoint-url "$DYNAMODB_ENDPOINT" --region us-east-1 "$@"; }',
+        "until ddb list-tables >/dev/null 2>&1; do sleep 1; done  # DynamoDB Local takes a moment to start",
+    ]
+    for table, (hash_key, range_key) in DYNAMO_TABLES.items():
+        keys = [(hash_key, "HASH")] + ([(range_key, "RANGE")] if range_key else [])
+        schema = " ".join(f"AttributeName={k},KeyType={t}" for k, t in keys)
+        defs = " ".join(f"AttributeName={k},AttributeType=S" for k, _ in keys)
+        out.append(
+            f"ddb create-table --table-name {table} --key-schema {schema} --attribute-definitions {defs} "
+            "--billing-mode PAY_PER_REQUEST >/dev/null"
+        )
+        for item in DYNAMO_ITEMS[table]:
+            out.append(f"ddb put-item --table-name {table} --item {shlex.quote(json.dumps(item, sort_keys=True))}")
+    return "\n".join(out) + "\n"
+
+
+def compose_targets() -> str:
+    """targets.yaml for the containers: the sandbox's, DynamoDB included."""
+    return TARGETS.replace("dynamodb: []\n", DYNAMO_TARGET)
+
+
 # -- a sandbox left running: `emailsync sandbox up|env|down` ---------------------------------------------------------
 
 STATE = "sandbox.json"
