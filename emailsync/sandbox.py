@@ -249,6 +249,26 @@ def _environment(values: dict[str, str]):  # type: ignore[no-untyped-def]
                 os.environ[k] = v
 
 
+SANDBOX_AWS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def full_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
+    """PostgreSQL and DynamoDB with the whole estate, targets.yaml covering both, .env beside it; yields the
+    PostgreSQL DSNs, the DynamoDB URL, the work folder and the environment a shell needs (AWS keys included)."""
+    with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:
+        (work / "targets.yaml").write_text(compose_targets())
+        with open(work / ".env", "a", encoding="utf-8") as f:
+            f.write(f"DYNAMODB_ENDPOINT={url}\n")
+        env = {
+            "TYMEPLUSHR_CORE_DSN": dsns["tymeplushr_core"],
+            "TYMEPLUSHR_LEAVE_DSN": dsns["tymeplushr_leave"],
+            "DYNAMODB_ENDPOINT": url,
+            **SANDBOX_AWS,
+        }
+        yield dsns, url, work, env
+
+
 def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
     """The real workflow, command by command, on the embedded estate: plan, show, apply, verify, replay refused,
     rollback plan. Each step is the CLI itself, so what the demo prints is what a user will see."""
@@ -258,12 +278,8 @@ def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
         echo(f"\n== {title}\n$ emailsync {' '.join(args)}")
         return int(app(list(args), standalone_mode=False) or 0)
 
-    with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:
-        aws = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox", "AWS_DEFAULT_REGION": "us-east-1"}
-        with open(work / ".env", "a", encoding="utf-8") as f:
-            f.write(f"DYNAMODB_ENDPOINT={url}\n")
-        (work / "targets.yaml").write_text(TARGETS.replace("dynamodb: []\n", DYNAMO_TARGET))
-        with _environment({**aws, "DYNAMODB_ENDPOINT": url}):
+    with full_estate(keep) as (dsns, url, work, env):
+        with _environment(env):
             echo(
                 f"emailsync demo: an embedded PostgreSQL (two HR databases) and a local DynamoDB (HR profiles and the "
                 f"live login table); files in {work}\n\nBefore:"
@@ -376,7 +392,6 @@ def compose_targets() -> str:
 # -- a sandbox left running: `emailsync sandbox up|env|down` ---------------------------------------------------------
 
 STATE = "sandbox.json"
-SANDBOX_AWS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def serve(work: Path) -> None:
@@ -389,16 +404,7 @@ def serve(work: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        with embedded_estate(work) as (dsns, _), dynamodb_estate() as url:
-            (work / "targets.yaml").write_text(TARGETS.replace("dynamodb: []\n", DYNAMO_TARGET))
-            with open(work / ".env", "a", encoding="utf-8") as f:
-                f.write(f"DYNAMODB_ENDPOINT={url}\n")
-            env = {
-                "TYMEPLUSHR_CORE_DSN": dsns["tymeplushr_core"],
-                "TYMEPLUSHR_LEAVE_DSN": dsns["tymeplushr_leave"],
-                "DYNAMODB_ENDPOINT": url,
-                **SANDBOX_AWS,
-            }
+        with full_estate(work) as (_, _, _, env):
             tmp = work / (STATE + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")
             tmp.replace(work / STATE)  # written last: its presence means the sandbox is ready
