@@ -286,13 +286,15 @@ class DynamoLedger:
             "pid": {"N": str(r.pid)},
             "acquired_at": {"S": now()},
         }
-        if self._put_if(item, ConditionExpression="attribute_not_exists(pk)"):
-            self.locked = True
-            return
-        held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
-        if held is None:  # released in between: try once more
-            return self.lock()
-        if held.get("host", {}).get("S") == r.host and not _alive(int(held.get("pid", {}).get("N", "0"))):
+        held: dict[str, Any] | None = None
+        for _ in range(3):  # a lock released between our Put and our read: try again, a few times
+            if self._put_if(item, ConditionExpression="attribute_not_exists(pk)"):
+                self.locked = True
+                return
+            held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
+            if held is not None:
+                break
+        if held is not None and "lock_id" in held and self._holder_gone(held):
             # The holder was an apply on this machine that is gone (killed): its lock is taken over, so rerunning
             # the same command resumes. Conditional on the same lock id, so two rerunners cannot both take it.
             old = {":old": held["lock_id"]}
@@ -301,6 +303,14 @@ class DynamoLedger:
                 return
             held = self.client.get_item(TableName=self.table, Key=self._lock_key, ConsistentRead=True).get("Item")
         raise UserError(describe_lock(self.target, held))
+
+    def _holder_gone(self, held: dict[str, Any]) -> bool:
+        """The lock item names a process on this host that no longer runs (a malformed pid counts as alive)."""
+        try:
+            pid = int(held.get("pid", {}).get("N", ""))
+        except ValueError:
+            return False
+        return held.get("host", {}).get("S") == self.run.host and not _alive(pid)
 
     def _put_if(self, item: dict[str, Any], **condition: Any) -> bool:
         """A conditional Put: False when the condition does not hold."""

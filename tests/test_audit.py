@@ -356,3 +356,13 @@ def test_rollback_leaves_rows_changed_since_the_apply_stale(ws, db):
 def test_rollback_of_an_unapplied_plan_is_refused(ws, db):
     plan = _setup(ws, db)
     assert_user_error(ws.run("rollback", str(plan.parent)), "never applied")
+
+
+def test_a_hand_written_lock_item_without_pid_or_lock_id_is_reported_not_a_traceback(ws, db, ddb):
+    plan = _setup(ws, db, ddb)
+    ddb.create("emailsync-ledger", "pk", "sk")
+    ddb.put("emailsync-ledger", {"pk": "lock", "sk": "auth", "user": "ops", "host": "h", "pid": "not-a-number"})
+    before = ddb.items("profiles")
+    r = _apply(ws, plan)
+    assert_user_error(r, "'auth' is locked", "ops@h")
+    assert ddb.items("profiles") == before and db.rows("SELECT count(*) FROM emailsync.ledger") == [(0,)]
