@@ -23,7 +23,15 @@ import psycopg
 import yaml
 from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from emailsync.errors import UserError
@@ -56,6 +64,13 @@ _DURATION_RE = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
 _VAR_RE = re.compile(r"\$\{([^}]*)\}")
 _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _discovering(info: ValidationInfo) -> bool:
+    """`emailsync discover` reads targets that may not list any table yet: that is what it proposes."""
+    return bool(info.context and info.context.get("discover"))
+
+
 # Raised by our cross-entry validators; the loader reports these itself with precise locations.
 _DUPLICATE = "duplicate_entry"
 _MAX_DEPTH = 100
@@ -241,8 +256,8 @@ class PostgresTarget(BaseModel):
 
     @field_validator("tables")
     @classmethod
-    def _check_tables(cls, value: tuple[PostgresTable, ...]) -> tuple[PostgresTable, ...]:
-        if not value:
+    def _check_tables(cls, value: tuple[PostgresTable, ...], info: ValidationInfo) -> tuple[PostgresTable, ...]:
+        if not value and not _discovering(info):
             raise ValueError("tables must list at least one table")
         dupes = _duplicates((f"tables[{i}]", (t.schema_name, t.table_name)) for i, t in enumerate(value))
         if dupes:
@@ -402,8 +417,8 @@ class DynamoTarget(BaseModel):
 
     @field_validator("tables")
     @classmethod
-    def _check_tables(cls, value: tuple[DynamoTable, ...]) -> tuple[DynamoTable, ...]:
-        if not value:
+    def _check_tables(cls, value: tuple[DynamoTable, ...], info: ValidationInfo) -> tuple[DynamoTable, ...]:
+        if not value and not _discovering(info):
             raise ValueError("tables must list at least one table")
         names = [t.table for t in value]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -825,7 +840,8 @@ def _strings(value: Any) -> Iterable[str]:
 # Entry point
 
 
-def load_targets(path: Path) -> LoadedTargets:
+def load_targets(path: Path, *, discover: bool = False) -> LoadedTargets:
+    """Read, substitute and validate targets.yaml. `discover` allows targets without tables."""
     path = Path(path)
     raw, data = _read_yaml(path)
     if raw is None:
@@ -845,9 +861,14 @@ def load_targets(path: Path) -> LoadedTargets:
         ) from None
     env_locs = [loc for loc, _ in problems]
 
+    if discover and isinstance(substituted, dict):
+        for kind in ("postgres", "dynamodb"):
+            for entry in substituted.get(kind) or ():
+                if isinstance(entry, dict):
+                    entry.setdefault("tables", [])
     config: Targets | None = None
     try:
-        config = Targets.model_validate(substituted)
+        config = Targets.model_validate(substituted, context={"discover": discover})
     except ValidationError as exc:
         skipped: list[tuple[Loc, str]] = []
         for error in exc.errors(include_url=False):

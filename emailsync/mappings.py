@@ -406,7 +406,7 @@ def _delimiter_hint(text: str) -> str:
 _ASCII_EMAIL = re.compile(r"[\x21-\x3f\x41-\x7e]{1,64}+@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
 
 
-def _is_email(value: str) -> bool:
+def is_email(value: str) -> bool:
     if len(value) > 254:
         return False
     if (
@@ -455,10 +455,10 @@ def _validate(
     mappings: list[Mapping] = []
     positions: list[int] = []
     seen: dict[tuple[str, str, str | None], str] = {}
-    is_email = _is_email
+    email_ok = is_email  # a local name: looked up once, not per entry
     for raw_old, raw_new, client_id, where, pos in raws:  # unpacking: NamedTuple attributes are slower
         old, new = raw_old.strip(), raw_new.strip()
-        old_ok, new_ok = is_email(old), is_email(new)
+        old_ok, new_ok = email_ok(old), email_ok(new)
         if not (old_ok and new_ok):
             if not old_ok:
                 problems.append((pos, f"{where}: not an email address: '{_show(old)}' (old address)"))

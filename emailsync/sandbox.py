@@ -23,7 +23,12 @@ SCHEMAS: dict[str, list[str]] = {
         "CREATE EXTENSION IF NOT EXISTS citext",
         """CREATE TABLE employees (
             id int PRIMARY KEY, email citext UNIQUE NOT NULL, manager_email text, full_name text NOT NULL)""",
-        "CREATE TABLE user_settings (email text PRIMARY KEY, theme text NOT NULL, locale text NOT NULL)",
+        """CREATE TABLE user_settings (
+            email text PRIMARY KEY, theme text NOT NULL, locale text NOT NULL,
+            email_format text NOT NULL DEFAULT 'html')""",
+        """CREATE TABLE emergency_contacts (
+            id int PRIMARY KEY, employee_email citext NOT NULL REFERENCES employees (email),
+            contact_name text NOT NULL, contact_phone text NOT NULL)""",
         "CREATE TABLE projects (id int PRIMARY KEY, name text NOT NULL, members text[] NOT NULL, meta jsonb)",
         """INSERT INTO employees VALUES
             (1, 'ceo@oldco.com', NULL, 'Casey CEO'),
@@ -34,6 +39,8 @@ SCHEMAS: dict[str, list[str]] = {
         """INSERT INTO user_settings VALUES
             ('ceo@oldco.com', 'dark', 'en'), ('jane.doe@oldco.com', 'light', 'en'),
             ('jane.smith@newco.com', 'solarized', 'de')""",
+        """INSERT INTO emergency_contacts VALUES
+            (1, 'jane.doe@oldco.com', 'Sam Doe', '+1 555 0199'), (2, 'ceo@oldco.com', 'Alex Rivera', '+1 555 0142')""",
         """INSERT INTO projects VALUES
             (1, 'Rebrand', ARRAY['ceo@oldco.com', 'jane.doe@oldco.com', 'li@partner.org'],
              '{"owner": "jane.doe@oldco.com", "reviewers": ["raj@oldco.com"], "budget": 12000.50}'),
@@ -69,6 +76,8 @@ postgres:
       - table: public.user_settings
         columns: [email]
         on_conflict: skip
+      - table: public.emergency_contacts
+        columns: [employee_email]
       - table: public.projects
         columns: [members, meta]
   - name: tymeplushr-leave
@@ -118,7 +127,7 @@ def embedded_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
 def _dump(dsns: dict[str, str]) -> list[str]:
     out = []
     queries = {
-        "tymeplushr_core": ["employees", "user_settings", "projects"],
+        "tymeplushr_core": ["employees", "user_settings", "emergency_contacts", "projects"],
         "tymeplushr_leave": ["leave_requests"],
     }
     for db, tables in queries.items():

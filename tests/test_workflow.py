@@ -80,10 +80,11 @@ def test_demo_runs_the_workflow_and_cleans_up(ws, tmp_path):
     after = r.out.split("\nAfter:")[1]
     # PostgreSQL, the DynamoDB profiles (a merge-and-move) and the live login table all changed
     assert "2 | jane.smith@newco.com | ceo@newco.com | Jane Doe" in after
+    assert "1 | jane.smith@newco.com | Sam Doe" in after  # the foreign key's child moved with its parent
     assert "delegates={jane.smith@newco.com, li@partner.org}, desk=42, email=raj.patel@newco.com" in after
     assert "clientId=acme, email=ceo@newco.com, passwordHash=$2b$12$ceo" in after
     assert "ceo@oldco.com" not in after.split("dynamodb userAuthentication:")[1]
-    assert "18 after (applied), 0 before (not applied), 0 drifted" in r.out
+    assert "20 after (applied), 0 before (not applied), 0 drifted" in r.out
     assert "already been applied completely" in r.err
     plans = sorted((keep / "plans").glob("*/plan.json"))
     assert len(plans) == 2  # the plan and its rollback

@@ -74,7 +74,7 @@ class TableMeta:
     @property
     def display(self) -> str:
         # Quoted only where needed, so "a.b".c and a."b.c" stay two different names.
-        return f"{_display_ident(self.schema)}.{_display_ident(self.name)}"
+        return f"{display_ident(self.schema)}.{display_ident(self.name)}"
 
     @property
     def prefix(self) -> str:
@@ -116,7 +116,7 @@ _TEXT_TYPES = {"text", "varchar", "bpchar", "citext"}
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def _display_ident(name: str) -> str:
+def display_ident(name: str) -> str:
     return name if _PLAIN_IDENT.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
