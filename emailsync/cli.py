@@ -373,6 +373,71 @@ def rollback(
     typer.echo(f"Apply after review with: emailsync apply {path} --targets {p.inputs.targets_file}")
 
 
+class DiscoverFormat(StrEnum):
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command()
+def discover(
+    targets: TargetsOpt = Path("targets.yaml"),
+    target: Annotated[list[str] | None, typer.Option(help="Only these targets of the file (repeatable).")] = None,
+    dsn: Annotated[
+        list[str] | None,
+        typer.Option(help="A PostgreSQL database to discover without a targets file (repeatable)."),
+    ] = None,
+    dynamodb_endpoint: Annotated[
+        str | None, typer.Option(help="A DynamoDB endpoint to discover without a targets file.")
+    ] = None,
+    dynamodb_region: Annotated[str | None, typer.Option(help="The region for --dynamodb-endpoint or AWS.")] = None,
+    sample: Annotated[int, typer.Option(help="At most this many rows or items read per table.")] = 1000,
+    write: Annotated[
+        bool, typer.Option(help="Merge the proposals into --targets (the old file is kept as a .bak).")
+    ] = False,
+    format: Annotated[DiscoverFormat, typer.Option("--format", "-f", help="yaml or json.")] = DiscoverFormat.yaml,
+) -> None:
+    """Find the columns and attributes that hold email addresses (catalog and a bounded, read-only sample) and
+    propose targets.yaml entries with the evidence. Prints the merged targets.yaml; --write saves it."""
+    from emailsync.discover import run
+    from emailsync.plan import dumps
+
+    try:
+        result = _store_errors(
+            "discovering",
+            lambda: run(
+                targets,
+                only=target,
+                dsns=dsn or [],
+                ddb_endpoint=dynamodb_endpoint,
+                ddb_region=dynamodb_region,
+                sample=sample,
+                write=write,
+            ),
+        )
+    except UserError as e:
+        _fail(e)
+    for t in result.discovery.targets:
+        n = sum(len(tb.proposed) for tb in t.tables)
+        typer.echo(f"{t.name}: {n} email column(s)/attribute(s) in {len(t.tables)} table(s)", err=True)
+    if format is DiscoverFormat.json:
+        typer.echo(dumps(result.discovery.model_dump(mode="json"), indent=2))
+    elif not write:
+        typer.echo(result.text, nl=False)
+    if write:
+        typer.echo(
+            f"{targets}: {len(result.added)} added"
+            + (f" ({', '.join(result.added)})" if result.added else "")
+            + (f"; the previous file is {result.backup} (its comments are not carried over)" if result.backup else ""),
+            err=format is DiscoverFormat.json,
+        )
+        if result.env:
+            typer.echo(
+                f"Set {', '.join(result.env)} to the DSN(s) in the environment or in .env beside {targets}; "
+                "targets.yaml never holds the DSN itself.",
+                err=format is DiscoverFormat.json,
+            )
+
+
 def _store_errors(doing: str, fn: Any) -> Any:
     try:
         return fn()

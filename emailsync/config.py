@@ -617,6 +617,14 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
         raise UserError(f"{path}: YAML error: {exc}") from None
 
 
+def read_raw_yaml(path: Path) -> dict[str, Any]:
+    """The targets file as written (no ${VAR} substituted), for tools that edit it: `discover --write`."""
+    raw, _ = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping (`version: 1`, `postgres: [...]`), not {_kind(raw)}")
+    return raw
+
+
 # --------------------------------------------------------------------------------------------------
 # ${VAR} substitution
 

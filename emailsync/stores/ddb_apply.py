@@ -25,6 +25,7 @@ from typing import Any
 import botocore.exceptions
 from deepdiff import DeepDiff
 
+from emailsync import progress
 from emailsync.config import DynamoTarget
 from emailsync.errors import UserError
 from emailsync.plan import Action
@@ -65,6 +66,7 @@ class DynamoApplier:
         self.actions = actions
         self.on_stale = on_stale
         self.journal = journal or (lambda entry: None)
+        self._bar = progress.Task()  # the apply phase's bar while run() writes; nothing shown otherwise
         self.status: dict[str, Outcome] = {}
         self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
@@ -93,22 +95,27 @@ class DynamoApplier:
                 res.outcomes = dict(self.status)
                 res.error = f"{len(stale)} stale action(s); nothing written to this target (--on-stale abort)"
                 return res
-            for step in sorted({a.step for a in self.actions}):
-                todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
-                # Moves in transactions; on a live table, verified swaps (a rollback's moves back too).
-                self._moves([a for a in todo if a.kind in MOVES and not self._swapped(a)])
-                for a in todo:
-                    if a.kind in MOVES and self._swapped(a):
-                        self._swap(a)
-                updates = [a for a in todo if a.kind not in MOVES]
-                for i in range(0, len(updates), UPDATE_BATCH):
-                    # Journaled a batch at a time (fsync before and after), written an item at a time.
-                    chunk = updates[i : i + UPDATE_BATCH]
-                    self._journal_batch("update", chunk, "before")
-                    for a in chunk:
-                        self._update(a)
-                    self._journal_batch("update", chunk, "after")
-                self._verify([a for a in todo if self.status[a.id].status == "applied"])
+            todo_count = sum(1 for o in self.status.values() if o.status == "pending")
+            live = " (live)" if any(a.live for a in self.actions) else ""
+            with progress.task(f"apply {self.target.name}{live}", total=todo_count) as self._bar:
+                for step in sorted({a.step for a in self.actions}):
+                    todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
+                    # Moves in transactions; on a live table, verified swaps (a rollback's moves back too).
+                    self._moves([a for a in todo if a.kind in MOVES and not self._swapped(a)])
+                    for a in todo:
+                        if a.kind in MOVES and self._swapped(a):
+                            self._swap(a)
+                            self._bar.advance()
+                    updates = [a for a in todo if a.kind not in MOVES]
+                    for i in range(0, len(updates), UPDATE_BATCH):
+                        # Journaled a batch at a time (fsync before and after), written an item at a time.
+                        chunk = updates[i : i + UPDATE_BATCH]
+                        self._journal_batch("update", chunk, "before")
+                        for a in chunk:
+                            self._update(a)
+                        self._journal_batch("update", chunk, "after")
+                        self._bar.advance(len(chunk))
+                    self._verify([a for a in todo if self.status[a.id].status == "applied"])
         except UserError as e:
             # Credentials or a table gone while writing: other targets may have committed already, so this is
             # reported with them rather than raised past the report.
@@ -306,6 +313,7 @@ class DynamoApplier:
             self._transact_batch(list(batch))
         finally:
             self._journal_batch("transact-write", batch, "after")
+            self._bar.advance(len(batch))
 
     def _transact_batch(self, batch: list[Action]) -> None:
         attempt = 0

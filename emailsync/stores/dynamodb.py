@@ -21,6 +21,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from emailsync import progress
 from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
@@ -244,6 +245,7 @@ class TableInfo:
     hash_key: str
     range_key: str | None
     size_bytes: int
+    item_count: int = 0  # DynamoDB's estimate (refreshed about every six hours): for progress only
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -373,7 +375,9 @@ class DynamoPlanner:
         t = call(self.target, f"describe {cfg.table}", self.probe.describe_table, TableName=cfg.table)["Table"]
         keys = {k["KeyType"]: k["AttributeName"] for k in t["KeySchema"]}
         types = {a["AttributeName"]: a["AttributeType"] for a in t.get("AttributeDefinitions", [])}
-        info = TableInfo(cfg, i, keys["HASH"], keys.get("RANGE"), int(t.get("TableSizeBytes", 0)))
+        info = TableInfo(
+            cfg, i, keys["HASH"], keys.get("RANGE"), int(t.get("TableSizeBytes", 0)), int(t.get("ItemCount", 0))
+        )
         for a in cfg.attributes:
             if a.path[0] in info.key_names and (len(a.path) > 1 or types.get(a.path[0]) != "S"):
                 raise UserError(
@@ -413,14 +417,19 @@ class DynamoPlanner:
                 page = call(self.target, f"scan {info.cfg.table}", self.client.scan, **kwargs)
                 counters["requests"] += 1
                 counters["items"] += len(page.get("Items", []))
+                bar.advance(len(page.get("Items", [])))
                 found.extend(i for i in page.get("Items", []) if self._changes(info, i) is not None)
                 if "LastEvaluatedKey" not in page:
                     return found
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-        with ThreadPoolExecutor(max_workers=min(segments, 8)) as pool:
-            for items in pool.map(segment, range(segments)):
-                yield from items
+        description = f"plan {self.target.name}: scanning {info.cfg.table}"
+        with (
+            progress.task(description, total=info.item_count or None) as bar,
+            ThreadPoolExecutor(max_workers=min(segments, 8)) as pool,
+        ):
+            found = [item for items in pool.map(segment, range(segments)) for item in items]
+        yield from found
         self.out.reads.append(
             dict(
                 target=self.target.name,

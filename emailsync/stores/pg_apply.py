@@ -15,6 +15,7 @@ The sequence inside the transaction:
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ import psycopg
 from deepdiff import DeepDiff
 from psycopg import sql
 
+from emailsync import progress
 from emailsync.plan import Action, dumps
 from emailsync.stores.outcome import Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
@@ -68,8 +70,11 @@ class PostgresApplier:
             details = self._stale_details()
             if details and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
-            for step in sorted({a.step for a in self.actions}):
-                self._run_step(step)
+            per_step = Counter(a.step for a in self.actions)
+            with progress.task(f"apply {self.target}", total=len(self.actions)) as bar:
+                for step in sorted(per_step):
+                    self._run_step(step)
+                    bar.advance(per_step[step])
             late = {k: v for k, v in self._stale_details().items() if k not in details}
             details.update(late)
             if late and self.on_stale == "abort":

@@ -116,6 +116,17 @@ _TEXT_TYPES = {"text", "varchar", "bpchar", "citext"}
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
+def column_kind(typname: str, elem: str | None) -> tuple[ColumnKind | None, bool]:
+    """What emailsync can do with a column of this base type (domains resolved), and whether it is citext."""
+    if typname in _TEXT_TYPES:
+        return "text", typname == "citext"
+    if elem in _TEXT_TYPES:
+        return "array", elem == "citext"
+    if typname == "jsonb":
+        return "jsonb", False
+    return None, False
+
+
 def display_ident(name: str) -> str:
     return name if _PLAIN_IDENT.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
@@ -159,14 +170,7 @@ def resolve_table(
         """,
         (oid,),
     ):
-        kind: ColumnKind | None = None
-        ci = False
-        if typname in _TEXT_TYPES:
-            kind, ci = "text", typname == "citext"
-        elif elem in _TEXT_TYPES:
-            kind, ci = "array", elem == "citext"
-        elif typname == "jsonb":
-            kind = "jsonb"
+        kind, ci = column_kind(typname, elem)
         cols[attname] = Column(attname, attnum, type_sql, kind, ci, bool(generated), typname)
 
     problems: list[str] = []
@@ -224,7 +228,7 @@ def resolve_table(
         key=key,
         email_columns=tuple(cfg.columns),
     )
-    meta.unique_indexes = _unique_indexes(conn, oid, cols)
+    meta.unique_indexes = unique_indexes(conn, oid, cols)
     gen_deps: dict[str, set[str]] = {}
     for gname, gexpr, deps in conn.execute(
         """
@@ -275,7 +279,7 @@ def resolve_table(
     return meta
 
 
-def _unique_indexes(conn: psycopg.Connection, oid: int, cols: dict[str, Column]) -> list[UniqueIndex]:
+def unique_indexes(conn: psycopg.Connection, oid: int, cols: dict[str, Column]) -> list[UniqueIndex]:
     by_num = {c.attnum: c.name for c in cols.values()}
     out = []
     for name, exprs, pred, nnd, deps in conn.execute(

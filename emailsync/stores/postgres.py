@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 
+from emailsync import progress
 from emailsync.config import PostgresTarget, dsn_secrets, redact
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
@@ -190,7 +191,12 @@ class PostgresPlanner:
                 seen[m.oid] = m.cfg.table
             if any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold":
                 self._check_ci_ambiguity(conn)
-            tables = [TablePlan(m, self._read_table(conn, m)) for m in metas]
+            tables = []
+            total = sum(len(m.email_columns) for m in metas)
+            with progress.task(f"plan {self.target.name}: reading", total=total) as bar:
+                for m in metas:
+                    bar.describe(f"plan {self.target.name}: reading {m.display}")
+                    tables.append(TablePlan(m, self._read_table(conn, m, bar)))
             for tp in tables:
                 self._resolve_conflicts(conn, tp)
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
@@ -239,9 +245,10 @@ class PostgresPlanner:
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def _read_table(self, conn: psycopg.Connection, meta: TableMeta) -> list[RowPlan]:
+    def _read_table(self, conn: psycopg.Connection, meta: TableMeta, bar: progress.Task) -> list[RowPlan]:
         rows: dict[str, RowPlan] = {}
         for col in meta.email_columns:
+            bar.advance()
             for key, old, new, entries in self._scan_column(conn, meta, col):
                 ks = dumps(key)
                 rp = rows.get(ks)

@@ -1,0 +1,749 @@
+"""`emailsync discover`: find the columns and attributes that hold email addresses, and propose targets.yaml.
+
+Read-only and bounded. PostgreSQL: the catalog names every text-like, text-array and jsonb column of every table
+the connection can read; each table is then sampled once (TABLESAMPLE SYSTEM on large tables, LIMIT always) in a
+read-only transaction with a statement timeout. DynamoDB: ListTables, DescribeTable, and one Scan of at most
+`sample` items per table. A column or attribute is proposed when its name looks like an email field and some
+sampled value is an address, or when most sampled values are addresses; the evidence (how many matched) is kept
+for the reviewer. Nothing is ever written to a store; only `--write` writes, and only targets.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+import yaml
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from emailsync import progress
+from emailsync.config import DynamoTarget, PostgresTarget, dsn_secrets, load_targets, read_raw_yaml, redact
+from emailsync.errors import UserError
+from emailsync.mappings import is_email
+
+DEFAULT_SAMPLE = 1000
+MAX_SAMPLE = 100_000
+_MAX_DEPTH = 5  # nested DynamoDB maps followed at most this deep
+
+# An email-like name: email, e_mail, e-mail, userEmail, approverEmails, mail, mail_address; not gmail_token.
+NAME_RE = re.compile(r"e[-_]?mail|(^|[^a-z])mail($|[^a-z])|mail_?addr", re.IGNORECASE)
+# A login table is worth a reminder about `live: true`; never set it on a guess.
+_LOGIN_RE = re.compile(r"auth|login|credential|signin|sign_in", re.IGNORECASE)
+# "USER#jane@x.com" or "TENANT|jane@x.com#PROFILE": an address between separators (see `template` in targets.yaml).
+_TEMPLATED = re.compile(r"(?P<pre>[^@]*?[#|:/])(?P<email>[^#|:/@\s]+@[^#|:/@\s]+)(?P<post>[#|:/][^@]*)?")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Evidence(_Frozen):
+    """One column or attribute: what was sampled, and the decision."""
+
+    name: str  # column name, or attribute name / dotted path into maps
+    type: str  # PostgreSQL type, or the DynamoDB types seen (S, L, SS)
+    name_match: bool
+    sampled: int  # non-empty values sampled
+    matched: int  # of those, how many are (or hold) an email address
+    template: str | None = None  # DynamoDB: the address sits inside a larger string, e.g. USER#{email}
+    proposed: bool
+    configured: bool  # already in targets.yaml
+    why: str
+
+
+class TableFinding(_Frozen):
+    table: str  # as targets.yaml would name it: schema.table (PostgreSQL) or the table name (DynamoDB)
+    configured_as: str | None = None  # the entry's `table:` text when targets.yaml already lists it
+    key: tuple[str, ...] = ()
+    key_source: Literal["primary key", "unique index", "table key", "configured", "none"]
+    unique: tuple[str, ...] = ()  # unique indexes over a proposed column (PostgreSQL)
+    sampled: int
+    method: str
+    columns: tuple[Evidence, ...]
+    note: str | None = None
+
+    @property
+    def proposed(self) -> list[Evidence]:
+        return [c for c in self.columns if c.proposed]
+
+
+class TargetFinding(_Frozen):
+    name: str
+    kind: Literal["postgres", "dynamodb"]
+    tables: tuple[TableFinding, ...]
+    unreadable: tuple[str, ...] = ()  # tables the connection may not read
+
+
+class Discovery(_Frozen):
+    format: Literal["emailsync-discovery"] = "emailsync-discovery"
+    version: Literal[1] = 1
+    sample: int
+    targets: tuple[TargetFinding, ...]
+
+
+def _decide(name_match: bool, sampled: int, matched: int, noun: str = "values") -> tuple[bool, str]:
+    """Proposed when the name says email and a value agrees, or when most values are addresses."""
+    said = "its name looks like an email field; " if name_match else ""
+    if sampled == 0:
+        if name_match:
+            return True, "its name looks like an email field; no values to sample"
+        return False, "no values to sample"
+    verb = "are addresses" if noun == "values" else "hold an address"
+    share = f"{matched} of {sampled} sampled {noun} {verb}"
+    if matched == 0:
+        return False, said + share
+    if name_match or matched * 2 >= sampled:
+        return True, said + share
+    return False, f"only {share}"
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------------------
+
+_TABLES = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8,
+       CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) / current_setting('block_size')::int ELSE 0 END,
+       has_table_privilege(c.oid, 'SELECT')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'emailsync')
+  AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+_COLUMNS = """
+SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), bt.typname, et.typname,
+       a.attgenerated <> '', a.attnotnull
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+_PRIMARY_KEYS = """
+SELECT i.indrelid, array_agg(a.attname ORDER BY k.ord)
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = ANY(%s) AND i.indisprimary
+GROUP BY i.indrelid
+"""
+
+
+def _strings(doc: Any) -> Iterable[str]:
+    """Every string value in a JSON document (object keys are not values: the planner never changes them)."""
+    if isinstance(doc, str):
+        yield doc
+    elif isinstance(doc, dict):
+        for v in doc.values():
+            yield from _strings(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _strings(v)
+
+
+def _holds_email(kind: str, value: Any) -> bool | None:
+    """True/False for a sampled value, None when there is nothing in it to judge (NULL, an empty array)."""
+    if value is None:
+        return None
+    if kind == "text":
+        return is_email(value)
+    if kind == "array":
+        elements = [e for e in value if e is not None]
+        return any(is_email(e) for e in elements) if elements else None
+    return any(is_email(s) for s in _strings(value))
+
+
+def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
+    from emailsync.stores.pg_catalog import column_kind, display_ident
+    from emailsync.stores.postgres import connect
+
+    conn = connect(target)
+    try:
+        conn.read_only = True
+        # Bounded on a busy production database: never wait long for a lock, never run long.
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(target.lock_timeout)))
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(target.statement_timeout or "60s")))
+        configured: dict[int, str] = {}
+        for t in target.tables:
+            name = (
+                sql.SQL("{}.{}").format(sql.Identifier(t.schema_name), sql.Identifier(t.table_name))
+                if t.schema_name is not None
+                else sql.Identifier(t.table_name)
+            )
+            row = conn.execute("SELECT to_regclass(%s)::oid", (name.as_string(conn),)).fetchone()
+            if row and row[0] is not None:
+                configured[row[0]] = t.table
+        by_table = {t.table: t for t in target.tables}
+        tables = conn.execute(_TABLES).fetchall()
+        oids = [r[0] for r in tables]
+        columns: dict[int, list[tuple[Any, ...]]] = {}
+        for row in conn.execute(_COLUMNS, (oids,)):
+            columns.setdefault(row[0], []).append(row[1:])
+        pks = dict(conn.execute(_PRIMARY_KEYS, (oids,)).fetchall())
+        found: list[TableFinding] = []
+        unreadable: list[str] = []
+        with progress.task(f"discover {target.name}", total=len(tables)) as bar:
+            for oid, schema, relname, relkind, reltuples, pages, readable in tables:
+                bar.advance()
+                display = f"{display_ident(schema)}.{display_ident(relname)}"
+                cols = columns.get(oid, [])
+                cfg = by_table.get(configured.get(oid, ""))
+                candidates = []  # (name, type, kind)
+                for attname, type_sql, typname, elem, generated, _notnull in cols:
+                    kind, _ = column_kind(typname, elem)
+                    if kind is not None and not generated:
+                        candidates.append((attname, type_sql, kind))
+                if not candidates:
+                    continue
+                if not readable:
+                    unreadable.append(display)
+                    continue
+                bar.describe(f"discover {target.name}: sampling {display}")
+                rows, method = _sample_table(conn, schema, relname, relkind, reltuples, pages, candidates, sample)
+                evidence = []
+                for i, (attname, type_sql, kind) in enumerate(candidates):
+                    verdicts = [v for v in (_holds_email(kind, r[i]) for r in rows) if v is not None]
+                    matched = sum(verdicts)
+                    name_match = NAME_RE.search(attname) is not None
+                    noun = "documents" if kind == "jsonb" else "arrays" if kind == "array" else "values"
+                    proposed, why = _decide(name_match, len(verdicts), matched, noun)
+                    in_cfg = cfg is not None and attname in cfg.columns
+                    if proposed or in_cfg or matched or name_match:
+                        evidence.append(
+                            Evidence(
+                                name=attname,
+                                type=type_sql,
+                                name_match=name_match,
+                                sampled=len(verdicts),
+                                matched=matched,
+                                proposed=proposed,
+                                configured=in_cfg,
+                                why=why,
+                            )
+                        )
+                if not evidence:
+                    continue
+                key, key_source, note = _pg_key(oid, pks, cols, conn, cfg)
+                uniques = _unique_over(conn, oid, {e.name for e in evidence if e.proposed})
+                found.append(
+                    TableFinding(
+                        table=display,
+                        configured_as=cfg.table if cfg else None,
+                        key=key,
+                        key_source=key_source,
+                        unique=uniques,
+                        sampled=len(rows),
+                        method=method,
+                        columns=tuple(evidence),
+                        note=note,
+                    )
+                )
+        conn.rollback()
+    finally:
+        conn.close()
+    return TargetFinding(name=target.name, kind="postgres", tables=tuple(found), unreadable=tuple(unreadable))
+
+
+def _unique_over(conn: psycopg.Connection, oid: int, columns: set[str]) -> tuple[str, ...]:
+    """Unique indexes (and constraints) that depend on any of `columns`: in keys, expressions or predicates."""
+    return tuple(
+        r[0]
+        for r in conn.execute(
+            """
+            SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = %s AND i.indisunique AND EXISTS (
+                SELECT 1 FROM pg_attribute a
+                WHERE a.attrelid = i.indrelid AND a.attname = ANY(%s) AND (
+                    a.attnum = ANY(i.indkey::int2[])
+                    OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                               AND d.objid = i.indexrelid AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum)))
+            ORDER BY 1
+            """,
+            (oid, sorted(columns)),
+        )
+    )
+
+
+def _pg_key(
+    oid: int, pks: dict[int, list[str]], cols: list[tuple[Any, ...]], conn: psycopg.Connection, cfg: Any
+) -> tuple[tuple[str, ...], Literal["primary key", "unique index", "configured", "none"], str | None]:
+    if cfg is not None and cfg.key:
+        return tuple(cfg.key), "configured", None
+    if oid in pks:
+        return tuple(pks[oid]), "primary key", None
+    # No primary key: a plain unique index over NOT NULL columns identifies rows just as well.
+    notnull = {c[0] for c in cols if c[5]}
+    for (names,) in conn.execute(
+        """
+        SELECT ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+        ORDER BY i.indnkeyatts, ic.relname
+        """,
+        (oid,),
+    ):
+        if names and set(names) <= notnull:
+            return tuple(names), "unique index", None
+    return (
+        (),
+        "none",
+        "no primary key and no unique NOT NULL columns: add `key: [...]` naming columns that identify a row",
+    )
+
+
+def _sample_table(
+    conn: psycopg.Connection,
+    schema: str,
+    name: str,
+    relkind: str,
+    reltuples: float,
+    pages: int,
+    candidates: list[tuple[str, str, str]],
+    sample: int,
+) -> tuple[list[tuple[Any, ...]], str]:
+    """At most `sample` rows: the first ones of a small table, a page sample (TABLESAMPLE SYSTEM) of a big one."""
+    cast = {"text": sql.SQL("::text"), "array": sql.SQL("::text[]"), "jsonb": sql.SQL("")}
+    select = sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(n), cast[k]) for n, _, k in candidates)
+    table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    # reltuples is -1 before the first ANALYZE: then guess from the size, about 50 rows a page.
+    estimate = reltuples if reltuples >= 0 else pages * 50.0
+    if relkind == "r" and estimate > 4 * sample:
+        percent = min(100.0, max(0.0001, 400.0 * sample / estimate))
+        rows = conn.execute(
+            sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) REPEATABLE (0) LIMIT %s").format(select, table),
+            (percent, sample),
+        ).fetchall()
+        if rows:
+            return rows, f"TABLESAMPLE SYSTEM ({percent:.4g}%) of about {int(estimate)} rows"
+    rows = conn.execute(sql.SQL("SELECT {} FROM {} LIMIT %s").format(select, table), (sample,)).fetchall()
+    return rows, "first rows" if len(rows) >= sample else "all rows"
+
+
+# --- DynamoDB -------------------------------------------------------------------------------------------------
+
+
+class _AttrStats:
+    def __init__(self) -> None:
+        self.types: set[str] = set()
+        self.sampled = 0
+        self.plain = 0
+        self.templates: dict[tuple[str, str], int] = {}
+
+    def add(self, strings: list[str], t: str) -> None:
+        self.types.add(t)
+        if not strings:
+            return
+        self.sampled += 1
+        if any(is_email(s) for s in strings):
+            self.plain += 1
+            return
+        for s in strings:
+            m = _TEMPLATED.fullmatch(s)
+            if m and is_email(m["email"]):
+                affixes = (m["pre"], m["post"] or "")
+                self.templates[affixes] = self.templates.get(affixes, 0) + 1
+                return
+
+
+def _walk_item(item: dict[str, Any], stats: dict[str, _AttrStats], prefix: str = "", depth: int = 0) -> None:
+    for name, av in item.items():
+        if "." in name:
+            continue  # a dotted path could not name it in targets.yaml
+        path = prefix + name
+        ((t, v),) = av.items()
+        if t == "M" and depth < _MAX_DEPTH:
+            _walk_item(v, stats, path + ".", depth + 1)
+        elif t == "S":
+            stats.setdefault(path, _AttrStats()).add([v], t)
+        elif t == "SS":
+            stats.setdefault(path, _AttrStats()).add(list(v), t)
+        elif t == "L":
+            strings = [e["S"] for e in v if "S" in e]
+            if strings or not v:
+                stats.setdefault(path, _AttrStats()).add(strings, t)
+
+
+def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
+    from emailsync.stores.dynamodb import call, client_for
+
+    client = client_for(target, probe=True)
+    names: list[str] = []
+    kwargs: dict[str, Any] = {}
+    while True:
+        page = call(target, "list tables", client.list_tables, **kwargs)
+        names += page.get("TableNames", [])
+        if "LastEvaluatedTableName" not in page:
+            break
+        kwargs["ExclusiveStartTableName"] = page["LastEvaluatedTableName"]
+    configured = {t.table: t for t in target.tables}
+    names = [n for n in names if n != target.ledger_table]  # emailsync's own records hold no one's email
+    found = []
+    with progress.task(f"discover {target.name}", total=len(names)) as bar:
+        for name in names:
+            bar.describe(f"discover {target.name}: sampling {name}")
+            bar.advance()
+            desc = call(target, f"describe {name}", client.describe_table, TableName=name)["Table"]
+            key = tuple(k["AttributeName"] for k in sorted(desc["KeySchema"], key=lambda k: k["KeyType"] != "HASH"))
+            items: list[dict[str, Any]] = []
+            scan: dict[str, Any] = {"TableName": name}
+            while len(items) < sample:
+                scan["Limit"] = sample - len(items)
+                page = call(target, f"scan {name}", client.scan, **scan)
+                items += page.get("Items", [])
+                if "LastEvaluatedKey" not in page:
+                    break
+                scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            stats: dict[str, _AttrStats] = {}
+            for item in items:
+                _walk_item(item, stats)
+            cfg = configured.get(name)
+            in_cfg = {a.name for a in cfg.attributes} if cfg else set()
+            evidence = []
+            for path, st in sorted(stats.items()):
+                name_match = NAME_RE.search(path.rsplit(".", 1)[-1]) is not None
+                template = None
+                matched = st.plain
+                if not st.plain and len(st.templates) == 1:
+                    ((pre, post), matched), *_ = st.templates.items()
+                    template = f"{pre}{{email}}{post}"
+                proposed, why = _decide(name_match, st.sampled, matched, "items")
+                if template:
+                    why += f", inside {template}"
+                elif len(st.templates) > 1 and not st.plain:
+                    proposed, why = False, f"{why}; addresses sit inside values of several shapes: configure a template"
+                if proposed or path in in_cfg or matched or name_match:
+                    evidence.append(
+                        Evidence(
+                            name=path,
+                            type="/".join(sorted(st.types)),
+                            name_match=name_match,
+                            sampled=st.sampled,
+                            matched=matched,
+                            template=template,
+                            proposed=proposed,
+                            configured=path in in_cfg,
+                            why=why,
+                        )
+                    )
+            if not evidence:
+                continue
+            note = None
+            if _LOGIN_RE.search(name) and not target.is_live(name):
+                note = (
+                    "if people log in with this table, add `live: true` (and `client_attribute` if keys are per client)"
+                )
+            found.append(
+                TableFinding(
+                    table=name,
+                    configured_as=name if cfg else None,
+                    key=key,
+                    key_source="table key",
+                    sampled=len(items),
+                    method="Scan, Limit" if len(items) >= sample else "Scan of every item",
+                    columns=tuple(evidence),
+                    note=note,
+                )
+            )
+    return TargetFinding(name=target.name, kind="dynamodb", tables=tuple(found))
+
+
+# --- which targets --------------------------------------------------------------------------------------------
+
+
+def _env_name(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_").upper() + "_DSN"
+
+
+def bare_postgres(dsns: list[str]) -> list[tuple[PostgresTarget, dict[str, Any]]]:
+    """Targets for `--dsn`: named after their databases; the raw entry points at an environment variable, so
+    the DSN (and its password) never lands in targets.yaml or on the screen."""
+    out: list[tuple[PostgresTarget, dict[str, Any]]] = []
+    used: set[str] = set()
+    for i, dsn in enumerate(dsns):
+        try:
+            db = conninfo_to_dict(dsn).get("dbname") or conninfo_to_dict(dsn).get("user") or "postgres"
+        except (psycopg.Error, ValueError):
+            raise UserError(
+                f"--dsn #{i + 1}: not a valid PostgreSQL connection string; use a URI such as "
+                "postgresql://user@host:5432/db or key=value pairs such as 'host=h dbname=db'"
+            ) from None
+        name = re.sub(r"[^A-Za-z0-9.-]+", "-", str(db)).strip("-") or "postgres"
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}-{n}", n + 1
+        used.add(name)
+        target = PostgresTarget.model_validate({"name": name, "dsn": dsn, "tables": []}, context={"discover": True})
+        out.append((target, {"name": name, "dsn": f"${{{_env_name(name)}}}", "tables": []}))
+    return out
+
+
+def bare_dynamodb(endpoint: str | None, region: str | None) -> tuple[DynamoTarget, dict[str, Any]]:
+    raw: dict[str, Any] = {"name": "dynamodb"}
+    if region:
+        raw["region"] = region
+    if endpoint:
+        raw["endpoint_url"] = endpoint
+    try:
+        target = DynamoTarget.model_validate({**raw, "tables": []}, context={"discover": True})
+    except ValidationError as e:
+        msg = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False))
+        raise UserError(f"--dynamodb-endpoint/--dynamodb-region: {msg}") from None
+    return target, {**raw, "tables": []}
+
+
+# --- merging into targets.yaml --------------------------------------------------------------------------------
+
+Comments = dict[tuple[Any, ...], str]
+
+
+def merge(doc: dict[str, Any], discovery: Discovery) -> tuple[dict[str, Any], Comments, list[str], list[str]]:
+    """Add every proposed column and attribute to the raw targets document (never remove or change what is
+    there). Returns the document, a comment per place for the rendering, what was added, and notes on what was
+    considered but not proposed."""
+    comments: Comments = {}
+    added: list[str] = []
+    notes: list[str] = [
+        f"not read ({t.name} {u}): no SELECT privilege" for t in discovery.targets for u in t.unreadable
+    ]
+    for tf in discovery.targets:
+        entries = doc.setdefault(tf.kind, [])
+        ti = next(i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("name") == tf.name)
+        tables = entries[ti].setdefault("tables", [])
+        for table in tf.tables:
+            proposed = table.proposed
+            notes += [
+                f"not proposed ({tf.name} {table.table}.{e.name}): {e.type}; {e.why}"
+                for e in table.columns
+                if not e.proposed and not e.configured
+            ]
+            at = next(
+                (j for j, e in enumerate(tables) if isinstance(e, dict) and e.get("table") == table.configured_as),
+                None,
+            )
+            field = "columns" if tf.kind == "postgres" else "attributes"
+            if at is None:
+                if not proposed:
+                    continue
+                if tf.kind == "postgres" and table.key_source == "none":
+                    notes.append(f"not proposed ({tf.name} {table.table}): {table.note}")
+                    continue
+                entry: dict[str, Any] = {"table": table.table, field: []}
+                if tf.kind == "postgres":
+                    if table.key_source == "unique index":
+                        entry["key"] = list(table.key)
+                    if table.unique:
+                        # A newly found table with a unique email: the plan refuses conflicts until a person
+                        # chooses delete or skip, instead of deleting rows nobody decided about.
+                        entry["on_conflict"] = "fail"
+                tables.append(entry)
+                at = len(tables) - 1
+                comments[(tf.kind, ti, "tables", at)] = "new: " + _table_comment(table)
+            else:
+                comments[(tf.kind, ti, "tables", at)] = _table_comment(table)
+            if table.note and tf.kind == "dynamodb":
+                comments[(tf.kind, ti, "tables", at)] += "; " + table.note
+            entry = tables[at]
+            items = entry.setdefault(field, [])
+            have = {i["name"] if isinstance(i, dict) else i for i in items}
+            for ev in table.columns:
+                if ev.proposed and ev.name not in have:
+                    items.append({"name": ev.name, "template": ev.template} if ev.template else ev.name)
+                    added.append(f"{tf.name}/{table.table}: {ev.name}")
+                    have.add(ev.name)
+            for k, item in enumerate(items):
+                name = item["name"] if isinstance(item, dict) else item
+                ev = next((e for e in table.columns if e.name == name), None)
+                if ev is not None:
+                    mark = "" if ev.configured else "new: "
+                    comments[(tf.kind, ti, "tables", at, field, k)] = f"{mark}{ev.type}; {ev.why}"
+            if entry.get("on_conflict") == "fail" and table.unique:
+                comments[(tf.kind, ti, "tables", at, "on_conflict")] = (
+                    f"unique ({', '.join(table.unique)}): choose delete or skip if the plan reports conflicts"
+                )
+    return doc, comments, added, notes
+
+
+def _table_comment(t: TableFinding) -> str:
+    key = f"key {', '.join(t.key)} ({t.key_source})" if t.key else "no key"
+    return f"{key}; sampled {t.sampled} ({t.method})"
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z_$][A-Za-z0-9_.\-${}]*")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, str) and _PLAIN.fullmatch(v) and v.lower() not in _YAML_WORDS:
+        return v
+    out = yaml.safe_dump(v, default_flow_style=True, width=1 << 20, allow_unicode=True).strip()
+    return out.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _comment(c: str | None) -> str:
+    return f"  # {' '.join(c.split())}" if c else ""
+
+
+def _emit(value: Any, path: tuple[Any, ...], indent: int, comments: Comments, out: list[str], lead: str = "") -> None:
+    """Block YAML for a mapping at `indent`; `lead` replaces the first line's indentation (a list item's "- ")."""
+    pad = " " * indent
+    first = True
+    for k, v in value.items():
+        start = (lead if first else pad) + _scalar(k) + ":"
+        first = False
+        here = (*path, k)
+        if isinstance(v, dict) and v:
+            out.append(start + _comment(comments.get(here)))
+            _emit(v, here, indent + 2, comments, out)
+        elif isinstance(v, list) and v:
+            itemised = any((*here, i) in comments for i in range(len(v)))
+            if not itemised and all(not isinstance(i, dict | list) for i in v):
+                out.append(f"{start} [{', '.join(_scalar(i) for i in v)}]" + _comment(comments.get(here)))
+                continue
+            out.append(start + _comment(comments.get(here)))
+            for i, item in enumerate(v):
+                if isinstance(item, dict) and item:
+                    before = len(out)
+                    _emit(item, (*here, i), indent + 4, comments, out, lead=pad + "  - ")
+                    if (*here, i) in comments:
+                        out[before] += _comment(comments[(*here, i)])
+                else:
+                    text = _scalar(item) if not isinstance(item, dict | list) else _scalar(item)
+                    out.append(f"{pad}  - {text}" + _comment(comments.get((*here, i))))
+        else:
+            out.append(f"{start} {_scalar(v)}" + _comment(comments.get(here)))
+
+
+def render(doc: dict[str, Any], comments: Comments, header: list[str]) -> str:
+    """targets.yaml text with the evidence as comments; checked to read back as exactly `doc`."""
+    out = [f"# {line}" if line else "#" for line in header]
+    _emit(doc, (), 0, comments, out)
+    text = "\n".join(out) + "\n"
+    if yaml.safe_load(text) != doc:  # never hand out YAML that means something else than the merge
+        text = "\n".join(f"# {line}" for line in header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    return text
+
+
+def header_lines(discovery: Discovery, added: list[str], notes: list[str]) -> list[str]:
+    n_tables = sum(1 for t in discovery.targets for tb in t.tables if tb.proposed)
+    lines = [
+        f"emailsync discover ({datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}): sampled at most "
+        f"{discovery.sample} rows or items per table; evidence as comments.",
+        f"{len(added)} column(s)/attribute(s) proposed beyond the current file, in {n_tables} table(s) holding "
+        "addresses. Review before planning: a proposal is a guess from a sample.",
+    ]
+    return lines + notes
+
+
+def write_targets(path: Path, text: str) -> Path | None:
+    """Replace targets.yaml atomically after checking the result loads; the old file is kept beside it."""
+    backup = None
+    fd, tmp = tempfile.mkstemp(prefix=".discover-", suffix=".yaml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        load_targets(Path(tmp), discover=True)  # a merge that does not load is never written
+        if path.exists():
+            backup = path.with_name(f"{path.name}.{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.bak")
+            backup.write_bytes(path.read_bytes())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return backup
+
+
+@dataclass(frozen=True)
+class Result:
+    discovery: Discovery
+    text: str  # the merged targets.yaml, any literal password shown as ***
+    added: list[str]  # "target/table: column" for each proposal new to the file
+    backup: Path | None  # the previous targets.yaml, when --write replaced it
+    env: list[str]  # variables the written file needs that the user must set (--dsn targets)
+
+
+def run(
+    targets_path: Path,
+    *,
+    only: list[str] | None,
+    dsns: list[str],
+    ddb_endpoint: str | None,
+    ddb_region: str | None,
+    sample: int,
+    write: bool,
+) -> Result:
+    """Discover, merge into the targets document, render; with `write`, replace targets.yaml."""
+    if not 1 <= sample <= MAX_SAMPLE:
+        raise UserError(f"--sample {sample}: give a number of rows per table between 1 and {MAX_SAMPLE}")
+    doc: dict[str, Any]
+    pg: list[PostgresTarget] = []
+    ddb: list[DynamoTarget] = []
+    env: list[str] = []
+    if dsns or ddb_endpoint or ddb_region:
+        if only:
+            raise UserError("--target picks targets from the targets file; it cannot be combined with --dsn")
+        exists = write and targets_path.exists()
+        if exists:
+            load_targets(targets_path, discover=True)  # a broken file is reported, never merged into
+        doc = read_raw_yaml(targets_path) if exists else {"version": 1, "mappings": "email_mappings.json"}
+        for target, raw in bare_postgres(dsns):
+            pg.append(target)
+            if _add_entry(doc, "postgres", raw):
+                env.append(raw["dsn"][2:-1])
+        if ddb_endpoint or ddb_region:
+            target, raw = bare_dynamodb(ddb_endpoint, ddb_region)
+            ddb.append(target)
+            _add_entry(doc, "dynamodb", raw)
+    else:
+        loaded = load_targets(targets_path, discover=True)
+        doc = read_raw_yaml(targets_path)
+        pg, ddb = list(loaded.config.postgres), list(loaded.config.dynamodb)
+        names = [t.name for t in pg + ddb]
+        if only:
+            unknown = sorted(set(only) - set(names))
+            if unknown:
+                raise UserError(f"--target {unknown}: not in {targets_path} (targets: {names})")
+            pg = [t for t in pg if t.name in only]
+            ddb = [t for t in ddb if t.name in only]
+        if not pg and not ddb:
+            raise UserError(
+                f"{targets_path}: no targets to discover; add a postgres target (name and dsn) or a dynamodb "
+                "target (name, region or endpoint_url); `tables:` may be left out. Or pass --dsn"
+            )
+    secrets = [s for t in pg for s in dsn_secrets(t.dsn.get_secret_value())]
+    findings = [discover_postgres(t, sample) for t in pg]
+    findings += [discover_dynamodb(t, sample) for t in ddb]
+    discovery = Discovery(sample=sample, targets=tuple(findings))
+    doc, comments, added, notes = merge(doc, discovery)
+    text = render(doc, comments, header_lines(discovery, added, notes))
+    backup = write_targets(targets_path, text) if write else None
+    # On the screen a literal DSN in targets.yaml shows as ***; the file keeps what the user wrote.
+    return Result(discovery, redact(text, secrets), added, backup, env)
+
+
+def _add_entry(doc: dict[str, Any], kind: str, raw: dict[str, Any]) -> bool:
+    """Add a --dsn target to the document unless one of that name is there (then its own dsn is kept)."""
+    entries = doc.get(kind)
+    if entries is None:
+        entries = doc[kind] = []
+    if any(isinstance(e, dict) and e.get("name") == raw["name"] for e in entries):
+        return False
+    entries.append(raw)
+    return True
