@@ -45,6 +45,17 @@ def _fail(e: UserError) -> None:
 
 
 TargetsOpt = Annotated[Path, typer.Option("--targets", "-t", help="The targets file.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr (warnings and errors stay).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout for machines; no progress bars.")]
+
+
+def _progress(quiet: bool, json_out: bool = False) -> Any:
+    """Progress bars while the command runs: only on a terminal, never with --quiet or --json."""
+    from emailsync import progress
+
+    return progress.shown(progress.wanted(quiet or json_out))
 
 
 @app.command()
@@ -59,11 +70,14 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")
     ] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
     from emailsync.archive import save_plan
     from emailsync.config import load_targets
     from emailsync.mappings import load_mappings
+    from emailsync.plan import dumps
     from emailsync.plandiff import archive_diff
     from emailsync.planner import build_plan, default_plan_path
     from emailsync.render import summary_lines
@@ -74,7 +88,8 @@ def plan(
         for w in mset.warnings:
             typer.echo(f"warning: {w}", err=True)
         try:
-            p = build_plan(loaded, mset)
+            with _progress(quiet, json_out):
+                p = build_plan(loaded, mset)
         except psycopg.Error as e:
             # Not a mistake in the inputs we could name: report it plainly, without a traceback.
             msg = (e.diag.message_primary or str(e)).strip()
@@ -90,7 +105,26 @@ def plan(
         _fail(e)
     for w in p.warnings[len(mset.warnings) :]:
         typer.echo(f"warning: {w}", err=True)
-    for rd in p.reads:
+    if json_out:
+        typer.echo(
+            dumps(
+                {
+                    "plan": str(path),
+                    "markdown": str(md),
+                    "digest": p.digest,
+                    "has_changes": p.has_changes,
+                    "actions": len(p.actions),
+                    "skipped": len(p.skipped),
+                    "summary": [r.model_dump(mode="json") for r in p.summary],
+                    "warnings": list(p.warnings),
+                    "reads": [r.model_dump(mode="json") for r in p.reads],
+                    "diff": str(diffed[1]) if diffed is not None else None,
+                },
+                indent=2,
+            )
+        )
+        raise typer.Exit(2 if detailed_exitcode and p.has_changes else 0)
+    for rd in p.reads if not quiet else ():
         typer.echo(
             f"read {rd.target}/{rd.table}: {rd.method}, {rd.segments} segment(s), {rd.requests} request(s), "
             f"{rd.items_read} item(s)",
@@ -128,16 +162,21 @@ def apply(
     mappings: Annotated[
         Path | None, typer.Option(help="Mappings file for --replan-check; default: the one the plan was made from.")
     ] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
     from emailsync.archive import apply_history, journal_writer, rollbacks, write_report
     from emailsync.config import load_targets
     from emailsync.ledger import Run
-    from emailsync.plan import read_plan
+    from emailsync.plan import dumps, read_plan
     from emailsync.render import ddb_key as render_key
     from emailsync.render import report_lines, summary_lines
     from emailsync.replan import replan_check_or_fail
+
+    def say(text: str) -> None:  # words for the person: on stderr when stdout is for a machine (--json)
+        typer.echo(text, err=json_out)
 
     def confirm_live_actions(live: list[Any]) -> bool:
         # --auto-approve never approves the login table: only --confirm-live or typing YES does.
@@ -149,19 +188,21 @@ def apply(
                 f"the plan has {len(live)} live action(s) on {', '.join(tables)}: pass --confirm-live to apply "
                 "them, or --skip-live to apply the rest; nothing was written"
             )
-        typer.echo(f"\nLIVE: {len(live)} change(s) to the table(s) people log in with ({', '.join(tables)}):")
+        say(f"\nLIVE: {len(live)} change(s) to the table(s) people log in with ({', '.join(tables)}):")
         for a in live[:50]:
-            typer.echo(f"  {a.kind} {render_key(a.key)} -> {render_key(a.new_key) if a.new_key else ''}")
+            say(f"  {a.kind} {render_key(a.key)} -> {render_key(a.new_key) if a.new_key else ''}")
         if len(live) > 50:
-            typer.echo(f"  ... and {len(live) - 50} more (see plan.md)")
-        answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False)
+            say(f"  ... and {len(live) - 50} more (see plan.md)")
+        answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False, err=json_out)
         return answer.strip() == "YES"
 
     def confirm(p: object) -> bool:
         if auto_approve:
             return True
-        typer.echo("\n".join(summary_lines(plan_obj)))
-        answer = typer.prompt("\nApply these changes? Only 'yes' is accepted", default="", show_default=False)
+        say("\n".join(summary_lines(plan_obj)))
+        answer = typer.prompt(
+            "\nApply these changes? Only 'yes' is accepted", default="", show_default=False, err=json_out
+        )
         return answer.strip() == "yes"
 
     try:
@@ -180,7 +221,9 @@ def apply(
             if unknown:
                 raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})")
         if not plan_obj.actions:
-            typer.echo("The plan has no changes: nothing to apply.")
+            say("The plan has no changes: nothing to apply.")
+            if json_out:
+                typer.echo(dumps({"plan_digest": plan_obj.digest, "actions": [], "summary": []}, indent=2))
             raise typer.Exit(0)
         if approver is not None and not approver.strip():
             raise UserError("--approver is empty; give the approver's name, or leave the option out")
@@ -198,7 +241,7 @@ def apply(
         journal = journal_writer(journal_path)
         code, report = _store_errors(
             "applying",
-            lambda: apply_plan(
+            lambda: _with_progress(quiet or json_out, apply_plan)(
                 plan_obj,
                 loaded,
                 on_stale=on_stale.value,
@@ -218,8 +261,11 @@ def apply(
             journal({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
     except UserError as e:
         _fail(e)
-    typer.echo("\n".join(report_lines(report)))
-    typer.echo(f"\nReport: {path}")
+    if json_out:
+        typer.echo(dumps({**report, "report": str(path), "exit_code": code}, indent=2))
+    else:
+        typer.echo("\n".join(report_lines(report)))
+        typer.echo(f"\nReport: {path}")
     raise typer.Exit(code)
 
 
@@ -261,6 +307,8 @@ def verify(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
     targets: TargetsOpt = Path("targets.yaml"),
     format: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    quiet: QuietOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
     """Read-only: is each action of the plan in its before state, its after state, or drifted?
     Exit 0 when every action is in its after state, 3 otherwise."""
@@ -272,7 +320,9 @@ def verify(
     try:
         p = read_plan(plan_file)
         loaded = load_targets(targets)
-        states = _store_errors("verifying", lambda: verify_plan(p, loaded))
+        if json_out:
+            format = Format.json
+        states = _store_errors("verifying", lambda: _with_progress(quiet or json_out, verify_plan)(p, loaded))
     except UserError as e:
         _fail(e)
     c = counts(states)
@@ -395,16 +445,20 @@ def discover(
         bool, typer.Option(help="Merge the proposals into --targets (the old file is kept as a .bak).")
     ] = False,
     format: Annotated[DiscoverFormat, typer.Option("--format", "-f", help="yaml or json.")] = DiscoverFormat.yaml,
+    quiet: QuietOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
     """Find the columns and attributes that hold email addresses (catalog and a bounded, read-only sample) and
     propose targets.yaml entries with the evidence. Prints the merged targets.yaml; --write saves it."""
     from emailsync.discover import run
     from emailsync.plan import dumps
 
+    if json_out:
+        format = DiscoverFormat.json
     try:
         result = _store_errors(
             "discovering",
-            lambda: run(
+            lambda: _with_progress(quiet or json_out, run)(
                 targets,
                 only=target,
                 dsns=dsn or [],
@@ -416,7 +470,7 @@ def discover(
         )
     except UserError as e:
         _fail(e)
-    for t in result.discovery.targets:
+    for t in result.discovery.targets if not quiet else ():
         n = sum(len(tb.proposed) for tb in t.tables)
         typer.echo(f"{t.name}: {n} email column(s)/attribute(s) in {len(t.tables)} table(s)", err=True)
     if format is DiscoverFormat.json:
@@ -425,7 +479,7 @@ def discover(
         typer.echo(result.text, nl=False)
     if write:
         typer.echo(
-            f"{targets}: {len(result.added)} added"
+            (f"{targets}: {len(result.added)} added" if result.added else f"{targets}: nothing to add; left unchanged")
             + (f" ({', '.join(result.added)})" if result.added else "")
             + (f"; the previous file is {result.backup} (its comments are not carried over)" if result.backup else ""),
             err=format is DiscoverFormat.json,
@@ -436,6 +490,16 @@ def discover(
                 "targets.yaml never holds the DSN itself.",
                 err=format is DiscoverFormat.json,
             )
+
+
+def _with_progress(off: bool, fn: Any) -> Any:
+    """fn, run with progress bars shown (on a terminal, unless `off`)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _progress(off):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _store_errors(doing: str, fn: Any) -> Any:

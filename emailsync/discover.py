@@ -337,26 +337,36 @@ def _sample_table(
 
 
 class _AttrStats:
+    """What one attribute path held across the sampled items."""
+
     def __init__(self) -> None:
         self.types: set[str] = set()
-        self.sampled = 0
-        self.plain = 0
-        self.templates: dict[tuple[str, str], int] = {}
+        self.sampled = 0  # items with a non-empty value here
+        self.plain = 0  # items holding a bare address ("ann@x.com")
+        self.shaped = 0  # items holding an address only inside a larger value ("USER#ann@x.com")
+        self.templates: dict[tuple[str, str], int] = {}  # (before, after) around the address -> items
 
     def add(self, strings: list[str], t: str) -> None:
         self.types.add(t)
         if not strings:
             return
         self.sampled += 1
-        if any(is_email(s) for s in strings):
-            self.plain += 1
-            return
+        shapes: set[tuple[str, str]] = set()
+        plain = False
         for s in strings:
+            # Checked first: "USER#ann@x.com" is itself a syntactically valid address, but a key prefix is what
+            # it is when every value carries the same one.
             m = _TEMPLATED.fullmatch(s)
             if m and is_email(m["email"]):
-                affixes = (m["pre"], m["post"] or "")
-                self.templates[affixes] = self.templates.get(affixes, 0) + 1
-                return
+                shapes.add((m["pre"], m["post"] or ""))
+            elif is_email(s):
+                plain = True
+        if plain:
+            self.plain += 1
+        elif shapes:
+            self.shaped += 1
+            for shape in shapes:
+                self.templates[shape] = self.templates.get(shape, 0) + 1
 
 
 def _walk_item(item: dict[str, Any], stats: dict[str, _AttrStats], prefix: str = "", depth: int = 0) -> None:
@@ -423,9 +433,12 @@ def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
                 proposed, why = _decide(name_match, st.sampled, matched, "items")
                 if template:
                     why += f", inside {template}"
-                elif len(st.templates) > 1 and not st.plain:
-                    proposed, why = False, f"{why}; addresses sit inside values of several shapes: configure a template"
-                if proposed or path in in_cfg or matched or name_match:
+                elif not st.plain and len(st.templates) > 1:
+                    shapes = ", ".join(sorted(f"{a}{{email}}{b}" for a, b in st.templates)[:3])
+                    proposed, why = False, f"addresses inside values of several shapes ({shapes}): configure a template"
+                elif st.shaped:
+                    why += f"; {st.shaped} more hold one inside a larger value, which stays unchanged"
+                if proposed or path in in_cfg or matched or name_match or st.shaped:
                     evidence.append(
                         Evidence(
                             name=path,
@@ -481,7 +494,7 @@ def bare_postgres(dsns: list[str]) -> list[tuple[PostgresTarget, dict[str, Any]]
                 f"--dsn #{i + 1}: not a valid PostgreSQL connection string; use a URI such as "
                 "postgresql://user@host:5432/db or key=value pairs such as 'host=h dbname=db'"
             ) from None
-        name = re.sub(r"[^A-Za-z0-9.-]+", "-", str(db)).strip("-") or "postgres"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(db)).strip("-") or "postgres"
         base, n = name, 2
         while name in used:
             name, n = f"{base}-{n}", n + 1
@@ -733,7 +746,7 @@ def run(
     discovery = Discovery(sample=sample, targets=tuple(findings))
     doc, comments, added, notes = merge(doc, discovery)
     text = render(doc, comments, header_lines(discovery, added, notes))
-    backup = write_targets(targets_path, text) if write else None
+    backup = write_targets(targets_path, text) if write and added else None  # nothing new: the file is untouched
     # On the screen a literal DSN in targets.yaml shows as ***; the file keeps what the user wrote.
     return Result(discovery, redact(text, secrets), added, backup, env)
 
