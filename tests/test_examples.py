@@ -81,3 +81,18 @@ def test_docker_compose_estate_is_the_sandbox_estate_and_plans(ws, pg_server, dd
         with psycopg.connect(f"host={host} dbname=postgres user=postgres", autocommit=True) as c:
             for name in dsns:
                 c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_readme_commands_exist(ws):
+    """Every `emailsync <command> --option` the README shows (tour, workflow, troubleshooting) is real."""
+    readme = (ROOT / "README.md").read_text()
+    uses = re.findall(r"emailsync (\w+)((?: (?:[^\s`#|]+))*)", readme)
+    commands = {cmd for cmd, _ in uses}
+    assert {"discover", "plan", "show", "apply", "verify", "rollback", "sandbox", "demo", "unlock"} <= commands
+    helps: dict[str, str] = {}
+    for cmd, rest in uses:
+        if cmd not in commands & {"discover", "plan", "show", "apply", "verify", "rollback", "diff", "unlock", "demo"}:
+            continue
+        help_text = helps.setdefault(cmd, ws.run(cmd, "--help").out)
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest):
+            assert option in help_text, f"README: emailsync {cmd} has no option {option}"
