@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -523,10 +524,13 @@ def bare_dynamodb(endpoint: str | None, region: str | None) -> tuple[DynamoTarge
 Comments = dict[tuple[Any, ...], str]
 
 
-def merge(doc: dict[str, Any], discovery: Discovery) -> tuple[dict[str, Any], Comments, list[str], list[str]]:
+def merge(
+    doc: dict[str, Any], discovery: Discovery, positions: dict[tuple[str, str], int] | None = None
+) -> tuple[dict[str, Any], Comments, list[str], list[str]]:
     """Add every proposed column and attribute to the raw targets document (never remove or change what is
     there). Returns the document, a comment per place for the rendering, what was added, and notes on what was
-    considered but not proposed."""
+    considered but not proposed. `positions` gives each target's index in its list (names in the raw document
+    may still be ${VAR} references); by default targets are found by name."""
     comments: Comments = {}
     added: list[str] = []
     notes: list[str] = [
@@ -534,7 +538,9 @@ def merge(doc: dict[str, Any], discovery: Discovery) -> tuple[dict[str, Any], Co
     ]
     for tf in discovery.targets:
         entries = doc.setdefault(tf.kind, [])
-        ti = next(i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("name") == tf.name)
+        ti = (positions or {}).get((tf.kind, tf.name))
+        if ti is None:
+            ti = next(i for i, e in enumerate(entries) if isinstance(e, dict) and e.get("name") == tf.name)
         tables = entries[ti].setdefault("tables", [])
         for table in tf.tables:
             proposed = table.proposed
@@ -665,18 +671,35 @@ def header_lines(discovery: Discovery, added: list[str], notes: list[str]) -> li
 
 def write_targets(path: Path, text: str) -> Path | None:
     """Replace targets.yaml atomically after checking the result loads; the old file is kept beside it."""
+    path = path.resolve()  # through a symlink, so the link stays a link
     backup = None
-    fd, tmp = tempfile.mkstemp(prefix=".discover-", suffix=".yaml", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".discover-", suffix=".yaml", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write beside the targets file ({e.strerror}); nothing was written") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        load_targets(Path(tmp), discover=True)  # a merge that does not load is never written
+        try:
+            load_targets(Path(tmp), discover=True)  # a merge that does not load is never written
+        except UserError as e:
+            raise UserError(
+                f"{path}: the merged file would not load, so nothing was written; please report this",
+                problems=[str(e), *e.problems],
+            ) from None
         if path.exists():
-            backup = path.with_name(f"{path.name}.{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.bak")
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            backup = path.with_name(f"{path.name}.{stamp}.bak")
+            n = 1
+            while backup.exists():  # never overwrite an earlier backup: it may be the only copy of the original
+                backup, n = path.with_name(f"{path.name}.{stamp}-{n}.bak"), n + 1
             backup.write_bytes(path.read_bytes())
         os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the targets file ({e.strerror}); it is unchanged") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -709,6 +732,7 @@ def run(
     pg: list[PostgresTarget] = []
     ddb: list[DynamoTarget] = []
     env: list[str] = []
+    positions: dict[tuple[str, str], int] = {}
     if dsns or ddb_endpoint or ddb_region:
         if only:
             raise UserError("--target picks targets from the targets file; it cannot be combined with --dsn")
@@ -728,6 +752,9 @@ def run(
         loaded = load_targets(targets_path, discover=True)
         doc = read_raw_yaml(targets_path)
         pg, ddb = list(loaded.config.postgres), list(loaded.config.dynamodb)
+        # The raw document lists the targets in the same order as the validated one.
+        positions = {("postgres", t.name): i for i, t in enumerate(pg)}
+        positions |= {("dynamodb", t.name): i for i, t in enumerate(ddb)}
         names = [t.name for t in pg + ddb]
         if only:
             unknown = sorted(set(only) - set(names))
@@ -744,7 +771,7 @@ def run(
     findings = [discover_postgres(t, sample) for t in pg]
     findings += [discover_dynamodb(t, sample) for t in ddb]
     discovery = Discovery(sample=sample, targets=tuple(findings))
-    doc, comments, added, notes = merge(doc, discovery)
+    doc, comments, added, notes = merge(doc, discovery, positions)
     text = render(doc, comments, header_lines(discovery, added, notes))
     backup = write_targets(targets_path, text) if write and added else None  # nothing new: the file is untouched
     # On the screen a literal DSN in targets.yaml shows as ***; the file keeps what the user wrote.

@@ -387,3 +387,41 @@ def test_discovered_file_round_trips_through_the_loader(tmp_path: Path):
     }
     text = render(doc, {("postgres", 0, "tables", 0, "columns", 0): "a comment: with # signs"}, ["header"])
     assert yaml.safe_load(text) == doc
+
+
+def _one_table(db: Any, ws: Any) -> None:
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO t VALUES (1, 'a@x.com')")
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+
+
+def test_write_through_a_symlink_with_a_variable_target_name_keeps_every_backup(db, ws):
+    _one_table(db, ws)
+    ws.monkeypatch.setenv("TARGET_NAME", "core")
+    real = ws.path / "conf" / "real.yaml"
+    real.parent.mkdir()
+    original = "version: 1\npostgres:\n  - name: ${TARGET_NAME}\n    dsn: ${CORE_DSN}\n"
+    real.write_text(original)
+    real.chmod(0o640)
+    link = ws.path / "targets.yaml"
+    link.symlink_to(real)
+    r = ws.run("discover", "--write")
+    assert r.code == 0, r.err
+    assert link.is_symlink()  # the link still points at the real file, which now holds the merge
+    doc = yaml.safe_load(real.read_text())
+    assert doc["postgres"][0]["name"] == "${TARGET_NAME}"  # found by position, kept as written
+    assert doc["postgres"][0]["tables"] == [{"table": "public.t", "columns": ["email"]}]
+    assert real.stat().st_mode & 0o777 == 0o640
+    # Two writes within the same second never overwrite the backup holding the original.
+    real.write_text(original)
+    r = ws.run("discover", "--write")
+    assert r.code == 0, r.err
+    backups = sorted(real.parent.glob("real.yaml.*.bak"))
+    assert len(backups) == 2 and all(b.read_text() == original for b in backups)
+
+
+def test_write_where_no_file_can_be_written_is_a_clear_error(db, ws):
+    _one_table(db, ws)
+    r = ws.run("discover", "--dsn", db.dsn, "--write", "-t", str(ws.path / "no-such-folder" / "targets.yaml"))
+    assert_user_error(r, "cannot write beside the targets file", "nothing was written")
+    assert not (ws.path / "no-such-folder").exists()
