@@ -185,6 +185,22 @@ DYNAMO_ITEMS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+def seed_dynamodb(client: Any) -> None:
+    """Create the HR tables and put their items (a boto3 DynamoDB client on an empty endpoint)."""
+    for table, (hash_key, range_key) in DYNAMO_TABLES.items():
+        keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        if range_key:
+            keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
+        client.create_table(
+            TableName=table,
+            KeySchema=keys,
+            AttributeDefinitions=[{"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for item in DYNAMO_ITEMS[table]:
+            client.put_item(TableName=table, Item=item)
+
+
 @contextmanager
 def dynamodb_estate():  # type: ignore[no-untyped-def]
     """A local DynamoDB endpoint (moto server on 127.0.0.1) seeded with the HR tables; yields its URL."""
@@ -208,18 +224,7 @@ def dynamodb_estate():  # type: ignore[no-untyped-def]
             aws_access_key_id="sandbox",
             aws_secret_access_key="sandbox",
         )
-        for table, (hash_key, range_key) in DYNAMO_TABLES.items():
-            keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
-            if range_key:
-                keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
-            client.create_table(
-                TableName=table,
-                KeySchema=keys,
-                AttributeDefinitions=[{"AttributeName": k["AttributeName"], "AttributeType": "S"} for k in keys],
-                BillingMode="PAY_PER_REQUEST",
-            )
-            for item in DYNAMO_ITEMS[table]:
-                client.put_item(TableName=table, Item=item)
+        seed_dynamodb(client)
         yield url
     finally:
         server.stop()

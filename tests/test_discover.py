@@ -14,7 +14,7 @@ import yaml
 from helpers import assert_user_error
 
 from emailsync.config import load_targets
-from emailsync.sandbox import compose_targets, full_estate
+from emailsync.sandbox import compose_targets, full_estate, seed_dynamodb
 
 EMPTY_TARGETS = """\
 version: 1
@@ -58,9 +58,16 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 def est_ws(ws: Any, estate: Any) -> Any:
-    _, _, work, env = estate
+    import urllib.request
+
+    import boto3
+
+    _, url, work, env = estate
     for k, v in env.items():
         ws.monkeypatch.setenv(k, v)
+    # moto keeps one store per process, shared by every server in it: start from the estate's tables alone.
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()
+    seed_dynamodb(boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1"))
     shutil.copy(work / "email_mappings.json", ws.path / "email_mappings.json")
     return ws
 
