@@ -850,7 +850,18 @@ def _strings(value: Any) -> Iterable[str]:
 
 def load_targets(path: Path, *, discover: bool = False) -> LoadedTargets:
     """Read, substitute and validate targets.yaml. `discover` allows targets without tables."""
-    path = Path(path)
+    loaded = _load(Path(path), discover, None, env_required=True)
+    assert loaded is not None  # with env_required, any problem raises
+    return loaded
+
+
+def check_targets(path: Path, env_file: Path) -> None:
+    """Validate a targets file about to be written (discover --write) as the user's commands will read it, with
+    `env_file` as its .env; an unset ${VAR} is not a problem here: the user is told to set it."""
+    _load(path, True, env_file, env_required=False)
+
+
+def _load(path: Path, discover: bool, env_file: Path | None, env_required: bool) -> LoadedTargets | None:
     raw, data = _read_yaml(path)
     if raw is None:
         raise UserError(f"{path}: the file is empty; it needs at least `version: 1` and a `postgres:` list")
@@ -858,7 +869,7 @@ def load_targets(path: Path, *, discover: bool = False) -> LoadedTargets:
         raise UserError(f"{path}: the top level must be a mapping (`version: 1`, `postgres: [...]`), not {_kind(raw)}")
 
     absolute = Path(os.path.abspath(path))
-    env = _Env(absolute.parent / ".env")
+    env = _Env(env_file or absolute.parent / ".env")
     problems: list[tuple[Loc, str]] = []
     try:
         substituted = _substitute(raw, (), env, problems)
@@ -868,6 +879,8 @@ def load_targets(path: Path, *, discover: bool = False) -> LoadedTargets:
             "is a YAML alias (*name) used inside its own anchor?"
         ) from None
     env_locs = [loc for loc, _ in problems]
+    if not env_required:
+        problems = [(loc, m) for loc, m in problems if not m.startswith("environment variable ")]
 
     if discover and isinstance(substituted, dict):
         for kind in ("postgres", "dynamodb"):
@@ -885,9 +898,11 @@ def load_targets(path: Path, *, discover: bool = False) -> LoadedTargets:
             after_env = any(loc[: len(env_loc)] == env_loc for env_loc in env_locs)  # unset variable
             (skipped if duplicate or after_env else problems).append((loc, _describe(error)))
         problems += _cross_entry_problems(substituted)
-        if not problems:
+        if not problems and (env_required or not env_locs):
             problems = skipped  # never fail without saying why
 
+    if not env_required and not problems:
+        return None
     if problems or config is None:
         # Belt and braces: scrub any password that might have slipped into a message, looking at every
         # string because a DSN may sit under a misspelt key or the wrong field.

@@ -27,7 +27,14 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from emailsync import progress
-from emailsync.config import DynamoTarget, PostgresTarget, dsn_secrets, load_targets, read_raw_yaml, redact
+from emailsync.config import (
+    DynamoTarget,
+    PostgresTarget,
+    check_targets,
+    dsn_secrets,
+    load_targets,
+    read_raw_yaml,
+)
 from emailsync.errors import UserError
 from emailsync.mappings import is_email
 
@@ -64,6 +71,7 @@ class Evidence(_Frozen):
 class TableFinding(_Frozen):
     table: str  # as targets.yaml would name it: schema.table (PostgreSQL) or the table name (DynamoDB)
     configured_as: str | None = None  # the entry's `table:` text when targets.yaml already lists it
+    configured_index: int | None = None  # and its position in the target's `tables:` list
     key: tuple[str, ...] = ()
     key_source: Literal["primary key", "unique index", "table key", "configured", "none"]
     unique: tuple[str, ...] = ()  # unique indexes over a proposed column (PostgreSQL)
@@ -82,6 +90,7 @@ class TargetFinding(_Frozen):
     kind: Literal["postgres", "dynamodb"]
     tables: tuple[TableFinding, ...]
     unreadable: tuple[str, ...] = ()  # tables the connection may not read
+    left_out: tuple[tuple[str, str], ...] = ()  # (table, why): tables that cannot be proposed as one entry
 
 
 class Discovery(_Frozen):
@@ -112,7 +121,8 @@ def _decide(name_match: bool, sampled: int, matched: int, noun: str = "values") 
 _TABLES = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8,
        CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) / current_setting('block_size')::int ELSE 0 END,
-       has_table_privilege(c.oid, 'SELECT')
+       has_table_privilege(c.oid, 'SELECT') AND has_schema_privilege(n.oid, 'USAGE'),
+       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'emailsync')
@@ -131,6 +141,18 @@ JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.
 LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
 WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
+"""
+
+# Partitions at any depth, and unique indexes a partition has of its own (not attached to one of the parent's).
+_PARTITIONS = """
+WITH RECURSIVE parts(oid) AS (
+    SELECT inhrelid FROM pg_inherits WHERE inhparent = %s
+    UNION SELECT i.inhrelid FROM pg_inherits i JOIN parts p ON i.inhparent = p.oid
+)
+SELECT parts.oid,
+       EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = parts.oid AND x.indisunique
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = x.indexrelid))
+FROM parts
 """
 
 _PRIMARY_KEYS = """
@@ -155,6 +177,15 @@ def _strings(doc: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
+def _elements(value: list[Any]) -> Iterable[str]:
+    """The strings of an array, of any number of dimensions (text[][] arrives as nested lists)."""
+    for e in value:
+        if isinstance(e, list):
+            yield from _elements(e)
+        elif e is not None:
+            yield e
+
+
 def _holds_email(kind: str, value: Any) -> bool | None:
     """True/False for a sampled value, None when there is nothing in it to judge (NULL, an empty array)."""
     if value is None:
@@ -162,7 +193,7 @@ def _holds_email(kind: str, value: Any) -> bool | None:
     if kind == "text":
         return is_email(value)
     if kind == "array":
-        elements = [e for e in value if e is not None]
+        elements = list(_elements(value))
         return any(is_email(e) for e in elements) if elements else None
     return any(is_email(s) for s in _strings(value))
 
@@ -177,8 +208,8 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
         # Bounded on a busy production database: never wait long for a lock, never run long.
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(target.lock_timeout)))
         conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(target.statement_timeout or "60s")))
-        configured: dict[int, str] = {}
-        for t in target.tables:
+        configured: dict[int, int] = {}  # oid -> position in the target's tables
+        for ti, t in enumerate(target.tables):
             name = (
                 sql.SQL("{}.{}").format(sql.Identifier(t.schema_name), sql.Identifier(t.table_name))
                 if t.schema_name is not None
@@ -186,8 +217,7 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
             )
             row = conn.execute("SELECT to_regclass(%s)::oid", (name.as_string(conn),)).fetchone()
             if row and row[0] is not None:
-                configured[row[0]] = t.table
-        by_table = {t.table: t for t in target.tables}
+                configured[row[0]] = ti
         tables = conn.execute(_TABLES).fetchall()
         oids = [r[0] for r in tables]
         columns: dict[int, list[tuple[Any, ...]]] = {}
@@ -196,12 +226,14 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
         pks = dict(conn.execute(_PRIMARY_KEYS, (oids,)).fetchall())
         found: list[TableFinding] = []
         unreadable: list[str] = []
+        left_out: list[tuple[str, str]] = []
         with progress.task(f"discover {target.name}", total=len(tables)) as bar:
-            for oid, schema, relname, relkind, reltuples, pages, readable in tables:
+            for oid, schema, relname, relkind, reltuples, pages, readable, inherited in tables:
                 bar.advance()
                 display = f"{display_ident(schema)}.{display_ident(relname)}"
                 cols = columns.get(oid, [])
-                cfg = by_table.get(configured.get(oid, ""))
+                ti = configured.get(oid)
+                cfg = target.tables[ti] if ti is not None else None
                 candidates = []  # (name, type, kind)
                 for attname, type_sql, typname, elem, generated, _notnull in cols:
                     kind, _ = column_kind(typname, elem)
@@ -211,6 +243,10 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
                     continue
                 if not readable:
                     unreadable.append(display)
+                    continue
+                why_not = None if cfg is not None else _whole_table_problem(conn, oid, relkind, inherited, configured)
+                if why_not:
+                    left_out.append((display, why_not))
                     continue
                 bar.describe(f"discover {target.name}: sampling {display}")
                 rows, method = _sample_table(conn, schema, relname, relkind, reltuples, pages, candidates, sample)
@@ -243,6 +279,7 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
                     TableFinding(
                         table=display,
                         configured_as=cfg.table if cfg else None,
+                        configured_index=ti,
                         key=key,
                         key_source=key_source,
                         unique=uniques,
@@ -255,7 +292,32 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
         conn.rollback()
     finally:
         conn.close()
-    return TargetFinding(name=target.name, kind="postgres", tables=tuple(found), unreadable=tuple(unreadable))
+    return TargetFinding(
+        name=target.name,
+        kind="postgres",
+        tables=tuple(found),
+        unreadable=tuple(unreadable),
+        left_out=tuple(left_out),
+    )
+
+
+def _whole_table_problem(
+    conn: psycopg.Connection, oid: int, relkind: str, inherited: bool, configured: dict[int, int]
+) -> str | None:
+    """Why a table cannot be proposed as one entry, or None. Plan reads a table with its inheritance children and
+    partitions, so proposing it next to them would change a row twice."""
+    if relkind == "r" and inherited:
+        return (
+            "has inheritance children, which plan would read through it as well; its children are proposed on "
+            "their own (rows in the parent itself need an entry written by hand, without the children)"
+        )
+    if relkind == "p":
+        parts = conn.execute(_PARTITIONS, (oid,)).fetchall()
+        if any(p in configured for p, _ in parts):
+            return "some of its partitions are configured as tables; configure the partitions or the table, not both"
+        if any(own for _, own in parts):
+            return "its partitions have unique indexes of their own; configure the partitions as tables instead"
+    return None
 
 
 def _unique_over(conn: psycopg.Connection, oid: int, columns: set[str]) -> tuple[str, ...]:
@@ -325,12 +387,14 @@ def _sample_table(
     if relkind == "r" and estimate > 4 * sample:
         percent = min(100.0, max(0.0001, 400.0 * sample / estimate))
         rows = conn.execute(
-            sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) REPEATABLE (0) LIMIT %s").format(select, table),
+            sql.SQL("SELECT {} FROM ONLY {} TABLESAMPLE SYSTEM (%s) REPEATABLE (0) LIMIT %s").format(select, table),
             (percent, sample),
         ).fetchall()
         if rows:
             return rows, f"TABLESAMPLE SYSTEM ({percent:.4g}%) of about {int(estimate)} rows"
-    rows = conn.execute(sql.SQL("SELECT {} FROM {} LIMIT %s").format(select, table), (sample,)).fetchall()
+    # ONLY: an inheritance child's rows are its own table's evidence, not the parent's (partitioned: all of them).
+    only = sql.SQL("ONLY ") if relkind == "r" else sql.SQL("")
+    rows = conn.execute(sql.SQL("SELECT {} FROM {}{} LIMIT %s").format(select, only, table), (sample,)).fetchall()
     return rows, "first rows" if len(rows) >= sample else "all rows"
 
 
@@ -400,7 +464,7 @@ def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
         if "LastEvaluatedTableName" not in page:
             break
         kwargs["ExclusiveStartTableName"] = page["LastEvaluatedTableName"]
-    configured = {t.table: t for t in target.tables}
+    configured = {t.table: i for i, t in enumerate(target.tables)}
     names = [n for n in names if n != target.ledger_table]  # emailsync's own records hold no one's email
     found = []
     with progress.task(f"discover {target.name}", total=len(names)) as bar:
@@ -421,7 +485,8 @@ def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
             stats: dict[str, _AttrStats] = {}
             for item in items:
                 _walk_item(item, stats)
-            cfg = configured.get(name)
+            ti = configured.get(name)
+            cfg = target.tables[ti] if ti is not None else None
             in_cfg = {a.name for a in cfg.attributes} if cfg else set()
             evidence = []
             for path, st in sorted(stats.items()):
@@ -464,6 +529,7 @@ def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
                 TableFinding(
                     table=name,
                     configured_as=name if cfg else None,
+                    configured_index=ti,
                     key=key,
                     key_source="table key",
                     sampled=len(items),
@@ -487,21 +553,34 @@ def bare_postgres(dsns: list[str]) -> list[tuple[PostgresTarget, dict[str, Any]]
     the DSN (and its password) never lands in targets.yaml or on the screen."""
     out: list[tuple[PostgresTarget, dict[str, Any]]] = []
     used: set[str] = set()
+    used_vars: set[str] = set()
+    bad = (
+        "not a valid PostgreSQL connection string; use a URI such as postgresql://user@host:5432/db or key=value "
+        "pairs such as 'host=h dbname=db'"
+    )
     for i, dsn in enumerate(dsns):
+        if not dsn.strip():
+            raise UserError(f"--dsn #{i + 1} is empty (an unset variable?); give a PostgreSQL connection string")
         try:
-            db = conninfo_to_dict(dsn).get("dbname") or conninfo_to_dict(dsn).get("user") or "postgres"
+            params = conninfo_to_dict(dsn)
         except (psycopg.Error, ValueError):
-            raise UserError(
-                f"--dsn #{i + 1}: not a valid PostgreSQL connection string; use a URI such as "
-                "postgresql://user@host:5432/db or key=value pairs such as 'host=h dbname=db'"
-            ) from None
+            raise UserError(f"--dsn #{i + 1}: {bad}") from None
+        db = params.get("dbname") or params.get("user") or "postgres"
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(db)).strip("-") or "postgres"
         base, n = name, 2
         while name in used:
             name, n = f"{base}-{n}", n + 1
         used.add(name)
-        target = PostgresTarget.model_validate({"name": name, "dsn": dsn, "tables": []}, context={"discover": True})
-        out.append((target, {"name": name, "dsn": f"${{{_env_name(name)}}}", "tables": []}))
+        # app-hr and app_hr would both be APP_HR_DSN: one variable must never name two databases.
+        var, n = _env_name(name), 2
+        while var in used_vars:
+            var, n = f"{_env_name(name)[:-4]}_{n}_DSN", n + 1
+        used_vars.add(var)
+        try:
+            target = PostgresTarget.model_validate({"name": name, "dsn": dsn, "tables": []}, context={"discover": True})
+        except ValidationError:
+            raise UserError(f"--dsn #{i + 1}: {bad}") from None
+        out.append((target, {"name": name, "dsn": f"${{{var}}}", "tables": []}))
     return out
 
 
@@ -533,9 +612,8 @@ def merge(
     may still be ${VAR} references); by default targets are found by name."""
     comments: Comments = {}
     added: list[str] = []
-    notes: list[str] = [
-        f"not read ({t.name} {u}): no SELECT privilege" for t in discovery.targets for u in t.unreadable
-    ]
+    notes = [f"not read ({t.name} {u}): no SELECT privilege" for t in discovery.targets for u in t.unreadable]
+    notes += [f"not proposed ({t.name} {table}): {why}" for t in discovery.targets for table, why in t.left_out]
     for tf in discovery.targets:
         entries = doc.setdefault(tf.kind, [])
         ti = (positions or {}).get((tf.kind, tf.name))
@@ -549,10 +627,13 @@ def merge(
                 for e in table.columns
                 if not e.proposed and not e.configured
             ]
-            at = next(
-                (j for j, e in enumerate(tables) if isinstance(e, dict) and e.get("table") == table.configured_as),
-                None,
-            )
+            # By position: the raw entry may name the table through a ${VAR}. By name for a --dsn target merged into
+            # an existing one of the same name, whose tables the discovery did not know.
+            at = table.configured_index
+            if at is None:
+                at = next(
+                    (j for j, e in enumerate(tables) if isinstance(e, dict) and e.get("table") == table.table), None
+                )
             field = "columns" if tf.kind == "postgres" else "attributes"
             if at is None:
                 if not proposed:
@@ -666,11 +747,13 @@ def header_lines(discovery: Discovery, added: list[str], notes: list[str]) -> li
         f"{len(added)} column(s)/attribute(s) proposed beyond the current file, in {n_tables} table(s) holding "
         "addresses. Review before planning: a proposal is a guess from a sample.",
     ]
-    return lines + notes
+    # A name or a value can hold a line break: in a comment it would start a line of live YAML.
+    return [" ".join(line.split()) for line in lines + notes]
 
 
 def write_targets(path: Path, text: str) -> Path | None:
     """Replace targets.yaml atomically after checking the result loads; the old file is kept beside it."""
+    env_file = Path(os.path.abspath(path)).parent / ".env"  # where the user's commands will look, link or not
     path = path.resolve()  # through a symlink, so the link stays a link
     backup = None
     try:
@@ -683,20 +766,31 @@ def write_targets(path: Path, text: str) -> Path | None:
             f.flush()
             os.fsync(f.fileno())
         try:
-            load_targets(Path(tmp), discover=True)  # a merge that does not load is never written
+            # A merge that does not load is never written. Variables may be unset yet: --dsn asks for them.
+            check_targets(Path(tmp), env_file)
         except UserError as e:
             raise UserError(
                 f"{path}: the merged file would not load, so nothing was written; please report this",
-                problems=[str(e), *e.problems],
+                problems=e.problems or [str(e)],
             ) from None
         if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            mode = stat.S_IMODE(path.stat().st_mode)
+            os.chmod(tmp, mode)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            backup = path.with_name(f"{path.name}.{stamp}.bak")
-            n = 1
-            while backup.exists():  # never overwrite an earlier backup: it may be the only copy of the original
-                backup, n = path.with_name(f"{path.name}.{stamp}-{n}.bak"), n + 1
-            backup.write_bytes(path.read_bytes())
+            n = 0
+            while True:  # never overwrite an earlier backup: it may be the only copy of the original
+                backup = path.with_name(f"{path.name}.{stamp}{f'-{n}' if n else ''}.bak")
+                try:
+                    # The file's own mode: a private targets file (a literal password) stays private.
+                    bfd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                    break
+                except FileExistsError:
+                    n += 1
+            with os.fdopen(bfd, "wb") as b:
+                b.write(path.read_bytes())
+                b.flush()
+                os.fsync(b.fileno())
+            os.chmod(backup, mode)  # os.open's mode is narrowed by the umask
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"{path}: cannot write the targets file ({e.strerror}); it is unchanged") from None
@@ -712,7 +806,7 @@ class Result:
     text: str  # the merged targets.yaml, any literal password shown as ***
     added: list[str]  # "target/table: column" for each proposal new to the file
     backup: Path | None  # the previous targets.yaml, when --write replaced it
-    env: list[str]  # variables the written file needs that the user must set (--dsn targets)
+    env: list[str]  # variables the file just written needs that the user must set (--dsn targets)
 
 
 def run(
@@ -739,7 +833,7 @@ def run(
         exists = write and targets_path.exists()
         if exists:
             load_targets(targets_path, discover=True)  # a broken file is reported, never merged into
-        doc = read_raw_yaml(targets_path) if exists else {"version": 1, "mappings": "email_mappings.json"}
+        doc = _unshared(read_raw_yaml(targets_path)) if exists else {"version": 1, "mappings": "email_mappings.json"}
         for target, raw in bare_postgres(dsns):
             pg.append(target)
             if _add_entry(doc, "postgres", raw):
@@ -750,7 +844,7 @@ def run(
             _add_entry(doc, "dynamodb", raw)
     else:
         loaded = load_targets(targets_path, discover=True)
-        doc = read_raw_yaml(targets_path)
+        doc = _unshared(read_raw_yaml(targets_path))
         pg, ddb = list(loaded.config.postgres), list(loaded.config.dynamodb)
         # The raw document lists the targets in the same order as the validated one.
         positions = {("postgres", t.name): i for i, t in enumerate(pg)}
@@ -767,15 +861,41 @@ def run(
                 f"{targets_path}: no targets to discover; add a postgres target (name and dsn) or a dynamodb "
                 "target (name, region or endpoint_url); `tables:` may be left out. Or pass --dsn"
             )
-    secrets = [s for t in pg for s in dsn_secrets(t.dsn.get_secret_value())]
     findings = [discover_postgres(t, sample) for t in pg]
     findings += [discover_dynamodb(t, sample) for t in ddb]
     discovery = Discovery(sample=sample, targets=tuple(findings))
     doc, comments, added, notes = merge(doc, discovery, positions)
-    text = render(doc, comments, header_lines(discovery, added, notes))
-    backup = write_targets(targets_path, text) if write and added else None  # nothing new: the file is untouched
-    # On the screen a literal DSN in targets.yaml shows as ***; the file keeps what the user wrote.
-    return Result(discovery, redact(text, secrets), added, backup, env)
+    header = header_lines(discovery, added, notes)
+    backup = None
+    written = write and bool(added)  # nothing new: the file is untouched
+    if written:
+        backup = write_targets(targets_path, render(doc, comments, header))
+    # On the screen, a literal DSN holding a password is hidden whole; the file keeps what the user wrote.
+    screen, hidden = _masked(doc)
+    comments = {**comments, **{place: "hidden here: the file's DSN holds a password" for place in hidden}}
+    return Result(discovery, render(screen, comments, header), added, backup, env if written else [])
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which no list or mapping appears twice: YAML anchors, aliases and `<<` merges share objects, and
+    adding a column to one entry must not add it to another."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
+def _masked(doc: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """The document with every PostgreSQL dsn that holds a literal password replaced by ***."""
+    screen = _unshared(doc)
+    hidden = []
+    for i, entry in enumerate(screen.get("postgres") or []):
+        dsn = entry.get("dsn") if isinstance(entry, dict) else None
+        if isinstance(dsn, str) and dsn_secrets(dsn):
+            entry["dsn"] = "***"
+            hidden.append(("postgres", i, "dsn"))
+    return screen, hidden
 
 
 def _add_entry(doc: dict[str, Any], kind: str, raw: dict[str, Any]) -> bool:
