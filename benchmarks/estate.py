@@ -113,9 +113,12 @@ BASELINE = [
     "UPDATE audit_log a SET actor_email = m.new FROM m WHERE a.actor_email = m.old",
     "UPDATE audit_log a SET payload = jsonb_set(a.payload, '{by}', to_jsonb(m.new)) FROM m "
     "WHERE a.payload ->> 'by' = m.old",
+    # Rows to touch found by one join of every element against the mapping (`members && array_agg(old)` would
+    # compare each row with the whole mapping: quadratic, 10 s at 100k rows and 2,000 mappings).
     "UPDATE project_members p SET members = ARRAY(SELECT coalesce(m.new, e) FROM unnest(p.members) "
     "WITH ORDINALITY u(e, i) LEFT JOIN m ON m.old = e ORDER BY i) "
-    "WHERE p.members && (SELECT array_agg(old) FROM m)",
+    "FROM (SELECT DISTINCT x.id FROM project_members x CROSS JOIN LATERAL unnest(x.members) e "
+    "JOIN m ON m.old = e) hit WHERE p.id = hit.id",
 ]
 
 # What the two databases must agree on afterwards, table by table (md5 of every row in key order).

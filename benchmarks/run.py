@@ -108,11 +108,14 @@ def checksums(dsn: str) -> dict[str, list[Any]]:
         return {t: list(c.execute(q).fetchone()) for t, q in estate.CHECKSUMS.items()}
 
 
-def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int]:
+def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int, list[tuple[str, float]]]:
+    """The hand-written transaction; total seconds, rows changed, and seconds per statement."""
     t0 = time.perf_counter()
     changed = 0
+    steps = []
     with psycopg.connect(dsn) as c:
         for stmt in estate.BASELINE:
+            t = time.perf_counter()
             if stmt == "__COPY__":
                 with c.cursor().copy("COPY m (old, new) FROM STDIN") as cp:
                     for old, new in mapping.items():
@@ -121,8 +124,11 @@ def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int]:
                 cur = c.execute(stmt)
                 if stmt.startswith(("UPDATE", "DELETE")):
                     changed += max(cur.rowcount, 0)
+            steps.append((stmt[:60], round(time.perf_counter() - t, 3)))
+        t = time.perf_counter()
         c.commit()
-    return time.perf_counter() - t0, changed
+        steps.append(("COMMIT", round(time.perf_counter() - t, 3)))
+    return time.perf_counter() - t0, changed, steps
 
 
 def main() -> None:
@@ -244,8 +250,8 @@ def main() -> None:
             "plan_json_mb": round(plan_bytes / 1e6, 1),
         }
         bdsn = fresh("bench_baseline")
-        base_s, base_changed = run_baseline(bdsn, mapping)
-        result["baseline"] = {"seconds": round(base_s, 2), "rows_changed": base_changed}
+        base_s, base_changed, base_steps = run_baseline(bdsn, mapping)
+        result["baseline"] = {"seconds": round(base_s, 2), "rows_changed": base_changed, "statements": base_steps}
         same = checksums(env["BENCH_DSN"]) == checksums(bdsn)
         result["same_result"] = same
         total = plan_s + apply_s

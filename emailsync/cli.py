@@ -223,7 +223,8 @@ def apply(
         if not plan_obj.actions:
             say("The plan has no changes: nothing to apply.")
             if json_out:
-                typer.echo(dumps({"plan_digest": plan_obj.digest, "actions": [], "summary": []}, indent=2))
+                nothing = {"plan_digest": plan_obj.digest, "actions": [], "summary": [], "report": None, "exit_code": 0}
+                typer.echo(dumps(nothing, indent=2))
             raise typer.Exit(0)
         if approver is not None and not approver.strip():
             raise UserError("--approver is empty; give the approver's name, or leave the option out")

@@ -120,7 +120,7 @@ def _decide(name_match: bool, sampled: int, matched: int, noun: str = "values") 
 
 _TABLES = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::float8,
-       CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) / current_setting('block_size')::int ELSE 0 END,
+       c.relpages,  -- the catalog's estimate: pg_relation_size would lock every table, even one held by DDL
        has_table_privilege(c.oid, 'SELECT') AND has_schema_privilege(n.oid, 'USAGE'),
        EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -205,9 +205,11 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
     conn = connect(target)
     try:
         conn.read_only = True
-        # Bounded on a busy production database: never wait long for a lock, never run long.
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(target.lock_timeout)))
-        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(target.statement_timeout or "60s")))
+        # Bounded on a busy production database: never wait long for a lock, never run long. Session settings,
+        # because each table is read in its own transaction (its lock released before the next table).
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(target.lock_timeout)))
+        conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(target.statement_timeout or "60s")))
+        conn.commit()
         configured: dict[int, int] = {}  # oid -> position in the target's tables
         for ti, t in enumerate(target.tables):
             name = (
@@ -229,6 +231,7 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
         left_out: list[tuple[str, str]] = []
         with progress.task(f"discover {target.name}", total=len(tables)) as bar:
             for oid, schema, relname, relkind, reltuples, pages, readable, inherited in tables:
+                conn.rollback()  # read-only, nothing to keep: the last table's lock goes now, not at the end
                 bar.advance()
                 display = f"{display_ident(schema)}.{display_ident(relname)}"
                 cols = columns.get(oid, [])
@@ -249,7 +252,12 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
                     left_out.append((display, why_not))
                     continue
                 bar.describe(f"discover {target.name}: sampling {display}")
-                rows, method = _sample_table(conn, schema, relname, relkind, reltuples, pages, candidates, sample)
+                try:
+                    rows, method = _sample_table(conn, schema, relname, relkind, reltuples, pages, candidates, sample)
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:
+                    conn.rollback()
+                    left_out.append((display, f"not read: {e.diag.message_primary or e} (a lock held, or too slow)"))
+                    continue
                 evidence = []
                 for i, (attname, type_sql, kind) in enumerate(candidates):
                     verdicts = [v for v in (_holds_email(kind, r[i]) for r in rows) if v is not None]
@@ -306,6 +314,13 @@ def _whole_table_problem(
 ) -> str | None:
     """Why a table cannot be proposed as one entry, or None. Plan reads a table with its inheritance children and
     partitions, so proposing it next to them would change a row twice."""
+    ancestors = conn.execute(
+        "WITH RECURSIVE up(oid) AS (SELECT inhparent FROM pg_inherits WHERE inhrelid = %s "
+        "UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid) SELECT oid FROM up",
+        (oid,),
+    ).fetchall()
+    if any(a in configured for (a,) in ancestors):
+        return "it inherits from a configured table, and plan reads its rows through that table already"
     if relkind == "r" and inherited:
         return (
             "has inheritance children, which plan would read through it as well; its children are proposed on "
@@ -327,7 +342,7 @@ def _unique_over(conn: psycopg.Connection, oid: int, columns: set[str]) -> tuple
         for r in conn.execute(
             """
             SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = %s AND i.indisunique AND EXISTS (
+            WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND EXISTS (
                 SELECT 1 FROM pg_attribute a
                 WHERE a.attrelid = i.indrelid AND a.attname = ANY(%s) AND (
                     a.attnum = ANY(i.indkey::int2[])
@@ -352,7 +367,8 @@ def _pg_key(
     for (names,) in conn.execute(
         """
         SELECT ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o)
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                     WHERE k.o <= i.indnkeyatts ORDER BY k.o)  -- key columns, not INCLUDE ones
         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
         WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
         ORDER BY i.indnkeyatts, ic.relname
@@ -382,7 +398,13 @@ def _sample_table(
     cast = {"text": sql.SQL("::text"), "array": sql.SQL("::text[]"), "jsonb": sql.SQL("")}
     select = sql.SQL(", ").join(sql.SQL("{}{}").format(sql.Identifier(n), cast[k]) for n, _, k in candidates)
     table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-    # reltuples is -1 before the first ANALYZE: then guess from the size, about 50 rows a page.
+    if reltuples < 0 and relkind == "r":
+        # Never analyzed: the catalog knows neither rows nor pages. The size, read now under this table's own
+        # lock_timeout (it takes the lock the sample takes anyway), gives about 50 rows a page.
+        pages = conn.execute(
+            "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
+            (table.as_string(conn),),
+        ).fetchone()[0]
     estimate = reltuples if reltuples >= 0 else pages * 50.0
     if relkind == "r" and estimate > 4 * sample:
         percent = min(100.0, max(0.0001, 400.0 * sample / estimate))
@@ -545,15 +567,16 @@ def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
 
 
 def _env_name(target: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_").upper() + "_DSN"
+    name = re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_").upper()
+    return ("DB_" if not name or name[0].isdigit() else "") + name + "_DSN"  # a variable cannot start with a digit
 
 
-def bare_postgres(dsns: list[str]) -> list[tuple[PostgresTarget, dict[str, Any]]]:
+def bare_postgres(dsns: list[str], taken: set[str] | None = None) -> list[tuple[PostgresTarget, dict[str, Any]]]:
     """Targets for `--dsn`: named after their databases; the raw entry points at an environment variable, so
     the DSN (and its password) never lands in targets.yaml or on the screen."""
     out: list[tuple[PostgresTarget, dict[str, Any]]] = []
     used: set[str] = set()
-    used_vars: set[str] = set()
+    used_vars: set[str] = set(taken or ())  # variables the file already uses for other targets
     bad = (
         "not a valid PostgreSQL connection string; use a URI such as postgresql://user@host:5432/db or key=value "
         "pairs such as 'host=h dbname=db'"
@@ -827,21 +850,24 @@ def run(
     ddb: list[DynamoTarget] = []
     env: list[str] = []
     positions: dict[tuple[str, str], int] = {}
+    bare: list[tuple[str, dict[str, Any]]] = []  # --dsn / --dynamodb-* entries, added if they hold addresses
     if dsns or ddb_endpoint or ddb_region:
         if only:
-            raise UserError("--target picks targets from the targets file; it cannot be combined with --dsn")
+            raise UserError(
+                "--target picks targets from the targets file; it cannot be combined with --dsn or --dynamodb-*"
+            )
         exists = write and targets_path.exists()
-        if exists:
-            load_targets(targets_path, discover=True)  # a broken file is reported, never merged into
+        if exists:  # a broken file is reported, never merged into (its variables may be unset: not read here)
+            check_targets(targets_path, Path(os.path.abspath(targets_path)).parent / ".env")
         doc = _unshared(read_raw_yaml(targets_path)) if exists else {"version": 1, "mappings": "email_mappings.json"}
-        for target, raw in bare_postgres(dsns):
+        taken = set(re.findall(r"\$\{(\w+)\}", targets_path.read_text(encoding="utf-8"))) if exists else set()
+        for target, raw in bare_postgres(dsns, taken):
             pg.append(target)
-            if _add_entry(doc, "postgres", raw):
-                env.append(raw["dsn"][2:-1])
+            bare.append(("postgres", raw))
         if ddb_endpoint or ddb_region:
             target, raw = bare_dynamodb(ddb_endpoint, ddb_region)
             ddb.append(target)
-            _add_entry(doc, "dynamodb", raw)
+            bare.append(("dynamodb", raw))
     else:
         loaded = load_targets(targets_path, discover=True)
         doc = _unshared(read_raw_yaml(targets_path))
@@ -864,8 +890,15 @@ def run(
     findings = [discover_postgres(t, sample) for t in pg]
     findings += [discover_dynamodb(t, sample) for t in ddb]
     discovery = Discovery(sample=sample, targets=tuple(findings))
-    doc, comments, added, notes = merge(doc, discovery, positions)
-    header = header_lines(discovery, added, notes)
+    useful = {t.name for t in discovery.targets if any(tb.proposed for tb in t.tables)}
+    for kind, raw in bare:
+        # A connection where nothing was found is not written: `tables: []` would not plan.
+        if raw["name"] in useful and _add_entry(doc, kind, raw) and kind == "postgres":
+            env.append(raw["dsn"][2:-1])
+    # What merges: every configured target; of the bare ones, those just written into the document.
+    merged = Discovery(sample=sample, targets=tuple(t for t in discovery.targets if t.name in useful or not bare))
+    doc, comments, added, notes = merge(doc, merged, positions)
+    header = header_lines(merged, added, notes)
     backup = None
     written = write and bool(added)  # nothing new: the file is untouched
     if written:

@@ -180,10 +180,20 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# One encoder per indent, made once: json.dumps with options builds a new encoder on every call, and dumps runs
+# several times per action (keys, values, digests), hundreds of thousands of times on a big plan.
+_ENCODERS: dict[int | None, json.JSONEncoder] = {}
+
+
 def dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON with sorted keys and exact decimals; compact unless indent is given."""
-    seps = (",", ":") if indent is None else (",", ": ")
-    text = json.dumps(obj, sort_keys=True, separators=seps, ensure_ascii=False, default=_default, indent=indent)
+    enc = _ENCODERS.get(indent)
+    if enc is None:
+        seps = (",", ":") if indent is None else (",", ": ")
+        enc = _ENCODERS[indent] = json.JSONEncoder(
+            sort_keys=True, separators=seps, ensure_ascii=False, default=_default, indent=indent
+        )
+    text = enc.encode(obj)
     return _DEC_RE.sub(r"\1", text) if _DEC in text or "\\u0000emailsync" in text else text
 
 
@@ -196,8 +206,11 @@ def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, object_pairs_hook=_pairs_no_duplicates)
+
+
 def loads(text: str) -> Any:
-    return json.loads(text, parse_float=Decimal, object_pairs_hook=_pairs_no_duplicates)
+    return _DECODER.decode(text)
 
 
 def compute_digest(plan_body: dict[str, Any]) -> str:

@@ -46,6 +46,9 @@ class _Display:
             TimeElapsedColumn(),
             console=console,
             transient=True,  # the bars go when the phase ends: what stays on screen is the result
+            # Our own output goes where it is written: stdout stays stdout, even while a bar is drawn.
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self.open = 0
         self.lock = threading.Lock()
@@ -57,10 +60,13 @@ class _Display:
                 self.progress.start()
             self.open += 1
             task_id = self.progress.add_task(description, total=total)
+        t = Task(self.progress, task_id)
         try:
-            yield Task(self.progress, task_id)
+            yield t
         finally:
+            t._progress = None  # a Task kept past its phase does nothing, rather than touch a removed bar
             with self.lock:
+                self.progress.refresh()  # the phase's last state is drawn once (done of total), then it goes
                 self.progress.remove_task(task_id)
                 self.open -= 1
                 if self.open == 0:

@@ -4,6 +4,7 @@ purpose-built tables; the YAML it prints or writes; the mistakes it refuses."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -432,3 +433,52 @@ def test_write_where_no_file_can_be_written_is_a_clear_error(db, ws):
     r = ws.run("discover", "--dsn", db.dsn, "--write", "-t", str(ws.path / "no-such-folder" / "targets.yaml"))
     assert_user_error(r, "cannot write beside the targets file", "nothing was written")
     assert not (ws.path / "no-such-folder").exists()
+
+
+def test_children_of_a_configured_inheritance_parent_are_not_proposed_again(db, ws):
+    db.execute("CREATE TABLE parent (id int PRIMARY KEY, email text)")
+    db.execute("CREATE TABLE child (extra int) INHERITS (parent)")
+    db.execute("ALTER TABLE child ADD PRIMARY KEY (id)")
+    db.execute("INSERT INTO parent VALUES (1, 'a@x.com')")
+    db.execute("INSERT INTO child VALUES (2, 'b@x.com', 0)")
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+    ws.targets("version: 1\npostgres:\n  - name: core\n    dsn: ${CORE_DSN}\n    tables:\n"
+               "      - table: parent\n        columns: [email]\n")  # fmt: skip
+    r = ws.run("discover")
+    assert r.code == 0, r.err
+    assert [t["table"] for t in yaml.safe_load(r.out)["postgres"][0]["tables"]] == ["parent"]
+    assert "# not proposed (core public.child): it inherits from a configured table" in r.out
+
+
+def test_bare_dsn_without_addresses_is_not_written_and_variables_stay_distinct(make_db, ws):
+    empty, full = make_db(), make_db()
+    empty.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
+    full.execute("CREATE TABLE users (id int PRIMARY KEY, email text)")
+    full.execute("INSERT INTO users VALUES (1, 'a@x.com')")
+    # The file already uses the variable the new target would be given.
+    var = re.sub(r"[^A-Za-z0-9]+", "_", full.name).upper() + "_DSN"
+    path = ws.targets(f"version: 1\npostgres:\n  - name: other\n    dsn: ${{{var}}}\n    tables: []\n")
+    r = ws.run("discover", "--dsn", empty.dsn, "--dsn", full.dsn, "--write")
+    assert r.code == 0, r.err
+    doc = yaml.safe_load(path.read_text())
+    names = [t["name"] for t in doc["postgres"]]
+    assert names == ["other", full.name]  # the empty database got no `tables: []` entry
+    new_var = doc["postgres"][1]["dsn"]
+    assert new_var != f"${{{var}}}" and new_var.startswith("${") and f"Set {new_var[2:-1]}" in r.out
+
+
+def test_env_variable_for_a_database_named_with_a_leading_digit():
+    from emailsync.discover import _env_name
+
+    assert _env_name("2fa") == "DB_2FA_DSN" and _env_name("hr-core") == "HR_CORE_DSN"
+
+
+def test_include_columns_are_not_part_of_a_proposed_key(db, ws):
+    db.execute("CREATE TABLE seats (code text NOT NULL, email text NOT NULL)")
+    db.execute("CREATE UNIQUE INDEX seats_code ON seats (code) INCLUDE (email)")
+    db.execute("INSERT INTO seats VALUES ('A1', 'a@x.com')")
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+    ws.targets("version: 1\npostgres:\n  - name: core\n    dsn: ${CORE_DSN}\n")
+    r = ws.run("discover", "--json")
+    (seats,) = json.loads(r.out)["targets"][0]["tables"]
+    assert (seats["key"], seats["key_source"]) == (["code"], "unique index")

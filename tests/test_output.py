@@ -55,11 +55,11 @@ def test_progress_bars_on_a_terminal_and_never_in_stdout(db, ws):
     _setup(db, ws)
     code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.json"], ws.path)
     assert code == 0, err
-    assert "plan core: reading" in err and "/1" in err  # the bar: the phase, done of total
+    assert "plan core: reading" in err and "1/1" in err  # the bar, its last state drawn: done of total
     assert "plan core" not in out and "\x1b[" not in out  # stdout stays clean for redirection
     code, out, err = _run_with_tty_stderr(["apply", "p/plan.json", "--auto-approve"], ws.path)
     assert code == 0, err
-    assert "apply core" in err and "/50" in err
+    assert "apply core" in err and "50/50" in err
     assert db.rows("SELECT count(*) FROM employees WHERE email LIKE '%@newco.com'") == [(50,)]
 
 
@@ -151,8 +151,8 @@ def test_progress_bars_for_dynamodb_scans_and_writes(ddb, ws):
     ws.mappings({f"u{i}@oldco.com": f"u{i}@newco.com" for i in range(30)})
     code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.json"], ws.path)
     assert code == 0, err
-    assert "plan hr: scanning profiles" in err
+    assert "plan hr: scanning profiles" in err and "30/30" in err
     code, out, err = _run_with_tty_stderr(["apply", "p/plan.json", "--auto-approve"], ws.path)
     assert code == 0, out + err
-    assert "apply hr" in err and "/30" in err
+    assert "apply hr" in err and "30/30" in err
     assert {i["email"] for i in ddb.items("profiles")} == {f"u{i}@newco.com" for i in range(30)}

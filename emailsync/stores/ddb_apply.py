@@ -97,7 +97,8 @@ class DynamoApplier:
                 return res
             todo_count = sum(1 for o in self.status.values() if o.status == "pending")
             live = " (live)" if any(a.live for a in self.actions) else ""
-            with progress.task(f"apply {self.target.name}{live}", total=todo_count) as self._bar:
+            with progress.task(f"apply {self.target.name}{live}", total=todo_count) as bar:
+                self._bar = bar
                 for step in sorted({a.step for a in self.actions}):
                     todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
                     # Moves in transactions; on a live table, verified swaps (a rollback's moves back too).

@@ -158,12 +158,10 @@ class PostgresApplier:
         post_keys: dict[tuple[int, str], dict[str, Any]] = {}
         rowcols: dict[tuple[int, str], list[str]] = {}
 
-        def row_of(a: Action) -> tuple[int, str, bool]:
-            # A re-inserted row is never the row another action moves away from the same key.
-            return (self.tbl_no[a.table], dumps(a.key), a.kind == "insert-row")
-
-        for a in self.actions:
-            rk = row_of(a)
+        # A re-inserted row is never the row another action moves away from the same key. Each action's key is
+        # serialised once here: this loop runs per action, on plans of hundreds of thousands.
+        row_keys = [(self.tbl_no[a.table], dumps(a.key), a.kind == "insert-row") for a in self.actions]
+        for a, rk in zip(self.actions, row_keys, strict=True):
             rowids.setdefault(rk, len(rowids))
             rowcols.setdefault(rk, []).append(a.column or "")
             pk = post_keys.setdefault(rk, dict(a.key))
@@ -171,9 +169,8 @@ class PostgresApplier:
                 pk[a.column] = a.new
         cols = "id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols, conflict"
         with self.conn.cursor().copy(f"COPY _es_act ({cols}) FROM STDIN") as cp:
-            for a in self.actions:
-                rk = row_of(a)
-                k = dumps(a.key)
+            for a, rk in zip(self.actions, row_keys, strict=True):
+                k = rk[1]
                 cp.write_row(
                     (
                         a.id,
