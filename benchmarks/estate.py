@@ -94,7 +94,7 @@ dynamodb:
     endpoint_url: ${BENCH_DYNAMODB}
     region: us-east-1
     tables:
-      - {table: hr-profiles, attributes: [email, watchers, delegates]}
+      - {table: hr-profiles, attributes: [email, watchers, delegates], segments: 4}
       - {table: hr-leave, attributes: [approverEmails]}
 """
 

@@ -387,3 +387,25 @@ def test_deleted_row_managing_itself_gets_an_unsatisfiable_manager_update(db, ws
     r = _apply(ws, plan)
     assert r.code == 0, r.out + r.err
     assert db.rows("SELECT id, email, manager FROM emp ORDER BY id") == [(2, "B@x.com", None)]
+
+
+def test_reference_to_a_skipped_row_is_not_repointed(db, ws):
+    """Found by the self-referencing property test (skip policy). Row 5's manager is a@x.com (row 2). Both A@x.com
+    (row 5) and a@x.com (row 2) map to b@x.com, and b@x.com (row 1) moves on to c@x.com. Row 5's mapping comes
+    first, so row 2 is skipped and keeps a@x.com; the plan used to change row 5's manager to b@x.com anyway,
+    re-pointing it at row 5 itself, before row 5 held b@x.com (the key failed and apply rolled back). A reference
+    whose row stays must stay too: the plan is refused, naming the key and both rows, and nothing is written."""
+    db.execute("CREATE TABLE emp (id int PRIMARY KEY, email text UNIQUE NOT NULL, manager text REFERENCES emp(email))")
+    db.execute("INSERT INTO emp VALUES (1, 'b@x.com', NULL), (2, 'a@x.com', NULL), (5, 'A@x.com', 'a@x.com')")
+    ws.postgres_targets({"core": db}, "- table: emp\n  columns: [email, manager]\n  on_conflict: skip\n")
+    ws.mappings(
+        [{"old": o, "new": n} for o, n in [("A@x.com", "b@x.com"), ("b@x.com", "c@x.com"), ("a@x.com", "b@x.com")]]
+    )
+    r, plan = ws.plan()
+    assert r.code == 1 and not plan.exists(), r.out + r.err
+    assert "emp_manager_fkey" in r.err and '{"id":5}' in r.err and '{"id":2}' in r.err, r.err
+    assert db.rows("SELECT id, email, manager FROM emp ORDER BY id") == [
+        (1, "b@x.com", None),
+        (2, "a@x.com", None),
+        (5, "A@x.com", "a@x.com"),
+    ]

@@ -795,6 +795,26 @@ class PostgresPlanner:
                     f"(ON {what.upper()} {rule_name}); add {cc!r} of {fk.child_name} to the targets"
                 )
         if child_planned and child is not None:
+            # The other way round: a referencing value that changes while the row it references stays (skipped on
+            # a conflict) would point at another row, or at none, and fail the key mid-apply. Refused likewise.
+            ci = parent.meta.columns[pc].ci
+
+            def norm(v: Any) -> Any:
+                return v.lower() if ci and isinstance(v, str) else v
+
+            stays = {norm(r.changes[pc].old): r.keystr for r in parent.rows if r.fate == "skip" and pc in r.changes}
+            left = [
+                (r.keystr, stays[norm(r.kept_changes()[cc].old)])
+                for r in child.rows
+                if cc in r.kept_changes() and norm(r.kept_changes()[cc].old) in stays
+            ]
+            if left:
+                out.append(
+                    f"foreign key {fk.name}: {len(left)} row(s) of {child.meta.display} (keys "
+                    f"{[c for c, _ in left[:3]]}) would change {cc} while the {parent.meta.display} row(s) they "
+                    f"reference (keys {[p for _, p in left[:3]]}) stay, skipped on a conflict; resolve those "
+                    "conflicts first, or use on_conflict: delete"
+                )
             out += self._fk_child_targets(conn, fk, child, parent)
         return out
 
