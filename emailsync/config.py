@@ -833,15 +833,16 @@ def _cross_entry_problems(data: dict[Any, Any]) -> list[tuple[Loc, str]]:
     return problems
 
 
-def _strings(value: Any) -> Iterable[str]:
+def string_values(value: Any) -> Iterable[str]:
+    """Every string value in a YAML or JSON document (mapping keys are not values)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings(item)
+            yield from string_values(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from string_values(item)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -906,7 +907,7 @@ def _load(path: Path, discover: bool, env_file: Path | None, env_required: bool)
     if problems or config is None:
         # Belt and braces: scrub any password that might have slipped into a message, looking at every
         # string because a DSN may sit under a misspelt key or the wrong field.
-        secrets = [secret for text in _strings(substituted) for secret in dsn_secrets(text)]
+        secrets = [secret for text in string_values(substituted) for secret in dsn_secrets(text)]
         lines = [redact(f"{_format_loc(loc)}: {message}", secrets) for loc, message in problems]
         raise UserError(f"{path}: invalid targets file", problems=lines)
 

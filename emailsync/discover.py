@@ -34,6 +34,7 @@ from emailsync.config import (
     dsn_secrets,
     load_targets,
     read_raw_yaml,
+    string_values,
 )
 from emailsync.errors import UserError
 from emailsync.mappings import is_email
@@ -165,18 +166,6 @@ GROUP BY i.indrelid
 """
 
 
-def _strings(doc: Any) -> Iterable[str]:
-    """Every string value in a JSON document (object keys are not values: the planner never changes them)."""
-    if isinstance(doc, str):
-        yield doc
-    elif isinstance(doc, dict):
-        for v in doc.values():
-            yield from _strings(v)
-    elif isinstance(doc, list):
-        for v in doc:
-            yield from _strings(v)
-
-
 def _elements(value: list[Any]) -> Iterable[str]:
     """The strings of an array, of any number of dimensions (text[][] arrives as nested lists)."""
     for e in value:
@@ -195,7 +184,7 @@ def _holds_email(kind: str, value: Any) -> bool | None:
     if kind == "array":
         elements = list(_elements(value))
         return any(is_email(e) for e in elements) if elements else None
-    return any(is_email(s) for s in _strings(value))
+    return any(is_email(s) for s in string_values(value))  # values only: the planner never changes keys
 
 
 def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
