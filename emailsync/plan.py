@@ -210,6 +210,8 @@ _DECODER = json.JSONDecoder(parse_float=Decimal, object_pairs_hook=_pairs_no_dup
 
 
 def loads(text: str) -> Any:
+    if text.startswith("\ufeff"):  # what json.loads says; a bare decoder would only say "Expecting value"
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     return _DECODER.decode(text)
 
 
