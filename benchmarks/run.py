@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -103,6 +104,50 @@ class LatencyProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
 
+class ServerLog:
+    """Time the server spent inside statements, from its own log (log_min_duration_statement = 0 on the
+    benchmarked databases only). This is the floor no client-side speed-up can go below: what emailsync asks
+    PostgreSQL to do, against what the hand-written transaction asks."""
+
+    # Only statement lines: auto_explain's "duration: ... plan:" lines (with --explain) repeat a statement's time.
+    DURATION = re.compile(r"duration: ([0-9.]+) ms\s+(?:(?:parse|bind|execute) [^:]*: |statement: )(.*)")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def since_mark(self) -> dict[str, float]:
+        """Seconds in statements since mark(): all, and the COPY part (which includes waiting for the client's
+        rows, so it is not purely the server's)."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode("utf-8", "replace")
+        total = copy = 0.0
+        by_text: dict[str, float] = {}
+        lines = text.splitlines()
+        for n, line in enumerate(lines):
+            found = self.DURATION.search(line)
+            if not found:
+                continue
+            ms, stmt = float(found.group(1)), found.group(2).strip()
+            if not stmt:  # a statement that starts on the next line
+                stmt = next((x.strip() for x in lines[n + 1 : n + 4] if x.strip()), "")
+            total += ms
+            if stmt[:4].upper() == "COPY":
+                copy += ms
+            head = " ".join(stmt.split())[:90]
+            by_text[head] = by_text.get(head, 0.0) + ms
+        top = sorted(by_text.items(), key=lambda kv: -kv[1])[:8]
+        return {
+            "server_s": round(total / 1000, 2),
+            "copy_s": round(copy / 1000, 2),
+            "top": [[t, round(v / 1000, 3)] for t, v in top],
+        }
+
+
 def checksums(dsn: str) -> dict[str, list[Any]]:
     with psycopg.connect(dsn) as c:
         return {t: list(c.execute(q).fetchone()) for t, q in estate.CHECKSUMS.items()}
@@ -141,6 +186,9 @@ def main() -> None:
     ap.add_argument("--profiles", type=int, default=2000, help="DynamoDB hr-profiles items (with --dynamodb)")
     ap.add_argument("--latency-ms", type=float, default=0, help="also apply through a proxy adding this round trip")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profiles of plan and apply")
+    ap.add_argument(
+        "--explain", type=int, metavar="MS", help="log plans of emailsync statements slower than MS (auto_explain)"
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--keep", type=Path, help="keep the work folder (plans, profiles) here")
     args = ap.parse_args()
@@ -175,14 +223,26 @@ def main() -> None:
         mapping = estate.mappings(n, m, args.ghost_mappings)
         (work / "email_mappings.json").write_text(json.dumps(mapping))
 
-        def fresh(name: str) -> str:
+        def fresh(name: str, logged: bool = False) -> str:
             with psycopg.connect(admin, autocommit=True) as c:
                 c.execute(f"DROP DATABASE IF EXISTS {name}")
                 c.execute(f"CREATE DATABASE {name} TEMPLATE bench_template")
+                if logged:
+                    c.execute(f"ALTER DATABASE {name} SET log_min_duration_statement = 0")
+                if logged and args.explain is not None:
+                    for k, v in (
+                        ("session_preload_libraries", "'auto_explain'"),
+                        ("auto_explain.log_min_duration", str(args.explain)),
+                        ("auto_explain.log_analyze", "on"),
+                        ("auto_explain.log_nested_statements", "on"),
+                    ):
+                        c.execute(f"ALTER DATABASE {name} SET {k} = {v}")
             return f"host={host} dbname={name} user=postgres"
 
+        log = ServerLog(server.log)
+
         targets = estate.TARGETS
-        env = {**os.environ, "BENCH_DSN": fresh("bench_emailsync")}
+        env = {**os.environ, "BENCH_DSN": fresh("bench_emailsync", logged=True)}
         moto = None
         if args.dynamodb:
             import logging
@@ -221,7 +281,9 @@ def main() -> None:
             "--out",
             str(work / "plan" / "plan.json"),
         ]
+        log.mark()
         plan_s, plan_rss, _, plan_err = timed_child(plan_cmd, env, work)
+        plan_server = log.since_mark()
         plan = json.loads((work / "plan" / "plan.json").read_text())
         kinds: dict[str, int] = {}
         for a in plan["actions"]:
@@ -233,7 +295,9 @@ def main() -> None:
             "--auto-approve",
             "--quiet",
         ]
+        log.mark()
         apply_s, apply_rss, apply_out, _ = timed_child(apply_cmd, env, work)
+        apply_server = log.since_mark()
         report = json.loads((work / "plan" / "report.json").read_text())
         statuses = {s["status"] for s in report["summary"]}
         assert statuses <= {"applied"}, report["summary"]
@@ -248,10 +312,20 @@ def main() -> None:
             "postgres_actions": pg_actions,
             "actions_by_kind": kinds,
             "plan_json_mb": round(plan_bytes / 1e6, 1),
+            "plan_server": plan_server,
+            "apply_server": apply_server,
         }
-        bdsn = fresh("bench_baseline")
+        bdsn = fresh("bench_baseline", logged=True)
+        log.mark()
         base_s, base_changed, base_steps = run_baseline(bdsn, mapping)
-        result["baseline"] = {"seconds": round(base_s, 2), "rows_changed": base_changed, "statements": base_steps}
+        result["baseline"] = {
+            "seconds": round(base_s, 2),
+            "rows_changed": base_changed,
+            "statements": base_steps,
+            "server": log.since_mark(),
+        }
+        srv = plan_server["server_s"] + apply_server["server_s"]
+        result["server_floor_ratio"] = round(srv / base_s, 2) if base_s else None
         same = checksums(env["BENCH_DSN"]) == checksums(bdsn)
         result["same_result"] = same
         total = plan_s + apply_s
@@ -292,6 +366,8 @@ def main() -> None:
         if moto is not None:
             moto.stop()
     finally:
+        if args.keep and server.log.exists():
+            shutil.copy(server.log, work / "server.log")  # statement times, and plans with --explain
         server.cleanup()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -345,6 +421,13 @@ def print_table(r: dict[str, Any]) -> None:
         f"actions: {e['actions']:,} {e['actions_by_kind']}; plan.json {e['plan_json_mb']} MB",
         f"ratio (plan+apply)/baseline: {r['ratio']}; same final rows: {r['same_result']}",
     ]
+    if "plan_server" in e:
+        ps, ap_, bs = e["plan_server"], e["apply_server"], r["baseline"]["server"]
+        lines.append(
+            f"time inside PostgreSQL statements (server log): plan {ps['server_s']} s, apply {ap_['server_s']} s "
+            f"(COPY {ap_['copy_s']} s), baseline {bs['server_s']} s; emailsync's server time alone is "
+            f"{r['server_floor_ratio']}x the baseline's wall time"
+        )
     if "dynamodb" in r:
         d = r["dynamodb"]
         for rd in d["reads"]:

@@ -28,6 +28,20 @@ def main() -> None:
             f"{e['apply_s']} | {r['baseline']['seconds']} | {r['ratio']} | {e['plan_peak_rss_mb']} | "
             f"{e['apply_peak_rss_mb']} | {e['plan_json_mb']} | {r['same_result']} |"
         )
+    timed = {n: r for n, r in runs.items() if "plan_server" in r["emailsync"]}
+    if timed:
+        print(
+            "\nTime inside PostgreSQL statements, from the server's own log (log_min_duration_statement = 0): what "
+            "emailsync asks of the database, whatever the client does.\n"
+        )
+        print("| run | plan: server s | apply: server s | of which COPY s | baseline: server s | server / baseline |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, r in timed.items():
+            e = r["emailsync"]
+            print(
+                f"| {name} | {e['plan_server']['server_s']} | {e['apply_server']['server_s']} | "
+                f"{e['apply_server']['copy_s']} | {r['baseline']['server']['server_s']} | {r['server_floor_ratio']} |"
+            )
     for name, r in runs.items():
         if "remote" in r:
             x = r["remote"]

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from emailsync.errors import UserError
 
@@ -155,6 +155,9 @@ class Plan(_Frozen):
     skipped: list[Skipped]
     rollback_of: RollbackOf | None = None
     actions: list[Action]
+    # The canonical JSON of the plan (without its digest) in pieces, kept by seal() for render_json(): the
+    # digest and the file are written from the same text, so each action is serialised once.
+    _canonical: dict[str, str] | None = PrivateAttr(default=None)
 
     @property
     def has_changes(self) -> bool:
@@ -215,6 +218,32 @@ def loads(text: str) -> Any:
     return _DECODER.decode(text)
 
 
+_LINED = ("actions", "skipped")  # written one per line in the file
+
+
+def _canonical_pieces(body: dict[str, Any]) -> dict[str, str]:
+    """Compact canonical JSON of each top-level value (lists of the lined fields as one item per line)."""
+    return {
+        k: ("\n".join(dumps(x) for x in v) if k in _LINED and isinstance(v, list) else dumps(v))
+        for k, v in body.items()
+        if k != "digest"
+    }
+
+
+def _digest_of(pieces: dict[str, str], lined: frozenset[str]) -> str:
+    # Exactly sha256(dumps(body without digest)): compact, sorted keys, a list as "[" + items joined by "," + "]".
+    h = hashlib.sha256()
+    h.update(b"{")
+    for n, k in enumerate(sorted(pieces)):
+        if n:
+            h.update(b",")
+        v = pieces[k]
+        h.update(f"{dumps(k)}:".encode())
+        h.update(("[" + v.replace("\n", ",") + "]").encode() if k in lined else v.encode())
+    h.update(b"}")
+    return "sha256:" + h.hexdigest()
+
+
 def compute_digest(plan_body: dict[str, Any]) -> str:
     body = {k: v for k, v in plan_body.items() if k != "digest"}
     return "sha256:" + hashlib.sha256(dumps(body).encode()).hexdigest()
@@ -225,8 +254,10 @@ def seal(body: dict[str, Any]) -> Plan:
     body = dict(body)
     body["digest"] = "sha256:" + "0" * 64
     plan = Plan.model_validate(body)
-    as_json = plan.model_dump(mode="python")
-    return plan.model_copy(update={"digest": compute_digest(as_json)})
+    pieces = _canonical_pieces(plan.model_dump(mode="python"))
+    sealed = plan.model_copy(update={"digest": _digest_of(pieces, frozenset(_LINED))})
+    sealed._canonical = pieces
+    return sealed
 
 
 # --- files -------------------------------------------------------------------------------------------------
@@ -234,18 +265,19 @@ def seal(body: dict[str, Any]) -> Plan:
 
 def render_json(plan: Plan) -> str:
     """The plan file: readable header, then one action per line so a re-plan diffs line by line in review."""
-    data = plan.model_dump(mode="python")
-    actions = data.pop("actions")
-    skipped = data.pop("skipped")
-    head = dumps(data, indent=2)
+    pieces = plan._canonical
+    if pieces is None:
+        pieces = _canonical_pieces(plan.model_dump(mode="python"))
+    head = dumps({k: loads(v) for k, v in pieces.items() if k not in _LINED} | {"digest": plan.digest}, indent=2)
     assert head.endswith("}")
 
-    def block(name: str, items: list[Any]) -> str:
-        if not items:
+    def block(name: str) -> str:
+        lines = pieces[name]
+        if not lines:
             return f'  "{name}": []'
-        return f'  "{name}": [\n' + ",\n".join("    " + dumps(a) for a in items) + "\n  ]"
+        return f'  "{name}": [\n    ' + lines.replace("\n", ",\n    ") + "\n  ]"
 
-    return head[:-2] + ",\n" + block("actions", actions) + ",\n" + block("skipped", skipped) + "\n}\n"
+    return head[:-2] + ",\n" + block("actions") + ",\n" + block("skipped") + "\n}\n"
 
 
 def write_plan(plan: Plan, path: Path) -> None:

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # made once: json.dumps with options makes one per call
+
+
 def _v(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = value if isinstance(value, str) else _ENCODER.encode(value)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from emailsync import progress
@@ -52,6 +50,10 @@ RETRYABLE = {
 def client_for(target: DynamoTarget, probe: bool = False) -> Any:
     # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
     # (the first contact, which finds a wrong endpoint) gives up quickly instead.
+    # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
+    import boto3
+    import botocore.config
+
     cfg = botocore.config.Config(
         retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
         connect_timeout=5 if probe else 10,

@@ -20,13 +20,35 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from deepdiff import DeepDiff
 from psycopg import sql
 
 from emailsync import progress
 from emailsync.plan import Action, dumps
 from emailsync.stores.outcome import Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
+
+
+def _copy_text(value: str) -> str:
+    """A field of COPY's text format: backslash, tab, newline and carriage return escaped (NUL cannot occur)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
+    """to_jsonb(T.*) -> a.col without rendering the whole row (a wide row, once per comparison): the planned
+    column's own value, as to_jsonb renders it inside the row."""
+    return sql.SQL("(CASE a.col {} END)").format(
+        sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN to_jsonb({}.{})").format(sql.Literal(c), T, sql.Identifier(c))
+            for c in m.email_columns
+        )
+    )
+
+
+def _array_literal(items: list[str]) -> str:
+    """A text[] literal with every element quoted, so commas, braces, quotes and NULL-like names stay text."""
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
 
 
 class _Rollback(Exception):
@@ -168,33 +190,43 @@ class PostgresApplier:
             if a.column in a.key and a.kind != "delete-on-conflict":
                 pk[a.column] = a.new
         cols = "id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols, conflict"
+        # COPY's text format written directly, in large chunks: per-row adaptation cost more than the load itself.
         with self.conn.cursor().copy(f"COPY _es_act ({cols}) FROM STDIN") as cp:
+            buf: list[str] = []
             for a, rk in zip(self.actions, row_keys, strict=True):
-                k = rk[1]
-                cp.write_row(
-                    (
-                        a.id,
-                        rk[0],
-                        rowids[rk],
-                        a.kind,
-                        a.step,
-                        a.column or "",
-                        k,
-                        dumps(post_keys[rk]),
-                        k,
-                        dumps(a.old),
-                        dumps(a.new),
-                        None if a.row is None else dumps(a.row),
-                        rowcols[rk],
-                        None if a.conflict is None else dumps(a.conflict),
+                k = _copy_text(rk[1])
+                buf.append(
+                    "\t".join(
+                        (
+                            _copy_text(a.id),
+                            str(rk[0]),
+                            str(rowids[rk]),
+                            a.kind,
+                            str(a.step),
+                            _copy_text(a.column or ""),
+                            k,
+                            _copy_text(dumps(post_keys[rk])),
+                            k,
+                            _copy_text(dumps(a.old)),
+                            _copy_text(dumps(a.new)),
+                            "\\N" if a.row is None else _copy_text(dumps(a.row)),
+                            _copy_text(_array_literal(rowcols[rk])),
+                            "\\N" if a.conflict is None else _copy_text(dumps(a.conflict)),
+                        )
                     )
                 )
+                if len(buf) >= 2000:
+                    cp.write("\n".join(buf) + "\n")
+                    buf.clear()
+            if buf:
+                cp.write("\n".join(buf) + "\n")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
         # Lookups by a row's old or new key (chains on email keys, a delete's winner) must not scan every action.
         self.conn.execute("CREATE INDEX ON _es_act (tbl, key)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, post_key)")
-        self.conn.execute("ANALYZE _es_act")
+        # Statistics only for what joins and filters use: sampling the wide jsonb columns cost more than the load.
+        self.conn.execute("ANALYZE _es_act (tbl, rowid, kind, step, key, post_key)")
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 
@@ -246,12 +278,12 @@ class PostgresApplier:
                               AND x.rowid <> a.rowid AND NOT EXISTS (
                                 SELECT 1 FROM {tbl} {W} WHERE {kmx}))
                         THEN 'pending' END  -- else decided below, by the post key
-                    WHEN to_jsonb({T}.*) -> a.col = a.old THEN 'pending'
-                    WHEN to_jsonb({T}.*) -> a.col = a.new THEN 'already-applied'
+                    WHEN {colj} = a.old THEN 'pending'
+                    WHEN {colj} = a.new THEN 'already-applied'
                     ELSE 'stale' END
                 FROM {tbl} {T} WHERE a.tbl = %(i)s AND {km}
                 """
-            ).format(tbl=m.ident, T=T, W=W, km=km, kmx=m.key_match(W, sql.SQL("x.key"))),
+            ).format(tbl=m.ident, T=T, W=W, km=km, kmx=m.key_match(W, sql.SQL("x.key")), colj=_column_json(m, T)),
             {"i": i, "ign": ign},
         )
         # A row whose key holds a changed email is found under its new key once applied.
@@ -259,14 +291,14 @@ class PostgresApplier:
             sql.SQL(
                 """
                 UPDATE _es_act a SET pre = to_jsonb({T}.*), cur_key = a.post_key, status = CASE
-                    WHEN to_jsonb({T}.*) -> a.col = a.new
+                    WHEN {colj} = a.new
                          AND (to_jsonb({T}.*) - a.rowcols - %(ign)s::text[]) = (a.image - a.rowcols - %(ign)s::text[])
                     THEN 'already-applied' ELSE 'stale' END
                 FROM {tbl} {T}
                 WHERE a.tbl = %(i)s AND a.status IS NULL AND a.kind <> 'delete-on-conflict'
                   AND a.post_key <> a.key AND {km}
                 """
-            ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("a.post_key"))),
+            ).format(tbl=m.ident, T=T, km=m.key_match(T, sql.SQL("a.post_key")), colj=_column_json(m, T)),
             {"i": i, "ign": ign},
         )
         # Not found as planned. A delete already happened if its row is gone, or if the row now under its key
@@ -383,10 +415,13 @@ class PostgresApplier:
                     )
                 )
                 names.append(nm)
-        body = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) FROM {}").format(n) for n in names)
-        stmt = sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), body)
-        done = [r[0] for r in self.conn.execute(stmt).fetchall()]
-        self.conn.execute("UPDATE _es_act SET status = 'applied' WHERE id = ANY(%s)", (done,))
+        body = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) AS id FROM {}").format(n) for n in names)
+        # The writes and their record in one statement: no ids travel to the client and back (an `id = ANY` of
+        # tens of thousands compared every action with every id).
+        stmt = sql.SQL(
+            "WITH {}, _es_done AS ({}) UPDATE _es_act a SET status = 'applied' FROM _es_done d WHERE a.id = d.id"
+        ).format(sql.SQL(", ").join(ctes), body)
+        self.conn.execute(stmt)
         # A delete that did not happen: the row holding its new value changed, or rows still reference it.
         # Never delete on a stale premise; report it (the row was locked and equal to its image).
         self.conn.execute(
@@ -517,13 +552,16 @@ class PostgresApplier:
                 elif actual is None:
                     why = f"{m.display}: the row is missing after the update"
                 else:
-                    why = f"{m.display}: " + _describe(DeepDiff(expected, actual, verbose_level=2))
+                    why = f"{m.display}: " + _describe(expected, actual)
                 for x in ids:
                     out[x] = why
         return out
 
 
-def _describe(diff: DeepDiff) -> str:
+def _describe(expected: Any, actual: Any) -> str:
+    from deepdiff import DeepDiff  # 0.15 s to import; needed only to explain a failed verification
+
+    diff = DeepDiff(expected, actual, verbose_level=2)
     parts = []
     for change in ("values_changed", "type_changes"):
         for path, d in diff.get(change, {}).items():

@@ -8,7 +8,6 @@ against the mapping, streamed through a server-side cursor.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -325,39 +324,43 @@ class PostgresPlanner:
                 "JOIN {tbl} AS t ON t.ctid = h.tid"
             ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, sv=norm(sql.SQL("s.v")))
 
-        with conn.cursor(name=f"es_scan_{meta.oid}_{c.attnum}") as cur:
-            cur.itersize = SCAN_BATCH
+        # Streamed in chunks (libpq's chunked rows mode), not through a DECLAREd cursor: memory stays bounded
+        # either way, but PostgreSQL never runs a cursor's query in parallel, and these scans are the plan's cost.
+        with conn.cursor() as cur:
             try:
-                cur.execute(q)
-                records = iter(cur)
-                first = next(records, None)
+                yield from self._changes(meta, col, cur.stream(q, size=SCAN_BATCH))
             except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation) as e:
                 raise self._unfit(meta, col, str(e.diag.message_primary or e)) from None
-            for rec in itertools.chain([first] if first is not None else [], records):
-                key = rec[0]
-                if c.kind == "text":
-                    if rec[4]:
-                        new = self.by_ord[rec[2]].new
-                        raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
-                    yield key, rec[1], rec[3], (rec[2],)
-                elif c.kind == "array":
-                    old, positions, ords, ndims, news, cut = rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
-                    if cut:
-                        raise self._unfit(meta, col, "some new emails do not fit its elements (cut short)")
-                    if ndims != 1:
-                        raise UserError(
-                            f"{self.where}.tables[{meta.index}]: {meta.display}.{col} holds a "
-                            f"{ndims}-dimensional array at key {dumps(key)}; only one-dimensional arrays "
-                            "are supported"
-                        )
-                    new = list(old)
-                    for pos, value in zip(positions, news, strict=True):
-                        new[pos - 1] = value
-                    yield key, old, new, tuple(sorted(set(ords)))
-                else:
-                    pairs = rec[2]
-                    repl = {s: self.by_ord[o].new for s, o in pairs}
-                    yield key, rec[1], _walk_replace(rec[1], repl), tuple(sorted({o for _, o in pairs}))
+
+    def _changes(
+        self, meta: TableMeta, col: str, records: Iterable[Any]
+    ) -> Iterable[tuple[dict[str, Any], Any, Any, tuple[int, ...]]]:
+        c = meta.columns[col]
+        for rec in records:
+            key = rec[0]
+            if c.kind == "text":
+                if rec[4]:
+                    new = self.by_ord[rec[2]].new
+                    raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
+                yield key, rec[1], rec[3], (rec[2],)
+            elif c.kind == "array":
+                old, positions, ords, ndims, news, cut = rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
+                if cut:
+                    raise self._unfit(meta, col, "some new emails do not fit its elements (cut short)")
+                if ndims != 1:
+                    raise UserError(
+                        f"{self.where}.tables[{meta.index}]: {meta.display}.{col} holds a "
+                        f"{ndims}-dimensional array at key {dumps(key)}; only one-dimensional arrays "
+                        "are supported"
+                    )
+                new = list(old)
+                for pos, value in zip(positions, news, strict=True):
+                    new[pos - 1] = value
+                yield key, old, new, tuple(sorted(set(ords)))
+            else:
+                pairs = rec[2]
+                repl = {s: self.by_ord[o].new for s, o in pairs}
+                yield key, rec[1], _walk_replace(rec[1], repl), tuple(sorted({o for _, o in pairs}))
 
     def _unfit(self, meta: TableMeta, col: str, why: str) -> UserError:
         return UserError(
