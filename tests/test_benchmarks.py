@@ -35,6 +35,11 @@ def test_benchmark_runner_smoke(tmp_path):
     e = res["emailsync"]
     assert e["postgres_actions"] == res["baseline"]["rows_changed"]  # one action per changed row and column
     assert e["actions_by_kind"]["delete-on-conflict"] >= 1 and e["actions_by_kind"]["merge-and-move"] >= 1
+    # Time inside PostgreSQL comes from the server's log: every side's statements are found there, apply's COPY too.
+    for side in (e["plan_server"], e["apply_server"], res["baseline"]["server"]):
+        assert side["server_s"] > 0 and side["top"]
+    assert 0 < e["apply_server"]["copy_s"] <= e["apply_server"]["server_s"]
+    assert res["server_floor_ratio"] > 0
     d = res["dynamodb"]
     # Exactly one Scan pass per table, whatever the mapping count; writes never exceed the changed items.
     assert sorted(rd["table"] for rd in d["reads"]) == ["hr-leave", "hr-profiles"]
