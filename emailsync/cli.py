@@ -70,6 +70,9 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")
     ] = False,
+    redact: Annotated[
+        bool, typer.Option(help="Write plan.md with addresses hashed, for a public pull request.")
+    ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -81,8 +84,10 @@ def plan(
     from emailsync.plandiff import archive_diff
     from emailsync.planner import build_plan, default_plan_path
     from emailsync.render import summary_lines
+    from emailsync.signing import plan_key, sign
 
     try:
+        key = plan_key()  # a bad key is refused before any store is read
         loaded = load_targets(targets)
         mset = load_mappings(loaded.mappings_path(mappings), loaded.config.match)
         for w in mset.warnings:
@@ -98,8 +103,10 @@ def plan(
             ) from None
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise UserError(f"DynamoDB reported an error while planning ({e}); nothing was written") from None
+        if key is not None:
+            p = sign(p, key)
         path = out or default_plan_path(plans_dir, p)
-        md = save_plan(p, path)
+        md = save_plan(p, path, markdown=_redacted_markdown(p, key) if redact else None)
         diffed = archive_diff(path, p, plans_dir)
     except UserError as e:
         _fail(e)
@@ -112,6 +119,8 @@ def plan(
                     "plan": str(path),
                     "markdown": str(md),
                     "digest": p.digest,
+                    "signed": p.signature is not None,
+                    "redacted_markdown": redact,
                     "has_changes": p.has_changes,
                     "actions": len(p.actions),
                     "skipped": len(p.skipped),
@@ -174,6 +183,8 @@ def apply(
     from emailsync.render import ddb_key as render_key
     from emailsync.render import report_lines, summary_lines
     from emailsync.replan import replan_check_or_fail
+    from emailsync.signing import check as check_signature
+    from emailsync.signing import plan_key
 
     def say(text: str) -> None:  # words for the person: on stderr when stdout is for a machine (--json)
         typer.echo(text, err=json_out)
@@ -209,6 +220,9 @@ def apply(
         if not auto_approve and not _interactive():
             raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
         plan_obj = read_plan(plan_file)
+        unchecked = check_signature(plan_obj, plan_file, plan_key())
+        if unchecked:
+            typer.echo(f"warning: {unchecked}", err=True)
         loaded = load_targets(targets)
         if loaded.sha256 != plan_obj.inputs.targets_sha256:
             typer.echo(
@@ -280,6 +294,9 @@ class Format(StrEnum):
 def show(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
     format: Annotated[Format, typer.Option("--format", "-f", help="text, markdown or json.")] = Format.markdown,
+    redact: Annotated[
+        bool, typer.Option(help="Addresses hashed and whole rows left out, for a public pull request (markdown).")
+    ] = False,
 ) -> None:
     """Render a plan (its digest is checked first) and the history of its applies found beside it."""
     from emailsync.archive import apply_history
@@ -287,8 +304,18 @@ def show(
     from emailsync.render import history_lines, plan_markdown, plan_text
 
     try:
+        if redact and format is not Format.markdown:
+            raise UserError(
+                f"--redact renders plan.md only; use --format markdown (plan.json itself is never redacted: "
+                f"apply needs the real values), not --format {format.value}"
+            )
         p = read_plan(plan_file)
         history = apply_history(plan_file, p.digest)
+        if redact:
+            from emailsync.signing import plan_key
+
+            typer.echo(_redacted_markdown(p, plan_key()))
+            return
     except UserError as e:
         _fail(e)
     if format is Format.json:
@@ -411,9 +438,13 @@ def rollback(
     from emailsync.planner import default_plan_path
     from emailsync.render import summary_lines
     from emailsync.rollback import build_rollback
+    from emailsync.signing import plan_key, sign
 
     try:
+        key = plan_key()
         p = build_rollback(plan_dir)
+        if key is not None:  # a rollback plan is applied like any other: signed by the same trusted planner
+            p = sign(p, key)
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path)
         record_rollback(plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir, p, path)
@@ -491,6 +522,13 @@ def discover(
                 "targets.yaml never holds the DSN itself.",
                 err=format is DiscoverFormat.json,
             )
+
+
+def _redacted_markdown(plan: Any, key: bytes | None) -> str:
+    from emailsync.redact import NOTE, redacted
+    from emailsync.render import plan_markdown
+
+    return plan_markdown(redacted(plan, key), redaction=NOTE)
 
 
 def _with_progress(off: bool, fn: Any) -> Any:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from emailsync.errors import UserError
 
 PLAN_FORMAT = "emailsync.plan/v1"
-PLAN_FORMAT_MINOR = 1  # 1: rollback plans (insert-row, restore-item, rollback_of)
+PLAN_FORMAT_MINOR = 2  # 1: rollback plans (insert-row, restore-item, rollback_of); 2: signature
 
 ActionKind = Literal[
     "update",
@@ -145,6 +145,8 @@ class Plan(_Frozen):
     format: str = PLAN_FORMAT
     format_minor: int = PLAN_FORMAT_MINOR
     digest: str
+    # HMAC of the digest under EMAILSYNC_PLAN_KEY (signing.py); outside the digest, which it signs.
+    signature: str | None = None
     created_at: str
     tool_version: str
     inputs: Inputs
@@ -219,6 +221,7 @@ def loads(text: str) -> Any:
 
 
 _LINED = ("actions", "skipped")  # written one per line in the file
+_UNHASHED = ("digest", "signature")  # the digest covers everything else
 
 
 def _canonical_pieces(body: dict[str, Any]) -> dict[str, str]:
@@ -226,7 +229,7 @@ def _canonical_pieces(body: dict[str, Any]) -> dict[str, str]:
     return {
         k: ("\n".join(dumps(x) for x in v) if k in _LINED and isinstance(v, list) else dumps(v))
         for k, v in body.items()
-        if k != "digest"
+        if k not in _UNHASHED
     }
 
 
@@ -245,7 +248,8 @@ def _digest_of(pieces: dict[str, str], lined: frozenset[str]) -> str:
 
 
 def compute_digest(plan_body: dict[str, Any]) -> str:
-    body = {k: v for k, v in plan_body.items() if k != "digest"}
+    # A plan without a signature hashes as it did before signatures existed (the key is left out, not null).
+    body = {k: v for k, v in plan_body.items() if k not in _UNHASHED}
     return "sha256:" + hashlib.sha256(dumps(body).encode()).hexdigest()
 
 
@@ -268,7 +272,10 @@ def render_json(plan: Plan) -> str:
     pieces = plan._canonical
     if pieces is None:
         pieces = _canonical_pieces(plan.model_dump(mode="python"))
-    head = dumps({k: loads(v) for k, v in pieces.items() if k not in _LINED} | {"digest": plan.digest}, indent=2)
+    header = {k: loads(v) for k, v in pieces.items() if k not in _LINED} | {"digest": plan.digest}
+    if plan.signature is not None:
+        header["signature"] = plan.signature
+    head = dumps(header, indent=2)
     assert head.endswith("}")
 
     def block(name: str) -> str:

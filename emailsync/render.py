@@ -60,11 +60,13 @@ def summary_lines(plan: Plan) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def plan_markdown(plan: Plan) -> str:
+def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
+    """`redaction`: the plan was redacted (redact.py) and this says how, at the top."""
     out: list[str] = [
         "# emailsync plan",
         "",
-        f"- digest: `{plan.digest}`",
+        *([f"- **redacted**: {redaction}"] if redaction else []),
+        f"- digest: `{plan.digest}`" + (" (signed)" if plan.signature else ""),
         f"- created: {plan.created_at} by emailsync {plan.tool_version}",
         f"- inputs: `{plan.inputs.targets_file}` (sha256 {plan.inputs.targets_sha256[:12]}), "
         f"`{plan.inputs.mappings_file}` (sha256 {plan.inputs.mappings_sha256[:12]}, "
