@@ -240,7 +240,7 @@ def test_apply_without_auto_approve_and_no_terminal(emp_ws: Any, db: Any) -> Non
     assert_nothing_applied(path)
 
 
-def test_apply_against_another_database(ws: Any, make_db: Any) -> None:
+def test_apply_against_another_database(ws: Any, make_db: Any, reliability: Any) -> None:
     planned, other = make_db(), make_db()
     make_employees(planned)
     make_employees(other)
@@ -254,6 +254,9 @@ def test_apply_against_another_database(ws: Any, make_db: Any) -> None:
     assert employees(planned) == ROWS
     assert employees(other) == ROWS
     assert_nothing_applied(path)
+    reliability(
+        "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="pointed at another database"
+    )
 
 
 def test_apply_when_targets_no_longer_list_the_table(ws: Any, db: Any) -> None:

@@ -73,21 +73,23 @@ def test_rewritten_but_unchanged_plan_still_applies(planned: tuple[Any, Any, Pat
     assert employees(db) == [(1, "a@new.com"), (2, "b@new.com"), (3, "keep@x.com")]
 
 
-def test_edited_new_value_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_edited_new_value_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     text = path.read_text()
     assert text.count('"new":"a@new.com"') == 1
     path.write_text(text.replace('"new":"a@new.com"', '"new":"attacker@evil.com"'))
     apply_refused(ws, db, path, "digest mismatch", "re-run `emailsync plan`")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed value")
 
 
-def test_removed_action_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_removed_action_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     rewrite(path, lambda data: data["actions"].pop())
     apply_refused(ws, db, path, "digest mismatch")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a removed action")
 
 
-def test_added_copied_action_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_added_copied_action_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
 
     def add(data: dict[str, Any]) -> None:
@@ -97,59 +99,77 @@ def test_added_copied_action_is_refused(planned: tuple[Any, Any, Path]) -> None:
 
     rewrite(path, add)
     apply_refused(ws, db, path, "digest mismatch")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="an added action")
 
 
-def test_changed_digest_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_changed_digest_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     fake = "sha256:" + "f" * 64
     rewrite(path, lambda data: data.update(digest=fake))
     msg = apply_refused(ws, db, path, "digest mismatch", fake)
     assert json.loads(path.read_text())["digest"] == fake
     assert "re-run `emailsync plan`" in msg
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed digest")
 
 
 # --- format versions and malformed files --------------------------------------------------------------------
 
 
-def test_format_v2_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_format_v2_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     rewrite(path, lambda data: data.update(format="emailsync.plan/v2"))
     apply_refused(ws, db, path, "emailsync.plan/v2", "emailsync.plan/v1")
+    reliability(
+        "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a newer major format"
+    )
 
 
-def test_newer_minor_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_newer_minor_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     rewrite(path, lambda data: data.update(format_minor=99))
     apply_refused(ws, db, path, "99", "newer", "upgrade emailsync")
+    reliability(
+        "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a newer minor format"
+    )
 
 
-def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     text = path.read_text()
     assert text.startswith("{\n")
     # A second "digest" after the real one: a lax reader would silently take the last.
     path.write_text(text.replace("{\n", '{\n  "digest": "sha256:' + "0" * 64 + '",\n', 1))
     apply_refused(ws, db, path, "'digest'", "more than once")
+    reliability(
+        "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a duplicate top-level key"
+    )
 
 
-def test_duplicate_key_inside_an_action_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_duplicate_key_inside_an_action_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     text = path.read_text()
     path.write_text(text.replace('"new":"a@new.com"', '"new":"a@new.com","new":"attacker@evil.com"', 1))
     apply_refused(ws, db, path, "'new'", "more than once")
+    reliability(
+        "hostile input: plans edited by hand",
+        "refused, exit 1, nothing written",
+        detail="a duplicate key inside an action",
+    )
 
 
-def test_not_json_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_not_json_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     path.write_text("this is not a plan\n")
     apply_refused(ws, db, path, "not valid JSON", "line 1")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="not JSON")
 
 
-def test_truncated_plan_is_refused(planned: tuple[Any, Any, Path]) -> None:
+def test_truncated_plan_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     text = path.read_text()
     path.write_text(text[: len(text) // 2])
     apply_refused(ws, db, path, "not valid JSON")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a truncated file")
 
 
 def test_missing_plan_file_is_refused(planned: tuple[Any, Any, Path]) -> None:

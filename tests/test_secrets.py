@@ -39,15 +39,20 @@ def _all_artifacts(root: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file() and p.suffix != ".yaml")
 
 
-def test_wrong_password_is_one_clear_error_without_the_password(password_role, ws):
+def test_wrong_password_is_one_clear_error_without_the_password(password_role, ws, reliability):
     _setup(password_role, ws, "Wr0ng-Secret-XYZ")
     r, plan = ws.plan()
     assert r.code == 1 and "cannot connect" in r.err and "password authentication failed" in r.err
     assert "Wr0ng-Secret-XYZ" not in r.out + r.err and "Traceback" not in r.err
     assert not plan.exists()
+    reliability(
+        "secrets in artifacts",
+        "connection refused: error names host and database, no credential",
+        detail="wrong PostgreSQL password while planning",
+    )
 
 
-def test_right_password_never_reaches_plan_or_report(password_role, ws):
+def test_right_password_never_reaches_plan_or_report(password_role, ws, reliability):
     _setup(password_role, ws, "Right-Pa55word")
     r, plan = ws.plan()
     assert r.code == 0, r.err
@@ -56,3 +61,8 @@ def test_right_password_never_reaches_plan_or_report(password_role, ws):
     assert password_role.rows("SELECT email FROM employees") == [("a2@x.com",)]
     outputs = r.out + r.err + r2.out + r2.err + _all_artifacts(ws.path / "plans")
     assert "Right-Pa55word" not in outputs and "es_bob" not in outputs  # no user either: only host/port/db
+    reliability(
+        "secrets in artifacts",
+        "no password, user or AWS key in any output, file, row or item",
+        detail="plan and apply with a password DSN",
+    )
