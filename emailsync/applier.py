@@ -154,13 +154,34 @@ def apply_plan(
             for target, conn, metas, actions, ledger in prepared:
                 full = len(actions) == planned[target.name]
                 results.append(_apply_postgres(target, conn, metas, actions, ledger, full, on_stale, write))
-            for ddb, client, actions, _ in ddb_prepared:
-                normal = [a for a in actions if not a.live]
-                if normal:
-                    results.append(DynamoApplier(ddb, client, normal, on_stale, write).run())
+            # --on-stale abort writes nothing to a target with a stale item, its live table included: the live
+            # actions run last, in a group of their own, so a target is held back as a whole here.
+            held: dict[str, str] = {}
+            live_stale: dict[str, dict[str, Outcome]] = {}
             for ddb, client, actions, _ in ddb_prepared:
                 live_actions = [a for a in actions if a.live]
-                if live_actions:
+                if on_stale == "abort" and live_actions and any(not a.live for a in actions):
+                    probe = DynamoApplier(ddb, client, live_actions, on_stale, write)
+                    call(ddb, "reading the live items", probe._preflight)
+                    live_stale[ddb.name] = {i: o for i, o in probe.status.items() if o.status == "stale"}
+                    if live_stale[ddb.name]:
+                        held[ddb.name] = f"{len(live_stale[ddb.name])} stale live action(s)"
+                normal = [a for a in actions if not a.live]
+                if normal:
+                    if ddb.name in held:
+                        results.append(_held_back(ddb.name, normal, held[ddb.name]))
+                        continue
+                    res = DynamoApplier(ddb, client, normal, on_stale, write).run()
+                    results.append(res)
+                    if on_stale == "abort" and any(o.status == "stale" for o in res.outcomes.values()):
+                        held[ddb.name] = "stale action(s) in its other tables"
+            for ddb, client, actions, _ in ddb_prepared:
+                live_actions = [a for a in actions if a.live]
+                if live_actions and ddb.name in held:
+                    res = _held_back(ddb.name, live_actions, held[ddb.name])
+                    res.outcomes.update(live_stale.get(ddb.name, {}))  # the stale ones say why
+                    results.append(res)
+                elif live_actions:
                     results.append(DynamoApplier(ddb, client, live_actions, on_stale, write).run())
             for ddb, _, actions, dl in ddb_prepared:
                 if dl is None:
@@ -185,6 +206,14 @@ def apply_plan(
     # The run's end is journaled by the caller once report.json is written: a run killed before that is resumed
     # by a rerun (see unfinished_runs) rather than refused as a replay.
     return (EXIT_INCOMPLETE if failed else EXIT_OK), report
+
+
+def _held_back(target: str, actions: list[Action], why: str) -> TargetResult:
+    """Actions of a target that --on-stale abort keeps from running because of stale actions elsewhere in it."""
+    res = TargetResult(target)
+    res.outcomes = {a.id: Outcome("not-applied", f"nothing written: {why} and --on-stale abort") for a in actions}
+    res.error = f"{why}; nothing written to this target (--on-stale abort)"
+    return res
 
 
 def _refuse_replay(

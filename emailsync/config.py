@@ -467,6 +467,12 @@ class Targets(BaseModel):
     postgres: tuple[PostgresTarget, ...] = ()
     dynamodb: tuple[DynamoTarget, ...] = ()
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _exact_version(cls, value: Any) -> Any:
+        # `version: true` and `version: 1.0` would pass as 1 in lax mode: only the integer 1 is the format.
+        return str(value) if isinstance(value, bool | float) else value
+
     @field_validator("mappings")
     @classmethod
     def _check_mappings(cls, value: str | None) -> str | None:
@@ -603,7 +609,11 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
         line = data[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}: not valid UTF-8 (line {line}, byte {exc.start}); save the file as UTF-8") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader), data
+        loaded = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a targets file; check its indentation and brackets") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise UserError(f"{path}: a value cannot be read ({str(exc)[:200]})") from None
     except yaml.MarkedYAMLError as exc:
         # Built from problem and position only: str(exc) quotes the offending line, which may hold a DSN.
         mark = exc.problem_mark or exc.context_mark
@@ -615,6 +625,38 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
         raise UserError(f"{path}: YAML syntax error at {where}: {problem}{context}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: YAML error: {exc}") from None
+    _check_expanded_size(path, loaded)
+    return loaded, data
+
+
+_MAX_VALUES = 100_000  # a real targets file has hundreds
+
+
+def _check_expanded_size(path: Path, root: Any) -> None:
+    """Refuse anchors and aliases that expand to a huge document (a "billion laughs"), or that refer to themselves,
+    before anything walks the expanded values. Aliases share objects, so sizes are counted once per object."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        obj, done = stack.pop()
+        if not isinstance(obj, dict | list) or (id(obj) in sizes and not done):
+            continue
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if done:
+            sizes[id(obj)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(obj)] > _MAX_VALUES:
+                raise UserError(
+                    f"{path}: expands to more than {_MAX_VALUES:,} values through YAML anchors and aliases; a "
+                    "targets file never needs that many: write the entries out, or use fewer aliases"
+                )
+            continue
+        sizes[id(obj)] = -1  # in progress: meeting it again below it means it contains itself
+        stack.append((obj, True))
+        for c in children:
+            if isinstance(c, dict | list):
+                if sizes.get(id(c)) == -1:
+                    raise UserError(f"{path}: a YAML alias refers to the value that contains it; remove that alias")
+                stack.append((c, False))
 
 
 def read_raw_yaml(path: Path) -> dict[str, Any]:
@@ -783,7 +825,11 @@ def _describe(error: ErrorDetails) -> str:
         got = f"{value!r} is not allowed" if show_value else "value is not allowed"
         return f"{got}; use one of: {expected}"
     if kind == "invalid_key":
-        return "keys must be strings"
+        key = error.get("input")
+        return (
+            f"keys must be strings, not {str(key).lower() if isinstance(key, bool) else key!r}: YAML reads an unquoted "
+            "true, false or number as another type; quote the key or remove it"
+        )
     if kind in _EXPECTED:
         return f"must be {_EXPECTED[kind]}, got {_kind(value)}"
     return error["msg"].removeprefix("Value error, ")

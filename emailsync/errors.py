@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+# A message is read by a person: a hostile input (a 4 MB line, a million bad entries) must not become megabytes on
+# stderr. What is cut is said, never silently dropped.
+MAX_PROBLEMS = 50
+MAX_CHARS = 2_000
+
+
+# Characters a terminal or `str.splitlines` takes as a line break, besides "\n": quoted input holding one would
+# forge a line of its own in the message. Shown escaped instead.
+_BREAKS = {c: f"\\u{ord(c):04x}" for c in "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+_BREAKS_TABLE = str.maketrans(_BREAKS)
+
+
+def _clip(text: str, limit: int = MAX_CHARS) -> str:
+    text = text.translate(_BREAKS_TABLE)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
 
 class UserError(Exception):
     """A mistake the user can fix. The message names the file, the place and the fix.
 
-    `problems` holds every problem found when validation reports many at once.
+    `problems` holds every problem found when validation reports many at once; the first MAX_PROBLEMS are shown.
     """
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
+        message = _clip(message)
         if self.problems:
-            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+            shown = [f"  - {_clip(p, 500)}" for p in self.problems[:MAX_PROBLEMS]]
+            if len(self.problems) > MAX_PROBLEMS:
+                shown.append(f"  - … and {len(self.problems) - MAX_PROBLEMS:,} more problem(s) of the same kinds")
+            message = message + "\n" + "\n".join(shown)
         super().__init__(message)

@@ -177,6 +177,8 @@ def _read_bytes(path: Path) -> bytes:
         raise UserError(f"{path}: permission denied reading the mappings file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the mappings file: {e.strerror or e}") from None
+    except ValueError:  # a NUL byte in the path
+        raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte); fix `mappings:`") from None
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -344,12 +346,24 @@ def _parse_csv(path: Path, text: str, problems: _Problems) -> list[_Raw]:
     width = old_col = new_col = 0
     client_col: int | None = None
     prev_line = 0
+    last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
     try:
         for row in reader:
             line = prev_line + 1  # the row's first physical line (a quoted field may span several)
             prev_line = reader.line_num
             if not "".join(row).strip():  # blank line, or a spreadsheet's empty ",,"
                 continue
+            if reader.line_num >= last_line and any("\n" in f or "\r" in f for f in row):
+                # A field that runs on to the end of the file: a quote opened and never closed, which swallowed
+                # every line after it. Name where it opened (a closed multi-line field is checked as a value).
+                problems.append(
+                    (
+                        line,
+                        f'line {line}: a quote (") opened on this line is not closed (the field runs on to line '
+                        f"{reader.line_num}); close the quote or remove it",
+                    )
+                )
+                break
             if columns is None:
                 columns = _csv_header(path, row, line)
                 width, old_col, new_col = len(row), columns["old"], columns["new"]
@@ -368,7 +382,9 @@ def _parse_csv(path: Path, text: str, problems: _Problems) -> list[_Raw]:
             append(_Raw(row[old_col], row[new_col], client, f"line {line}", line))
     except csv.Error as e:
         # The csv reader cannot be trusted to resynchronise after an error, so stop reading here.
-        problems.append((reader.line_num, f"line {reader.line_num}: cannot read the CSV: {e}"))
+        start = prev_line + 1  # the row being read when it failed starts here
+        hint = '; a quote (") opened on that line may not be closed' if "field larger" in str(e) else ""
+        problems.append((start, f"line {start}: cannot read the CSV: {e}{hint}"))
     return raws
 
 

@@ -310,6 +310,8 @@ def read_plan(path: Path) -> Plan:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except ValueError as e:
         raise UserError(f"{path}: {e}; the plan was edited by hand, make a new one with `emailsync plan`") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a plan (the top level must be an object)")
     fmt = data.get("format")
@@ -319,16 +321,24 @@ def read_plan(path: Path) -> Plan:
             "Make the plan with this version, or upgrade emailsync to the one that made it."
         )
     minor = data.get("format_minor", 0)
-    if not isinstance(minor, int) or minor > PLAN_FORMAT_MINOR:
+    if not isinstance(minor, int) or isinstance(minor, bool):
+        raise UserError(
+            f"{path}: format_minor must be a whole number, not {str(minor)[:40]!r}; the plan was edited by hand, "
+            "make a new one with `emailsync plan`"
+        )
+    if minor > PLAN_FORMAT_MINOR:
         raise UserError(
             f"{path}: plan format {PLAN_FORMAT} minor {minor!r} is newer than this emailsync understands "
             f"(minor {PLAN_FORMAT_MINOR}); upgrade emailsync before applying it."
         )
     digest = data.get("digest")
-    expected = compute_digest(data)
+    try:
+        expected = compute_digest(data)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
     if digest != expected:
         raise UserError(
-            f"{path}: digest mismatch: the file says {digest!r} but its content hashes to {expected!r}. "
+            f"{path}: digest mismatch: the file says {str(digest)[:80]!r} but its content hashes to {expected!r}. "
             "The plan was changed after it was made; re-run `emailsync plan` and have it reviewed again."
         )
     try:

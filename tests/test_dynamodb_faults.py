@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 from helpers import hook_dynamodb
+from reliability import Record
 
 
 class _Raw:
@@ -48,7 +49,19 @@ def _statuses(plan) -> list[str]:
     return sorted(a["status"] for a in json.loads((plan.parent / "report.json").read_text())["actions"])
 
 
-def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws):
+def _journal_agrees(plan, code: int) -> None:
+    """The last run's journal (apply-*.jsonl) records the outcomes report.json lists, each action once, and its
+    end with the exit code."""
+    report = json.loads((plan.parent / "report.json").read_text())
+    journal = sorted(plan.parent.glob("apply-*.jsonl"))[-1]
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    outcomes = [(e["id"], e["status"]) for e in entries if e["event"] == "outcome"]
+    assert sorted(outcomes) == sorted((a["id"], a["status"]) for a in report["actions"])
+    assert len({i for i, _ in outcomes}) == len(outcomes)
+    assert [e["exit_code"] for e in entries if e["event"] == "run-end"] == [code]
+
+
+def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws, reliability: Record):
     plan = _setup(ddb, ws)
     seen = []
 
@@ -62,10 +75,14 @@ def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws):
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert len(seen) == 3
-    assert _emails(ddb) == [f"u{i}@new.com" for i in range(6)]
+    # every item moved whole, once: six items before and after, each with its own number
+    assert ddb.items("users") == [{"email": f"u{i}@new.com", "i": Decimal(i)} for i in range(6)]
+    assert _statuses(plan) == ["applied"] * 6
+    _journal_agrees(plan, 0)
+    reliability("DynamoDB fault: TransactionConflict", "retried, nothing lost", detail="small table, conflict twice")
 
 
-def test_throttling_is_retried_by_botocore(ddb, ws):
+def test_throttling_is_retried_by_botocore(ddb, ws, reliability: Record):
     ddb.create("users", "id")
     ddb.put("users", {"id": "1", "email": "a@x.com"})
     ws.targets(
@@ -84,6 +101,9 @@ def test_throttling_is_retried_by_botocore(ddb, ws):
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert len(seen) == 2 and ddb.items("users") == [{"id": "1", "email": "b@x.com"}]
+    assert _statuses(plan) == ["applied"]
+    _journal_agrees(plan, 0)
+    reliability("DynamoDB fault: throttling", "retried, nothing lost", detail="small table, UpdateItem throttled once")
 
 
 def test_persistent_failure_is_reported_and_changes_nothing(ddb, ws):
@@ -141,7 +161,7 @@ def test_interrupted_apply_resumes_without_loss_or_duplicates(ddb, ws):
     assert _statuses(plan).count("already-applied") == 50 and _statuses(plan).count("applied") == 70
 
 
-def test_unprocessed_keys_while_planning_are_read_again(ddb, ws):
+def test_unprocessed_keys_while_planning_are_read_again(ddb, ws, reliability: Record):
     ddb.create("users", "email")
     ddb.put("users", *({"email": f"u{i}@old.com"} for i in range(5)))
     ws.targets(
@@ -163,6 +183,9 @@ def test_unprocessed_keys_while_planning_are_read_again(ddb, ws):
     r, plan = ws.plan()
     assert r.code == 0, r.err
     assert len(ws.plan_json(plan)["actions"]) == 5 and len(seen) >= 2
+    assert sorted(a["key"]["email"]["S"] for a in ws.plan_json(plan)["actions"]) == [f"u{i}@old.com" for i in range(5)]
+    assert _emails(ddb) == [f"u{i}@old.com" for i in range(5)]  # planning writes nothing
+    reliability("DynamoDB fault: UnprocessedKeys", "read again while planning: the plan is complete")
 
 
 def test_a_change_between_write_and_verification_is_needs_review(ddb, ws):

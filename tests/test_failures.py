@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from helpers import hook_dynamodb
-from test_dynamodb_faults import _error
+from reliability import Record
+from test_dynamodb_faults import _error, _journal_agrees
 
 
-def test_connection_dropped_mid_apply_rolls_back_and_reports(db, ws):
+def test_connection_dropped_mid_apply_rolls_back_and_reports(db, ws, reliability: Record):
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     # The server ends our own session in the middle of the write (a crash, a failover, an admin's kill).
@@ -25,6 +26,19 @@ def test_connection_dropped_mid_apply_rolls_back_and_reports(db, ws):
     report = json.loads((plan.parent / "report.json").read_text())
     assert {a["status"] for a in report["actions"]} == {"failed"} and report["targets"][0]["error"]
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@x.com"), (2, "b@x.com")]
+    # The database is back (the trigger gone): the same command finishes the plan, each row changed once.
+    db.execute("DROP TRIGGER t_die ON employees")
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b2@x.com")]
+    report = json.loads((plan.parent / "report.json").read_text())
+    assert sorted(a["status"] for a in report["actions"]) == ["applied", "applied"]
+    first, _ = sorted(plan.parent.glob("apply-*.jsonl"))
+    entries = [json.loads(line) for line in first.read_text().splitlines()]
+    assert [e["exit_code"] for e in entries if e["event"] == "run-end"] == [3]
+    assert {e["status"] for e in entries if e["event"] == "outcome"} == {"failed"}
+    _journal_agrees(plan, 0)  # the rerun's
+    reliability("dropped database connection", "rolled back whole, rerun finished the plan", detail="small table")
 
 
 def test_dynamodb_error_mid_apply_keeps_the_report_of_earlier_targets(db, ddb, ws):

@@ -8,11 +8,16 @@ lock behind, which the rerun takes over). It plans once, in-process. Then `email
 through tests/crash_harness.py, which kills it with SIGKILL at a chosen point of the PostgreSQL or DynamoDB work;
 the intermediate stores are checked for consistency, the same command is run again (a plain `python -m
 emailsync` subprocess), and the final stores must equal the expected state exactly and report.json must list
-every action once, as `already-applied` if the killed run had finished it and `applied` otherwise.
+every action once, as `already-applied` if the killed run had finished it and `applied` otherwise. The apply
+journals (apply-*.jsonl beside the plan) must agree: at every kill, each write visible in the stores was announced
+by a `before` record first, and each outcome a journal records as done is done in the stores; the final run's
+journal holds the same outcomes as report.json and its run-end. Identities are counted before and after:
+PostgreSQL rows per table (less the rows deleted on conflict), DynamoDB items by their `from_<tag>`.
 
 The expected final state is (a) written out explicitly for a core of rows and items (`_check_core`) and (b) for
 everything, the state a clean, uninterrupted apply of the same plan produces on a second copy of the estate
-(computed once per session and cached).
+(computed once per session and cached). That clean apply runs through the crash harness without a kill point
+and records every event the harness counts: the space of kill points (tests/test_reliability_faults.py).
 
 Every DynamoDB item of the moving tables carries a `from_<tag>` attribute, unique to it. Moves keep it and merges
 collect it, so "nothing lost, nothing left behind" is: every tag is in exactly one item (the one exception: a live
@@ -27,12 +32,17 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from reliability import Record
+
+from emailsync.archive import DONE as DONE_STATUSES
+from emailsync.archive import recorded_outcomes
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 N_USERS = 56  # bulk moves in the DynamoDB users table: step 0 alone needs two transactions (50 moves each)
@@ -296,28 +306,36 @@ class Estate:
         """The same command again, as a plain CLI subprocess."""
         return self._run([sys.executable, "-m", "emailsync", *self.apply_args])
 
-    def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    def _run(self, cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            cmd, cwd=self.ws.path, env=os.environ.copy(), capture_output=True, text=True, timeout=TIMEOUT
+            cmd, cwd=self.ws.path, env={**os.environ, **env}, capture_output=True, text=True, timeout=TIMEOUT
         )
+
+    def counted(self) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+        """apply through the harness without a kill point: the run, and every event the harness counted."""
+        events = self.plan.parent / "harness-events.jsonl"
+        p = self._run([sys.executable, str(HARNESS), "none", "--", *self.apply_args], CRASH_HARNESS_EVENTS=str(events))
+        return p, [json.loads(line) for line in events.read_text().splitlines()]
 
 
 _clean: dict[str, Any] = {}
 
 
 def _clean_apply(make_db: Any, ddb: Any, ws: Any) -> dict[str, Any]:
-    """The state an uninterrupted apply produces on a copy of the estate (once per session), and its plan."""
+    """The state an uninterrupted apply produces on a copy of the estate (once per session), its plan, and the
+    events crash_harness counts in it (in order: what a kill point can name)."""
     if not _clean:
         copy = Estate(make_db, ddb, ws)
-        r = ws.run(*copy.apply_args)
-        assert r.code == 0, r.out + r.err
+        r, events = copy.counted()
+        assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
         report = json.loads((copy.plan.parent / "report.json").read_text())
         assert sorted(a["id"] for a in report["actions"]) == sorted(a["id"] for a in copy.actions)
         assert {a["status"] for a in report["actions"]} == {"applied"}
-        _clean["state"] = copy.state()
-        _check_core(_clean["state"])
+        state = copy.state()
+        _check_core(state)
         _check_shape(copy.actions)
-        _clean["actions"] = [_comparable(a) for a in copy.actions]
+        # Filled only once everything above held: a failed clean apply is not cached for the next test.
+        _clean.update(state=state, actions=[_comparable(a) for a in copy.actions], events=events)
     return _clean
 
 
@@ -340,6 +358,11 @@ def _comparable(a: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def estate(make_db: Any, ddb: Any, ws: Any) -> Estate:
+    return make_estate(make_db, ddb, ws)
+
+
+def make_estate(make_db: Any, ddb: Any, ws: Any) -> Estate:
+    """A fresh estate, planned, with the clean apply's final state as its expected state."""
     ws.targets(TARGETS)
     ws.mappings(MAPPINGS)
     clean = _clean_apply(make_db, ddb, ws)
@@ -381,10 +404,13 @@ def _stage(e: Estate, mid: dict[str, Any], part: str) -> str:
     return "final" if mid[part] == e.expected[part] else "partial"
 
 
-def _check_intermediate(e: Estate, mid: dict[str, Any], stages: dict[str, str], in_flight: int) -> None:
+def _check_intermediate(
+    e: Estate, mid: dict[str, Any], stages: dict[str, str], in_flight: int, killed: bool = True
+) -> None:
     """What a kill may leave: each database wholly before or after its transaction; every DynamoDB item as it
     was, as planned after some of its actions, or gone from a key it moved away from; every tagged item exactly
-    once, except the (single) live swap between its write and its delete, whose copy equals the planned item."""
+    once, except the (single) live swap between its write and its delete, whose copy equals the planned item;
+    journals written ahead of the stores (`killed`: every run so far was killed, none journaled its end)."""
     found = {part: _stage(e, mid, part) for part in stages}
     assert found == stages, found
     for db in ("core", "leave"):
@@ -424,6 +450,8 @@ def _check_intermediate(e: Estate, mid: dict[str, Any], stages: dict[str, str], 
                     expected_copies[tag] += 1
         assert copies == expected_copies, (table, copies, expected_copies)
     assert len(swaps_in_flight) == in_flight, swaps_in_flight
+    _check_identities(e, mid, final=False)
+    _check_journals_at_kill(e, mid, finished=not killed)
 
 
 def _done(e: Estate, mid: dict[str, Any], a: dict[str, Any]) -> bool:
@@ -437,20 +465,135 @@ def _done(e: Estate, mid: dict[str, Any], a: dict[str, Any]) -> bool:
     return not (_tags(_item(a["row"])) & _tags(mid[a["table"]].get(_key(a))))
 
 
-def _check_finished(e: Estate, rerun: subprocess.CompletedProcess[str], mid: dict[str, Any]) -> None:
+def _check_finished(
+    e: Estate, rerun: subprocess.CompletedProcess[str], mid: dict[str, Any], either: frozenset[str] = frozenset()
+) -> None:
+    """The stores equal the clean apply's, every identity is there once, report.json lists every action once
+    (`already-applied` if done before the rerun, `applied` if not; for the ids in `either`, both are right) and
+    the journals agree with it."""
     assert rerun.returncode == 0, (rerun.returncode, rerun.stdout, rerun.stderr)
     final = e.state()
     _check_core(final)
     for part in final:
         assert final[part] == e.expected[part], part
+    _check_identities(e, final, final=True)
     report = json.loads((e.plan.parent / "report.json").read_text())
     ids = [x["id"] for x in report["actions"]]
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(a["id"] for a in e.actions)
     assert sum(s["count"] for s in report["summary"]) == len(e.actions)
     expected = {a["id"]: "already-applied" if _done(e, mid, a) else "applied" for a in e.actions}
     statuses = {x["id"]: x["status"] for x in report["actions"]}
-    wrong = {i: (statuses[i], want) for i, want in expected.items() if statuses[i] != want}
+    wrong = {
+        i: (statuses[i], want)
+        for i, want in expected.items()
+        if statuses[i] != want and not (i in either and statuses[i] in DONE_STATUSES)
+    }
     assert not wrong, f"{len(wrong)} action(s) reported wrongly (found, expected): {wrong}"
+    _check_journals_at_kill(e, final, finished=True)
+    _check_final_journal(e, rerun.returncode, report)
+
+
+def _check_identities(e: Estate, s: dict[str, Any], final: bool) -> None:
+    """Every identity counted: PostgreSQL rows per table (fewer only by the rows deleted on conflict, once the
+    database committed), the DynamoDB items' `from_<tag>` tags each in exactly one item (the live swap between
+    its write and its delete aside, checked by _check_intermediate), every profile item still there."""
+    deleted = Counter(a["table"].removeprefix("public.") for a in e.actions if a["kind"] == "delete-on-conflict")
+
+    def rows(state: dict[str, Any]) -> dict[str, int]:
+        (employees, settings), (requests,) = state["core"], state["leave"]
+        return {"employees": len(employees), "settings": len(settings), "requests": len(requests)}
+
+    before, now = rows(e.initial), rows(s)
+    core_done = s["core"] != e.initial["core"]  # one transaction: all the deletes or none
+    assert now == {t: n - (deleted[t] if core_done else 0) for t, n in before.items()}, (before, now, deleted)
+    assert {r[0] for r in s["core"][0]} == {r[0] for r in e.initial["core"][0]} - (
+        {a["key"]["id"] for a in e.actions if a["kind"] == "delete-on-conflict" and a["table"] == "public.employees"}
+        if core_done
+        else set()
+    )
+    assert {r[0] for r in s["leave"][0]} == {r[0] for r in e.initial["leave"][0]}
+    assert set(s["profiles"]) == set(e.initial["profiles"])
+    for table in ("users", "auth"):
+        tags = Counter(t for item in s[table].values() for t in _tags(item))
+        assert set(tags) == {t for item in e.initial[table].values() for t in _tags(item)}, table
+        if final:
+            assert set(tags.values()) == {1}, (table, {t: n for t, n in tags.items() if n != 1})
+
+
+def _journals(e: Estate) -> list[list[dict[str, Any]]]:
+    """Every apply journal beside the plan, oldest first; every line whole JSON (a kill cuts no line short: the
+    harness kills between writes, never inside one)."""
+    return [
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        for path in sorted(e.plan.parent.glob("apply-*.jsonl"))
+    ]
+
+
+def _touched(e: Estate, s: dict[str, Any], a: dict[str, Any]) -> bool:
+    """Whether the stores show a write of this action (begun or done)."""
+    if a["store"] == "postgres":
+        return s[a["target"]] != e.initial[a["target"]]
+    now, before = s[a["table"]], e.initial[a["table"]]
+    if a["kind"] in ("update", "array-replace"):
+        item, was = now.get(_key(a)), before.get(_key(a))
+        return any(_at(item, c["attribute"]) != _at(was, c["attribute"]) for c in a["changes"])
+    new_key, merged = _key(a, "new_key"), _item(a["merged"])
+    return now.get(_key(a)) != before.get(_key(a)) or (now.get(new_key) == merged != before.get(new_key))
+
+
+def _check_journals_at_kill(e: Estate, s: dict[str, Any], finished: bool = False) -> None:
+    """The journals against the stores: every write the stores show was announced by a `before` record first
+    (write-ahead), and every outcome a journal records as done (a committed transaction, a batch's or a live
+    delete's `after`, an outcome line) is done in the stores. Killed runs have no run-end."""
+    by_id = {a["id"]: a for a in e.actions}
+    announced: set[str] = set()
+    done: set[str] = set()
+    journals = _journals(e)
+    for entries in journals:
+        for x in entries:
+            if x.get("event") == "write" and x.get("phase") == "before":
+                announced.update(x.get("actions") or [x["action"]])
+            elif x.get("event") == "write" and x.get("phase") == "after":
+                # a transaction's, a batch's or a non-live update's outcomes; a live delete's own record
+                done.update(i for i, status in (x.get("outcomes") or {}).items() if status in DONE_STATUSES)
+                if x.get("write") == "delete":
+                    done.add(x["action"])
+            elif x.get("event") == "outcome" and x["status"] in DONE_STATUSES:
+                done.add(x["id"])
+    unannounced = [a["id"] for a in e.actions if _touched(e, s, a) and a["id"] not in announced]
+    assert not unannounced, f"written without a journal record first: {unannounced}"
+    not_done = sorted(i for i in done if not _done(e, s, by_id[i]))
+    assert not not_done, f"journaled as done but not done in the stores: {not_done}"
+    if not finished:
+        assert not [x for entries in journals for x in entries if x.get("event") == "run-end"], "a killed run ended"
+
+
+def _check_final_journal(e: Estate, code: int, report: dict[str, Any]) -> None:
+    """The last run's journal says what report.json says: one outcome per action with the same status, and a
+    run-end with the exit code and summary; over all journals, every action is recorded as done."""
+    entries = _journals(e)[-1]
+    (start,) = [x for x in entries if x.get("event") == "run-start"]
+    assert start["run_id"] == report["run_id"]
+    outcomes = [x for x in entries if x.get("event") == "outcome"]
+    assert len(outcomes) == len(e.actions) == len({x["id"] for x in outcomes})
+    assert {x["id"]: x["status"] for x in outcomes} == {x["id"]: x["status"] for x in report["actions"]}
+    (end,) = [x for x in entries if x.get("event") == "run-end"]
+    assert end["exit_code"] == code and end["summary"] == report["summary"], end
+    # What a rollback reads: every action done, over all the runs' journals.
+    recorded = recorded_outcomes(e.plan)
+    missing = {a["id"]: recorded.get(a["id"]) for a in e.actions if recorded.get(a["id"]) not in DONE_STATUSES}
+    assert not missing, f"actions the journals do not record as done: {missing}"
+
+
+def kill_area(point: str) -> str:
+    """The docs/reliability.md class of a kill point: which part of the apply it interrupts."""
+    if point.startswith("pg-"):
+        return "kill -9 during apply (PostgreSQL)"
+    if "@auth:" in point:
+        return "kill -9 during apply (live swap)"
+    if point == "report":
+        return "kill -9 during apply (before report.json)"
+    return "kill -9 during apply (DynamoDB)"
 
 
 # --- the tests -----------------------------------------------------------------------------------------------
@@ -506,7 +649,9 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize(("kill_point", "stages", "in_flight"), SCENARIOS)
-def test_kill_9_then_rerun_finishes_the_plan(estate: Estate, kill_point: str, stages: dict, in_flight: int) -> None:
+def test_kill_9_then_rerun_finishes_the_plan(
+    estate: Estate, kill_point: str, stages: dict, in_flight: int, reliability: Record
+) -> None:
     estate.crash(kill_point)
     mid = estate.state()
     _check_intermediate(estate, mid, stages, in_flight)
@@ -521,29 +666,30 @@ def test_kill_9_then_rerun_finishes_the_plan(estate: Estate, kill_point: str, st
         report = json.loads((estate.plan.parent / "report.json").read_text())
         assert {x["status"] for x in report["actions"]} == {"already-applied"}
     assert estate.state() == estate.expected
+    reliability(kill_area(kill_point), "nothing lost: rerun finished the plan", detail=kill_point)
 
 
-@pytest.mark.parametrize(
-    ("first", "first_stages", "second", "second_stages"),
-    [
-        pytest.param(
-            "pg-commit:1",
-            {"core": DONE, "leave": INIT, "users": INIT, "profiles": INIT, "auth": INIT},
-            "ddb-after:UpdateItem@auth:1",  # a live merge into an existing item, before its delete
-            {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
-            id="between-pg-targets-then-live-merge",
-        ),
-        pytest.param(
-            "ddb-after:PutItem@auth:2",
-            {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
-            "ddb-before:DeleteItem@auth:1",  # the resumed swap, killed again after its verification
-            {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
-            id="live-swap-killed-twice",
-        ),
-    ],
-)
+TWICE = [
+    pytest.param(
+        "pg-commit:1",
+        {"core": DONE, "leave": INIT, "users": INIT, "profiles": INIT, "auth": INIT},
+        "ddb-after:UpdateItem@auth:1",  # a live merge into an existing item, before its delete
+        {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
+        id="between-pg-targets-then-live-merge",
+    ),
+    pytest.param(
+        "ddb-after:PutItem@auth:2",
+        {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
+        "ddb-before:DeleteItem@auth:1",  # the resumed swap, killed again after its verification
+        {"core": DONE, "leave": DONE, "users": DONE, "profiles": DONE, "auth": PART},
+        id="live-swap-killed-twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "first_stages", "second", "second_stages"), TWICE)
 def test_killed_twice_then_rerun_finishes_the_plan(
-    estate: Estate, first: str, first_stages: dict, second: str, second_stages: dict
+    estate: Estate, first: str, first_stages: dict, second: str, second_stages: dict, reliability: Record
 ) -> None:
     estate.crash(first)
     _check_intermediate(estate, estate.state(), first_stages, first_stages["auth"] == PART)
@@ -551,3 +697,5 @@ def test_killed_twice_then_rerun_finishes_the_plan(
     mid = estate.state()
     _check_intermediate(estate, mid, second_stages, 1)
     _check_finished(estate, estate.rerun(), mid)
+    for point in (first, second):
+        reliability(kill_area(point), "nothing lost: rerun finished the plan (killed twice)", detail=point)

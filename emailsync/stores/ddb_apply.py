@@ -433,9 +433,14 @@ class DynamoApplier:
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
-                self._resolve_move(a)
-                self._journal(a, "put", "refused", self.status[a.id].detail)
-                return
+                # A write whose answer was lost (a 5xx) is retried by botocore, and the retry's condition then
+                # fails on our own write: the new item is exactly the planned one and the old item is untouched.
+                # That is this swap half done, so it goes on to verify and delete, as a rerun would.
+                own = normalized(self._get(a.table, a.new_key or {})) == normalized(a.merged)
+                if not (own and normalized(self._get(a.table, a.key)) == normalized(a.row)):
+                    self._resolve_move(a)
+                    self._journal(a, "put", "refused", self.status[a.id].detail)
+                    return
             self._journal(a, "put", "after")
         there = self._get(a.table, a.new_key or {})
         if normalized(there) != normalized(a.merged):

@@ -314,6 +314,49 @@ class PostgresApplier:
             """,
             (i,),
         )
+        # A delete is planned because another row holds its new value: if that row no longer does (and is not a
+        # planned row moving there), the delete has lost its reason. Judged here, not only when the step runs, so
+        # `verify` (which runs no steps) and --on-stale abort see it before anything is written.
+        W = m.alias("w")
+        self.conn.execute(
+            sql.SQL(
+                """
+                UPDATE _es_act a SET status = 'stale', detail = 'not deleted: the row that was to hold ' || a.col
+                    || ' = ' || (a.new #>> '{{}}') || ' no longer does'
+                WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
+                  AND NOT CASE WHEN a.conflict ? 'winner' THEN
+                    EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner'
+                            AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'already-applied'))
+                  ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} AND to_jsonb({W}.*) @> (a.conflict -> 'values'))
+                  END
+                """
+            ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')"))),
+            (i,),
+        )
+        # A new value that a row outside the plan has taken since (a unique column): the update would fail the
+        # index and roll the whole database back, so it is stale, like an item created at a move's new key.
+        R = m.alias("r")
+        for col in self._unique_columns(m):
+            self.conn.execute(
+                sql.SQL(
+                    """
+                    UPDATE _es_act a SET status = 'stale', detail = 'another row now holds ' || a.col || ' = '
+                        || (a.new #>> '{{}}')
+                    WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'update' AND a.col = %s
+                      AND EXISTS (SELECT 1 FROM {tbl} {R} WHERE {R}.{c} = (a.new #>> '{{}}')::{typ}
+                        AND NOT EXISTS (SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND {kmx}
+                                        AND x.status IN ('pending', 'already-applied')
+                                        AND (x.col = a.col OR x.kind = 'delete-on-conflict')))
+                    """
+                ).format(
+                    tbl=m.ident,
+                    R=R,
+                    c=sql.Identifier(col),
+                    typ=sql.SQL(m.columns[col].type_sql),
+                    kmx=m.key_match(R, sql.SQL("x.key")),
+                ),
+                (i, col),
+            )
         # Updates planned on a row that the plan then deletes: done if that delete is.
         self.conn.execute(
             """
@@ -324,6 +367,18 @@ class PostgresApplier:
             """,
             (i,),
         )
+
+    @staticmethod
+    def _unique_columns(m: TableMeta) -> list[str]:
+        """Email columns that a unique index covers alone, without a predicate: where a row outside the plan can
+        take a planned new value since the plan."""
+        out = []
+        for u in m.unique_indexes:
+            if u.predicate is None and len(u.exprs) == 1:
+                for c in m.email_columns:
+                    if m.columns[c].kind == "text" and u.exprs[0] in (c, '"' + c.replace('"', '""') + '"'):
+                        out.append(c)
+        return sorted(set(out))
 
     def _stale_details(self) -> dict[str, str]:
         rows = self.conn.execute("SELECT id, kind, col, pre, detail FROM _es_act WHERE status = 'stale'").fetchall()

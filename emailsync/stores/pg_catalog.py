@@ -189,6 +189,9 @@ def resolve_table(
                 f"{where}.columns: column {c!r} has type {col.type_sql}, not text-like, a text array or "
                 f"jsonb{hint}; remove it from columns"
             )
+    for c in cfg.verify_ignore:
+        if c not in cols:  # a typo here would silently compare the column it meant to leave out
+            problems.append(f"{where}.verify_ignore: column {c!r} does not exist in {schema}.{name}; fix or remove it")
 
     pk = [
         r[0]
