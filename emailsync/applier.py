@@ -162,8 +162,7 @@ def apply_plan(
                 live_actions = [a for a in actions if a.live]
                 if on_stale == "abort" and live_actions and any(not a.live for a in actions):
                     probe = DynamoApplier(ddb, client, live_actions, on_stale, write)
-                    call(ddb, "reading the live items", probe._preflight)
-                    live_stale[ddb.name] = {i: o for i, o in probe.status.items() if o.status == "stale"}
+                    live_stale[ddb.name] = call(ddb, "reading the live items", probe.stale_before_writing)
                     if live_stale[ddb.name]:
                         held[ddb.name] = f"{len(live_stale[ddb.name])} stale live action(s)"
                 normal = [a for a in actions if not a.live]

@@ -233,7 +233,7 @@ def _canonical_pieces(body: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _digest_of(pieces: dict[str, str], lined: frozenset[str]) -> str:
+def _digest_of(pieces: dict[str, str]) -> str:
     # Exactly sha256(dumps(body without digest)): compact, sorted keys, a list as "[" + items joined by "," + "]".
     h = hashlib.sha256()
     h.update(b"{")
@@ -242,7 +242,7 @@ def _digest_of(pieces: dict[str, str], lined: frozenset[str]) -> str:
             h.update(b",")
         v = pieces[k]
         h.update(f"{dumps(k)}:".encode())
-        h.update(("[" + v.replace("\n", ",") + "]").encode() if k in lined else v.encode())
+        h.update(("[" + v.replace("\n", ",") + "]").encode() if k in _LINED else v.encode())
     h.update(b"}")
     return "sha256:" + h.hexdigest()
 
@@ -259,7 +259,7 @@ def seal(body: dict[str, Any]) -> Plan:
     body["digest"] = "sha256:" + "0" * 64
     plan = Plan.model_validate(body)
     pieces = _canonical_pieces(plan.model_dump(mode="python"))
-    sealed = plan.model_copy(update={"digest": _digest_of(pieces, frozenset(_LINED))})
+    sealed = plan.model_copy(update={"digest": _digest_of(pieces)})
     sealed._canonical = pieces
     return sealed
 

@@ -133,6 +133,12 @@ class DynamoApplier:
         res.committed = res.error is None
         return res
 
+    def stale_before_writing(self) -> dict[str, Outcome]:
+        """The actions apply would find stale before writing anything (reads only). Unlike classify_only, a swap
+        stopped half way is not stale here: apply resumes it."""
+        self._preflight()
+        return {i: o for i, o in self.status.items() if o.status == "stale"}
+
     def classify_only(self) -> dict[str, Outcome]:
         """Each action's state, reading only (for `emailsync verify`): pending, already-applied or stale."""
         self._preflight()

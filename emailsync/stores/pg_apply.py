@@ -46,6 +46,19 @@ def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
     )
 
 
+def _delete_premise(m: TableMeta, W: sql.Identifier) -> sql.Composable:
+    """Why a delete-on-conflict may go ahead: the row that takes its entry still holds it, or is a planned row whose
+    move goes ahead. The same test at classification (so verify and --on-stale abort see it) and in the DELETE."""
+    return sql.SQL(
+        "CASE WHEN a.conflict ? 'winner' THEN "
+        "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner' "
+        "AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'applied', 'already-applied')) "
+        "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl "
+        "AND w.key = a.conflict -> 'winner' AND w.status = 'stale') "
+        "ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} AND to_jsonb({W}.*) @> (a.conflict -> 'values')) END"
+    ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")))
+
+
 def _array_literal(items: list[str]) -> str:
     """A text[] literal with every element quoted, so commas, braces, quotes and NULL-like names stay text."""
     return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
@@ -317,20 +330,15 @@ class PostgresApplier:
         # A delete is planned because another row holds its new value: if that row no longer does (and is not a
         # planned row moving there), the delete has lost its reason. Judged here, not only when the step runs, so
         # `verify` (which runs no steps) and --on-stale abort see it before anything is written.
-        W = m.alias("w")
         self.conn.execute(
             sql.SQL(
                 """
                 UPDATE _es_act a SET status = 'stale', detail = 'not deleted: the row that was to hold ' || a.col
                     || ' = ' || (a.new #>> '{{}}') || ' no longer does'
                 WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
-                  AND NOT CASE WHEN a.conflict ? 'winner' THEN
-                    EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner'
-                            AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'already-applied'))
-                  ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} AND to_jsonb({W}.*) @> (a.conflict -> 'values'))
-                  END
+                  AND NOT {premise}
                 """
-            ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')"))),
+            ).format(premise=_delete_premise(m, W)),
             (i,),
         )
         # A new value that a row outside the plan has taken since (a unique column): the update would fail the
@@ -411,15 +419,7 @@ class PostgresApplier:
                         "AND (to_jsonb({T}.*) - {ign}) = (a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
                         "FROM _es_act x WHERE x.tbl = a.tbl AND x.rowid = a.rowid "
                         "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}')) - {ign} "
-                        # the row that takes the entry: still holding it, or a planned row whose move goes ahead
-                        "AND CASE WHEN a.conflict ? 'winner' THEN "
-                        "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner' "
-                        "AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'applied', 'already-applied')) "
-                        "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl "
-                        "AND w.key = a.conflict -> 'winner' AND w.status = 'stale') "
-                        "ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} "
-                        "AND to_jsonb({W}.*) @> (a.conflict -> 'values')) END"
-                        "{unreferenced} RETURNING ARRAY[a.id] AS ids)"
+                        "AND {premise}{unreferenced} RETURNING ARRAY[a.id] AS ids)"
                     ).format(
                         nm=nm,
                         tbl=m.ident,
@@ -428,7 +428,7 @@ class PostgresApplier:
                         i=sql.Literal(i),
                         s=sql.Literal(step),
                         km=m.key_match(T, sql.SQL("a.cur_key")),
-                        kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")),
+                        premise=_delete_premise(m, W),
                         unreferenced=self._unreferenced(m, T),
                         # computed or trigger-set columns, changed by this plan's own earlier updates of the row
                         ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),
