@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from emailsync.plan import Action, Plan
@@ -85,11 +86,44 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     if plan.warnings:
         out += ["## Warnings", ""] + [f"- {_v(w, 300)}" for w in plan.warnings] + [""]
 
-    dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
+    head = "\n".join(out)
+    # Lines are rendered only while they fit: a plan of a million actions keeps a few hundred rows of plan.md.
     body: list[str] = []
+    size = len(head)  # the length of head + "\n" + "\n".join(body)
+    for line in _body_lines(plan):
+        body.append(line)
+        size += len(line) + 1
+        if size > MD_LIMIT:
+            break
+    else:
+        return head + "\n" + "\n".join(body)
+    kept: list[str] = []
+    size = len(head) + 200
+    for line in body:
+        if size + len(line) + 1 > MD_LIMIT:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    shown = sum(
+        1 for line in kept if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| table")
+    )
+    return (
+        head
+        + "\n"
+        + "\n".join(kept)
+        + (
+            f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
+            f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
+        )
+    )
+
+
+def _body_lines(plan: Plan) -> Iterator[str]:
+    """plan.md after its header, line by line: live swaps, deletes, skipped conflicts, then every table."""
+    dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
     live = [a for a in plan.actions if a.live]
     if live:
-        body += [
+        yield from [
             "## ⚠ LIVE — the table people log in with (high risk)",
             "",
             "Applied last, and only after a separate confirmation (`--confirm-live`, or typing YES). Each swap "
@@ -99,10 +133,10 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
             "| step | key | kind | changes | moves to | existing item there |",
             "|---:|---|---|---|---|---|",
         ]
-        body += [_ddb_row(a) for a in live]
-        body.append("")
+        yield from (_ddb_row(a) for a in live)
+        yield ""
     if dels:
-        body += [
+        yield from [
             "## Rows to be deleted (delete-on-conflict)",
             "",
             "Each row's new email is already taken under a unique constraint, so the row is deleted as the old "
@@ -111,84 +145,60 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
             "| table | key | column | old → new | why | row |",
             "|---|---|---|---|---|---|",
         ]
-        body += [
+        yield from (
             f"| {a.table} | {_key(a.key)} | {a.column} | {_v(a.old, 40)} → {_v(a.new, 40)} | {_v(a.reason, 80)} "
             f"| {_v(a.row, 120)} |"
             for a in dels
-        ]
-        body.append("")
+        )
+        yield ""
     if plan.skipped:
-        body += [
+        yield from [
             "## Skipped because of conflicts (on_conflict: skip)",
             "",
             "| table | key | column | old → new | why |",
             "|---|---|---|---|---|",
         ]
-        body += [
+        yield from (
             f"| {s.table} | {_key(s.key)} | {s.column} | {_v(s.old, 40)} → {_v(s.new, 40)} | {_v(s.reason, 80)} |"
             for s in plan.skipped
-        ]
-        body.append("")
+        )
+        yield ""
     by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
     for a in plan.actions:
         if a.kind != "delete-on-conflict" and not a.live:
             by_table[(a.target, a.table)].append(a)
     for (target, table), acts in by_table.items():
         if acts[0].store == "dynamodb":
-            body += [
+            yield from [
                 f"## {target} / {table} (DynamoDB)",
                 "",
                 "| step | key | kind | changes | moves to | existing item there |",
                 "|---:|---|---|---|---|---|",
             ]
-            body += [_ddb_row(a) for a in acts]
+            yield from (_ddb_row(a) for a in acts)
         else:
-            body += [
+            yield from [
                 f"## {target} / {table}",
                 "",
                 "| step | key | column | kind | old → new |",
                 "|---:|---|---|---|---|",
             ]
-            body += [f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts]
-        body.append("")
+            yield from (
+                f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts
+            )
+        yield ""
     if plan.reads:
-        body += [
+        yield from [
             "## How DynamoDB tables were read",
             "",
             "| target | table | method | segments | requests | items |",
             "|---|---|---|---:|---:|---:|",
         ]
-        body += [
+        yield from [
             f"| {r.target} | {r.table} | {r.method} | {r.segments} | {r.requests} | {r.items_read} |"
             for r in plan.reads
         ]
-        body.append("")
-
-    head = "\n".join(out)
-    text = head + "\n" + "\n".join(body)
-    if len(text) > MD_LIMIT:
-        kept: list[str] = []
-        size = len(head) + 200
-        for line in body:
-            if size + len(line) + 1 > MD_LIMIT:
-                break
-            kept.append(line)
-            size += len(line) + 1
-        shown = sum(
-            1
-            for line in kept
-            if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| table")
-        )
-        text = (
-            head
-            + "\n"
-            + "\n".join(kept)
-            + (
-                f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
-                f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
-            )
-        )
-    return text
+        yield ""
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
