@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -30,6 +30,9 @@ class Column:
     ci: bool  # citext (or citext[]): compares case-insensitively
     generated: bool
     base_type: str
+    # A cast under which psycopg loads the value exactly as to_jsonb renders it (int, str, list of str), so scans
+    # skip a JSON round trip per value; None: read through to_jsonb. Not char(n): its text cast drops the padding.
+    native: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,36 @@ class TableMeta:
         parts = [sql.SQL("{}, {}.{}").format(sql.Literal(k), alias, sql.Identifier(k)) for k in self.key]
         return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(parts))
 
+    @functools.cached_property
+    def key_order(self) -> tuple[str, ...]:
+        """The key's columns in the order a jsonb object keeps them (shorter names first, then bytewise)."""
+        return tuple(sorted(self.key, key=lambda k: (len(k.encode()), k.encode())))
+
+    @functools.cached_property
+    def native_key(self) -> bool:
+        return all(self.columns[k].native for k in self.key)
+
+    @property
+    def key_width(self) -> int:
+        """How many fields key_select() selects."""
+        return len(self.key) if self.native_key else 1
+
+    def key_select(self, alias: sql.Composable) -> sql.Composable:
+        """The key for a scan: its columns natively when each loads exactly as to_jsonb renders it (no JSON to
+        decode per row), else one jsonb object. key_from() turns the fields back into the plan's key."""
+        if not self.native_key:
+            return self.key_json(alias)
+        return sql.SQL(", ").join(
+            sql.SQL("{}.{}::{}").format(alias, sql.Identifier(k), sql.SQL(self.columns[k].native or ""))
+            for k in self.key_order
+        )
+
+    def key_from(self, fields: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+        """(a hashable identity of the row, its key) from the fields key_select() selected."""
+        if not self.native_key:
+            return None, fields[0]
+        return fields, dict(zip(self.key_order, fields, strict=True))
+
     def key_match(self, alias: sql.Composable, key_json: sql.Composable) -> sql.Composable:
         """alias.k = (key_json ->> 'k')::type for each key column: index-friendly lookup by planned key."""
         parts = [
@@ -126,6 +159,15 @@ def column_kind(typname: str, elem: str | None) -> tuple[ColumnKind | None, bool
     if typname == "jsonb":
         return "jsonb", False
     return None, False
+
+
+_NATIVE = {"int2": "int8", "int4": "int8", "int8": "int8", "text": "text", "varchar": "text", "citext": "text"}
+
+
+def native_cast(typname: str, elem: str | None) -> str | None:
+    if elem is not None:
+        return "text[]" if _NATIVE.get(elem) == "text" else None
+    return _NATIVE.get(typname)
 
 
 def display_ident(name: str) -> str:
@@ -172,7 +214,8 @@ def resolve_table(
         (oid,),
     ):
         kind, ci = column_kind(typname, elem)
-        cols[attname] = Column(attname, attnum, type_sql, kind, ci, bool(generated), typname)
+        native = native_cast(typname, elem)
+        cols[attname] = Column(attname, attnum, type_sql, kind, ci, bool(generated), typname, native)
 
     problems: list[str] = []
     for c in cfg.columns:

@@ -256,14 +256,16 @@ class PostgresPlanner:
     # -- reading -------------------------------------------------------------------------------------------
 
     def _read_table(self, conn: psycopg.Connection, meta: TableMeta, bar: progress.Task) -> list[RowPlan]:
-        rows: dict[str, RowPlan] = {}
+        rows: dict[Any, RowPlan] = {}
         for col in meta.email_columns:
             bar.advance()
-            for key, old, new, entries in self._scan_column(conn, meta, col):
-                ks = dumps(key)
-                rp = rows.get(ks)
+            for ident, key, old, new, entries in self._scan_column(conn, meta, col):
+                rp = rows.get(ident if ident is not None else dumps(key))
                 if rp is None:
-                    rp = rows[ks] = RowPlan(key=key, keystr=ks, sortkey=_sortkey(meta, key))
+                    ks = dumps(key)
+                    rp = rows[ident if ident is not None else ks] = RowPlan(
+                        key=key, keystr=ks, sortkey=_sortkey(meta, key)
+                    )
                 kind = "update" if meta.columns[col].kind != "array" else "array-replace"
                 rp.changes[col] = ColChange(col, kind, old, new, entries)
         ordered = sorted(rows.values(), key=lambda r: r.sortkey)
@@ -273,7 +275,7 @@ class PostgresPlanner:
 
     def _scan_column(
         self, conn: psycopg.Connection, meta: TableMeta, col: str
-    ) -> Iterable[tuple[dict[str, Any], Any, Any, tuple[int, ...]]]:
+    ) -> Iterable[tuple[Any, dict[str, Any], Any, Any, tuple[int, ...]]]:
         c = meta.columns[col]
         ci = c.ci or self.match == "casefold"
         mp = sql.Identifier("_es_map_ci" if ci else "_es_map")
@@ -283,17 +285,25 @@ class PostgresPlanner:
         def norm(expr: sql.Composable) -> sql.Composable:
             return sql.SQL("lower({}::text)").format(expr) if ci else sql.SQL("{}::text").format(expr)
 
-        keyj = meta.key_json(t)
+        def value(expr: sql.Composable) -> sql.Composable:
+            # Natively where psycopg loads exactly what to_jsonb renders: no JSON per value to decode.
+            if c.native:
+                return sql.SQL("({})::{}").format(expr, sql.SQL(c.native))
+            return sql.SQL("to_jsonb({})").format(expr)
+
+        # The key comes last: one jsonb object, or its columns natively (meta.key_select).
+        keysel = meta.key_select(t)
         if c.kind == "text":
             # The new value is cast to the column's own type here, so char(n) padding, varchar(n) limits and
             # domain checks show up in the plan (or as a plan error), not as an apply-time failure.
             q = sql.SQL(
-                "SELECT {k}, to_jsonb(t.{c}), m.ord, to_jsonb(CAST(m.new AS {typ})), "
-                "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new "  # an explicit cast truncates silently
-                "FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
+                "SELECT {old}, m.ord, {new}, "
+                "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new, "  # an explicit cast truncates silently
+                "{k} FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
             ).format(
-                k=keyj,
-                c=ident,
+                k=keysel,
+                old=value(sql.SQL("t.{}").format(ident)),
+                new=value(sql.SQL("CAST(m.new AS {})").format(sql.SQL(c.type_sql))),
                 typ=sql.SQL(c.type_sql),
                 tbl=meta.ident,
                 mp=mp,
@@ -301,28 +311,45 @@ class PostgresPlanner:
             )
         elif c.kind == "array":
             # One join of every element against the mapping, grouped by row: a per-row subquery would make
-            # PostgreSQL hash the whole mapping once per row. New elements are rendered in the column's type.
+            # PostgreSQL hash the whole mapping once per row. New elements are rendered in the column's type
+            # (natively, they are the mapping's own text: `cut` says whether the type changed any).
+            news = (
+                sql.SQL("array_agg(m.new ORDER BY e.i)")
+                if c.native
+                else sql.SQL("array_agg(to_jsonb(CAST(ARRAY[m.new] AS {typ})) -> 0 ORDER BY e.i)").format(
+                    typ=sql.SQL(c.type_sql)
+                )
+            )
             q = sql.SQL(
-                "SELECT {k}, to_jsonb(t.{c}), h.pos, h.ords, array_ndims(t.{c}), h.news, h.cut FROM ("
+                "SELECT {old}, h.pos, h.ords, array_ndims(t.{c}), h.news, h.cut, {k} FROM ("
                 "SELECT e.tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.ord ORDER BY e.i) AS ords, "
-                "array_agg(to_jsonb(CAST(ARRAY[m.new] AS {typ})) -> 0 ORDER BY e.i) AS news, "
+                "{news} AS news, "
                 "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
                 "FROM (SELECT t.ctid AS tid, e.v, e.i FROM {tbl} AS t "
                 "CROSS JOIN LATERAL unnest(t.{c}) WITH ORDINALITY e(v, i) OFFSET 0) e "  # see _FENCE
                 "JOIN {mp} m ON m.old = {ev} GROUP BY e.tid) h JOIN {tbl} AS t ON t.ctid = h.tid"
-            ).format(k=keyj, c=ident, typ=sql.SQL(c.type_sql), tbl=meta.ident, mp=mp, ev=norm(sql.SQL("e.v")))
+            ).format(
+                k=keysel,
+                old=value(sql.SQL("t.{}").format(ident)),
+                news=news,
+                c=ident,
+                typ=sql.SQL(c.type_sql),
+                tbl=meta.ident,
+                mp=mp,
+                ev=norm(sql.SQL("e.v")),
+            )
         else:
             # Every string of every document joined against the mapping, duplicates removed only among the matches:
             # a DISTINCT per document (a sort per row) made this five times slower on large tables.
             q = sql.SQL(
-                "SELECT {k}, t.{c}, h.pairs FROM ("
+                "SELECT t.{c}, h.pairs, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT jsonb_build_array(s.v, m.ord)) AS pairs FROM ("
                 "SELECT t.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS t "
                 "CROSS JOIN LATERAL jsonb_path_query(t.{c}, 'strict $.**') x "
                 "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "  # see _FENCE
                 "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid"
-            ).format(k=keyj, c=ident, tbl=meta.ident, mp=mp, sv=norm(sql.SQL("s.v")))
+            ).format(k=keysel, c=ident, tbl=meta.ident, mp=mp, sv=norm(sql.SQL("s.v")))
 
         # Streamed in chunks (libpq's chunked rows mode), not through a DECLAREd cursor: memory stays bounded
         # either way, but PostgreSQL never runs a cursor's query in parallel, and these scans are the plan's cost.
@@ -334,17 +361,18 @@ class PostgresPlanner:
 
     def _changes(
         self, meta: TableMeta, col: str, records: Iterable[Any]
-    ) -> Iterable[tuple[dict[str, Any], Any, Any, tuple[int, ...]]]:
+    ) -> Iterable[tuple[Any, dict[str, Any], Any, Any, tuple[int, ...]]]:
         c = meta.columns[col]
+        width = meta.key_width
         for rec in records:
-            key = rec[0]
+            ident, key = meta.key_from(rec[-width:])
             if c.kind == "text":
-                if rec[4]:
-                    new = self.by_ord[rec[2]].new
+                if rec[3]:
+                    new = self.by_ord[rec[1]].new
                     raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
-                yield key, rec[1], rec[3], (rec[2],)
+                yield ident, key, rec[0], rec[2], (rec[1],)
             elif c.kind == "array":
-                old, positions, ords, ndims, news, cut = rec[1], rec[2], rec[3], rec[4], rec[5], rec[6]
+                old, positions, ords, ndims, news, cut = rec[:6]
                 if cut:
                     raise self._unfit(meta, col, "some new emails do not fit its elements (cut short)")
                 if ndims != 1:
@@ -356,11 +384,11 @@ class PostgresPlanner:
                 new = list(old)
                 for pos, value in zip(positions, news, strict=True):
                     new[pos - 1] = value
-                yield key, old, new, tuple(sorted(set(ords)))
+                yield ident, key, old, new, tuple(sorted(set(ords)))
             else:
-                pairs = rec[2]
+                pairs = rec[1]
                 repl = {s: self.by_ord[o].new for s, o in pairs}
-                yield key, rec[1], _walk_replace(rec[1], repl), tuple(sorted({o for _, o in pairs}))
+                yield ident, key, rec[0], _walk_replace(rec[0], repl), tuple(sorted({o for _, o in pairs}))
 
     def _unfit(self, meta: TableMeta, col: str, why: str) -> UserError:
         return UserError(
