@@ -224,13 +224,16 @@ _LINED = ("actions", "skipped")  # written one per line in the file
 _UNHASHED = ("digest", "signature")  # the digest covers everything else
 
 
-def _canonical_pieces(body: dict[str, Any]) -> dict[str, str]:
-    """Compact canonical JSON of each top-level value (lists of the lined fields as one item per line)."""
-    return {
-        k: ("\n".join(dumps(x) for x in v) if k in _LINED and isinstance(v, list) else dumps(v))
-        for k, v in body.items()
-        if k not in _UNHASHED
-    }
+def _pieces_of_plan(plan: Plan) -> dict[str, str]:
+    """Compact canonical JSON of each top-level value, the lined fields as one item per line. Each item is dumped
+    from its fields (an action's __dict__), not through model_dump: the same text, without a copy of the plan."""
+    pieces = {}
+    for k in Plan.model_fields:
+        if k in _UNHASHED:
+            continue
+        v = getattr(plan, k)
+        pieces[k] = "\n".join(dumps(x.__dict__) for x in v) if k in _LINED else dumps(v)
+    return pieces
 
 
 def _digest_of(pieces: dict[str, str]) -> str:
@@ -258,7 +261,7 @@ def seal(body: dict[str, Any]) -> Plan:
     body = dict(body)
     body["digest"] = "sha256:" + "0" * 64
     plan = Plan.model_validate(body)
-    pieces = _canonical_pieces(plan.model_dump(mode="python"))
+    pieces = _pieces_of_plan(plan)
     sealed = plan.model_copy(update={"digest": _digest_of(pieces)})
     sealed._canonical = pieces
     return sealed
@@ -267,14 +270,8 @@ def seal(body: dict[str, Any]) -> Plan:
 # --- files -------------------------------------------------------------------------------------------------
 
 
-def render_json(plan: Plan) -> str:
-    """The plan file: readable header, then one action per line so a re-plan diffs line by line in review."""
-    pieces = plan._canonical
-    if pieces is None:
-        pieces = _canonical_pieces(plan.model_dump(mode="python"))
-    header = {k: loads(v) for k, v in pieces.items() if k not in _LINED} | {"digest": plan.digest}
-    if plan.signature is not None:
-        header["signature"] = plan.signature
+def _render(header: dict[str, Any], pieces: dict[str, str]) -> str:
+    """The file: an indented header, then the lined fields one item per line."""
     head = dumps(header, indent=2)
     assert head.endswith("}")
 
@@ -285,6 +282,47 @@ def render_json(plan: Plan) -> str:
         return f'  "{name}": [\n    ' + lines.replace("\n", ",\n    ") + "\n  ]"
 
     return head[:-2] + ",\n" + block("actions") + ",\n" + block("skipped") + "\n}\n"
+
+
+def render_json(plan: Plan) -> str:
+    """The plan file: readable header, then one action per line so a re-plan diffs line by line in review."""
+    pieces = plan._canonical
+    if pieces is None:
+        pieces = _pieces_of_plan(plan)
+    header = {k: getattr(plan, k) for k in pieces if k not in _LINED} | {"digest": plan.digest}
+    if plan.signature is not None:
+        header["signature"] = plan.signature
+    return _render(header, pieces)
+
+
+_FAST_DECODER = json.JSONDecoder(parse_float=Decimal)  # C speed; duplicate keys are caught by _parse_plan
+
+
+def _parse_plan(text: str) -> tuple[Any, dict[str, str] | None]:
+    """The plan's data, and its canonical pieces when the file is exactly as write_plan writes it.
+
+    A file written by emailsync is parsed at C speed: re-rendered from its data it gives back the same text, which a
+    duplicate key (or any other edit of the layout) would not. Any other file is parsed again by loads(), which names
+    the first duplicate key or syntax error as before."""
+    try:
+        if text.startswith("\ufeff"):
+            raise json.JSONDecodeError("BOM", text, 0)
+        data = _FAST_DECODER.decode(text)
+    except (json.JSONDecodeError, RecursionError):
+        return loads(text), None
+    if isinstance(data, dict) and all(isinstance(data.get(k), list) for k in _LINED):
+        try:
+            pieces = {
+                k: "\n".join(dumps(x) for x in v) if k in _LINED else dumps(v)
+                for k, v in data.items()
+                if k not in _UNHASHED
+            }
+            header = {k: v for k, v in data.items() if k not in _LINED}
+            if _render(header, pieces) == text:
+                return data, pieces
+        except (TypeError, ValueError, RecursionError, AssertionError):
+            pass
+    return loads(text), None
 
 
 def write_plan(plan: Plan, path: Path) -> None:
@@ -305,7 +343,7 @@ def read_plan(path: Path) -> Plan:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the plan file ({e})") from None
     try:
-        data = loads(text)
+        data, pieces = _parse_plan(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except ValueError as e:
@@ -333,7 +371,7 @@ def read_plan(path: Path) -> Plan:
         )
     digest = data.get("digest")
     try:
-        expected = compute_digest(data)
+        expected = _digest_of(pieces) if pieces is not None else compute_digest(data)
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
     if digest != expected:
@@ -342,8 +380,15 @@ def read_plan(path: Path) -> Plan:
             "The plan was changed after it was made; re-run `emailsync plan` and have it reviewed again."
         )
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise UserError(f"{path}: not a valid plan at {loc}: {first['msg']}") from None
+    if pieces is not None and set(pieces) == set(_pieces_keys()):
+        plan._canonical = pieces  # the file's own canonical text: written again or signed without re-serialising
+    return plan
+
+
+def _pieces_keys() -> list[str]:
+    return [k for k in Plan.model_fields if k not in _UNHASHED]
