@@ -59,9 +59,10 @@ def _delete_premise(m: TableMeta, W: sql.Identifier) -> sql.Composable:
     ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")))
 
 
-def _array_literal(items: list[str]) -> str:
-    """A text[] literal with every element quoted, so commas, braces, quotes and NULL-like names stay text."""
-    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+def _working_memory(conn: psycopg.Connection) -> None:
+    """Room for the action table in memory, for this transaction only: with the defaults (8 MB of temporary buffers,
+    4 MB per sort) a plan of 100k actions goes through temporary files at every step."""
+    conn.execute("SELECT set_config('temp_buffers', '256MB', true), set_config('work_mem', '64MB', true)")
 
 
 class _Rollback(Exception):
@@ -98,6 +99,7 @@ class PostgresApplier:
             for name, value in (("lock_timeout", self.lock_timeout), ("statement_timeout", self.statement_timeout)):
                 if value:
                     conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            _working_memory(conn)
             self.fks = foreign_keys(conn, [m.oid for m in self.metas])
             self._load()
             for i, m in enumerate(self.metas):
@@ -151,6 +153,7 @@ class PostgresApplier:
         try:
             if self.statement_timeout:
                 self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.statement_timeout,))
+            _working_memory(self.conn)
             self.fks = foreign_keys(self.conn, [m.oid for m in self.metas])
             self._load()
             for i, m in enumerate(self.metas):
@@ -186,53 +189,39 @@ class PostgresApplier:
                 step int NOT NULL, col text NOT NULL, key jsonb NOT NULL, post_key jsonb NOT NULL,
                 cur_key jsonb NOT NULL, old jsonb, new jsonb, image jsonb, rowcols text[] NOT NULL,
                 conflict jsonb, status text, pre jsonb, detail text
-            ) ON COMMIT DROP
+            ) WITH (fillfactor = 30) ON COMMIT DROP
             """
         )
-        rowids: dict[tuple[int, str], int] = {}
-        post_keys: dict[tuple[int, str], dict[str, Any]] = {}
-        rowcols: dict[tuple[int, str], list[str]] = {}
-
-        # A re-inserted row is never the row another action moves away from the same key. Each action's key is
-        # serialised once here: this loop runs per action, on plans of hundreds of thousands.
-        row_keys = [(self.tbl_no[a.table], dumps(a.key), a.kind == "insert-row") for a in self.actions]
-        for a, rk in zip(self.actions, row_keys, strict=True):
-            rowids.setdefault(rk, len(rowids))
-            rowcols.setdefault(rk, []).append(a.column or "")
-            pk = post_keys.setdefault(rk, dict(a.key))
-            if a.column in a.key and a.kind != "delete-on-conflict":
-                pk[a.column] = a.new
-        cols = "id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols, conflict"
-        # COPY's text format written directly, in large chunks: per-row adaptation cost more than the load itself.
-        with self.conn.cursor().copy(f"COPY _es_act ({cols}) FROM STDIN") as cp:
+        # Each action goes over as one JSON array, and PostgreSQL takes it apart: grouping the actions by row
+        # (rowid, the columns a row changes, the key it ends under) in Python cost more per action than the load.
+        self.conn.execute("CREATE TEMP TABLE _es_raw (tbl int NOT NULL, step int NOT NULL, doc jsonb NOT NULL)")
+        with self.conn.cursor().copy("COPY _es_raw (tbl, step, doc) FROM STDIN") as cp:
             buf: list[str] = []
-            for a, rk in zip(self.actions, row_keys, strict=True):
-                k = _copy_text(rk[1])
-                buf.append(
-                    "\t".join(
-                        (
-                            _copy_text(a.id),
-                            str(rk[0]),
-                            str(rowids[rk]),
-                            a.kind,
-                            str(a.step),
-                            _copy_text(a.column or ""),
-                            k,
-                            _copy_text(dumps(post_keys[rk])),
-                            k,
-                            _copy_text(dumps(a.old)),
-                            _copy_text(dumps(a.new)),
-                            "\\N" if a.row is None else _copy_text(dumps(a.row)),
-                            _copy_text(_array_literal(rowcols[rk])),
-                            "\\N" if a.conflict is None else _copy_text(dumps(a.conflict)),
-                        )
-                    )
-                )
-                if len(buf) >= 2000:
+            for a in self.actions:
+                doc = dumps([a.id, a.kind, a.column, a.key, a.old, a.new, a.row, a.conflict])
+                buf.append(f"{self.tbl_no[a.table]}\t{a.step}\t{_copy_text(doc)}")
+                if len(buf) >= 5000:
                     cp.write("\n".join(buf) + "\n")
                     buf.clear()
             if buf:
                 cp.write("\n".join(buf) + "\n")
+        # A row is its table and key; a re-inserted row is never the row another action moves away from that key.
+        # post_key: the key the row ends under, once the plan's changes of its key columns are made.
+        self.conn.execute(
+            """
+            INSERT INTO _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols,
+                                 conflict)
+            SELECT r.id, r.tbl, dense_rank() OVER (ORDER BY r.tbl, r.key, r.ins), r.kind, r.step, r.col, r.key,
+                   r.key || COALESCE(jsonb_object_agg(r.col, r.new)
+                                     FILTER (WHERE r.key ? r.col AND r.kind <> 'delete-on-conflict') OVER g, '{}'),
+                   r.key, r.old, r.new, r.image, array_agg(r.col) OVER g, r.conflict
+            FROM (SELECT tbl, step, doc ->> 0 AS id, doc ->> 1 AS kind, COALESCE(doc ->> 2, '') AS col,
+                         doc -> 3 AS key, doc -> 4 AS old, doc -> 5 AS new, NULLIF(doc -> 6, 'null') AS image,
+                         NULLIF(doc -> 7, 'null') AS conflict, doc ->> 1 = 'insert-row' AS ins FROM _es_raw) r
+            WINDOW g AS (PARTITION BY r.tbl, r.key, r.ins)
+            """
+        )
+        self.conn.execute("DROP TABLE _es_raw")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
         # Lookups by a row's old or new key (chains on email keys, a delete's winner) must not scan every action.
