@@ -188,10 +188,20 @@ def _default(obj: Any) -> Any:
 # One encoder per indent, made once: json.dumps with options builds a new encoder on every call, and dumps runs
 # several times per action (keys, values, digests), hundreds of thousands of times on a big plan.
 _ENCODERS: dict[int | None, json.JSONEncoder] = {}
+# The compact form goes straight to the C encoder, made once: JSONEncoder.encode makes a new one per call, which cost
+# more than encoding a small value. Without a markers dict it does not look for cycles, which plan data never has.
+_C_COMPACT = (
+    json.encoder.c_make_encoder(None, _default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    if json.encoder.c_make_encoder is not None
+    else None
+)
 
 
 def dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON with sorted keys and exact decimals; compact unless indent is given."""
+    if indent is None and _C_COMPACT is not None:
+        text = "".join(_C_COMPACT(obj, 0))
+        return _DEC_RE.sub(r"\1", text) if _DEC in text or "\\u0000emailsync" in text else text
     enc = _ENCODERS.get(indent)
     if enc is None:
         seps = (",", ":") if indent is None else (",", ": ")
