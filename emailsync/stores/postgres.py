@@ -364,8 +364,13 @@ class PostgresPlanner:
     ) -> Iterable[tuple[Any, dict[str, Any], Any, Any, tuple[int, ...]]]:
         c = meta.columns[col]
         width = meta.key_width
+        single = meta.key_order[0] if meta.native_key and width == 1 else None
         for rec in records:
-            ident, key = meta.key_from(rec[-width:])
+            if single is not None:  # the usual case, inline: this loop runs once per changed value
+                ident = rec[-1]
+                key = {single: ident}
+            else:
+                ident, key = meta.key_from(rec[-width:])
             if c.kind == "text":
                 if rec[3]:
                     new = self.by_ord[rec[1]].new
