@@ -205,20 +205,22 @@ class PostgresApplier:
                     buf.clear()
             if buf:
                 cp.write("\n".join(buf) + "\n")
-        # A row is its table and key; a re-inserted row is never the row another action moves away from that key.
+        # A row is its table and key (grouped by the key's text, bytewise: cheaper to sort than jsonb); a re-inserted
+        # row is never the row another action moves away from that key.
         # post_key: the key the row ends under, once the plan's changes of its key columns are made.
         self.conn.execute(
             """
             INSERT INTO _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols,
                                  conflict)
-            SELECT r.id, r.tbl, dense_rank() OVER (ORDER BY r.tbl, r.key, r.ins), r.kind, r.step, r.col, r.key,
+            SELECT r.id, r.tbl, dense_rank() OVER (ORDER BY r.tbl, r.k, r.ins), r.kind, r.step, r.col, r.key,
                    r.key || COALESCE(jsonb_object_agg(r.col, r.new)
                                      FILTER (WHERE r.key ? r.col AND r.kind <> 'delete-on-conflict') OVER g, '{}'),
                    r.key, r.old, r.new, r.image, array_agg(r.col) OVER g, r.conflict
             FROM (SELECT tbl, step, doc ->> 0 AS id, doc ->> 1 AS kind, COALESCE(doc ->> 2, '') AS col,
                          doc -> 3 AS key, doc -> 4 AS old, doc -> 5 AS new, NULLIF(doc -> 6, 'null') AS image,
-                         NULLIF(doc -> 7, 'null') AS conflict, doc ->> 1 = 'insert-row' AS ins FROM _es_raw) r
-            WINDOW g AS (PARTITION BY r.tbl, r.key, r.ins)
+                         NULLIF(doc -> 7, 'null') AS conflict, doc ->> 1 = 'insert-row' AS ins,
+                         (doc -> 3)::text COLLATE "C" AS k FROM _es_raw) r
+            WINDOW g AS (PARTITION BY r.tbl, r.k, r.ins)
             """
         )
         self.conn.execute("DROP TABLE _es_raw")
