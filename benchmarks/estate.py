@@ -121,6 +121,38 @@ BASELINE = [
     "JOIN m ON m.old = e) hit WHERE p.id = hit.id",
 ]
 
+# The floor: the least any plan-then-apply tool must ask of the database for these changes, written by hand for
+# this schema. Plan: one read-only pass per column, every changed row's key, old and new value brought to the client
+# (documents searched for addresses anywhere, as a tool that does not know their layout must). Apply: the changes
+# COPYed back, each written only where the row still holds the planned old value, then read back once. No conflict
+# analysis beyond the settings' unique key, no ledger, journal or report: a lower bound, not a competitor.
+FLOOR_READS = {
+    "employees.email": "SELECT t.id, t.email, m.new FROM employees t JOIN m ON m.old = t.email",
+    "employees.manager_email": "SELECT t.id, t.manager_email, m.new FROM employees t JOIN m ON m.old = t.manager_email",
+    "leave_requests.employee_email": "SELECT t.id, t.employee_email, m.new FROM leave_requests t "
+    "JOIN m ON m.old = t.employee_email",
+    "audit_log.actor_email": "SELECT t.id, t.actor_email, m.new FROM audit_log t JOIN m ON m.old = t.actor_email",
+    "audit_log.payload": "SELECT t.id, t.payload FROM audit_log t WHERE t.id IN (SELECT s.id FROM (SELECT a.id, "
+    "x #>> '{}' AS v FROM audit_log a CROSS JOIN LATERAL jsonb_path_query(a.payload, 'strict $.**') x "
+    "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s JOIN m ON m.old = s.v)",
+    "user_settings.email": "SELECT t.email, t.email, m.new, "
+    "EXISTS (SELECT 1 FROM user_settings x WHERE x.email = m.new) FROM user_settings t JOIN m ON m.old = t.email",
+    "project_members.members": "SELECT t.id, t.members FROM project_members t WHERE t.id IN (SELECT x.id FROM "
+    "project_members x CROSS JOIN LATERAL unnest(x.members) e(v) JOIN m ON m.old = e.v)",
+}
+# The same documents found by the one path the hand-written baseline knows holds the address.
+FLOOR_PAYLOAD_BY_PATH = "SELECT t.id, t.payload FROM audit_log t JOIN m ON m.old = t.payload ->> 'by'"
+# (table, key column, key type, column, column type) per read above, for the apply side.
+FLOOR_WRITES = {
+    "employees.email": ("employees", "id", "int", "email", "text"),
+    "employees.manager_email": ("employees", "id", "int", "manager_email", "text"),
+    "leave_requests.employee_email": ("leave_requests", "id", "bigint", "employee_email", "text"),
+    "audit_log.actor_email": ("audit_log", "id", "bigint", "actor_email", "text"),
+    "audit_log.payload": ("audit_log", "id", "bigint", "payload", "jsonb"),
+    "user_settings.email": ("user_settings", "email", "text", "email", "text"),
+    "project_members.members": ("project_members", "id", "int", "members", "text[]"),
+}
+
 # What the two databases must agree on afterwards, table by table (md5 of every row in key order).
 CHECKSUMS = {
     t: f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x"

@@ -9,6 +9,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _floor(r: dict, field: str) -> str:
+    return str(r["floor"][field]) if "floor" in r else "–"
+
+
 def main() -> None:
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     if not runs:
@@ -16,16 +20,17 @@ def main() -> None:
     m = next(iter(runs.values()))["machine"]
     print(f"Machine: {m['cpus']} CPUs, {m['memory_mb']:,} MB RAM, {m['platform']}, Python {m['python']}.\n")
     print(
-        "| run | employees | rows | mappings | actions | plan s | apply s | baseline s | ratio | plan RSS MB "
-        "| apply RSS MB | plan.json MB | same rows |"
+        "| run | employees | rows | mappings | actions | plan s | apply s | baseline s | ratio | floor s | floor ratio "
+        "| plan RSS MB | apply RSS MB | plan.json MB | same rows |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, r in runs.items():
         e = r["emailsync"]
         maps = f"{r['mappings']:,}" + (f" + {r['ghost_mappings']:,} unmatched" if r.get("ghost_mappings") else "")
         print(
             f"| {name} | {r['employees']:,} | {r['rows']:,} | {maps} | {e['actions']:,} | {e['plan_s']} | "
-            f"{e['apply_s']} | {r['baseline']['seconds']} | {r['ratio']} | {e['plan_peak_rss_mb']} | "
+            f"{e['apply_s']} | {r['baseline']['seconds']} | {r['ratio']} | {_floor(r, 'seconds')} | "
+            f"{_floor(r, 'ratio')} | {e['plan_peak_rss_mb']} | "
             f"{e['apply_peak_rss_mb']} | {e['plan_json_mb']} | {r['same_result']} |"
         )
     timed = {n: r for n, r in runs.items() if "plan_server" in r["emailsync"]}

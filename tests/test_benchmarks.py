@@ -40,6 +40,10 @@ def test_benchmark_runner_smoke(tmp_path):
         assert side["server_s"] > 0 and side["top"]
     assert 0 < e["apply_server"]["copy_s"] <= e["apply_server"]["server_s"]
     assert res["server_floor_ratio"] > 0
+    # The floor (a hand-written plan-then-apply) makes exactly the baseline's changes too.
+    floor = res["floor"]
+    assert floor["same_result"] is True and floor["rows_changed"] == res["baseline"]["rows_changed"]
+    assert floor["plan_s"] > 0 and floor["apply_s"] > 0 and "floor (hand-written plan-then-apply" in r.stdout
     d = res["dynamodb"]
     # Exactly one Scan pass per table, whatever the mapping count; writes never exceed the changed items.
     assert sorted(rd["table"] for rd in d["reads"]) == ["hr-leave", "hr-profiles"]
