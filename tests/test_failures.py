@@ -41,6 +41,36 @@ def test_connection_dropped_mid_apply_rolls_back_and_reports(db, ws, reliability
     reliability("dropped database connection", "rolled back whole, rerun finished the plan", detail="small table")
 
 
+def test_a_trigger_that_skips_a_planned_write_rolls_the_database_back(db, ws):
+    """Every row a step updates was locked and checked, so a row the UPDATE did not write (a BEFORE trigger returning
+    NULL, a rule) is something apply did not foresee: nothing is committed, for that table or any other."""
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
+    db.execute("CREATE TABLE leave (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com'), (3, 'c@x.com')")
+    db.execute("INSERT INTO leave VALUES (1, 'a@x.com')")
+    db.execute(
+        "CREATE FUNCTION keep_b() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF OLD.id = 2 THEN RETURN NULL; END IF; RETURN NEW; END $$"
+    )
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n- table: leave\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com", "c@x.com": "c2@x.com"})
+    r, plan = ws.plan()
+    db.execute("CREATE TRIGGER t_keep_b BEFORE UPDATE ON employees FOR EACH ROW EXECUTE FUNCTION keep_b()")
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 3 and "Traceback" not in r.out + r.err
+    report = json.loads((plan.parent / "report.json").read_text())
+    assert {a["status"] for a in report["actions"]} == {"failed"}
+    assert "1 locked row(s) were not written as planned" in report["targets"][0]["error"]
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@x.com"), (2, "b@x.com"), (3, "c@x.com")]
+    assert db.rows("SELECT id, email FROM leave") == [(1, "a@x.com")]
+    # Without the trigger the same plan applies whole.
+    db.execute("DROP TRIGGER t_keep_b ON employees")
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT email FROM employees ORDER BY id") == [("a2@x.com",), ("b2@x.com",), ("c2@x.com",)]
+    assert db.rows("SELECT email FROM leave") == [("a2@x.com",)]
+
+
 def test_dynamodb_error_mid_apply_keeps_the_report_of_earlier_targets(db, ddb, ws):
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com')")

@@ -59,6 +59,10 @@ def _delete_premise(m: TableMeta, W: sql.Identifier) -> sql.Composable:
     ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")))
 
 
+# Each action's status once every step has run: a pending action left is one a step wrote (see _run_step).
+_WRITTEN = "CASE status WHEN 'pending' THEN 'applied' ELSE status END"
+
+
 def _working_memory(conn: psycopg.Connection) -> None:
     """Room for the action table in memory, for this transaction only: with the defaults (8 MB of temporary buffers,
     4 MB per sort) a plan of 100k actions goes through temporary files at every step."""
@@ -117,7 +121,7 @@ class PostgresApplier:
             if late and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
-            final = dict(conn.execute("SELECT id, status FROM _es_act").fetchall())
+            final = dict(conn.execute(f"SELECT id, {_WRITTEN} FROM _es_act").fetchall())
             if mismatches:
                 conn.rollback()
                 for a in self.actions:
@@ -387,13 +391,15 @@ class PostgresApplier:
 
     def _run_step(self, step: int) -> None:
         ctes: list[sql.Composable] = []
-        names: list[sql.Composable] = []
-        kinds = dict(
-            self.conn.execute(
-                "SELECT tbl, array_agg(DISTINCT kind) FROM _es_act WHERE step = %s AND status = 'pending' GROUP BY tbl",
-                (step,),
-            ).fetchall()
-        )
+        marked: list[sql.Composable] = []  # deletes and inserts
+        written: list[sql.Composable] = []  # updates
+        todo = self.conn.execute(
+            "SELECT tbl, array_agg(DISTINCT kind), count(*) FILTER (WHERE kind NOT IN ('delete-on-conflict', "
+            "'insert-row')) FROM _es_act WHERE step = %s AND status = 'pending' GROUP BY tbl",
+            (step,),
+        ).fetchall()
+        kinds = {tbl: k for tbl, k, _ in todo}
+        updates = sum(n for *_, n in todo)
         if not kinds:
             return
         for i, m in enumerate(self.metas):
@@ -409,7 +415,8 @@ class PostgresApplier:
                         # the planned image, with this plan's own earlier updates of the row applied
                         "AND (to_jsonb({T}.*) - {ign}) = (a.image || COALESCE((SELECT jsonb_object_agg(x.col, x.new) "
                         "FROM _es_act x WHERE x.tbl = a.tbl AND x.rowid = a.rowid "
-                        "AND x.kind <> 'delete-on-conflict' AND x.status = 'applied'), '{{}}')) - {ign} "
+                        "AND x.kind NOT IN ('delete-on-conflict', 'insert-row') AND x.step < {s} "
+                        "AND x.status = 'pending'), '{{}}')) - {ign} "
                         "AND {premise}{unreferenced} RETURNING ARRAY[a.id] AS ids)"
                     ).format(
                         nm=nm,
@@ -425,10 +432,10 @@ class PostgresApplier:
                         ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),
                     )
                 )
-                names.append(nm)
+                marked.append(nm)
             if "insert-row" in kinds[i]:
                 ctes.append(self._insert_cte(i, m, step))
-                names.append(sql.Identifier(f"i{i}"))
+                marked.append(sql.Identifier(f"i{i}"))
             if set(kinds[i]) - {"delete-on-conflict", "insert-row"}:
                 nm = sql.Identifier(f"u{i}")
                 sets = sql.SQL(", ").join(
@@ -460,14 +467,34 @@ class PostgresApplier:
                         conds=conds,
                     )
                 )
-                names.append(nm)
-        body = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) AS id FROM {}").format(n) for n in names)
-        # The writes and their record in one statement: no ids travel to the client and back (an `id = ANY` of
-        # tens of thousands compared every action with every id).
+                written.append(nm)
+        # The writes and their record in one statement. Updates stay 'pending' once written (they are most of the
+        # actions: marking each one 'applied' cost as much as writing it); a step's updates are all written or the
+        # transaction is rolled back, so from here on a pending update of an earlier step is an applied one, and
+        # status() says so. Deletes and inserts, which may also not happen, are marked here.
+        ctes.append(
+            sql.SQL(
+                "_es_marked AS (UPDATE _es_act a SET status = 'applied' FROM ({}) d WHERE a.id = d.id RETURNING 1)"
+            ).format(
+                sql.SQL(" UNION ALL ").join(sql.SQL("SELECT unnest(ids) AS id FROM {}").format(n) for n in marked)
+                if marked
+                else sql.SQL("SELECT NULL::text AS id WHERE false")
+            )
+        )
+        counted = (
+            sql.SQL(" UNION ALL ").join(sql.SQL("SELECT ids FROM {}").format(n) for n in written)
+            if written
+            else sql.SQL("SELECT NULL::text[] AS ids WHERE false")
+        )
         stmt = sql.SQL(
-            "WITH {}, _es_done AS ({}) UPDATE _es_act a SET status = 'applied' FROM _es_done d WHERE a.id = d.id"
-        ).format(sql.SQL(", ").join(ctes), body)
-        self.conn.execute(stmt)
+            "WITH {} SELECT (SELECT count(*) FROM _es_marked), (SELECT COALESCE(sum(cardinality(ids)), 0) FROM ({}) w)"
+        ).format(sql.SQL(", ").join(ctes), counted)
+        done = self.conn.execute(stmt).fetchone()[1]
+        if done != updates:
+            # Every pending row was locked and checked, so something else (a rule, a trigger) changed them.
+            raise _Rollback(
+                f"step {step}: {updates - done} locked row(s) were not written as planned; nothing committed"
+            )
         # A delete that did not happen: the row holding its new value changed, or rows still reference it.
         # Never delete on a stale premise; report it (the row was locked and equal to its image).
         self.conn.execute(
@@ -482,18 +509,12 @@ class PostgresApplier:
             "value' WHERE step = %s AND status = 'pending' AND kind = 'insert-row'",
             (step,),
         )
-        left = self.conn.execute(
-            "SELECT count(*) FROM _es_act WHERE step = %s AND status = 'pending'", (step,)
-        ).fetchone()[0]
-        if left:
-            # Every pending row was locked and checked, so something else (a rule, a trigger) changed them.
-            raise _Rollback(f"step {step}: {left} locked row(s) were not written as planned; nothing committed")
         # Later steps find a row under its new key if this step changed a key column.
         self.conn.execute(
             """
             UPDATE _es_act x SET cur_key = x.cur_key || jsonb_build_object(a.col, a.new)
             FROM _es_act a
-            WHERE a.step = %s AND a.status = 'applied' AND a.kind <> 'delete-on-conflict' AND a.key ? a.col
+            WHERE a.step = %s AND a.status = 'pending' AND a.kind <> 'delete-on-conflict' AND a.key ? a.col
               AND a.tbl = x.tbl AND a.rowid = x.rowid
             """,
             (step,),
@@ -573,7 +594,7 @@ class PostgresApplier:
                                     FILTER (WHERE kind NOT IN ('delete-on-conflict', 'insert-row')), '{{}}') AS newvals,
                            (array_agg(image) FILTER (WHERE kind = 'insert-row'))[1] AS inserted,
                            array_agg(id) AS ids
-                    FROM _es_act WHERE tbl = %s AND status IN ('applied', 'already-applied')
+                    FROM _es_act WHERE tbl = %s AND status IN ('pending', 'applied', 'already-applied')
                     GROUP BY rowid
                 )
                 SELECT r.ids, r.deleted, COALESCE(r.inserted, r.pre || r.newvals) - %s::text[],
