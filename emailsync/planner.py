@@ -77,7 +77,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                         arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
                         delete_step = min(delete_step, arrive - 1)
                     actions.append(
-                        Action.model_construct(
+                        Action(
                             id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
                             kind="delete-on-conflict",
                             step=delete_step,
@@ -95,10 +95,8 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
                     step = 3 * max((levels.get(e, 0) for e in ch.entries), default=0) + 1
                     if delete_step is not None and step > delete_step:
                         continue  # the row is deleted before this value moves: nothing to keep valid
-                    # Built from values this module made, not read from a file: validating each of hundreds of
-                    # thousands of actions again cost more than building it. Files are validated when read.
                     actions.append(
-                        Action.model_construct(
+                        Action(
                             id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
                             kind=ch.kind,
                             step=step,
