@@ -154,7 +154,7 @@ class TargetPlan:
 
 
 def _sortkey(meta: TableMeta, key: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple((key[k] is None, key[k] if key[k] is not None else 0) for k in meta.key)
+    return tuple([(key[k] is None, key[k] if key[k] is not None else 0) for k in meta.key])
 
 
 def _walk_replace(doc: Any, repl: dict[str, str]) -> Any:
