@@ -318,7 +318,7 @@ def _parse_plan(text: str) -> tuple[Any, dict[str, str] | None]:
         if text.startswith("\ufeff"):
             raise json.JSONDecodeError("BOM", text, 0)
         data = _FAST_DECODER.decode(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, or an integer too long to convert
         return loads(text), None
     if isinstance(data, dict) and all(isinstance(data.get(k), list) for k in _LINED):
         try:

@@ -64,9 +64,10 @@ _WRITTEN = "CASE status WHEN 'pending' THEN 'applied' ELSE status END"
 
 
 def _working_memory(conn: psycopg.Connection) -> None:
-    """Room for the action table in memory, for this transaction only: with the defaults (8 MB of temporary buffers,
-    4 MB per sort) a plan of 100k actions goes through temporary files at every step."""
-    conn.execute("SELECT set_config('temp_buffers', '256MB', true), set_config('work_mem', '64MB', true)")
+    """Room to sort and hash the action table in memory, for this transaction only: with the default 4 MB a plan of
+    100k actions sorts through temporary files at every step. (temp_buffers is not raised: PostgreSQL refuses to
+    change it once the session has used a temporary table, which a pooled session may have.)"""
+    conn.execute("SELECT set_config('work_mem', '64MB', true)")
 
 
 class _Rollback(Exception):

@@ -108,7 +108,8 @@ class TableMeta:
 
     @functools.cached_property
     def native_key(self) -> bool:
-        return all(self.columns[k].native for k in self.key)
+        # Scalars only: a row's identity must be hashable, and an array key keeps its jsonb form.
+        return all(self.columns[k].native in ("int8", "text") for k in self.key)
 
     @property
     def key_width(self) -> int:

@@ -1,0 +1,117 @@
+"""Regression tests from the review of the speed work (issue 7): each failed on the first version of that work and
+asserts the behaviour from before it (the correct one)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import assert_user_error
+
+import emailsync.applier
+import emailsync.verify
+
+
+def _apply(ws, plan, *extra):
+    return ws.run("apply", str(plan), "--auto-approve", "--force", *extra)
+
+
+def _session_used_before(monkeypatch, *modules):
+    """Connections as a session pooler (PgBouncer's default pool_mode=session, RDS Proxy, pgpool) hands them out: a
+    server session an earlier client has used, here one that accessed a temporary table (as `emailsync plan`'s
+    _es_map does) and dropped it again. DISCARD ALL, the pooler's reset, keeps the session's local buffers."""
+    for mod in modules:
+        real = mod.connect
+
+        def connect(target, real=real):
+            conn = real(target)
+            conn.execute("CREATE TEMP TABLE earlier_client (x int)")
+            conn.execute("INSERT INTO earlier_client VALUES (1)")
+            conn.execute("DROP TABLE earlier_client")
+            conn.commit()
+            return conn
+
+        monkeypatch.setattr(mod, "connect", connect)
+
+
+# --- pg_apply: temp_buffers via set_config ---------------------------------------------------------------------
+
+
+def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(db, ws):
+    """Found in review: _working_memory sets temp_buffers, which PostgreSQL refuses ("cannot be changed after any temporary tables
+    have been accessed in the session") once the session has touched a temporary table: every apply through a
+    session pooler whose server session ran a plan (or anything with a temp table) fails and rolls back."""
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    _session_used_before(ws.monkeypatch, emailsync.applier)
+    r = _apply(ws, plan)
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b2@x.com")]
+    report = json.loads((plan.parent / "report.json").read_text())
+    assert [a["status"] for a in report["actions"]] == ["applied", "applied"]
+
+
+def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_states(db, ws):
+    """Found in review: the same set_config in classify_only: `emailsync verify` fails instead of reporting "before"."""
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    _session_used_before(ws.monkeypatch, emailsync.verify)
+    r = ws.run("verify", str(plan), "--json")
+    assert r.code == 3, r.out + r.err
+    out = json.loads(r.out)
+    assert out["counts"] == {"after": 0, "before": 2, "drifted": 0}, out
+
+
+# --- pg_catalog/postgres: native key reads ---------------------------------------------------------------------
+
+
+def test_plan_of_a_table_keyed_by_a_text_array_keeps_the_key_as_to_jsonb_renders_it(db, ws):
+    """Found in review: a text[] key column counts as "native" (native_cast gives text[]), so the scan's row identity is a list
+    (or a tuple holding one) and _read_table's dict lookup raises TypeError: unhashable type: 'list' - a traceback
+    where the plan used to be made, with the key as to_jsonb renders it."""
+    db.execute("CREATE TABLE tagged (tags text[] PRIMARY KEY, email text)")
+    db.execute("INSERT INTO tagged VALUES ('{a,b}', 'a@x.com'), ('{c}', 'c@x.com'), ('{d}', 'keep@x.com')")
+    ws.postgres_targets({"core": db}, "- table: tagged\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com", "c@x.com": "c2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    acts = ws.plan_json(plan)["actions"]
+    assert sorted((a["key"]["tags"], a["old"], a["new"]) for a in acts) == [
+        (["a", "b"], "a@x.com", "a2@x.com"),
+        (["c"], "c@x.com", "c2@x.com"),
+    ]
+
+
+def test_plan_of_a_composite_key_with_a_text_array_column(db, ws):
+    """Found in review: the same with a composite key (org int, tags text[]): the identity tuple holds a list."""
+    db.execute("CREATE TABLE tagged (org int, tags text[], email text, PRIMARY KEY (org, tags))")
+    db.execute("INSERT INTO tagged VALUES (1, '{a}', 'a@x.com'), (2, '{a}', 'a@x.com')")
+    ws.postgres_targets({"core": db}, "- table: tagged\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    acts = ws.plan_json(plan)["actions"]
+    assert sorted((a["key"]["org"], a["key"]["tags"]) for a in acts) == [(1, ["a"]), (2, ["a"])]
+
+
+# --- plan.py: the fast read path ---------------------------------------------------------------------------------
+
+
+def test_plan_file_with_a_duplicate_key_before_an_over_long_number_names_the_duplicate(ws):
+    """Found in review: _parse_plan falls back to loads() only on JSONDecodeError/RecursionError. The int-digits limit raises a
+    plain ValueError from the fast decoder, so a file whose first problem is a duplicate key (an object closed before
+    the number) now reports the number instead of the duplicate key that loads() names first."""
+    p = ws.path / "plan.json"
+    p.write_text(
+        '{"actions": [{"id": "a", "id": "b"}], "skipped": [], "format": "emailsync.plan/v1", "n": ' + "1" * 5000 + "}\n"
+    )
+    r = ws.run("show", str(p))
+    msg = assert_user_error(r, "key 'id' appears more than once in one object", "edited by hand")
+    assert "digits" not in msg, msg
