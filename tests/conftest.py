@@ -17,7 +17,6 @@ import pytest
 
 # docs/reliability.md: the `reliability` fixture and the hooks that write the table (see tests/reliability.py)
 from reliability import (  # noqa: E402,F401
-    pytest_collection_modifyitems,
     pytest_deselected,
     pytest_runtest_logreport,
     pytest_sessionfinish,

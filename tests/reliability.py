@@ -11,6 +11,10 @@ it never reaches the call.
 
 The file is rewritten at the end of a run of the whole suite in which every test passed, so a partial run (`-k`,
 `-x`, one file) never replaces the full table with part of it.
+
+Records travel with each test's report (its user_properties), so the table is the same whether the suite runs in one
+process or across pytest-xdist workers: the process that writes it (the only one, or xdist's controller) sees every
+report, while each worker only runs part of the suite.
 """
 
 from __future__ import annotations
@@ -33,28 +37,26 @@ Record = Callable[..., None]
 
 @dataclass
 class _Collected:
-    expected: set[str] = field(default_factory=set)  # node ids of collected tests using the fixture
+    expected: set[str] = field(default_factory=set)  # node ids of tests using the fixture (from their reports)
     passed: set[str] = field(default_factory=set)
     rows: list[tuple[str, str, int, str, str]] = field(default_factory=list)  # area, result, cases, detail, test
     deselected: int = 0
 
 
 _STATE = _Collected()
+_USES, _ROW = "emailsync-reliability-test", "emailsync-reliability-row"
 
 
 @pytest.fixture
 def reliability(request: pytest.FixtureRequest) -> Record:
-    node = request.node.nodeid
+    props = request.node.user_properties
+    props.append((_USES, True))
 
     def record(area: str, result: str, *, cases: int = 1, detail: str = "") -> None:
         assert cases >= 1, "a record stands for at least one case that ran"
-        _STATE.rows.append((area, result, cases, detail, node))
+        props.append((_ROW, (area, result, cases, detail)))
 
     return record
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    _STATE.expected = {i.nodeid for i in items if "reliability" in getattr(i, "fixturenames", ())}
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -73,8 +75,12 @@ def _whole_suite(config: pytest.Config) -> bool:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    props = dict(report.user_properties) if report.user_properties else {}
+    if report.when == "setup" and props.get(_USES):
+        _STATE.expected.add(report.nodeid)
     if report.when == "call" and report.passed and report.nodeid in _STATE.expected:
         _STATE.passed.add(report.nodeid)
+        _STATE.rows += [(*row, report.nodeid) for name, row in report.user_properties if name == _ROW]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -37,9 +37,9 @@ def _session_used_before(monkeypatch, *modules):
 
 
 def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(db, ws):
-    """Found in review: _working_memory sets temp_buffers, which PostgreSQL refuses ("cannot be changed after any temporary tables
-    have been accessed in the session") once the session has touched a temporary table: every apply through a
-    session pooler whose server session ran a plan (or anything with a temp table) fails and rolls back."""
+    """Found in review: _working_memory set temp_buffers, which PostgreSQL refuses ("cannot be changed after any
+    temporary tables have been accessed in the session") once the session has touched a temporary table: every apply
+    through a session pooler whose server session ran a plan (or anything with a temp table) failed and rolled back."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
@@ -73,9 +73,9 @@ def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_stat
 
 
 def test_plan_of_a_table_keyed_by_a_text_array_keeps_the_key_as_to_jsonb_renders_it(db, ws):
-    """Found in review: a text[] key column counts as "native" (native_cast gives text[]), so the scan's row identity is a list
-    (or a tuple holding one) and _read_table's dict lookup raises TypeError: unhashable type: 'list' - a traceback
-    where the plan used to be made, with the key as to_jsonb renders it."""
+    """Found in review: a text[] key column counted as "native" (native_cast gives text[]), so the scan's row identity
+    was a list (or a tuple holding one) and _read_table's dict lookup raised TypeError: unhashable type: 'list' - a
+    traceback where the plan used to be made, with the key as to_jsonb renders it."""
     db.execute("CREATE TABLE tagged (tags text[] PRIMARY KEY, email text)")
     db.execute("INSERT INTO tagged VALUES ('{a,b}', 'a@x.com'), ('{c}', 'c@x.com'), ('{d}', 'keep@x.com')")
     ws.postgres_targets({"core": db}, "- table: tagged\n  columns: [email]\n")
@@ -105,9 +105,9 @@ def test_plan_of_a_composite_key_with_a_text_array_column(db, ws):
 
 
 def test_plan_file_with_a_duplicate_key_before_an_over_long_number_names_the_duplicate(ws):
-    """Found in review: _parse_plan falls back to loads() only on JSONDecodeError/RecursionError. The int-digits limit raises a
-    plain ValueError from the fast decoder, so a file whose first problem is a duplicate key (an object closed before
-    the number) now reports the number instead of the duplicate key that loads() names first."""
+    """Found in review: _parse_plan fell back to loads() only on JSONDecodeError/RecursionError. The int-digits limit
+    raises a plain ValueError from the fast decoder, so a file whose first problem is a duplicate key (an object closed
+    before the number) reported the number instead of the duplicate key that loads() names first."""
     p = ws.path / "plan.json"
     p.write_text(
         '{"actions": [{"id": "a", "id": "b"}], "skipped": [], "format": "emailsync.plan/v1", "n": ' + "1" * 5000 + "}\n"
