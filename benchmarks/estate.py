@@ -132,13 +132,17 @@ FLOOR_READS = {
     "leave_requests.employee_email": "SELECT t.id, t.employee_email, m.new FROM leave_requests t "
     "JOIN m ON m.old = t.employee_email",
     "audit_log.actor_email": "SELECT t.id, t.actor_email, m.new FROM audit_log t JOIN m ON m.old = t.actor_email",
-    "audit_log.payload": "SELECT t.id, t.payload FROM audit_log t WHERE t.id IN (SELECT s.id FROM (SELECT a.id, "
-    "x #>> '{}' AS v FROM audit_log a CROSS JOIN LATERAL jsonb_path_query(a.payload, 'strict $.**') x "
-    "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s JOIN m ON m.old = s.v)",
+    # Found by row position, the strings produced behind an OFFSET 0 fence (the shape emailsync's scan has: the
+    # mapping hashed once; a semi-join on the key took 36 s instead of 16 on 10M documents).
+    "audit_log.payload": "SELECT t.id, t.payload FROM (SELECT s.tid FROM (SELECT a.ctid AS tid, x #>> '{}' AS v "
+    "FROM audit_log a CROSS JOIN LATERAL jsonb_path_query(a.payload, 'strict $.**') x "
+    "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s JOIN m ON m.old = s.v GROUP BY s.tid) h "
+    "JOIN audit_log t ON t.ctid = h.tid",
     "user_settings.email": "SELECT t.email, t.email, m.new, "
     "EXISTS (SELECT 1 FROM user_settings x WHERE x.email = m.new) FROM user_settings t JOIN m ON m.old = t.email",
-    "project_members.members": "SELECT t.id, t.members FROM project_members t WHERE t.id IN (SELECT x.id FROM "
-    "project_members x CROSS JOIN LATERAL unnest(x.members) e(v) JOIN m ON m.old = e.v)",
+    "project_members.members": "SELECT t.id, t.members FROM (SELECT e.tid FROM (SELECT x.ctid AS tid, e.v FROM "
+    "project_members x CROSS JOIN LATERAL unnest(x.members) e(v) OFFSET 0) e JOIN m ON m.old = e.v GROUP BY e.tid) h "
+    "JOIN project_members t ON t.ctid = h.tid",
 }
 # The same documents found by the one path the hand-written baseline knows holds the address.
 FLOOR_PAYLOAD_BY_PATH = "SELECT t.id, t.payload FROM audit_log t JOIN m ON m.old = t.payload ->> 'by'"

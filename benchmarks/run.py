@@ -176,20 +176,12 @@ def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int, list[tu
     return time.perf_counter() - t0, changed, steps
 
 
-def _replace_strings(doc: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(doc, str):
-        return mapping.get(doc, doc)
-    if isinstance(doc, list):
-        return [_replace_strings(v, mapping) for v in doc]
-    if isinstance(doc, dict):
-        return {k: _replace_strings(v, mapping) for k, v in doc.items()}
-    return doc
-
-
 def run_floor(dsn: str, mapping: dict[str, str]) -> dict[str, Any]:
     """The least a plan-then-apply tool must ask of the database (estate.FLOOR_READS, FLOOR_WRITES): a read-only
     pass bringing every change to the client, then conditional writes and one read-back. Seconds per phase."""
     from psycopg.types.json import Jsonb
+
+    from emailsync.stores.postgres import _walk_replace  # the same replacement anywhere in a document
 
     out: dict[str, Any] = {"reads": {}}
     t0 = time.perf_counter()
@@ -213,7 +205,7 @@ def run_floor(dsn: str, mapping: dict[str, str]) -> dict[str, Any]:
     changes: dict[str, list[tuple[Any, ...]]] = {}
     for name, rows in reads.items():
         if name == "audit_log.payload":
-            changes[name] = [(k, Jsonb(d), Jsonb(_replace_strings(d, mapping)), False) for k, d in rows]
+            changes[name] = [(k, Jsonb(d), Jsonb(_walk_replace(d, mapping)), False) for k, d in rows]
         elif name == "project_members.members":
             changes[name] = [(k, a, [mapping.get(e, e) for e in a], False) for k, a in rows]
         elif name == "user_settings.email":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -159,7 +160,7 @@ class Plan(_Frozen):
     actions: list[Action]
     # The canonical JSON of the plan (without its digest) in pieces, kept by seal() for render_json(): the
     # digest and the file are written from the same text, so each action is serialised once.
-    _canonical: dict[str, str] | None = PrivateAttr(default=None)
+    _canonical: dict[str, Any] | None = PrivateAttr(default=None)
 
     @property
     def has_changes(self) -> bool:
@@ -234,20 +235,26 @@ _LINED = ("actions", "skipped")  # written one per line in the file
 _UNHASHED = ("digest", "signature")  # the digest covers everything else
 
 
-def _pieces_of_plan(plan: Plan) -> dict[str, str]:
-    """Compact canonical JSON of each top-level value, the lined fields as one item per line. Each item is dumped
-    from its fields (an action's __dict__), not through model_dump: the same text, without a copy of the plan."""
-    pieces = {}
+# Canonical pieces: the compact canonical JSON of each top-level value but the digest, the lined fields as a list
+# with one item's JSON each.
+Pieces = dict[str, Any]
+
+
+def _pieces_of_plan(plan: Plan) -> Pieces:
+    """Each item is dumped from its fields (an action's __dict__), not through model_dump: the same text, without a
+    copy of the plan."""
+    pieces: Pieces = {}
     for k in Plan.model_fields:
         if k in _UNHASHED:
             continue
         v = getattr(plan, k)
-        pieces[k] = "\n".join(dumps(x.__dict__) for x in v) if k in _LINED else dumps(v)
+        pieces[k] = [dumps(x.__dict__) for x in v] if k in _LINED else dumps(v)
     return pieces
 
 
-def _digest_of(pieces: dict[str, str]) -> str:
+def _digest_of(pieces: Pieces) -> str:
     # Exactly sha256(dumps(body without digest)): compact, sorted keys, a list as "[" + items joined by "," + "]".
+    # Hashed item by item: a plan of a million actions is never held as one more string.
     h = hashlib.sha256()
     h.update(b"{")
     for n, k in enumerate(sorted(pieces)):
@@ -255,7 +262,15 @@ def _digest_of(pieces: dict[str, str]) -> str:
             h.update(b",")
         v = pieces[k]
         h.update(f"{dumps(k)}:".encode())
-        h.update(("[" + v.replace("\n", ",") + "]").encode() if k in _LINED else v.encode())
+        if k in _LINED:
+            h.update(b"[")
+            for i, item in enumerate(v):
+                if i:
+                    h.update(b",")
+                h.update(item.encode())
+            h.update(b"]")
+        else:
+            h.update(v.encode())
     h.update(b"}")
     return "sha256:" + h.hexdigest()
 
@@ -280,18 +295,37 @@ def seal(body: dict[str, Any]) -> Plan:
 # --- files -------------------------------------------------------------------------------------------------
 
 
-def _render(header: dict[str, Any], pieces: dict[str, str]) -> str:
-    """The file: an indented header, then the lined fields one item per line."""
+def _layout(header: dict[str, Any], pieces: Pieces) -> Iterator[str]:
+    """The file in order, piece by piece: an indented header, then the lined fields one item per line."""
     head = dumps(header, indent=2)
     assert head.endswith("}")
+    yield head[:-2] + ",\n"
+    for name, end in (("actions", ",\n"), ("skipped", "\n}\n")):
+        items = pieces[name]
+        if not items:
+            yield f'  "{name}": []'
+        else:
+            yield f'  "{name}": [\n    '
+            for i, item in enumerate(items):
+                if i:
+                    yield ",\n    "
+                yield item
+            yield "\n  ]"
+        yield end
 
-    def block(name: str) -> str:
-        lines = pieces[name]
-        if not lines:
-            return f'  "{name}": []'
-        return f'  "{name}": [\n    ' + lines.replace("\n", ",\n    ") + "\n  ]"
 
-    return head[:-2] + ",\n" + block("actions") + ",\n" + block("skipped") + "\n}\n"
+def _render(header: dict[str, Any], pieces: Pieces) -> str:
+    return "".join(_layout(header, pieces))
+
+
+def _is_layout_of(text: str, header: dict[str, Any], pieces: Pieces) -> bool:
+    """Whether text is exactly _render(header, pieces), compared piece by piece (no second copy of the file)."""
+    pos = 0
+    for part in _layout(header, pieces):
+        if not text.startswith(part, pos):
+            return False
+        pos += len(part)
+    return pos == len(text)
 
 
 def render_json(plan: Plan) -> str:
@@ -308,7 +342,7 @@ def render_json(plan: Plan) -> str:
 _FAST_DECODER = json.JSONDecoder(parse_float=Decimal)  # C speed; duplicate keys are caught by _parse_plan
 
 
-def _parse_plan(text: str) -> tuple[Any, dict[str, str] | None]:
+def _parse_plan(text: str) -> tuple[Any, Pieces | None]:
     """The plan's data, and its canonical pieces when the file is exactly as write_plan writes it.
 
     A file written by emailsync is parsed at C speed: re-rendered from its data it gives back the same text, which a
@@ -323,12 +357,10 @@ def _parse_plan(text: str) -> tuple[Any, dict[str, str] | None]:
     if isinstance(data, dict) and all(isinstance(data.get(k), list) for k in _LINED):
         try:
             pieces = {
-                k: "\n".join(dumps(x) for x in v) if k in _LINED else dumps(v)
-                for k, v in data.items()
-                if k not in _UNHASHED
+                k: [dumps(x) for x in v] if k in _LINED else dumps(v) for k, v in data.items() if k not in _UNHASHED
             }
             header = {k: v for k, v in data.items() if k not in _LINED}
-            if _render(header, pieces) == text:
+            if _is_layout_of(text, header, pieces):
                 return data, pieces
         except (TypeError, ValueError, RecursionError, AssertionError):
             pass
@@ -354,6 +386,7 @@ def read_plan(path: Path) -> Plan:
         raise UserError(f"{path}: cannot read the plan file ({e})") from None
     try:
         data, pieces = _parse_plan(text)
+        del text  # a plan of a million actions: the text, its pieces and its data are each hundreds of MB
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except ValueError as e:
@@ -382,6 +415,7 @@ def read_plan(path: Path) -> Plan:
     digest = data.get("digest")
     try:
         expected = _digest_of(pieces) if pieces is not None else compute_digest(data)
+        del pieces
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
     if digest != expected:
@@ -395,10 +429,6 @@ def read_plan(path: Path) -> Plan:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise UserError(f"{path}: not a valid plan at {loc}: {first['msg']}") from None
-    if pieces is not None and set(pieces) == set(_pieces_keys()):
-        plan._canonical = pieces  # the file's own canonical text: written again or signed without re-serialising
+    # The canonical pieces are not kept (plan._canonical): apply never writes the plan again, and on a plan of a
+    # million actions they would hold another copy of the whole file in memory.
     return plan
-
-
-def _pieces_keys() -> list[str]:
-    return [k for k in Plan.model_fields if k not in _UNHASHED]
