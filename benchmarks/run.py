@@ -126,6 +126,7 @@ class ServerLog:
             f.seek(self.offset)
             text = f.read().decode("utf-8", "replace")
         total = copy = 0.0
+        copies = 0
         by_text: dict[str, float] = {}
         lines = text.splitlines()
         for n, line in enumerate(lines):
@@ -138,12 +139,15 @@ class ServerLog:
             total += ms
             if stmt[:4].upper() == "COPY":
                 copy += ms
+                copies += 1
             head = " ".join(stmt.split())[:90]
             by_text[head] = by_text.get(head, 0.0) + ms
         top = sorted(by_text.items(), key=lambda kv: -kv[1])[:8]
         return {
-            "server_s": round(total / 1000, 2),
-            "copy_s": round(copy / 1000, 2),
+            "server_s": round(total / 1000, 6),
+            # Microseconds: a small run's COPY takes a few milliseconds and must not round to nothing.
+            "copy_s": round(copy / 1000, 6),
+            "copy_statements": copies,
             "top": [[t, round(v / 1000, 3)] for t, v in top],
         }
 

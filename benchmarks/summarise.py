@@ -44,8 +44,9 @@ def main() -> None:
         for name, r in timed.items():
             e = r["emailsync"]
             print(
-                f"| {name} | {e['plan_server']['server_s']} | {e['apply_server']['server_s']} | "
-                f"{e['apply_server']['copy_s']} | {r['baseline']['server']['server_s']} | {r['server_floor_ratio']} |"
+                f"| {name} | {e['plan_server']['server_s']:.2f} | {e['apply_server']['server_s']:.2f} | "
+                f"{e['apply_server']['copy_s']:.2f} | {r['baseline']['server']['server_s']:.2f} | "
+                f"{r['server_floor_ratio']} |"
             )
     for name, r in runs.items():
         if "remote" in r:

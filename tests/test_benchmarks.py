@@ -38,6 +38,7 @@ def test_benchmark_runner_smoke(tmp_path):
     # Time inside PostgreSQL comes from the server's log: every side's statements are found there, apply's COPY too.
     for side in (e["plan_server"], e["apply_server"], res["baseline"]["server"]):
         assert side["server_s"] > 0 and side["top"]
+    assert e["apply_server"]["copy_statements"] >= 1
     assert 0 < e["apply_server"]["copy_s"] <= e["apply_server"]["server_s"]
     assert res["server_floor_ratio"] > 0
     # The floor (a hand-written plan-then-apply) makes exactly the baseline's changes too.
