@@ -36,16 +36,22 @@ def _session_used_before(monkeypatch, *modules):
 # --- pg_apply: temp_buffers via set_config ---------------------------------------------------------------------
 
 
-def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(db, ws):
-    """Found in review: _working_memory set temp_buffers, which PostgreSQL refuses ("cannot be changed after any
-    temporary tables have been accessed in the session") once the session has touched a temporary table: every apply
-    through a session pooler whose server session ran a plan (or anything with a temp table) failed and rolled back."""
+def _two_employees_planned(db, ws):
+    """Two employees, both renamed, planned: returns the plan's path."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
     db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
     ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
     ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
     r, plan = ws.plan()
     assert r.code == 0, r.err
+    return plan
+
+
+def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(db, ws):
+    """Found in review: _working_memory set temp_buffers, which PostgreSQL refuses ("cannot be changed after any
+    temporary tables have been accessed in the session") once the session has touched a temporary table: every apply
+    through a session pooler whose server session ran a plan (or anything with a temp table) failed and rolled back."""
+    plan = _two_employees_planned(db, ws)
     _session_used_before(ws.monkeypatch, emailsync.applier)
     r = _apply(ws, plan)
     assert r.code == 0, r.out + r.err
@@ -56,12 +62,7 @@ def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(d
 
 def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_states(db, ws):
     """Found in review: the same set_config in classify_only: `emailsync verify` fails instead of reporting "before"."""
-    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
-    db.execute("INSERT INTO employees VALUES (1, 'a@x.com'), (2, 'b@x.com')")
-    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
-    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
-    r, plan = ws.plan()
-    assert r.code == 0, r.err
+    plan = _two_employees_planned(db, ws)
     _session_used_before(ws.monkeypatch, emailsync.verify)
     r = ws.run("verify", str(plan), "--json")
     assert r.code == 3, r.out + r.err
