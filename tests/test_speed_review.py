@@ -68,6 +68,8 @@ def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_stat
     assert r.code == 3, r.out + r.err
     out = json.loads(r.out)
     assert out["counts"] == {"after": 0, "before": 2, "drifted": 0}, out
+    # verify only reads: the rows are as they were
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@x.com"), (2, "b@x.com")]
 
 
 # --- pg_catalog/postgres: native key reads ---------------------------------------------------------------------
