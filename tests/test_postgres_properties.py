@@ -309,6 +309,14 @@ def _make_emp(db, emails, manager_picks, extras) -> dict[str, Entry]:
     estate=(["a@x.com", "B@x.com"], [0], [("a@x.com", "b@x.com")]),
     extras={"emp_email_lower"},
 )
+@example(  # found in CI (see test_reference_moves_after_its_new_value_arrives_by_another_mapping)
+    estate=(
+        ["a@x.com", "b@x.com", "A@x.com"],
+        [None, 1],
+        [("A@x.com", "a@x.com"), ("a@x.com", "c@x.com"), ("b@x.com", "a@x.com")],
+    ),
+    extras=set(),
+)
 def test_random_self_referencing_estate_plan_apply(db, ws, policy, estate, extras):
     emails, manager_picks, pairs = estate
     pairs = _valid_mapping(pairs)
@@ -409,3 +417,33 @@ def test_reference_to_a_skipped_row_is_not_repointed(db, ws):
         (2, "a@x.com", None),
         (5, "A@x.com", "a@x.com"),
     ]
+
+
+def test_reference_moves_after_its_new_value_arrives_by_another_mapping(db, ws):
+    """Found by the self-referencing property test in CI. Row 2 (b@x.com) manages itself and row 4; b→a collides
+    with A→a (row 3, whose mapping comes first), so row 2 is deleted. The managers b→a were planned at the level of
+    the entry b→a, before a@x.com had a holder (row 1 moves a→c first, row 3 arrives at a later), and apply failed
+    emp_manager_fkey and rolled back. A reference now moves only after a parent row holds its new value."""
+    db.execute("CREATE TABLE emp (id int PRIMARY KEY, email text UNIQUE NOT NULL, manager text REFERENCES emp(email))")
+    db.execute("INSERT INTO emp VALUES (1, 'a@x.com', NULL), (2, 'b@x.com', NULL), (3, 'A@x.com', NULL)")
+    db.execute("INSERT INTO emp VALUES (4, 'd@x.com', NULL)")
+    db.execute("UPDATE emp SET manager = 'b@x.com' WHERE id IN (2, 4)")
+    ws.postgres_targets({"core": db}, "- table: emp\n  columns: [email, manager]\n  on_conflict: delete\n")
+    ws.mappings(
+        [{"old": o, "new": n} for o, n in [("A@x.com", "a@x.com"), ("a@x.com", "c@x.com"), ("b@x.com", "a@x.com")]]
+    )
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    steps = {(a["key"]["id"], a["column"], a["kind"]): a["step"] for a in ws.plan_json(plan)["actions"]}
+    assert steps[(4, "manager", "update")] > steps[(3, "email", "update")]  # after a@x.com arrives
+    assert steps[(2, "email", "delete-on-conflict")] > steps[(4, "manager", "update")]  # after its reference left
+    r = _apply(ws, plan)
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT id, email, manager FROM emp ORDER BY id") == [
+        (1, "c@x.com", None),
+        (3, "a@x.com", None),
+        (4, "d@x.com", "a@x.com"),
+    ]
+    r = _apply(ws, plan)  # a rerun finds everything done
+    assert r.code == 0, r.out + r.err
+    assert {a["status"] for a in _report(plan)["actions"]} == {"already-applied"}

@@ -868,8 +868,19 @@ class PostgresPlanner:
         news = sorted({r.kept_changes()[cc].new for r in child.rows if cc in r.kept_changes()})
         leaving: list[dict[str, Any]] = []
         if parent is not None:
-            arriving = {r.changes[pc].new for r in parent.rows if r.fate == "move" and pc in r.changes}
-            news = [w for w in news if w not in arriving]
+            arrivals: dict[Any, list[RowPlan]] = defaultdict(list)
+            for r in parent.rows:
+                if r.fate == "move" and pc in r.changes:
+                    arrivals[r.changes[pc].new].append(r)
+            # A child may point at a new value only once a parent row holds it. Usually both move by the same
+            # mapping entry in one statement; when the value arrives by another entry (the child's own parent
+            # deleted on a conflict, another row taking its new value), the child's change goes after it.
+            for r in child.rows:
+                ch = r.kept_changes().get(cc)
+                if ch is not None:
+                    for p in arrivals.get(ch.new, ()):
+                        self._order(ch.entries, p.changes[pc].entries)
+            news = [w for w in news if w not in arrivals]
             leaving = [r.key for r in parent.rows if r.fate == "delete" or (r.fate == "move" and pc in r.changes)]
         if not news:
             return []
