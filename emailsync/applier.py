@@ -13,19 +13,22 @@ import psycopg
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.ledger import DynamoLedger, PastRun, PgLedger, Run, now
-from emailsync.plan import Action, Plan
+from emailsync.plan import Action, Plan, TargetFingerprint
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
+from emailsync.stores.dynamodb import reached as ddb_reached
 from emailsync.stores.outcome import Outcome, TargetResult
 from emailsync.stores.pg_apply import PostgresApplier
 from emailsync.stores.pg_catalog import TableMeta, resolve_table
 from emailsync.stores.postgres import connect
+from emailsync.stores.postgres import reached as pg_reached
 
 EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
 
 
 def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
-    """Refuse before connecting if the plan was made for other targets than these."""
+    """Refuse before connecting if the plan was made for other targets than these (where each connection
+    arrives is checked once connected: check_reached)."""
     by_name: dict[str, PostgresTarget | DynamoTarget] = {t.name: t for t in loaded.config.postgres}
     by_name |= {t.name: t for t in loaded.config.dynamodb}
     problems = []
@@ -37,14 +40,6 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
         store = "postgres" if isinstance(target, PostgresTarget) else "dynamodb"
         if store != fp.store:
             problems.append(f"target {name!r} is a {store} target now but a {fp.store} target in the plan")
-            continue
-        now = target.fingerprint()
-        then = fp.model_dump(exclude={"store"})
-        if now != then:
-            problems.append(
-                f"target {name!r} now points at {now} but the plan was made against {then}; "
-                "re-plan against this database"
-            )
     for a in plan.actions:
         if a.target not in plan.targets:
             problems.append(f"action {a.id} names target {a.target!r}, which the plan's header does not list")
@@ -68,6 +63,33 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
         raise UserError(f"the plan does not match {loaded.path}", problems=problems)
 
 
+def check_reached(plan: Plan, now: dict[str, TargetFingerprint], loaded: LoadedTargets) -> None:
+    """Refuse, before anything is locked or written, a connection that arrived anywhere but where the plan's did:
+    another database, server, cluster, endpoint, region or account (the environment can move a DSN or a client
+    without targets.yaml changing)."""
+    problems = []
+    for name, reached in now.items():
+        then = plan.targets[name]
+        if reached != then:
+            fields = [f for f in type(then).model_fields if f != "store" and getattr(then, f) != getattr(reached, f)]
+            diffs = ", ".join(f"{f} {getattr(then, f)!r} in the plan, {getattr(reached, f)!r} now" for f in fields)
+            problems.append(
+                f"target {name!r} reaches {reached.describe()}; the plan was made against {then.describe()} ({diffs})"
+            )
+    if problems:
+        older = (
+            " (this plan was made by an older emailsync, which recorded what the DSN said rather than where the "
+            "connection arrived)"
+            if plan.format_minor < 3
+            else ""
+        )
+        raise UserError(
+            f"the plan does not match the stores {loaded.path.name} reaches now{older}; nothing was written. Apply "
+            "with the targets and environment the plan was made with, or re-plan against these stores",
+            problems=problems,
+        )
+
+
 def apply_plan(
     plan: Plan,
     loaded: LoadedTargets,
@@ -81,12 +103,13 @@ def apply_plan(
     run: Run | None = None,
     force: bool = False,
     warn: Callable[[str], None] = lambda msg: None,
-    unfinished_runs: frozenset[str] = frozenset(),
+    unfinished_runs: Callable[[], frozenset[str]] = frozenset,
 ) -> tuple[int, dict[str, Any]]:
     """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`).
 
-    `unfinished_runs`: ids of earlier runs of this plan whose journals never reached their end (killed). A
-    target's ledger recording such a run as complete is no replay: this run finishes what that one began."""
+    `unfinished_runs`: the ids of earlier runs of this plan that were killed before their journals' end, asked for
+    once every lock is held. A target's ledger recording such a run as complete is no replay: this run finishes
+    what that one began."""
     check_plan_matches(plan, loaded)
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
@@ -100,21 +123,20 @@ def apply_plan(
         # Reach every target, resolve every table and take every lock before writing to any of them.
         prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], list[Action], PgLedger]] = []
         ddb_prepared: list[tuple[DynamoTarget, Any, list[Action], DynamoLedger | None]] = []
+        conns, clients = reach_targets(plan, loaded, set(by_target))
         try:
             for idx, target in enumerate(loaded.config.postgres):
                 if target.name in by_target:
-                    actions = by_target[target.name]
-                    conn = connect(target)
+                    actions, conn = by_target[target.name], conns[target.name]
                     ledger = PgLedger(conn, target, run)
-                    prepared.append((target, conn, [], actions, ledger))
                     ledger.lock()
-                    prepared[-1] = (target, conn, table_metas(conn, loaded, idx, actions), actions, ledger)
+                    prepared.append((target, conn, table_metas(conn, loaded, idx, actions), actions, ledger))
                     conn.rollback()
                     ledger.ensure()
             for ddb in loaded.config.dynamodb:
                 if ddb.name in by_target:
-                    actions = by_target[ddb.name]
-                    client = ddb_client(loaded, ddb, actions)
+                    actions, client = by_target[ddb.name], clients[ddb.name]
+                    check_ddb_tables(loaded, ddb, actions)
                     dledger = DynamoLedger(ddb, client, run) if ddb.ledger_table else None
                     ddb_prepared.append((ddb, client, actions, dledger))
                     if dledger is None:
@@ -125,9 +147,12 @@ def apply_plan(
                     else:
                         call(ddb, f"ledger table {ddb.ledger_table}", dledger.ensure)
                         call(ddb, f"lock in {ddb.ledger_table}", dledger.lock)
+            # Read only now that every lock is held: a run that ended while this one waited for a lock is a finished
+            # run (so this one is a replay), not a killed one to resume.
+            killed = unfinished_runs()
             past = [p for *_, lg in prepared for p in lg.completed()]
             past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
-            past = [p for p in past if p.run_id not in unfinished_runs]
+            past = [p for p in past if p.run_id not in killed]
             _refuse_replay(plan, past, set(by_target), force, warn)
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
@@ -194,7 +219,7 @@ def apply_plan(
                 if dl is not None:
                     with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
                         dl.release()
-            for _, conn, *_ in prepared:
+            for conn in conns.values():
                 conn.close()
     report = _report(plan, results, run, on_stale)
     if report["actions"]:
@@ -279,17 +304,64 @@ def _counts(res: TargetResult) -> dict[str, int]:
     return dict(Counter(o.status for o in res.outcomes.values()))
 
 
-def ddb_client(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> Any:
-    client, probe = client_for(target), client_for(target, probe=True)
+def reach_targets(
+    plan: Plan, loaded: LoadedTargets, names: set[str]
+) -> tuple[dict[str, psycopg.Connection], dict[str, Any]]:
+    """Connect to each named target (a connection per PostgreSQL target, a client per DynamoDB one) and refuse,
+    closing what was opened, unless every one arrived where the plan's connections did (check_reached)."""
+    conns: dict[str, psycopg.Connection] = {}
+    clients: dict[str, Any] = {}
+    now: dict[str, TargetFingerprint] = {}
+    try:
+        for target in loaded.config.postgres:
+            if target.name in names:
+                conns[target.name] = conn = connect(target)
+                now[target.name] = TargetFingerprint(store="postgres", **pg_reached(conn))
+        for ddb in loaded.config.dynamodb:
+            if ddb.name in names:
+                clients[ddb.name] = client = client_for(ddb)
+                now[ddb.name] = TargetFingerprint(store="dynamodb", **ddb_reached(ddb, client))
+        check_reached(plan, now, loaded)
+    except BaseException:
+        for conn in conns.values():
+            conn.close()
+        raise
+    return conns, clients
+
+
+def check_ddb_tables(loaded: LoadedTargets, target: DynamoTarget, actions: list[Action]) -> None:
+    """Every table the actions change is still listed, exists, and has the key the plan's items were read with: a
+    table recreated with another key since the plan is refused here, before any write."""
+    probe = client_for(target, probe=True)
     known = {t.table for t in target.tables}
-    for table in dict.fromkeys(a.table for a in actions):
-        if table not in known:
+    keys: dict[str, dict[str, str]] = {}  # table -> the key attributes and their types, as the plan's items show
+    for a in actions:
+        if a.table not in known:
             raise UserError(
-                f"the plan changes DynamoDB table {table!r} in target {target.name!r}, which {loaded.path.name} "
+                f"the plan changes DynamoDB table {a.table!r} in target {target.name!r}, which {loaded.path.name} "
                 "no longer lists; apply with the targets file the plan was made from"
             )
-        call(target, f"describe {table}", probe.describe_table, TableName=table)
-    return client
+        if a.table not in keys:
+            keys[a.table] = {name: next(iter(v)) for name, v in a.key.items() if isinstance(v, dict) and v}
+    problems = []
+    for table, planned in keys.items():
+        desc = call(target, f"describe {table}", probe.describe_table, TableName=table)["Table"]
+        types = {d["AttributeName"]: d["AttributeType"] for d in desc.get("AttributeDefinitions", [])}
+        now = {k["AttributeName"]: types.get(k["AttributeName"], "?") for k in desc.get("KeySchema", [])}
+        if now != planned:
+            problems.append(
+                f"{table}: the key is {_key_text(now)} now, but the plan's items were read with {_key_text(planned)}"
+            )
+    if problems:
+        raise UserError(
+            f"target {target.name!r}: DynamoDB table(s) changed their key since the plan (recreated?); nothing was "
+            "written. Re-plan against the tables as they are now",
+            problems=problems,
+        )
+
+
+def _key_text(key: dict[str, str]) -> str:
+    return ", ".join(f"{name} ({kind})" for name, kind in key.items()) or "(none)"
 
 
 def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:

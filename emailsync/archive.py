@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +106,7 @@ class ApplyRun(BaseModel):
     finished_at: str | None = None
     user: str | None = None
     host: str | None = None
+    pid: int | None = None
     approver: str | None = None
     force: bool = False
     exit_code: int | None = None
@@ -192,6 +194,7 @@ def apply_history(plan_path: Path, digest: str | None = None) -> list[ApplyRun]:
                 finished_at=(end or {}).get("at"),
                 user=(start or {}).get("user"),
                 host=(start or {}).get("host"),
+                pid=_pid((start or {}).get("pid")),
                 approver=(start or {}).get("approver"),
                 force=bool((start or {}).get("force")),
                 exit_code=(end or {}).get("exit_code"),
@@ -199,6 +202,23 @@ def apply_history(plan_path: Path, digest: str | None = None) -> list[ApplyRun]:
             )
         )
     return runs
+
+
+def _pid(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def killed_runs(plan_path: Path, digest: str) -> frozenset[str]:
+    """Runs of this plan whose journals never reached their end because they were killed: not those still running
+    in another process on this host (one that has released its locks and is writing its report)."""
+    from emailsync.ledger import process_alive
+
+    host, me = socket.gethostname(), os.getpid()
+    return frozenset(
+        h.run_id
+        for h in apply_history(plan_path, digest)
+        if h.run_id and not h.finished_at and not (h.host == host and h.pid not in (None, me) and process_alive(h.pid))
+    )
 
 
 def recorded_outcomes(plan_path: Path, digest: str | None = None) -> dict[str, str]:

@@ -176,7 +176,7 @@ def apply(
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.applier import apply_plan
-    from emailsync.archive import apply_history, journal_writer, rollbacks, write_report
+    from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
     from emailsync.config import load_targets
     from emailsync.ledger import Run
     from emailsync.plan import dumps, read_plan
@@ -251,7 +251,6 @@ def apply(
         if replan_check:
             _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
         run = Run(plan_obj.digest, approver.strip() if approver else None)
-        history = apply_history(plan_file, plan_obj.digest)
         journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
         journal = journal_writer(journal_path)
         code, report = _store_errors(
@@ -268,7 +267,7 @@ def apply(
                 run=run,
                 force=force,
                 warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
-                unfinished_runs=frozenset(h.run_id for h in history if h.run_id and not h.finished_at),
+                unfinished_runs=lambda: killed_runs(plan_file, plan_obj.digest),
             ),
         )
         path = write_report(plan_file, report)

@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from emailsync.errors import UserError
+from emailsync.inputs import first_non_text, is_text, read_limited
 
 __all__ = [
     "LoadedTargets",
@@ -280,19 +281,20 @@ class PostgresTarget(BaseModel):
     def _check_statement_timeout(cls, value: str | None) -> str | None:
         return _check_duration(value, "statement_timeout")
 
-    def fingerprint(self) -> dict[str, str | None]:
-        """Where the DSN points, without credentials: safe to print and to record in plans."""
+    def described(self) -> dict[str, str | None]:
+        """What the DSN string says about where it points, without credentials, for messages. None where it
+        leaves the choice to libpq (PGHOST, PGPORT, PGDATABASE, a service file, the user name): plans record what
+        the connection actually reached instead (stores.postgres.reached)."""
         try:
             params = conninfo_to_dict(self.dsn.get_secret_value())
         except (psycopg.Error, ValueError):
             raise UserError(f"target {self.name!r}: dsn is not a valid PostgreSQL connection string") from None
-        host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or None
-        port = params.get("port") or "5432"
-        database = params.get("dbname") or params.get("user") or None
+        host = params.get("host") or params.get("hostaddr")
+        port, database = params.get("port"), params.get("dbname")
         return {
-            "host": str(host) if host is not None else None,
-            "port": str(port),
-            "database": str(database) if database is not None else None,
+            "host": str(host) if host else None,
+            "port": str(port) if port else None,
+            "database": str(database) if database else None,
         }
 
 
@@ -437,26 +439,6 @@ class DynamoTarget(BaseModel):
     def is_live(self, table: str) -> bool:
         return self.live or any(t.live for t in self.tables if t.table == table)
 
-    def fingerprint(self) -> dict[str, str | None]:
-        """Where the target points: the endpoint (or AWS) and the region. Never credentials."""
-        if self.endpoint_url:
-            parsed = urllib.parse.urlsplit(self.endpoint_url)
-            host, port = parsed.hostname, str(parsed.port) if parsed.port else None
-        else:
-            host, port = "aws", None
-        return {"host": host, "port": port, "database": self.resolved_region()}
-
-    def resolved_region(self) -> str | None:
-        import boto3
-        import botocore.exceptions
-
-        try:
-            return boto3.Session(profile_name=self.profile, region_name=self.region).region_name
-        except botocore.exceptions.ProfileNotFound:
-            raise UserError(
-                f"target {self.name!r}: AWS profile {self.profile!r} is not configured; fix `profile:` or remove it"
-            ) from None
-
 
 class Targets(BaseModel):
     model_config = _MODEL_CONFIG
@@ -594,7 +576,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _read_yaml(path: Path) -> tuple[Any, bytes]:
     try:
-        data = path.read_bytes()
+        data = read_limited(path, "targets")
     except FileNotFoundError:
         raise UserError(f"{path}: targets file not found; check the path") from None
     except IsADirectoryError:
@@ -603,6 +585,8 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
         raise UserError(f"{path}: permission denied reading the targets file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read the targets file ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the path
+        raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte)") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -626,6 +610,12 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: YAML error: {exc}") from None
     _check_expanded_size(path, loaded)
+    bad = first_non_text(loaded)
+    if bad is not None:
+        raise UserError(
+            f"{path}: {bad}: holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), which is "
+            "not text; fix the escape or write the character itself"
+        )
     return loaded, data
 
 
@@ -718,6 +708,9 @@ def _substitute(value: Any, loc: Loc, env: _Env, problems: list[tuple[Loc, str]]
                         f"environment variable {name} is not set; export {name} or add {name}=... to {env.env_file}",
                     )
                 )
+                return match.group(0)
+            if not is_text(resolved):  # undecodable bytes in the environment arrive as lone surrogates
+                problems.append((loc, f"environment variable {name} is not valid UTF-8 text; set it again as UTF-8"))
                 return match.group(0)
             return resolved
 

@@ -15,7 +15,8 @@ _BREAKS_TABLE = str.maketrans(_BREAKS)
 
 
 def _clip(text: str, limit: int = MAX_CHARS) -> str:
-    text = text.translate(_BREAKS_TABLE)
+    # A lone surrogate quoted from the input would make printing the message fail: shown as its escape instead.
+    text = text.translate(_BREAKS_TABLE).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 

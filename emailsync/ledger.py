@@ -260,18 +260,23 @@ class DynamoLedger:
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
                 raise
-        call(
-            self.target,
-            f"create the ledger table {self.table}",
-            self.client.create_table,
-            TableName=self.table,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        try:
+            call(
+                self.target,
+                f"create the ledger table {self.table}",
+                self.client.create_table,
+                TableName=self.table,
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "S"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except botocore.exceptions.ClientError as e:
+            # Another first apply created it a moment ago: the same table; wait for it, then the lock decides.
+            if e.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                raise
         self.client.get_waiter("table_exists").wait(TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
     def lock(self) -> None:
@@ -310,7 +315,7 @@ class DynamoLedger:
             pid = int(held.get("pid", {}).get("N", ""))
         except ValueError:
             return False
-        return held.get("host", {}).get("S") == self.run.host and not _alive(pid)
+        return held.get("host", {}).get("S") == self.run.host and not process_alive(pid)
 
     def _put_if(self, item: dict[str, Any], **condition: Any) -> bool:
         """A conditional Put: False when the condition does not hold."""
@@ -436,7 +441,7 @@ def unlock_dynamodb(target: DynamoTarget, client: Any, lock_id: str) -> str:
     return f"released the lock {lock_id} of target {target.name!r}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from emailsync.errors import UserError
+from emailsync.inputs import is_text, read_limited
 
 Match = Literal["exact", "casefold"]
 _MATCHES: tuple[str, ...] = ("exact", "casefold")
@@ -170,7 +171,7 @@ def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a mappings file")
     try:
-        return path.read_bytes()
+        return read_limited(path, "mappings")
     except FileNotFoundError:
         raise UserError(f"{path}: mappings file not found") from None
     except PermissionError:
@@ -471,8 +472,18 @@ def _validate(
     mappings: list[Mapping] = []
     positions: list[int] = []
     seen: dict[tuple[str, str, str | None], str] = {}
-    email_ok = is_email  # a local name: looked up once, not per entry
+    email_ok, text_ok = is_email, is_text  # local names: looked up once, not per entry
     for raw_old, raw_new, client_id, where, pos in raws:  # unpacking: NamedTuple attributes are slower
+        if not (text_ok(raw_old) and text_ok(raw_new) and (client_id is None or text_ok(client_id))):
+            # Only a JSON \ud800-style escape makes one; the database or file it reaches would fail on it later.
+            problems.append(
+                (
+                    pos,
+                    f"{where}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                    "which is not text; fix the escape or write the character itself",
+                )
+            )
+            continue
         old, new = raw_old.strip(), raw_new.strip()
         old_ok, new_ok = email_ok(old), email_ok(new)
         if not (old_ok and new_ok):

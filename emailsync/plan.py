@@ -19,9 +19,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from emailsync.errors import UserError
+from emailsync.inputs import first_non_text, read_limited
 
 PLAN_FORMAT = "emailsync.plan/v1"
-PLAN_FORMAT_MINOR = 2  # 1: rollback plans (insert-row, restore-item, rollback_of); 2: signature
+PLAN_FORMAT_MINOR = 3  # 1: rollback plans (insert-row, restore-item, rollback_of); 2: signature;
+# 3: targets record what the connection reached (system_identifier, account), not what the DSN said
 
 ActionKind = Literal[
     "update",
@@ -127,10 +129,23 @@ class Inputs(_Frozen):
 
 
 class TargetFingerprint(_Frozen):
+    """Where a target's connection arrived when the plan was made, as the store reported it (minor 3; before,
+    what the DSN or endpoint_url said). apply refuses a connection that arrives anywhere else."""
+
     store: Store
-    host: str | None = None
+    host: str | None = None  # PostgreSQL: the server's address, or the socket's folder; DynamoDB: the endpoint host
     port: str | None = None
-    database: str | None = None
+    database: str | None = None  # PostgreSQL: current_database(); DynamoDB: the region
+    system_identifier: str | None = None  # PostgreSQL: the cluster's, where the role may read pg_control_system()
+    account: str | None = None  # DynamoDB on AWS: the credentials' account (STS); None for DynamoDB Local
+
+    def describe(self) -> str:
+        where = f"{self.host or ''}:{self.port or ''}/{self.database or ''}"
+        if self.system_identifier:
+            where += f" (cluster {self.system_identifier})"
+        if self.account:
+            where += f" (account {self.account})"
+        return where
 
 
 class RollbackOf(_Frozen):
@@ -377,13 +392,18 @@ def write_plan(plan: Plan, path: Path) -> None:
 def read_plan(path: Path) -> Plan:
     """Read and check a plan file: format, digest, schema. Every problem is a UserError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path, "plan").decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: plan file not found; pass the plan.json written by `emailsync plan`") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder; pass the plan.json inside it") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the plan file ({e})") from None
+    except ValueError:  # a NUL byte in the path
+        raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte)") from None
+    # emailsync never writes a \\udXXX escape (its JSON keeps characters as they are), so only an edited plan can
+    # hold one; and only such an escape can make a lone surrogate, which is no text. Searched, not walked: cheap.
+    escaped = "\\ud" in text or "\\uD" in text
     try:
         data, pieces = _parse_plan(text)
         del text  # a plan of a million actions: the text, its pieces and its data are each hundreds of MB
@@ -395,6 +415,12 @@ def read_plan(path: Path) -> Plan:
         raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a plan (the top level must be an object)")
+    bad = first_non_text(data) if escaped else None
+    if bad is not None:
+        raise UserError(
+            f"{path}: {bad}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not "
+            "text; the plan was edited by hand, make a new one with `emailsync plan`"
+        )
     fmt = data.get("format")
     if fmt != PLAN_FORMAT:
         raise UserError(

@@ -140,8 +140,8 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
             match=cfg.match,
             mapping_count=len(mset.mappings),
         ),
-        targets={t.name: TargetFingerprint(store="postgres", **t.fingerprint()) for t in cfg.postgres}
-        | {t.name: TargetFingerprint(store="dynamodb", **t.fingerprint()) for t in cfg.dynamodb},
+        targets={tp.target.name: TargetFingerprint(store="postgres", **tp.reached) for tp in target_plans}
+        | {dp.target.name: TargetFingerprint(store="dynamodb", **dp.reached) for dp in ddb_plans},
         reads=[ReadRecord(**r) for dp in ddb_plans for r in dp.reads],
         summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
         warnings=warnings,

@@ -72,10 +72,7 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
         f"- inputs: `{plan.inputs.targets_file}` (sha256 {plan.inputs.targets_sha256[:12]}), "
         f"`{plan.inputs.mappings_file}` (sha256 {plan.inputs.mappings_sha256[:12]}, "
         f"{plan.inputs.mapping_count} mappings, match: {plan.inputs.match})",
-        "- targets: "
-        + ", ".join(
-            f"`{n}` ({fp.store} {fp.host or ''}:{fp.port or ''}/{fp.database or ''})" for n, fp in plan.targets.items()
-        ),
+        "- targets: " + ", ".join(f"`{n}` ({fp.store} {fp.describe()})" for n, fp in plan.targets.items()),
         "",
     ]
     if not plan.actions and not plan.skipped:

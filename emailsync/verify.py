@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import psycopg
 
-from emailsync.applier import check_plan_matches, ddb_client, table_metas
+from emailsync.applier import check_ddb_tables, check_plan_matches, reach_targets, table_metas
 from emailsync.config import LoadedTargets
 from emailsync.plan import Action, Plan
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.pg_apply import PostgresApplier
-from emailsync.stores.postgres import connect
 
 STATES = ("before", "after", "drifted")
 _STATE = {"pending": "before", "already-applied": "after", "stale": "drifted"}
@@ -40,28 +39,33 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
             by_target[a.target].append(a)
     states: dict[str, ActionState] = {}
     index = {a.id: a for a in plan.actions}
-    for idx, target in enumerate(loaded.config.postgres):
-        actions = by_target.get(target.name)
-        if not actions:
-            continue
-        conn = connect(target)
-        try:
-            metas = table_metas(conn, loaded, idx, actions)
-            conn.rollback()
-            applier = PostgresApplier(conn, target.name, metas, actions, "abort", None, target.statement_timeout)
-            for aid, o in applier.classify_only().items():
-                states[aid] = ActionState(index[aid], _STATE[o.status], o.detail)
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
+    # Reading another database than the plan's would report its rows as drifted: refused like apply refuses.
+    conns, clients = reach_targets(plan, loaded, set(by_target))
+    try:
+        for idx, target in enumerate(loaded.config.postgres):
+            actions = by_target.get(target.name)
+            if not actions:
+                continue
+            conn = conns[target.name]
+            try:
+                metas = table_metas(conn, loaded, idx, actions)
                 conn.rollback()
-            raise
-        finally:
+                applier = PostgresApplier(conn, target.name, metas, actions, "abort", None, target.statement_timeout)
+                for aid, o in applier.classify_only().items():
+                    states[aid] = ActionState(index[aid], _STATE[o.status], o.detail)
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                raise
+    finally:
+        for conn in conns.values():
             conn.close()
     for ddb in loaded.config.dynamodb:
         actions = by_target.get(ddb.name)
         if not actions:
             continue
-        client = ddb_client(loaded, ddb, actions)
+        client = clients[ddb.name]
+        check_ddb_tables(loaded, ddb, actions)
         # Live and other tables are classified separately, exactly as apply runs them.
         for group in ([a for a in actions if not a.live], [a for a in actions if a.live]):
             if group:

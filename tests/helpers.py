@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -88,3 +89,30 @@ def rollback_plan(ws: Any, plan: Path) -> Path:
     r = ws.run("rollback", str(plan.parent))
     assert r.code == 0, r.out + r.err
     return Path(r.out.split("Plan: ")[1].split()[0])
+
+
+# -- "nothing written", measured: every schema, table and row of a database; every file under a folder ---------------
+
+
+def snapshot(db: Any) -> dict[str, Any]:
+    """Every schema, every table and every row of the database (format('%I') quotes even hostile names)."""
+    # Temporary schemas (pg_temp_N) are per-connection scratch space that PostgreSQL keeps once a session has used
+    # one; they hold no data after the session, so they are not a write.
+    schemas = db.rows("SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_(toast_)?temp_' ORDER BY 1")
+    state: dict[str, Any] = {"schemas": schemas}
+    tables = db.rows(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname !~ '^pg_(toast_)?temp_' ORDER BY 1"
+    )
+    for (table,) in tables:
+        state[table] = db.rows(f"SELECT to_jsonb(x)::text FROM {table} x ORDER BY 1")
+    return state
+
+
+def listing(root: Path) -> dict[str, str]:
+    """Every path under the workspace: 'dir' for folders, the sha256 of the bytes for files."""
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.relative_to(root).parts[0] != ".hypothesis"  # hypothesis's own example database, if it lands here
+    }

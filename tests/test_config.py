@@ -396,11 +396,7 @@ dynamodb:
     )
     loaded = load_targets(write(tmp_path, text))
     (hr,) = loaded.config.dynamodb
-    assert hr.endpoint_url == "http://127.0.0.1:8000" and hr.fingerprint() == {
-        "host": "127.0.0.1",
-        "port": "8000",
-        "database": "eu-west-1",
-    }
+    assert hr.endpoint_url == "http://127.0.0.1:8000" and hr.region == "eu-west-1"
     users = hr.tables[1]
     assert [a.name for a in users.attributes] == ["PK", "userId"]
     assert users.attributes[0].affixes == ("USER#", "") and users.attributes[1].template is None
@@ -518,32 +514,26 @@ def target_with(dsn: str) -> PostgresTarget:
     return PostgresTarget(name="t", dsn=dsn, tables=(PostgresTable(table="t", columns=("email",)),))
 
 
-def test_fingerprint_uri() -> None:
-    fingerprint = target_with("postgresql://admin:hunter2@db.internal:6543/core?sslmode=require").fingerprint()
-    assert fingerprint == {"host": "db.internal", "port": "6543", "database": "core"}
-    assert "hunter2" not in str(fingerprint)
-    assert "admin" not in str(fingerprint)
+def test_described_uri() -> None:
+    said = target_with("postgresql://admin:hunter2@db.internal:6543/core?sslmode=require").described()
+    assert said == {"host": "db.internal", "port": "6543", "database": "core"}
+    assert "hunter2" not in str(said)
+    assert "admin" not in str(said)
 
 
-def test_fingerprint_key_value() -> None:
-    fingerprint = target_with("host=db2 port=5433 dbname=hr user=bob password=secret").fingerprint()
-    assert fingerprint == {"host": "db2", "port": "5433", "database": "hr"}
-    assert "secret" not in str(fingerprint)
-    assert "bob" not in str(fingerprint)
+def test_described_key_value() -> None:
+    said = target_with("host=db2 port=5433 dbname=hr user=bob password=secret").described()
+    assert said == {"host": "db2", "port": "5433", "database": "hr"}
+    assert "secret" not in str(said)
+    assert "bob" not in str(said)
 
 
-def test_fingerprint_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert target_with("user=carol password=x").fingerprint() == {
-        "host": None,
-        "port": "5432",
-        "database": "carol",
-    }
+def test_described_leaves_to_libpq_what_the_dsn_leaves_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not the user name as the database, not PGHOST: what the connection reaches is read from the server
+    # (tests/test_store_binding.py); this only says what the DSN itself says, for messages.
     monkeypatch.setenv("PGHOST", "envhost")
-    assert target_with("postgresql:///shop").fingerprint() == {
-        "host": "envhost",
-        "port": "5432",
-        "database": "shop",
-    }
+    assert target_with("user=carol password=x").described() == {"host": None, "port": None, "database": None}
+    assert target_with("postgresql:///shop").described() == {"host": None, "port": None, "database": "shop"}
 
 
 # --- LoadedTargets helpers -------------------------------------------------------------------------

@@ -14,7 +14,6 @@ planned AND applied, and the rows checked. All against the real embedded Postgre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import assert_user_error
+from helpers import assert_user_error, listing, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,30 +113,6 @@ def _unsigned_plans(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- "nothing written" --------------------------------------------------------------------------------------
-
-
-def snapshot(db: Any) -> dict[str, Any]:
-    """Every schema, every table and every row of the database (format('%I') quotes even hostile names)."""
-    # Temporary schemas (pg_temp_N) are per-connection scratch space that PostgreSQL keeps once a session has used
-    # one; they hold no data after the session, so they are not a write.
-    schemas = db.rows("SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_(toast_)?temp_' ORDER BY 1")
-    state: dict[str, Any] = {"schemas": schemas}
-    tables = db.rows(
-        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname !~ '^pg_(toast_)?temp_' ORDER BY 1"
-    )
-    for (table,) in tables:
-        state[table] = db.rows(f"SELECT to_jsonb(x)::text FROM {table} x ORDER BY 1")
-    return state
-
-
-def listing(root: Path) -> dict[str, str]:
-    """Every path under the workspace: 'dir' for folders, the sha256 of the bytes for files."""
-    return {
-        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.relative_to(root).parts[0] != ".hypothesis"  # hypothesis's own example database, if it lands here
-    }
 
 
 def refused(ws: Any, dbs: list[Any], args: tuple[str, ...], *fragments: str, max_chars: int | None = None) -> str:

@@ -8,7 +8,6 @@ import json
 from helpers import assert_user_error
 
 import emailsync.applier
-import emailsync.verify
 
 
 def _apply(ws, plan, *extra):
@@ -63,7 +62,7 @@ def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(d
 def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_states(db, ws):
     """Found in review: the same set_config in classify_only: `emailsync verify` fails instead of reporting "before"."""
     plan = _two_employees_planned(db, ws)
-    _session_used_before(ws.monkeypatch, emailsync.verify)
+    _session_used_before(ws.monkeypatch, emailsync.applier)  # verify connects as apply does (reach_targets)
     r = ws.run("verify", str(plan), "--json")
     assert r.code == 3, r.out + r.err
     out = json.loads(r.out)

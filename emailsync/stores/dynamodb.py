@@ -12,6 +12,7 @@ import base64
 import copy
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,41 @@ def client_for(target: DynamoTarget, probe: bool = False) -> Any:
     except botocore.exceptions.NoRegionError:
         raise UserError(
             f"target {target.name!r}: no AWS region; set `region:` for the target or AWS_DEFAULT_REGION"
+        ) from None
+
+
+# AWS's own DynamoDB endpoints: only behind those does an AWS account stand, which STS can name.
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+
+
+def reached(target: DynamoTarget, client: Any) -> dict[str, str | None]:
+    """Where this client sends its requests, as botocore resolved it from targets.yaml, AWS_ENDPOINT_URL_DYNAMODB,
+    AWS_ENDPOINT_URL, the profile and the region; and, on AWS's own endpoints, the account of the credentials.
+    DynamoDB Local and other stand-ins have no account: None. Recorded in plans and checked by apply."""
+    url = urllib.parse.urlsplit(client.meta.endpoint_url)
+    host = url.hostname
+    aws = host is not None and host.endswith(_AWS_HOST_SUFFIXES)
+    return {
+        "host": host,
+        "port": str(url.port) if url.port else None,
+        "database": client.meta.region_name,
+        "account": account_of(target) if aws else None,
+    }
+
+
+def account_of(target: DynamoTarget) -> str:
+    """The AWS account the target's credentials belong to (STS GetCallerIdentity needs no permission)."""
+    import boto3
+    import botocore.config
+
+    cfg = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
+    try:
+        sts = boto3.Session(profile_name=target.profile, region_name=target.region).client("sts", config=cfg)
+        return str(call(target, "STS GetCallerIdentity", sts.get_caller_identity)["Account"])
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+        raise UserError(
+            f"target {target.name!r}: cannot tell which AWS account the credentials belong to (STS "
+            f"GetCallerIdentity: {e}); plans record the account so that one is never applied to another account"
         ) from None
 
 
@@ -272,6 +308,7 @@ class Candidate:
 @dataclass
 class DynamoTargetPlan:
     target: DynamoTarget
+    reached: dict[str, str | None] = field(default_factory=dict)  # where the client's requests went (reached())
     actions: list[dict[str, Any]] = field(default_factory=list)
     reads: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -368,6 +405,7 @@ class DynamoPlanner:
         self.out = DynamoTargetPlan(target)
 
     def plan(self) -> DynamoTargetPlan:
+        self.out.reached = reached(self.target, self.client)
         for i, cfg in enumerate(self.target.tables):
             self._plan_table(self._describe(i, cfg))
         return self.out

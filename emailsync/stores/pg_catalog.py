@@ -193,7 +193,7 @@ def resolve_table(
         ).fetchone()
     if row is None:
         raise UserError(
-            f"{where}: table {cfg.table!r} does not exist in database {target.fingerprint().get('database')!r}; "
+            f"{where}: table {cfg.table!r} does not exist in database {conn.info.dbname!r}; "
             "check the name (schema-qualify it if it is not on the search_path)"
         )
     oid, schema, name, relkind = row

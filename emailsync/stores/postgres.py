@@ -50,15 +50,15 @@ def _load_jsonb(data: str | bytes | memoryview) -> Any:
 def connect(target: PostgresTarget) -> psycopg.Connection:
     """Connect with credentials kept out of every message."""
     dsn = target.dsn.get_secret_value()
-    fp = target.fingerprint()
     try:
         conn = psycopg.connect(dsn, connect_timeout=10, application_name="emailsync")
     except psycopg.Error as e:
+        said = target.described()
         detail = redact(str(e).strip(), dsn_secrets(dsn)).splitlines()
         raise UserError(
-            f"target {target.name!r}: cannot connect to PostgreSQL at host {fp.get('host')!r}, port "
-            f"{fp.get('port')!r}, database {fp.get('database')!r}: {' '.join(detail)}. "
-            "Check the DSN's host, credentials and that the server is running."
+            f"target {target.name!r}: cannot connect to PostgreSQL at host {said['host'] or '(libpq default)'!r}, "
+            f"port {said['port'] or '(libpq default)'!r}, database {said['database'] or '(libpq default)'!r}: "
+            f"{' '.join(detail)}. Check the DSN's host, credentials and that the server is running."
         ) from None
     # TimeZone UTC (committed, so no later rollback undoes it; PGTZ would override a startup option): to_jsonb
     # renders timestamptz in the session's zone, and images must compare equal whatever zone each step ran in.
@@ -68,6 +68,35 @@ def connect(target: PostgresTarget) -> psycopg.Connection:
     set_json_loads(_load_jsonb, conn)
     set_json_dumps(dumps, conn)
     return conn
+
+
+# What the server says it is. The DSN string alone cannot tell: libpq fills what it leaves out from PGHOST,
+# PGPORT, PGDATABASE, a service file and the user name. system_identifier names the cluster (a restored copy keeps
+# it, hence host and port as well); an administrator may revoke pg_control_system(), and then it is None.
+_REACHED = """
+    SELECT current_database(), host(inet_server_addr()), inet_server_port()::text, current_setting('port'),
+           has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+"""
+
+
+def reached(conn: psycopg.Connection) -> dict[str, str | None]:
+    """Where this connection arrived, as the server reports it: recorded in plans and checked by apply."""
+    row = conn.execute(_REACHED).fetchone()
+    assert row is not None
+    database, addr, port, port_setting, may_read_control = row
+    system_identifier = None
+    if may_read_control:  # its own statement: a privilege is checked when a statement starts, whatever a CASE says
+        ident = conn.execute("SELECT system_identifier::text FROM pg_catalog.pg_control_system()").fetchone()
+        system_identifier = ident[0] if ident else None
+    conn.rollback()
+    # A Unix socket has no server address: the socket's folder (as libpq resolved it) names it on this host.
+    host = addr if addr is not None else conn.info.host
+    return {
+        "host": host,
+        "port": port if port is not None else port_setting,
+        "database": database,
+        "system_identifier": system_identifier,
+    }
 
 
 # --- row changes -------------------------------------------------------------------------------------------
@@ -148,6 +177,7 @@ class TablePlan:
 @dataclass
 class TargetPlan:
     target: PostgresTarget
+    reached: dict[str, str | None]  # where the connection arrived (reached())
     tables: list[TablePlan]
     edges: set[tuple[int, int]]  # (a, b): mapping entry a must be applied after entry b
     warnings: list[str]
@@ -183,6 +213,7 @@ class PostgresPlanner:
     def plan(self) -> TargetPlan:
         conn = connect(self.target)
         try:
+            where = reached(conn)
             self._load_mapping(conn)
             conn.commit()
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -221,7 +252,7 @@ class PostgresPlanner:
             conn.rollback()
         finally:
             conn.close()
-        return TargetPlan(self.target, tables, self.edges, self.warnings)
+        return TargetPlan(self.target, where, tables, self.edges, self.warnings)
 
     # -- mapping in temp tables --------------------------------------------------------------------------
 
