@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import assert_user_error, listing, snapshot
+from helpers import assert_user_error, listing, refused, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,19 +113,6 @@ def _unsigned_plans(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- "nothing written" --------------------------------------------------------------------------------------
-
-
-def refused(ws: Any, dbs: list[Any], args: tuple[str, ...], *fragments: str, max_chars: int | None = None) -> str:
-    """Run the CLI; it must refuse with one clear error (exit 1, no traceback) and write nothing anywhere."""
-    files, before = listing(ws.path), [snapshot(d) for d in dbs]
-    r = ws.run(*args)
-    message = assert_user_error(r, *fragments)
-    if max_chars is not None:  # a message that echoes megabytes of the input is not a clear message
-        size = len(r.out) + len(r.err)
-        assert size <= max_chars, f"{size} characters of output, starting: {r.err[:300]!r}"
-    assert listing(ws.path) == files, "a refused command wrote files"
-    assert [snapshot(d) for d in dbs] == before, "a refused command changed a database"
-    return message
 
 
 def plan_refused(ws: Any, db: Any, mappings: str, *fragments: str, max_chars: int | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Database, Dynamo
-from helpers import assert_user_error, listing, snapshot
+from helpers import assert_user_error, listing, refused
 
 from emailsync.applier import check_reached
 from emailsync.config import DynamoTable, DynamoTarget, load_targets
@@ -42,15 +42,6 @@ def _pg_targets(ws: Any, dsn: str, extra: str = "") -> None:
         f"{extra}    tables:\n      - table: employees\n        columns: [email]\n"
     )
     ws.mappings(MAPPING)
-
-
-def _refused(ws: Any, dbs: list[Database], args: tuple[str, ...], *fragments: str) -> str:
-    files, before = listing(ws.path), [snapshot(d) for d in dbs]
-    r = ws.run(*args)
-    message = assert_user_error(r, *fragments)
-    assert listing(ws.path) == files, "a refused command wrote files (journal, report)"
-    assert [snapshot(d) for d in dbs] == before, "a refused command changed a database"
-    return message
 
 
 def _emails(db: Database) -> list[str]:
@@ -87,9 +78,9 @@ def test_apply_and_verify_refuse_when_pgdatabase_now_names_another_database(
     assert r.code == 0, r.err
 
     ws.monkeypatch.setenv("PGDATABASE", db2.name)
-    msg = _refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), "core", db1.name, db2.name, "re-plan")
+    msg = refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), "core", db1.name, db2.name, "re-plan")
     assert "database" in msg and "nothing was written" in msg
-    _refused(ws, [db1, db2], ("verify", str(plan)), db2.name)
+    refused(ws, [db1, db2], ("verify", str(plan)), db2.name)
     assert _emails(db2) == ["a@old.com", "b@old.com", "keep@x.com"]
 
     ws.monkeypatch.setenv("PGDATABASE", db1.name)  # back where it was planned: applies
@@ -127,7 +118,7 @@ def test_apply_refuses_another_cluster_with_the_same_database_name(
         r, plan = ws.plan()
         assert r.code == 0, r.err
         ws.monkeypatch.setenv("PGHOST", other_cluster)
-        msg = _refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), "system_identifier", other_cluster)
+        msg = refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), "system_identifier", other_cluster)
         assert "host" in msg
         assert _emails(db1) == _emails(db2) == ["a@old.com", "b@old.com", "keep@x.com"]
     finally:
@@ -152,7 +143,7 @@ def test_a_role_that_may_not_read_the_cluster_id_records_none_and_still_binds(ma
     assert fp.system_identifier is None and fp.database == db1.name
     # Still bound by host, port and database: the DSN pointed at db2 is refused.
     ws.monkeypatch.setenv("CORE_DSN", f"host={db2.host} dbname={db2.name} user=emailsync_app")
-    _refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), db2.name)
+    refused(ws, [db1, db2], ("apply", str(plan), "--auto-approve"), db2.name)
     ws.monkeypatch.setenv("CORE_DSN", f"host={db1.host} dbname={db1.name} user=emailsync_app")
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
