@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +132,16 @@ def refused(ws: Any, dbs: list[Any], args: tuple[str, ...], *fragments: str, max
     assert listing(ws.path) == files, "a refused command wrote files"
     assert [snapshot(d) for d in dbs] == before, "a refused command changed a database"
     return message
+
+
+def cli_process(ws: Any, *args: str) -> subprocess.Popen[str]:
+    """`python -m emailsync ...` in its own process, with the test's environment (DSNs, AWS variables)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "emailsync", *args],
+        cwd=ws.path,
+        env=os.environ.copy(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

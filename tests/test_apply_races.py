@@ -4,32 +4,16 @@ as the plan says, applied once. Real PostgreSQL; DynamoDB Local for the DynamoDB
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from conftest import Database, Dynamo
-from helpers import hook_dynamodb
+from helpers import cli_process, hook_dynamodb
 
 from emailsync.ledger import PgLedger
 
 AREA = "two appliers at once"
-
-
-def _popen(ws: Any, *args: str) -> subprocess.Popen[str]:
-    """`python -m emailsync ...` in its own process, with the test's environment (DSNs, AWS variables)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "emailsync", *args],
-        cwd=ws.path,
-        env=os.environ.copy(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _journals(plan: Path) -> list[Path]:
@@ -63,7 +47,7 @@ def test_a_second_apply_that_gets_the_lock_after_the_first_finished_is_refused_a
     def finish(self: PgLedger, status: str, counts: dict[str, int]) -> None:
         if not seen:  # the first holds the lock, its changes written and uncommitted, its journal open
             seen["first"] = self.run.run_id
-            seen["second"] = _popen(ws, "apply", str(plan), "--auto-approve")
+            seen["second"] = cli_process(ws, "apply", str(plan), "--auto-approve")
             deadline = time.monotonic() + 30
             while _waiting_appliers(db, self.run.run_id) == 0:  # the second has read what it reads early and waits
                 assert time.monotonic() < deadline, "the second apply never reached the lock"
@@ -140,7 +124,7 @@ def test_two_first_applies_at_once_one_applies_the_other_is_refused(
             for table in ("profiles", "emailsync-ledger"):
                 ddb_local.client.delete_table(TableName=table)
         plan = _ddb_setup(ws, ddb_local)
-        procs = [_popen(ws, "apply", str(plan), "--auto-approve") for _ in range(2)]
+        procs = [cli_process(ws, "apply", str(plan), "--auto-approve") for _ in range(2)]
         results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
         codes = sorted(code for code, _, _ in results)
         assert codes == [0, 1], results

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from helpers import hook_dynamodb
+from helpers import cli_process, hook_dynamodb
 
 from emailsync.ledger import PgLedger
 from emailsync.stores.pg_apply import PostgresApplier
@@ -57,16 +56,9 @@ def _verify(ws: Any, plan: Path) -> tuple[int, dict[str, str]]:
 
 
 def _cli(ws: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m emailsync ...` in its own process, with the test's environment (DSNs, AWS variables)."""
-    return subprocess.run(
-        [sys.executable, "-m", "emailsync", *args],
-        cwd=ws.path,
-        env=os.environ.copy(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = cli_process(ws, *args)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _journals(plan: Path) -> list[Path]:
