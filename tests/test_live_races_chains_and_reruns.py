@@ -1,4 +1,4 @@
-"""Review of the live login table: races, chains, reruns, journaling and confirmation (moto server)."""
+"""The live login table: races, chains, reruns, journaling and confirmation (moto server)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review of `emailsync discover`: hostile identifiers, odd catalogs, merges into hand-written files, --write on
+"""`emailsync discover` on hard input: hostile identifiers, odd catalogs, merges into hand-written files, --write on
 the file system, and secrets. Real PostgreSQL and moto; no mocks of our own code.
 
 A test named test_bug_* documents a defect the review found (all fixed since) and keeps it from coming back;

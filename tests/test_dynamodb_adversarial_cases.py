@@ -1,4 +1,4 @@
-"""Review of the DynamoDB planner and applier: adversarial cases against the moto server.
+"""The DynamoDB planner and applier on adversarial cases against the moto server.
 
 Every test asserts the final table contents. Tests that fail show a bug (see the docstring of each).
 """

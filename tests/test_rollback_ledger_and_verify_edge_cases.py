@@ -1,4 +1,4 @@
-"""Review of the audit trail: rollback round trips on harder estates, ledger and locks, verify, replan-check,
+"""The audit trail on harder cases: rollback round trips on harder estates, ledger and locks, verify, replan-check,
 and error handling (real PostgreSQL, moto DynamoDB, the CLI in-process)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Second review of the audit trail: rollback plans under kill -9, DynamoDB chains and merges rolled back, the
+"""The audit trail under faults: rollback plans under kill -9, DynamoDB chains and merges rolled back, the
 journal's record of what was written, insert-row, whole-row comparisons, ledgers and the replay refusal (real
 PostgreSQL, moto DynamoDB, the CLI in-process; kill -9 through tests/crash_harness.py in a subprocess)."""
 
