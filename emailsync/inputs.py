@@ -51,7 +51,8 @@ def read_limited(path: Path, kind: str) -> bytes:
     caller's own message about that kind of file."""
     label, _, var = LIMITS[kind]
     limit = max_bytes(kind)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (POSIX only; elsewhere there are no FIFOs to fear).
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
