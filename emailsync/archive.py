@@ -214,10 +214,14 @@ def killed_runs(plan_path: Path, digest: str) -> frozenset[str]:
     from emailsync.ledger import process_alive
 
     host, me = socket.gethostname(), os.getpid()
+
+    def running_elsewhere(h: ApplyRun) -> bool:
+        return h.host == host and h.pid is not None and h.pid != me and process_alive(h.pid)
+
     return frozenset(
         h.run_id
         for h in apply_history(plan_path, digest)
-        if h.run_id and not h.finished_at and not (h.host == host and h.pid not in (None, me) and process_alive(h.pid))
+        if h.run_id and not h.finished_at and not running_elsewhere(h)
     )
 
 

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from emailsync.errors import UserError
-from emailsync.inputs import first_non_text, is_text, read_limited
+from emailsync.inputs import NOT_TEXT, first_non_text, is_text, read_limited
 
 __all__ = [
     "LoadedTargets",
@@ -612,10 +612,7 @@ def _read_yaml(path: Path) -> tuple[Any, bytes]:
     _check_expanded_size(path, loaded)
     bad = first_non_text(loaded)
     if bad is not None:
-        raise UserError(
-            f"{path}: {bad}: holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), which is "
-            "not text; fix the escape or write the character itself"
-        )
+        raise UserError(f"{path}: {bad}: {NOT_TEXT}")
     return loaded, data
 
 

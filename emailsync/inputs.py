@@ -89,6 +89,18 @@ def _file_type(mode: int) -> str:
     return "a special file"
 
 
+NOT_TEXT = (
+    "holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not text; fix the escape or write "
+    "the character itself"
+)
+
+
+def may_escape_surrogates(text: str) -> bool:
+    """Whether JSON or YAML text holds a \\udXXX escape, the only way to write a lone surrogate in a file that is
+    valid UTF-8: a cheap search, so only such files have every string checked."""
+    return "\\ud" in text or "\\uD" in text
+
+
 def is_text(value: str) -> bool:
     """Whether the string is text that UTF-8 can carry (no lone surrogate)."""
     if value.isascii():

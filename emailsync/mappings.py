@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from emailsync.errors import UserError
-from emailsync.inputs import is_text, read_limited
+from emailsync.inputs import NOT_TEXT, is_text, may_escape_surrogates, read_limited
 
 Match = Literal["exact", "casefold"]
 _MATCHES: tuple[str, ...] = ("exact", "casefold")
@@ -137,7 +137,8 @@ def load_mappings(path: Path, match: Match = "exact") -> MappingSet:
     raws = parse(path, text, problems)
     if not raws and not problems:
         raise UserError(f"{path}: the mappings file contains no mappings")
-    mappings, positions = _validate(path, raws, problems, warnings)
+    check_text = parse is _parse_json and may_escape_surrogates(text)
+    mappings, positions = _validate(path, raws, problems, warnings, check_text)
     _check_conflicts(mappings, positions, match, problems)
     if problems:
         problems.sort(key=lambda p: p[0])  # stable: problems of one entry keep their order
@@ -465,24 +466,19 @@ def _label_char(c: str) -> bool:
 
 
 def _validate(
-    path: Path, raws: list[_Raw], problems: _Problems, warnings: list[str]
+    path: Path, raws: list[_Raw], problems: _Problems, warnings: list[str], check_text: bool
 ) -> tuple[list[Mapping], list[int]]:
-    """Check each entry alone; returns the kept mappings and each one's position (indexed by ord)."""
+    """Check each entry alone; returns the kept mappings and each one's position (indexed by ord). `check_text`: the
+    file may hold lone surrogates (JSON with \\udXXX escapes; CSV is decoded from UTF-8, which cannot hold one)."""
     has_clients = any(r.client_id is not None for r in raws)
     mappings: list[Mapping] = []
     positions: list[int] = []
     seen: dict[tuple[str, str, str | None], str] = {}
     email_ok, text_ok = is_email, is_text  # local names: looked up once, not per entry
     for raw_old, raw_new, client_id, where, pos in raws:  # unpacking: NamedTuple attributes are slower
-        if not (text_ok(raw_old) and text_ok(raw_new) and (client_id is None or text_ok(client_id))):
-            # Only a JSON \ud800-style escape makes one; the database or file it reaches would fail on it later.
-            problems.append(
-                (
-                    pos,
-                    f"{where}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
-                    "which is not text; fix the escape or write the character itself",
-                )
-            )
+        if check_text and not (text_ok(raw_old) and text_ok(raw_new) and (client_id is None or text_ok(client_id))):
+            # The database or file such a string reaches would fail on it later.
+            problems.append((pos, f"{where}: {NOT_TEXT}"))
             continue
         old, new = raw_old.strip(), raw_new.strip()
         old_ok, new_ok = email_ok(old), email_ok(new)

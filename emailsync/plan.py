@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from emailsync.errors import UserError
-from emailsync.inputs import first_non_text, read_limited
+from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, read_limited
 
 PLAN_FORMAT = "emailsync.plan/v1"
 PLAN_FORMAT_MINOR = 3  # 1: rollback plans (insert-row, restore-item, rollback_of); 2: signature;
@@ -401,9 +401,8 @@ def read_plan(path: Path) -> Plan:
         raise UserError(f"{path}: cannot read the plan file ({e})") from None
     except ValueError:  # a NUL byte in the path
         raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte)") from None
-    # emailsync never writes a \\udXXX escape (its JSON keeps characters as they are), so only an edited plan can
-    # hold one; and only such an escape can make a lone surrogate, which is no text. Searched, not walked: cheap.
-    escaped = "\\ud" in text or "\\uD" in text
+    # emailsync writes characters as they are, not as \\udXXX escapes: only an edited plan has its strings walked.
+    escaped = may_escape_surrogates(text)
     try:
         data, pieces = _parse_plan(text)
         del text  # a plan of a million actions: the text, its pieces and its data are each hundreds of MB
@@ -417,10 +416,7 @@ def read_plan(path: Path) -> Plan:
         raise UserError(f"{path}: not a plan (the top level must be an object)")
     bad = first_non_text(data) if escaped else None
     if bad is not None:
-        raise UserError(
-            f"{path}: {bad}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not "
-            "text; the plan was edited by hand, make a new one with `emailsync plan`"
-        )
+        raise UserError(f"{path}: {bad}: {NOT_TEXT}; the plan was edited by hand, make a new one with `emailsync plan`")
     fmt = data.get("format")
     if fmt != PLAN_FORMAT:
         raise UserError(
