@@ -154,6 +154,9 @@ def apply_plan(
             past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
             past = [p for p in past if p.run_id not in killed]
             _refuse_replay(plan, past, set(by_target), force, warn)
+            # A target its ledger already records as complete is only re-checked: the ledger keeps one run of
+            # the plan per target, however often a --skip-live or --only-target rerun re-checks it.
+            rechecked = set() if force else {p.target for p in past}
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
             live = [a for actions in by_target.values() for a in actions if a.live]
@@ -170,10 +173,11 @@ def apply_plan(
                     "action_count": sum(len(v) for v in by_target.values()),
                 }
             )
-            for *_, lg in prepared:
-                lg.start()
-            for *_, dl in ddb_prepared:
-                if dl is not None:
+            for target, *_, lg in prepared:
+                if target.name not in rechecked:
+                    lg.start()
+            for ddb, *_, dl in ddb_prepared:
+                if dl is not None and ddb.name not in rechecked:
                     call(dl.target, "ledger", dl.start)
             # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
             for target, conn, metas, actions, ledger in prepared:
@@ -208,7 +212,7 @@ def apply_plan(
                 elif live_actions:
                     results.append(DynamoApplier(ddb, client, live_actions, on_stale, write).run())
             for ddb, _, actions, dl in ddb_prepared:
-                if dl is None:
+                if dl is None or ddb.name in rechecked:
                     continue
                 outcomes = {i: o.status for r in results if r.target == ddb.name for i, o in r.outcomes.items()}
                 full = len(actions) == planned[ddb.name]
@@ -246,17 +250,21 @@ def _refuse_replay(
     """A plan the targets' ledgers record as applied completely runs again only with --force."""
     if not past or force:
         return
-    if {p.target for p in past} < in_scope:
+    # One line per target: its first complete run (ledgers written before runs were recorded once may hold more).
+    first: dict[str, PastRun] = {}
+    for p in past:
+        first.setdefault(p.target, p)
+    if set(first) < in_scope:
         # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the finished
         # targets' actions are re-checked and come out already-applied.
-        for p in past:
+        for p in first.values():
             warn(f"already applied completely on target {p.describe()}; its actions are only re-checked")
         return
     raise UserError(
         f"this plan ({plan.digest[:19]}) has already been applied completely; nothing was written. "
         "Applying it again is refused so a plan runs once; run `emailsync verify` on it to check the "
         "stores, or pass --force to apply it again anyway",
-        problems=[p.describe() for p in past],
+        problems=[p.describe() for p in first.values()],
     )
 
 

@@ -106,6 +106,7 @@ class PgLedger:
         self.conn = conn
         self.target = target
         self.run = run
+        self.started = False  # a run that only re-checks a completed target records nothing
 
     def lock(self) -> None:
         """Take the database's apply lock (session level: a commit does not release it, a dead session does)."""
@@ -213,10 +214,11 @@ class PgLedger:
             (r.run_id, self.target.name, r.plan_digest, r.started_at, r.user, r.host, r.approver, __version__),
         )
         self.conn.commit()  # recorded even if the apply is killed
+        self.started = True
 
     def finish(self, status: str, counts: dict[str, int]) -> None:
         """Record the end of the run in the current transaction (the caller commits or rolls back with it)."""
-        if not self.target.ledger:
+        if not self.target.ledger or not self.started:
             return
         self.conn.execute(
             sql.SQL(
@@ -248,6 +250,7 @@ class DynamoLedger:
         self.table = target.ledger_table
         self.lock_id = uuid.uuid4().hex
         self.locked = False
+        self.started = False  # a run that only re-checks a completed target records nothing
 
     @property
     def _lock_key(self) -> dict[str, Any]:
@@ -384,8 +387,11 @@ class DynamoLedger:
         if r.approver:
             item["approver"] = {"S": r.approver}
         self.client.put_item(TableName=self.table, Item=item)
+        self.started = True
 
     def finish(self, status: str, counts: dict[str, int]) -> None:
+        if not self.started:
+            return
         self.client.update_item(
             TableName=self.table,
             Key=self._run_key(),

@@ -1,0 +1,90 @@
+"""A target's ledger records a plan's run once: reruns that only re-check a completed target (--skip-live,
+--only-target) add nothing to its ledger, and a later refusal names each target once (real PostgreSQL, DynamoDB
+Local)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from helpers import apply_confirmed as _apply
+from helpers import assert_user_error
+
+TARGETS = """version: 1
+mappings: m.json
+postgres:
+  - name: core
+    dsn: ${CORE_DSN}
+    tables:
+      - {table: employees, columns: [email]}
+dynamodb:
+  - name: auth
+    endpoint_url: ${DYNAMODB_ENDPOINT}
+    ledger_table: emailsync-ledger
+    tables:
+      - table: profiles
+        attributes: [email]
+      - table: logins
+        live: true
+        attributes: [email]
+"""
+
+
+def _estate(ws: Any, db: Any, ddb: Any) -> Path:
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'k@k.com')")
+    ddb.create("profiles", "email")
+    ddb.create("logins", "email")
+    ddb.put("profiles", {"email": "a@o.com", "n": 1})
+    ddb.put("logins", {"email": "a@o.com", "pwd": "h"})
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+    ws.targets(TARGETS)
+    ws.mappings({"a@o.com": "a@n.com"}, name="m.json")
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    return plan
+
+
+def _runs(db: Any, ddb: Any) -> tuple[list[Any], list[tuple[str, str]]]:
+    pg = db.rows("SELECT target, status FROM emailsync.ledger ORDER BY started_at")
+    items = [i for i in ddb.items("emailsync-ledger") if i["pk"] != "lock"]
+    return pg, sorted((i["sk"].split("#")[0], i["status"]) for i in items)
+
+
+def test_skip_live_reruns_record_the_completed_target_once_and_the_refusal_names_it_once(ws, db, ddb_local):
+    ddb = ddb_local
+    plan = _estate(ws, db, ddb)
+    for _ in range(3):
+        r = _apply(ws, plan, "--skip-live")
+        assert r.code == 0, r.out + r.err
+    pg_runs, ddb_runs = _runs(db, ddb)
+    # The database's changes committed in the first run; the two reruns only re-checked them.
+    assert pg_runs == [("core", "complete")]
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@n.com"), (2, "k@k.com")]
+    # Each --skip-live run is a real run of the DynamoDB target (its live part still to do): one row each.
+    assert ddb_runs == [("auth", "incomplete")] * 3
+    assert [i["email"] for i in ddb.items("logins")] == ["a@o.com"]
+
+    r = _apply(ws, plan)  # the live rest
+    assert r.code == 0, r.out + r.err
+    assert r.err.count("already applied completely on target core") == 1
+    assert [i["email"] for i in ddb.items("logins")] == ["a@n.com"]
+    pg_runs, ddb_runs = _runs(db, ddb)
+    assert pg_runs == [("core", "complete")]
+    assert ddb_runs == [("auth", "complete")] + [("auth", "incomplete")] * 3
+
+    msg = assert_user_error(_apply(ws, plan), "already been applied completely")
+    assert msg.count("core: complete on") == 1 and msg.count("auth: complete on") == 1, msg
+    assert _runs(db, ddb) == (pg_runs, ddb_runs)  # the refusal records nothing
+
+
+def test_force_still_records_its_run(ws, db, ddb_local):
+    """--force is a deliberate second run: the ledger keeps it."""
+    plan = _estate(ws, db, ddb_local)
+    assert _apply(ws, plan).code == 0
+    r = _apply(ws, plan, "--force")
+    assert r.code == 0, r.out + r.err
+    pg_runs, ddb_runs = _runs(db, ddb_local)
+    assert pg_runs == [("core", "complete")] * 2
+    assert ddb_runs == [("auth", "complete")] * 2
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@n.com"), (2, "k@k.com")]
