@@ -1,3 +1,3 @@
-from emailsync.cli import main
+from emailsync.console import main
 
 main()

@@ -83,8 +83,9 @@ def raw_items(ddb: Any, table: str) -> list[Any]:
 
 
 def apply_confirmed(ws: Any, plan: Path, *extra: str) -> Any:
-    """`emailsync apply PLAN --auto-approve --confirm-live`, in-process."""
-    return ws.run("apply", str(plan), "--auto-approve", "--confirm-live", *extra)
+    """`emailsync apply PLAN --auto-approve --confirm-live` (or `--skip-live`, given in `extra`), in-process."""
+    live = () if "--skip-live" in extra else ("--confirm-live",)  # the two contradict each other
+    return ws.run("apply", str(plan), "--auto-approve", *live, *extra)
 
 
 def rollback_plan(ws: Any, plan: Path) -> Path:
