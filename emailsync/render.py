@@ -1,13 +1,21 @@
-"""Renderings of plans and reports for people: plan.md for a pull request, text for the terminal."""
+"""Renderings of plans and reports for people: plan.md for a pull request, text for the terminal.
+
+plan.md is written for the reviewer of a pull request: a headline counting the changes, a summary per target with
+the risky kinds marked, then the details (live swaps first). Every value that can hold an address (old and new
+values, keys, reasons, details) is in a code span, so GitHub shows it as written instead of making a mailto link
+of it. Text for the terminal is plain: tables are aligned columns without borders, for grep and scripts.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-from collections import defaultdict
-from collections.abc import Iterator
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from emailsync.plan import Action, Plan
+from emailsync.plan import Action, Plan, SummaryRow
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -29,181 +37,428 @@ def _key(key: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_v(v, 30)}" for k, v in key.items())
 
 
-def _ddb(av: Any, width: int = 50) -> str:
+def _ddb(av: Any, width: int = 50, fmt: Callable[[Any, int], str] = _v) -> str:
     """A DynamoDB JSON value, shown plainly: "x" for {"S": "x"}, [..] for lists and sets."""
     if isinstance(av, dict) and len(av) == 1:
         ((t, v),) = av.items()
         if t in ("S", "N"):
-            return _v(v, width)
+            return fmt(v, width)
         if t in ("SS", "NS"):
-            return _v("{" + ", ".join(v) + "}", width)
+            return fmt("{" + ", ".join(v) + "}", width)
         if t == "L":
-            return _v("[" + ", ".join(_ddb(x, width) for x in v) + "]", width)
-    return _v(av, width)
+            return fmt("[" + ", ".join(_ddb(x, width, fmt) for x in v) + "]", width)
+    return fmt(av, width)
 
 
 def ddb_key(key: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={_ddb(v, 40)}" for k, v in (key or {}).items())
 
 
-def _ddb_row(a: Action) -> str:
-    changes = "; ".join(f"{c.attribute}: {_ddb(c.old)} → {_ddb(c.new)}" for c in a.changes or [])
-    there = "" if a.kind not in ("merge-and-move", "live-swap") else ("merged, existing wins" if a.existing else "none")
-    return (
-        f"| {a.step} | {ddb_key(a.key)} | {a.kind} | {changes} | {ddb_key(a.new_key) if a.new_key else ''} | {there} |"
-    )
+# --- Markdown pieces -----------------------------------------------------------------------------------------------
+
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r"})  # the only line endings of CommonMark (and of a table row)
+_TICKS = re.compile(r"`+")
+# Anything that looks like an address, generously (as redact.py finds them): put in a code span inside prose.
+_ADDRESS = re.compile(r"[^\s@<>()\[\]{}|,;:\"'`]+@[^\s@<>()\[\]{}|,;:\"'`]+")
+_MD_PUNCT = re.compile(r"([\\`*_\[\]<>|&~#])")  # what could start markup in running text; escaped with a backslash
 
 
-def summary_lines(plan: Plan) -> list[str]:
-    rows = [("target", "table", "column", "kind", "count")]
-    rows += [(s.target, s.table, s.column, s.kind, str(s.count)) for s in plan.summary]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+def _raw(value: Any, width: int | None = None) -> str:
+    """A value as text on one line, for a code span: strings as they are, other values as compact JSON; shortened
+    to `width` characters with "…" (plan.json keeps the whole value)."""
+    text = (value if isinstance(value, str) else _ENCODER.encode(value)).translate(_LINE_BREAKS)
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def _code(text: str, *, table: bool = True) -> str:
+    """`text` as a CommonMark code span, shown exactly as written (GitHub makes no link of an address inside one).
+
+    The fence is one backtick longer than the longest run of backticks inside, and a space pads both ends where
+    the text starts or ends with a backtick or with a space (CommonMark strips one such pair). In a table cell
+    every `|` is escaped: GFM splits cells before it reads code spans, and unescapes `\\|` inside them too."""
+    text = text.translate(_LINE_BREAKS)
+    if not text:
+        return "*(empty)*"
+    fence = "`" * (max((len(t) for t in _TICKS.findall(text)), default=0) + 1)
+    if text[0] == "`" or text[-1] == "`" or (text[0] == " " and text[-1] == " " and text.strip(" ")):
+        text = f" {text} "
+    if table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{text}{fence}"
+
+
+def _prose(text: str, *, table: bool = False) -> str:
+    """Running text for Markdown: every address-like word in a code span, markup characters escaped elsewhere."""
+    text = text.translate(_LINE_BREAKS)
+    out: list[str] = []
+    pos = 0
+    for m in _ADDRESS.finditer(text):
+        out += [_MD_PUNCT.sub(r"\\\1", text[pos : m.start()]), _code(m.group(0), table=table)]
+        pos = m.end()
+    out.append(_MD_PUNCT.sub(r"\\\1", text[pos:]))
+    return "".join(out)
+
+
+def _cell(name: str) -> str:
+    """A name (target, table, column) in a table cell: as written, on one line, its pipes escaped."""
+    return name.translate(_LINE_BREAKS).replace("|", "\\|")
+
+
+def _md_value(value: Any, width: int | None = 60) -> str:
+    return _code(_raw(value, width))
+
+
+def _md_key(key: dict[str, Any] | None, ddb: bool = False) -> str:
+    """A row's key (or an item's) in one code span: `id=1, email=a@x.com`."""
+    if ddb:
+        return _code(", ".join(f"{k}={_ddb(v, 40, _raw)}" for k, v in (key or {}).items()))
+    return _code(", ".join(f"{k}={_raw(v, 30)}" for k, v in (key or {}).items()))
+
+
+RISKY = ("delete-on-conflict", "live-swap", "merge-and-move")  # a row or an item goes away, or moves
+
+
+def _kind(kind: str) -> str:
+    return f"⚠ {kind}" if kind in RISKY else kind
+
+
+# How each kind is counted in words, in this order: "15 updates, 1 delete, 2 live swaps, 1 skipped".
+_WORDS: dict[str, tuple[str, str]] = {
+    "update": ("update", "updates"),
+    "array-replace": ("array update", "array updates"),
+    "delete-on-conflict": ("delete", "deletes"),
+    "merge-and-move": ("merge", "merges"),
+    "live-swap": ("live swap", "live swaps"),
+    "insert-row": ("row insert", "row inserts"),
+    "restore-item": ("item restore", "item restores"),
+    "skipped-conflict": ("skipped", "skipped"),
+}
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def count_words(counts: dict[str, int]) -> str:
+    """Counts by kind in words, changes first and skipped last: "15 updates, 1 delete, 1 skipped"; "No changes"
+    first when nothing changes."""
+    order = {k: i for i, k in enumerate(_WORDS)}
+    parts: list[str] = []
+    for kind in sorted((k for k, n in counts.items() if n), key=lambda k: (order.get(k, len(order)), k)):
+        one, many = _WORDS.get(kind, (kind.replace("-", " "), kind.replace("-", " ") + "s"))
+        parts.append(_plural(counts[kind], one, many))
+    if not any(n for k, n in counts.items() if k != "skipped-conflict"):
+        parts.insert(0, "No changes")
+    return ", ".join(parts)
+
+
+def plan_headline(plan: Plan) -> str:
+    """The one line a reviewer reads first: "**15 updates, 1 delete, 2 live swaps, 1 skipped across 3 targets**"."""
+    counts: Counter[str] = Counter()
+    targets: set[str] = set()
+    for s in plan.summary:
+        counts[s.kind] += s.count
+        targets.add(s.target)
+    if not counts:
+        return "**No changes**: no configured column holds an old email."
+    where = f"across {len(targets)} targets" if len(targets) != 1 else "in 1 target"
+    return f"**{count_words(counts)} {where}**"
+
+
+def _summary_md(summary: list[SummaryRow]) -> list[str]:
+    """The summary grouped by target: each target's counts in words, a table by table and column, and a total."""
+    by_target: dict[str, list[SummaryRow]] = {}
+    for s in summary:
+        by_target.setdefault(s.target, []).append(s)
+    out = ["## Summary", ""]
+    for target, rows in by_target.items():
+        counts: Counter[str] = Counter()
+        for s in rows:
+            counts[s.kind] += s.count
+        out += [
+            f"### {_cell(target)}: {count_words(counts)}",
+            "",
+            "| table | column | kind | count |",
+            "|---|---|---|---:|",
+            *(f"| {_cell(s.table)} | {_cell(s.column)} | {_kind(s.kind)} | {s.count} |" for s in rows),
+            f"| **total** | | | **{sum(s.count for s in rows)}** |",
+            "",
+        ]
+    return out
 
 
 def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
-    """`redaction`: the plan was redacted (redact.py) and this says how, at the top."""
+    """plan.md: the headline, then digest and inputs, the summary by target, warnings, and the details while they fit
+    in a pull-request comment (MD_LIMIT). `redaction`: the plan was redacted (redact.py) and this says how."""
     out: list[str] = [
         "# emailsync plan",
+        "",
+        plan_headline(plan),
         "",
         *([f"- **redacted**: {redaction}"] if redaction else []),
         f"- digest: `{plan.digest}`" + (" (signed)" if plan.signature else ""),
         f"- created: {plan.created_at} by emailsync {plan.tool_version}",
-        f"- inputs: `{plan.inputs.targets_file}` (sha256 {plan.inputs.targets_sha256[:12]}), "
-        f"`{plan.inputs.mappings_file}` (sha256 {plan.inputs.mappings_sha256[:12]}, "
+        f"- inputs: {_code(plan.inputs.targets_file, table=False)} (sha256 {plan.inputs.targets_sha256[:12]}), "
+        f"{_code(plan.inputs.mappings_file, table=False)} (sha256 {plan.inputs.mappings_sha256[:12]}, "
         f"{plan.inputs.mapping_count} mappings, match: {plan.inputs.match})",
-        "- targets: " + ", ".join(f"`{n}` ({fp.store} {fp.describe()})" for n, fp in plan.targets.items()),
+        "- targets: "
+        + ", ".join(
+            f"{_code(n, table=False)} ({fp.store} {_code(fp.describe(), table=False)})"
+            for n, fp in plan.targets.items()
+        ),
         "",
     ]
-    if not plan.actions and not plan.skipped:
-        out += ["**No changes.** Every configured column already holds no old email.", ""]
-    out += ["## Summary", "", "| target | table | column | kind | count |", "|---|---|---|---|---:|"]
-    out += [f"| {s.target} | {s.table} | {s.column} | {s.kind} | {s.count} |" for s in plan.summary]
-    out.append("")
+    if plan.summary:
+        out += _summary_md(plan.summary)
     if plan.warnings:
-        out += ["## Warnings", ""] + [f"- {_v(w, 300)}" for w in plan.warnings] + [""]
+        out += ["## Warnings", ""] + [f"- {_prose(_raw(w, 300))}" for w in plan.warnings] + [""]
 
     head = "\n".join(out)
     # Lines are rendered only while they fit: a plan of a million actions keeps a few hundred rows of plan.md.
-    body: list[str] = []
+    body: list[tuple[str, int]] = []
     size = len(head)  # the length of head + "\n" + "\n".join(body)
-    for line in _body_lines(plan):
-        body.append(line)
+    for line, n in _body_lines(plan):
+        body.append((line, n))
         size += len(line) + 1
         if size > MD_LIMIT:
             break
     else:
-        return head + "\n" + "\n".join(body)
+        return head + "\n" + "\n".join(line for line, _ in body)
     kept: list[str] = []
+    shown = 0
     size = len(head) + 200
-    for line in body:
+    for line, n in body:
         if size + len(line) + 1 > MD_LIMIT:
             break
         kept.append(line)
+        shown += n
         size += len(line) + 1
-    shown = sum(
-        1 for line in kept if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| table")
-    )
     return (
         head
         + "\n"
         + "\n".join(kept)
         + (
-            f"\n\n_… truncated to fit a pull-request comment: about {shown} of "
+            f"\n\n_… truncated to fit a pull-request comment: {shown} of "
             f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
         )
     )
 
 
-def _body_lines(plan: Plan) -> Iterator[str]:
-    """plan.md after its header, line by line: live swaps, deletes, skipped conflicts, then every table."""
+def _ddb_row(a: Action) -> str:
+    changes = "; ".join(
+        f"{_code(c.attribute)}: {_code(_ddb(c.old, 50, _raw))} → {_code(_ddb(c.new, 50, _raw))}"
+        for c in a.changes or []
+    )
+    there = "" if a.kind not in ("merge-and-move", "live-swap") else ("merged, existing wins" if a.existing else "none")
+    moves = _md_key(a.new_key, ddb=True) if a.new_key else ""
+    return f"| {a.step} | {_md_key(a.key, ddb=True)} | {_kind(a.kind)} | {changes} | {moves} | {there} |"
+
+
+def _pg_change(a: Action, width: int = 60) -> str:
+    return f"{_md_value(a.old, width)} → {_md_value(a.new, width)}"
+
+
+def _row_id(a: Action) -> tuple[str, str, Any]:
+    """Which row an action is on: its target, table and key (as a tuple where the key's values allow it, which is
+    cheaper than JSON on a plan of a million actions)."""
+    try:
+        key: Any = tuple(a.key.items())
+        hash(key)
+    except TypeError:  # a list or an object in the key
+        key = _ENCODER.encode(a.key)
+    return (a.target, a.table, key)
+
+
+def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
+    """plan.md after its header, line by line with the number of actions (or skipped rows) each line shows: live
+    swaps, deletes, skipped conflicts, then every table.
+
+    A row that other steps change before it is deleted (an update of manager_email in step 1, then its delete in
+    step 2) is shown once, in the deletes, with those changes beside it; its table's section leaves them out."""
     dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
     live = [a for a in plan.actions if a.live]
-    if live:
-        yield from [
-            "## ⚠ LIVE — the table people log in with (high risk)",
-            "",
-            "Applied last, and only after a separate confirmation (`--confirm-live`, or typing YES). Each swap "
-            "creates or merges the new item, reads it back and compares it field by field, and deletes the old "
-            "item only if they match; on a mismatch both are kept for review.",
-            "",
-            "| step | key | kind | changes | moves to | existing item there |",
-            "|---:|---|---|---|---|---|",
-        ]
-        yield from (_ddb_row(a) for a in live)
-        yield ""
+    also: dict[tuple[str, str, str], list[Action]] = {}
     if dels:
-        yield from [
-            "## Rows to be deleted (delete-on-conflict)",
-            "",
-            "Each row's new email is already taken under a unique constraint, so the row is deleted as the old "
-            "script did. The whole row is kept in plan.json.",
-            "",
-            "| table | key | column | old → new | why | row |",
-            "|---|---|---|---|---|---|",
-        ]
+        deleted = {_row_id(a) for a in dels}
+        tables = {(t, tb) for t, tb, _ in deleted}
+        for a in plan.actions:
+            if a.kind != "delete-on-conflict" and not a.live and (a.target, a.table) in tables:
+                rid = _row_id(a)
+                if rid in deleted:
+                    also.setdefault(rid, []).append(a)
+    shown_with_delete = {o.id for others in also.values() for o in others}
+    if live:
         yield from (
-            f"| {a.table} | {_key(a.key)} | {a.column} | {_v(a.old, 40)} → {_v(a.new, 40)} | {_v(a.reason, 80)} "
-            f"| {_v(a.row, 120)} |"
-            for a in dels
-        )
-        yield ""
-    if plan.skipped:
-        yield from [
-            "## Skipped because of conflicts (on_conflict: skip)",
-            "",
-            "| table | key | column | old → new | why |",
-            "|---|---|---|---|---|",
-        ]
-        yield from (
-            f"| {s.table} | {_key(s.key)} | {s.column} | {_v(s.old, 40)} → {_v(s.new, 40)} | {_v(s.reason, 80)} |"
-            for s in plan.skipped
-        )
-        yield ""
-    by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
-    for a in plan.actions:
-        if a.kind != "delete-on-conflict" and not a.live:
-            by_table[(a.target, a.table)].append(a)
-    for (target, table), acts in by_table.items():
-        if acts[0].store == "dynamodb":
-            yield from [
-                f"## {target} / {table} (DynamoDB)",
+            (line, 0)
+            for line in [
+                "## ⚠ LIVE — the table people log in with (high risk)",
+                "",
+                "Applied last, and only after a separate confirmation (`--confirm-live`, or typing YES). Each swap "
+                "creates or merges the new item, reads it back and compares it field by field, and deletes the old "
+                "item only if they match; on a mismatch both are kept for review.",
                 "",
                 "| step | key | kind | changes | moves to | existing item there |",
                 "|---:|---|---|---|---|---|",
             ]
-            yield from (_ddb_row(a) for a in acts)
-        else:
-            yield from [
-                f"## {target} / {table}",
+        )
+        yield from ((_ddb_row(a), 1) for a in live)
+        yield "", 0
+    if dels:
+        yield from (
+            (line, 0)
+            for line in [
+                "## Rows to be deleted (⚠ delete-on-conflict)",
                 "",
-                "| step | key | column | kind | old → new |",
-                "|---:|---|---|---|---|",
+                "Each row's new email is already taken under a unique constraint, so the row is deleted as the old "
+                'script did; "why" names the row that holds it. The whole row is kept in plan.json.'
+                + (" Changes planned for a deleted row in other steps are listed beside it." if also else ""),
+                "",
+                "| step | table | key | column | old → new | why |"
+                + (" other steps on this row |" if also else "")
+                + " row |",
+                "|---:|---|---|---|---|---|" + ("---|" if also else "") + "---|",
             ]
-            yield from (
-                f"| {a.step} | {_key(a.key)} | {a.column} | {a.kind} | {_v(a.old)} → {_v(a.new)} |" for a in acts
+        )
+        for a in dels:
+            others = also.get(_row_id(a), [])
+            other = (
+                " " + "<br>".join(f"step {o.step}: {_cell(o.column or '')} {_pg_change(o, 40)}" for o in others) + " |"
+                if also
+                else ""
             )
-        yield ""
+            yield (
+                f"| {a.step} | {_cell(a.target)} / {_cell(a.table)} | {_md_key(a.key)} | {_cell(a.column or '')} "
+                f"| {_pg_change(a, 40)} | {_code(a.reason) if a.reason else ''} |{other} {_md_value(a.row, 120)} |",
+                1 + len(others),
+            )
+        yield "", 0
+    if plan.skipped:
+        yield from (
+            (line, 0)
+            for line in [
+                "## Skipped because of conflicts (on_conflict: skip)",
+                "",
+                "| table | key | column | old → new | why |",
+                "|---|---|---|---|---|",
+            ]
+        )
+        yield from (
+            (
+                f"| {_cell(s.target)} / {_cell(s.table)} | {_md_key(s.key)} | {_cell(s.column)} "
+                f"| {_md_value(s.old, 40)} → {_md_value(s.new, 40)} | {_code(s.reason)} |",
+                1,
+            )
+            for s in plan.skipped
+        )
+        yield "", 0
+    by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
+    for a in plan.actions:
+        if a.kind != "delete-on-conflict" and not a.live and a.id not in shown_with_delete:
+            by_table[(a.target, a.table)].append(a)
+    for (target, table), acts in by_table.items():
+        if acts[0].store == "dynamodb":
+            yield from (
+                (line, 0)
+                for line in [
+                    f"## {target} / {table} (DynamoDB)",
+                    "",
+                    "| step | key | kind | changes | moves to | existing item there |",
+                    "|---:|---|---|---|---|---|",
+                ]
+            )
+            yield from ((_ddb_row(a), 1) for a in acts)
+        else:
+            yield from (
+                (line, 0)
+                for line in [
+                    f"## {target} / {table}",
+                    "",
+                    "| step | key | column | kind | old → new |",
+                    "|---:|---|---|---|---|",
+                ]
+            )
+            yield from (
+                (f"| {a.step} | {_md_key(a.key)} | {_cell(a.column or '')} | {_kind(a.kind)} | {_pg_change(a)} |", 1)
+                for a in acts
+            )
+        yield "", 0
     if plan.reads:
-        yield from [
-            "## How DynamoDB tables were read",
-            "",
-            "| target | table | method | segments | requests | items |",
-            "|---|---|---|---:|---:|---:|",
-        ]
-        yield from [
-            f"| {r.target} | {r.table} | {r.method} | {r.segments} | {r.requests} | {r.items_read} |"
-            for r in plan.reads
-        ]
-        yield ""
+        yield from (
+            (line, 0)
+            for line in [
+                "## How DynamoDB tables were read",
+                "",
+                "| target | table | method | segments | requests | items |",
+                "|---|---|---|---:|---:|---:|",
+                *(
+                    f"| {_cell(r.target)} | {_cell(r.table)} | {r.method} | {r.segments} | {r.requests} "
+                    f"| {r.items_read} |"
+                    for r in plan.reads
+                ),
+                "",
+            ]
+        )
+
+
+# --- text for the terminal ---------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _plain(text: str) -> str:
+    """A cell of a text table on one line of the terminal: control characters shown escaped (\\n, \\x1b), never
+    sent to the terminal, so every row stays one line and the columns stay aligned."""
+    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows (the first is the header) as aligned columns of plain text, two spaces apart, without borders, colours
+    or trailing spaces: one line per row, for grep and scripts. Columns are aligned by what the terminal shows
+    (a CJK character takes two cells), and no cell is ever wrapped or cut: the width is made to fit them all."""
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[_plain(c) for c in r] for r in rows]
+    header, *body = cells
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), highlight=False)
+    for h in header:
+        table.add_column(Text(h), no_wrap=True, overflow="ignore")
+    for r in body:
+        table.add_row(*(Text(c) for c in r))
+    width = sum(max(cell_len(r[i]) for r in cells) + 2 for i in range(len(header))) + 8
+    buf = io.StringIO()
+    console = Console(
+        file=buf,
+        width=width,
+        no_color=True,
+        color_system=None,
+        force_terminal=False,
+        force_jupyter=False,
+        force_interactive=False,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        soft_wrap=False,
+        legacy_windows=False,
+    )
+    console.print(table)
+    return [line.rstrip() for line in buf.getvalue().splitlines()]
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    rows = [("target", "table", "column", "kind", "count")]
+    rows += [(s.target, s.table, s.column, s.kind, str(s.count)) for s in plan.summary]
+    return text_table(rows)
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
     rows = [("target", "table", "kind", "status", "count")]
     for r in report["summary"]:
         rows.append((r["target"], r["table"], r["kind"], r["status"], str(r["count"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = text_table(rows)
     for t in report["targets"]:
         if t.get("error"):
             lines.append(f"{t['target']}: {t['error']}")
@@ -249,8 +504,9 @@ def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:
         finished = h.finished_at or "never (killed or still running)"
         if markdown:
             out.append(
-                f"| {h.started_at or ''} | {finished} | {h.user}@{h.host} | {h.approver or ''} | "
-                f"{'' if h.exit_code is None else h.exit_code} | {outcomes} | {h.journal} |"
+                f"| {h.started_at or ''} | {finished} | {_code(f'{h.user}@{h.host}')} | "
+                f"{_prose(h.approver, table=True) if h.approver else ''} | "
+                f"{'' if h.exit_code is None else h.exit_code} | {outcomes} | {_cell(h.journal)} |"
             )
         else:
             out.append(
@@ -262,17 +518,19 @@ def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:
     return out
 
 
+def _state_counts(states: list[ActionState]) -> list[tuple[str, str, str, int]]:
+    by: dict[tuple[str, str, str], int] = defaultdict(int)
+    for s in states:
+        by[(s.action.target, s.action.table, s.state)] += 1
+    return [(t, tb, st, n) for (t, tb, st), n in sorted(by.items())]
+
+
 def verify_lines(plan: Plan, states: list[ActionState], counts: dict[str, int], limit: int = 200) -> list[str]:
     out = [
         f"plan {plan.digest}: {len(states)} action(s): {counts['after']} after (applied), "
         f"{counts['before']} before (not applied), {counts['drifted']} drifted",
     ]
-    by: dict[tuple[str, str, str], int] = defaultdict(int)
-    for s in states:
-        by[(s.action.target, s.action.table, s.state)] += 1
-    rows = [("target", "table", "state", "count")] + [(t, tb, st, str(n)) for (t, tb, st), n in sorted(by.items())]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out += text_table([("target", "table", "state", "count")] + [(*r[:3], str(r[3])) for r in _state_counts(states)])
     drifted = [s for s in states if s.state == "drifted"]
     if drifted:
         out.append("\nDrifted (neither as planned nor as applied):")
@@ -282,3 +540,62 @@ def verify_lines(plan: Plan, states: list[ActionState], counts: dict[str, int], 
         if len(drifted) > limit:
             out.append(f"  ... and {len(drifted) - limit} more (--format json lists all)")
     return out
+
+
+def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int], limit: int = 200) -> str:
+    """What verify_lines shows, as Markdown for a pull request or an incident note: a headline with the counts, a
+    table by target, table and state, then the drifted actions with their keys and details (at most `limit`, and
+    only while they fit in MD_LIMIT characters)."""
+    n = len(states)
+    if not n:
+        verdict = "nothing to check"
+    elif counts["after"] == n:
+        verdict = "every action is applied"
+    else:
+        verdict = "not every action is applied"
+    out = [
+        "# emailsync verify",
+        "",
+        f"**{_plural(n, 'action', 'actions')}: {counts['after']} after (applied), {counts['before']} before "
+        f"(not applied), {counts['drifted']} drifted**",
+        "",
+        f"- plan: `{plan.digest}`",
+        f"- verdict: {verdict}",
+        "",
+    ]
+    rows = _state_counts(states)
+    if rows:
+        out += ["| target | table | state | count |", "|---|---|---|---:|"]
+        out += [
+            f"| {_cell(t)} | {_cell(tb)} | {'⚠ drifted' if st == 'drifted' else st} | {c} |" for t, tb, st, c in rows
+        ]
+        out.append("")
+    drifted = [s for s in states if s.state == "drifted"]
+    if drifted:
+        out += [
+            "## ⚠ Drifted (neither as planned nor as applied)",
+            "",
+            "| action | target / table | key | kind | detail |",
+            "|---|---|---|---|---|",
+        ]
+        size = sum(len(line) + 1 for line in out) + 200
+        shown = 0
+        for s in drifted[:limit]:
+            a = s.action
+            line = (
+                f"| {_code(a.id)} | {_cell(a.target)} / {_cell(a.table)} | {_md_key(a.key, ddb=a.store == 'dynamodb')} "
+                f"| {_kind(a.kind)} | {_code(s.detail) if s.detail else ''} |"
+            )
+            if size + len(line) + 1 > MD_LIMIT:
+                break
+            out.append(line)
+            size += len(line) + 1
+            shown += 1
+        if shown < len(drifted):
+            out += [
+                "",
+                f"_… {shown} of {len(drifted)} drifted actions shown; "
+                "`emailsync verify --format json` lists them all._",
+            ]
+        out.append("")
+    return "\n".join(out)

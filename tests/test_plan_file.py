@@ -191,8 +191,8 @@ def test_show_renders_the_plan(planned: tuple[Any, Any, Path]) -> None:
     r = ws.run("show", str(path))
     assert r.code == 0, (r.out, r.err)
     assert digest in r.out
-    assert "a@old.com → a@new.com" in r.out
-    assert "b@old.com → b@new.com" in r.out
+    assert "`a@old.com` → `a@new.com`" in r.out
+    assert "`b@old.com` → `b@new.com`" in r.out
     assert r.out.startswith(path.with_name("plan.md").read_text().strip())
     assert r.out.rstrip().endswith("Not applied yet (no apply journal).")
     assert employees(db) == ROWS

@@ -53,7 +53,9 @@ def test_plan_md_fits_a_pull_request_comment(db, ws):
     ws.mappings({f"user{i}@oldco.com": f"user{i}@newco.com" for i in range(1, 3001)})
     r, plan = ws.plan()
     md = (plan.parent / "plan.md").read_text()
-    assert len(md) < 60_000 and "truncated" in md and "| core | public.employees | email | update | 3000 |" in md
+    assert len(md) < 60_000 and "truncated" in md and "**3000 updates in 1 target**" in md
+    assert "### core: 3000 updates\n\n| table | column | kind | count |" in md
+    assert "| public.employees | email | update | 3000 |" in md
     assert len(json.loads(plan.read_text())["actions"]) == 3000
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     assert db.rows("SELECT count(*) FROM employees WHERE email LIKE '%@newco.com'") == [(3000,)]
