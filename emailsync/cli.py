@@ -17,16 +17,79 @@ from typing import Annotated, Any
 import botocore.exceptions
 import psycopg
 import typer
+import typer.core
 
 from emailsync import __version__
+from emailsync.console import INTERRUPTED
 from emailsync.errors import UserError
 
+# The click typer runs on (its own vendored copy in newer releases): its exception classes, found through the one
+# typer exports.
+_CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
+_UsageError: type[Exception] = _CLICK_ERRORS["UsageError"]
+_ClickException: type[Exception] = _CLICK_ERRORS["ClickException"]
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group, with every usage mistake reported like any other: one `error:` line and exit code 1.
+
+    Exit code 2 is `plan --detailed-exitcode`'s "the plan has changes", so click's usage exit code 2 would make a
+    mistyped flag read as changes in CI. Runs in-process too (tests), since it is the group's own main."""
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, **extra: Any
+    ) -> Any:
+        standalone = extra.pop("standalone_mode", True)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as e:
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `emailsync` alone: the help
+                typer.echo(ctx.get_help())
+            else:
+                where = ctx.command_path if ctx is not None else "emailsync"
+                msg = e.format_message().rstrip(".")  # type: ignore[attr-defined]
+                typer.echo(f"error: {msg}; see `{where} --help`", err=True)
+            code = 1  # 2 would read as "the plan has changes"; a lost command word is no success either
+        except _ClickException as e:
+            typer.echo(f"error: {e.format_message()}", err=True)  # type: ignore[attr-defined]
+            code = 1
+        except typer.Abort:  # end of input at a prompt
+            typer.echo("error: no answer at the prompt; nothing was written", err=True)
+            code = 1
+        if code == 130:  # typer turns a Ctrl-C inside a command into Exit(130), silently
+            typer.echo(INTERRUPTED, err=True, nl=False)
+        code = code if isinstance(code, int) else 0
+        if standalone:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
-    add_completion=False,
+    name="emailsync",  # the name in usage and error lines, however the program is started
+    cls=_Commands,
     no_args_is_help=True,
-    help="Plan, review and apply bulk email changes across PostgreSQL databases.",
+    help="Plan, review and apply bulk email changes across PostgreSQL databases and DynamoDB tables, "
+    "the live login table included.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no boxes, no colours, no `<bool>` beside flags; reads the same in a CI log
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_show_version, is_eager=True),
+    ] = False,
+) -> None:
+    """The options of the program itself (the help text is the Typer app's)."""
 
 
 class OnStale(StrEnum):
@@ -68,10 +131,10 @@ def plan(
     out: Annotated[Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")] = None,
     plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path("plans"),
     detailed_exitcode: Annotated[
-        bool, typer.Option(help="Exit 0 when there are no changes, 2 when there are.")
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 when there are no changes, 2 when there are.")
     ] = False,
     redact: Annotated[
-        bool, typer.Option(help="Write plan.md with addresses hashed, for a public pull request.")
+        bool, typer.Option("--redact", help="Write plan.md with addresses hashed, for a public pull request.")
     ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -152,21 +215,33 @@ def plan(
 def apply(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The reviewed plan.json.")],
     targets: TargetsOpt = Path("targets.yaml"),
-    auto_approve: Annotated[bool, typer.Option(help="Do not ask for confirmation.")] = False,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
     on_stale: Annotated[
         OnStale,
         typer.Option(help="abort: roll back a database with stale rows; skip: apply the rest and report them."),
     ] = OnStale.abort,
-    only_target: Annotated[list[str] | None, typer.Option(help="Apply only these targets (repeatable).")] = None,
-    confirm_live: Annotated[bool, typer.Option(help="Approve the live-table actions without a prompt.")] = False,
-    skip_live: Annotated[bool, typer.Option(help="Apply everything except the live-table actions.")] = False,
-    approver: Annotated[
-        str | None, typer.Option(help="Who approved the plan (recorded in the journal, report and ledgers).")
+    only_target: Annotated[
+        list[str] | None, typer.Option(metavar="TARGET", help="Apply only these targets (repeatable).")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Apply a plan the targets' ledgers record as already applied.")] = False,
+    confirm_live: Annotated[
+        bool, typer.Option("--confirm-live", help="Approve the live-table actions without a prompt.")
+    ] = False,
+    skip_live: Annotated[
+        bool, typer.Option("--skip-live", help="Apply everything except the live-table actions.")
+    ] = False,
+    approver: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="Who approved the plan (recorded in the journal, report and ledgers)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a plan the targets' ledgers record as already applied.")
+    ] = False,
     replan_check: Annotated[
         bool,
-        typer.Option(help="Re-plan against the stores first; refuse if anything differs but already-applied actions."),
+        typer.Option(
+            "--replan-check",
+            help="Re-plan against the stores first; refuse if anything differs but already-applied actions.",
+        ),
     ] = False,
     mappings: Annotated[
         Path | None, typer.Option(help="Mappings file for --replan-check; default: the one the plan was made from.")
@@ -217,9 +292,14 @@ def apply(
         return answer.strip() == "yes"
 
     try:
+        if confirm_live and skip_live:
+            raise UserError(
+                "--confirm-live and --skip-live contradict each other: pass --confirm-live to apply the live-table "
+                "actions too, or --skip-live to leave them out; nothing was written"
+            )
+        plan_obj = read_plan(plan_file)  # a missing or broken plan is the first thing to hear about
         if not auto_approve and not _interactive():
             raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
-        plan_obj = read_plan(plan_file)
         unchecked = check_signature(plan_obj, plan_file, plan_key())
         if unchecked:
             typer.echo(f"warning: {unchecked}", err=True)
@@ -294,7 +374,10 @@ def show(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
     format: Annotated[Format, typer.Option("--format", "-f", help="text, markdown or json.")] = Format.markdown,
     redact: Annotated[
-        bool, typer.Option(help="Addresses hashed and whole rows left out, for a public pull request (markdown).")
+        bool,
+        typer.Option(
+            "--redact", help="Addresses hashed and whole rows left out, for a public pull request (markdown)."
+        ),
     ] = False,
 ) -> None:
     """Render a plan (its digest is checked first) and the history of its applies found beside it."""
@@ -333,7 +416,7 @@ def show(
 def verify(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
     targets: TargetsOpt = Path("targets.yaml"),
-    format: Annotated[Format, typer.Option("--format", "-f", help="text or json.")] = Format.text,
+    format: Annotated[Format, typer.Option("--format", "-f", help="text, markdown or json.")] = Format.text,
     quiet: QuietOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
 ) -> None:
@@ -341,7 +424,7 @@ def verify(
     Exit 0 when every action is in its after state, 3 otherwise."""
     from emailsync.config import load_targets
     from emailsync.plan import dumps, read_plan
-    from emailsync.render import verify_lines
+    from emailsync.render import verify_lines, verify_markdown
     from emailsync.verify import counts, verify_plan
 
     try:
@@ -368,6 +451,8 @@ def verify(
                 indent=2,
             )
         )
+    elif format is Format.markdown:
+        typer.echo(verify_markdown(p, states, c))
     else:
         typer.echo("\n".join(verify_lines(p, states, c)))
     raise typer.Exit(0 if c["after"] == len(states) else 3)
@@ -462,10 +547,12 @@ class DiscoverFormat(StrEnum):
 @app.command()
 def discover(
     targets: TargetsOpt = Path("targets.yaml"),
-    target: Annotated[list[str] | None, typer.Option(help="Only these targets of the file (repeatable).")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option(metavar="TARGET", help="Only these targets of the file (repeatable).")
+    ] = None,
     dsn: Annotated[
         list[str] | None,
-        typer.Option(help="A PostgreSQL database to discover without a targets file (repeatable)."),
+        typer.Option(metavar="DSN", help="A PostgreSQL database to discover without a targets file (repeatable)."),
     ] = None,
     dynamodb_endpoint: Annotated[
         str | None, typer.Option(help="A DynamoDB endpoint to discover without a targets file.")
@@ -473,7 +560,7 @@ def discover(
     dynamodb_region: Annotated[str | None, typer.Option(help="The region for --dynamodb-endpoint or AWS.")] = None,
     sample: Annotated[int, typer.Option(help="At most this many rows or items read per table.")] = 1000,
     write: Annotated[
-        bool, typer.Option(help="Merge the proposals into --targets (the old file is kept as a .bak).")
+        bool, typer.Option("--write", help="Merge the proposals into --targets (the old file is kept as a .bak).")
     ] = False,
     format: Annotated[DiscoverFormat, typer.Option("--format", "-f", help="yaml or json.")] = DiscoverFormat.yaml,
     quiet: QuietOpt = False,
@@ -566,7 +653,14 @@ def demo(
 
 sandbox_app = typer.Typer(help="The demo estate left running, to try plan and apply by hand.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-SandboxDir = Annotated[Path, typer.Option("--dir", help="The sandbox's working folder.")]
+SandboxDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="The sandbox's working folder; default: the current folder when a sandbox runs in it, "
+        "else .emailsync-sandbox.",
+    ),
+]
 
 
 def _print_env(env: dict[str, str]) -> None:
@@ -575,23 +669,27 @@ def _print_env(env: dict[str, str]) -> None:
 
 
 @sandbox_app.command("up")
-def sandbox_up(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
+def sandbox_up(dir: SandboxDir = None) -> None:
     """Start the embedded PostgreSQL and local DynamoDB with the demo estate, in the background; print the
     environment that targets.yaml in --dir uses (eval "$(emailsync sandbox up)")."""
     from emailsync import sandbox
 
+    work = dir or sandbox.DEFAULT_DIR
     try:
-        env = sandbox.sandbox_up(dir)
+        env = sandbox.sandbox_up(work)
     except UserError as e:
         _fail(e)
     typer.echo(
-        f"# sandbox running; targets.yaml and email_mappings.json in {dir}; stop: emailsync sandbox down", err=True
+        f"# sandbox running in {work}: targets.yaml, discover.yaml and email_mappings.json; "
+        f"stop it with: emailsync sandbox down --dir {shlex.quote(str(work.resolve()))}  "
+        "(or `emailsync sandbox down` inside that folder)",
+        err=True,
     )
     _print_env(env)
 
 
 @sandbox_app.command("env")
-def sandbox_env(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
+def sandbox_env(dir: SandboxDir = None) -> None:
     """Print the running sandbox's environment variables (eval "$(emailsync sandbox env)")."""
     from emailsync import sandbox
 
@@ -603,15 +701,15 @@ def sandbox_env(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
 
 
 @sandbox_app.command("down")
-def sandbox_down(dir: SandboxDir = Path(".emailsync-sandbox")) -> None:
-    """Stop the sandbox and remove its databases (the files in --dir stay)."""
+def sandbox_down(dir: SandboxDir = None) -> None:
+    """Stop the sandbox and remove its databases (the files in its folder stay)."""
     from emailsync import sandbox
 
     try:
-        sandbox.sandbox_down(dir)
+        work = sandbox.sandbox_down(dir)
     except UserError as e:
         _fail(e)
-    typer.echo(f"sandbox in {dir} stopped")
+    typer.echo(f"sandbox in {work.resolve()} stopped")
 
 
 @app.command()

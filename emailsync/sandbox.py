@@ -89,6 +89,23 @@ dynamodb: []
 """
 
 
+# `emailsync discover` is given just the connections: it proposes the tables, columns and attributes itself.
+DISCOVER_TARGETS = """\
+version: 1
+mappings: email_mappings.json
+postgres:
+  - name: tymeplushr-core
+    dsn: ${TYMEPLUSHR_CORE_DSN}
+dynamodb:
+  - name: tymeplushr-dynamo
+    endpoint_url: ${DYNAMODB_ENDPOINT}
+    region: us-east-1
+"""
+
+# The folder holds .env (credentials) and plans full of people's addresses: never committed by accident.
+GITIGNORE = "# emailsync sandbox: .env holds credentials and plans/ holds people's addresses; keep both out of git\n*\n"
+
+
 @contextmanager
 def embedded_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
     """Start an embedded PostgreSQL with the demo estate; yields {database: dsn} and the work folder."""
@@ -272,6 +289,9 @@ def full_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
     PostgreSQL DSNs, the DynamoDB URL, the work folder and the environment a shell needs (AWS keys included)."""
     with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:
         (work / "targets.yaml").write_text(compose_targets())
+        (work / "discover.yaml").write_text(DISCOVER_TARGETS)
+        if not (work / ".gitignore").exists():
+            (work / ".gitignore").write_text(GITIGNORE)
         with open(work / ".env", "a", encoding="utf-8") as f:
             f.write(f"DYNAMODB_ENDPOINT={url}\n")
         env = {
@@ -459,34 +479,54 @@ def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
     return sandbox_env(work)
 
 
-def sandbox_env(work: Path) -> dict[str, str]:
+DEFAULT_DIR = Path(".emailsync-sandbox")
+
+
+def find_sandbox(work: Path | None) -> Path:
+    """The sandbox folder: --dir when given; else the current folder when a sandbox runs in it (the tour works
+    from inside it), else the default folder."""
+    if work is not None:
+        return work
+    return Path(".") if (Path(".") / STATE).exists() else DEFAULT_DIR
+
+
+def _not_running(work: Path) -> UserError:
+    return UserError(
+        f"{work.resolve()}: no sandbox is running there; start one with `emailsync sandbox up --dir {work}`, "
+        "or run this inside the folder `sandbox up --dir` made"
+    )
+
+
+def sandbox_env(work: Path | None) -> dict[str, str]:
+    work = find_sandbox(work)
     try:
         return dict(json.loads((work / STATE).read_text())["env"])
     except FileNotFoundError:
-        raise UserError(
-            f"{work}: no sandbox is running there; start one with `emailsync sandbox up --dir {work}`"
-        ) from None
+        raise _not_running(work) from None
 
 
-def sandbox_down(work: Path, timeout: float = 30.0) -> None:
+def sandbox_down(work: Path | None, timeout: float = 30.0) -> Path:
+    """Stop the sandbox; returns its folder."""
     import os
     import signal
     import time
 
+    work = find_sandbox(work)
     try:
         pid = int(json.loads((work / STATE).read_text())["pid"])
     except FileNotFoundError:
-        raise UserError(f"{work}: no sandbox is running there") from None
+        raise _not_running(work) from None
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         (work / STATE).unlink(missing_ok=True)  # it died on its own: just forget it
-        return
+        return work
     deadline = time.monotonic() + timeout
     while (work / STATE).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     if (work / STATE).exists():
         raise UserError(f"the sandbox (pid {pid}) did not stop within {timeout:.0f} s; stop it with kill {pid}")
+    return work
 
 
 if __name__ == "__main__":
