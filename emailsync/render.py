@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from emailsync.verify import ActionState
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
+MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # made once: json.dumps with options makes one per call
@@ -211,7 +212,12 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     if plan.summary:
         out += _summary_md(plan.summary)
     if plan.warnings:
-        out += ["## Warnings", ""] + [f"- {_prose(_raw(w, 300))}" for w in plan.warnings] + [""]
+        # Capped like the details: a mappings file can warn once per entry, and plan.md must fit in a comment.
+        shown_w = plan.warnings[:MD_WARNINGS]
+        out += ["## Warnings", ""] + [f"- {_prose(_raw(w, 300))}" for w in shown_w]
+        if len(plan.warnings) > len(shown_w):
+            out.append(f"- _… and {len(plan.warnings) - len(shown_w)} more: `emailsync show PLAN --format text`_")
+        out.append("")
 
     head = "\n".join(out)
     # Lines are rendered only while they fit: a plan of a million actions keeps a few hundred rows of plan.md.

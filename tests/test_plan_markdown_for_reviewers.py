@@ -397,3 +397,24 @@ def test_verify_format_markdown_on_the_command_line_prints_markdown(ws: Any, db:
         + "\n"
     )
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@new.com"), (2, "b@new.com")]
+
+
+def test_plan_md_fits_a_comment_however_many_warnings(ws: Any, db: Any) -> None:
+    """Every mapping whose old and new address are the same warns; 2,000 of them still give a plan.md that fits a
+    pull-request comment, with the rest counted."""
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@old.com')")
+    ws.postgres_targets({"core": db}, "- table: employees\n  columns: [email]\n")
+    same = {
+        f"person.with.a.rather.long.name.{i}@example.com": f"person.with.a.rather.long.name.{i}@example.com"
+        for i in range(2000)
+    }
+    ws.mappings({"a@old.com": "a@new.com", **same})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    warned = len(read_plan(plan).warnings)
+    assert warned >= 2000
+    md = (plan.parent / "plan.md").read_text()
+    assert len(md) < 60_000
+    assert f"and {warned - 50} more" in md
+    assert "`a@old.com` → `a@new.com`" in md  # the change itself is still there
