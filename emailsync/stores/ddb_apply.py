@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +26,7 @@ from emailsync import progress
 from emailsync.config import DynamoTarget
 from emailsync.errors import UserError
 from emailsync.plan import Action
+from emailsync.retry import backoff_sleep
 from emailsync.stores.dynamodb import (
     MAX_EXPRESSION,
     MAX_TX_BYTES,
@@ -346,7 +345,7 @@ class DynamoApplier:
                 )
                 attempt += 1
                 if retryable and attempt < MAX_ATTEMPTS:
-                    _sleep(attempt)
+                    backoff_sleep(attempt)
                     continue
                 detail = f"{code}: {e.response.get('Error', {}).get('Message', '')} {reasons or ''}".strip()
                 for a in batch:
@@ -639,7 +638,3 @@ def _what_changed(what: str, expected: dict[str, Any] | None, found: dict[str, A
     diff = DeepDiff(normalized(expected), normalized(found), verbose_level=2)
     fields = sorted({p.split("[")[1].strip("'\"]") for kind in diff for p in diff[kind]} if diff else set())
     return f"{what} differs from the plan in {', '.join(fields) or 'its content'}"
-
-
-def _sleep(attempt: int) -> None:
-    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))

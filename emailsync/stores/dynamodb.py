@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import random
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +23,13 @@ from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
 from emailsync.plan import dumps
+from emailsync.retry import backoff_sleep, retry
 
 # DynamoDB's real limits, enforced here whether or not the endpoint enforces them.
 MAX_TX_ITEMS = 100
 MAX_TX_BYTES = 4 * 1024 * 1024
 MAX_BATCH_GET = 100
+BATCH_GET_ATTEMPTS = 10  # requests per 100 keys while some come back unprocessed (throttled)
 MAX_EXPRESSION = 4096
 MAX_ITEM_BYTES = 400 * 1024
 MAX_HASH_KEY_BYTES = 2048
@@ -126,17 +126,14 @@ def call(target: DynamoTarget, what: str, fn: Callable[..., Any], **kwargs: Any)
         raise UserError(f"target {target.name!r}: cannot reach DynamoDB at {e.kwargs.get('endpoint_url')}") from None
 
 
+def is_retryable(e: Exception) -> bool:
+    """Throttling, a transaction conflict or a passing server error: the same request may succeed later."""
+    return isinstance(e, botocore.exceptions.ClientError) and e.response.get("Error", {}).get("Code", "") in RETRYABLE
+
+
 def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
     """Retry throttling and transaction conflicts with jittered exponential backoff, a bounded number of times."""
-    for n in range(attempts):
-        try:
-            return fn()
-        except botocore.exceptions.ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code not in RETRYABLE or n == attempts - 1:
-                raise
-            time.sleep(min(2.0, 0.05 * 2**n) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    return retry(fn, attempts=attempts, retryable=is_retryable)
 
 
 def batch_get(target: DynamoTarget, client: Any, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -147,14 +144,15 @@ def batch_get(target: DynamoTarget, client: Any, table: str, keys: list[dict[str
     unique = list({keystr(item_to_json(k)): k for k in keys}.values())  # a request may not repeat a key
     for i in range(0, len(unique), MAX_BATCH_GET):
         pending = {table: {"Keys": unique[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
-        for attempt in range(10):
+        for attempt in range(BATCH_GET_ATTEMPTS):
+            if attempt:
+                backoff_sleep(attempt - 1)
             resp = call(target, f"read {table}", client.batch_get_item, RequestItems=pending)
             for item in resp.get("Responses", {}).get(table, []):
                 out[keystr(item_to_json({k: item[k] for k in names}))] = item
             pending = resp.get("UnprocessedKeys") or {}
             if not pending:
                 break
-            time.sleep(min(2.0, 0.05 * 2**attempt))
         else:
             raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
     return out
