@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
+from emailsync.files import write_atomic
 from emailsync.plan import Plan, loads, write_plan
 from emailsync.render import plan_markdown
 
@@ -35,12 +36,7 @@ def save_plan(plan: Plan, path: Path, *, markdown: str | None = None) -> Path:
 def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
     """report.json beside the plan: the latest apply's outcome per action (fsync'd, then renamed)."""
     out = plan_path.with_name("report.json" if plan_path.name == "plan.json" else plan_path.stem + ".report.json")
-    tmp = out.with_suffix(".json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(_report_text(report))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out)
+    write_atomic(out, _report_text(report))
     return out
 
 
@@ -292,7 +288,4 @@ def record_rollback(plan_path: Path, rollback: Plan, rollback_path: Path) -> Non
         *rollbacks(plan_path),
         RollbackRecord(plan=str(rollback_path), digest=rollback.digest, created_at=rollback.created_at),
     ]
-    out = _rollbacks_path(plan_path)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([r.model_dump() for r in records], indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(_rollbacks_path(plan_path), json.dumps([r.model_dump() for r in records], indent=2) + "\n")

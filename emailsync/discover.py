@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from emailsync.config import (
     string_values,
 )
 from emailsync.errors import UserError
+from emailsync.files import write_atomic
 from emailsync.mappings import is_email
 
 DEFAULT_SAMPLE = 1000
@@ -767,48 +767,54 @@ def write_targets(path: Path, text: str) -> Path | None:
     """Replace targets.yaml atomically after checking the result loads; the old file is kept beside it."""
     env_file = Path(os.path.abspath(path)).parent / ".env"  # where the user's commands will look, link or not
     path = path.resolve()  # through a symlink, so the link stays a link
-    backup = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".discover-", suffix=".yaml", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write beside the targets file ({e.strerror}); nothing was written") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    backup: Path | None = None
+    written = False  # the new file is complete beside the old one
+
+    def check_and_back_up(tmp: Path) -> None:
+        nonlocal backup, written
+        written = True
         try:
             # A merge that does not load is never written. Variables may be unset yet: --dsn asks for them.
-            check_targets(Path(tmp), env_file)
+            check_targets(tmp, env_file)
         except UserError as e:
             raise UserError(
                 f"{path}: the merged file would not load, so nothing was written; please report this",
                 problems=e.problems or [str(e)],
             ) from None
         if path.exists():
-            mode = stat.S_IMODE(path.stat().st_mode)
-            os.chmod(tmp, mode)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            n = 0
-            while True:  # never overwrite an earlier backup: it may be the only copy of the original
-                backup = path.with_name(f"{path.name}.{stamp}{f'-{n}' if n else ''}.bak")
-                try:
-                    # The file's own mode: a private targets file (a literal password) stays private.
-                    bfd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-                    break
-                except FileExistsError:
-                    n += 1
-            with os.fdopen(bfd, "wb") as b:
-                b.write(path.read_bytes())
-                b.flush()
-                os.fsync(b.fileno())
-            os.chmod(backup, mode)  # os.open's mode is narrowed by the umask
-        os.replace(tmp, path)
+            backup = _back_up(path)
+
+    try:
+        # A new file is private (it may come to hold a literal password); a replaced one keeps its mode.
+        write_atomic(path, text, mode=0o600, keep_mode=True, before_replace=check_and_back_up)
     except OSError as e:
+        if not written:
+            raise UserError(
+                f"{path}: cannot write beside the targets file ({e.strerror}); nothing was written"
+            ) from None
         raise UserError(f"{path}: cannot write the targets file ({e.strerror}); it is unchanged") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return backup
+
+
+def _back_up(path: Path) -> Path:
+    """A copy of `path` beside it, named after the time, with the file's own mode (a private targets file holding a
+    literal password stays private). An earlier backup is never overwritten: it may be the only copy of the
+    original."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    n = 0
+    while True:
+        backup = path.with_name(f"{path.name}.{stamp}{f'-{n}' if n else ''}.bak")
+        try:
+            bfd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            break
+        except FileExistsError:
+            n += 1
+    with os.fdopen(bfd, "wb") as b:
+        b.write(path.read_bytes())
+        b.flush()
+        os.fsync(b.fileno())
+    os.chmod(backup, mode)  # os.open's mode is narrowed by the umask
     return backup
 
 

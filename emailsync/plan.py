@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from emailsync.errors import UserError
+from emailsync.files import write_atomic
 from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, read_limited
 
 PLAN_FORMAT = "emailsync.plan/v1"
@@ -384,9 +385,7 @@ def _parse_plan(text: str) -> tuple[Any, Pieces | None]:
 
 def write_plan(plan: Plan, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(render_json(plan), encoding="utf-8")
-    tmp.replace(path)  # never leave a half-written plan under the real name
+    write_atomic(path, render_json(plan))  # never a half-written plan under the real name, even after a crash
 
 
 def read_plan(path: Path) -> Plan:

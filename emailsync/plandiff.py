@@ -20,6 +20,7 @@ from deepdiff import DeepDiff
 from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
+from emailsync.files import write_atomic
 from emailsync.plan import Action, ActionKind, Plan, Skipped, Store, TargetFingerprint, dumps, loads, read_plan
 
 PLANDIFF_FORMAT = "emailsync.plandiff/v1"
@@ -716,12 +717,6 @@ def find_previous(plans_dir: Path, plan: Plan, exclude: Path | None = None) -> P
     return found[0] if found else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)  # readers see the old file or the whole new one, never half of it
-
-
 def diff_paths(plan_path: Path) -> tuple[Path, Path]:
     """Where the diff of a plan goes: diff.md and diff.json beside plan.json, else <stem>.diff.md/.json."""
     if plan_path.name == "plan.json":
@@ -744,6 +739,6 @@ def archive_diff(plan_path: Path, plan: Plan, plans_dir: Path) -> tuple[Path, Pa
         rel = prev_path.resolve().as_posix()
     d = diff_plans(prev, plan).model_copy(update={"old_plan": rel, "new_plan": plan_path.name})
     md_path, json_path = diff_paths(plan_path)
-    _write_atomic(json_path, render_json(d))
-    _write_atomic(md_path, render_markdown(d))
+    write_atomic(json_path, render_json(d))  # readers see the old file or the whole new one, never half of it
+    write_atomic(md_path, render_markdown(d))
     return prev_path, md_path, json_path

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from emailsync.errors import UserError
+from emailsync.files import write_atomic
 
 SCHEMAS: dict[str, list[str]] = {
     "tymeplushr_core": [
@@ -439,9 +440,8 @@ def serve(work: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         with full_estate(work) as (_, _, _, env):
-            tmp = work / (STATE + ".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")
-            tmp.replace(work / STATE)  # written last: its presence means the sandbox is ready
+            # Written last, whole: its presence means the sandbox is ready.
+            write_atomic(work / STATE, json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")
             while True:
                 signal.pause()
     finally:
