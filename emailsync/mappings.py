@@ -620,7 +620,11 @@ def _edges(mappings: Iterable[Mapping], match: Match) -> dict[str, tuple[str, Ma
 
 
 def _find_cycles(edges: dict[str, tuple[str, Mapping]]) -> list[list[Mapping]]:
-    """Cycles of a graph where each node has at most one outgoing edge; each is found once, in walk order."""
+    """Cycles of a graph where each node has at most one outgoing edge; each is found once, in walk order.
+
+    Not graphlib.TopologicalSorter: its CycleError names one cycle where every cycle must be reported, and on
+    1M mappings with many chains or cycles it was 2.5-4.5 times slower than this walk (measured for issue 17).
+    """
     # Only a node whose target has an edge itself can be on a cycle; usually that is very few of them.
     edges = {k: e for k, e in edges.items() if e[0] in edges}
     state: dict[str, int] = {}  # 1: on the walk in progress, 2: finished
