@@ -63,8 +63,8 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 
 
 def test_matching_ignores_times_digests_and_paths_and_nothing_else():
-    exp = ["plan sha256:b5fa768d70d8597b: 20 action(s)", "...", "Plan: plans/20261125T013537Z-b5fa768d70d8/plan.json"]
-    act = ["plan sha256:0123456789abcdef: 20 action(s)", "a", "b", "Plan: plans/20270101T000000Z-0123456789ab/plan.json"]
+    exp = ["plan sha256:b5fa768d70d8597b: 20 action(s)", "...", "Plan: plans/20261125T013537Z-b5fa768d70d8/p.json"]
+    act = ["plan sha256:0123456789abcdef: 20 action(s)", "a", "b", "Plan: plans/20270101T000000Z-0123456789ab/p.json"]
     assert matches(exp, act)
     assert not matches(exp, [act[0].replace("20", "21"), act[3]])
     assert matches(["stop: down --dir /home/you/sandbox"], ["stop: down --dir /tmp/pytest-1/x/sandbox"])
@@ -75,9 +75,7 @@ def test_the_readme_tour_runs_as_shown(tmp_path):
     steps = tour_commands((ROOT / "README.md").read_text())
     assert steps[0][0].startswith('eval "$(emailsync sandbox up --dir sandbox)"'), steps[0]
     assert any(cmd.startswith("emailsync sandbox down") for cmd, _ in steps), "the tour stops its sandbox"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TYMEPLUSHR_", "DYNAMODB_", "EMAILSYNC_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TYMEPLUSHR_", "DYNAMODB_", "EMAILSYNC_"))}
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)}
     env.pop("NO_COLOR", None)
     state = tmp_path / ".tour-env"
@@ -89,7 +87,17 @@ def test_the_readme_tour_runs_as_shown(tmp_path):
             for shown, real in folders.items():
                 cmd = cmd.replace(shown, real)
             # One shell per command, carrying the working folder and exported variables on like a terminal does.
-            script = f"{'. ' + str(state) if state.exists() else ':'}\ncd {cwd}\n{cmd}\nrc=$?\nexport -p > {state}\npwd > {state}.cwd\nexit $rc\n"
+            script = "\n".join(
+                [
+                    f". {state}" if state.exists() else ":",
+                    f"cd {cwd}",
+                    cmd,
+                    "rc=$?",
+                    f"export -p > {state}",
+                    f"pwd > {state}.cwd",
+                    "exit $rc",
+                ]
+            )
             r = subprocess.run(
                 ["bash", "--noprofile", "--norc", "-c", script],
                 env=env,

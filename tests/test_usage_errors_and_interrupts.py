@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_user_error, listing, refused, snapshot
+from helpers import listing, refused, snapshot
 
 from emailsync import __version__
 from emailsync.console import INTERRUPTED
