@@ -490,19 +490,23 @@ def find_sandbox(work: Path | None) -> Path:
     return Path(".") if (Path(".") / STATE).exists() else DEFAULT_DIR
 
 
-def _not_running(work: Path) -> UserError:
+def _not_running(work: Path, given: bool) -> UserError:
+    if not given:  # looked in the current folder, then the default one
+        return UserError(
+            f"no sandbox is running in {Path.cwd()} or in {DEFAULT_DIR.resolve()}; start one with "
+            "`emailsync sandbox up --dir DIR`, or pass --dir DIR for one running elsewhere"
+        )
     return UserError(
-        f"{work.resolve()}: no sandbox is running there; start one with `emailsync sandbox up --dir {work}`, "
-        "or run this inside the folder `sandbox up --dir` made"
+        f"{work.resolve()}: no sandbox is running there; start one with `emailsync sandbox up --dir {work}`"
     )
 
 
 def sandbox_env(work: Path | None) -> dict[str, str]:
-    work = find_sandbox(work)
+    given, work = work is not None, find_sandbox(work)
     try:
         return dict(json.loads((work / STATE).read_text())["env"])
     except FileNotFoundError:
-        raise _not_running(work) from None
+        raise _not_running(work, given) from None
 
 
 def sandbox_down(work: Path | None, timeout: float = 30.0) -> Path:
@@ -511,11 +515,11 @@ def sandbox_down(work: Path | None, timeout: float = 30.0) -> Path:
     import signal
     import time
 
-    work = find_sandbox(work)
+    given, work = work is not None, find_sandbox(work)
     try:
         pid = int(json.loads((work / STATE).read_text())["pid"])
     except FileNotFoundError:
-        raise _not_running(work) from None
+        raise _not_running(work, given) from None
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -24,6 +24,14 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
         env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in r.stdout.splitlines())
         assert set(env) >= {"TYMEPLUSHR_CORE_DSN", "TYMEPLUSHR_LEAVE_DSN", "DYNAMODB_ENDPOINT", "AWS_ACCESS_KEY_ID"}
         assert _cli("sandbox", "env", "--dir", str(box), cwd=str(tmp_path)).stdout == r.stdout
+        # Inside its folder (where the tour sends you) the sandbox is found without --dir, and `up` said how to
+        # stop it from anywhere.
+        assert _cli("sandbox", "env", cwd=str(box)).stdout == r.stdout
+        assert f"emailsync sandbox down --dir {box.resolve()}" in r.stderr
+        # The folder says what `discover` needs and keeps its credentials and plans out of git.
+        assert "tables" not in (box / "discover.yaml").read_text()
+        assert "${TYMEPLUSHR_CORE_DSN}" in (box / "discover.yaml").read_text()
+        assert (box / ".gitignore").read_text().splitlines()[-1] == "*"
         # A second `up` on the same folder is refused.
         assert_user_error(ws.run("sandbox", "up", "--dir", str(box)), "already running")
         for k, v in env.items():
@@ -38,8 +46,11 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
             assert c.execute("SELECT email FROM employees WHERE id = 2").fetchone() == ("jane.smith@newco.com",)
         pid = json.loads((box / "sandbox.json").read_text())["pid"]
     finally:
-        down = _cli("sandbox", "down", "--dir", str(box), cwd=str(tmp_path))
+        down = _cli("sandbox", "down", cwd=str(box))  # from inside its folder
+        if down.returncode:
+            _cli("sandbox", "down", "--dir", str(box), cwd=str(tmp_path))
     assert down.returncode == 0, down.stderr
+    assert down.stdout == f"sandbox in {box.resolve()} stopped\n"
     assert not (box / "sandbox.json").exists()
     for _ in range(50):  # the background process is gone
         try:
@@ -51,3 +62,5 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
         raise AssertionError(f"sandbox process {pid} still running")
     assert_user_error(ws.run("sandbox", "env", "--dir", str(box)), "no sandbox is running")
     assert_user_error(ws.run("sandbox", "down", "--dir", str(box)), "no sandbox is running")
+    ws.monkeypatch.chdir(box)  # inside the stopped sandbox's folder: the same answer, naming the folder
+    assert_user_error(ws.run("sandbox", "down"), f"no sandbox is running in {box.resolve()} or in", "--dir DIR")
