@@ -54,9 +54,13 @@ class _Commands(typer.core.TyperGroup):
         except _ClickException as e:
             typer.echo(f"error: {e.format_message()}", err=True)  # type: ignore[attr-defined]
             code = 1
-        except typer.Abort:  # end of input at a prompt
-            typer.echo("error: no answer at the prompt; nothing was written", err=True)
-            code = 1
+        except typer.Abort as e:  # a prompt ended by Ctrl-C (an interruption like any other) or by end of input
+            if isinstance(e.__context__, KeyboardInterrupt):
+                typer.echo("", err=True)  # end the prompt's line: the message gets a line of its own
+                code = 130
+            else:
+                typer.echo("error: no answer at the prompt; nothing was written", err=True)
+                code = 1
         if code == 130:  # typer turns a Ctrl-C inside a command into Exit(130), silently
             typer.echo(INTERRUPTED, err=True, nl=False)
         code = code if isinstance(code, int) else 0

@@ -227,11 +227,47 @@ def test_no_color_is_honoured_on_a_terminal(ws, db):
     _estate(ws, db)
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")}
     env["TERM"] = "xterm-256color"
-    coloured = _on_a_terminal([str(SCRIPT), "plan"], ws.path, env)
+    coloured = _on_a_terminal([str(SCRIPT), "plan", "--out", "c/plan.json"], ws.path, env)
     assert COLOUR.search(coloured), "the progress bar shows colours on a terminal (the check below means something)"
-    plain = _on_a_terminal([str(SCRIPT), "plan"], ws.path, env | {"NO_COLOR": "1"})
+    plain = _on_a_terminal([str(SCRIPT), "plan", "--out", "p/plan.json"], ws.path, env | {"NO_COLOR": "1"})
     assert b"action(s)" in plain
     assert not COLOUR.search(plain), plain[:500]
     for args in (["--help"], ["apply", "--help"], ["plan", "--bogus"]):
         out = _on_a_terminal([str(SCRIPT), *args], ws.path, env | {"NO_COLOR": "1"})
         assert not COLOUR.search(out) and b"\x1b[" not in out, out[:300]
+
+
+def test_ctrl_c_at_the_approval_prompt_is_one_line_exit_130_and_writes_nothing(ws, db):
+    """On a real terminal: apply asks for `yes`; Ctrl-C there (the terminal sends SIGINT) ends it like anywhere
+    else, and the database is untouched."""
+    plan = _estate(ws, db)
+    rows = db.rows("SELECT * FROM employees ORDER BY id")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child, on the pseudo-terminal
+        os.chdir(ws.path)
+        os.execve(str(SCRIPT), [str(SCRIPT), "apply", str(plan), "--quiet"], dict(os.environ, NO_COLOR="1"))
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"Only 'yes' is accepted" not in out:
+        assert time.monotonic() < deadline, out
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            out += os.read(fd, 65536)
+    os.write(fd, b"\x03")  # Ctrl-C, as typed
+    while True:
+        try:
+            ready, _, _ = select.select([fd], [], [], 30)
+            chunk = os.read(fd, 65536) if ready else b""
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130, out
+    after_prompt = out.split(b"Only 'yes' is accepted", 1)[1].decode()
+    lines = [ln for ln in after_prompt.replace("\r", "").splitlines() if ln.strip(": ") not in ("", "^C")]
+    assert lines == [INTERRUPTED.strip()], out
+    assert "Traceback" not in out.decode()
+    assert db.rows("SELECT * FROM employees ORDER BY id") == rows
+    assert db.rows("SELECT count(*) FROM emailsync.ledger") == [(0,)]  # no run recorded: it never started
