@@ -271,3 +271,41 @@ def test_ctrl_c_at_the_approval_prompt_is_one_line_exit_130_and_writes_nothing(w
     assert "Traceback" not in out.decode()
     assert db.rows("SELECT * FROM employees ORDER BY id") == rows
     assert db.rows("SELECT count(*) FROM emailsync.ledger") == [(0,)]  # no run recorded: it never started
+
+
+def test_ctrl_c_while_applying_rolls_back_and_a_rerun_finishes_the_plan(ws, db):
+    """Apply waits for a row another session holds; Ctrl-C there: one line, exit 130, the transaction rolled back
+    (no row changed), and running the same command again applies the whole plan."""
+    plan = _estate(ws, db)
+    rows = db.rows("SELECT * FROM employees ORDER BY id")
+    import psycopg
+
+    holder = psycopg.connect(db.dsn)
+    holder.execute("SELECT * FROM employees WHERE id = 1 FOR UPDATE")
+    watcher = psycopg.connect(db.dsn, autocommit=True)
+    try:
+        proc = subprocess.Popen(
+            [str(SCRIPT), "apply", str(plan), "--auto-approve", "--quiet"],
+            cwd=ws.path,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+        def waiting() -> bool:
+            q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            return watcher.execute(q).fetchone()[0] > 0
+
+        code, err = _interrupt_when(proc, waiting)
+        assert (code, err) == (130, INTERRUPTED)
+        holder.rollback()
+        assert db.rows("SELECT * FROM employees ORDER BY id") == rows
+    finally:
+        holder.close()
+        watcher.close()
+    r = subprocess.run(
+        [str(SCRIPT), "apply", str(plan), "--auto-approve", "--quiet"], cwd=ws.path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert db.rows("SELECT * FROM employees ORDER BY id") == [(1, "a@n.com"), (2, "b@o.com")]
+    assert db.rows("SELECT status FROM emailsync.ledger WHERE status = 'complete'") == [("complete",)]
