@@ -666,6 +666,106 @@ def test_signed_plans_with_the_plan_key_secret(gh: GitHub, estate: Any, planned_
     assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [f"{folder}/plan.json", f"{folder}/plan.md"]
 
 
+def _merge(gh: GitHub, branch: str, number: int) -> dict[str, Any]:
+    """Merge `branch` into main (the developer's clone, brought up to origin's main first) with a merge commit,
+    push, and return the push event."""
+    gh.git("checkout", "-q", "main", cwd=gh.dev)
+    gh.git("fetch", "-q", "origin", cwd=gh.dev)
+    gh.git("merge", "-q", "--ff-only", "origin/main", cwd=gh.dev)
+    before = gh.git("rev-parse", "HEAD", cwd=gh.dev)
+    gh.git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "merge", "-q", "--no-ff",
+           "-m", f"Merge pull request #{number} from acme/{branch}", branch, cwd=gh.dev)  # fmt: skip
+    gh.git("push", "-q", "origin", "main", cwd=gh.dev)
+    return push_event(before, gh.git("rev-parse", "HEAD", cwd=gh.dev))
+
+
+def _public_tables(db: Any) -> dict[str, Any]:
+    """Every row of every table but emailsync's own (its ledger records each apply)."""
+    return {k: v for k, v in snapshot(db).items() if k != "schemas" and not k.startswith("emailsync.")}
+
+
+@pytest.mark.parametrize("plan_key", ["no plan key", "the plan key", "the plan key, rollback made without it"])
+def test_a_merged_rollback_plan_is_applied_without_replan_check(gh: GitHub, estate: Any, plan_key: str) -> None:
+    """`apply --replan-check` refuses a rollback plan (nothing to re-plan): the apply job leaves the flag out for one,
+    and the rollback a person makes with `emailsync rollback` and merges puts every row back."""
+    core, leave = estate
+    keyed = plan_key != "no plan key"
+    secrets = _secrets(core, leave, **({"EMAILSYNC_PLAN_KEY": KEY} if keyed else {}))
+    originally = [_public_tables(core), _public_tables(leave)]
+    open_pull_request(gh)
+    _, folder = run_plan_job(gh, secrets)
+    job = run_apply_job(gh, merge_pull_request(gh), secrets)
+    assert job.ok, job.log()
+    assert _tables(core, leave) == (EMPLOYEES_AFTER, LEAVE_AFTER)
+
+    # The rollback, made locally in a checkout of main (the archive: no DSN needed), on a branch of its own.
+    gh.git("fetch", "-q", "origin", cwd=gh.dev)
+    gh.git("checkout", "-q", "-b", "rollback", "origin/main", cwd=gh.dev)
+    env = {**gh.env, **({"EMAILSYNC_PLAN_KEY": KEY} if plan_key == "the plan key" else {})}
+    r = subprocess.run([str(VENV_BIN / "emailsync"), "rollback", folder], cwd=gh.dev, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    gh.git("add", "plans", cwd=gh.dev)
+    added = gh.git("diff", "--cached", "--name-only", cwd=gh.dev).splitlines()
+    (rb_plan,) = [f for f in added if f.endswith("/plan.json")]
+    rb_folder = rb_plan.removesuffix("/plan.json")
+    assert f"{folder}/rollbacks.json" in added and f"{rb_folder}/plan.md" in added
+    rollback = json.loads((gh.dev / rb_plan).read_text())
+    assert rollback["rollback_of"]["plan_folder"].endswith(folder.removeprefix("plans/"))
+    assert bool(rollback.get("signature")) is (plan_key == "the plan key")
+    gh.git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "commit", "-qm",
+           f"roll back {folder}", cwd=gh.dev)  # fmt: skip
+    gh.git("push", "-q", "origin", "rollback", cwd=gh.dev)
+    event = _merge(gh, "rollback", 8)
+
+    job = run_apply_job(gh, event, secrets)
+    assert job.step("find").outputs == {"plan": rb_plan, "folder": rb_folder}
+    assert "::warning::" not in job.step("find").out  # the original plan has its report: nothing left unapplied
+    if plan_key == "the plan key, rollback made without it":
+        # Unsigned, with the key in use: refused before anything was written, like any unsigned plan.
+        assert not job.ok and "the plan is not signed" in job.step("apply").err
+        assert _tables(core, leave) == (EMPLOYEES_AFTER, LEAVE_AFTER)
+        assert gh.origin_sha("main") == event["sha"]
+        return
+    assert job.ok, job.log()
+    assert "--replan-check" not in job.log()
+    assert [_public_tables(core), _public_tables(leave)] == originally  # every row back, whole
+    assert _tables(core, leave) == (EMPLOYEES, LEAVE)
+    n = len(rollback["actions"])
+    assert n > 0 and re.search(rf"\b{n} after \(applied\), 0 before", job.step("apply").out), job.step("apply").out
+
+    # The rollback's journal and report were committed to main, like any plan's.
+    assert gh.git("log", "-1", "--format=%an <%ae>%n%s", "main", cwd=gh.origin) == (
+        f"{BOT}\nemailsync apply report {rb_folder}"
+    )
+    assert gh.origin_sha("main^") == event["sha"]
+    files = gh.origin_files("main")
+    assert [f for f in files if re.fullmatch(rf"{re.escape(rb_folder)}/apply-[^/]+\.jsonl", f)]
+    report = json.loads(gh.origin_text("main", f"{rb_folder}/report.json"))
+    assert report["plan_digest"] == rollback["digest"]
+    assert {a["status"] for a in report["actions"]} == {"applied"} and len(report["actions"]) == n
+
+
+def test_an_ordinary_plan_is_still_replan_checked(gh: GitHub, estate: Any) -> None:
+    """Leaving --replan-check out for rollbacks leaves it in for every other plan: a row changed after the review
+    makes the apply refuse, before writing anything."""
+    core, leave = estate
+    secrets = _secrets(core, leave)
+    open_pull_request(gh)
+    _, folder = run_plan_job(gh, secrets)
+    event = merge_pull_request(gh)
+    core.execute("INSERT INTO employees VALUES (5, 'bo@partner.org', 'raj@oldco.com', 'Bo Lind', '+1 555 0105')")
+    before_dbs = [snapshot(core), snapshot(leave)]
+
+    job = run_apply_job(gh, event, secrets)
+    assert not job.ok and job.step("apply").outcome == "failure"
+    err = job.step("apply").err
+    assert "--replan-check: the stores no longer match the reviewed plan" in err and "is new since the review" in err
+    assert [snapshot(core), snapshot(leave)] == before_dbs
+    assert gh.origin_sha("main") == event["sha"]  # refused: no journal or report to commit
+    assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [f"{folder}/plan.json", f"{folder}/plan.md"]
+
+
 # --- finding the plan of a push: no database needed -----------------------------------------------------------
 
 
@@ -732,3 +832,82 @@ def test_a_push_that_adds_no_plan_applies_nothing(gh: GitHub) -> None:
     assert "This push adds no plan (plans/*/plan.json): nothing to apply." in job.step("find").out
     assert [s.outcome for s in job.steps[-2:]] == ["skipped", "skipped"]
     assert gh.origin_sha("main") == after and not [c for c in gh.gh_calls() if c["args"][:1] == ["api"]]
+
+
+def test_a_merged_plan_left_unapplied_is_named_in_a_warning(gh: GitHub) -> None:
+    """GitHub keeps one pending run per concurrency group by default: a third run cancels the pending one, so a
+    merged plan can go unapplied with nothing failing. Every run of the apply job names such plans, applies only its
+    own push's plan, and stays quiet about plans applied (journal or report.json) or replaced by a later plan."""
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    assert wf["jobs"]["apply"]["concurrency"]["cancel-in-progress"] is False  # never stop an apply part way
+    applied, late, a1, a2, b = (
+        "plans/20260101T000000Z-111111111111",  # applied: its report is on main
+        "plans/20260102T000000Z-222222222222",  # applied: its run committed the report after B's push
+        "plans/20260103T000000Z-a1a1a1a1a1a1",  # pull request A's first plan, replaced by its second
+        "plans/20260104T000000Z-a2a2a2a2a2a2",  # pull request A's plan as merged: its run was cancelled
+        "plans/20260106T000000Z-bbbbbbbbbbbb",  # pull request B's plan: this push
+    )
+    estate = {"targets.yaml": TARGETS, "email_mappings.json": json.dumps(OLD_MAPPINGS)}
+    gh.commit(
+        {**estate, f"{applied}/plan.json": "{}\n", f"{applied}/report.json": "{}\n"}, "the estate, a plan applied"
+    )
+    gh.git("push", "-q", "origin", "main", cwd=gh.dev)
+    gh.git("branch", "a", cwd=gh.dev)  # A and B branch off here: no later plan is made on top of `late`
+    gh.git("branch", "b", cwd=gh.dev)
+    gh.git("checkout", "-q", "-b", "l", cwd=gh.dev)
+    gh.commit({f"{late}/plan.json": "{}\n"}, "emailsync plan (L)")
+    _merge(gh, "l", 10)  # its run applies `late` while A and B are merged
+    gh.git("checkout", "-q", "a", cwd=gh.dev)
+    gh.commit({f"{a1}/plan.json": "{}\n"}, "emailsync plan (first push of A)")
+    gh.commit({"email_mappings.json": "{}"}, "A: the mappings once more")
+    gh.commit({f"{a2}/plan.json": "{}\n"}, "emailsync plan (second push of A)")
+    _merge(gh, "a", 11)  # its run waits behind the one applying `late`, then B's push cancels it
+    gh.git("checkout", "-q", "b", cwd=gh.dev)
+    gh.commit({f"{b}/plan.json": "{}\n"}, "emailsync plan (B)")
+    event = _merge(gh, "b", 12)
+    gh.commit({f"{late}/apply-20260106T000100Z.jsonl": "{}\n", f"{late}/report.json": "{}\n"}, "emailsync apply report")
+    gh.git("push", "-q", "origin", "main", cwd=gh.dev)
+    assert gh.origin_sha("main") != event["sha"]
+
+    job = run_apply_job(gh, event, {}, stop_after="find")
+    assert job.ok, job.log()
+    find = job.step("find")
+    assert find.outputs == {"plan": f"{b}/plan.json", "folder": b}  # B's plan only
+    warnings = [line for line in find.out.splitlines() if line.startswith("::warning::")]
+    assert warnings == [
+        f"::warning::{a2}/plan.json is on main but was never applied (no apply-*.jsonl or report.json in its folder) "
+        "and no later plan replaces it; its run was perhaps cancelled, rejected or failed. Apply it by hand and commit "
+        "its journal and report.json, or delete its folder in a pull request if it must not be applied. This workflow "
+        "does not apply it."
+    ], find.out
+
+
+@pytest.mark.parametrize("b_branches", ["before A and R are merged", "after A and R are merged"])
+def test_only_a_later_ordinary_plan_made_on_top_replaces_an_unapplied_plan(gh: GitHub, b_branches: str) -> None:
+    """A plan made on top of an unapplied one plans its changes too (the mappings carry them and the stores still
+    lack them), so it replaces it; a rollback plan R is replaced only by a later rollback of the same plan."""
+    x, a, r, b = (
+        "plans/20260101T000000Z-111111111111",
+        "plans/20260103T000000Z-aaaaaaaaaaaa",
+        "plans/20260104T000000Z-rrrrrrrrrrrr",
+        "plans/20260106T000000Z-bbbbbbbbbbbb",
+    )
+    rollback = json.dumps({"rollback_of": {"plan_digest": "sha256:" + "1" * 64, "plan_folder": x}})
+    gh.commit({"targets.yaml": TARGETS, f"{x}/plan.json": "{}\n", f"{x}/report.json": "{}\n"}, "the estate")
+    gh.git("push", "-q", "origin", "main", cwd=gh.dev)
+    gh.git("branch", "b", cwd=gh.dev)
+    for branch, folder, text, number in [("a", a, "{}\n", 11), ("r", r, rollback, 12)]:
+        gh.git("checkout", "-q", "-b", branch, "main", cwd=gh.dev)
+        gh.commit({f"{folder}/plan.json": text}, f"plan {folder}")
+        _merge(gh, branch, number)
+    if b_branches.startswith("after"):
+        gh.git("branch", "-f", "b", "main", cwd=gh.dev)
+    gh.git("checkout", "-q", "b", cwd=gh.dev)
+    gh.commit({f"{b}/plan.json": "{}\n"}, "emailsync plan (B)")
+    event = _merge(gh, "b", 13)
+
+    job = run_apply_job(gh, event, {}, stop_after="find")
+    assert job.ok, job.log()
+    assert job.step("find").outputs["plan"] == f"{b}/plan.json"
+    named = re.findall(r"^::warning::(\S+) is on main but was never applied", job.step("find").out, re.M)
+    assert named == ([f"{a}/plan.json", f"{r}/plan.json"] if b_branches.startswith("before") else [f"{r}/plan.json"])
