@@ -154,8 +154,9 @@ def apply_plan(
             past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
             past = [p for p in past if p.run_id not in killed]
             _refuse_replay(plan, past, set(by_target), force, warn)
-            # A target its ledger already records as complete is only re-checked: the ledger keeps one run of
-            # the plan per target, however often a --skip-live or --only-target rerun re-checks it.
+            # A target its ledger already records as complete is re-checked: the ledger keeps one run of the plan
+            # per target however often a --skip-live or --only-target rerun re-checks it, and records a rerun only
+            # if it wrote something (a row changed back since) or found it stale (see PgLedger.finish).
             rechecked = set() if force else {p.target for p in past}
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
@@ -212,7 +213,7 @@ def apply_plan(
                 elif live_actions:
                     results.append(DynamoApplier(ddb, client, live_actions, on_stale, write).run())
             for ddb, _, actions, dl in ddb_prepared:
-                if dl is None or ddb.name in rechecked:
+                if dl is None:
                     continue
                 outcomes = {i: o.status for r in results if r.target == ddb.name for i, o in r.outcomes.items()}
                 full = len(actions) == planned[ddb.name]
@@ -258,7 +259,10 @@ def _refuse_replay(
         # Part of the plan is still to do (a --skip-live or --only-target run before): go on; the finished
         # targets' actions are re-checked and come out already-applied.
         for p in first.values():
-            warn(f"already applied completely on target {p.describe()}; its actions are only re-checked")
+            warn(
+                f"already applied completely on target {p.describe()}; its actions are re-checked (a row or item "
+                "changed back since is written again, and that run recorded)"
+            )
         return
     raise UserError(
         f"this plan ({plan.digest[:19]}) has already been applied completely; nothing was written. "

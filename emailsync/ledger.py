@@ -205,6 +205,11 @@ class PgLedger:
     def start(self) -> None:
         if not self.target.ledger:
             return
+        self._insert_running()
+        self.conn.commit()  # recorded even if the apply is killed
+        self.started = True
+
+    def _insert_running(self) -> None:
         r = self.run
         self.conn.execute(
             sql.SQL(
@@ -213,19 +218,28 @@ class PgLedger:
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (r.run_id, self.target.name, r.plan_digest, r.started_at, r.user, r.host, r.approver, __version__),
         )
-        self.conn.commit()  # recorded even if the apply is killed
-        self.started = True
 
     def finish(self, status: str, counts: dict[str, int]) -> None:
-        """Record the end of the run in the current transaction (the caller commits or rolls back with it)."""
-        if not self.target.ledger or not self.started:
+        """Record the end of the run in the current transaction (the caller commits or rolls back with it).
+
+        A run that was not started (it only re-checks a target the ledger records as complete) is recorded here,
+        in the same transaction, if it found anything but already-applied actions: what it wrote, or what it found
+        stale, belongs in the ledger; a pure re-check does not."""
+        if not self.target.ledger or (not self.started and only_rechecked(counts)):
             return
+        if not self.started:
+            self._insert_running()
         self.conn.execute(
             sql.SQL(
                 "UPDATE {}.ledger SET status = %s, finished_at = now(), counts = %s WHERE run_id = %s AND target = %s"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (status, psycopg.types.json.Jsonb(counts), self.run.run_id, self.target.name),
         )
+
+
+def only_rechecked(counts: dict[str, int]) -> bool:
+    """The run found every action already applied: nothing written, nothing to report."""
+    return all(status == "already-applied" for status, n in counts.items() if n)
 
 
 def _ts(v: Any) -> str:
@@ -390,8 +404,12 @@ class DynamoLedger:
         self.started = True
 
     def finish(self, status: str, counts: dict[str, int]) -> None:
+        """Record the end of the run; one that only re-checked a completed target is recorded if it found anything
+        but already-applied actions (see PgLedger.finish)."""
         if not self.started:
-            return
+            if only_rechecked(counts):
+                return
+            self.start()
         self.client.update_item(
             TableName=self.table,
             Key=self._run_key(),
