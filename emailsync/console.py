@@ -3,35 +3,42 @@ moment, and a Ctrl-C landing there (or anywhere later) ends with one line and ex
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
 INTERRUPTED = "error: interrupted (Ctrl-C); an interrupted apply resumes when run again\n"
 
 
-def _interrupted_now(signum: int, frame: object) -> None:
-    # While exiting: no more Python to unwind into, just the line and the code.
-    os.write(2, INTERRUPTED.encode())
-    os._exit(130)
-
-
 def main() -> None:
     try:
-        from emailsync.cli import main as cli_main
-
-        cli_main()
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the message
-        sys.stderr.write(INTERRUPTED)
-        sys.stderr.flush()
-        code = 130
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, int | None):
-            sys.stderr.write(f"{e.code}\n")
-    else:
-        code = 0
-    # Interpreter shutdown (thread joins, atexit) can take a moment too: a Ctrl-C there exits at once.
-    signal.signal(signal.SIGINT, _interrupted_now)
+        code = _run()
+        # The outcome is decided: a Ctrl-C during interpreter shutdown (thread joins, atexit) is ignored rather than
+        # left to kill the process by signal, which would hide the exit code. Python leaves an ignored signal
+        # ignored to the very end of its finalization.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # landed between the command's end and the line above
+        code = _interrupted()
     sys.exit(code)
+
+
+def _run() -> int:
+    try:
+        try:
+            from emailsync.cli import main as cli_main
+
+            cli_main()
+            return 0
+        except SystemExit as e:
+            if isinstance(e.code, int | None):
+                return e.code or 0
+            sys.stderr.write(f"{e.code}\n")
+            return 1
+    except KeyboardInterrupt:  # while loading, or in the SystemExit handler above
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the message
+    sys.stderr.write(INTERRUPTED)
+    sys.stderr.flush()
+    return 130

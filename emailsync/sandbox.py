@@ -12,9 +12,10 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import psycopg
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
@@ -426,7 +427,20 @@ def compose_targets() -> str:
 
 # -- a sandbox left running: `emailsync sandbox up|env|down` ---------------------------------------------------------
 
-STATE = "sandbox.json"
+# A name of its own: `sandbox env` and `down` look for it in the current folder, and what they read is eval'd by a
+# shell and decides which process gets a SIGTERM, so it is checked (SandboxState) before it is used.
+STATE = "emailsync-sandbox.json"
+_SERVE = "from emailsync.sandbox import serve"  # in the background process's command line
+
+
+class SandboxState(BaseModel):
+    """The running sandbox, as `serve` records it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["emailsync-sandbox"]
+    pid: int
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str]
 
 
 def serve(work: Path) -> None:
@@ -440,12 +454,38 @@ def serve(work: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         with full_estate(work) as (_, _, _, env):
+            state = SandboxState(kind="emailsync-sandbox", pid=os.getpid(), env=env)
             # Written last, whole: its presence means the sandbox is ready.
-            write_atomic(work / STATE, json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")
+            write_atomic(work / STATE, state.model_dump_json(indent=2) + "\n")
             while True:
                 signal.pause()
     finally:
         (work / STATE).unlink(missing_ok=True)  # after the servers stopped: `down` waits for this
+
+
+def read_state(work: Path) -> SandboxState | None:
+    """The sandbox running in `work`, or None; a file that is not a sandbox's state is refused, never used."""
+    path = work / STATE
+    try:
+        return SandboxState.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as e:
+        detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise UserError(
+            f"{path.resolve()}: not the state of an emailsync sandbox ({detail}); nothing was done. Remove it if "
+            "no sandbox runs there, or pass --dir DIR for the folder `sandbox up` made"
+        ) from None
+
+
+def _is_our_server(pid: int) -> bool:
+    """Whether `pid` is the sandbox's background process (not a process that took its number since)."""
+    try:
+        return _SERVE in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return False  # no such process
+    except OSError:
+        return True  # no /proc to ask (not Linux): the state file is all there is
 
 
 def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
@@ -462,7 +502,7 @@ def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
         [
             sys.executable,
             "-c",
-            "import sys; from emailsync.sandbox import serve; serve(__import__('pathlib').Path(sys.argv[1]))",
+            f"import sys; {_SERVE}; serve(__import__('pathlib').Path(sys.argv[1]))",
             str(work),
         ],
         stdin=subprocess.DEVNULL,
@@ -503,10 +543,10 @@ def _not_running(work: Path, given: bool) -> UserError:
 
 def sandbox_env(work: Path | None) -> dict[str, str]:
     given, work = work is not None, find_sandbox(work)
-    try:
-        return dict(json.loads((work / STATE).read_text())["env"])
-    except FileNotFoundError:
-        raise _not_running(work, given) from None
+    state = read_state(work)
+    if state is None:
+        raise _not_running(work, given)
+    return dict(state.env)
 
 
 def sandbox_down(work: Path | None, timeout: float = 30.0) -> Path:
@@ -516,14 +556,17 @@ def sandbox_down(work: Path | None, timeout: float = 30.0) -> Path:
     import time
 
     given, work = work is not None, find_sandbox(work)
-    try:
-        pid = int(json.loads((work / STATE).read_text())["pid"])
-    except FileNotFoundError:
-        raise _not_running(work, given) from None
+    state = read_state(work)
+    if state is None:
+        raise _not_running(work, given)
+    pid = state.pid
+    if not _is_our_server(pid):
+        (work / STATE).unlink(missing_ok=True)  # it died on its own (and its number may be another's now): forget it
+        return work
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        (work / STATE).unlink(missing_ok=True)  # it died on its own: just forget it
+        (work / STATE).unlink(missing_ok=True)
         return work
     deadline = time.monotonic() + timeout
     while (work / STATE).exists() and time.monotonic() < deadline:

@@ -117,9 +117,9 @@ def test_the_readme_tour_runs_as_shown(tmp_path):
             expect_error = any(line.startswith("error:") for line in expected)
             assert (r.returncode != 0) == expect_error, (cmd, r.returncode, r.stdout)
     finally:
-        if (tmp_path / "sandbox" / "sandbox.json").exists():
+        if (tmp_path / "sandbox" / "emailsync-sandbox.json").exists():
             subprocess.run(
                 ["bash", "-c", "emailsync sandbox down --dir sandbox"], cwd=tmp_path, env=env, capture_output=True
             )
-    assert not (tmp_path / "sandbox" / "sandbox.json").exists()
+    assert not (tmp_path / "sandbox" / "emailsync-sandbox.json").exists()
     assert (tmp_path / "sandbox" / ".gitignore").read_text().splitlines()[-1] == "*"

@@ -11,6 +11,8 @@ import time
 
 from helpers import assert_user_error
 
+from emailsync import sandbox
+
 
 def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "emailsync", *args], cwd=cwd, capture_output=True, text=True)
@@ -44,14 +46,14 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
 
         with psycopg.connect(env["TYMEPLUSHR_CORE_DSN"]) as c:
             assert c.execute("SELECT email FROM employees WHERE id = 2").fetchone() == ("jane.smith@newco.com",)
-        pid = json.loads((box / "sandbox.json").read_text())["pid"]
+        pid = json.loads((box / sandbox.STATE).read_text())["pid"]
     finally:
         down = _cli("sandbox", "down", cwd=str(box))  # from inside its folder
         if down.returncode:
             _cli("sandbox", "down", "--dir", str(box), cwd=str(tmp_path))
     assert down.returncode == 0, down.stderr
     assert down.stdout == f"sandbox in {box.resolve()} stopped\n"
-    assert not (box / "sandbox.json").exists()
+    assert not (box / sandbox.STATE).exists()
     for _ in range(50):  # the background process is gone
         try:
             os.kill(pid, 0)
@@ -64,3 +66,25 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
     assert_user_error(ws.run("sandbox", "down", "--dir", str(box)), "no sandbox is running")
     ws.monkeypatch.chdir(box)  # inside the stopped sandbox's folder: the same answer, naming the folder
     assert_user_error(ws.run("sandbox", "down"), f"no sandbox is running in {box.resolve()} or in", "--dir DIR")
+
+
+def test_a_planted_state_file_is_refused_and_never_signals_or_runs_anything(ws, tmp_path):
+    """`sandbox env` is eval'd by a shell and `sandbox down` sends a SIGTERM: what they read from the current folder
+    must be a sandbox's own state, for a process that is the sandbox's."""
+    ws.monkeypatch.chdir(tmp_path)
+    state = tmp_path / sandbox.STATE
+    state.write_text('{"name": "my-app config"}')
+    assert_user_error(ws.run("sandbox", "down"), "not the state of an emailsync sandbox", "nothing was done")
+    state.write_text('{"kind": "emailsync-sandbox", "pid": 999999, "env": {"A=1; echo INJECTED; B": "x"}}')
+    assert_user_error(ws.run("sandbox", "env"), "not the state of an emailsync sandbox")
+    assert state.exists()
+    # A well-formed state whose pid is now some other process: that process is left alone.
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        state.write_text(json.dumps({"kind": "emailsync-sandbox", "pid": bystander.pid, "env": {}}))
+        r = ws.run("sandbox", "down")
+        assert r.code == 0, r.err
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not state.exists()
+    finally:
+        bystander.kill()
