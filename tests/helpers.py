@@ -146,3 +146,41 @@ def cli_process(ws: Any, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# -- an estate of both stores: a PostgreSQL target and a DynamoDB target with a live table -----------------------------
+
+MIXED_TARGETS = """version: 1
+mappings: m.json
+postgres:
+  - name: core
+    dsn: ${{CORE_DSN}}
+    tables:
+      - {{table: employees, columns: [email]}}
+dynamodb:
+  - name: auth
+    endpoint_url: ${{DYNAMODB_ENDPOINT}}
+    ledger_table: {ledger}
+    tables:
+      - table: profiles
+        attributes: [email]
+      - table: logins
+        live: true
+        attributes: [email]
+"""
+
+
+def mixed_estate(ws: Any, db: Any, ddb: Any, ledger: str = "emailsync-ledger") -> Path:
+    """core.employees and auth's profiles and logins (live), each holding a@o.com, mapped to a@n.com; the plan."""
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'k@k.com')")
+    ddb.create("profiles", "email")
+    ddb.create("logins", "email")
+    ddb.put("profiles", {"email": "a@o.com", "n": 1})
+    ddb.put("logins", {"email": "a@o.com", "pwd": "h"})
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
+    ws.targets(MIXED_TARGETS.format(ledger=ledger))
+    ws.mappings({"a@o.com": "a@n.com"}, name="m.json")
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    return Path(plan)

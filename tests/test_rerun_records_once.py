@@ -8,41 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from helpers import apply_confirmed as _apply
-from helpers import assert_user_error
-
-TARGETS = """version: 1
-mappings: m.json
-postgres:
-  - name: core
-    dsn: ${CORE_DSN}
-    tables:
-      - {table: employees, columns: [email]}
-dynamodb:
-  - name: auth
-    endpoint_url: ${DYNAMODB_ENDPOINT}
-    ledger_table: emailsync-ledger
-    tables:
-      - table: profiles
-        attributes: [email]
-      - table: logins
-        live: true
-        attributes: [email]
-"""
+from helpers import assert_user_error, mixed_estate
 
 
 def _estate(ws: Any, db: Any, ddb: Any) -> Path:
-    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
-    db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'k@k.com')")
-    ddb.create("profiles", "email")
-    ddb.create("logins", "email")
-    ddb.put("profiles", {"email": "a@o.com", "n": 1})
-    ddb.put("logins", {"email": "a@o.com", "pwd": "h"})
-    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
-    ws.targets(TARGETS)
-    ws.mappings({"a@o.com": "a@n.com"}, name="m.json")
-    r, plan = ws.plan()
-    assert r.code == 0, r.out + r.err
-    return plan
+    return mixed_estate(ws, db, ddb)
 
 
 def _runs(db: Any, ddb: Any) -> tuple[list[Any], list[tuple[str, str]]]:

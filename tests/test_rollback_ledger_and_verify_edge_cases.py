@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from helpers import MIXED_TARGETS, assert_user_error, hook_dynamodb, mixed_estate
 from helpers import apply_confirmed as _apply
-from helpers import assert_user_error, hook_dynamodb
 from helpers import raw_items as _raw_items
 from helpers import rollback_plan as _rollback
 from helpers import table_dump as _dump
@@ -317,37 +317,9 @@ def test_rollback_of_live_swaps_needs_confirm_live(ws, ddb):
 
 # -- ledger, lock, replay ------------------------------------------------------------------------------------------
 
-MIXED = """version: 1
-mappings: m.json
-postgres:
-  - name: core
-    dsn: ${{CORE_DSN}}
-    tables:
-      - {{table: employees, columns: [email]}}
-dynamodb:
-  - name: auth
-    endpoint_url: ${{DYNAMODB_ENDPOINT}}
-    ledger_table: {ledger}
-    tables:
-      - table: profiles
-        attributes: [email]
-      - table: logins
-        live: true
-        attributes: [email]
-"""
-
 
 def _mixed(ws: Any, db: Any, ddb: Any, ledger: str = "emailsync-ledger") -> Path:
-    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
-    db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'k@k.com')")
-    ddb.create("profiles", "email")
-    ddb.create("logins", "email")
-    ddb.put("profiles", {"email": "a@o.com", "n": 1})
-    ddb.put("logins", {"email": "a@o.com", "pwd": "h"})
-    ws.monkeypatch.setenv("CORE_DSN", db.dsn)
-    ws.targets(MIXED.format(ledger=ledger))
-    ws.mappings({"a@o.com": "a@n.com"}, name="m.json")
-    return _plan(ws)
+    return mixed_estate(ws, db, ddb, ledger)
 
 
 def _state(db: Any, ddb: Any) -> Any:
@@ -441,7 +413,7 @@ def test_verify_half_done_live_swap_and_drift_in_json(ws, db, ddb):
 def test_verify_with_a_targets_file_that_does_not_match_is_a_user_error(ws, db, ddb):
     plan = _mixed(ws, db, ddb)
     other = ws.path / "other.yaml"
-    other.write_text(MIXED.format(ledger="emailsync-ledger").replace("name: core", "name: core2"))
+    other.write_text(MIXED_TARGETS.format(ledger="emailsync-ledger").replace("name: core", "name: core2"))
     assert_user_error(ws.run("verify", str(plan), "--targets", str(other)), "does not match", "core")
 
 

@@ -134,6 +134,26 @@ def _interrupt_when(proc: subprocess.Popen[bytes], ready: Any, timeout: float = 
     return proc.returncode, err.decode()
 
 
+def _interrupt_while_blocked(ws: Any, db: Any, lock_sql: str, *args: str) -> tuple[int, str]:
+    """Run `emailsync ARGS` while another session holds a lock (`lock_sql`, in its open transaction); Ctrl-C it once
+    it waits on that lock. The holder's transaction is rolled back afterwards."""
+    import psycopg
+
+    with psycopg.connect(db.dsn) as holder, psycopg.connect(db.dsn, autocommit=True) as watcher:
+        holder.execute(lock_sql)
+        proc = subprocess.Popen(
+            [str(SCRIPT), *args], cwd=ws.path, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+        def waiting() -> bool:
+            q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            return watcher.execute(q).fetchone()[0] > 0
+
+        result = _interrupt_when(proc, waiting)
+        holder.rollback()
+    return result
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the modules load")
 @pytest.mark.parametrize("attempt", range(3))
 def test_ctrl_c_while_the_program_loads_is_one_line_and_exit_130(ws, attempt):
@@ -169,28 +189,7 @@ def test_ctrl_c_while_planning_is_one_line_exit_130_and_writes_no_plan(ws, db, m
     _estate(ws, db)
     before = listing(ws.path)
     rows = snapshot(db)
-    import psycopg
-
-    holder = psycopg.connect(db.dsn)
-    holder.execute("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
-    watcher = psycopg.connect(db.dsn, autocommit=True)
-    try:
-        proc = subprocess.Popen(
-            [str(SCRIPT), "plan", "--quiet"],
-            cwd=ws.path,
-            env=os.environ.copy(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-
-        def waiting() -> bool:
-            q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            return watcher.execute(q).fetchone()[0] > 0
-
-        code, err = _interrupt_when(proc, waiting)
-    finally:
-        holder.close()
-        watcher.close()
+    code, err = _interrupt_while_blocked(ws, db, "LOCK TABLE employees IN ACCESS EXCLUSIVE MODE", "plan", "--quiet")
     assert (code, err) == (130, INTERRUPTED)
     assert listing(ws.path) == before
     assert snapshot(db) == rows
@@ -278,31 +277,10 @@ def test_ctrl_c_while_applying_rolls_back_and_a_rerun_finishes_the_plan(ws, db):
     (no row changed), and running the same command again applies the whole plan."""
     plan = _estate(ws, db)
     rows = db.rows("SELECT * FROM employees ORDER BY id")
-    import psycopg
-
-    holder = psycopg.connect(db.dsn)
-    holder.execute("SELECT * FROM employees WHERE id = 1 FOR UPDATE")
-    watcher = psycopg.connect(db.dsn, autocommit=True)
-    try:
-        proc = subprocess.Popen(
-            [str(SCRIPT), "apply", str(plan), "--auto-approve", "--quiet"],
-            cwd=ws.path,
-            env=os.environ.copy(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-
-        def waiting() -> bool:
-            q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            return watcher.execute(q).fetchone()[0] > 0
-
-        code, err = _interrupt_when(proc, waiting)
-        assert (code, err) == (130, INTERRUPTED)
-        holder.rollback()
-        assert db.rows("SELECT * FROM employees ORDER BY id") == rows
-    finally:
-        holder.close()
-        watcher.close()
+    lock = "SELECT * FROM employees WHERE id = 1 FOR UPDATE"
+    code, err = _interrupt_while_blocked(ws, db, lock, "apply", str(plan), "--auto-approve", "--quiet")
+    assert (code, err) == (130, INTERRUPTED)
+    assert db.rows("SELECT * FROM employees ORDER BY id") == rows
     r = subprocess.run(
         [str(SCRIPT), "apply", str(plan), "--auto-approve", "--quiet"], cwd=ws.path, capture_output=True, text=True
     )
