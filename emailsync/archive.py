@@ -15,21 +15,20 @@ from pydantic import BaseModel, ConfigDict
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
 from emailsync.plan import Plan, loads, write_plan
-from emailsync.render import plan_markdown
 
 DONE = ("applied", "already-applied")
 STICKY = (*DONE, "needs-review")  # written: a later run's outcome that wrote nothing does not undo that
 
 
-def save_plan(plan: Plan, path: Path, *, markdown: str | None = None) -> Path:
-    """Write plan.json and plan.md side by side (plan.md from `markdown` when given); returns the plan.md path."""
+def save_plan(plan: Plan, path: Path, *, markdown: str) -> Path:
+    """Write plan.json and plan.md (`markdown`, its rendering) side by side; returns the plan.md path."""
     if path.suffix != ".json":
         raise UserError(f"--out {path}: a plan file must end in .json")
     if path.exists():
         raise UserError(f"--out {path}: the file exists; plans are never overwritten, choose another path")
     write_plan(plan, path)
     md = path.with_name(path.stem + ".md") if path.name != "plan.json" else path.with_name("plan.md")
-    md.write_text(plan_markdown(plan) if markdown is None else markdown, encoding="utf-8")
+    md.write_text(markdown, encoding="utf-8")
     return md
 
 

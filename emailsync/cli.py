@@ -20,8 +20,7 @@ import typer
 import typer.core
 
 from emailsync import __version__
-from emailsync.console import INTERRUPTED
-from emailsync.errors import UserError
+from emailsync.errors import INTERRUPTED, UserError
 
 # The click typer runs on (its own vendored copy in newer releases): its exception classes, found through the one
 # typer exports.
@@ -150,7 +149,7 @@ def plan(
     from emailsync.plan import dumps
     from emailsync.plandiff import archive_diff
     from emailsync.planner import build_plan, default_plan_path
-    from emailsync.render import summary_lines
+    from emailsync.render import plan_markdown, summary_lines
     from emailsync.signing import plan_key, sign
 
     try:
@@ -173,7 +172,7 @@ def plan(
         if key is not None:
             p = sign(p, key)
         path = out or default_plan_path(plans_dir, p)
-        md = save_plan(p, path, markdown=_redacted_markdown(p, key) if redact else None)
+        md = save_plan(p, path, markdown=_redacted_markdown(p, key) if redact else plan_markdown(p))
         diffed = archive_diff(path, p, plans_dir)
     except UserError as e:
         _fail(e)
@@ -524,7 +523,7 @@ def rollback(
     like any other plan; rows or items changed since are reported stale, never overwritten."""
     from emailsync.archive import record_rollback, save_plan
     from emailsync.planner import default_plan_path
-    from emailsync.render import summary_lines
+    from emailsync.render import plan_markdown, summary_lines
     from emailsync.rollback import build_rollback
     from emailsync.signing import plan_key, sign
 
@@ -534,7 +533,7 @@ def rollback(
         if key is not None:  # a rollback plan is applied like any other: signed by the same trusted planner
             p = sign(p, key)
         path = out or default_plan_path(plans_dir, p)
-        md = save_plan(p, path)
+        md = save_plan(p, path, markdown=plan_markdown(p))
         record_rollback(plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir, p, path)
     except UserError as e:
         _fail(e)
@@ -648,8 +647,11 @@ def demo(
     """Run plan, review and apply on a throwaway embedded PostgreSQL HR estate (needs the sandbox extra)."""
     from emailsync.sandbox import run_demo
 
+    def run(args: list[str]) -> int:  # each step is this CLI itself, in this process
+        return int(app(args, standalone_mode=False) or 0)
+
     try:
-        code = run_demo(typer.echo, keep.resolve() if keep else None)
+        code = run_demo(typer.echo, run, keep.resolve() if keep else None)
     except UserError as e:
         _fail(e)
     raise typer.Exit(code)

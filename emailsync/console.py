@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 
-INTERRUPTED = "error: interrupted (Ctrl-C); an interrupted apply resumes when run again\n"
+from emailsync.errors import INTERRUPTED
 
 
 def main() -> None:

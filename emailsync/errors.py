@@ -7,6 +7,9 @@ from __future__ import annotations
 MAX_PROBLEMS = 50
 MAX_CHARS = 2_000
 
+# Ctrl-C, wherever it lands (console.py while starting and exiting, cli.py inside a command): exit code 130.
+INTERRUPTED = "error: interrupted (Ctrl-C); an interrupted apply resumes when run again\n"
+
 
 # Characters a terminal or `str.splitlines` takes as a line break, besides "\n": quoted input holding one would
 # forge a line of its own in the message. Shown escaped instead.

@@ -305,14 +305,14 @@ def full_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
         yield dsns, url, work, env
 
 
-def run_demo(echo: Callable[[str], Any], keep: Path | None = None) -> int:
+def run_demo(echo: Callable[[str], Any], run: Callable[[list[str]], int], keep: Path | None = None) -> int:
     """The real workflow, command by command, on the embedded estate: plan, show, apply, verify, replay refused,
-    rollback plan. Each step is the CLI itself, so what the demo prints is what a user will see."""
-    from emailsync.cli import app
+    rollback plan. `run` runs one `emailsync` command line (the CLI passes itself), so what the demo prints is what
+    a user will see."""
 
     def step(title: str, *args: str) -> int:
         echo(f"\n== {title}\n$ emailsync {' '.join(args)}")
-        return int(app(list(args), standalone_mode=False) or 0)
+        return run(list(args))
 
     with full_estate(keep) as (dsns, url, work, env):
         with _environment(env):

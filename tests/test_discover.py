@@ -52,7 +52,12 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def estate(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def estate(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Any:
+    import urllib.request
+
+    # moto keeps one store per process, shared by every server in it: tables an earlier test left would make the
+    # estate's own seeding fail ("Table already exists").
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).read()
     with full_estate(tmp_path_factory.mktemp("estate")) as (dsns, url, work, env):
         yield dsns, url, work, env
 

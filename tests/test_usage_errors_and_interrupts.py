@@ -19,7 +19,7 @@ import pytest
 from helpers import listing, refused, snapshot
 
 from emailsync import __version__
-from emailsync.console import INTERRUPTED
+from emailsync.errors import INTERRUPTED
 
 SCRIPT = Path(sys.executable).with_name("emailsync")  # the installed console script, as a user runs it
 
