@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import botocore.exceptions
-import psycopg
 import typer
 import typer.core
 
@@ -110,18 +107,46 @@ def _fail(e: UserError) -> None:
     raise typer.Exit(1)
 
 
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+class _Terminal:
+    """The person at the terminal, asked by apply before anything is written (workflows.Approver). With --json,
+    stdout is for the machine: the questions and the words around them go to stderr."""
+
+    def __init__(self, json_out: bool) -> None:
+        self.err = json_out
+
+    def approve(self, plan: Any) -> bool:
+        from emailsync.render import summary_lines
+
+        typer.echo("\n".join(summary_lines(plan)), err=self.err)
+        answer = typer.prompt(
+            "\nApply these changes? Only 'yes' is accepted", default="", show_default=False, err=self.err
+        )
+        return bool(answer.strip() == "yes")
+
+    def approve_live(self, live: list[Any]) -> bool:
+        from emailsync.render import ddb_key
+
+        tables = sorted({f"{a.target}/{a.table}" for a in live})
+        typer.echo(
+            f"\nLIVE: {len(live)} change(s) to the table(s) people log in with ({', '.join(tables)}):", err=self.err
+        )
+        for a in live[:50]:
+            typer.echo(f"  {a.kind} {ddb_key(a.key)} -> {ddb_key(a.new_key) if a.new_key else ''}", err=self.err)
+        if len(live) > 50:
+            typer.echo(f"  ... and {len(live) - 50} more (see plan.md)", err=self.err)
+        answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False, err=self.err)
+        return bool(answer.strip() == "YES")
+
+
 TargetsOpt = Annotated[Path, typer.Option("--targets", "-t", help="The targets file.")]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr (warnings and errors stay).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout for machines; no progress bars.")]
-
-
-def _progress(quiet: bool, json_out: bool = False) -> Any:
-    """Progress bars while the command runs: only on a terminal, never with --quiet or --json."""
-    from emailsync import progress
-
-    return progress.shown(progress.wanted(quiet or json_out))
 
 
 @app.command()
@@ -143,41 +168,19 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
-    from emailsync.archive import save_plan
-    from emailsync.config import load_targets
-    from emailsync.mappings import load_mappings
     from emailsync.plan import dumps
-    from emailsync.plandiff import archive_diff
-    from emailsync.planner import build_plan, default_plan_path
-    from emailsync.render import plan_markdown, summary_lines
-    from emailsync.signing import plan_key, sign
+    from emailsync.render import summary_lines
+    from emailsync.workflows import make_plan
 
     try:
-        key = plan_key()  # a bad key is refused before any store is read
-        loaded = load_targets(targets)
-        mset = load_mappings(loaded.mappings_path(mappings), loaded.config.match)
-        for w in mset.warnings:
-            typer.echo(f"warning: {w}", err=True)
-        try:
-            with _progress(quiet, json_out):
-                p = build_plan(loaded, mset)
-        except psycopg.Error as e:
-            # Not a mistake in the inputs we could name: report it plainly, without a traceback.
-            msg = (e.diag.message_primary or str(e)).strip()
-            raise UserError(
-                f"the database reported an error while planning ({type(e).__name__}: {msg}); nothing was written"
-            ) from None
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise UserError(f"DynamoDB reported an error while planning ({e}); nothing was written") from None
-        if key is not None:
-            p = sign(p, key)
-        path = out or default_plan_path(plans_dir, p)
-        md = save_plan(p, path, markdown=_redacted_markdown(p, key) if redact else plan_markdown(p))
-        diffed = archive_diff(path, p, plans_dir)
+        made = make_plan(
+            targets, mappings=mappings, out=out, plans_dir=plans_dir, redact=redact, quiet=quiet or json_out, warn=_warn
+        )
     except UserError as e:
         _fail(e)
-    for w in p.warnings[len(mset.warnings) :]:
-        typer.echo(f"warning: {w}", err=True)
+    p, path, md, diffed = made.plan, made.path, made.markdown, made.diff
+    for w in made.later_warnings:
+        _warn(w)
     if json_out:
         typer.echo(
             dumps(
@@ -253,111 +256,34 @@ def apply(
     json_out: JsonOpt = False,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
-    from emailsync.applier import apply_plan
-    from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
-    from emailsync.config import load_targets
-    from emailsync.ledger import Run
-    from emailsync.plan import dumps, read_plan
-    from emailsync.render import ddb_key as render_key
-    from emailsync.render import report_lines, summary_lines
-    from emailsync.replan import replan_check_or_fail
-    from emailsync.signing import check as check_signature
-    from emailsync.signing import plan_key
+    from emailsync.plan import dumps
+    from emailsync.render import report_lines
+    from emailsync.workflows import ApplyOptions, apply_reviewed
 
-    def say(text: str) -> None:  # words for the person: on stderr when stdout is for a machine (--json)
-        typer.echo(text, err=json_out)
-
-    def confirm_live_actions(live: list[Any]) -> bool:
-        # --auto-approve never approves the login table: only --confirm-live or typing YES does.
-        if confirm_live:
-            return True
-        tables = sorted({f"{a.target}/{a.table}" for a in live})
-        if not _interactive():
-            raise UserError(
-                f"the plan has {len(live)} live action(s) on {', '.join(tables)}: pass --confirm-live to apply "
-                "them, or --skip-live to apply the rest; nothing was written"
-            )
-        say(f"\nLIVE: {len(live)} change(s) to the table(s) people log in with ({', '.join(tables)}):")
-        for a in live[:50]:
-            say(f"  {a.kind} {render_key(a.key)} -> {render_key(a.new_key) if a.new_key else ''}")
-        if len(live) > 50:
-            say(f"  ... and {len(live) - 50} more (see plan.md)")
-        answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False, err=json_out)
-        return answer.strip() == "YES"
-
-    def confirm(p: object) -> bool:
-        if auto_approve:
-            return True
-        say("\n".join(summary_lines(plan_obj)))
-        answer = typer.prompt(
-            "\nApply these changes? Only 'yes' is accepted", default="", show_default=False, err=json_out
-        )
-        return answer.strip() == "yes"
-
+    opts = ApplyOptions(
+        on_stale=on_stale.value,
+        only_targets=only_target,
+        auto_approve=auto_approve,
+        confirm_live=confirm_live,
+        skip_live=skip_live,
+        approver=approver,
+        force=force,
+        replan_check=replan_check,
+        mappings=mappings,
+        quiet=quiet or json_out,
+    )
     try:
-        if confirm_live and skip_live:
-            raise UserError(
-                "--confirm-live and --skip-live contradict each other: pass --confirm-live to apply the live-table "
-                "actions too, or --skip-live to leave them out; nothing was written"
-            )
-        plan_obj = read_plan(plan_file)  # a missing or broken plan is the first thing to hear about
-        if not auto_approve and not _interactive():
-            raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
-        unchecked = check_signature(plan_obj, plan_file, plan_key())
-        if unchecked:
-            typer.echo(f"warning: {unchecked}", err=True)
-        loaded = load_targets(targets)
-        if loaded.sha256 != plan_obj.inputs.targets_sha256:
-            typer.echo(
-                f"warning: {targets} changed since the plan was made; the plan's targets are checked "
-                "against it before anything is written",
-                err=True,
-            )
-        if only_target:
-            unknown = set(only_target) - set(plan_obj.targets)
-            if unknown:
-                raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan_obj.targets)})")
-        if not plan_obj.actions:
-            say("The plan has no changes: nothing to apply.")
-            if json_out:
-                nothing = {"plan_digest": plan_obj.digest, "actions": [], "summary": [], "report": None, "exit_code": 0}
-                typer.echo(dumps(nothing, indent=2))
-            raise typer.Exit(0)
-        if approver is not None and not approver.strip():
-            raise UserError("--approver is empty; give the approver's name, or leave the option out")
-        made = rollbacks(plan_file)
-        if made and not force:
-            raise UserError(
-                f"{plan_file}: a rollback plan was made from this plan ({made[-1].plan}); applying it again could undo "
-                "that rollback, so it needs --force; nothing was written"
-            )
-        if replan_check:
-            _store_errors("re-planning", lambda: replan_check_or_fail(plan_obj, loaded, mappings, plan_file))
-        run = Run(plan_obj.digest, approver.strip() if approver else None)
-        journal_path = plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl")
-        journal = journal_writer(journal_path)
-        code, report = _store_errors(
-            "applying",
-            lambda: _with_progress(quiet or json_out, apply_plan)(
-                plan_obj,
-                loaded,
-                on_stale=on_stale.value,
-                confirm=confirm,
-                confirm_live=confirm_live_actions,
-                only_targets=only_target,
-                skip_live=skip_live,
-                journal=journal,
-                run=run,
-                force=force,
-                warn=lambda msg: typer.echo(f"warning: {msg}", err=True),
-                unfinished_runs=lambda: killed_runs(plan_file, plan_obj.digest),
-            ),
-        )
-        path = write_report(plan_file, report)
-        if report["targets"]:
-            journal({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
+        person = _Terminal(json_out) if _interactive() else None
+        applied = apply_reviewed(plan_file, targets, opts, person=person, warn=_warn)
     except UserError as e:
         _fail(e)
+    code, report, path = applied.code, applied.report, applied.report_path
+    if report is None:
+        typer.echo("The plan has no changes: nothing to apply.", err=json_out)
+        if json_out:
+            nothing = {"plan_digest": applied.plan.digest, "actions": [], "summary": [], "report": None, "exit_code": 0}
+            typer.echo(dumps(nothing, indent=2))
+        raise typer.Exit(0)
     if json_out:
         typer.echo(dumps({**report, "report": str(path), "exit_code": code}, indent=2))
     else:
@@ -398,8 +324,9 @@ def show(
         history = apply_history(plan_file, p.digest)
         if redact:
             from emailsync.signing import plan_key
+            from emailsync.workflows import redacted_markdown
 
-            typer.echo(_redacted_markdown(p, plan_key()))
+            typer.echo(redacted_markdown(p, plan_key()))
             return
     except UserError as e:
         _fail(e)
@@ -429,13 +356,15 @@ def verify(
     from emailsync.plan import dumps, read_plan
     from emailsync.render import verify_lines, verify_markdown
     from emailsync.verify import counts, verify_plan
+    from emailsync.workflows import store_errors, with_progress
 
     try:
         p = read_plan(plan_file)
         loaded = load_targets(targets)
         if json_out:
             format = Format.json
-        states = _store_errors("verifying", lambda: _with_progress(quiet or json_out, verify_plan)(p, loaded))
+        with store_errors("verifying"):
+            states = with_progress(quiet or json_out, lambda: verify_plan(p, loaded))
     except UserError as e:
         _fail(e)
     c = counts(states)
@@ -573,22 +502,24 @@ def discover(
     propose targets.yaml entries with the evidence. Prints the merged targets.yaml; --write saves it."""
     from emailsync.discover import run
     from emailsync.plan import dumps
+    from emailsync.workflows import store_errors, with_progress
 
     if json_out:
         format = DiscoverFormat.json
     try:
-        result = _store_errors(
-            "discovering",
-            lambda: _with_progress(quiet or json_out, run)(
-                targets,
-                only=target,
-                dsns=dsn or [],
-                ddb_endpoint=dynamodb_endpoint,
-                ddb_region=dynamodb_region,
-                sample=sample,
-                write=write,
-            ),
-        )
+        with store_errors("discovering"):
+            result = with_progress(
+                quiet or json_out,
+                lambda: run(
+                    targets,
+                    only=target,
+                    dsns=dsn or [],
+                    ddb_endpoint=dynamodb_endpoint,
+                    ddb_region=dynamodb_region,
+                    sample=sample,
+                    write=write,
+                ),
+            )
     except UserError as e:
         _fail(e)
     for t in result.discovery.targets if not quiet else ():
@@ -611,33 +542,6 @@ def discover(
                 "targets.yaml never holds the DSN itself.",
                 err=format is DiscoverFormat.json,
             )
-
-
-def _redacted_markdown(plan: Any, key: bytes | None) -> str:
-    from emailsync.redact import NOTE, redacted
-    from emailsync.render import plan_markdown
-
-    return plan_markdown(redacted(plan, key), redaction=NOTE)
-
-
-def _with_progress(off: bool, fn: Any) -> Any:
-    """fn, run with progress bars shown (on a terminal, unless `off`)."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with _progress(off):
-            return fn(*args, **kwargs)
-
-    return run
-
-
-def _store_errors(doing: str, fn: Any) -> Any:
-    try:
-        return fn()
-    except psycopg.Error as e:
-        msg = (e.diag.message_primary or str(e)).strip()
-        raise UserError(f"the database reported an error while {doing} ({type(e).__name__}: {msg})") from None
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise UserError(f"DynamoDB reported an error while {doing} ({e})") from None
 
 
 @app.command()
