@@ -266,6 +266,18 @@ def _make_t(db, raw_rows, extras) -> dict[str, Entry]:
     ),
     extras={"t_alt_key"},
 )
+@example(  # a delete justified only by a row the plan deletes too: refused, never a row lost for nothing
+    estate=(
+        [
+            ("b@x.com", "A@x.com", "on"),
+            ("B@x.com", "a@x.com", "on"),
+            ("a@x.com", "a@x.com", "on"),
+            ("a@x.com", "b@x.com", "on"),
+        ],
+        [("A@x.com", "a@x.com"), ("a@x.com", "b@x.com")],
+    ),
+    extras={"t_alt_key"},
+)
 def test_random_estate_plan_apply_matches_simultaneous_substitution(db, ws, policy, estate, extras):
     raw_rows, pairs = estate
     pairs = _valid_mapping(pairs)
@@ -279,7 +291,7 @@ def test_random_estate_plan_apply_matches_simultaneous_substitution(db, ws, poli
         entries=entries,
         pairs=pairs,
         policy=policy,
-        refusals=("cannot be ordered",),
+        refusals=("cannot be ordered", "would be deleted for a conflict with rows the plan deletes too"),
     )
 
 
