@@ -29,8 +29,9 @@ EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
 def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
     """Refuse before connecting if the plan was made for other targets than these (where each connection
     arrives is checked once connected: check_reached)."""
+    dynamo = {t.name: t for t in loaded.config.dynamodb}
     by_name: dict[str, PostgresTarget | DynamoTarget] = {t.name: t for t in loaded.config.postgres}
-    by_name |= {t.name: t for t in loaded.config.dynamodb}
+    by_name |= dynamo
     problems = []
     for name, fp in plan.targets.items():
         target = by_name.get(name)
@@ -50,13 +51,13 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
         {
             (a.target, a.table)
             for a in plan.actions
-            if isinstance(by_name.get(a.target), DynamoTarget) and by_name[a.target].is_live(a.table) != a.live
+            if a.target in dynamo and dynamo[a.target].is_live(a.table) != a.live
         }
     )
     for target_name, table in changed:
         problems.append(
-            f"{target_name}/{table} is {'live' if by_name[target_name].is_live(table) else 'not live'} in "
-            f"{loaded.path.name} now but was {'not ' if by_name[target_name].is_live(table) else ''}live when the "
+            f"{target_name}/{table} is {'live' if dynamo[target_name].is_live(table) else 'not live'} in "
+            f"{loaded.path.name} now but was {'not ' if dynamo[target_name].is_live(table) else ''}live when the "
             "plan was made; re-plan"
         )
     if problems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,14 @@ def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
 # Made once, straight to the C encoder (JSONEncoder.encode makes a new one per call; an indented dump runs the
 # pure-Python one): seconds on a report or journal of 100k actions. The output is json.dumps(x, sort_keys=True,
 # ensure_ascii=False, default=str).
-_C_LINE = (
-    json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring, None, ": ", ", ", True, False, True)
-    if json.encoder.c_make_encoder is not None
-    else None
-)
+# json.encoder.c_make_encoder is _json.make_encoder, or None where Python has no C accelerator; _json is typed.
+_C_LINE: Callable[[object, int], Iterable[str]] | None
+try:
+    import _json
+except ImportError:
+    _C_LINE = None
+else:
+    _C_LINE = _json.make_encoder(None, str, json.encoder.encode_basestring, None, ": ", ", ", True, False, True)
 
 
 def _line(obj: Any) -> str:

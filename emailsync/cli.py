@@ -281,7 +281,13 @@ def apply(
     if report is None:
         typer.echo("The plan has no changes: nothing to apply.", err=json_out)
         if json_out:
-            nothing = {"plan_digest": applied.plan.digest, "actions": [], "summary": [], "report": None, "exit_code": 0}
+            nothing: dict[str, Any] = {
+                "plan_digest": applied.plan.digest,
+                "actions": [],
+                "summary": [],
+                "report": None,
+                "exit_code": 0,
+            }
             typer.echo(dumps(nothing, indent=2))
         raise typer.Exit(0)
     if json_out:

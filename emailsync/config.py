@@ -216,6 +216,16 @@ class PostgresTable(BaseModel):
         return _parse_qualified_name(self.table)[1]
 
 
+def _check_target_name(value: str) -> str:
+    if not _TARGET_NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"target name {value!r} is not allowed; use only letters, digits, '_', '.' and '-'"
+            if value
+            else "target name is empty; give the target a name such as 'crm-main'"
+        )
+    return value
+
+
 class PostgresTarget(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -229,13 +239,7 @@ class PostgresTarget(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _TARGET_NAME_RE.fullmatch(value):
-            raise ValueError(
-                f"target name {value!r} is not allowed; use only letters, digits, '_', '.' and '-'"
-                if value
-                else "target name is empty; give the target a name such as 'crm-main'"
-            )
-        return value
+        return _check_target_name(value)
 
     @field_validator("dsn")
     @classmethod
@@ -397,7 +401,10 @@ class DynamoTarget(BaseModel):
     # target has no replay protection and no lock against a second applier: apply warns.
     ledger_table: str | None = None
 
-    _check_name = field_validator("name")(PostgresTarget._check_name.__func__)  # type: ignore[attr-defined]
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _check_target_name(value)
 
     @field_validator("ledger_table")
     @classmethod

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import yaml
@@ -38,6 +38,9 @@ from emailsync.config import (
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
 from emailsync.mappings import is_email
+
+if TYPE_CHECKING:
+    from emailsync.stores.pg_catalog import ColumnKind
 
 DEFAULT_SAMPLE = 1000
 MAX_SAMPLE = 100_000
@@ -200,7 +203,7 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
         conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(target.statement_timeout or "60s")))
         conn.commit()
         configured: dict[int, int] = {}  # oid -> position in the target's tables
-        for ti, t in enumerate(target.tables):
+        for position, t in enumerate(target.tables):
             name = (
                 sql.SQL("{}.{}").format(sql.Identifier(t.schema_name), sql.Identifier(t.table_name))
                 if t.schema_name is not None
@@ -208,13 +211,13 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
             )
             row = conn.execute("SELECT to_regclass(%s)::oid", (name.as_string(conn),)).fetchone()
             if row and row[0] is not None:
-                configured[row[0]] = ti
+                configured[row[0]] = position
         tables = conn.execute(_TABLES).fetchall()
         oids = [r[0] for r in tables]
         columns: dict[int, list[tuple[Any, ...]]] = {}
         for row in conn.execute(_COLUMNS, (oids,)):
             columns.setdefault(row[0], []).append(row[1:])
-        pks = dict(conn.execute(_PRIMARY_KEYS, (oids,)).fetchall())
+        pks: dict[int, list[str]] = dict(conn.execute(_PRIMARY_KEYS, (oids,)).fetchall())
         found: list[TableFinding] = []
         unreadable: list[str] = []
         left_out: list[tuple[str, str]] = []
@@ -226,7 +229,7 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
                 cols = columns.get(oid, [])
                 ti = configured.get(oid)
                 cfg = target.tables[ti] if ti is not None else None
-                candidates = []  # (name, type, kind)
+                candidates: list[tuple[str, str, ColumnKind]] = []  # (name, type, kind)
                 for attname, type_sql, typname, elem, generated, _notnull in cols:
                     kind, _ = column_kind(typname, elem)
                     if kind is not None and not generated:
@@ -380,7 +383,7 @@ def _sample_table(
     relkind: str,
     reltuples: float,
     pages: int,
-    candidates: list[tuple[str, str, str]],
+    candidates: list[tuple[str, str, ColumnKind]],
     sample: int,
 ) -> tuple[list[tuple[Any, ...]], str]:
     """At most `sample` rows: the first ones of a small table, a page sample (TABLESAMPLE SYSTEM) of a big one."""
@@ -390,10 +393,12 @@ def _sample_table(
     if reltuples < 0 and relkind == "r":
         # Never analyzed: the catalog knows neither rows nor pages. The size, read now under this table's own
         # lock_timeout (it takes the lock the sample takes anyway), gives about 50 rows a page.
-        pages = conn.execute(
+        size = conn.execute(
             "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
             (table.as_string(conn),),
-        ).fetchone()[0]
+        ).fetchone()
+        assert size is not None  # a SELECT without FROM returns one row
+        pages = size[0]
     estimate = reltuples if reltuples >= 0 else pages * 50.0
     if relkind == "r" and estimate > 4 * sample:
         percent = min(100.0, max(0.0001, 400.0 * sample / estimate))
@@ -678,10 +683,10 @@ def merge(
                     have.add(ev.name)
             for k, item in enumerate(items):
                 name = item["name"] if isinstance(item, dict) else item
-                ev = next((e for e in table.columns if e.name == name), None)
-                if ev is not None:
-                    mark = "" if ev.configured else "new: "
-                    comments[(tf.kind, ti, "tables", at, field, k)] = f"{mark}{ev.type}; {ev.why}"
+                listed = next((e for e in table.columns if e.name == name), None)
+                if listed is not None:
+                    mark = "" if listed.configured else "new: "
+                    comments[(tf.kind, ti, "tables", at, field, k)] = f"{mark}{listed.type}; {listed.why}"
             if entry.get("on_conflict") == "fail" and table.unique:
                 comments[(tf.kind, ti, "tables", at, "on_conflict")] = (
                     f"unique ({', '.join(table.unique)}): choose delete or skip if the plan reports conflicts"
@@ -856,12 +861,12 @@ def run(
             check_targets(targets_path, Path(os.path.abspath(targets_path)).parent / ".env")
         doc = _unshared(read_raw_yaml(targets_path)) if exists else {"version": 1, "mappings": "email_mappings.json"}
         taken = set(re.findall(r"\$\{(\w+)\}", targets_path.read_text(encoding="utf-8"))) if exists else set()
-        for target, raw in bare_postgres(dsns, taken):
-            pg.append(target)
+        for pg_target, raw in bare_postgres(dsns, taken):
+            pg.append(pg_target)
             bare.append(("postgres", raw))
         if ddb_endpoint or ddb_region:
-            target, raw = bare_dynamodb(ddb_endpoint, ddb_region)
-            ddb.append(target)
+            ddb_target, raw = bare_dynamodb(ddb_endpoint, ddb_region)
+            ddb.append(ddb_target)
             bare.append(("dynamodb", raw))
     else:
         loaded = load_targets(targets_path, discover=True)

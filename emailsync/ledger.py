@@ -20,16 +20,20 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from emailsync import __version__
 from emailsync.config import DynamoTarget, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.stores.dynamodb import call
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.client import DynamoDBClient
 
 # pg_try_advisory_lock's two int4 keys: 'emsy' and the target's name hashed. Advisory locks are per database
 # already; the name keeps two targets that share a database (different tables) from refusing each other.
@@ -233,7 +237,7 @@ class PgLedger:
             sql.SQL(
                 "UPDATE {}.ledger SET status = %s, finished_at = now(), counts = %s WHERE run_id = %s AND target = %s"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
-            (status, psycopg.types.json.Jsonb(counts), self.run.run_id, self.target.name),
+            (status, Jsonb(counts), self.run.run_id, self.target.name),
         )
 
 
@@ -256,7 +260,7 @@ def _ts(v: Any) -> str:
 class DynamoLedger:
     """The lock and ledger of one DynamoDB target, in its `ledger_table` (hash key pk, range key sk)."""
 
-    def __init__(self, target: DynamoTarget, client: Any, run: Run) -> None:
+    def __init__(self, target: DynamoTarget, client: DynamoDBClient, run: Run) -> None:
         assert target.ledger_table
         self.target = target
         self.client = client
@@ -379,7 +383,7 @@ class DynamoLedger:
             resp = self.client.query(**kwargs)
             for it in resp.get("Items", []):
                 if it.get("status", {}).get("S") == "complete":
-                    s = {k: v.get("S") for k, v in it.items() if "S" in v}
+                    s = {k: v["S"] for k, v in it.items() if "S" in v}
                     who = _who(s.get("user"), s.get("host"), s.get("approver"))
                     started, finished = s.get("started_at", ""), s.get("finished_at")
                     out.append(PastRun(self.target.name, "complete", started, finished, who, s.get("run_id")))
@@ -435,7 +439,7 @@ def describe_lock(target: DynamoTarget, held: dict[str, Any] | None) -> str:
     )
 
 
-def unlock_dynamodb(target: DynamoTarget, client: Any, lock_id: str) -> str:
+def unlock_dynamodb(target: DynamoTarget, client: DynamoDBClient, lock_id: str) -> str:
     """Release a crashed holder's lock: only the lock with this id, never whoever holds it now."""
     assert target.ledger_table
     key = {"pk": {"S": "lock"}, "sk": {"S": target.name}}

@@ -315,8 +315,8 @@ def _json_entry_problems(entry: dict[str, Any], where: str) -> list[str]:
         problems.append(f'{where}: the key "{key}" appears {count} times in this entry')
     unknown = [k for k in entry if k not in _JSON_FIELDS]
     if unknown:
-        names = ", ".join(json.dumps(k, ensure_ascii=False) for k in unknown)
-        problems.append(f"{where}: unknown key(s) {names}; expected {_EXPECTED}")
+        listed = ", ".join(json.dumps(k, ensure_ascii=False) for k in unknown)
+        problems.append(f"{where}: unknown key(s) {listed}; expected {_EXPECTED}")
     # Which spelling was used for each field; two spellings of one field are ambiguous.
     given: dict[str, list[str]] = {}
     for k in entry:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -207,11 +207,14 @@ def _default(obj: Any) -> Any:
 _ENCODERS: dict[int | None, json.JSONEncoder] = {}
 # The compact form goes straight to the C encoder, made once: JSONEncoder.encode makes a new one per call, which cost
 # more than encoding a small value. Without a markers dict it does not look for cycles, which plan data never has.
-_C_COMPACT = (
-    json.encoder.c_make_encoder(None, _default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
-    if json.encoder.c_make_encoder is not None
-    else None
-)
+# json.encoder.c_make_encoder is _json.make_encoder, or None where Python has no C accelerator; _json is typed.
+_C_COMPACT: Callable[[object, int], Iterable[str]] | None
+try:
+    import _json
+except ImportError:
+    _C_COMPACT = None
+else:
+    _C_COMPACT = _json.make_encoder(None, _default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
 
 
 def dumps(obj: Any, *, indent: int | None = None) -> str:

@@ -443,8 +443,11 @@ def render_markdown(d: PlanDiff, *, limit: int = MD_LIMIT) -> str:
             "",
         ]
         return "\n".join(head)
-    c = d.counts
-    head += [f"**{_totals(d)}** (actions: {c.old_actions} in the previous plan, {c.new_actions} in this one)", ""]
+    counts = d.counts
+    head += [
+        f"**{_totals(d)}** (actions: {counts.old_actions} in the previous plan, {counts.new_actions} in this one)",
+        "",
+    ]
     if d.by_table:
         head += [
             "## Counts",

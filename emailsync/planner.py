@@ -6,6 +6,7 @@ import hashlib
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 from emailsync import __version__
 from emailsync.config import LoadedTargets
@@ -18,6 +19,7 @@ from emailsync.plan import (
     Plan,
     ReadRecord,
     Skipped,
+    Store,
     SummaryRow,
     TargetFingerprint,
     dumps,
@@ -25,6 +27,15 @@ from emailsync.plan import (
 )
 from emailsync.stores.dynamodb import DynamoPlanner
 from emailsync.stores.postgres import PostgresPlanner, TargetPlan
+
+
+class _Where(TypedDict):
+    """The fields every action on one row shares."""
+
+    store: Store
+    target: str
+    table: str
+    key: dict[str, Any]
 
 
 def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None) -> Plan:
@@ -48,7 +59,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
             meta = tab.meta
             col_order = {c: n for n, c in enumerate(meta.email_columns)}
             for row in tab.rows:
-                base = dict(store="postgres", target=tp.target.name, table=meta.display, key=row.key)
+                base: _Where = {"store": "postgres", "target": tp.target.name, "table": meta.display, "key": row.key}
                 if row.fate == "skip":
                     for ch in row.changes.values():
                         skipped.append(

@@ -23,7 +23,7 @@ CAP = 2.0  # seconds, before jitter: later waits stop growing here
 
 def backoff_delay(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after failed try number `attempt` (0-based): min(CAP, BASE * 2**attempt) * 0.5 to 1.5."""
-    return min(CAP, BASE * 2 ** min(attempt, 64)) * (0.5 + rand())
+    return min(CAP, BASE * 2.0 ** min(attempt, 64)) * (0.5 + rand())
 
 
 def backoff_sleep(attempt: int) -> None:

@@ -9,16 +9,20 @@ import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.client import DynamoDBClient
+    from types_boto3_dynamodb.type_defs import KeySchemaElementTypeDef
 
 SCHEMAS: dict[str, list[str]] = {
     "tymeplushr_core": [
@@ -109,7 +113,7 @@ GITIGNORE = "# emailsync sandbox: .env holds credentials and plans/ holds people
 
 
 @contextmanager
-def embedded_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
+def embedded_estate(keep: Path | None = None) -> Iterator[tuple[dict[str, str], Path]]:
     """Start an embedded PostgreSQL with the demo estate; yields {database: dsn} and the work folder."""
     try:
         with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import; not the user's concern
@@ -204,10 +208,10 @@ DYNAMO_ITEMS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def seed_dynamodb(client: Any) -> None:
+def seed_dynamodb(client: DynamoDBClient) -> None:
     """Create the HR tables and put their items (a boto3 DynamoDB client on an empty endpoint)."""
     for table, (hash_key, range_key) in DYNAMO_TABLES.items():
-        keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        keys: list[KeySchemaElementTypeDef] = [{"AttributeName": hash_key, "KeyType": "HASH"}]
         if range_key:
             keys.append({"AttributeName": range_key, "KeyType": "RANGE"})
         client.create_table(
@@ -221,7 +225,7 @@ def seed_dynamodb(client: Any) -> None:
 
 
 @contextmanager
-def dynamodb_estate():  # type: ignore[no-untyped-def]
+def dynamodb_estate() -> Iterator[str]:
     """A local DynamoDB endpoint (moto server on 127.0.0.1) seeded with the HR tables; yields its URL."""
     try:
         import boto3
@@ -266,7 +270,7 @@ def _dump_dynamodb(url: str) -> list[str]:
 
 
 @contextmanager
-def _environment(values: dict[str, str]):  # type: ignore[no-untyped-def]
+def _environment(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the demo's own run, and put the previous values back after."""
     import os
 
@@ -286,7 +290,7 @@ SANDBOX_AWS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox
 
 
 @contextmanager
-def full_estate(keep: Path | None = None):  # type: ignore[no-untyped-def]
+def full_estate(keep: Path | None = None) -> Iterator[tuple[dict[str, str], str, Path, dict[str, str]]]:
     """PostgreSQL and DynamoDB with the whole estate, targets.yaml covering both, .env beside it; yields the
     PostgreSQL DSNs, the DynamoDB URL, the work folder and the environment a shell needs (AWS keys included)."""
     with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:

@@ -18,7 +18,7 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 
@@ -45,6 +45,10 @@ from emailsync.stores.dynamodb import (
 )
 from emailsync.stores.outcome import Outcome, TargetResult
 
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.client import DynamoDBClient
+    from types_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
 MAX_ATTEMPTS = 8
 UPDATE_BATCH = 100
 MOVES = ("merge-and-move", "live-swap", "restore-item")
@@ -54,7 +58,7 @@ class DynamoApplier:
     def __init__(
         self,
         target: DynamoTarget,
-        client: Any,
+        client: DynamoDBClient,
         actions: list[Action],
         on_stale: str,
         journal: Callable[[dict[str, Any]], None] | None = None,
@@ -323,14 +327,16 @@ class DynamoApplier:
     def _transact_batch(self, batch: list[Action]) -> None:
         attempt = 0
         while batch:
-            items = []
+            items: list[dict[str, dict[str, Any]]] = []
             for a in batch:
                 kind, req = self._new_item_request(a)
                 items.append({kind: req})
                 items.append(dict([self._vacate(a)]))
             try:
                 self.requests += 1
-                self.client.transact_write_items(TransactItems=items)
+                # Each item is {"Put" | "Update" | "Delete": request}, built as a plain dict like every request here
+                # (the stubs type each operation's request as its own TypedDict).
+                self.client.transact_write_items(TransactItems=cast("list[TransactWriteItemTypeDef]", items))
             except botocore.exceptions.ClientError as e:
                 code = e.response.get("Error", {}).get("Code", "")
                 reasons = [r.get("Code") for r in e.response.get("CancellationReasons") or []]
@@ -470,9 +476,9 @@ class DynamoApplier:
             old = self._get(a.table, a.key)
             left = a.remains if a.kind == "restore-item" else None
             done = normalized(old) == normalized(left)
-            why = None if done else "the old item changed after the new one was written; both items kept"
-            self.status[a.id] = Outcome("applied") if done else Outcome("needs-review", why)
-            self._journal(a, "delete", "refused", why)
+            detail = None if done else "the old item changed after the new one was written; both items kept"
+            self.status[a.id] = Outcome("applied") if done else Outcome("needs-review", detail)
+            self._journal(a, "delete", "refused", detail)
             return
         self._journal(a, "delete", "after")
         self.status[a.id] = Outcome("applied")

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
@@ -24,6 +24,9 @@ from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
 from emailsync.plan import dumps
 from emailsync.retry import backoff_sleep, retry
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.client import DynamoDBClient
 
 # DynamoDB's real limits, enforced here whether or not the endpoint enforces them.
 MAX_TX_ITEMS = 100
@@ -48,7 +51,7 @@ RETRYABLE = {
 }
 
 
-def client_for(target: DynamoTarget, probe: bool = False) -> Any:
+def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
     # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
     # (the first contact, which finds a wrong endpoint) gives up quickly instead.
     # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
@@ -75,7 +78,7 @@ def client_for(target: DynamoTarget, probe: bool = False) -> Any:
 _AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 
 
-def reached(target: DynamoTarget, client: Any) -> dict[str, str | None]:
+def reached(target: DynamoTarget, client: DynamoDBClient) -> dict[str, str | None]:
     """Where this client sends its requests, as botocore resolved it from targets.yaml, AWS_ENDPOINT_URL_DYNAMODB,
     AWS_ENDPOINT_URL, the profile and the region; and, on AWS's own endpoints, the account of the credentials.
     DynamoDB Local and other stand-ins have no account: None. Recorded in plans and checked by apply."""
@@ -136,7 +139,9 @@ def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
     return retry(fn, attempts=attempts, retryable=is_retryable)
 
 
-def batch_get(target: DynamoTarget, client: Any, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def batch_get(
+    target: DynamoTarget, client: DynamoDBClient, table: str, keys: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     """Whole items by key (boto3 form), strongly consistent, 100 keys a request, unprocessed keys retried with
     backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
     out: dict[str, dict[str, Any]] = {}
@@ -253,7 +258,7 @@ def keystr(key: dict[str, Any]) -> str:
 
 
 def get_path(item: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
-    node: Any = item.get(path[0])
+    node: dict[str, Any] | None = item.get(path[0])
     for part in path[1:]:
         if not node or "M" not in node:
             return None
@@ -442,7 +447,7 @@ class DynamoPlanner:
         counters = {"requests": 0, "items": 0}
 
         def segment(seg: int) -> list[dict[str, Any]]:
-            found = []
+            found: list[dict[str, Any]] = []
             kwargs: dict[str, Any] = dict(
                 TableName=info.cfg.table,
                 ConsistentRead=True,
@@ -568,22 +573,21 @@ class DynamoPlanner:
         def step_of(k: str) -> int:
             # Walk back along the chain of moves iteratively: a merge of thousands of items into one key is a
             # chain that long.
-            chain: list[str] = []
+            chain: list[tuple[str, str]] = []  # (a mover, the key it follows)
             seen: set[str] = set()
             while k not in steps:
                 if k in seen:
                     raise UserError(f"{self.where}: {table}: item moves form a cycle at key {k}; split the mappings")
                 seen.add(k)
-                chain.append(k)
                 p = prev.get(k)
                 if p is None:
                     steps[k] = 0
-                    chain.pop()
                     break
+                chain.append((k, p))
                 k = p
-            for x in reversed(chain):
-                steps[x] = steps[prev[x]] + 1  # type: ignore[index]
-            return steps[chain[0]] if chain else steps[k]
+            for x, p in reversed(chain):
+                steps[x] = steps[p] + 1
+            return steps[chain[0][0]] if chain else steps[k]
 
         for a in self.out.actions:
             if a["table"] == table and a["kind"] in ("merge-and-move", "live-swap"):

@@ -122,7 +122,7 @@ class PostgresApplier:
             if late and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
-            final = dict(conn.execute(f"SELECT id, {_WRITTEN} FROM _es_act").fetchall())
+            final: dict[str, str] = dict(conn.execute(f"SELECT id, {_WRITTEN} FROM _es_act").fetchall())
             if mismatches:
                 conn.rollback()
                 for a in self.actions:
@@ -172,7 +172,7 @@ class PostgresApplier:
     def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
         # Read before rolling back (the temporary table goes with the transaction): what was already applied
         # before this run stays reported as such, so the journal keeps the record a rollback relies on.
-        before = dict(self.conn.execute("SELECT id, status FROM _es_act").fetchall())
+        before: dict[str, str] = dict(self.conn.execute("SELECT id, status FROM _es_act").fetchall())
         self.conn.rollback()
         for a in self.actions:
             if a.id in details:
@@ -490,7 +490,9 @@ class PostgresApplier:
         stmt = sql.SQL(
             "WITH {} SELECT (SELECT count(*) FROM _es_marked), (SELECT COALESCE(sum(cardinality(ids)), 0) FROM ({}) w)"
         ).format(sql.SQL(", ").join(ctes), counted)
-        done = self.conn.execute(stmt).fetchone()[1]
+        tally = self.conn.execute(stmt).fetchone()
+        assert tally is not None  # a SELECT without FROM returns one row
+        done = tally[1]
         if done != updates:
             # Every pending row was locked and checked, so something else (a rule, a trigger) changed them.
             raise _Rollback(

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -102,10 +102,13 @@ def reached(conn: psycopg.Connection) -> dict[str, str | None]:
 # --- row changes -------------------------------------------------------------------------------------------
 
 
+ColKind = Literal["update", "array-replace"]
+
+
 @dataclass
 class ColChange:
     column: str
-    kind: str  # update | array-replace
+    kind: ColKind
     old: Any
     new: Any
     entries: tuple[int, ...]
@@ -297,7 +300,7 @@ class PostgresPlanner:
                     rp = rows[ident if ident is not None else ks] = RowPlan(
                         key=key, keystr=ks, sortkey=_sortkey(meta, key)
                     )
-                kind = "update" if meta.columns[col].kind != "array" else "array-replace"
+                kind: ColKind = "update" if meta.columns[col].kind != "array" else "array-replace"
                 rp.changes[col] = ColChange(col, kind, old, new, entries)
         ordered = sorted(rows.values(), key=lambda r: r.sortkey)
         for i, r in enumerate(ordered):
@@ -404,8 +407,8 @@ class PostgresPlanner:
                 ident, key = meta.key_from(rec[-width:])
             if c.kind == "text":
                 if rec[3]:
-                    new = self.by_ord[rec[1]].new
-                    raise self._unfit(meta, col, f"{new!r} does not fit (it would be cut short)")
+                    new_email = self.by_ord[rec[1]].new
+                    raise self._unfit(meta, col, f"{new_email!r} does not fit (it would be cut short)")
                 yield ident, key, rec[0], rec[2], (rec[1],)
             elif c.kind == "array":
                 old, positions, ords, ndims, news, cut = rec[:6]
@@ -586,17 +589,16 @@ class PostgresPlanner:
         self, conn: psycopg.Connection, meta: TableMeta, rows: list[RowPlan], by_kid: dict[int, RowPlan]
     ) -> None:
         """For each deleted row: the key and index values of the row that holds its entry at apply time."""
-        dels = [r for r in rows if r.fate == "delete" and r.conflict]
+        dels = [(r, r.conflict) for r in rows if r.fate == "delete" and r.conflict is not None]
         if not dels:
             return
         want: dict[str, dict[str, Any]] = {}
-        for r in dels:
-            kind, ident = r.conflict[1].node
+        for _, (_, holder) in dels:
+            kind, ident = holder.node
             key = json.loads(ident) if kind == "row" else by_kid[ident].key
             want[dumps(key)] = key
         images = self._images(conn, meta, list(want.values()))
-        for r in dels:
-            u, holder = r.conflict
+        for r, (u, holder) in dels:
             kind, ident = holder.node
             if kind == "row":
                 key, image = json.loads(ident), images.get(ident)
