@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -240,6 +241,9 @@ def dynamodb_estate() -> Iterator[str]:
     try:
         host, port = server.get_host_and_port()
         url = f"http://{host}:{port}"
+        # moto keeps one store per process, shared by every server in it: start from an empty one (a process that
+        # ran another moto server before, such as a test run, would otherwise hold tables of the same names).
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()
         client = boto3.client(
             "dynamodb",
             endpoint_url=url,
