@@ -314,10 +314,17 @@ def show(
             "--redact", help="Addresses hashed and whole rows left out, for a public pull request (markdown)."
         ),
     ] = False,
+    target: Annotated[list[str] | None, typer.Option(metavar="TARGET", help="Only this target (repeatable).")] = None,
+    table: Annotated[list[str] | None, typer.Option(metavar="TABLE", help="Only this table (repeatable).")] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KIND", help="Only this kind, e.g. delete-on-conflict, skipped-conflict (repeatable)."),
+    ] = None,
 ) -> None:
-    """Render a plan (its digest is checked first) and the history of its applies found beside it."""
+    """Render a plan (its digest is checked first) and the history of its applies found beside it. --target,
+    --table and --kind show a part of it: what plan.md leaves out of a large plan."""
     from emailsync.archive import apply_history
-    from emailsync.plan import dumps, read_plan, render_json
+    from emailsync.plan import dumps, read_plan, render_json, select
     from emailsync.render import history_lines, plan_markdown, plan_text
 
     try:
@@ -328,6 +335,9 @@ def show(
             )
         p = read_plan(plan_file)
         history = apply_history(plan_file, p.digest)
+        part = target is not None or table is not None or kind is not None
+        if part:
+            p = select(p, targets=target, tables=table, kinds=kind)
         if redact:
             from emailsync.signing import plan_key
             from emailsync.workflows import redacted_markdown
@@ -336,7 +346,18 @@ def show(
             return
     except UserError as e:
         _fail(e)
-    if format is Format.json:
+    if format is Format.json and part:
+        # Not a plan file: the part of one, named by the plan's digest.
+        selection = {"target": target, "table": table, "kind": kind}
+        doc = {
+            "plan_digest": p.digest,
+            "selection": {k: v for k, v in selection.items() if v is not None},
+            "summary": [r.model_dump(mode="json") for r in p.summary],
+            "actions": [a.model_dump(mode="json", exclude_none=True) for a in p.actions],
+            "skipped": [sk.model_dump(mode="json") for sk in p.skipped],
+        }
+        typer.echo(dumps(doc, indent=2))
+    elif format is Format.json:
         text = render_json(p)
         if history:
             # The plan file's own bytes, then the history as a second JSON document on its own line.

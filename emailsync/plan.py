@@ -183,6 +183,43 @@ class Plan(_Frozen):
         return bool(self.actions)
 
 
+SKIPPED_KIND = "skipped-conflict"  # the kind a skipped change is counted and selected under
+
+
+def select(
+    plan: Plan, *, targets: list[str] | None = None, tables: list[str] | None = None, kinds: list[str] | None = None
+) -> Plan:
+    """The part of the plan with these targets, tables and kinds (each None: all), its summary counted the same
+    way; for reading a large plan piece by piece. A name the plan does not have is refused, naming those it has."""
+    have = {
+        "--target": sorted(plan.targets),
+        "--table": sorted({s.table for s in plan.summary}),
+        "--kind": sorted({s.kind for s in plan.summary}),
+    }
+    for option, wanted in (("--target", targets), ("--table", tables), ("--kind", kinds)):
+        unknown = sorted(set(wanted or ()) - set(have[option]))
+        if unknown:
+            raise UserError(f"{option} {', '.join(unknown)}: not in the plan (it has: {', '.join(have[option])})")
+
+    def chosen(target: str, table: str, kind: str) -> bool:
+        return (
+            (targets is None or target in targets)
+            and (tables is None or table in tables)
+            and (kinds is None or kind in kinds)
+        )
+
+    part = plan.model_copy(
+        update={
+            "actions": [a for a in plan.actions if chosen(a.target, a.table, a.kind)],
+            "skipped": [s for s in plan.skipped if chosen(s.target, s.table, SKIPPED_KIND)],
+            "summary": [r for r in plan.summary if chosen(r.target, r.table, r.kind)],
+            "reads": [r for r in plan.reads if kinds is None and chosen(r.target, r.table, "")],
+        }
+    )
+    part._canonical = None  # the file's text is the whole plan's: render_json must not pass it off as the part's
+    return part
+
+
 # --- canonical JSON ------------------------------------------------------------------------------------------
 
 # Numbers from PostgreSQL (numeric) are read as Decimal so a numeric(30,10) survives the round trip exactly.

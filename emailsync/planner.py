@@ -13,6 +13,7 @@ from emailsync.config import LoadedTargets
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
+    SKIPPED_KIND,
     Action,
     AttrChange,
     Inputs,
@@ -137,7 +138,7 @@ def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None 
     for a in actions:
         summary[(a.target, a.table, a.column or "(item)", a.kind)] += 1
     for s in skipped:
-        summary[(s.target, s.table, s.column, "skipped-conflict")] += 1
+        summary[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
 
     now = now or datetime.now(UTC)
     body = dict(

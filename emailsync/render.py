@@ -230,24 +230,26 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
             break
     else:
         return head + "\n" + "\n".join(line for line, _ in body)
+    total = len(plan.actions) + len(plan.skipped)
+
+    def note(shown: int) -> str:
+        return (
+            f"\n\n_… truncated to fit a pull-request comment: {shown} of {total} rows shown; the summary above "
+            "counts them all. The rest, part by part: `emailsync show plan.json --format text --table TABLE --kind "
+            "KIND` (`--target`, `--table` and `--kind` repeat; `--format markdown` for this layout). The full detail "
+            "is in plan.json._\n"
+        )
+
     kept: list[str] = []
     shown = 0
-    size = len(head) + 200
+    size = len(head) + 1 + len(note(total))  # the note's longest form: room kept for it
     for line, n in body:
         if size + len(line) + 1 > MD_LIMIT:
             break
         kept.append(line)
         shown += n
         size += len(line) + 1
-    return (
-        head
-        + "\n"
-        + "\n".join(kept)
-        + (
-            f"\n\n_… truncated to fit a pull-request comment: {shown} of "
-            f"{len(plan.actions) + len(plan.skipped)} rows shown. The full detail is in plan.json._\n"
-        )
-    )
+    return head + "\n" + "\n".join(kept) + note(shown)
 
 
 def _ddb_row(a: Action) -> str:
