@@ -166,6 +166,12 @@ def plan(
     ] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="Targets planned at once; default: every target, up to 4. 1: one after another."
+        ),
+    ] = None,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
     from emailsync.plan import dumps
@@ -174,7 +180,14 @@ def plan(
 
     try:
         made = make_plan(
-            targets, mappings=mappings, out=out, plans_dir=plans_dir, redact=redact, quiet=quiet or json_out, warn=_warn
+            targets,
+            mappings=mappings,
+            out=out,
+            plans_dir=plans_dir,
+            redact=redact,
+            quiet=quiet or json_out,
+            warn=_warn,
+            parallel=parallel,
         )
     except UserError as e:
         _fail(e)

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 from emailsync import __version__
 from emailsync.config import LoadedTargets
 from emailsync.errors import UserError
+from emailsync.executor import Step, default_width, run_all
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
     SKIPPED_KIND,
@@ -26,7 +27,7 @@ from emailsync.plan import (
     dumps,
     seal,
 )
-from emailsync.stores.dynamodb import DynamoPlanner
+from emailsync.stores.dynamodb import DynamoPlanner, DynamoTargetPlan
 from emailsync.stores.postgres import PostgresPlanner, TargetPlan
 
 
@@ -39,19 +40,29 @@ class _Where(TypedDict):
     key: dict[str, Any]
 
 
-def build_plan(loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None) -> Plan:
+def build_plan(
+    loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None, parallel: int | None = None
+) -> Plan:
+    """Plan every target (read-only), `parallel` targets at a time (default: executor.default_width); the plan is
+    the same whatever the width."""
     cfg = loaded.config
     warnings = list(mset.warnings)
-    target_plans: list[TargetPlan] = []
-    for i, target in enumerate(cfg.postgres):
-        scoped = mset.unscoped(f"PostgreSQL target {target.name!r} has no client column, so client_id is ignored there")
-        tp = PostgresPlanner(target, f"{loaded.path.name}: postgres[{i}]", scoped, cfg.match).plan()
-        warnings += tp.warnings
-        target_plans.append(tp)
-
-    ddb_plans = [
-        DynamoPlanner(t, f"{loaded.path.name}: dynamodb[{i}]", mset).plan() for i, t in enumerate(cfg.dynamodb)
+    pg_planners = [
+        PostgresPlanner(
+            target,
+            f"{loaded.path.name}: postgres[{i}]",
+            mset.unscoped(f"PostgreSQL target {target.name!r} has no client column, so client_id is ignored there"),
+            cfg.match,
+        )
+        for i, target in enumerate(cfg.postgres)
     ]
+    ddb_planners = [DynamoPlanner(t, f"{loaded.path.name}: dynamodb[{i}]", mset) for i, t in enumerate(cfg.dynamodb)]
+    steps: list[Step[TargetPlan | DynamoTargetPlan]] = [*pg_planners, *ddb_planners]
+    done = run_all(steps, parallel if parallel is not None else default_width(len(steps)))
+    target_plans = [tp for tp in done if isinstance(tp, TargetPlan)]
+    ddb_plans = [dp for dp in done if isinstance(dp, DynamoTargetPlan)]
+    for tp in target_plans:
+        warnings += tp.warnings
     levels = _levels({e for tp in target_plans for e in tp.edges}, mset)
     actions: list[Action] = []
     skipped: list[Skipped] = []

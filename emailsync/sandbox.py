@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.request
 import tempfile
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

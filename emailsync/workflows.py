@@ -70,6 +70,7 @@ def make_plan(
     redact: bool,
     quiet: bool,
     warn: Warn,
+    parallel: int | None = None,
 ) -> Planned:
     """Read the targets and mappings, build the plan (read-only), sign it when EMAILSYNC_PLAN_KEY is set, and write
     plan.json, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
@@ -87,7 +88,7 @@ def make_plan(
     for w in mset.warnings:
         warn(w)
     with store_errors("planning", "; nothing was written"):
-        p = with_progress(quiet, lambda: build_plan(loaded, mset))
+        p = with_progress(quiet, lambda: build_plan(loaded, mset, parallel=parallel))
     if key is not None:
         p = sign(p, key)
     path = out or default_plan_path(plans_dir, p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -406,6 +407,14 @@ class DynamoPlanner:
         self.client = client_for(target)
         self.probe = client_for(target, probe=True)
         self.out = DynamoTargetPlan(target)
+        self._stop = threading.Event()
+
+    def run(self) -> DynamoTargetPlan:  # executor.Step
+        return self.plan()
+
+    def cancel(self) -> None:
+        """From another thread: stop scanning after the pages in flight."""
+        self._stop.set()
 
     def plan(self) -> DynamoTargetPlan:
         self.out.reached = reached(self.target, self.client)
@@ -457,6 +466,8 @@ class DynamoPlanner:
                 TotalSegments=segments,
             )
             while True:
+                if self._stop.is_set():
+                    raise UserError(f"target {self.target.name!r}: planning stopped while scanning {info.cfg.table}")
                 page = call(self.target, f"scan {info.cfg.table}", self.client.scan, **kwargs)
                 counters["requests"] += 1
                 counters["items"] += len(page.get("Items", []))
@@ -471,7 +482,11 @@ class DynamoPlanner:
             progress.task(description, total=info.item_count or None) as bar,
             ThreadPoolExecutor(max_workers=min(segments, 8)) as pool,
         ):
-            found = [item for items in pool.map(segment, range(segments)) for item in items]
+            try:
+                found = [item for items in pool.map(segment, range(segments)) for item in items]
+            except BaseException:  # a segment failed, or Ctrl-C: the others stop after their page in flight
+                self._stop.set()
+                raise
         yield from found
         self.out.reads.append(
             dict(

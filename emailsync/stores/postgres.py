@@ -212,10 +212,24 @@ class PostgresPlanner:
         self.match = match
         self.warnings: list[str] = []
         self.edges: set[tuple[int, int]] = set()
+        self._conn: psycopg.Connection | None = None
+        self._stopped = False
+
+    def run(self) -> TargetPlan:  # executor.Step
+        return self.plan()
+
+    def cancel(self) -> None:
+        """From another thread: stop the query in flight (the server cancels it) and plan nothing more."""
+        self._stopped = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.cancel_safe()
 
     def plan(self) -> TargetPlan:
-        conn = connect(self.target)
+        conn = self._conn = connect(self.target)
         try:
+            if self._stopped:
+                raise UserError(f"target {self.target.name!r}: planning stopped")
             where = reached(conn)
             self._load_mapping(conn)
             conn.commit()

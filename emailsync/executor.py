@@ -1,0 +1,61 @@
+"""Independent steps (one per target) run on a pool of threads: the I/O of several databases and tables overlaps,
+while each step keeps its own order. dbt and SQLMesh run their steps the same way, the width set by the user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Step(Protocol[T_co]):
+    """One unit of work, stoppable from another thread."""
+
+    def run(self) -> T_co: ...
+
+    def cancel(self) -> None:
+        """Stop soon (called from another thread when a sibling step failed, or on Ctrl-C); run() then raises."""
+        ...
+
+
+def default_width(steps: int) -> int:
+    """The default --parallel: every step at once, up to 4."""
+    return max(1, min(steps, 4))
+
+
+def run_all(steps: Sequence[Step[T]], width: int) -> list[T]:
+    """Every step's result, in the steps' order. With width 1, one after another in this thread. Otherwise on
+    `width` threads: when one fails, or Ctrl-C arrives, the others are stopped and waited for (nothing is left
+    running), then the first failure in the steps' order that was not caused by stopping it is raised (or the
+    KeyboardInterrupt), so what is reported does not depend on timing."""
+    if width <= 1 or len(steps) <= 1:
+        return [s.run() for s in steps]
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="emailsync-step")
+    futures: list[Future[T]] = [pool.submit(s.run) for s in steps]
+    stopped: set[int] = set()
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() is not None for f in done):
+            stopped = _stop(steps, futures)
+    except BaseException:  # KeyboardInterrupt while waiting: stop every worker, then let it through
+        _stop(steps, futures)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    failed = [(i, e) for i, f in enumerate(futures) if not f.cancelled() and (e := f.exception()) is not None]
+    if failed:  # a step's own failure before one caused by stopping it; then the steps' order
+        raise min(failed, key=lambda ie: (ie[0] in stopped, ie[0]))[1]
+    return [f.result() for f in futures]
+
+
+def _stop(steps: Sequence[Step[T]], futures: list[Future[T]]) -> set[int]:
+    """Drop the steps not started; ask the running ones to stop. Returns those asked."""
+    asked = set()
+    for i, (s, f) in enumerate(zip(steps, futures, strict=True)):
+        if not f.done() and not f.cancel():
+            s.cancel()
+            asked.add(i)
+    return asked

@@ -1,0 +1,125 @@
+"""`emailsync plan --parallel N`: targets are planned at the same time on their own connections; the plan is the same
+whatever N; a failing target stops the others and is the one reported; Ctrl-C stops every target at once, even one
+waiting on a lock (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from helpers import assert_user_error, listing
+
+from emailsync.errors import INTERRUPTED
+from emailsync.executor import run_all
+
+SCRIPT = Path(sys.executable).with_name("emailsync")
+
+
+def _estate(ws: Any, make_db: Any, n: int = 4) -> list[Any]:
+    dbs = [make_db() for _ in range(n)]
+    for k, d in enumerate(dbs):
+        d.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, manager_email text)")
+        d.execute(
+            "INSERT INTO employees SELECT g, 'u' || g || '@old.com', 'u' || (g % 11 + 1) || '@old.com' "
+            f"FROM generate_series(1, {200 * (k + 1)}) g"
+        )
+    ws.postgres_targets(
+        {f"t{k}": d for k, d in enumerate(dbs)}, "- table: employees\n  columns: [email, manager_email]\n"
+    )
+    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(1, 1000)})
+    return dbs
+
+
+def _body(plan: Path) -> dict[str, Any]:
+    data = json.loads(plan.read_text())
+    return {k: v for k, v in data.items() if k not in ("digest", "created_at", "signature")}
+
+
+def test_the_plan_is_the_same_whatever_the_width(ws, make_db):
+    _estate(ws, make_db)
+    bodies = []
+    for width in ("1", "2", "4"):
+        r, plan = ws.plan("--parallel", width)
+        assert r.code == 0, r.out + r.err
+        bodies.append(_body(plan))
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert list(bodies[0]["targets"]) == ["t0", "t1", "t2", "t3"]
+    assert len(bodies[0]["actions"]) > 1000
+
+
+def test_a_failing_target_is_the_one_reported_and_nothing_is_written(ws, make_db):
+    dbs = _estate(ws, make_db)
+    dbs[2].execute("DROP TABLE employees")
+    files = listing(ws.path)
+    for width in ("1", "4"):
+        r = ws.run("plan", "--parallel", width)
+        assert_user_error(r, "postgres[2]", "employees")
+    assert listing(ws.path) == files
+
+
+class _Slow:
+    def __init__(self, value: int, fail: bool = False) -> None:
+        self.value, self.fail, self.cancelled, self.ran = value, fail, False, False
+
+    def run(self) -> int:
+        self.ran = True
+        for _ in range(200):
+            if self.cancelled:
+                raise RuntimeError(f"step {self.value} stopped")
+            if self.fail:
+                raise ValueError(f"step {self.value} failed")
+            time.sleep(0.01)
+        return self.value
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_run_all_keeps_order_stops_the_rest_and_reports_the_real_failure():
+    assert run_all([_Slow(i) for i in range(5)], 3) == list(range(5))
+    steps = [_Slow(0), _Slow(1), _Slow(2, fail=True), _Slow(3)]
+    started = time.monotonic()
+    try:
+        run_all(steps, 4)
+    except ValueError as e:
+        assert str(e) == "step 2 failed"  # not "step 0 stopped", though step 0 comes first
+    else:
+        raise AssertionError("no error")
+    assert time.monotonic() - started < 1.5  # the others were stopped, not run to the end (2 s)
+    # Each other step was stopped while running, or dropped before it started.
+    assert all(s.cancelled or not s.ran for s in (steps[0], steps[1], steps[3]))
+    assert any(s.cancelled for s in (steps[0], steps[1], steps[3]))
+
+
+def test_ctrl_c_stops_every_target_even_one_waiting_on_a_lock(ws, make_db):
+    dbs = _estate(ws, make_db, n=3)
+    with psycopg.connect(dbs[1].dsn) as holder, psycopg.connect(dbs[1].dsn, autocommit=True) as watcher:
+        holder.execute("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [str(SCRIPT), "plan", "--quiet", "--parallel", "3"],
+            cwd=ws.path,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        deadline = time.monotonic() + 30
+        while watcher.execute(q).fetchone()[0] == 0:  # type: ignore[index]
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=10)  # the lock is still held: only a cancelled query lets it end
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("a target kept waiting after Ctrl-C") from None
+        assert (proc.returncode, err.decode()) == (130, INTERRUPTED)
+        assert watcher.execute(q).fetchone()[0] == 0  # type: ignore[index]  # no query of ours left waiting
+    assert not list(ws.path.glob("plans/*/plan.json"))
