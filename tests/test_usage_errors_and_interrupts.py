@@ -200,26 +200,70 @@ def test_ctrl_c_while_planning_is_one_line_exit_130_and_writes_no_plan(ws, db, m
 COLOUR = re.compile(rb"\x1b\[[0-9;]*(?:3[0-9]|4[0-9]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")
 
 
-def _on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
-    """Run with stdout and stderr on a pseudo-terminal (progress bars and colours show only there)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child
-        os.chdir(cwd)
-        os.execve(args[0], args, env)
-    out = b""
-    while True:
+class _Terminal:
+    """A command on a pseudo-terminal (progress bars, colours and prompts show only there), read as it writes.
+    Every wait is bounded: a command that does not end is killed and the test fails, it never hangs the run."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.chdir(cwd)
+            os.execve(args[0], args, env)
+        self.out = b""
+        self.status: int | None = None
+
+    def read_until(self, text: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.out:
+            assert time.monotonic() < deadline, self.out
+            self._read(1)
+
+    def _read(self, wait: float) -> bool:
+        """Read what is there within `wait` seconds; False at the end of output."""
         try:
-            ready, _, _ = select.select([fd], [], [], 60)
-            if not ready:
-                break
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.waitpid(pid, 0)
-    return out
+            ready, _, _ = select.select([self.fd], [], [], wait)
+            chunk = os.read(self.fd, 65536) if ready else None
+        except OSError:  # the child closed the terminal
+            return False
+        if chunk == b"":
+            return False
+        self.out += chunk or b""
+        return True
+
+    def exited(self) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is not None
+
+    def finish(self, timeout: float = 60, nudge: bytes | None = None) -> int:
+        """Read to the end and reap the child; `nudge` is typed again every 2 s while it runs (a keystroke the
+        terminal took while the program was switching its mode is lost, as with a person)."""
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        try:
+            while not self.exited():
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    raise AssertionError(f"still running after {timeout} s: {self.out[-2000:]!r}")
+                self._read(0.2)
+                if nudge is not None and time.monotonic() - last > 2:
+                    os.write(self.fd, nudge)
+                    last = time.monotonic()
+            while self._read(0.2):
+                pass
+        finally:
+            os.close(self.fd)
+        assert self.status is not None
+        return self.status
+
+
+def _on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> bytes:
+    t = _Terminal(args, cwd, env)
+    t.finish()
+    return t.out
 
 
 def test_no_color_is_honoured_on_a_terminal(ws, db):
@@ -241,31 +285,13 @@ def test_ctrl_c_at_the_approval_prompt_is_one_line_exit_130_and_writes_nothing(w
     else, and the database is untouched."""
     plan = _estate(ws, db)
     rows = db.rows("SELECT * FROM employees ORDER BY id")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child, on the pseudo-terminal
-        os.chdir(ws.path)
-        os.execve(str(SCRIPT), [str(SCRIPT), "apply", str(plan), "--quiet"], dict(os.environ, NO_COLOR="1"))
-    out = b""
-    deadline = time.monotonic() + 60
-    while b"Only 'yes' is accepted" not in out:
-        assert time.monotonic() < deadline, out
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            out += os.read(fd, 65536)
-    os.write(fd, b"\x03")  # Ctrl-C, as typed
-    while True:
-        try:
-            ready, _, _ = select.select([fd], [], [], 30)
-            chunk = os.read(fd, 65536) if ready else b""
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 130, out
+    t = _Terminal([str(SCRIPT), "apply", str(plan), "--quiet"], ws.path, dict(os.environ, NO_COLOR="1"))
+    t.read_until(b"Only 'yes' is accepted")
+    os.write(t.fd, b"\x03")  # Ctrl-C, as typed
+    assert t.finish(nudge=b"\x03") == 130, t.out
+    out = t.out
     after_prompt = out.split(b"Only 'yes' is accepted", 1)[1].decode()
-    lines = [ln for ln in after_prompt.replace("\r", "").splitlines() if ln.strip(": ") not in ("", "^C")]
+    lines = [ln for ln in after_prompt.replace("\r", "").replace("^C", "").splitlines() if ln.strip(": ")]
     assert lines == [INTERRUPTED.strip()], out
     assert "Traceback" not in out.decode()
     assert db.rows("SELECT * FROM employees ORDER BY id") == rows
