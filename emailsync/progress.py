@@ -34,16 +34,39 @@ class Task:
             self._progress.update(self._id, total=total)
 
 
+def _rate_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Units per second (rows, items, actions), once rich has measured a speed."""
+
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.0f}/s" if task.speed else "", style="progress.data.speed")
+
+    return Rate()
+
+
 class _Display:
     def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            _rate_column(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(compact=True),  # the estimate of the time left, for a phase of known size
             console=console,
             transient=True,  # the bars go when the phase ends: what stays on screen is the result
             # Our own output goes where it is written: stdout stays stdout, even while a bar is drawn.

@@ -156,3 +156,26 @@ def test_progress_bars_for_dynamodb_scans_and_writes(ddb, ws):
     assert code == 0, out + err
     assert "apply hr" in err and "30/30" in err
     assert {i["email"] for i in ddb.items("profiles")} == {f"u{i}@newco.com" for i in range(30)}
+
+
+def test_progress_shows_the_rate_and_the_time_left():
+    """A phase of known size shows units per second and an estimate of the time left while it runs."""
+    import io
+    import re
+    import time
+
+    from rich.console import Console
+
+    from emailsync import progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=160, color_system=None)
+    with progress.shown(True, console=console), progress.task("apply core: writing", total=1000) as bar:
+        for _ in range(20):
+            bar.advance(10)
+            time.sleep(0.05)
+        assert progress._display is not None
+        progress._display.progress.refresh()
+    frames = buf.getvalue()
+    # done of total, the rate, the time elapsed, then the time left (MM:SS)
+    assert re.search(r"200/1000 +[\d,]+/s +0:00:0\d +\d\d:\d\d", frames), frames[-500:]
