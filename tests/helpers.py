@@ -148,6 +148,17 @@ def cli_process(ws: Any, *args: str) -> subprocess.Popen[str]:
     )
 
 
+# A DynamoDB target alone, with a ledger table; `tables` is the YAML of its tables (format()).
+DDB_ONLY = """version: 1
+mappings: m.json
+dynamodb:
+  - name: auth
+    endpoint_url: ${{DYNAMODB_ENDPOINT}}
+    ledger_table: emailsync-ledger
+    tables:
+{tables}"""
+
+
 # -- an estate of both stores: a PostgreSQL target and a DynamoDB target with a live table -----------------------------
 
 MIXED_TARGETS = """version: 1

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers import MIXED_TARGETS, assert_user_error, hook_dynamodb, mixed_estate
+from helpers import DDB_ONLY, MIXED_TARGETS, assert_user_error, hook_dynamodb, mixed_estate
 from helpers import apply_confirmed as _apply
 from helpers import raw_items as _raw_items
 from helpers import rollback_plan as _rollback
@@ -139,15 +139,6 @@ def test_two_postgres_targets_in_one_database_lock_each_other_out(ws, db):
 
 
 # -- rollback: DynamoDB ---------------------------------------------------------------------------------------------
-
-DDB_ONLY = """version: 1
-mappings: m.json
-dynamodb:
-  - name: auth
-    endpoint_url: ${{DYNAMODB_ENDPOINT}}
-    ledger_table: emailsync-ledger
-    tables:
-{tables}"""
 
 
 def _ddb(ws: Any, tables: str, mappings: Any) -> Path:

@@ -15,8 +15,8 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+from helpers import DDB_ONLY, assert_user_error, hook_dynamodb
 from helpers import apply_confirmed as _apply
-from helpers import assert_user_error, hook_dynamodb
 from helpers import raw_items as _raw_items
 from helpers import rollback_plan as _rollback
 from helpers import table_dump as _dump
@@ -67,15 +67,6 @@ def _pg(ws: Any, db: Any, tables: str, mappings: Any) -> Path:
     ws.mappings(mappings)
     return _plan(ws)
 
-
-DDB_ONLY = """version: 1
-mappings: m.json
-dynamodb:
-  - name: auth
-    endpoint_url: ${{DYNAMODB_ENDPOINT}}
-    ledger_table: emailsync-ledger
-    tables:
-{tables}"""
 
 PROFILES = "      - table: profiles\n        attributes: [email, backup]\n"
 
@@ -680,54 +671,34 @@ def test_insert_row_puts_back_a_json_column_as_it_was(ws, db):
     assert db.rows("SELECT prefs::text FROM employees WHERE id = 1") == [('{"a": 3, "b": 1}',)]
 
 
-def test_row_deleted_on_conflict_whose_manager_column_a_cascade_moved(ws, db):
-    """The cascaded variant, without any update of the deleted row: employees.manager references users.email ON
-    UPDATE CASCADE (not configured: the database moves it, the plan warns). The plan moves boss@o -> boss@n in
-    users (step 1) and deletes employee x@o, whose new value w@o is taken (step 2). Expected: exit 0, x@o deleted,
-    w@o's manager cascaded, and the rollback puts everything back. Was: exit 3, nothing written: by step 2 the
-    cascade has changed x@o's manager, and the delete's exact whole-row condition in _run_step (unlike _classify,
-    which leaves cascaded columns out) no longer matches, so the delete is reported stale on every run."""
+@pytest.mark.parametrize(
+    ("foreign_key", "employee_columns"),
+    [
+        # The cascaded variant, without any update of the deleted row: employees.manager references users.email ON
+        # UPDATE CASCADE (not configured: the database moves it, the plan warns). Was: exit 3, nothing written: by
+        # step 2 the cascade has changed x@o's manager, and the delete's exact whole-row condition in _run_step
+        # (unlike _classify, which leaves cascaded columns out) no longer matched, so the delete was reported stale.
+        pytest.param("REFERENCES users (email) ON UPDATE CASCADE", "[email]", id="cascaded"),
+        # NO ACTION with manager configured, so the plan changes parent and children in one statement. Was: the
+        # rollback failed with "violates foreign key constraint employees_manager_fkey": build_rollback ordered the
+        # insert-row by the reversed step of the delete, before the revert of boss@n -> boss@o, but the image it
+        # re-inserts is the row from before the whole plan (manager boss@o), which no users row held yet.
+        pytest.param("REFERENCES users (email)", "[email, manager]", id="configured"),
+    ],
+)
+def test_row_deleted_on_conflict_whose_manager_moved_applies_and_rolls_back(ws, db, foreign_key, employee_columns):
+    """employees.manager references users.email. The plan moves boss@o -> boss@n in users (step 1) and deletes
+    employee x@o, whose new value w@o is taken (step 2). Expected: exit 0, x@o deleted, w@o's manager moved, and
+    the rollback puts users and employees back exactly."""
     db.execute("CREATE TABLE users (email text PRIMARY KEY, name text)")
-    db.execute(
-        "CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, "
-        "manager text REFERENCES users (email) ON UPDATE CASCADE)"
-    )
+    db.execute(f"CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, manager text {foreign_key})")
     db.execute("INSERT INTO users VALUES ('boss@o.com', 'Boss')")
     db.execute("INSERT INTO employees VALUES (1, 'x@o.com', 'boss@o.com'), (2, 'w@o.com', 'boss@o.com')")
     before = _dump(db, "users", "employees")
     plan = _pg(
         ws,
         db,
-        "- {table: users, columns: [email]}\n- {table: employees, columns: [email]}",
-        {"boss@o.com": "boss@n.com", "x@o.com": "w@o.com"},
-    )
-    r = _apply(ws, plan)
-    assert r.code == 0, r.out + r.err
-    assert db.rows("SELECT id, email, manager FROM employees ORDER BY id") == [(2, "w@o.com", "boss@n.com")]
-    rb = _rollback(ws, plan)
-    r = _apply(ws, rb)
-    assert r.code == 0, r.out + r.err
-    assert _dump(db, "users", "employees") == before
-
-
-def test_rollback_re_inserts_a_child_row_after_its_parent_is_moved_back(ws, db):
-    """employees.manager references users.email (NO ACTION; manager is configured, so the plan changes parent and
-    children in one statement). The plan moves boss@o -> boss@n (users and every manager, step 1) and then deletes
-    employee x@o, whose new value w@o is taken (step 2); both apply cleanly. Expected: the rollback puts users and
-    employees back exactly (exit 0). Was: exit 3, "violates foreign key constraint employees_manager_fkey", every
-    action failed: rollback.build_rollback orders the insert-row by the reversed step of the delete (step 1), before
-    the revert of boss@n -> boss@o (step 2), but the image it re-inserts is the row from before the whole plan
-    (manager boss@o), which no users row holds yet. Such a rollback can never be applied (with a NO ACTION or
-    RESTRICT key)."""
-    db.execute("CREATE TABLE users (email text PRIMARY KEY, name text)")
-    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, manager text REFERENCES users (email))")
-    db.execute("INSERT INTO users VALUES ('boss@o.com', 'Boss')")
-    db.execute("INSERT INTO employees VALUES (1, 'x@o.com', 'boss@o.com'), (2, 'w@o.com', 'boss@o.com')")
-    before = _dump(db, "users", "employees")
-    plan = _pg(
-        ws,
-        db,
-        "- {table: users, columns: [email]}\n- {table: employees, columns: [email, manager]}",
+        f"- {{table: users, columns: [email]}}\n- {{table: employees, columns: {employee_columns}}}",
         {"boss@o.com": "boss@n.com", "x@o.com": "w@o.com"},
     )
     r = _apply(ws, plan)
