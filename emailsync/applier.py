@@ -78,14 +78,8 @@ def check_reached(plan: Plan, now: dict[str, TargetFingerprint], loaded: LoadedT
                 f"target {name!r} reaches {reached.describe()}; the plan was made against {then.describe()} ({diffs})"
             )
     if problems:
-        older = (
-            " (this plan was made by an older emailsync, which recorded what the DSN said rather than where the "
-            "connection arrived)"
-            if plan.format_minor < 3
-            else ""
-        )
         raise UserError(
-            f"the plan does not match the stores {loaded.path.name} reaches now{older}; nothing was written. Apply "
+            f"the plan does not match the stores {loaded.path.name} reaches now; nothing was written. Apply "
             "with the targets and environment the plan was made with, or re-plan against these stores",
             problems=problems,
         )

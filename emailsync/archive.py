@@ -1,4 +1,4 @@
-"""The plans/ folder: one folder per plan holding plan.json, plan.md and what happened when it was applied."""
+"""The plans/ folder: one folder per plan holding plan.jsonl.gz, plan.md and what happened when it was applied."""
 
 from __future__ import annotations
 
@@ -14,27 +14,27 @@ from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
-from emailsync.plan import Plan, loads, write_plan
+from emailsync.plan import Plan, loads
+from emailsync.planfile import beside, check_name, write_plan
 
 DONE = ("applied", "already-applied")
 STICKY = (*DONE, "needs-review")  # written: a later run's outcome that wrote nothing does not undo that
 
 
 def save_plan(plan: Plan, path: Path, *, markdown: str) -> Path:
-    """Write plan.json and plan.md (`markdown`, its rendering) side by side; returns the plan.md path."""
-    if path.suffix != ".json":
-        raise UserError(f"--out {path}: a plan file must end in .json")
+    """Write plan.jsonl.gz and plan.md (`markdown`, its rendering) side by side; returns the plan.md path."""
+    check_name(path)
     if path.exists():
         raise UserError(f"--out {path}: the file exists; plans are never overwritten, choose another path")
     write_plan(plan, path)
-    md = path.with_name(path.stem + ".md") if path.name != "plan.json" else path.with_name("plan.md")
+    md = beside(path, "plan.md")
     md.write_text(markdown, encoding="utf-8")
     return md
 
 
 def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
     """report.json beside the plan: the latest apply's outcome per action (fsync'd, then renamed)."""
-    out = plan_path.with_name("report.json" if plan_path.name == "plan.json" else plan_path.stem + ".report.json")
+    out = beside(plan_path, "report.json")
     write_atomic(out, _report_text(report))
     return out
 
@@ -270,9 +270,7 @@ class RollbackRecord(BaseModel):
 
 
 def _rollbacks_path(plan_path: Path) -> Path:
-    return plan_path.with_name(
-        "rollbacks.json" if plan_path.name == "plan.json" else plan_path.stem + ".rollbacks.json"
-    )
+    return beside(plan_path, "rollbacks.json")
 
 
 def rollbacks(plan_path: Path) -> list[RollbackRecord]:

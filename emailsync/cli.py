@@ -156,7 +156,9 @@ def plan(
         Path | None,
         typer.Option(help="Mappings file (JSON or CSV); default: `mappings:` in the targets file."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Where to write plan.json (plan.md goes beside it).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the plan (*.jsonl.gz); plan.md goes beside it.")
+    ] = None,
     plans_dir: Annotated[Path, typer.Option(help="Archive folder for plans when --out is not given.")] = Path("plans"),
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 0 when there are no changes, 2 when there are.")
@@ -232,7 +234,7 @@ def plan(
 
 @app.command()
 def apply(
-    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The reviewed plan.json.")],
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The reviewed plan.jsonl.gz.")],
     targets: TargetsOpt = Path("targets.yaml"),
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")] = False,
     on_stale: Annotated[
@@ -337,13 +339,14 @@ def show(
     """Render a plan (its digest is checked first) and the history of its applies found beside it. --target,
     --table and --kind show a part of it: what plan.md leaves out of a large plan."""
     from emailsync.archive import apply_history
-    from emailsync.plan import dumps, read_plan, render_json, select
+    from emailsync.plan import body_lines, dumps, select
+    from emailsync.planfile import read_plan
     from emailsync.render import history_lines, plan_markdown, plan_text
 
     try:
         if redact and format is not Format.markdown:
             raise UserError(
-                f"--redact renders plan.md only; use --format markdown (plan.json itself is never redacted: "
+                f"--redact renders plan.md only; use --format markdown (the plan file itself is never redacted: "
                 f"apply needs the real values), not --format {format.value}"
             )
         p = read_plan(plan_file)
@@ -359,23 +362,23 @@ def show(
             return
     except UserError as e:
         _fail(e)
-    if format is Format.json and part:
-        # Not a plan file: the part of one, named by the plan's digest.
-        selection = {"target": target, "table": table, "kind": kind}
-        doc = {
-            "plan_digest": p.digest,
-            "selection": {k: v for k, v in selection.items() if v is not None},
-            "summary": [r.model_dump(mode="json") for r in p.summary],
-            "actions": [a.model_dump(mode="json", exclude_none=True) for a in p.actions],
-            "skipped": [sk.model_dump(mode="json") for sk in p.skipped],
-        }
-        typer.echo(dumps(doc, indent=2))
-    elif format is Format.json:
-        text = render_json(p)
+    if format is Format.json:
+        # JSON Lines, streamed: the plan's header (for a part, its digest, the selection and the part's counts), its
+        # lines as the file holds them, then the history of its applies as a last line.
+        if part:
+            selection = {"target": target, "table": table, "kind": kind}
+            head = {
+                "plan_digest": p.digest,
+                "selection": {k: v for k, v in selection.items() if v is not None},
+                "summary": [r.model_dump(mode="json") for r in p.summary],
+            }
+        else:
+            head = p.model_dump(mode="python", exclude={"signature"} if p.signature is None else set())
+        typer.echo(dumps(head))
+        for line in body_lines(p):
+            typer.echo(line)
         if history:
-            # The plan file's own bytes, then the history as a second JSON document on its own line.
-            text += dumps({"apply_history": [h.model_dump(mode="python") for h in history]}) + "\n"
-        typer.echo(text, nl=False)
+            typer.echo(dumps({"apply_history": [h.model_dump(mode="python") for h in history]}))
     elif format is Format.text:
         typer.echo("\n".join([*plan_text(p), "", *history_lines(history)]))
     else:
@@ -393,7 +396,8 @@ def verify(
     """Read-only: is each action of the plan in its before state, its after state, or drifted?
     Exit 0 when every action is in its after state, 3 otherwise."""
     from emailsync.config import load_targets
-    from emailsync.plan import dumps, read_plan
+    from emailsync.plan import dumps
+    from emailsync.planfile import read_plan
     from emailsync.render import verify_lines, verify_markdown
     from emailsync.verify import counts, verify_plan
     from emailsync.workflows import store_errors, with_progress
@@ -438,8 +442,8 @@ def diff(
 ) -> None:
     """What changed between two plans, action by action (added, removed, changed field by field).
     Exit 0 when they make the same changes, 2 when they differ."""
-    from emailsync.plan import read_plan
     from emailsync.plandiff import diff_plans, render_json, render_markdown, render_text
+    from emailsync.planfile import read_plan
 
     try:
         d = diff_plans(read_plan(old_plan), read_plan(new_plan))
@@ -485,25 +489,28 @@ def unlock(
 @app.command()
 def rollback(
     plan_dir: Annotated[Path, typer.Argument(metavar="PLAN_DIR", help="The applied plan's folder in plans/.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write the rollback plan.json.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the rollback plan, *.jsonl.gz.")] = None,
     plans_dir: Annotated[Path, typer.Option(help="Archive folder when --out is not given.")] = Path("plans"),
 ) -> None:
     """Make a plan that puts back everything the recorded applies of PLAN_DIR changed. Review and apply it
     like any other plan; rows or items changed since are reported stale, never overwritten."""
     from emailsync.archive import record_rollback, save_plan
+    from emailsync.planfile import PLAN_NAME, check_name
     from emailsync.planner import default_plan_path
     from emailsync.render import plan_markdown, summary_lines
     from emailsync.rollback import build_rollback
     from emailsync.signing import plan_key, sign
 
     try:
+        if out is not None:
+            check_name(out)
         key = plan_key()
         p = build_rollback(plan_dir)
         if key is not None:  # a rollback plan is applied like any other: signed by the same trusted planner
             p = sign(p, key)
         path = out or default_plan_path(plans_dir, p)
         md = save_plan(p, path, markdown=plan_markdown(p))
-        record_rollback(plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir, p, path)
+        record_rollback(plan_dir / PLAN_NAME if plan_dir.is_dir() else plan_dir, p, path)
     except UserError as e:
         _fail(e)
     typer.echo("\n".join(summary_lines(p)))

@@ -10,6 +10,7 @@ UTF-16 surrogate: Python keeps it in a str, and it fails only later, when a data
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -49,6 +50,37 @@ def read_limited(path: Path, kind: str) -> bytes:
 
     FileNotFoundError, IsADirectoryError, PermissionError and other OSErrors are raised as they are, for the
     caller's own message about that kind of file."""
+    chunks = []
+    with open_limited(path, kind) as f:
+        while chunk := f.read(1 << 20):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Limited(io.RawIOBase):
+    """A regular file read through a size limit: reading past it is a UserError (the file grew while read)."""
+
+    def __init__(self, f: io.FileIO, limit: int, too_big: str) -> None:
+        self._f, self._left, self._too_big = f, limit, too_big
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n: int = self._f.readinto(buf)
+        self._left -= n
+        if self._left < 0:
+            raise UserError(f"{self._too_big} (it grew past it while being read)")
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def open_limited(path: Path, kind: str) -> io.BufferedReader:
+    """The file opened for reading, refused with one UserError unless it is a regular file within its kind's limit;
+    reading it past the limit (a file that grows) raises one too. OSErrors are raised as they are."""
     label, _, var = LIMITS[kind]
     limit = max_bytes(kind)
     # O_NONBLOCK: opening a FIFO must not wait for a writer (POSIX only; elsewhere there are no FIFOs to fear).
@@ -59,7 +91,7 @@ def read_limited(path: Path, kind: str) -> bytes:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(st.st_mode):
             raise UserError(
-                f"{path}: not a regular file but {_file_type(st.st_mode)}; emailsync reads the {label} whole, from a "
+                f"{path}: not a regular file but {_file_type(st.st_mode)}; emailsync reads the {label} from a "
                 "file on disk: save it to a file and pass that path"
             )
         too_big = (
@@ -68,13 +100,11 @@ def read_limited(path: Path, kind: str) -> bytes:
         )
         if st.st_size > limit:
             raise UserError(f"{too_big} (it has {st.st_size:,} bytes)")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)  # the size can grow after fstat: never read past the limit
-        if len(data) > limit:
-            raise UserError(f"{too_big} (it grew past it while being read)")
-        return data
-    finally:
+        raw = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
         os.close(fd)
+        raise
+    return io.BufferedReader(_Limited(raw, limit, too_big), 1 << 16)
 
 
 def _file_type(mode: int) -> str:

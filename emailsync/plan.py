@@ -1,30 +1,34 @@
 """The plan: frozen data, its canonical JSON, its digest, and reading/writing plan files.
 
-Making plans lives in planner.py and applying them in applier.py; this module only knows the format.
-Format versioning follows Terraform: `format` carries the major version (a new major breaks readers),
-`format_minor` counts additions (an older reader refuses a newer minor rather than ignore fields it does
-not understand, because ignoring part of a plan that rewrites identity data is never safe).
+Making plans lives in planner.py, applying them in applier.py and reading or writing plan files in planfile.py;
+this module only knows the data. Format versioning follows Terraform: `format` carries the major version (a new major
+breaks readers), `format_minor` counts additions (an older reader refuses a newer minor rather than ignore fields it
+does not understand, because ignoring part of a plan that rewrites identity data is never safe).
+
+A plan is its header (this module's Plan) and two streams, its actions and its skipped changes: lists while a plan is
+being made, the plan file itself once it is read (planfile.FileRows), so a plan of millions of actions is never held in
+memory by the commands that read it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from emailsync.errors import UserError
-from emailsync.files import write_atomic
-from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, read_limited
 
-PLAN_FORMAT = "emailsync.plan/v1"
-PLAN_FORMAT_MINOR = 3  # 1: rollback plans (insert-row, restore-item, rollback_of); 2: signature;
-# 3: targets record what the connection reached (system_identifier, account), not what the DSN said
+# v2: gzip'd JSON Lines, a header line then one line per action or skipped change, sorted by section (planfile.py).
+# v1 (one JSON document; its minors 1-3 added rollback plans, signatures and reached targets) is refused by name.
+PLAN_FORMAT = "emailsync.plan/v2"
+PLAN_FORMAT_MINOR = 0
+DIGEST_SCHEME = "sha256-jsonl/1"  # see planfile.py: the digest covers the header, the header the body's sha256
 
 ActionKind = Literal[
     "update",
@@ -158,12 +162,27 @@ class RollbackOf(_Frozen):
     actions_undone: int
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Rows(Protocol[T_co]):
+    """Actions or skipped changes: a list while a plan is made, the plan file's lines once read. Each iteration
+    reads them again from the start; len() is known without reading them."""
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+    def __len__(self) -> int: ...
+
+
 class Plan(_Frozen):
+    """The plan's header, which is also the first line of its file; `actions` and `skipped` stream the rest."""
+
     format: str = PLAN_FORMAT
     format_minor: int = PLAN_FORMAT_MINOR
     digest: str
     # HMAC of the digest under EMAILSYNC_PLAN_KEY (signing.py); outside the digest, which it signs.
     signature: str | None = None
+    digest_scheme: str = DIGEST_SCHEME
     created_at: str
     tool_version: str
     inputs: Inputs
@@ -171,19 +190,61 @@ class Plan(_Frozen):
     summary: list[SummaryRow]
     warnings: list[str]
     reads: list[ReadRecord] = []
-    skipped: list[Skipped]
     rollback_of: RollbackOf | None = None
-    actions: list[Action]
-    # The canonical JSON of the plan (without its digest) in pieces, kept by seal() for render_json(): the
-    # digest and the file are written from the same text, so each action is serialised once.
-    _canonical: dict[str, Any] | None = PrivateAttr(default=None)
+    action_count: int
+    skipped_count: int
+    body_sha256: str  # sha256 of the body's lines, each with its newline (planfile.py)
+    _actions: Rows[Action] = PrivateAttr(default_factory=list)
+    _skipped: Rows[Skipped] = PrivateAttr(default_factory=list)
+
+    @property
+    def actions(self) -> Rows[Action]:
+        return self._actions
+
+    @property
+    def skipped(self) -> Rows[Skipped]:
+        return self._skipped
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.actions)
+        return self.action_count > 0
 
 
-SKIPPED_KIND = "skipped-conflict"  # the kind a skipped change is counted and selected under
+SKIPPED_KIND = "skipped-conflict"  # the kind a skipped change is counted, selected and written under
+
+
+def section_of(item: Action | Skipped) -> tuple[str, str, str]:
+    """The section (target, table, kind) an action or skipped change is written in."""
+    return (item.target, item.table, item.kind if isinstance(item, Action) else SKIPPED_KIND)
+
+
+def line_of(item: Action | Skipped) -> str:
+    """The item's line in the plan file: compact canonical JSON, fields left at their default (None, false) left
+    out, a skipped change marked by its kind. Lines stand alone, so `zcat plan.jsonl.gz | jq 'select(...)'` works."""
+    if isinstance(item, Action):
+        return dumps({k: v for k, v in item.__dict__.items() if v is not None and not (k == "live" and v is False)})
+    return dumps({**item.__dict__, "kind": SKIPPED_KIND})
+
+
+def sort_key(item: Action | Skipped, line: str | None = None) -> tuple[str, str, str, str]:
+    """Order of the plan's body: by section, then by action id (a skipped change by its line). Two plans of the same
+    targets are then in the same order, and diff pairs their actions by a merge walk."""
+    if isinstance(item, Action):
+        return (item.target, item.table, item.kind, item.id)
+    return (item.target, item.table, SKIPPED_KIND, line if line is not None else line_of(item))
+
+
+class _Filtered:
+    """A part of some rows, chosen by section; its length comes from the plan's summary, without reading."""
+
+    def __init__(self, rows: Rows[Any], chosen: Callable[[tuple[str, str, str]], bool], count: int) -> None:
+        self._rows, self._chosen, self._count = rows, chosen, count
+
+    def __iter__(self) -> Iterator[Any]:
+        return (x for x in self._rows if self._chosen(section_of(x)))
+
+    def __len__(self) -> int:
+        return self._count
 
 
 def select(
@@ -208,15 +269,18 @@ def select(
             and (kinds is None or kind in kinds)
         )
 
+    rows = [r for r in plan.summary if chosen(r.target, r.table, r.kind)]
+    n_actions = sum(r.count for r in rows if r.kind != SKIPPED_KIND)
     part = plan.model_copy(
         update={
-            "actions": [a for a in plan.actions if chosen(a.target, a.table, a.kind)],
-            "skipped": [s for s in plan.skipped if chosen(s.target, s.table, SKIPPED_KIND)],
-            "summary": [r for r in plan.summary if chosen(r.target, r.table, r.kind)],
+            "summary": rows,
             "reads": [r for r in plan.reads if kinds is None and chosen(r.target, r.table, "")],
+            "action_count": n_actions,
+            "skipped_count": sum(r.count for r in rows) - n_actions,
         }
     )
-    part._canonical = None  # the file's text is the whole plan's: render_json must not pass it off as the part's
+    part._actions = _Filtered(plan.actions, lambda s: chosen(*s), n_actions)
+    part._skipped = _Filtered(plan.skipped, lambda s: chosen(*s), part.skipped_count)
     return part
 
 
@@ -287,209 +351,53 @@ def loads(text: str) -> Any:
     return _DECODER.decode(text)
 
 
-_LINED = ("actions", "skipped")  # written one per line in the file
-_UNHASHED = ("digest", "signature")  # the digest covers everything else
+_UNHASHED = ("digest", "signature")  # the digest covers everything else in the header
 
 
-# Canonical pieces: the compact canonical JSON of each top-level value but the digest, the lined fields as a list
-# with one item's JSON each.
-Pieces = dict[str, Any]
-
-
-def _pieces_of_plan(plan: Plan) -> Pieces:
-    """Each item is dumped from its fields (an action's __dict__), not through model_dump: the same text, without a
-    copy of the plan."""
-    pieces: Pieces = {}
-    for k in Plan.model_fields:
-        if k in _UNHASHED:
-            continue
-        v = getattr(plan, k)
-        pieces[k] = [dumps(x.__dict__) for x in v] if k in _LINED else dumps(v)
-    return pieces
-
-
-def _digest_of(pieces: Pieces) -> str:
-    # Exactly sha256(dumps(body without digest)): compact, sorted keys, a list as "[" + items joined by "," + "]".
-    # Hashed item by item: a plan of a million actions is never held as one more string.
-    h = hashlib.sha256()
-    h.update(b"{")
-    for n, k in enumerate(sorted(pieces)):
-        if n:
-            h.update(b",")
-        v = pieces[k]
-        h.update(f"{dumps(k)}:".encode())
-        if k in _LINED:
-            h.update(b"[")
-            for i, item in enumerate(v):
-                if i:
-                    h.update(b",")
-                h.update(item.encode())
-            h.update(b"]")
-        else:
-            h.update(v.encode())
-    h.update(b"}")
-    return "sha256:" + h.hexdigest()
-
-
-def compute_digest(plan_body: dict[str, Any]) -> str:
-    # A plan without a signature hashes as it did before signatures existed (the key is left out, not null).
-    body = {k: v for k, v in plan_body.items() if k not in _UNHASHED}
+def header_digest(header: dict[str, Any]) -> str:
+    """sha256 of the header's canonical JSON without digest and signature; the header holds the body's sha256."""
+    body = {k: v for k, v in header.items() if k not in _UNHASHED}
     return "sha256:" + hashlib.sha256(dumps(body).encode()).hexdigest()
 
 
 def seal(body: dict[str, Any]) -> Plan:
-    """Build the frozen Plan from everything but the digest, computing the digest."""
+    """Build the frozen Plan from its header fields and its `actions` and `skipped` lists (models or dicts): sorts
+    them into the file's order, counts them, hashes their lines and computes the digest."""
     body = dict(body)
-    body["digest"] = "sha256:" + "0" * 64
+    actions = sorted(
+        (a if isinstance(a, Action) else Action.model_validate(a) for a in body.pop("actions")), key=sort_key
+    )
+    skipped = [s if isinstance(s, Skipped) else Skipped.model_validate(s) for s in body.pop("skipped")]
+    keyed = sorted((sort_key(s), s) for s in skipped)
+    h = hashlib.sha256()
+    for line in _merged_lines(actions, [s for _, s in keyed]):
+        h.update(line.encode())
+        h.update(b"\n")
+    body |= {
+        "action_count": len(actions),
+        "skipped_count": len(skipped),
+        "body_sha256": h.hexdigest(),
+        "digest": "sha256:" + "0" * 64,
+    }
     plan = Plan.model_validate(body)
-    pieces = _pieces_of_plan(plan)
-    sealed = plan.model_copy(update={"digest": _digest_of(pieces)})
-    sealed._canonical = pieces
+    sealed = plan.model_copy(update={"digest": header_digest(plan.model_dump(mode="python"))})
+    sealed._actions = actions
+    sealed._skipped = [s for _, s in keyed]
     return sealed
 
 
-# --- files -------------------------------------------------------------------------------------------------
+def _merged_lines(actions: Iterable[Action], skipped: Iterable[Skipped]) -> Iterator[str]:
+    """The body's lines from sorted actions and sorted skipped changes, merged into one order by section."""
+    a_lines = ((sort_key(a), line_of(a)) for a in actions)
+    s_lines = ((sort_key(s), line_of(s)) for s in skipped)
+    for _, line in heapq.merge(a_lines, s_lines, key=lambda kl: kl[0]):
+        yield line
 
 
-def _layout(header: dict[str, Any], pieces: Pieces) -> Iterator[str]:
-    """The file in order, piece by piece: an indented header, then the lined fields one item per line."""
-    head = dumps(header, indent=2)
-    assert head.endswith("}")
-    yield head[:-2] + ",\n"
-    for name, end in (("actions", ",\n"), ("skipped", "\n}\n")):
-        items = pieces[name]
-        if not items:
-            yield f'  "{name}": []'
-        else:
-            yield f'  "{name}": [\n    '
-            for i, item in enumerate(items):
-                if i:
-                    yield ",\n    "
-                yield item
-            yield "\n  ]"
-        yield end
-
-
-def _render(header: dict[str, Any], pieces: Pieces) -> str:
-    return "".join(_layout(header, pieces))
-
-
-def _is_layout_of(text: str, header: dict[str, Any], pieces: Pieces) -> bool:
-    """Whether text is exactly _render(header, pieces), compared piece by piece (no second copy of the file)."""
-    pos = 0
-    for part in _layout(header, pieces):
-        if not text.startswith(part, pos):
-            return False
-        pos += len(part)
-    return pos == len(text)
-
-
-def render_json(plan: Plan) -> str:
-    """The plan file: readable header, then one action per line so a re-plan diffs line by line in review."""
-    pieces = plan._canonical
-    if pieces is None:
-        pieces = _pieces_of_plan(plan)
-    header = {k: getattr(plan, k) for k in pieces if k not in _LINED} | {"digest": plan.digest}
-    if plan.signature is not None:
-        header["signature"] = plan.signature
-    return _render(header, pieces)
-
-
-_FAST_DECODER = json.JSONDecoder(parse_float=Decimal)  # C speed; duplicate keys are caught by _parse_plan
-
-
-def _parse_plan(text: str) -> tuple[Any, Pieces | None]:
-    """The plan's data, and its canonical pieces when the file is exactly as write_plan writes it.
-
-    A file written by emailsync is parsed at C speed: re-rendered from its data it gives back the same text, which a
-    duplicate key (or any other edit of the layout) would not. Any other file is parsed again by loads(), which names
-    the first duplicate key or syntax error as before."""
-    try:
-        if text.startswith("\ufeff"):
-            raise json.JSONDecodeError("BOM", text, 0)
-        data = _FAST_DECODER.decode(text)
-    except (ValueError, RecursionError):  # JSONDecodeError, or an integer too long to convert
-        return loads(text), None
-    if isinstance(data, dict) and all(isinstance(data.get(k), list) for k in _LINED):
-        try:
-            pieces = {
-                k: [dumps(x) for x in v] if k in _LINED else dumps(v) for k, v in data.items() if k not in _UNHASHED
-            }
-            header = {k: v for k, v in data.items() if k not in _LINED}
-            if _is_layout_of(text, header, pieces):
-                return data, pieces
-        except (TypeError, ValueError, RecursionError, AssertionError):
-            pass
-    return loads(text), None
-
-
-def write_plan(plan: Plan, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, render_json(plan))  # never a half-written plan under the real name, even after a crash
-
-
-def read_plan(path: Path) -> Plan:
-    """Read and check a plan file: format, digest, schema. Every problem is a UserError."""
-    try:
-        text = read_limited(path, "plan").decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: plan file not found; pass the plan.json written by `emailsync plan`") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; pass the plan.json inside it") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the plan file ({e})") from None
-    except ValueError:  # a NUL byte in the path
-        raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte)") from None
-    # emailsync writes characters as they are, not as \\udXXX escapes: only an edited plan has its strings walked.
-    escaped = may_escape_surrogates(text)
-    try:
-        data, pieces = _parse_plan(text)
-        del text  # a plan of a million actions: the text, its pieces and its data are each hundreds of MB
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except ValueError as e:
-        raise UserError(f"{path}: {e}; the plan was edited by hand, make a new one with `emailsync plan`") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a plan (the top level must be an object)")
-    bad = first_non_text(data) if escaped else None
-    if bad is not None:
-        raise UserError(f"{path}: {bad}: {NOT_TEXT}; the plan was edited by hand, make a new one with `emailsync plan`")
-    fmt = data.get("format")
-    if fmt != PLAN_FORMAT:
-        raise UserError(
-            f"{path}: unknown plan format {fmt!r}; this emailsync reads {PLAN_FORMAT!r}. "
-            "Make the plan with this version, or upgrade emailsync to the one that made it."
-        )
-    minor = data.get("format_minor", 0)
-    if not isinstance(minor, int) or isinstance(minor, bool):
-        raise UserError(
-            f"{path}: format_minor must be a whole number, not {str(minor)[:40]!r}; the plan was edited by hand, "
-            "make a new one with `emailsync plan`"
-        )
-    if minor > PLAN_FORMAT_MINOR:
-        raise UserError(
-            f"{path}: plan format {PLAN_FORMAT} minor {minor!r} is newer than this emailsync understands "
-            f"(minor {PLAN_FORMAT_MINOR}); upgrade emailsync before applying it."
-        )
-    digest = data.get("digest")
-    try:
-        expected = _digest_of(pieces) if pieces is not None else compute_digest(data)
-        del pieces
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be a plan; make a new one with `emailsync plan`") from None
-    if digest != expected:
-        raise UserError(
-            f"{path}: digest mismatch: the file says {str(digest)[:80]!r} but its content hashes to {expected!r}. "
-            "The plan was changed after it was made; re-run `emailsync plan` and have it reviewed again."
-        )
-    try:
-        plan = Plan.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: not a valid plan at {loc}: {first['msg']}") from None
-    # The canonical pieces are not kept (plan._canonical): apply never writes the plan again, and on a plan of a
-    # million actions they would hold another copy of the whole file in memory.
-    return plan
+def body_lines(plan: Plan) -> Iterator[str]:
+    """The plan's body, line by line, as its file holds it (planfile.FileRows reads the lines back unchanged)."""
+    raw = getattr(plan.actions, "raw_lines", None)
+    if raw is not None:
+        yield from raw()
+        return
+    yield from _merged_lines(plan.actions, plan.skipped)

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
-from emailsync.plan import Action, ActionKind, Plan, Skipped, Store, TargetFingerprint, dumps, loads, read_plan
+from emailsync.plan import Action, ActionKind, Plan, Skipped, Store, TargetFingerprint, dumps, loads
+from emailsync.planfile import PLAN_NAME, beside, read_header, read_plan
 
 PLANDIFF_FORMAT = "emailsync.plandiff/v1"
 MD_LIMIT = 60_000  # as plan.md: GitHub comments cap at 65,536 characters
@@ -229,7 +230,7 @@ def _dedupe(items: list[FieldChange]) -> list[FieldChange]:
     return out
 
 
-def _skipped_minus(a: list[Skipped], b: list[Skipped]) -> list[Skipped]:
+def _skipped_minus(a: Iterable[Skipped], b: Iterable[Skipped]) -> list[Skipped]:
     """Entries of a not in b (multiset, by exact content), in a's order."""
     left = Counter(dumps(s) for s in b)
     out = []
@@ -592,35 +593,10 @@ def render_json(d: PlanDiff) -> str:
 # --- the archive ---------------------------------------------------------------------------------------------
 
 _STAMPED = re.compile(r"^(\d{8}T\d{6}Z)-")  # folder names from planner.default_plan_path
-_ACTIONS_LINE = b'\n  "actions": '  # plan.render_json writes the header first, then this line
-_PEEK_MAX = 4 << 20
 
 
 def _stamp(created_at: str) -> str:
     return created_at.replace("-", "").replace(":", "")
-
-
-def _peek_header(path: Path) -> dict[str, Any] | None:
-    """The header of a plan file (everything before its actions), read without reading the actions.
-
-    Only a hint for skipping plans that cannot match; a plan that may match is always read and checked whole.
-    None when the file is not laid out as write_plan writes it.
-    """
-    try:
-        with open(path, "rb") as f:
-            buf = b""
-            while len(buf) < _PEEK_MAX:
-                chunk = f.read(1 << 16)
-                if not chunk:
-                    return None
-                buf += chunk
-                i = buf.find(_ACTIONS_LINE)
-                if i >= 0:
-                    data = loads((buf[:i].rstrip().rstrip(b",") + b"\n}").decode("utf-8"))
-                    return data if isinstance(data, dict) else None
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return None
 
 
 def _same_targets(raw: Any, plan: Plan) -> bool:
@@ -664,19 +640,15 @@ def _find_previous(plans_dir: Path, plan: Plan, exclude: Path | None) -> tuple[P
         return m < own_mtime or (m == own_mtime and path.parent.name < own_name)
 
     def candidate(folder: Path) -> tuple[tuple[str, int, str], Path, Plan] | None:
-        path = folder / "plan.json"
+        path = folder / PLAN_NAME
         try:
             if excluded is not None and path.resolve() == excluded:
                 return None
         except (OSError, RuntimeError):  # a symlink loop in the archive: not a plan
             return None
-        head = _peek_header(path)
-        if head is not None:  # cheap rejection of other targets and later plans, before reading every action
-            created = head.get("created_at")
-            if not isinstance(created, str) or not _same_targets(head.get("targets"), plan):
-                return None
-            if not earlier(path, created, str(head.get("digest"))):
-                return None
+        head = read_header(path)  # cheap rejection of other targets and later plans, before reading every action
+        if head is None or head.targets != plan.targets or not earlier(path, head.created_at, head.digest):
+            return None
         try:
             other = read_plan(path)  # the whole file: format, digest, schema
         except (UserError, OSError, ValueError, RecursionError):
@@ -710,7 +682,7 @@ def _find_previous(plans_dir: Path, plan: Plan, exclude: Path | None) -> tuple[P
 
 
 def find_previous(plans_dir: Path, plan: Plan, exclude: Path | None = None) -> Path | None:
-    """The plan.json of the latest plan in the archive made before `plan` for the same targets, or None.
+    """The plan file of the latest plan in the archive made before `plan` for the same targets, or None.
 
     Same targets: the same fingerprints (store, host, port, database per target name). Earlier: an earlier
     created_at, or the same one with a different digest and written before `exclude`. Unreadable or invalid plan
@@ -721,16 +693,14 @@ def find_previous(plans_dir: Path, plan: Plan, exclude: Path | None = None) -> P
 
 
 def diff_paths(plan_path: Path) -> tuple[Path, Path]:
-    """Where the diff of a plan goes: diff.md and diff.json beside plan.json, else <stem>.diff.md/.json."""
-    if plan_path.name == "plan.json":
-        return plan_path.with_name("diff.md"), plan_path.with_name("diff.json")
-    return plan_path.with_name(plan_path.stem + ".diff.md"), plan_path.with_name(plan_path.stem + ".diff.json")
+    """Where the diff of a plan goes: diff.md and diff.json beside plan.jsonl.gz, else <stem>.diff.md/.json."""
+    return beside(plan_path, "diff.md"), beside(plan_path, "diff.json")
 
 
 def archive_diff(plan_path: Path, plan: Plan, plans_dir: Path) -> tuple[Path, Path, Path] | None:
     """Diff `plan` against the previous plan for the same targets and write diff.md and diff.json beside it.
 
-    Returns (previous plan.json, diff.md, diff.json), or None (nothing written) when there is no earlier plan.
+    Returns (previous plan file, diff.md, diff.json), or None (nothing written) when there is no earlier plan.
     """
     found = _find_previous(plans_dir, plan, plan_path)
     if found is None:

@@ -27,6 +27,7 @@ from emailsync.plan import (
     dumps,
     seal,
 )
+from emailsync.planfile import PLAN_NAME
 from emailsync.stores.dynamodb import DynamoPlanner, DynamoTargetPlan
 from emailsync.stores.postgres import PostgresPlanner, TargetPlan
 
@@ -222,4 +223,4 @@ def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:
 
 def default_plan_path(plans_dir: Path, plan: Plan) -> Path:
     stamp = plan.created_at.replace("-", "").replace(":", "")
-    return plans_dir / f"{stamp}-{plan.digest.split(':')[1][:12]}" / "plan.json"
+    return plans_dir / f"{stamp}-{plan.digest.split(':')[1][:12]}" / PLAN_NAME

@@ -1,6 +1,6 @@
 """`emailsync rollback`: a plan that puts back what the recorded applies of a plan changed.
 
-Built from the archive alone (plan.json has every before image the rollback needs; the journals say which
+Built from the archive alone (plan.jsonl.gz has every before image the rollback needs; the journals say which
 actions were applied), with no store access: the rollback plan is reviewed and applied like any other, and
 apply's conditions make any row or item changed since the original apply come out stale, not overwritten.
 
@@ -28,14 +28,15 @@ from typing import Any
 from emailsync import __version__
 from emailsync.archive import DONE, journal_runs, recorded_outcomes
 from emailsync.errors import UserError
-from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, read_plan, seal
+from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, seal
+from emailsync.planfile import PLAN_NAME, read_plan
 from emailsync.stores.dynamodb import set_path
 
 UNDOABLE = (*DONE, "needs-review", "maybe-applied")  # needs-review: written, but not as planned
 
 
 def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
-    plan_path = plan_dir / "plan.json" if plan_dir.is_dir() else plan_dir
+    plan_path = plan_dir / PLAN_NAME if plan_dir.is_dir() else plan_dir
     plan = read_plan(plan_path)
     if plan.rollback_of is not None:
         # Undoing a rollback is re-applying the original plan; say so rather than build a third plan.

@@ -332,7 +332,7 @@ def run_demo(echo: Callable[[str], Any], run: Callable[[list[str]], int], keep: 
             targets, plans = str(work / "targets.yaml"), str(work / "plans")
             codes = {
                 "plan": step(
-                    "1. plan: read every configured column and table, write plan.json and plan.md (nothing written)",
+                    "1. plan: read every configured column and table, write the plan and plan.md (nothing written)",
                     "plan",
                     "--targets",
                     targets,
@@ -340,7 +340,7 @@ def run_demo(echo: Callable[[str], Any], run: Callable[[list[str]], int], keep: 
                     plans,
                 ),
             }
-            (plan_path,) = sorted((work / "plans").glob("*/plan.json"))
+            (plan_path,) = sorted((work / "plans").glob("*/plan.jsonl.gz"))
             codes["show"] = step(
                 "2. review: the plan as a reviewer sees it (plan.md goes into the pull request)",
                 "show",

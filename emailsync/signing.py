@@ -39,9 +39,7 @@ def _mac(key: bytes, digest: str) -> str:
 
 
 def sign(plan: Plan, key: bytes) -> Plan:
-    signed = plan.model_copy(update={"signature": _mac(key, plan.digest)})
-    signed._canonical = plan._canonical  # the signature is outside the digest: the canonical text is unchanged
-    return signed
+    return plan.model_copy(update={"signature": _mac(key, plan.digest)})  # keeps its actions (private attributes)
 
 
 def check(plan: Plan, path: Path, key: bytes | None) -> str | None:

@@ -55,7 +55,7 @@ def redacted_markdown(plan: Plan, key: bytes | None) -> str:
 @dataclass(frozen=True)
 class Planned:
     plan: Plan
-    path: Path  # plan.json
+    path: Path  # plan.jsonl.gz
     markdown: Path  # plan.md beside it
     diff: tuple[Path, Path] | None  # the previous plan for these targets, and diff.md against it
     later_warnings: list[str]  # the plan's warnings beyond the mapping file's (those were passed to `warn` first)
@@ -73,15 +73,18 @@ def make_plan(
     parallel: int | None = None,
 ) -> Planned:
     """Read the targets and mappings, build the plan (read-only), sign it when EMAILSYNC_PLAN_KEY is set, and write
-    plan.json, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
+    plan.jsonl.gz, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
     from emailsync.archive import save_plan
     from emailsync.config import load_targets
     from emailsync.mappings import load_mappings
     from emailsync.plandiff import archive_diff
+    from emailsync.planfile import check_name
     from emailsync.planner import build_plan, default_plan_path
     from emailsync.render import plan_markdown
     from emailsync.signing import plan_key, sign
 
+    if out is not None:
+        check_name(out)
     key = plan_key()  # a bad key is refused before any store is read
     loaded = load_targets(targets)
     mset = load_mappings(loaded.mappings_path(mappings), loaded.config.match)
@@ -143,7 +146,7 @@ def apply_reviewed(
     from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
     from emailsync.config import load_targets
     from emailsync.ledger import Run
-    from emailsync.plan import read_plan
+    from emailsync.planfile import read_plan
     from emailsync.replan import replan_check_or_fail
     from emailsync.signing import check as check_signature
     from emailsync.signing import plan_key

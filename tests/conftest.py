@@ -145,12 +145,14 @@ class Workspace:
         return Result(r.exit_code, r.stdout, r.stderr)
 
     def plan(self, *extra: str) -> tuple[Result, Path]:
-        out = self.path / "plans" / f"p{next(_counter)}" / "plan.json"
+        out = self.path / "plans" / f"p{next(_counter)}" / "plan.jsonl.gz"
         r = self.run("plan", "--out", str(out), *extra)
         return r, out
 
     def plan_json(self, path: Path) -> dict[str, Any]:
-        return json.loads(path.read_text())
+        from helpers import plan_doc
+
+        return plan_doc(path)
 
 
 @pytest.fixture

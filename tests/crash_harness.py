@@ -4,7 +4,7 @@ Usage (from the tests, as a subprocess whose environment carries the DSN and AWS
 
     python tests/crash_harness.py KILL_POINT -- EMAILSYNC_ARGS...
 
-for example `python tests/crash_harness.py ddb-after:PutItem@auth:2 -- apply plan.json --auto-approve`.
+for example `python tests/crash_harness.py ddb-after:PutItem@auth:2 -- apply plan.jsonl.gz --auto-approve`.
 
 The harness installs one deterministic kill point, sets sys.argv to the CLI arguments and calls
 `emailsync.cli.main()`. When the kill point is reached it flushes stdout/stderr, writes one line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -195,3 +196,36 @@ def mixed_estate(ws: Any, db: Any, ddb: Any, ledger: str = "emailsync-ledger") -
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     return Path(plan)
+
+
+def plan_doc(path: Path) -> dict[str, Any]:
+    """A plan file as one document, as a test reads it: the header's fields, `actions` (every field, defaults filled
+    in) and `skipped`, in the file's order. Numbers parse as Python's json does."""
+    from emailsync.plan import SKIPPED_KIND, Action
+
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    doc: dict[str, Any] = dict(lines[0])
+    doc["actions"], doc["skipped"] = [], []
+    for item in lines[1:]:
+        if item.get("kind") == SKIPPED_KIND:
+            doc["skipped"].append({k: v for k, v in item.items() if k != "kind"})
+        else:
+            doc["actions"].append({k: item.get(k, f.default) for k, f in Action.model_fields.items()})
+    return doc
+
+
+def write_plan_doc(path: Path, doc: dict[str, Any]) -> None:
+    """Write a plan document (as plan_doc reads it, edited) back as a plan file WITHOUT re-sealing it: a hand edit."""
+    from emailsync.plan import SKIPPED_KIND, dumps
+
+    header = {k: v for k, v in doc.items() if k not in ("actions", "skipped")}
+    lines = [dumps(header)]
+    lines += [
+        dumps({k: v for k, v in a.items() if v is not None and not (k == "live" and v is False)})
+        for a in doc["actions"]
+    ]
+    lines += [dumps({**s, "kind": SKIPPED_KIND}) for s in doc["skipped"]]
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)

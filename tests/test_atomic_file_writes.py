@@ -198,7 +198,7 @@ def test_report_and_rollback_records_are_written_whole_with_nothing_left_beside_
 
     from emailsync.archive import record_rollback, rollbacks, write_report
 
-    plan_path = tmp_path / "plan.json"
+    plan_path = tmp_path / "plan.jsonl.gz"
     out = write_report(plan_path, {"actions": [{"id": "a1", "status": "applied"}]})
     assert out == tmp_path / "report.json" and '"a1"' in out.read_text()
     for n in range(2):

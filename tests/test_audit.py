@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 from helpers import apply_confirmed as _apply
-from helpers import assert_user_error
+from helpers import assert_user_error, plan_doc
 from helpers import raw_items as _raw_items
 
 from emailsync.ledger import pg_lock_key
@@ -274,7 +274,7 @@ def test_plan_archives_its_diff_against_the_previous_plan(ws, db):
     (new,) = [f for f in folders if (f / "diff.json").exists()]
     (old,) = [f for f in folders if f != new]
     d = json.loads((new / "diff.json").read_text())
-    assert d["old_digest"] == json.loads((old / "plan.json").read_text())["digest"]
+    assert d["old_digest"] == plan_doc(old / "plan.jsonl.gz")["digest"]
     assert [a["key"] for a in d["added"]] == [{"id": 9}]
     assert old.name in (new / "diff.md").read_text()
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from helpers import assert_user_error
+from helpers import assert_user_error, plan_doc
 
 from emailsync.config import load_targets
 from emailsync.sandbox import compose_targets, full_estate, seed_dynamodb
@@ -166,7 +166,7 @@ def test_discover_write_then_plan(est_ws):
     path.write_text(path.read_text().replace("on_conflict: fail", "on_conflict: delete"))
     r, plan = est_ws.plan()
     assert r.code == 0, r.err
-    kinds = {(a["table"], a["kind"]) for a in json.loads(plan.read_text())["actions"]}
+    kinds = {(a["table"], a["kind"]) for a in plan_doc(plan)["actions"]}
     assert ("public.employees", "delete-on-conflict") in kinds
     assert ("hr-profiles", "merge-and-move") in kinds
     # Discovering again finds nothing new: the file is left alone, no new backup.
@@ -245,7 +245,7 @@ def test_discover_from_a_bare_dsn_never_shows_the_password(est_ws, estate):
     est_ws.monkeypatch.setenv("TYMEPLUSHR_LEAVE_DSN", dsns["tymeplushr_leave"])
     r, plan = est_ws.plan()
     assert r.code == 0, r.err
-    assert {a["table"] for a in json.loads(plan.read_text())["actions"]} == {"public.leave_requests"}
+    assert {a["table"] for a in plan_doc(plan)["actions"]} == {"public.leave_requests"}
 
 
 def test_sampling_is_bounded_and_keys_are_found(db, ws):

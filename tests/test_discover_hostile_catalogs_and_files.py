@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import yaml
 from botocore.awsrequest import AWSResponse
-from helpers import assert_user_error, hook_dynamodb
+from helpers import assert_user_error, hook_dynamodb, plan_doc
 
 from emailsync.config import load_targets
 
@@ -58,7 +58,7 @@ def proposed(ws: Any, *args: str) -> set[tuple[str, str]]:
 def plan_actions(ws: Any) -> list[dict[str, Any]]:
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
-    return json.loads(plan.read_text())["actions"]
+    return plan_doc(plan)["actions"]
 
 
 def written_tables(path: Path, target: int = 0, kind: str = "postgres") -> dict[str, Any]:

@@ -71,7 +71,7 @@ def test_docker_compose_estate_is_the_sandbox_estate_and_plans(ws, pg_server, dd
                 ddb.client.put_item(TableName=table, Item=item)
         ws.monkeypatch.setenv("TYMEPLUSHR_CORE_DSN", dsns["tymeplushr_core"])
         ws.monkeypatch.setenv("TYMEPLUSHR_LEAVE_DSN", dsns["tymeplushr_leave"])
-        out = ws.path / "p" / "plan.json"
+        out = ws.path / "p" / "plan.jsonl.gz"
         r = ws.run("plan", "--targets", str(docker / "targets.yaml"), "--out", str(out))
         assert r.code == 0, r.err
         kinds = {(a["table"], a["kind"]) for a in json.loads(out.read_text())["actions"]}

@@ -110,7 +110,7 @@ def test_plan_file_with_a_duplicate_key_before_an_over_long_number_names_the_dup
     """Found in review: _parse_plan fell back to loads() only on JSONDecodeError/RecursionError. The int-digits limit
     raises a plain ValueError from the fast decoder, so a file whose first problem is a duplicate key (an object closed
     before the number) reported the number instead of the duplicate key that loads() names first."""
-    p = ws.path / "plan.json"
+    p = ws.path / "plan.jsonl.gz"
     p.write_text(
         '{"actions": [{"id": "a", "id": "b"}], "skipped": [], "format": "emailsync.plan/v1", "n": ' + "1" * 5000 + "}\n"
     )

@@ -509,7 +509,7 @@ def _mentions(text: str, address: str) -> bool:
 
 def _plan_folder(gh: GitHub, ref: str) -> str:
     (plan,) = [p for p in gh.origin_files(ref) if re.fullmatch(r"plans/[^/]+/plan\.json", p)]
-    return plan.removesuffix("/plan.json")
+    return plan.removesuffix("/plan.jsonl.gz")
 
 
 def run_plan_job(gh: GitHub, secrets: dict[str, str], **kw: Any) -> tuple[Job, str]:
@@ -547,8 +547,8 @@ def test_pull_request_gets_a_redacted_plan_and_merging_applies_it(gh: GitHub, es
 
     # The plan folder was committed by the workflow's identity and pushed to the pull request branch.
     assert gh.git("log", "-1", "--format=%an <%ae>%n%s", "rebrand", cwd=gh.origin) == f"{BOT}\nemailsync plan {folder}"
-    assert {f"{folder}/plan.json", f"{folder}/plan.md"} <= set(gh.origin_files("rebrand"))
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.json"))
+    assert {f"{folder}/plan.jsonl.gz", f"{folder}/plan.md"} <= set(gh.origin_files("rebrand"))
+    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
     assert plan["inputs"]["mappings_sha256"] == hashlib.sha256(json.dumps(MAPPINGS, indent=2).encode()).hexdigest()
     assert "signature" not in plan or plan["signature"] is None  # no EMAILSYNC_PLAN_KEY secret: not signed
     kinds = sorted(a["kind"] for a in plan["actions"])
@@ -571,7 +571,7 @@ def test_pull_request_gets_a_redacted_plan_and_merging_applies_it(gh: GitHub, es
     event = merge_pull_request(gh)
     job = run_apply_job(gh, event, secrets)
     assert job.ok, job.log()
-    assert job.step("find").outputs == {"plan": f"{folder}/plan.json", "folder": folder}
+    assert job.step("find").outputs == {"plan": f"{folder}/plan.jsonl.gz", "folder": folder}
     assert _tables(core, leave) == (EMPLOYEES_AFTER, LEAVE_AFTER)
 
     # verify ran after apply and found every action applied: its count is in the step's log.
@@ -614,17 +614,17 @@ def test_comment_too_long_for_github_becomes_a_summary_with_the_artifact_link(gh
     run_url = f"{SERVER}/{REPO}/actions/runs/"
     (run_id,) = re.findall(rf"\({re.escape(run_url)}(\d+)\)", comment)
     assert f"The plan folder is the `emailsync-plan-{folder.removeprefix('plans/')}` artifact" in comment
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.json"))
+    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
     assert plan["digest"] in comment and f"{padded[0]:,} characters" in comment
     assert "| tymeplushr-core | public.employees | email | delete-on-conflict | 1 |" in comment
     assert f"- {len(plan['actions'])} action(s), {len(plan['skipped'])} skipped" in comment
     assert not [a for a in _addresses(MAPPINGS, EMPLOYEES, LEAVE) if _mentions(comment, a)], comment
 
-    # The artifact holds the plan folder as the plan job made it (the same plan.json as committed).
+    # The artifact holds the plan folder as the plan job made it (the same plan.jsonl.gz as committed).
     (artifact,) = gh.artifacts.iterdir()
     assert artifact.name == f"emailsync-plan-{folder.removeprefix('plans/')}"
-    assert sorted(p.name for p in artifact.iterdir()) == ["plan.json", "plan.md"]
-    assert (artifact / "plan.json").read_text() == gh.origin_text("rebrand", f"{folder}/plan.json")
+    assert sorted(p.name for p in artifact.iterdir()) == ["plan.jsonl.gz", "plan.md"]
+    assert (artifact / "plan.jsonl.gz").read_text() == gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz")
     assert (artifact / "plan.md").read_text() == gh.origin_text("rebrand", f"{folder}/plan.md")
     assert run_id == str(int(run_id))  # the link is to this run
     assert [snapshot(core), snapshot(leave)] == before_dbs
@@ -637,7 +637,7 @@ def test_signed_plans_with_the_plan_key_secret(gh: GitHub, estate: Any, planned_
     plan_key = {"the same key": KEY, "no key": None, "another key": OTHER_KEY}[planned_with]
     plan_secrets = _secrets(core, leave, **({"EMAILSYNC_PLAN_KEY": plan_key} if plan_key else {}))
     _, folder = run_plan_job(gh, plan_secrets)
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.json"))
+    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
     (comment,) = gh.comments()
     if plan_key:
         mac = hmac.new(plan_key.encode(), plan["digest"].encode(), hashlib.sha256).hexdigest()
@@ -663,7 +663,10 @@ def test_signed_plans_with_the_plan_key_secret(gh: GitHub, estate: Any, planned_
     assert KEY not in job.log()
     assert [snapshot(core), snapshot(leave)] == before_dbs
     assert gh.origin_sha("main") == event["sha"]  # no report or journal: nothing to commit
-    assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [f"{folder}/plan.json", f"{folder}/plan.md"]
+    assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [
+        f"{folder}/plan.jsonl.gz",
+        f"{folder}/plan.md",
+    ]
 
 
 def _merge(gh: GitHub, branch: str, number: int) -> dict[str, Any]:
@@ -707,8 +710,8 @@ def test_a_merged_rollback_plan_is_applied_without_replan_check(gh: GitHub, esta
     assert r.returncode == 0, r.stdout + r.stderr
     gh.git("add", "plans", cwd=gh.dev)
     added = gh.git("diff", "--cached", "--name-only", cwd=gh.dev).splitlines()
-    (rb_plan,) = [f for f in added if f.endswith("/plan.json")]
-    rb_folder = rb_plan.removesuffix("/plan.json")
+    (rb_plan,) = [f for f in added if f.endswith("/plan.jsonl.gz")]
+    rb_folder = rb_plan.removesuffix("/plan.jsonl.gz")
     assert f"{folder}/rollbacks.json" in added and f"{rb_folder}/plan.md" in added
     rollback = json.loads((gh.dev / rb_plan).read_text())
     assert rollback["rollback_of"]["plan_folder"].endswith(folder.removeprefix("plans/"))
@@ -763,7 +766,10 @@ def test_an_ordinary_plan_is_still_replan_checked(gh: GitHub, estate: Any) -> No
     assert "--replan-check: the stores no longer match the reviewed plan" in err and "is new since the review" in err
     assert [snapshot(core), snapshot(leave)] == before_dbs
     assert gh.origin_sha("main") == event["sha"]  # refused: no journal or report to commit
-    assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [f"{folder}/plan.json", f"{folder}/plan.md"]
+    assert [f for f in gh.origin_files("main") if f.startswith(folder)] == [
+        f"{folder}/plan.jsonl.gz",
+        f"{folder}/plan.md",
+    ]
 
 
 # --- finding the plan of a push: no database needed -----------------------------------------------------------
@@ -774,7 +780,7 @@ def _push_with_plans(gh: GitHub, plans: list[str]) -> dict[str, Any]:
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     before = gh.origin_sha("main")
     for p in plans:
-        gh.commit({f"plans/{p}/plan.json": "{}\n"}, f"plan {p}")
+        gh.commit({f"plans/{p}/plan.jsonl.gz": "{}\n"}, f"plan {p}")
     after = gh.commit({"README.md": "later\n"}, "an unrelated commit in the same push")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     return push_event(before, after)
@@ -803,7 +809,7 @@ def test_a_shallow_checkout_cannot_find_the_plan(gh: GitHub, fetch_depth: str | 
     assert [s.outcome for s in job.steps[-2:]] == ["skipped", "skipped"]  # no apply, nothing committed
     # The old text's own command fails the same way in that checkout.
     old = subprocess.run(
-        ["git", "diff", "--name-only", event["event"]["before"], event["sha"], "--", "plans/*/plan.json"],
+        ["git", "diff", "--name-only", event["event"]["before"], event["sha"], "--", "plans/*/plan.jsonl.gz"],
         cwd=job.workspace, env=gh.env, capture_output=True, text=True,
     )  # fmt: skip
     assert old.returncode != 0 and re.search(r"bad object|bad revision|[Ii]nvalid", old.stderr), old.stderr
@@ -815,21 +821,21 @@ def test_the_shipped_checkout_finds_the_newest_plan_of_a_push_of_several_commits
     job = run_apply_job(gh, event, {}, stop_after="find")
     assert job.ok, job.log()
     find = job.step("find")
-    assert "only the newest, plans/20260102T000000Z-bbbbbbbbbbbb/plan.json, is applied" in find.out
+    assert "only the newest, plans/20260102T000000Z-bbbbbbbbbbbb/plan.jsonl.gz, is applied" in find.out
     assert find.outputs == {
-        "plan": "plans/20260102T000000Z-bbbbbbbbbbbb/plan.json",
+        "plan": "plans/20260102T000000Z-bbbbbbbbbbbb/plan.jsonl.gz",
         "folder": "plans/20260102T000000Z-bbbbbbbbbbbb",
     }
 
 
 def test_a_push_that_adds_no_plan_applies_nothing(gh: GitHub) -> None:
     event = _push_with_plans(gh, ["20260101T000000Z-aaaaaaaaaaaa"])
-    gh.commit({"plans/20260101T000000Z-aaaaaaaaaaaa/plan.json": '{"edited": true}\n'}, "an edit to a plan")
+    gh.commit({"plans/20260101T000000Z-aaaaaaaaaaaa/plan.jsonl.gz": '{"edited": true}\n'}, "an edit to a plan")
     after = gh.commit({"README.md": "even later\n"}, "docs")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     job = run_apply_job(gh, push_event(event["sha"], after), {})  # no DSNs: nothing may reach a database
     assert job.ok, job.log()
-    assert "This push adds no plan (plans/*/plan.json): nothing to apply." in job.step("find").out
+    assert "This push adds no plan (plans/*/plan.jsonl.gz): nothing to apply." in job.step("find").out
     assert [s.outcome for s in job.steps[-2:]] == ["skipped", "skipped"]
     assert gh.origin_sha("main") == after and not [c for c in gh.gh_calls() if c["args"][:1] == ["api"]]
 
@@ -849,21 +855,21 @@ def test_a_merged_plan_left_unapplied_is_named_in_a_warning(gh: GitHub) -> None:
     )
     estate = {"targets.yaml": TARGETS, "email_mappings.json": json.dumps(OLD_MAPPINGS)}
     gh.commit(
-        {**estate, f"{applied}/plan.json": "{}\n", f"{applied}/report.json": "{}\n"}, "the estate, a plan applied"
+        {**estate, f"{applied}/plan.jsonl.gz": "{}\n", f"{applied}/report.json": "{}\n"}, "the estate, a plan applied"
     )
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     gh.git("branch", "a", cwd=gh.dev)  # A and B branch off here: no later plan is made on top of `late`
     gh.git("branch", "b", cwd=gh.dev)
     gh.git("checkout", "-q", "-b", "l", cwd=gh.dev)
-    gh.commit({f"{late}/plan.json": "{}\n"}, "emailsync plan (L)")
+    gh.commit({f"{late}/plan.jsonl.gz": "{}\n"}, "emailsync plan (L)")
     _merge(gh, "l", 10)  # its run applies `late` while A and B are merged
     gh.git("checkout", "-q", "a", cwd=gh.dev)
-    gh.commit({f"{a1}/plan.json": "{}\n"}, "emailsync plan (first push of A)")
+    gh.commit({f"{a1}/plan.jsonl.gz": "{}\n"}, "emailsync plan (first push of A)")
     gh.commit({"email_mappings.json": "{}"}, "A: the mappings once more")
-    gh.commit({f"{a2}/plan.json": "{}\n"}, "emailsync plan (second push of A)")
+    gh.commit({f"{a2}/plan.jsonl.gz": "{}\n"}, "emailsync plan (second push of A)")
     _merge(gh, "a", 11)  # its run waits behind the one applying `late`, then B's push cancels it
     gh.git("checkout", "-q", "b", cwd=gh.dev)
-    gh.commit({f"{b}/plan.json": "{}\n"}, "emailsync plan (B)")
+    gh.commit({f"{b}/plan.jsonl.gz": "{}\n"}, "emailsync plan (B)")
     event = _merge(gh, "b", 12)
     gh.commit({f"{late}/apply-20260106T000100Z.jsonl": "{}\n", f"{late}/report.json": "{}\n"}, "emailsync apply report")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
@@ -872,10 +878,11 @@ def test_a_merged_plan_left_unapplied_is_named_in_a_warning(gh: GitHub) -> None:
     job = run_apply_job(gh, event, {}, stop_after="find")
     assert job.ok, job.log()
     find = job.step("find")
-    assert find.outputs == {"plan": f"{b}/plan.json", "folder": b}  # B's plan only
+    assert find.outputs == {"plan": f"{b}/plan.jsonl.gz", "folder": b}  # B's plan only
     warnings = [line for line in find.out.splitlines() if line.startswith("::warning::")]
     assert warnings == [
-        f"::warning::{a2}/plan.json is on main but was never applied (no apply-*.jsonl or report.json in its folder) "
+        f"::warning::{a2}/plan.jsonl.gz is on main but was never applied "
+        "(no apply-*.jsonl or report.json in its folder) "
         "and no later plan replaces it; its run was perhaps cancelled, rejected or failed. Apply it by hand and commit "
         "its journal and report.json, or delete its folder in a pull request if it must not be applied. This workflow "
         "does not apply it."
@@ -893,21 +900,23 @@ def test_only_a_later_ordinary_plan_made_on_top_replaces_an_unapplied_plan(gh: G
         "plans/20260106T000000Z-bbbbbbbbbbbb",
     )
     rollback = json.dumps({"rollback_of": {"plan_digest": "sha256:" + "1" * 64, "plan_folder": x}})
-    gh.commit({"targets.yaml": TARGETS, f"{x}/plan.json": "{}\n", f"{x}/report.json": "{}\n"}, "the estate")
+    gh.commit({"targets.yaml": TARGETS, f"{x}/plan.jsonl.gz": "{}\n", f"{x}/report.json": "{}\n"}, "the estate")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     gh.git("branch", "b", cwd=gh.dev)
     for branch, folder, text, number in [("a", a, "{}\n", 11), ("r", r, rollback, 12)]:
         gh.git("checkout", "-q", "-b", branch, "main", cwd=gh.dev)
-        gh.commit({f"{folder}/plan.json": text}, f"plan {folder}")
+        gh.commit({f"{folder}/plan.jsonl.gz": text}, f"plan {folder}")
         _merge(gh, branch, number)
     if b_branches.startswith("after"):
         gh.git("branch", "-f", "b", "main", cwd=gh.dev)
     gh.git("checkout", "-q", "b", cwd=gh.dev)
-    gh.commit({f"{b}/plan.json": "{}\n"}, "emailsync plan (B)")
+    gh.commit({f"{b}/plan.jsonl.gz": "{}\n"}, "emailsync plan (B)")
     event = _merge(gh, "b", 13)
 
     job = run_apply_job(gh, event, {}, stop_after="find")
     assert job.ok, job.log()
-    assert job.step("find").outputs["plan"] == f"{b}/plan.json"
+    assert job.step("find").outputs["plan"] == f"{b}/plan.jsonl.gz"
     named = re.findall(r"^::warning::(\S+) is on main but was never applied", job.step("find").out, re.M)
-    assert named == ([f"{a}/plan.json", f"{r}/plan.json"] if b_branches.startswith("before") else [f"{r}/plan.json"])
+    assert named == (
+        [f"{a}/plan.jsonl.gz", f"{r}/plan.jsonl.gz"] if b_branches.startswith("before") else [f"{r}/plan.jsonl.gz"]
+    )

@@ -44,7 +44,7 @@ SEED_ROWS = [
     (4, "keep@x.com", "b@old.com"),
 ]
 MAPPING = {"a@old.com": "a@new.com", "b@old.com": "b@new.com", "boss@old.com": "boss@new.com"}
-OUT = "plans/out/plan.json"  # where `plan` is told to write: must never appear after a refusal
+OUT = "plans/out/plan.jsonl.gz"  # where `plan` is told to write: must never appear after a refusal
 
 MAPPINGS_AREA = "hostile input: mapping files"
 TARGETS_AREA = "hostile input: targets.yaml"
@@ -1156,5 +1156,5 @@ def test_random_plan_edits_are_refused_unless_equivalent(ws: Any, db: Any, relia
         PROPERTY_AREA,
         "refused with exit 1 and nothing written unless the content was unchanged",
         cases=counts["examples"],
-        detail=f"random plan.json edits ({counts['equivalent']} equivalent)",
+        detail=f"random plan.jsonl.gz edits ({counts['equivalent']} equivalent)",
     )

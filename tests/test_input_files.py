@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from conftest import Database, Dynamo
-from helpers import refused
+from helpers import plan_doc, refused
 
 SURROGATE_AREA = "hostile input: text that is not text (lone surrogates)"
 FILES_AREA = "hostile input: huge, endless or special files"
 REFUSED = "refused, exit 1, nothing written"
-OUT = "plans/out/plan.json"
+OUT = "plans/out/plan.jsonl.gz"
 MAPPING = {"a@old.com": "a@new.com", "b@old.com": "b@new.com"}
 
 
@@ -117,7 +117,7 @@ def test_a_lone_surrogate_in_a_plan_is_refused_by_every_command_that_reads_it(
         msg = refused(ws, [estate], args, str(plan), "lone UTF-16 surrogate", "edited by hand")
         assert "actions[" in msg, msg
     assert estate.rows("SELECT email FROM employees ORDER BY id") == [("a@old.com",), ("b@old.com",), ("keep@x.com",)]
-    reliability(SURROGATE_AREA, REFUSED, cases=len(commands), detail="plan.json edited: apply, verify, show, diff")
+    reliability(SURROGATE_AREA, REFUSED, cases=len(commands), detail="plan.jsonl.gz edited: apply, verify, show, diff")
 
 
 def test_a_lone_surrogate_in_dynamodb_mappings_never_reaches_dynamodb(
@@ -205,12 +205,12 @@ def test_the_limit_is_configurable(estate: Database, ws: Any, reliability: Any) 
     ws.monkeypatch.setenv("EMAILSYNC_MAX_MAPPINGS_MB", "2")
     r, plan = ws.plan("--mappings", "many.json")
     assert r.code == 0, r.err
-    assert len(json.loads(plan.read_text())["actions"]) == 2
+    assert len(plan_doc(plan)["actions"]) == 2
     reliability(FILES_AREA, REFUSED, cases=2, detail="over a configured limit; a limit that is not a number")
 
 
 def test_a_directory_or_missing_file_keeps_its_own_message(estate: Database, ws: Any) -> None:
     (ws.path / "folder.json").mkdir()
     _plan_refused(ws, estate, "folder.json", "is a directory", mappings="folder.json")
-    refused(ws, [estate], ("apply", "nope/plan.json", "--auto-approve"), "plan file not found")
+    refused(ws, [estate], ("apply", "nope/plan.jsonl.gz", "--auto-approve"), "plan file not found")
     assert Path(ws.path / "folder.json").is_dir()

@@ -53,11 +53,11 @@ def _run_with_tty_stderr(args: list[str], cwd: Path) -> tuple[int, str, str]:
 
 def test_progress_bars_on_a_terminal_and_never_in_stdout(db, ws):
     _setup(db, ws)
-    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.json"], ws.path)
+    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.jsonl.gz"], ws.path)
     assert code == 0, err
     assert "plan core: reading" in err and "1/1" in err  # the bar, its last state drawn: done of total
     assert "plan core" not in out and "\x1b[" not in out  # stdout stays clean for redirection
-    code, out, err = _run_with_tty_stderr(["apply", "p/plan.json", "--auto-approve"], ws.path)
+    code, out, err = _run_with_tty_stderr(["apply", "p/plan.jsonl.gz", "--auto-approve"], ws.path)
     assert code == 0, err
     assert "apply core" in err and "50/50" in err
     assert db.rows("SELECT count(*) FROM employees WHERE email LIKE '%@newco.com'") == [(50,)]
@@ -65,9 +65,9 @@ def test_progress_bars_on_a_terminal_and_never_in_stdout(db, ws):
 
 def test_quiet_and_json_show_no_bars_even_on_a_terminal(db, ws):
     _setup(db, ws)
-    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.json", "--quiet"], ws.path)
+    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.jsonl.gz", "--quiet"], ws.path)
     assert code == 0 and "plan core" not in err and "\x1b[" not in err, err
-    code, out, err = _run_with_tty_stderr(["verify", "p/plan.json", "--json"], ws.path)
+    code, out, err = _run_with_tty_stderr(["verify", "p/plan.jsonl.gz", "--json"], ws.path)
     assert code == 3 and "\x1b[" not in err, err
     assert json.loads(out)["counts"] == {"before": 50, "after": 0, "drifted": 0}
 
@@ -75,7 +75,10 @@ def test_quiet_and_json_show_no_bars_even_on_a_terminal(db, ws):
 def test_no_bars_when_stderr_is_not_a_terminal(db, ws):
     _setup(db, ws, rows=3)
     r = subprocess.run(
-        [sys.executable, "-m", "emailsync", "plan", "--out", "p/plan.json"], cwd=ws.path, capture_output=True, text=True
+        [sys.executable, "-m", "emailsync", "plan", "--out", "p/plan.jsonl.gz"],
+        cwd=ws.path,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert "\x1b[" not in r.stderr and "reading" not in r.stderr
@@ -83,7 +86,7 @@ def test_no_bars_when_stderr_is_not_a_terminal(db, ws):
 
 def test_plan_apply_verify_json(db, ws):
     _setup(db, ws, rows=3)
-    r = ws.run("plan", "--out", "p/plan.json", "--json", "--detailed-exitcode")
+    r = ws.run("plan", "--out", "p/plan.jsonl.gz", "--json", "--detailed-exitcode")
     assert r.code == 2, r.err
     doc = json.loads(r.out)  # stdout is exactly one JSON document
     plan_file = Path(doc["plan"])
@@ -135,7 +138,7 @@ def test_apply_json_prompts_on_stderr(db, ws, monkeypatch):
 def test_quiet_plan_keeps_warnings_and_result(db, ws):
     _setup(db, ws, rows=2)
     ws.mappings({"u1@oldco.com": "u1@newco.com", "u2@oldco.com": "u2@oldco.com"})
-    r = ws.run("plan", "--out", "p/plan.json", "--quiet")
+    r = ws.run("plan", "--out", "p/plan.jsonl.gz", "--quiet")
     assert r.code == 0, r.err
     assert "warning:" in r.err and "old and new are the same" in r.err  # warnings stay under --quiet
     assert "1 action(s)" in r.out
@@ -149,10 +152,10 @@ def test_progress_bars_for_dynamodb_scans_and_writes(ddb, ws):
         "    region: us-east-1\n    tables:\n      - table: profiles\n        attributes: [email]\n"
     )
     ws.mappings({f"u{i}@oldco.com": f"u{i}@newco.com" for i in range(30)})
-    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.json"], ws.path)
+    code, out, err = _run_with_tty_stderr(["plan", "--out", "p/plan.jsonl.gz"], ws.path)
     assert code == 0, err
     assert "plan hr: scanning profiles" in err and "30/30" in err
-    code, out, err = _run_with_tty_stderr(["apply", "p/plan.json", "--auto-approve"], ws.path)
+    code, out, err = _run_with_tty_stderr(["apply", "p/plan.jsonl.gz", "--auto-approve"], ws.path)
     assert code == 0, out + err
     assert "apply hr" in err and "30/30" in err
     assert {i["email"] for i in ddb.items("profiles")} == {f"u{i}@newco.com" for i in range(30)}

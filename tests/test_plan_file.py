@@ -5,13 +5,12 @@ Every refusal must be one `error:` message, exit 1, no traceback, and leave the 
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_user_error, employees
+from helpers import assert_user_error, employees, plan_doc
 
 from emailsync.plan import compute_digest, dumps, loads, read_plan, render_json
 
@@ -107,7 +106,7 @@ def test_changed_digest_is_refused(planned: tuple[Any, Any, Path], reliability: 
     fake = "sha256:" + "f" * 64
     rewrite(path, lambda data: data.update(digest=fake))
     msg = apply_refused(ws, db, path, "digest mismatch", fake)
-    assert json.loads(path.read_text())["digest"] == fake
+    assert plan_doc(path)["digest"] == fake
     assert "re-run `emailsync plan`" in msg
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed digest")
 

@@ -49,7 +49,7 @@ def _at(plan: Plan, created_at: str) -> Plan:
 
 
 def _archive(plans_dir: Path, plan: Plan) -> Path:
-    """Write a plan where `emailsync plan` would: plans/<UTC time>-<digest12>/plan.json."""
+    """Write a plan where `emailsync plan` would: plans/<UTC time>-<digest12>/plan.jsonl.gz."""
     path = default_plan_path(plans_dir, plan)
     write_plan(plan, path)
     return path
@@ -314,11 +314,11 @@ def test_find_previous_picks_latest_earlier_plan_for_the_same_targets(base: tupl
     p, q = base
     plans = tmp_path / "archive"
     a10 = _archive(plans, _at(p, "2030-01-01T10:00:00Z"))
-    manual = plans / "manual" / "plan.json"  # a folder not named by time (from --out): still considered
+    manual = plans / "manual" / "plan.jsonl.gz"  # a folder not named by time (from --out): still considered
     write_plan(_at(p, "2030-01-01T10:30:00Z"), manual)
     a11 = _archive(plans, _at(p, "2030-01-01T11:00:00Z"))
     _archive(plans, _at(q, "2030-01-01T11:30:00Z"))  # other targets: never a previous plan of p
-    corrupt = plans / "20300101T114500Z-000000000000" / "plan.json"
+    corrupt = plans / "20300101T114500Z-000000000000" / "plan.jsonl.gz"
     corrupt.parent.mkdir()
     corrupt.write_text("{not json")
     tampered = _archive(plans, _at(p, "2030-01-01T11:50:00Z"))
@@ -401,17 +401,17 @@ def test_archive_diff_writes_both_files_beside_the_plan(two_plans: tuple[Plan, P
     plans = tmp_path / "archive"
     first = _archive(plans, p1)
     assert archive_diff(first, p1, plans) is None  # nothing earlier: nothing written
-    assert sorted(f.name for f in first.parent.iterdir()) == ["plan.json"]
+    assert sorted(f.name for f in first.parent.iterdir()) == ["plan.jsonl.gz"]
 
     second = _archive(plans, p2)
     result = archive_diff(second, p2, plans)
     assert result == (first, second.with_name("diff.md"), second.with_name("diff.json"))
     _, md_path, json_path = result
-    assert sorted(f.name for f in second.parent.iterdir()) == ["diff.json", "diff.md", "plan.json"]  # no .tmp
+    assert sorted(f.name for f in second.parent.iterdir()) == ["diff.json", "diff.md", "plan.jsonl.gz"]  # no .tmp
 
     saved = PlanDiff.model_validate(loads(json_path.read_text(encoding="utf-8")))
-    rel = f"../{first.parent.name}/plan.json"
-    assert saved == diff_plans(p1, p2).model_copy(update={"old_plan": rel, "new_plan": "plan.json"})
+    rel = f"../{first.parent.name}/plan.jsonl.gz"
+    assert saved == diff_plans(p1, p2).model_copy(update={"old_plan": rel, "new_plan": "plan.jsonl.gz"})
     assert json_path.read_text(encoding="utf-8") == render_json(saved)
     assert (saved.counts.added, saved.counts.removed, saved.counts.changed) == (1, 1, 1)
     assert (second.parent / saved.old_plan).resolve() == first.resolve()
@@ -435,7 +435,7 @@ def test_archive_diff_for_a_plan_outside_the_archive_names_files_after_it(
     write_plan(p2, mine)
     prev, md, js = archive_diff(mine, p2, plans) or (None, None, None)
     assert (prev, md, js) == (first, mine.with_name("rebrand.diff.md"), mine.with_name("rebrand.diff.json"))
-    assert loads(js.read_text())["old_plan"] == f"../archive/{first.parent.name}/plan.json"
+    assert loads(js.read_text())["old_plan"] == f"../archive/{first.parent.name}/plan.jsonl.gz"
     assert first.parent.name in md.read_text()
 
 

@@ -527,7 +527,7 @@ def test_two_postgres_targets_in_one_database_rollback_killed_and_resumed(ws, db
     _finished(ws, rb, p.returncode)
     assert _dump(db, "employees", "contacts") == before
     for original in (rb, plan):
-        copy = ws.path / "elsewhere" / original.parent.name / "plan.json"
+        copy = ws.path / "elsewhere" / original.parent.name / "plan.jsonl.gz"
         copy.parent.mkdir(parents=True)
         shutil.copy(original, copy)
         assert_user_error(_apply(ws, copy), "already been applied completely", "hr: complete", "crm: complete")

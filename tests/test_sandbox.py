@@ -38,7 +38,7 @@ def test_sandbox_up_plan_apply_down(ws, tmp_path):
         assert_user_error(ws.run("sandbox", "up", "--dir", str(box)), "already running")
         for k, v in env.items():
             ws.monkeypatch.setenv(k, v)
-        plan = tmp_path / "p" / "plan.json"
+        plan = tmp_path / "p" / "plan.jsonl.gz"
         assert ws.run("plan", "--targets", str(box / "targets.yaml"), "--out", str(plan)).code == 0
         r2 = ws.run("apply", str(plan), "--targets", str(box / "targets.yaml"), "--auto-approve", "--confirm-live")
         assert r2.code == 0, r2.out + r2.err

@@ -89,8 +89,8 @@ def test_a_whole_workflow_writes_no_credential_anywhere(estate: Any, ddb: Any, w
     assert run("verify", str(plan)).code == 0
     assert run("verify", str(plan), "--json").code == 0
     assert run("apply", str(plan), "--auto-approve").code == 1  # refused as a replay: its message too
-    assert run("rollback", str(plan.parent), "--out", str(ws.path / "rb" / "plan.json")).code == 0
-    assert run("apply", str(ws.path / "rb" / "plan.json"), "--auto-approve").code == 0
+    assert run("rollback", str(plan.parent), "--out", str(ws.path / "rb" / "plan.jsonl.gz")).code == 0
+    assert run("apply", str(ws.path / "rb" / "plan.jsonl.gz"), "--auto-approve").code == 0
     assert run("discover", "--json").code == 0
     r2, plan2 = ws.plan("--json")
     outputs.extend([r2.out, r2.err])
@@ -129,7 +129,7 @@ def test_failing_connections_name_no_credential(estate: Any, ws: Any, store: str
         ws.monkeypatch.setenv("DYNAMODB_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     outs = []
     for args in (
-        ("plan", "--out", str(ws.path / "x" / "plan.json")),
+        ("plan", "--out", str(ws.path / "x" / "plan.jsonl.gz")),
         ("apply", str(plan), "--auto-approve"),
         ("verify", str(plan)),
         ("discover",),

@@ -52,7 +52,7 @@ def test_plan_md_is_cut_and_says_how_to_read_the_rest(ws, db, make_db):
     md = (plan.parent / "plan.md").read_text()
     assert len(md) < 60_000
     assert "truncated to fit a pull-request comment" in md
-    assert "emailsync show plan.json --format text --table TABLE --kind KIND" in md
+    assert "emailsync show plan.jsonl.gz --format text --table TABLE --kind KIND" in md
 
 
 def test_show_a_part_lists_exactly_that_part(ws, db, make_db):

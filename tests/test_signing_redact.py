@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import plan_doc
 
 KEY = "k" * 20 + "-a-long-shared-secret-for-tests-0123456789"
 OTHER_KEY = "o" * 20 + "-another-long-shared-secret-9876543210abc"
@@ -54,7 +55,7 @@ def test_signed_plan_applies_with_the_same_key(estate: Any, ws: Any, reliability
     ws.monkeypatch.setenv("EMAILSYNC_PLAN_KEY", KEY)
     r, plan = ws.plan()
     assert r.code == 0, r.err
-    data = json.loads(plan.read_text())
+    data = plan_doc(plan)
     assert re.fullmatch(r"hmac-sha256:[0-9a-f]{64}", data["signature"]) and data["format_minor"] >= 2
     assert "(signed)" in plan.with_name("plan.md").read_text()
     r = ws.run("apply", str(plan), "--auto-approve")
@@ -99,7 +100,7 @@ def test_apply_refuses_plans_the_key_did_not_sign(
             assert r2.code == 0, r2.err
             text = text.replace(sig, json.loads(other.read_text())["signature"])
         plan.write_text(text)
-        assert json.loads(plan.read_text()).get("signature") != sig
+        assert plan_doc(plan).get("signature") != sig
     ws.monkeypatch.setenv("EMAILSYNC_PLAN_KEY", KEY)
     before = _files(ws.path)
     r = ws.run("apply", str(plan), "--auto-approve")
@@ -130,7 +131,7 @@ def test_rollback_plans_are_signed_too(estate: Any, ws: Any) -> None:
     ws.monkeypatch.setenv("EMAILSYNC_PLAN_KEY", KEY)
     r, plan = ws.plan()
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
-    out = plan.parent.parent / "rollback" / "plan.json"
+    out = plan.parent.parent / "rollback" / "plan.jsonl.gz"
     r = ws.run("rollback", str(plan.parent), "--out", str(out))
     assert r.code == 0, r.out + r.err
     assert json.loads(out.read_text())["signature"].startswith("hmac-sha256:")
@@ -158,8 +159,8 @@ def test_plan_redact_writes_a_plan_md_without_personal_data(estate: Any, ws: Any
     assert "4 fields: email, full_name, id, phone" in md
     tokens = _tokens(md)
     assert {t.split("@")[1] for t in tokens} == {"oldco.com", "newco.com"}  # domains kept for review
-    # plan.json keeps what apply needs, and the digest shown is the real plan's
-    data = json.loads(plan.read_text())
+    # plan.jsonl.gz keeps what apply needs, and the digest shown is the real plan's
+    data = plan_doc(plan)
     assert data["digest"] in md and "bob@oldco.com" in plan.read_text()
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     assert _rows(estate)[0][1] == "ann@newco.com"

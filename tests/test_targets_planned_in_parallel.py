@@ -4,7 +4,6 @@ waiting on a lock (real PostgreSQL)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from helpers import assert_user_error, listing
+from helpers import assert_user_error, listing, plan_doc
 
 from emailsync.errors import INTERRUPTED
 from emailsync.executor import run_all
@@ -38,7 +37,7 @@ def _estate(ws: Any, make_db: Any, n: int = 4) -> list[Any]:
 
 
 def _body(plan: Path) -> dict[str, Any]:
-    data = json.loads(plan.read_text())
+    data = plan_doc(plan)
     return {k: v for k, v in data.items() if k not in ("digest", "created_at", "signature")}
 
 
@@ -122,4 +121,4 @@ def test_ctrl_c_stops_every_target_even_one_waiting_on_a_lock(ws, make_db):
             raise AssertionError("a target kept waiting after Ctrl-C") from None
         assert (proc.returncode, err.decode()) == (130, INTERRUPTED)
         assert watcher.execute(q).fetchone()[0] == 0  # type: ignore[index]  # no query of ours left waiting
-    assert not list(ws.path.glob("plans/*/plan.json"))
+    assert not list(ws.path.glob("plans/*/plan.jsonl.gz"))

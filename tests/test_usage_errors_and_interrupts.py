@@ -42,9 +42,9 @@ def _estate(ws: Any, db: Any) -> Path:
         (("plan", "--detailed-exitcode=3"), "does not take a value"),
         (("plan", "--targets"), "requires an argument"),
         (("apply",), "Missing argument 'PLAN'"),
-        (("aply", "plan.json"), "No such command 'aply'"),
-        (("show", "plan.json", "--format", "xml"), "'xml' is not one of"),
-        (("verify", "plan.json", "--format", "yaml"), "'yaml' is not one of"),
+        (("aply", "plan.jsonl.gz"), "No such command 'aply'"),
+        (("show", "plan.jsonl.gz", "--format", "xml"), "'xml' is not one of"),
+        (("verify", "plan.jsonl.gz", "--format", "yaml"), "'yaml' is not one of"),
     ],
 )
 def test_usage_mistakes_are_one_error_line_and_exit_1(ws, db, args, fragment):
@@ -80,9 +80,9 @@ def test_confirm_live_and_skip_live_together_are_refused(ws, db):
 
 def test_a_missing_plan_is_named_before_asking_for_a_terminal(ws, db):
     _estate(ws, db)
-    refused(ws, [db], ("apply", "plans/nope/plan.json"), "plans/nope/plan.json: plan file not found")
+    refused(ws, [db], ("apply", "plans/nope/plan.jsonl.gz"), "plans/nope/plan.jsonl.gz: plan file not found")
     # With a real plan and no terminal the approval is what is missing.
-    plan = sorted(ws.path.glob("plans/*/plan.json"))[0]
+    plan = sorted(ws.path.glob("plans/*/plan.jsonl.gz"))[0]
     refused(ws, [db], ("apply", str(plan)), "no terminal to confirm on", "--auto-approve")
 
 
@@ -270,9 +270,9 @@ def test_no_color_is_honoured_on_a_terminal(ws, db):
     _estate(ws, db)
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")}
     env["TERM"] = "xterm-256color"
-    coloured = _on_a_terminal([str(SCRIPT), "plan", "--out", "c/plan.json"], ws.path, env)
+    coloured = _on_a_terminal([str(SCRIPT), "plan", "--out", "c/plan.jsonl.gz"], ws.path, env)
     assert COLOUR.search(coloured), "the progress bar shows colours on a terminal (the check below means something)"
-    plain = _on_a_terminal([str(SCRIPT), "plan", "--out", "p/plan.json"], ws.path, env | {"NO_COLOR": "1"})
+    plain = _on_a_terminal([str(SCRIPT), "plan", "--out", "p/plan.jsonl.gz"], ws.path, env | {"NO_COLOR": "1"})
     assert b"action(s)" in plain
     assert not COLOUR.search(plain), plain[:500]
     for args in (["--help"], ["apply", "--help"], ["plan", "--bogus"]):

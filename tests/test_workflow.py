@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import plan_doc
 
 import emailsync.cli
 from emailsync.sandbox import embedded_estate
@@ -43,7 +44,7 @@ def test_approval_prompt_yes_applies(db, ws, monkeypatch):
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b@x.com")]
     report = json.loads((plan.parent / "report.json").read_text())
     assert [a["status"] for a in report["actions"]] == ["applied"]
-    assert report["plan_digest"] == json.loads(plan.read_text())["digest"]
+    assert report["plan_digest"] == plan_doc(plan)["digest"]
 
 
 def test_plan_md_fits_a_pull_request_comment(db, ws):
@@ -56,7 +57,7 @@ def test_plan_md_fits_a_pull_request_comment(db, ws):
     assert len(md) < 60_000 and "truncated" in md and "**3000 updates in 1 target**" in md
     assert "### core: 3000 updates\n\n| table | column | kind | count |" in md
     assert "| public.employees | email | update | 3000 |" in md
-    assert len(json.loads(plan.read_text())["actions"]) == 3000
+    assert len(plan_doc(plan)["actions"]) == 3000
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     assert db.rows("SELECT count(*) FROM employees WHERE email LIKE '%@newco.com'") == [(3000,)]
 
@@ -69,7 +70,7 @@ def test_example_targets_file_plans_against_the_demo_estate(ws, monkeypatch):
         shutil.copy(ROOT / "email_mappings.json", ws.path / "email_mappings.json")
         r, plan = ws.plan("--detailed-exitcode")
         assert r.code == 2, r.err
-        kinds = {(a["target"], a["table"], a["kind"]) for a in json.loads(plan.read_text())["actions"]}
+        kinds = {(a["target"], a["table"], a["kind"]) for a in plan_doc(plan)["actions"]}
         assert ("tymeplushr-core", "public.employees", "delete-on-conflict") in kinds
         assert ("tymeplushr-leave", "public.leave_requests", "array-replace") in kinds
 
@@ -88,7 +89,7 @@ def test_demo_runs_the_workflow_and_cleans_up(ws, tmp_path):
     assert "ceo@oldco.com" not in after.split("dynamodb userAuthentication:")[1]
     assert "20 after (applied), 0 before (not applied), 0 drifted" in r.out
     assert "already been applied completely" in r.err
-    plans = sorted((keep / "plans").glob("*/plan.json"))
+    plans = sorted((keep / "plans").glob("*/plan.jsonl.gz"))
     assert len(plans) == 2  # the plan and its rollback
     (applied,) = [p for p in plans if (p.parent / "report.json").exists()]
     (rollback,) = [p for p in plans if p != applied]

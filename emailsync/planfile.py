@@ -1,0 +1,335 @@
+"""Plan files, written and read as streams.
+
+The file (format emailsync.plan/v2) is JSON Lines, gzip'd when its name ends in .gz (plan.jsonl.gz, the default):
+- line 1, the header: the Plan model (format, created_at, inputs, targets and where they were reached, counts per
+  target/table/column/kind, warnings, the digest and its scheme);
+- then the body: one line per action or skipped change, each a JSON object that stands alone, sorted by section
+  (target, table, kind) and within a section by action id. A skipped change has kind "skipped-conflict".
+
+JSON Lines rather than one JSON document: each line is written as it is produced and read back one at a time, so
+neither side holds the plan; `zcat plan.jsonl.gz | jq -c 'select(.kind == "delete-on-conflict")'` and grep work on
+it as they are. Digest scheme sha256-jsonl/1: body_sha256 is the sha256 of the body's bytes, uncompressed, each line
+with its newline (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`); the digest is the sha256 of the header's canonical
+JSON without digest and signature, so it covers the body through body_sha256.
+
+Reading copies the file once into a private temporary file, checks the digest over that copy, then every line's
+schema, order and counts; everything after (apply, verify, show, diff, rollback) streams from the checked copy, so
+the plan cannot change between the check and the writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from emailsync.errors import UserError
+from emailsync.files import write_atomic
+from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, open_limited
+from emailsync.plan import (
+    PLAN_FORMAT,
+    PLAN_FORMAT_MINOR,
+    SKIPPED_KIND,
+    Action,
+    Plan,
+    Skipped,
+    body_lines,
+    dumps,
+    header_digest,
+    line_of,
+    sort_key,
+)
+
+PLAN_NAME = "plan.jsonl.gz"  # in each folder of the plans/ archive
+SUFFIXES = (".jsonl.gz", ".jsonl")
+MAX_LINE = 64 << 20  # one action: a DynamoDB item is at most 400 KB, a PostgreSQL row rarely near this
+_GZIP_MAGIC = b"\x1f\x8b"
+_EDITED = "the plan was edited by hand, make a new one with `emailsync plan`"
+
+
+def beside(plan_path: Path, name: str) -> Path:
+    """The file `name` (plan.md, report.json, ...) that belongs to a plan file: next to it, named `name` in an archive
+    folder (plan.jsonl.gz), else after the plan's own name (x.jsonl.gz: x.md, x.report.json)."""
+    if plan_path.name == PLAN_NAME:
+        return plan_path.with_name(name)
+    stem = plan_path.name
+    for suffix in SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = plan_path.stem
+    base, dot, ext = name.rpartition(".")
+    return plan_path.with_name(f"{stem}.{ext}" if base == "plan" else f"{stem}.{base}.{ext}")
+
+
+def check_name(path: Path, option: str = "--out") -> None:
+    """A plan file's name says its format: .jsonl.gz (compressed) or .jsonl."""
+    if not path.name.endswith(SUFFIXES):
+        raise UserError(
+            f"{option} {path}: a plan file is named *.jsonl.gz (gzip'd JSON Lines, the default) or *.jsonl "
+            f"(uncompressed); for example {path.with_name(PLAN_NAME)}"
+        )
+
+
+def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
+    """The file's bytes in chunks of about 1 MiB: the header line, then the body as it is produced."""
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31) if compress else None  # wbits 31: a gzip stream, mtime 0
+    header = plan.model_dump(mode="python", exclude={"signature"} if plan.signature is None else set())
+    buf = [dumps(header).encode(), b"\n"]
+    size = 0
+    for line in body_lines(plan):
+        data = line.encode()
+        buf += (data, b"\n")
+        size += len(data) + 1
+        if size >= 1 << 20:
+            chunk = b"".join(buf)
+            yield gz.compress(chunk) if gz is not None else chunk
+            buf, size = [], 0
+    chunk = b"".join(buf)
+    yield (gz.compress(chunk) + gz.flush()) if gz is not None else chunk
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    """Write the plan file atomically (never half a plan under the real name, even after a crash), streaming."""
+    check_name(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, _encoded(plan, path.name.endswith(".gz")))
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+class _Copy:
+    """The private, checked copy of a plan file that every later read streams from; removed with its last user."""
+
+    def __init__(self, folder: str, path: str, gz: bool) -> None:
+        self.path, self.gz = path, gz
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+
+    def open(self) -> IO[bytes]:
+        if self.gz:
+            return gzip.GzipFile(self.path, "rb")  # type: ignore[return-value]
+        return open(self.path, "rb")  # noqa: SIM115
+
+    def lines(self) -> Iterator[bytes]:
+        """The body's lines (the header line skipped), each with its newline."""
+        with self.open() as f:
+            f.readline(MAX_LINE + 1)
+            while line := f.readline(MAX_LINE + 1):
+                yield line
+
+
+def _item(data: dict[str, Any]) -> Action | Skipped:
+    if data.get("kind") == SKIPPED_KIND:
+        return Skipped.model_validate({k: v for k, v in data.items() if k != "kind"})
+    return Action.model_validate(data)
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+class FileRows:
+    """The actions (or the skipped changes) of a read plan: each iteration streams them from the checked copy."""
+
+    def __init__(self, copy: _Copy, skipped: bool, count: int) -> None:
+        self._copy, self._skipped, self._count = copy, skipped, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        for raw in self._copy.lines():
+            data = _DECODER.decode(raw.decode())
+            if (data.get("kind") == SKIPPED_KIND) is self._skipped:
+                yield _item(data)
+
+    def raw_lines(self) -> Iterator[str]:
+        """The whole body as the file holds it, each line without its newline (for writing the plan again)."""
+        for raw in self._copy.lines():
+            yield raw.decode()[:-1]
+
+
+def _private_copy(path: Path) -> tuple[_Copy, bool]:
+    """Copy the plan file (a regular file within its limit) to a private temporary folder; returns the copy and
+    whether it is gzip'd."""
+    folder = tempfile.mkdtemp(prefix="emailsync-plan-")  # mode 0700: only this user reads the copy
+    try:
+        dest = os.path.join(folder, "plan")
+        with open_limited(path, "plan") as src, open(dest, "wb") as out:
+            head = src.read(2)
+            out.write(head)
+            shutil.copyfileobj(src, out, 1 << 20)
+        return _Copy(folder, dest, head == _GZIP_MAGIC), head == _GZIP_MAGIC
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _open_errors(path: Path) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError:
+            raise UserError(f"{path}: plan file not found; pass the {PLAN_NAME} written by `emailsync plan`") from None
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a folder; pass the {PLAN_NAME} inside it") from None
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{path}: cannot read the plan file ({e})") from None
+        except ValueError:  # a NUL byte in the path
+            raise UserError(f"{path!r}: not a usable file name (it contains a NUL byte)") from None
+
+    return guard()
+
+
+def _header(path: Path, first: bytes) -> Plan:
+    """The header line, checked: format, minor, schema, digest (which covers body_sha256)."""
+    text = _text(path, 1, first)
+    if text.strip() in ("{", "") or text.startswith('{\n  "'):
+        raise UserError(
+            f"{path}: not a plan of format {PLAN_FORMAT} (a plan.json of format emailsync.plan/v1, made by an "
+            "emailsync before 0.2, is one JSON document; this emailsync reads the JSON Lines format). Make the plan "
+            "again with this version, or apply it with the emailsync that made it"
+        )
+    data = _parse(path, 1, text)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a plan (line 1, the header, must be an object)")
+    fmt = data.get("format")
+    if fmt != PLAN_FORMAT:
+        raise UserError(
+            f"{path}: unknown plan format {str(fmt)[:60]!r}; this emailsync reads {PLAN_FORMAT!r}. "
+            "Make the plan with this version, or upgrade emailsync to the one that made it."
+        )
+    minor = data.get("format_minor", 0)
+    if not isinstance(minor, int) or isinstance(minor, bool):
+        raise UserError(f"{path}: format_minor must be a whole number, not {str(minor)[:40]!r}; {_EDITED}")
+    if minor > PLAN_FORMAT_MINOR:
+        raise UserError(
+            f"{path}: plan format {PLAN_FORMAT} minor {minor!r} is newer than this emailsync understands "
+            f"(minor {PLAN_FORMAT_MINOR}); upgrade emailsync before applying it."
+        )
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as e:
+        first_error = e.errors()[0]
+        loc = ".".join(str(p) for p in first_error["loc"])
+        raise UserError(f"{path}: not a valid plan header at {loc}: {first_error['msg']}") from None
+    expected = header_digest(plan.model_dump(mode="python"))
+    if plan.digest != expected:
+        raise UserError(
+            f"{path}: digest mismatch: the file says {plan.digest[:80]!r} but its header hashes to {expected!r}. "
+            "The plan was changed after it was made; re-run `emailsync plan` and have it reviewed again."
+        )
+    return plan
+
+
+def _text(path: Path, n: int, raw: bytes) -> str:
+    if len(raw) > MAX_LINE:
+        raise UserError(f"{path}: line {n} is longer than {MAX_LINE >> 20} MiB; {_EDITED}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: line {n} is not UTF-8 text; {_EDITED}") from None
+
+
+def _parse(path: Path, n: int, text: str) -> Any:
+    try:
+        data = _DECODER.decode(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {n} is not valid JSON (column {e.colno}: {e.msg})") from None
+    except (ValueError, RecursionError):
+        raise UserError(f"{path}: line {n} is not a plan line; {_EDITED}") from None
+    if may_escape_surrogates(text):  # emailsync writes characters as they are, never as \udXXX escapes
+        bad = first_non_text(data)
+        if bad is not None:
+            raise UserError(f"{path}: line {n}: {bad}: {NOT_TEXT}; {_EDITED}")
+    return data
+
+
+def read_header(path: Path) -> Plan | None:
+    """A plan file's header alone, checked (format, schema, header digest), or None when it is not a readable plan:
+    for choosing among the archive's plans without reading their bodies."""
+    try:
+        with open_limited(path, "plan") as f:
+            gz = f.peek(2)[:2] == _GZIP_MAGIC
+            stream: IO[bytes] = gzip.GzipFile(fileobj=f) if gz else f  # type: ignore[assignment]
+            first = stream.readline(MAX_LINE + 1)
+        return _header(path, first.rstrip(b"\n"))
+    except (UserError, OSError, EOFError, ValueError, zlib.error):
+        return None
+
+
+def read_plan(path: Path) -> Plan:
+    """Read and check a plan file: format, digest, then every line's schema and order and the header's counts.
+    Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions."""
+    with _open_errors(path):
+        copy, _ = _private_copy(path)
+        with copy.open() as f:
+            plan = _header(path, f.readline(MAX_LINE + 1).rstrip(b"\n"))
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    if h.hexdigest() != plan.body_sha256:
+        raise UserError(
+            f"{path}: digest mismatch: the body hashes to sha256 {h.hexdigest()} but the header records "
+            f"{plan.body_sha256[:80]!r}. The plan was changed after it was made; re-run `emailsync plan` and have it "
+            "reviewed again."
+        )
+    with _open_errors(path):
+        _check_body(path, plan, copy)
+    plan._actions = FileRows(copy, False, plan.action_count)
+    plan._skipped = FileRows(copy, True, plan.skipped_count)
+    return plan
+
+
+def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
+    """Every body line: canonical JSON of a valid action or skipped change, in order, of a target the header names;
+    then the counts against the header's."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    last: tuple[str, str, str, str] | None = None
+    n = 1
+    for raw in copy.lines():
+        n += 1
+        text = _text(path, n, raw)[:-1] if raw.endswith(b"\n") else _text(path, n, raw)
+        data = _parse(path, n, text)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: line {n} is not an object; {_EDITED}")
+        try:
+            item = _item(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{path}: line {n}: not a valid plan line at {loc}: {err['msg']}; {_EDITED}") from None
+        if line_of(item) != text:
+            raise UserError(f"{path}: line {n} is not written the way emailsync writes plans; {_EDITED}")
+        key = sort_key(item, text)
+        if last is not None and key <= last:
+            raise UserError(
+                f"{path}: line {n} is out of order or repeated (the body is sorted by target, table, kind and id); "
+                f"{_EDITED}"
+            )
+        last = key
+        fp = plan.targets.get(item.target)
+        if fp is None or (isinstance(item, Action) and item.store != fp.store):
+            raise UserError(f"{path}: line {n} names target {item.target!r}, which the header does not list; {_EDITED}")
+        counts[key[:3]] += 1
+    want: Counter[tuple[str, str, str]] = Counter()
+    for r in plan.summary:  # per column too; a row's changes without a column are named "(item)" or ""
+        want[(r.target, r.table, r.kind)] += r.count
+    n_skipped = sum(c for k, c in counts.items() if k[2] == SKIPPED_KIND)
+    if counts != want or n_skipped != plan.skipped_count or counts.total() - n_skipped != plan.action_count:
+        raise UserError(f"{path}: the header's counts do not match the plan's lines; {_EDITED}")
