@@ -1,3 +1,3 @@
 """emailsync: declarative plan-then-apply email migrations."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

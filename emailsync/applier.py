@@ -13,7 +13,7 @@ import psycopg
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.ledger import DynamoLedger, PastRun, PgLedger, Run, now
-from emailsync.plan import Action, Plan, TargetFingerprint
+from emailsync.plan import Action, Plan, TargetFingerprint, dumps
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
 from emailsync.stores.dynamodb import reached as ddb_reached
@@ -41,10 +41,7 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
         store = "postgres" if isinstance(target, PostgresTarget) else "dynamodb"
         if store != fp.store:
             problems.append(f"target {name!r} is a {store} target now but a {fp.store} target in the plan")
-    for a in plan.actions:
-        if a.target not in plan.targets:
-            problems.append(f"action {a.id} names target {a.target!r}, which the plan's header does not list")
-            break
+    # Every action names a target of the header: planfile.read_plan checked each line.
     # Which tables are live is the targets file's word: a table that became live (or stopped being live)
     # since the plan needs a new plan, whose actions get the live treatment and confirmation.
     changed = sorted(
@@ -109,10 +106,14 @@ def apply_plan(
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
     by_target: dict[str, list[Action]] = defaultdict(list)
-    planned: Counter[str] = Counter(a.target for a in plan.actions)
-    for a in plan.actions:
+    planned: Counter[str] = Counter()
+    for a in plan.actions:  # one pass over the plan's lines
+        planned[a.target] += 1
         if (only_targets is None or a.target in only_targets) and not (skip_live and a.live):
             by_target[a.target].append(a)
+    for actions in by_target.values():
+        # The file is sorted for reading (by section and id); writes go step by step, in key order within a step.
+        actions.sort(key=lambda a: (a.step, a.table, dumps(a.key), a.column or ""))
     results: list[TargetResult] = []
     if by_target:
         # Reach every target, resolve every table and take every lock before writing to any of them.
@@ -221,7 +222,7 @@ def apply_plan(
                         dl.release()
             for conn in conns.values():
                 conn.close()
-    report = _report(plan, results, run, on_stale)
+    report = _report(plan, by_target, results, run, on_stale)
     if report["actions"]:
         write([{"event": "outcome", **entry} for entry in report["actions"]])  # one fsync for all of them
     failed = any(r.error for r in results) or any(
@@ -396,8 +397,10 @@ def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actio
     return used
 
 
-def _report(plan: Plan, results: list[TargetResult], run: Run, on_stale: str) -> dict[str, Any]:
-    by_id = {a.id: a for a in plan.actions}
+def _report(
+    plan: Plan, by_target: dict[str, list[Action]], results: list[TargetResult], run: Run, on_stale: str
+) -> dict[str, Any]:
+    by_id = {a.id: a for actions in by_target.values() for a in actions}  # the same objects: no second copy
     counts: Counter[tuple[str, str, str, str]] = Counter()
     actions = []
     for r in results:

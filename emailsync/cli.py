@@ -380,7 +380,9 @@ def show(
         if history:
             typer.echo(dumps({"apply_history": [h.model_dump(mode="python") for h in history]}))
     elif format is Format.text:
-        typer.echo("\n".join([*plan_text(p), "", *history_lines(history)]))
+        for line in plan_text(p):  # streamed: a plan of millions of actions is printed as it is read
+            typer.echo(line)
+        typer.echo("\n".join(["", *history_lines(history)]))
     else:
         typer.echo(plan_markdown(p) + "\n" + "\n".join(history_lines(history, markdown=True)))
 

@@ -226,12 +226,20 @@ def line_of(item: Action | Skipped) -> str:
     return dumps({**item.__dict__, "kind": SKIPPED_KIND})
 
 
-def sort_key(item: Action | Skipped, line: str | None = None) -> tuple[str, str, str, str]:
-    """Order of the plan's body: by section, then by action id (a skipped change by its line). Two plans of the same
-    targets are then in the same order, and diff pairs their actions by a merge walk."""
+def sort_key(item: Action | Skipped, line: str | None = None) -> tuple[str, ...]:
+    """Order of the plan's body: by section (target, table, kind), then by the row's key and column, then by action id
+    (a skipped change by its line). Stable across re-plans, so diff pairs two plans' actions by a merge walk; in key
+    order, so a section reads like its table."""
     if isinstance(item, Action):
-        return (item.target, item.table, item.kind, item.id)
-    return (item.target, item.table, SKIPPED_KIND, line if line is not None else line_of(item))
+        return (item.target, item.table, item.kind, dumps(item.key), item.column or "", item.id)
+    return (
+        item.target,
+        item.table,
+        SKIPPED_KIND,
+        dumps(item.key),
+        item.column,
+        line if line is not None else line_of(item),
+    )
 
 
 class _Filtered:

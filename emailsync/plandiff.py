@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -21,7 +21,18 @@ from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
 from emailsync.files import write_atomic
-from emailsync.plan import Action, ActionKind, Plan, Skipped, Store, TargetFingerprint, dumps, loads
+from emailsync.plan import (
+    Action,
+    ActionKind,
+    Plan,
+    Skipped,
+    Store,
+    TargetFingerprint,
+    dumps,
+    line_of,
+    loads,
+    sort_key,
+)
 from emailsync.planfile import PLAN_NAME, beside, read_header, read_plan
 
 PLANDIFF_FORMAT = "emailsync.plandiff/v1"
@@ -230,35 +241,43 @@ def _dedupe(items: list[FieldChange]) -> list[FieldChange]:
     return out
 
 
-def _skipped_minus(a: Iterable[Skipped], b: Iterable[Skipped]) -> list[Skipped]:
-    """Entries of a not in b (multiset, by exact content), in a's order."""
-    left = Counter(dumps(s) for s in b)
-    out = []
-    for s in a:
-        k = dumps(s)
-        if left[k]:
-            left[k] -= 1
+def _walk(old: Iterable[Any], new: Iterable[Any], key: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
+    """Pairs (old item or None, new item or None) of two streams sorted by `key`, matched by equal keys: the
+    merge walk that diffs two plans of millions of actions without holding either."""
+    oi, ni = iter(old), iter(new)
+    o, n = next(oi, None), next(ni, None)
+    while o is not None or n is not None:
+        if n is None or (o is not None and key(o) < key(n)):
+            yield o, None
+            o = next(oi, None)
+        elif o is None or key(n) < key(o):
+            yield None, n
+            n = next(ni, None)
         else:
-            out.append(s)
-    return out
+            yield o, n
+            o, n = next(oi, None), next(ni, None)
 
 
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:
-    """Every difference from `old` to `new`: header fields, actions added/removed/changed (by id), skipped."""
-    old_by_id = {a.id: a for a in old.actions}
-    new_by_id = {a.id: a for a in new.actions}
-    added = [_entry(a) for a in new.actions if a.id not in old_by_id]
-    removed = [_entry(a) for a in old.actions if a.id not in new_by_id]
+    """Every difference from `old` to `new`: header fields, actions added/removed/changed (by id), skipped.
+
+    Both plans stream in their files' order (by section, then id), so actions pair up in one merge walk; memory
+    grows with the differences found, not with the plans."""
+    added: list[ActionEntry] = []
+    removed: list[ActionEntry] = []
     changed: list[ActionChange] = []
     unchanged = 0
-    for a in new.actions:
-        b = old_by_id.get(a.id)
-        if b is None:
+    for b, a in _walk(old.actions, new.actions, sort_key):
+        if a is None:
+            removed.append(_entry(b))
             continue
-        od, nd = b.model_dump(mode="python"), a.model_dump(mode="python")
-        if dumps(od) == dumps(nd):  # exact, as the plan file and its digest see it
+        if b is None:
+            added.append(_entry(a))
+            continue
+        if line_of(a) == line_of(b):  # exact, as the plan file and its digest see it
             unchanged += 1
             continue
+        od, nd = b.model_dump(mode="python"), a.model_dump(mode="python")
         fields = field_changes(_canonical(od), _canonical(nd))
         if not fields:  # differs in the file but no field says where (cannot happen today): show it whole
             fields = [FieldChange(path="(action)", old=_canonical(od), new=_canonical(nd))]
@@ -273,8 +292,14 @@ def diff_plans(old: Plan, new: Plan) -> PlanDiff:
                 fields=fields,
             )
         )
-    skipped_added = _skipped_minus(new.skipped, old.skipped)
-    skipped_removed = _skipped_minus(old.skipped, new.skipped)
+    # Skipped changes as a multiset, by exact content: their lines sort the same way in both plans.
+    skipped_added: list[Skipped] = []
+    skipped_removed: list[Skipped] = []
+    for sb, sa in _walk(old.skipped, new.skipped, sort_key):
+        if sa is None:
+            skipped_removed.append(sb)
+        elif sb is None:
+            skipped_added.append(sa)
     header = _header(old, new)
 
     tally: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: {"added": 0, "removed": 0, "changed": 0})

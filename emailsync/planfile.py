@@ -4,7 +4,8 @@ The file (format emailsync.plan/v2) is JSON Lines, gzip'd when its name ends in 
 - line 1, the header: the Plan model (format, created_at, inputs, targets and where they were reached, counts per
   target/table/column/kind, warnings, the digest and its scheme);
 - then the body: one line per action or skipped change, each a JSON object that stands alone, sorted by section
-  (target, table, kind) and within a section by action id. A skipped change has kind "skipped-conflict".
+  (target, table, kind), within a section by key, column and action id. A skipped change has kind
+  "skipped-conflict".
 
 JSON Lines rather than one JSON document: each line is written as it is produced and read back one at a time, so
 neither side holds the plan; `zcat plan.jsonl.gz | jq -c 'select(.kind == "delete-on-conflict")'` and grep work on
@@ -50,6 +51,7 @@ from emailsync.plan import (
     dumps,
     header_digest,
     line_of,
+    section_of,
     sort_key,
 )
 
@@ -300,7 +302,7 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
     """Every body line: canonical JSON of a valid action or skipped change, in order, of a target the header names;
     then the counts against the header's."""
     counts: Counter[tuple[str, str, str]] = Counter()
-    last: tuple[str, str, str, str] | None = None
+    last: tuple[str, ...] | None = None
     n = 1
     for raw in copy.lines():
         n += 1
@@ -319,14 +321,14 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
         key = sort_key(item, text)
         if last is not None and key <= last:
             raise UserError(
-                f"{path}: line {n} is out of order or repeated (the body is sorted by target, table, kind and id); "
-                f"{_EDITED}"
+                f"{path}: line {n} is out of order or repeated (the body is sorted by target, table, kind, key, column "
+                f"and id); {_EDITED}"
             )
         last = key
         fp = plan.targets.get(item.target)
         if fp is None or (isinstance(item, Action) and item.store != fp.store):
             raise UserError(f"{path}: line {n} names target {item.target!r}, which the header does not list; {_EDITED}")
-        counts[key[:3]] += 1
+        counts[section_of(item)] += 1
     want: Counter[tuple[str, str, str]] = Counter()
     for r in plan.summary:  # per column too; a row's changes without a column are named "(item)" or ""
         want[(r.target, r.table, r.kind)] += r.count

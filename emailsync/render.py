@@ -9,6 +9,7 @@ of it. Text for the terminal is plain: tables are aligned columns without border
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)
+MD_COLLECT = 2_000  # live swaps, deletes and a deleted row's other changes gathered for plan.md: more than fit
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # made once: json.dumps with options makes one per call
@@ -235,9 +237,9 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     def note(shown: int) -> str:
         return (
             f"\n\n_… truncated to fit a pull-request comment: {shown} of {total} rows shown; the summary above "
-            "counts them all. The rest, part by part: `emailsync show plan.json --format text --table TABLE --kind "
+            "counts them all. The rest, part by part: `emailsync show PLAN --format text --table TABLE --kind "
             "KIND` (`--target`, `--table` and `--kind` repeat; `--format markdown` for this layout). The full detail "
-            "is in plan.json._\n"
+            "is in the plan file._\n"
         )
 
     kept: list[str] = []
@@ -283,8 +285,15 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
 
     A row that other steps change before it is deleted (an update of manager_email in step 1, then its delete in
     step 2) is shown once, in the deletes, with those changes beside it; its table's section leaves them out."""
-    dels = [a for a in plan.actions if a.kind == "delete-on-conflict"]
-    live = [a for a in plan.actions if a.live]
+    # Streamed, and collected only up to MD_COLLECT of each: plan.md shows a few hundred rows whatever the plan's
+    # size, so memory stays flat however many deletes a plan of millions holds.
+    dels: list[Action] = []
+    live: list[Action] = []
+    for a in plan.actions:
+        if a.kind == "delete-on-conflict" and len(dels) < MD_COLLECT:
+            dels.append(a)
+        elif a.live and len(live) < MD_COLLECT:
+            live.append(a)
     also: dict[tuple[str, str, str], list[Action]] = {}
     if dels:
         deleted = {_row_id(a) for a in dels}
@@ -292,8 +301,8 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
         for a in plan.actions:
             if a.kind != "delete-on-conflict" and not a.live and (a.target, a.table) in tables:
                 rid = _row_id(a)
-                if rid in deleted:
-                    also.setdefault(rid, []).append(a)
+                if rid in deleted and len(also.setdefault(rid, [])) < MD_COLLECT:
+                    also[rid].append(a)
     shown_with_delete = {o.id for others in also.values() for o in others}
     if live:
         yield from (
@@ -318,7 +327,7 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
                 "## Rows to be deleted (⚠ delete-on-conflict)",
                 "",
                 "Each row's new email is already taken under a unique constraint, so the row is deleted as the old "
-                'script did; "why" names the row that holds it. The whole row is kept in plan.json.'
+                'script did; "why" names the row that holds it. The whole row is kept in the plan file.'
                 + (" Changes planned for a deleted row in other steps are listed beside it." if also else ""),
                 "",
                 "| step | table | key | column | old → new | why |"
@@ -359,12 +368,10 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
             for s in plan.skipped
         )
         yield "", 0
-    by_table: dict[tuple[str, str], list[Action]] = defaultdict(list)
-    for a in plan.actions:
-        if a.kind != "delete-on-conflict" and not a.live and a.id not in shown_with_delete:
-            by_table[(a.target, a.table)].append(a)
-    for (target, table), acts in by_table.items():
-        if acts[0].store == "dynamodb":
+    rest = (a for a in plan.actions if a.kind != "delete-on-conflict" and not a.live and a.id not in shown_with_delete)
+    # The plan's lines are sorted by target and table: each table's rows arrive together, streamed.
+    for (target, table), acts in itertools.groupby(rest, key=lambda a: (a.target, a.table)):
+        if plan.targets[target].store == "dynamodb":
             yield from (
                 (line, 0)
                 for line in [
@@ -473,9 +480,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plan_text(plan: Plan) -> list[str]:
-    """The plan for a terminal: header, counts, then one line per action."""
-    out = [
+def plan_text(plan: Plan) -> Iterator[str]:
+    """The plan for a terminal: header, counts, then one line per action, streamed."""
+    yield from [
         f"plan {plan.digest}  made {plan.created_at} by emailsync {plan.tool_version}",
         f"inputs: {plan.inputs.targets_file} ({plan.inputs.mapping_count} mapping(s) from {plan.inputs.mappings_file},"
         f" match {plan.inputs.match})",
@@ -483,21 +490,20 @@ def plan_text(plan: Plan) -> list[str]:
         *summary_lines(plan),
         "",
     ]
-    out += [f"warning: {w}" for w in plan.warnings]
+    yield from (f"warning: {w}" for w in plan.warnings)
     for a in plan.actions:
         where = f"{a.target}/{a.table}"
         if a.store == "postgres":
             change = (
                 "" if a.kind in ("delete-on-conflict", "insert-row") else f" {a.column}: {_v(a.old)} -> {_v(a.new)}"
             )
-            out.append(f"{a.step:>3} {a.kind:<18} {where} [{_key(a.key)}]{change}")
+            yield f"{a.step:>3} {a.kind:<18} {where} [{_key(a.key)}]{change}"
         else:
             moved = f" -> [{ddb_key(a.new_key)}]" if a.new_key else ""
             changes = "; ".join(f"{c.attribute}: {_ddb(c.old)} -> {_ddb(c.new)}" for c in a.changes or [])
             live = " LIVE" if a.live else ""
-            out.append(f"{a.step:>3} {a.kind:<18} {where}{live} [{ddb_key(a.key)}]{moved} {changes}".rstrip())
-    out += [f"skipped {s.target}/{s.table} [{_key(s.key)}] {s.column}: {s.reason}" for s in plan.skipped]
-    return out
+            yield f"{a.step:>3} {a.kind:<18} {where}{live} [{ddb_key(a.key)}]{moved} {changes}".rstrip()
+    yield from (f"skipped {s.target}/{s.table} [{_key(s.key)}] {s.column}: {s.reason}" for s in plan.skipped)
 
 
 def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:

@@ -38,7 +38,7 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
         if only is None or a.id in only:
             by_target[a.target].append(a)
     states: dict[str, ActionState] = {}
-    index = {a.id: a for a in plan.actions}
+    index = {a.id: a for actions in by_target.values() for a in actions}  # the same objects: no second copy
     # Reading another database than the plan's would report its rows as drifted: refused like apply refuses.
     conns, clients = reach_targets(plan, loaded, set(by_target))
     try:
@@ -71,7 +71,7 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
             if group:
                 for aid, o in DynamoApplier(ddb, client, group, "abort").classify_only().items():
                     states[aid] = ActionState(index[aid], _STATE[o.status], o.detail)
-    return [states[a.id] for a in plan.actions if a.id in states]
+    return [states[a.id] for actions in by_target.values() for a in actions if a.id in states]
 
 
 def counts(states: list[ActionState]) -> dict[str, int]:

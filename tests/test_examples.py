@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
+from helpers import plan_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_docker_compose_estate_is_the_sandbox_estate_and_plans(ws, pg_server, dd
         out = ws.path / "p" / "plan.jsonl.gz"
         r = ws.run("plan", "--targets", str(docker / "targets.yaml"), "--out", str(out))
         assert r.code == 0, r.err
-        kinds = {(a["table"], a["kind"]) for a in json.loads(out.read_text())["actions"]}
+        kinds = {(a["table"], a["kind"]) for a in plan_doc(out)["actions"]}
         assert {("public.employees", "delete-on-conflict"), ("hr-profiles", "merge-and-move")} <= kinds
         assert ("userAuthentication", "live-swap") in kinds
     finally:

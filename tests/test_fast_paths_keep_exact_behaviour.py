@@ -3,6 +3,8 @@ temporary tables, array key columns, over-long integers in plans. Each test fail
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 
 from helpers import assert_user_error
@@ -103,17 +105,65 @@ def test_plan_of_a_composite_key_with_a_text_array_column(db, ws):
     assert sorted((a["key"]["org"], a["key"]["tags"]) for a in acts) == [(1, ["a"]), (2, ["a"])]
 
 
-# --- plan.py: the fast read path ---------------------------------------------------------------------------------
+# --- planfile.py: reading a plan's lines -------------------------------------------------------------------------
 
 
-def test_plan_file_with_a_duplicate_key_before_an_over_long_number_names_the_duplicate(ws):
-    """Found in review: _parse_plan fell back to loads() only on JSONDecodeError/RecursionError. The int-digits limit
-    raises a plain ValueError from the fast decoder, so a file whose first problem is a duplicate key (an object closed
-    before the number) reported the number instead of the duplicate key that loads() names first."""
-    p = ws.path / "plan.jsonl.gz"
-    p.write_text(
-        '{"actions": [{"id": "a", "id": "b"}], "skipped": [], "format": "emailsync.plan/v1", "n": ' + "1" * 5000 + "}\n"
-    )
-    r = ws.run("show", str(p))
-    msg = assert_user_error(r, "key 'id' appears more than once in one object", "edited by hand")
-    assert "digits" not in msg, msg
+def _resealed(path, edit):
+    """The plan file with its body lines changed by `edit`, and its body_sha256 and digest made to match again, as a
+    careless tool (not a person editing by hand) would leave it: the line checks, not the digest, must refuse it."""
+    from emailsync.plan import header_digest
+
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    header, body = json.loads(lines[0]), edit(lines[1:])
+    raw = "".join(line + "\n" for line in body).encode()
+    header["body_sha256"] = hashlib.sha256(raw).hexdigest()
+    header["digest"] = header_digest(header)
+    path.write_bytes(gzip.compress((json.dumps(header) + "\n").encode() + raw))
+
+
+def _one_update(ws, db):
+    db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'b@o.com')")
+    ws.postgres_targets({"core": db}, "- {table: employees, columns: [email]}")
+    ws.mappings({"a@o.com": "a@n.com", "b@o.com": "b@n.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    return plan
+
+
+def test_plan_line_with_a_duplicate_key_is_refused_by_line(ws, db):
+    """json keeps the last of two equal keys, so a line saying "new" twice would apply a value the reviewer may not
+    have seen: a line that is not exactly as emailsync writes it is refused, naming the line."""
+    plan = _one_update(ws, db)
+    _resealed(plan, lambda body: [body[0][:-1] + ',"new":"evil@x.com"}', *body[1:]])
+    msg = assert_user_error(ws.run("apply", str(plan), "--auto-approve"), "line 2", "edited by hand")
+    assert "not written the way emailsync writes plans" in msg, msg
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@o.com"), (2, "b@o.com")]
+
+
+def test_plan_line_with_an_over_long_number_is_refused_by_line(ws, db):
+    """Python refuses to convert an integer of more than 4300 digits with a plain ValueError: one clear message
+    naming the line, not a traceback."""
+    plan = _one_update(ws, db)
+    _resealed(plan, lambda body: [body[0].replace('"step":1', '"step":' + "1" * 5000), *body[1:]])
+    assert_user_error(ws.run("show", str(plan)), "line 2", "edited by hand")
+
+
+def test_plan_lines_out_of_order_or_repeated_are_refused(ws, db):
+    """The body is sorted by section and id, which diff's merge walk relies on; a repeated line would apply twice."""
+    plan = _one_update(ws, db)
+    original = plan.read_bytes()
+    _resealed(plan, lambda body: [body[0], body[0], *body[1:]])
+    assert_user_error(ws.run("show", str(plan)), "line 3", "out of order or repeated")
+    plan.write_bytes(original)
+    _resealed(plan, lambda body: [body[1], body[0], *body[2:]])
+    assert_user_error(ws.run("apply", str(plan), "--auto-approve"), "line 3", "out of order or repeated")
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@o.com"), (2, "b@o.com")]
+
+
+def test_plan_whose_counts_disagree_with_its_lines_is_refused(ws, db):
+    """A line removed (and the hashes made to match) leaves the header's counts wrong: refused before any write."""
+    plan = _one_update(ws, db)
+    _resealed(plan, lambda body: body[1:])
+    assert_user_error(ws.run("apply", str(plan), "--auto-approve"), "counts do not match")
+    assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@o.com"), (2, "b@o.com")]

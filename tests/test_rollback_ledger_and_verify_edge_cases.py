@@ -564,19 +564,19 @@ def test_rollback_includes_a_dynamodb_move_that_needs_review(ws, ddb):
 def test_plans_sharing_a_folder_do_not_share_their_apply_history(ws, db):
     """`plan --out` may put two plans in one folder. Each journal's run-start names the plan digest, so `show`
     and `rollback` of the plan that was never applied must not take the other plan's journals as its own:
-    expected no history for b.json and a refusal to roll it back (it was never applied)."""
+    expected no history for b.jsonl.gz and a refusal to roll it back (it was never applied)."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
     db.execute("INSERT INTO employees VALUES (1, 'a@o.com')")
     ws.postgres_targets({"core": db}, "- {table: employees, columns: [email]}")
     ws.mappings({"a@o.com": "a@n.com"})
     folder = ws.path / "review"
-    assert ws.run("plan", "--out", str(folder / "a.json")).code == 0
+    assert ws.run("plan", "--out", str(folder / "a.jsonl.gz")).code == 0
     ws.mappings({"a@o.com": "a@other.com"})
-    assert ws.run("plan", "--out", str(folder / "b.json")).code == 0
-    assert _apply(ws, folder / "a.json").code == 0
-    r = ws.run("show", str(folder / "b.json"), "--format", "json")
+    assert ws.run("plan", "--out", str(folder / "b.jsonl.gz")).code == 0
+    assert _apply(ws, folder / "a.jsonl.gz").code == 0
+    r = ws.run("show", str(folder / "b.jsonl.gz"), "--format", "json")
     assert r.code == 0 and "apply_history" not in r.out, r.out[-600:]
-    assert_user_error(ws.run("rollback", str(folder / "b.json")), "never applied")
+    assert_user_error(ws.run("rollback", str(folder / "b.jsonl.gz")), "never applied")
 
 
 def test_replan_check_after_a_partial_apply_of_a_chain(ws, db):

@@ -93,5 +93,5 @@ def test_demo_runs_the_workflow_and_cleans_up(ws, tmp_path):
     assert len(plans) == 2  # the plan and its rollback
     (applied,) = [p for p in plans if (p.parent / "report.json").exists()]
     (rollback,) = [p for p in plans if p != applied]
-    assert json.loads(rollback.read_text())["rollback_of"]["plan_folder"] == applied.parent.name
+    assert plan_doc(rollback)["rollback_of"]["plan_folder"] == applied.parent.name
     assert (keep / "targets.yaml").exists() and "DYNAMODB_ENDPOINT=" in (keep / ".env").read_text()
