@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +13,7 @@ import psycopg
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
 from emailsync.ledger import DynamoLedger, PastRun, PgLedger, Run, now
-from emailsync.plan import Action, Plan, TargetFingerprint, dumps
+from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, Rows, TargetFingerprint, TargetRows, dumps
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
 from emailsync.stores.dynamodb import reached as ddb_reached
@@ -105,19 +105,25 @@ def apply_plan(
     check_plan_matches(plan, loaded)
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
-    by_target: dict[str, list[Action]] = defaultdict(list)
-    planned: Counter[str] = Counter()
-    for a in plan.actions:  # one pass over the plan's lines
-        planned[a.target] += 1
-        if (only_targets is None or a.target in only_targets) and not (skip_live and a.live):
-            by_target[a.target].append(a)
-    for actions in by_target.values():
-        # The file is sorted for reading (by section and id); writes go step by step, in key order within a step.
-        actions.sort(key=lambda a: (a.step, a.table, dumps(a.key), a.column or ""))
+    planned = planned_counts(plan)
+    in_scope = [t for t in planned if only_targets is None or t in only_targets]
+    # A PostgreSQL target's actions are streamed from the plan into its action table and never held here; a
+    # DynamoDB target's are held, in the order its applier writes them: step by step, in key order within a step.
+    pg_rows = {t.name: TargetRows(plan.actions, t.name, planned[t.name]) for t in loaded.config.postgres}
+    by_target: dict[str, Rows[Action]] = {}
+    ddb_actions: dict[str, list[Action]] = {}
+    for name in in_scope:
+        if name in pg_rows:
+            by_target[name] = pg_rows[name]
+        else:
+            acts = [a for a in TargetRows(plan.actions, name, planned[name]) if not (skip_live and a.live)]
+            acts.sort(key=lambda a: (a.step, a.table, dumps(a.key), a.column or ""))
+            if acts:
+                by_target[name] = ddb_actions[name] = acts
     results: list[TargetResult] = []
     if by_target:
         # Reach every target, resolve every table and take every lock before writing to any of them.
-        prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], list[Action], PgLedger]] = []
+        prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], Rows[Action], PgLedger]] = []
         ddb_prepared: list[tuple[DynamoTarget, Any, list[Action], DynamoLedger | None]] = []
         conns, clients = reach_targets(plan, loaded, set(by_target))
         try:
@@ -126,12 +132,20 @@ def apply_plan(
                     actions, conn = by_target[target.name], conns[target.name]
                     ledger = PgLedger(conn, target, run)
                     ledger.lock()
-                    prepared.append((target, conn, table_metas(conn, loaded, idx, actions), actions, ledger))
+                    prepared.append(
+                        (
+                            target,
+                            conn,
+                            table_metas(conn, loaded, idx, planned_columns(plan, target.name)),
+                            actions,
+                            ledger,
+                        )
+                    )
                     conn.rollback()
                     ledger.ensure()
             for ddb in loaded.config.dynamodb:
-                if ddb.name in by_target:
-                    actions, client = by_target[ddb.name], clients[ddb.name]
+                if ddb.name in ddb_actions:
+                    actions, client = ddb_actions[ddb.name], clients[ddb.name]
                     check_ddb_tables(loaded, ddb, actions)
                     dledger = DynamoLedger(ddb, client, run) if ddb.ledger_table else None
                     ddb_prepared.append((ddb, client, actions, dledger))
@@ -156,7 +170,7 @@ def apply_plan(
             rechecked = set() if force else {p.target for p in past}
             if not confirm(plan):
                 raise UserError("apply cancelled: nothing was written")
-            live = [a for actions in by_target.values() for a in actions if a.live]
+            live = [a for actions in ddb_actions.values() for a in actions if a.live]
             if live and not confirm_live(live):
                 raise UserError("live changes not confirmed: nothing was written")
             write(
@@ -222,7 +236,7 @@ def apply_plan(
                         dl.release()
             for conn in conns.values():
                 conn.close()
-    report = _report(plan, by_target, results, run, on_stale)
+    report = _report(plan, ddb_actions, results, run, on_stale)
     if report["actions"]:
         write([{"event": "outcome", **entry} for entry in report["actions"]])  # one fsync for all of them
     failed = any(r.error for r in results) or any(
@@ -272,7 +286,7 @@ def _apply_postgres(
     target: PostgresTarget,
     conn: psycopg.Connection,
     metas: list[TableMeta],
-    actions: list[Action],
+    actions: Rows[Action],
     ledger: PgLedger,
     full: bool,
     on_stale: str,
@@ -280,7 +294,6 @@ def _apply_postgres(
 ) -> TargetResult:
     """One database's transaction, journaled before and after; its ledger row commits with the changes."""
     entry = {"event": "write", "target": target.name, "store": "postgres", "op": "transaction"}
-    write({**entry, "phase": "before", "count": len(actions), "actions": [a.id for a in actions]})
     res = PostgresApplier(
         conn,
         target.name,
@@ -290,6 +303,9 @@ def _apply_postgres(
         target.lock_timeout,
         target.statement_timeout,
         before_commit=lambda statuses: ledger.finish(_status(statuses, full), dict(Counter(statuses.values()))),
+        # Journaled once the actions are loaded (ids read back from the database, not from another pass over the
+        # plan) and before anything is written.
+        loaded=lambda ids: write({**entry, "phase": "before", "count": len(ids), "actions": ids}),
     ).run()
     if not res.committed:
         with contextlib.suppress(psycopg.Error):
@@ -372,7 +388,29 @@ def _key_text(key: dict[str, str]) -> str:
     return ", ".join(f"{name} ({kind})" for name, kind in key.items()) or "(none)"
 
 
-def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actions: list[Action]) -> list[TableMeta]:
+def planned_counts(plan: Plan) -> Counter[str]:
+    """Actions per target, from the plan's summary (checked against its lines when the plan was read)."""
+    counts: Counter[str] = Counter()
+    for r in plan.summary:
+        if r.kind != SKIPPED_KIND:
+            counts[r.target] += r.count
+    return counts
+
+
+def planned_columns(plan: Plan, target: str) -> dict[str, set[str]]:
+    """The tables a target's actions change and their columns, from the plan's summary (no pass over the actions)."""
+    columns: dict[str, set[str]] = {}
+    for r in plan.summary:
+        if r.target == target and r.kind != SKIPPED_KIND:
+            cols = columns.setdefault(r.table, set())
+            if r.column not in WHOLE_ROW:  # a row put back (insert-row) changes no single column
+                cols.add(r.column)
+    return columns
+
+
+def table_metas(
+    conn: psycopg.Connection, loaded: LoadedTargets, idx: int, columns: dict[str, set[str]]
+) -> list[TableMeta]:
     target = loaded.config.postgres[idx]
     metas = [
         resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
@@ -380,14 +418,14 @@ def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actio
     ]
     known = {m.display: m for m in metas}
     used = []
-    for table in dict.fromkeys(a.table for a in actions):
+    for table, planned_columns in columns.items():
         m = known.get(table)
         if m is None:
             raise UserError(
                 f"the plan changes {table!r} in target {target.name!r}, which {loaded.path.name} no longer lists; "
                 "apply with the targets file the plan was made from"
             )
-        missing = {a.column for a in actions if a.table == table and a.column is not None} - set(m.email_columns)
+        missing = planned_columns - set(m.email_columns)
         if missing:
             raise UserError(
                 f"the plan changes columns {sorted(missing)} of {table!r}, which {loaded.path.name} does not "
@@ -398,16 +436,22 @@ def table_metas(conn: psycopg.Connection, loaded: LoadedTargets, idx: int, actio
 
 
 def _report(
-    plan: Plan, by_target: dict[str, list[Action]], results: list[TargetResult], run: Run, on_stale: str
+    plan: Plan, held: dict[str, list[Action]], results: list[TargetResult], run: Run, on_stale: str
 ) -> dict[str, Any]:
-    by_id = {a.id: a for actions in by_target.values() for a in actions}  # the same objects: no second copy
+    """`held`: the actions held in memory (DynamoDB's); a PostgreSQL outcome says its own table and kind."""
+    by_id = {a.id: a for actions in held.values() for a in actions}  # the same objects: no second copy
     counts: Counter[tuple[str, str, str, str]] = Counter()
     actions = []
     for r in results:
         for aid, o in r.outcomes.items():
-            a = by_id[aid]
-            counts[(a.target, a.table, a.kind, o.status)] += 1
-            actions.append(_action_outcome(a, o))
+            a = by_id.get(aid)
+            table = o.table if a is None else a.table
+            kind = o.kind if a is None else a.kind
+            counts[(r.target, table or "", kind or "", o.status)] += 1
+            d: dict[str, Any] = {"id": aid, "target": r.target, "table": table, "status": o.status}
+            if o.detail:
+                d["detail"] = o.detail
+            actions.append(d)
     return {
         "plan_digest": plan.digest,
         "run_id": run.run_id,
@@ -421,10 +465,3 @@ def _report(
         ],
         "actions": actions,
     }
-
-
-def _action_outcome(a: Action, o: Outcome) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": a.id, "target": a.target, "table": a.table, "status": o.status}
-    if o.detail:
-        d["detail"] = o.detail
-    return d

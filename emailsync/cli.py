@@ -421,7 +421,7 @@ def verify(
                     "plan_digest": p.digest,
                     "counts": c,
                     "actions": [
-                        {"id": s.action.id, "target": s.action.target, "table": s.action.table, "state": s.state}
+                        {"id": s.id, "target": s.target, "table": s.table, "state": s.state}
                         | ({"detail": s.detail} if s.detail else {})
                         for s in states
                     ],

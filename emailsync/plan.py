@@ -213,6 +213,14 @@ class Plan(_Frozen):
 SKIPPED_KIND = "skipped-conflict"  # the kind a skipped change is counted, selected and written under
 
 
+WHOLE_ROW = ("(row)", "(item)")  # the summary's column for an action on a whole row (insert-row) or item
+
+
+def summary_column(a: Action) -> str:
+    """The column an action is counted under in the summary: its column, else the whole row or item."""
+    return a.column or ("(item)" if a.store == "dynamodb" else "(row)")
+
+
 def section_of(item: Action | Skipped) -> tuple[str, str, str]:
     """The section (target, table, kind) an action or skipped change is written in."""
     return (item.target, item.table, item.kind if isinstance(item, Action) else SKIPPED_KIND)
@@ -240,6 +248,33 @@ def sort_key(item: Action | Skipped, line: str | None = None) -> tuple[str, ...]
         item.column,
         line if line is not None else line_of(item),
     )
+
+
+class TargetRows:
+    """One target's actions, streamed from the plan on each iteration (never held): what a store that works from
+    its own copy of the actions (PostgreSQL's action table) reads them through."""
+
+    def __init__(self, rows: Rows[Action], target: str, count: int) -> None:
+        self._rows, self.target, self._count = rows, target, count
+
+    def __iter__(self) -> Iterator[Action]:
+        fast = getattr(self._rows, "of_target", None)
+        if fast is not None:
+            return iter(fast(self.target))
+        return (a for a in self._rows if a.target == self.target)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def lines(self) -> Iterator[str]:
+        """The target's lines as the plan file holds them, unparsed where the plan was read from a file: a store
+        that parses them itself (PostgreSQL, as jsonb) does no per-action work in Python. A line of another target
+        that names this one in a value, and the target's skipped changes, may be among them: such a reader keeps
+        only the lines whose "target" is this one and whose "kind" is not SKIPPED_KIND."""
+        fast = getattr(self._rows, "raw_of_target", None)
+        if fast is not None:
+            return iter(fast(self.target))
+        return (line_of(a) for a in self)
 
 
 class _Filtered:

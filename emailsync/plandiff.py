@@ -244,18 +244,20 @@ def _dedupe(items: list[FieldChange]) -> list[FieldChange]:
 def _walk(old: Iterable[Any], new: Iterable[Any], key: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
     """Pairs (old item or None, new item or None) of two streams sorted by `key`, matched by equal keys: the
     merge walk that diffs two plans of millions of actions without holding either."""
-    oi, ni = iter(old), iter(new)
-    o, n = next(oi, None), next(ni, None)
+    none: tuple[Any, Any] = (None, None)
+    olds = ((key(x), x) for x in old)
+    news = ((key(x), x) for x in new)
+    (ko, o), (kn, n) = next(olds, none), next(news, none)  # each item's key computed once
     while o is not None or n is not None:
-        if n is None or (o is not None and key(o) < key(n)):
+        if n is None or (o is not None and ko < kn):
             yield o, None
-            o = next(oi, None)
-        elif o is None or key(n) < key(o):
+            ko, o = next(olds, none)
+        elif o is None or kn < ko:
             yield None, n
-            n = next(ni, None)
+            kn, n = next(news, none)
         else:
             yield o, n
-            o, n = next(oi, None), next(ni, None)
+            (ko, o), (kn, n) = next(olds, none), next(news, none)
 
 
 def diff_plans(old: Plan, new: Plan) -> PlanDiff:

@@ -51,8 +51,9 @@ from emailsync.plan import (
     dumps,
     header_digest,
     line_of,
-    section_of,
+    loads,
     sort_key,
+    summary_column,
 )
 
 PLAN_NAME = "plan.jsonl.gz"  # in each folder of the plans/ archive
@@ -159,6 +160,25 @@ class FileRows:
             if (data.get("kind") == SKIPPED_KIND) is self._skipped:
                 yield _item(data)
 
+    def of_target(self, target: str) -> Iterator[Any]:
+        """The target's items only: lines are told apart by their bytes before any is parsed (a line holding the
+        target's name elsewhere, in a value, is parsed and then left out)."""
+        needle = f'"target":{dumps(target)}'.encode()
+        for raw in self._copy.lines():
+            if needle in raw:
+                data = _DECODER.decode(raw.decode())
+                if data.get("target") == target and (data.get("kind") == SKIPPED_KIND) is self._skipped:
+                    yield _item(data)
+
+    def raw_of_target(self, target: str) -> Iterator[str]:
+        """The lines that may be the target's actions, unparsed (each without its newline): every one of them, and
+        perhaps its skipped changes and lines naming the target in a value, which the reader leaves out by their
+        "target" and "kind" (see TargetRows.lines)."""
+        needle = f'"target":{dumps(target)}'.encode()
+        for raw in self._copy.lines():  # skipped changes too: the reader keeps actions only
+            if needle in raw:
+                yield raw.decode()[:-1]
+
     def raw_lines(self) -> Iterator[str]:
         """The whole body as the file holds it, each line without its newline (for writing the plan again)."""
         for raw in self._copy.lines():
@@ -201,15 +221,19 @@ def _open_errors(path: Path) -> contextlib.AbstractContextManager[None]:
 def _header(path: Path, first: bytes) -> Plan:
     """The header line, checked: format, minor, schema, digest (which covers body_sha256)."""
     text = _text(path, 1, first)
-    if text.strip() in ("{", "") or text.startswith('{\n  "'):
+    if not text.strip():
+        raise UserError(f"{path}: the plan file is empty (or its first line is); make a new one with `emailsync plan`")
+    if text.strip() == "{":  # v1 files were one indented JSON document
         raise UserError(
             f"{path}: not a plan of format {PLAN_FORMAT} (a plan.json of format emailsync.plan/v1, made by an "
             "emailsync before 0.2, is one JSON document; this emailsync reads the JSON Lines format). Make the plan "
             "again with this version, or apply it with the emailsync that made it"
         )
-    data = _parse(path, 1, text)
+    data = _parse(path, 1, text, strict=True)
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a plan (line 1, the header, must be an object)")
+    if "format" not in data:
+        raise UserError(f'{path}: not an emailsync plan (its first line has no "format"); pass a plan.jsonl.gz')
     fmt = data.get("format")
     if fmt != PLAN_FORMAT:
         raise UserError(
@@ -248,13 +272,17 @@ def _text(path: Path, n: int, raw: bytes) -> str:
         raise UserError(f"{path}: line {n} is not UTF-8 text; {_EDITED}") from None
 
 
-def _parse(path: Path, n: int, text: str) -> Any:
+def _parse(path: Path, n: int, text: str, *, strict: bool = False) -> Any:
+    """One line's JSON. strict (the header): a key given twice is refused by name, since json keeps the last one and
+    other tools may show the first (body lines are compared with their canonical form instead, which is faster)."""
     try:
-        data = _DECODER.decode(text)
+        data = loads(text) if strict else _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: line {n} is not valid JSON (column {e.colno}: {e.msg})") from None
-    except (ValueError, RecursionError):
-        raise UserError(f"{path}: line {n} is not a plan line; {_EDITED}") from None
+    except RecursionError:
+        raise UserError(f"{path}: line {n} is nested too deeply to be part of a plan; {_EDITED}") from None
+    except ValueError as e:  # a key given twice (strict), or an integer too long to convert
+        raise UserError(f"{path}: line {n}: {e}; {_EDITED}") from None
     if may_escape_surrogates(text):  # emailsync writes characters as they are, never as \udXXX escapes
         bad = first_non_text(data)
         if bad is not None:
@@ -301,7 +329,7 @@ def read_plan(path: Path) -> Plan:
 def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
     """Every body line: canonical JSON of a valid action or skipped change, in order, of a target the header names;
     then the counts against the header's."""
-    counts: Counter[tuple[str, str, str]] = Counter()
+    counts: Counter[tuple[str, str, str, str]] = Counter()
     last: tuple[str, ...] | None = None
     n = 1
     for raw in copy.lines():
@@ -317,6 +345,7 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
             loc = ".".join(str(p) for p in err["loc"])
             raise UserError(f"{path}: line {n}: not a valid plan line at {loc}: {err['msg']}; {_EDITED}") from None
         if line_of(item) != text:
+            _parse(path, n, text, strict=True)  # names a key given twice, the likeliest reason
             raise UserError(f"{path}: line {n} is not written the way emailsync writes plans; {_EDITED}")
         key = sort_key(item, text)
         if last is not None and key <= last:
@@ -328,10 +357,11 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
         fp = plan.targets.get(item.target)
         if fp is None or (isinstance(item, Action) and item.store != fp.store):
             raise UserError(f"{path}: line {n} names target {item.target!r}, which the header does not list; {_EDITED}")
-        counts[section_of(item)] += 1
-    want: Counter[tuple[str, str, str]] = Counter()
-    for r in plan.summary:  # per column too; a row's changes without a column are named "(item)" or ""
-        want[(r.target, r.table, r.kind)] += r.count
-    n_skipped = sum(c for k, c in counts.items() if k[2] == SKIPPED_KIND)
+        counts[
+            (item.target, item.table, item.column if isinstance(item, Skipped) else summary_column(item), key[2])
+        ] += 1
+    # Per column too: apply checks each column against targets.yaml through the summary.
+    want = Counter({(r.target, r.table, r.column, r.kind): r.count for r in plan.summary})
+    n_skipped = sum(c for k, c in counts.items() if k[3] == SKIPPED_KIND)
     if counts != want or n_skipped != plan.skipped_count or counts.total() - n_skipped != plan.action_count:
         raise UserError(f"{path}: the header's counts do not match the plan's lines; {_EDITED}")

@@ -26,6 +26,7 @@ from emailsync.plan import (
     TargetFingerprint,
     dumps,
     seal,
+    summary_column,
 )
 from emailsync.planfile import PLAN_NAME
 from emailsync.stores.dynamodb import DynamoPlanner, DynamoTargetPlan
@@ -148,7 +149,7 @@ def build_plan(
 
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for a in actions:
-        summary[(a.target, a.table, a.column or "(item)", a.kind)] += 1
+        summary[(a.target, a.table, summary_column(a), a.kind)] += 1
     for s in skipped:
         summary[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
 

@@ -1,7 +1,7 @@
 """Plans hold personal data (addresses, whole rows and items). A redacted copy is for rendering plan.md into a public
 pull request: every address becomes a keyed hash that keeps its domain (`h-3f9a1c2b7d04@oldco.com`), so reviewers
 still see which changes go together and where each address moves. Whole rows and items are replaced by their
-column names. plan.json itself is never redacted: apply needs the real values.
+column names. The plan file itself is never redacted: apply needs the real values.
 
 The hash is an HMAC under EMAILSYNC_PLAN_KEY when it is set (the same address gives the same hash in every plan
 rendered with that key), otherwise under a random key made for this rendering: addresses then cannot be guessed
@@ -14,9 +14,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
-from emailsync.plan import Plan
+from emailsync.plan import Action, Plan, Rows, Skipped
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 # Anything that looks like an address, generously: the text around must not keep a fragment of one.
 _ADDRESS = re.compile(r"[^\s@<>()\[\]{}|,;:\"'`]+@([^\s@<>()\[\]{}|,;:\"'`]+)")
@@ -54,21 +58,42 @@ class Redactor:
 
 NOTE = (
     "addresses are shown as keyed hashes that keep the domain (h-…@domain), and whole rows and items as their field "
-    "names; plan.json holds the real values"
+    "names; the plan file holds the real values"
 )
 
 
 def redacted(plan: Plan, key: bytes | None) -> Plan:
-    """A copy of the plan for rendering only: same digest, addresses hashed, rows and items reduced to names."""
+    """A view of the plan for rendering only: same digest, addresses hashed, rows and items reduced to names. Its
+    actions are redacted one by one as they stream past, never all at once."""
     r = Redactor(key)
     data = plan.model_dump(mode="python")
-    for a in data["actions"]:
-        for f in _WHOLE:
-            a[f] = r.whole(a.get(f))
-        if isinstance(a.get("conflict"), dict):
-            a["conflict"] = r.value(a["conflict"]) | ({"values": "redacted"} if "values" in a["conflict"] else {})
     data = {
         k: (v if k in ("digest", "signature", "created_at", "tool_version", "targets", "reads") else r.value(v))
         for k, v in data.items()
     }
-    return Plan.model_validate(data)
+    view = Plan.model_validate(data)
+
+    def action(a: Action) -> Action:
+        d = a.model_dump(mode="python")
+        for f in _WHOLE:
+            d[f] = r.whole(d.get(f))
+        if isinstance(d.get("conflict"), dict):
+            d["conflict"] = r.value(d["conflict"]) | ({"values": "redacted"} if "values" in d["conflict"] else {})
+        return Action.model_validate(r.value(d))
+
+    view._actions = _Mapped(plan.actions, action)
+    view._skipped = _Mapped(plan.skipped, lambda s: Skipped.model_validate(r.value(s.model_dump(mode="python"))))
+    return view
+
+
+class _Mapped(Generic[T, U]):
+    """Rows seen through a function, item by item."""
+
+    def __init__(self, rows: Rows[T], fn: Callable[[T], U]) -> None:
+        self._rows, self._fn = rows, fn
+
+    def __iter__(self) -> Iterator[U]:
+        return map(self._fn, self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)

@@ -535,7 +535,7 @@ def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:
 def _state_counts(states: list[ActionState]) -> list[tuple[str, str, str, int]]:
     by: dict[tuple[str, str, str], int] = defaultdict(int)
     for s in states:
-        by[(s.action.target, s.action.table, s.state)] += 1
+        by[(s.target, s.table, s.state)] += 1
     return [(t, tb, st, n) for (t, tb, st), n in sorted(by.items())]
 
 
@@ -549,8 +549,8 @@ def verify_lines(plan: Plan, states: list[ActionState], counts: dict[str, int], 
     if drifted:
         out.append("\nDrifted (neither as planned nor as applied):")
         for s in drifted[:limit]:
-            key = ddb_key(s.action.key) if s.action.store == "dynamodb" else _key(s.action.key)
-            out.append(f"  {s.action.id} {s.action.target}/{s.action.table} [{key}] {s.action.kind}: {s.detail or ''}")
+            key = "" if s.key is None else ddb_key(s.key) if s.store == "dynamodb" else _key(s.key)
+            out.append(f"  {s.id} {s.target}/{s.table} [{key}] {s.kind}: {s.detail or ''}")
         if len(drifted) > limit:
             out.append(f"  ... and {len(drifted) - limit} more (--format json lists all)")
     return out
@@ -595,10 +595,10 @@ def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int
         size = sum(len(line) + 1 for line in out) + 200
         shown = 0
         for s in drifted[:limit]:
-            a = s.action
+            key = "" if s.key is None else _md_key(s.key, ddb=s.store == "dynamodb")
             line = (
-                f"| {_code(a.id)} | {_cell(a.target)} / {_cell(a.table)} | {_md_key(a.key, ddb=a.store == 'dynamodb')} "
-                f"| {_kind(a.kind)} | {_code(s.detail) if s.detail else ''} |"
+                f"| {_code(s.id)} | {_cell(s.target)} / {_cell(s.table)} | {key} "
+                f"| {_kind(s.kind)} | {_code(s.detail) if s.detail else ''} |"
             )
             if size + len(line) + 1 > MD_LIMIT:
                 break

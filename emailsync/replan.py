@@ -46,7 +46,7 @@ def replan_check_or_fail(plan: Plan, loaded: LoadedTargets, mappings: Path | Non
             if s.state != "after":
                 why = f"; {s.detail}" if s.detail else ""
                 problems.append(
-                    f"action {s.action.id} ({s.action.target}/{s.action.table} {s.action.kind}) is no longer "
+                    f"action {s.id} ({s.target}/{s.table} {s.kind}) is no longer "
                     f"planned and was not applied ({s.state}{why})"
                 )
     if problems:

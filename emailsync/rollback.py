@@ -28,7 +28,7 @@ from typing import Any
 from emailsync import __version__
 from emailsync.archive import DONE, journal_runs, recorded_outcomes
 from emailsync.errors import UserError
-from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, seal
+from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, seal, summary_column
 from emailsync.planfile import PLAN_NAME, read_plan
 from emailsync.stores.dynamodb import set_path
 
@@ -136,7 +136,7 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
     created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for x in actions:
-        summary[(x.target, x.table, x.column or "", x.kind)] += 1
+        summary[(x.target, x.table, summary_column(x), x.kind)] += 1
     body = {
         "created_at": created,
         "tool_version": __version__,

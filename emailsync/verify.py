@@ -8,14 +8,23 @@ from the same classification apply uses before writing, so verify and apply neve
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
-from emailsync.applier import check_ddb_tables, check_plan_matches, reach_targets, table_metas
+from emailsync.applier import (
+    check_ddb_tables,
+    check_plan_matches,
+    planned_columns,
+    planned_counts,
+    reach_targets,
+    table_metas,
+)
 from emailsync.config import LoadedTargets
-from emailsync.plan import Action, Plan
+from emailsync.plan import Action, Plan, TargetRows
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.pg_apply import PostgresApplier
 
@@ -23,55 +32,105 @@ STATES = ("before", "after", "drifted")
 _STATE = {"pending": "before", "already-applied": "after", "stale": "drifted"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActionState:
-    action: Action
+    """Where one action stands. The action itself is not kept (a plan may hold millions); `key` is filled in for
+    the drifted ones that a report shows (KEYS_KEPT at most)."""
+
+    id: str
+    target: str
+    table: str
+    kind: str
+    store: str
     state: str  # before | after | drifted
     detail: str | None = None
+    key: dict[str, Any] | None = None
+
+
+KEYS_KEPT = 1000  # drifted actions whose keys are looked up for the report (it shows at most a few hundred)
 
 
 def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None) -> list[ActionState]:
-    """The state of every action (or of the actions whose ids are in `only`), in plan order."""
+    """The state of every action (or of the actions whose ids are in `only`), target by target."""
     check_plan_matches(plan, loaded)
-    by_target: dict[str, list[Action]] = defaultdict(list)
-    for a in plan.actions:
-        if only is None or a.id in only:
-            by_target[a.target].append(a)
-    states: dict[str, ActionState] = {}
-    index = {a.id: a for actions in by_target.values() for a in actions}  # the same objects: no second copy
+    planned = planned_counts(plan)
+    pg = {t.name for t in loaded.config.postgres}
+
+    def chosen(rows: Iterable[Action]) -> Iterator[Action]:
+        return (a for a in rows if only is None or a.id in only)
+
+    names = [n for n in planned if n in pg] + [n for n in planned if n not in pg]
     # Reading another database than the plan's would report its rows as drifted: refused like apply refuses.
-    conns, clients = reach_targets(plan, loaded, set(by_target))
+    conns, clients = reach_targets(plan, loaded, set(names))
+    states: list[ActionState] = []
     try:
         for idx, target in enumerate(loaded.config.postgres):
-            actions = by_target.get(target.name)
-            if not actions:
+            if not planned.get(target.name):
                 continue
+            rows = TargetRows(plan.actions, target.name, planned[target.name])
             conn = conns[target.name]
             try:
-                metas = table_metas(conn, loaded, idx, actions)
+                metas = table_metas(conn, loaded, idx, planned_columns(plan, target.name))
                 conn.rollback()
-                applier = PostgresApplier(conn, target.name, metas, actions, "abort", None, target.statement_timeout)
-                for aid, o in applier.classify_only().items():
-                    states[aid] = ActionState(index[aid], _STATE[o.status], o.detail)
+                stream: Iterable[Action] = rows if only is None else _Only(rows, only)
+                applier = PostgresApplier(conn, target.name, metas, stream, "abort", None, target.statement_timeout)
+                found = applier.classify_only()
             except psycopg.Error:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
+            mine = [
+                ActionState(aid, target.name, o.table or "", o.kind or "", "postgres", _STATE[o.status], o.detail)
+                for aid, o in found.items()
+            ]
+            mine.sort(key=lambda s: s.table)  # stable: by kind and key within a table, as classify_only reads them
+            _keys_of_drifted(mine, rows)
+            states += mine
     finally:
         for conn in conns.values():
             conn.close()
     for ddb in loaded.config.dynamodb:
-        actions = by_target.get(ddb.name)
+        if not planned.get(ddb.name):
+            continue
+        actions = list(chosen(TargetRows(plan.actions, ddb.name, planned[ddb.name])))
         if not actions:
             continue
         client = clients[ddb.name]
         check_ddb_tables(loaded, ddb, actions)
+        index = {a.id: a for a in actions}
         # Live and other tables are classified separately, exactly as apply runs them.
         for group in ([a for a in actions if not a.live], [a for a in actions if a.live]):
             if group:
                 for aid, o in DynamoApplier(ddb, client, group, "abort").classify_only().items():
-                    states[aid] = ActionState(index[aid], _STATE[o.status], o.detail)
-    return [states[a.id] for actions in by_target.values() for a in actions if a.id in states]
+                    a = index[aid]
+                    state = _STATE[o.status]
+                    key = a.key if state == "drifted" else None
+                    states.append(ActionState(aid, a.target, a.table, a.kind, "dynamodb", state, o.detail, key))
+    return states
+
+
+class _Only:
+    """The actions of `rows` whose ids are in `ids`, iterable again and again."""
+
+    def __init__(self, rows: Iterable[Action], ids: set[str]) -> None:
+        self._rows, self._ids = rows, ids
+
+    def __iter__(self) -> Iterator[Action]:
+        return (a for a in self._rows if a.id in self._ids)
+
+
+def _keys_of_drifted(states: list[ActionState], rows: Iterable[Action]) -> None:
+    """Fill in the keys of the first KEYS_KEPT drifted states, in one more pass over the target's actions."""
+    want = {s.id: s for s in states if s.state == "drifted"}
+    if not want:
+        return
+    want = dict(list(want.items())[:KEYS_KEPT])
+    for a in rows:
+        s = want.pop(a.id, None)
+        if s is not None:
+            s.key = a.key
+            if not want:
+                return
 
 
 def counts(states: list[ActionState]) -> dict[str, int]:

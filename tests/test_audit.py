@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -287,8 +288,12 @@ def test_show_formats_and_history(ws, db):
     r = ws.run("show", str(plan), "--format", "markdown")
     assert "## Apply history" in r.out and "| Dana |" in r.out
     r = ws.run("show", str(plan), "--format", "json")
-    first, history = r.out.split("\n}\n", 1)
-    assert json.loads(first + "\n}")["digest"] == ws.plan_json(plan)["digest"]
+    # JSON Lines: the plan's header, its lines exactly as the file holds them, then the apply history.
+    header, *body, history = r.out.splitlines()
+    with gzip.open(plan, "rt", encoding="utf-8") as f:
+        file_lines = f.read().splitlines()
+    assert json.loads(header)["digest"] == ws.plan_json(plan)["digest"]
+    assert [header, *body] == file_lines
     assert json.loads(history)["apply_history"][0]["approver"] == "Dana"
 
 

@@ -7,12 +7,11 @@ All tests run the real CLI against a real (embedded) PostgreSQL. `plan` errors m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_user_error, employees
+from helpers import assert_user_error, employees, plan_doc
 
 EMPLOYEES = "- table: public.employees\n  columns: [email]\n"
 ROWS = [(1, "a@old.com"), (2, "b@old.com"), (3, "keep@x.com")]
@@ -308,9 +307,9 @@ def apply_auto(ws: Any, path: Path) -> Any:
 def test_apply_refusals_leave_the_plan_untouched(emp_ws: Any, db: Any) -> None:
     """A refused apply does not rewrite the plan either."""
     path = make_plan(emp_ws)
-    text = path.read_text()
+    raw = path.read_bytes()
     r = emp_ws.run("apply", str(path))
     assert_user_error(r, "--auto-approve")
-    assert path.read_text() == text
-    assert json.loads(text)["actions"]
+    assert path.read_bytes() == raw
+    assert plan_doc(path)["actions"]
     assert employees(db) == ROWS

@@ -5,17 +5,22 @@ PostgreSQL and DynamoDB Local."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import resource
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Database, Dynamo
 from helpers import plan_doc, refused
+
+from emailsync.plan import dumps, header_digest, loads
 
 SURROGATE_AREA = "hostile input: text that is not text (lone surrogates)"
 FILES_AREA = "hostile input: huge, endless or special files"
@@ -99,25 +104,54 @@ def test_an_environment_variable_that_is_not_utf8_is_one_error_not_a_crash(estat
         ws.monkeypatch.setenv("CORE_DSN", estate.dsn)
 
 
+def _plan_lines(plan: Path) -> list[str]:
+    """The plan file's lines, uncompressed, each without its newline."""
+    text = gzip.decompress(plan.read_bytes()).decode("utf-8")
+    return text[:-1].split("\n")
+
+
+def _write_resealed(plan: Path, lines: list[str]) -> None:
+    """Write the lines back gzip'd with body_sha256 and the digest recomputed (the header as it is), so what stops
+    the edit is the check of the line itself, not the digest."""
+    body = "".join(line + "\n" for line in lines[1:])
+    header = loads(lines[0])
+    header["body_sha256"] = hashlib.sha256(body.encode()).hexdigest()
+    header["digest"] = header_digest(header)
+    plan.write_bytes(gzip.compress((dumps(header) + "\n" + body).encode(), mtime=0))
+
+
 def test_a_lone_surrogate_in_a_plan_is_refused_by_every_command_that_reads_it(
     estate: Database, ws: Any, reliability: Any
 ) -> None:
     r, plan = ws.plan()
     assert r.code == 0, r.err
-    text = plan.read_text()
-    assert '"a@new.com"' in text
-    plan.write_text(text.replace('"a@new.com"', '"a\\ud800@new.com"'))
+    lines = _plan_lines(plan)
+    (n,) = [i for i, line in enumerate(lines) if '"new":"a@new.com"' in line]
     commands = [
         ("apply", str(plan), "--auto-approve"),
         ("verify", str(plan)),
         ("show", str(plan)),
         ("diff", str(plan), str(plan)),
     ]
+    # In an action's line, the plan re-sealed: the line is refused, naming it and the field.
+    edited = [*lines]
+    edited[n] = edited[n].replace('"a@new.com"', '"a\\ud800@new.com"')
+    _write_resealed(plan, edited)
     for args in commands:
-        msg = refused(ws, [estate], args, str(plan), "lone UTF-16 surrogate", "edited by hand")
-        assert "actions[" in msg, msg
+        refused(ws, [estate], args, str(plan), f"line {n + 1}: new:", "lone UTF-16 surrogate", "edited by hand")
+    # In the header (line 1): refused before its digest is even compared.
+    assert '"warnings":[]' in lines[0]
+    plan.write_bytes(
+        gzip.compress(
+            ("\n".join([lines[0].replace('"warnings":[]', '"warnings":["\\udc80"]'), *lines[1:]]) + "\n").encode()
+        )
+    )
+    for args in commands:
+        refused(ws, [estate], args, str(plan), "line 1: warnings[0]:", "lone UTF-16 surrogate", "edited by hand")
     assert estate.rows("SELECT email FROM employees ORDER BY id") == [("a@old.com",), ("b@old.com",), ("keep@x.com",)]
-    reliability(SURROGATE_AREA, REFUSED, cases=len(commands), detail="plan.jsonl.gz edited: apply, verify, show, diff")
+    reliability(
+        SURROGATE_AREA, REFUSED, cases=2 * len(commands), detail="plan.jsonl.gz edited: apply, verify, show, diff"
+    )
 
 
 def test_a_lone_surrogate_in_dynamodb_mappings_never_reaches_dynamodb(
@@ -175,7 +209,8 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(
 def test_a_3_gib_file_is_refused_by_its_size_without_being_read(
     estate: Database, ws: Any, kind: str, tmp_path_factory: pytest.TempPathFactory, reliability: Any
 ) -> None:
-    big = tmp_path_factory.mktemp("huge") / f"huge-{kind}.json"  # outside the workspace, whose files are hashed
+    name = "huge-plan.jsonl.gz" if kind == "plan" else f"huge-{kind}.json"
+    big = tmp_path_factory.mktemp("huge") / name  # outside the workspace, whose files are hashed
     with open(big, "wb") as f:
         f.truncate(3 * 1024**3)  # sparse: 3 GiB long, nothing on disk
     args = {
@@ -191,6 +226,24 @@ def test_a_3_gib_file_is_refused_by_its_size_without_being_read(
     assert time.monotonic() - started < 5 and _peak_rss_mb() - rss < 50
     assert "MiB" in msg
     reliability(FILES_AREA, REFUSED, detail=f"{kind}: a 3 GiB file")
+
+
+def test_a_gzip_bomb_plan_is_refused_without_inflating_it(
+    estate: Database, ws: Any, tmp_path_factory: pytest.TempPathFactory, reliability: Any
+) -> None:
+    """2 MB on disk, well within the plan's size limit, that inflates to 2 GiB without a newline: refused by its
+    first line's length, never inflated whole."""
+    bomb = tmp_path_factory.mktemp("bomb") / "plan.jsonl.gz"  # outside the workspace, whose files are hashed
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(bomb, "wb") as f:
+        for _ in range(2048):
+            f.write(gz.compress(b"x" * 2**20))
+        f.write(gz.flush())
+    assert bomb.stat().st_size < 4 * 2**20
+    started, rss = time.monotonic(), _peak_rss_mb()
+    refused(ws, [estate], ("apply", str(bomb), "--auto-approve"), str(bomb), "line 1 is longer than 64 MiB")
+    assert time.monotonic() - started < 5 and _peak_rss_mb() - rss < 200
+    reliability(FILES_AREA, REFUSED, detail="plan: a gzip bomb (2 MB inflating to 2 GiB)")
 
 
 def test_the_limit_is_configurable(estate: Database, ws: Any, reliability: Any) -> None:

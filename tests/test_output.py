@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers import assert_user_error
+from helpers import assert_user_error, plan_doc
 
 
 def _setup(db: Any, ws: Any, rows: int = 50) -> None:
@@ -90,7 +90,7 @@ def test_plan_apply_verify_json(db, ws):
     assert r.code == 2, r.err
     doc = json.loads(r.out)  # stdout is exactly one JSON document
     plan_file = Path(doc["plan"])
-    assert doc["digest"] == json.loads(plan_file.read_text())["digest"]
+    assert doc["digest"] == plan_doc(plan_file)["digest"]
     assert (doc["actions"], doc["skipped"], doc["has_changes"]) == (3, 0, True)
     assert doc["summary"] == [
         {"target": "core", "table": "public.employees", "column": "email", "kind": "update", "count": 3}

@@ -1,10 +1,14 @@
-"""The plan file: tamper-evident (digest), versioned, strict JSON, exact round trip, deterministic.
+"""The plan file: tamper-evident (digest), versioned, strict JSON Lines, exact round trip, deterministic.
 
 Every refusal must be one `error:` message, exit 1, no traceback, and leave the database untouched.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,8 @@ from typing import Any
 import pytest
 from helpers import assert_user_error, employees, plan_doc
 
-from emailsync.plan import compute_digest, dumps, loads, read_plan, render_json
+from emailsync.plan import DIGEST_SCHEME, PLAN_FORMAT, PLAN_FORMAT_MINOR, dumps, header_digest, loads
+from emailsync.planfile import beside, read_plan, write_plan
 
 EMPLOYEES = "- table: public.employees\n  columns: [email]\n"
 ROWS = [(1, "a@old.com"), (2, "b@old.com"), (3, "keep@x.com")]
@@ -37,18 +42,51 @@ def planned(ws: Any, db: Any) -> tuple[Any, Any, Path]:
     return ws, db, path
 
 
-def rewrite(path: Path, edit: Any) -> None:
-    """Parse the plan exactly (Decimal numbers), let `edit` change it, write it back WITHOUT re-sealing."""
-    data = loads(path.read_text())
+def content(path: Path) -> bytes:
+    """The plan file's JSON Lines, uncompressed (as `zcat` shows them)."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def read_lines(path: Path) -> list[str]:
+    """The plan file's lines, uncompressed, each without its newline (split on "\\n" alone: a line may hold U+2028)."""
+    text = content(path).decode("utf-8")
+    assert text.endswith("\n"), "a plan file ends with a newline"
+    return text[:-1].split("\n")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Write the lines back gzip'd, as `zcat ... | edit | gzip` would: NOT re-sealed."""
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode("utf-8"), mtime=0))
+
+
+def reseal(lines: list[str]) -> list[str]:
+    """The lines with the header's body_sha256 and digest recomputed: what someone who read planfile.py would do."""
+    header = loads(lines[0])
+    header["body_sha256"] = hashlib.sha256("".join(line + "\n" for line in lines[1:]).encode()).hexdigest()
+    header["digest"] = header_digest(header)
+    return [dumps(header), *lines[1:]]
+
+
+def rewrite(path: Path, edit: Any, *, sealed: bool = False) -> None:
+    """Parse every line exactly (Decimal numbers) into one document (the header's fields, `actions`: the body's
+    lines), let `edit` change it, write it back as compact lines, NOT re-sealed unless `sealed`."""
+    lines = read_lines(path)
+    data = loads(lines[0])
+    data["actions"] = [loads(line) for line in lines[1:]]
     edit(data)
-    path.write_text(dumps(data, indent=2) + "\n")
+    body = [dumps(a) for a in data.pop("actions")]
+    lines = [dumps(data), *body]
+    write_lines(path, reseal(lines) if sealed else lines)
 
 
 def apply_refused(ws: Any, db: Any, path: Path, *fragments: str) -> str:
+    before = path.read_bytes()
     r = ws.run("apply", str(path), "--auto-approve")
     message = assert_user_error(r, str(path), *fragments)
     assert employees(db) == ROWS
-    assert not path.with_name("report.json").exists()
+    assert not beside(path, "report.json").exists()
+    assert path.read_bytes() == before
     return message
 
 
@@ -63,10 +101,18 @@ def test_untampered_plan_applies(planned: tuple[Any, Any, Path]) -> None:
     assert employees(db) == [(1, "a@new.com"), (2, "b@new.com"), (3, "keep@x.com")]
 
 
-def test_rewritten_but_unchanged_plan_still_applies(planned: tuple[Any, Any, Path]) -> None:
-    """The digest is over the content, not the formatting: re-serialising without edits is accepted."""
+def test_recompressed_but_unchanged_plan_still_applies(planned: tuple[Any, Any, Path]) -> None:
+    """The digest is over the content (the uncompressed lines), not the compression: the same lines gzip'd again, at
+    another level and with a time and a name in the gzip header, are accepted."""
     ws, db, path = planned
-    rewrite(path, lambda data: None)
+    original = path.read_bytes()
+    rewrite(path, lambda data: None)  # re-serialising the lines without an edit writes them exactly as they were
+    assert content(path) == gzip.decompress(original)
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="renamed.jsonl", mode="wb", fileobj=buf, compresslevel=9, mtime=1_700_000_000) as f:
+        f.write(gzip.decompress(original))
+    path.write_bytes(buf.getvalue())
+    assert path.read_bytes() != original and content(path) == gzip.decompress(original)
     r = ws.run("apply", str(path), "--auto-approve")
     assert r.code == 0, (r.out, r.err)
     assert employees(db) == [(1, "a@new.com"), (2, "b@new.com"), (3, "keep@x.com")]
@@ -74,10 +120,10 @@ def test_rewritten_but_unchanged_plan_still_applies(planned: tuple[Any, Any, Pat
 
 def test_edited_new_value_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    text = path.read_text()
-    assert text.count('"new":"a@new.com"') == 1
-    path.write_text(text.replace('"new":"a@new.com"', '"new":"attacker@evil.com"'))
-    apply_refused(ws, db, path, "digest mismatch", "re-run `emailsync plan`")
+    lines = read_lines(path)
+    assert "\n".join(lines).count('"new":"a@new.com"') == 1
+    write_lines(path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in lines])
+    apply_refused(ws, db, path, "digest mismatch", "the body hashes to", "re-run `emailsync plan`")
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed value")
 
 
@@ -105,7 +151,7 @@ def test_changed_digest_is_refused(planned: tuple[Any, Any, Path], reliability: 
     ws, db, path = planned
     fake = "sha256:" + "f" * 64
     rewrite(path, lambda data: data.update(digest=fake))
-    msg = apply_refused(ws, db, path, "digest mismatch", fake)
+    msg = apply_refused(ws, db, path, "digest mismatch", fake, "its header hashes to")
     assert plan_doc(path)["digest"] == fake
     assert "re-run `emailsync plan`" in msg
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed digest")
@@ -114,13 +160,34 @@ def test_changed_digest_is_refused(planned: tuple[Any, Any, Path], reliability: 
 # --- format versions and malformed files --------------------------------------------------------------------
 
 
-def test_format_v2_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
+def test_format_v3_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    rewrite(path, lambda data: data.update(format="emailsync.plan/v2"))
-    apply_refused(ws, db, path, "emailsync.plan/v2", "emailsync.plan/v1")
+    rewrite(path, lambda data: data.update(format="emailsync.plan/v3"))
+    apply_refused(ws, db, path, "unknown plan format", "'emailsync.plan/v3'", "'emailsync.plan/v2'")
     reliability(
         "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a newer major format"
     )
+
+
+def test_a_v1_plan_is_refused_by_name(planned: tuple[Any, Any, Path], reliability: Any) -> None:
+    """A plan made by an emailsync before 0.2 (format v1: one indented JSON document, plan.json) is refused, naming
+    both formats; so is a v1 document on one line, or renamed to plan.jsonl.gz."""
+    ws, db, path = planned
+    doc = plan_doc(path)
+    for v2_only in ("digest_scheme", "action_count", "skipped_count", "body_sha256"):
+        del doc[v2_only]
+    doc |= {"format": "emailsync.plan/v1", "format_minor": 3}
+    v1 = path.with_name("plan.json")
+    v1.write_text(dumps(doc, indent=2) + "\n")
+    msg = apply_refused(
+        ws, db, v1, "not a plan of format emailsync.plan/v2", "emailsync.plan/v1", "Make the plan again"
+    )
+    assert "digest" not in msg  # said for what it is, not as tampering
+    path.write_text(dumps(doc, indent=2) + "\n")
+    apply_refused(ws, db, path, "not a plan of format emailsync.plan/v2", "emailsync.plan/v1")
+    v1.write_text(dumps(doc) + "\n")
+    apply_refused(ws, db, v1, "unknown plan format 'emailsync.plan/v1'", "'emailsync.plan/v2'")
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a v1 plan")
 
 
 def test_newer_minor_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
@@ -134,10 +201,11 @@ def test_newer_minor_is_refused(planned: tuple[Any, Any, Path], reliability: Any
 
 def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    text = path.read_text()
-    assert text.startswith("{\n")
-    # A second "digest" after the real one: a lax reader would silently take the last.
-    path.write_text(text.replace("{\n", '{\n  "digest": "sha256:' + "0" * 64 + '",\n', 1))
+    lines = read_lines(path)
+    assert lines[0].startswith('{"')
+    # A second "digest" before the real one: a lax reader would silently take the last.
+    lines[0] = '{"digest":"sha256:' + "0" * 64 + '",' + lines[0][1:]
+    write_lines(path, lines)
     apply_refused(ws, db, path, "'digest'", "more than once")
     reliability(
         "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a duplicate top-level key"
@@ -146,9 +214,14 @@ def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path], reliability: A
 
 def test_duplicate_key_inside_an_action_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    text = path.read_text()
-    path.write_text(text.replace('"new":"a@new.com"', '"new":"a@new.com","new":"attacker@evil.com"', 1))
-    apply_refused(ws, db, path, "'new'", "more than once")
+    lines = read_lines(path)
+    (n,) = [i for i, line in enumerate(lines) if '"new":"a@new.com"' in line]
+    lines[n] = lines[n].replace('"new":"a@new.com"', '"new":"a@new.com","new":"attacker@evil.com"', 1)
+    write_lines(path, lines)
+    apply_refused(ws, db, path, "digest mismatch")
+    # With body_sha256 and the digest recomputed, the line itself is refused, naming the key given twice.
+    write_lines(path, reseal(lines))
+    apply_refused(ws, db, path, f"line {n + 1}: key ", "appears more than once", "edited by hand")
     reliability(
         "hostile input: plans edited by hand",
         "refused, exit 1, nothing written",
@@ -159,25 +232,32 @@ def test_duplicate_key_inside_an_action_is_refused(planned: tuple[Any, Any, Path
 def test_not_json_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     path.write_text("this is not a plan\n")
-    apply_refused(ws, db, path, "not valid JSON", "line 1")
+    apply_refused(ws, db, path, "line 1 is not valid JSON")
+    path.write_bytes(gzip.compress(b"this is not a plan\n"))
+    apply_refused(ws, db, path, "line 1 is not valid JSON")
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="not JSON")
 
 
 def test_truncated_plan_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    text = path.read_text()
-    path.write_text(text[: len(text) // 2])
-    apply_refused(ws, db, path, "not valid JSON")
+    raw, text = path.read_bytes(), content(path)
+    path.write_bytes(raw[: len(raw) // 2])  # the gzip stream cut off: a partial copy or download
+    apply_refused(ws, db, path, "cannot read the plan file", "end-of-stream marker")
+    path.write_bytes(gzip.compress(text[:-10]))  # the last action cut off, gzip'd whole
+    apply_refused(ws, db, path, "digest mismatch")
+    path.write_bytes(gzip.compress(text[: text.index(b"\n") // 2]))  # the header cut in half
+    apply_refused(ws, db, path, "line 1 is not valid JSON")
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a truncated file")
 
 
 def test_missing_plan_file_is_refused(planned: tuple[Any, Any, Path]) -> None:
     ws, db, path = planned
-    missing = path.with_name("nope.json")
+    missing = path.with_name("nope.jsonl.gz")
     r = ws.run("apply", str(missing), "--auto-approve")
     assert_user_error(r, str(missing), "plan file not found")
     assert employees(db) == ROWS
     assert not missing.exists()
+    assert not beside(missing, "report.json").exists()
     assert not missing.with_name("report.json").exists()
 
 
@@ -199,7 +279,7 @@ def test_show_renders_the_plan(planned: tuple[Any, Any, Path]) -> None:
 
 def test_show_refuses_a_tampered_plan(planned: tuple[Any, Any, Path]) -> None:
     ws, db, path = planned
-    path.write_text(path.read_text().replace('"new":"a@new.com"', '"new":"attacker@evil.com"'))
+    write_lines(path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in read_lines(path)])
     r = ws.run("show", str(path))
     assert_user_error(r, str(path), "digest mismatch")
     assert "attacker@evil.com" not in r.out
@@ -209,9 +289,14 @@ def test_show_refuses_a_tampered_plan(planned: tuple[Any, Any, Path]) -> None:
 
 
 def test_plan_round_trips_byte_for_byte(planned: tuple[Any, Any, Path]) -> None:
+    """Read and written again, a plan is the same file: gzip'd byte for byte, and as plain JSON Lines its content."""
     _, _, path = planned
-    text = path.read_text(encoding="utf-8")
-    assert render_json(read_plan(path)) == text
+    again, plain = path.parent / "again" / "copy.jsonl.gz", path.parent / "again" / "copy.jsonl"
+    write_plan(read_plan(path), again)
+    write_plan(read_plan(path), plain)
+    assert again.read_bytes() == path.read_bytes()
+    assert plain.read_bytes() == content(path)
+    assert plain.read_bytes()[:1] == b"{"
 
 
 @pytest.fixture
@@ -228,14 +313,16 @@ def numeric_plan(ws: Any, db: Any) -> tuple[Any, Any, Path]:
 
 def test_numeric_row_image_is_exact_and_delete_applies(numeric_plan: tuple[Any, Any, Path]) -> None:
     ws, db, path = numeric_plan
-    text = path.read_text(encoding="utf-8")
-    assert BIG in text
-    (action,) = loads(text)["actions"]
+    assert BIG.encode() in content(path)
+    header, *body = read_lines(path)
+    (action,) = [loads(line) for line in body]
     assert action["kind"] == "delete-on-conflict"
     assert action["key"] == {"id": 1}
     assert action["row"] == {"id": 1, "email": "a@old.com", "balance": Decimal(BIG)}
     assert str(action["row"]["balance"]) == BIG
-    assert render_json(read_plan(path)) == text  # the Decimal survives the round trip too
+    again = path.parent / "again" / "copy.jsonl.gz"
+    write_plan(read_plan(path), again)
+    assert again.read_bytes() == path.read_bytes()  # the Decimal survives the round trip too
 
     r = ws.run("apply", str(path), "--auto-approve")
     assert r.code == 0, (r.out, r.err)
@@ -257,9 +344,25 @@ def test_numeric_row_changed_since_plan_is_not_deleted(numeric_plan: tuple[Any, 
 
 
 def test_recomputed_digest_matches(planned: tuple[Any, Any, Path]) -> None:
+    """Digest scheme sha256-jsonl/1, recomputed by hand: body_sha256 is the sha256 of the uncompressed lines after
+    the first (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`), the digest the sha256 of the header's canonical JSON
+    without digest (and signature)."""
     _, _, path = planned
-    data = loads(path.read_text())
-    assert compute_digest(data) == data["digest"]
+    lines = read_lines(path)
+    header = json.loads(lines[0])
+    assert (header["format"], header["format_minor"]) == (PLAN_FORMAT, PLAN_FORMAT_MINOR) == ("emailsync.plan/v2", 0)
+    assert header["digest_scheme"] == DIGEST_SCHEME == "sha256-jsonl/1"
+    assert "signature" not in header  # unsigned: absent, not null
+    assert (header["action_count"], header["skipped_count"]) == (2, 0) and len(lines) == 3
+    body = content(path).split(b"\n", 1)[1]
+    assert body == "".join(line + "\n" for line in lines[1:]).encode()
+    assert hashlib.sha256(body).hexdigest() == header["body_sha256"]
+    canonical = json.dumps(
+        {k: v for k, v in header.items() if k != "digest"}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert "sha256:" + hashlib.sha256(canonical.encode()).hexdigest() == header["digest"]
+    assert header_digest(header) == header["digest"]
+    assert lines[0] == dumps(header)  # the header line is canonical JSON too
 
 
 # --- determinism --------------------------------------------------------------------------------------------
@@ -314,3 +417,5 @@ def test_planning_twice_is_deterministic(ws: Any, db: Any) -> None:
     for j in (j1, j2):
         del j["created_at"], j["digest"]
     assert j1 == j2
+    # The bodies, byte for byte: the same actions in the same order, written the same way.
+    assert content(p1).split(b"\n", 1)[1] == content(p2).split(b"\n", 1)[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from decimal import Decimal
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 import emailsync.plandiff as plandiff
-from emailsync.plan import Plan, dumps, loads, read_plan, seal, write_plan
+from emailsync.errors import UserError
+from emailsync.plan import Plan, dumps, loads, seal
 from emailsync.plandiff import (
     ActionChange,
     FieldChange,
@@ -23,6 +25,7 @@ from emailsync.plandiff import (
     render_markdown,
     render_text,
 )
+from emailsync.planfile import read_header, read_plan, write_plan
 from emailsync.planner import default_plan_path
 
 EMP = "- table: public.employees\n  columns: [email, manager_email]\n"
@@ -45,7 +48,7 @@ def _at(plan: Plan, created_at: str) -> Plan:
     """The same real plan as if made at another time (re-sealed: a valid plan with its own digest)."""
     body = plan.model_dump(mode="python")
     del body["digest"]
-    return seal({**body, "created_at": created_at})
+    return seal({**body, "created_at": created_at, "actions": list(plan.actions), "skipped": list(plan.skipped)})
 
 
 def _archive(plans_dir: Path, plan: Plan) -> Path:
@@ -217,13 +220,13 @@ def test_skipped_changes_appear_and_disappear(db: Any, ws: Any) -> None:
     _, p2 = _plan(ws)
     assert p1.skipped and not p1.actions and p2.actions and not p2.skipped
     d = diff_plans(p1, p2)
-    assert d.skipped_removed == p1.skipped and d.skipped_added == []
+    assert d.skipped_removed == list(p1.skipped) and len(p1.skipped) == 1 and d.skipped_added == []
     assert [(a.key, a.old, a.new) for a in d.added] == [({"id": 1}, "old@x.com", "new@x.com")]
     assert (d.counts.skipped_removed, d.counts.skipped_added) == (1, 0)
     md = render_markdown(d)
     assert "## No longer skipped" in md and "| core | public.employees | id=1 | email | old@x.com → new@x.com |" in md
     back = diff_plans(p2, p1)
-    assert back.skipped_added == p1.skipped and len(back.removed) == 1
+    assert back.skipped_added == list(p1.skipped) and len(back.removed) == 1
     assert "newly skipped:\n  + core public.employees id=1 email: old@x.com → new@x.com (" in render_text(back)
 
 
@@ -322,7 +325,11 @@ def test_find_previous_picks_latest_earlier_plan_for_the_same_targets(base: tupl
     corrupt.parent.mkdir()
     corrupt.write_text("{not json")
     tampered = _archive(plans, _at(p, "2030-01-01T11:50:00Z"))
-    tampered.write_text(tampered.read_text().replace("a@new.com", "evil@new.com"))  # digest no longer matches
+    # An action's line edited inside the gzip: the header still reads, the body's sha256 no longer matches.
+    tampered.write_bytes(gzip.compress(gzip.decompress(tampered.read_bytes()).replace(b"a@new.com", b"evil@new.com")))
+    assert read_header(tampered) is not None
+    with pytest.raises(UserError, match="digest mismatch"):
+        read_plan(tampered)
     (plans / "20300101T115500Z-111111111111").mkdir()  # a folder without a plan
     (plans / "20300101T115800Z-notes.txt").write_text("not a folder")
     p12 = _at(p, "2030-01-01T12:00:00Z")
@@ -430,7 +437,7 @@ def test_archive_diff_for_a_plan_outside_the_archive_names_files_after_it(
     p1, p2 = two_plans
     plans = tmp_path / "archive"
     first = _archive(plans, _at(p1, "2030-01-01T10:00:00Z"))
-    mine = tmp_path / "elsewhere" / "rebrand.json"
+    mine = tmp_path / "elsewhere" / "rebrand.jsonl.gz"
     p2 = _at(p2, "2030-01-01T11:00:00Z")
     write_plan(p2, mine)
     prev, md, js = archive_diff(mine, p2, plans) or (None, None, None)

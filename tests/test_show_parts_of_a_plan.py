@@ -9,7 +9,8 @@ from typing import Any
 
 from helpers import assert_user_error, listing
 
-from emailsync.plan import read_plan
+from emailsync.plan import line_of
+from emailsync.planfile import read_plan
 
 
 def _estate(ws: Any, db: Any, make_db: Any) -> Path:
@@ -52,7 +53,7 @@ def test_plan_md_is_cut_and_says_how_to_read_the_rest(ws, db, make_db):
     md = (plan.parent / "plan.md").read_text()
     assert len(md) < 60_000
     assert "truncated to fit a pull-request comment" in md
-    assert "emailsync show plan.jsonl.gz --format text --table TABLE --kind KIND" in md
+    assert "emailsync show PLAN --format text --table TABLE --kind KIND" in md
 
 
 def test_show_a_part_lists_exactly_that_part(ws, db, make_db):
@@ -60,10 +61,13 @@ def test_show_a_part_lists_exactly_that_part(ws, db, make_db):
     whole = read_plan(plan)
     r = ws.run("show", str(plan), "--format", "json", "--table", "public.employees", "--kind", "delete-on-conflict")
     assert r.code == 0, r.err
-    part = json.loads(r.out)
+    # JSON Lines: a header for the part, then exactly its lines as the plan file holds them (no skipped change).
+    head_line, *body = r.out.splitlines()
+    part = json.loads(head_line)
     want = [a for a in whole.actions if a.table == "public.employees" and a.kind == "delete-on-conflict"]
-    assert [a["id"] for a in part["actions"]] == [a.id for a in want] and len(want) == 1
-    assert part["plan_digest"] == whole.digest and part["skipped"] == []
+    assert body == [line_of(a) for a in want] and len(want) == 1
+    assert [json.loads(ln)["id"] for ln in body] == [a.id for a in want]
+    assert part["plan_digest"] == whole.digest and set(part) == {"plan_digest", "selection", "summary"}
     assert part["selection"] == {"table": ["public.employees"], "kind": ["delete-on-conflict"]}
     assert [(s["table"], s["kind"], s["count"]) for s in part["summary"]] == [
         ("public.employees", "delete-on-conflict", 1)

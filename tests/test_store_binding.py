@@ -18,7 +18,7 @@ from helpers import assert_user_error, listing, refused
 
 from emailsync.applier import check_reached
 from emailsync.config import DynamoTable, DynamoTarget, load_targets
-from emailsync.plan import read_plan
+from emailsync.planfile import read_plan
 from emailsync.stores.dynamodb import client_for, reached
 
 AREA = "plan applied to another store than it was made for"
@@ -235,7 +235,6 @@ def test_an_aws_endpoint_records_the_account_sts_names_and_apply_refuses_another
     from emailsync.plan import TargetFingerprint
 
     class _Plan:  # only what check_reached reads
-        format_minor = 3
         targets = {"hr": TargetFingerprint(store="dynamodb", **{**where, "account": "210987654321"})}
 
     from emailsync.errors import UserError

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     status: str  # applied | already-applied | stale | failed | needs-review | not-applied
     detail: str | None = None
+    # Where the action is, for the report, when the store reports it (PostgreSQL reads it from its action table, so
+    # the plan's actions need not be held in memory to say where each outcome belongs).
+    table: str | None = None
+    kind: str | None = None
 
 
 @dataclass

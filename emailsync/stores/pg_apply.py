@@ -15,15 +15,14 @@ The sequence inside the transaction:
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from emailsync import progress
-from emailsync.plan import Action, dumps
+from emailsync.plan import SKIPPED_KIND, Action, TargetRows, dumps, line_of
 from emailsync.stores.outcome import Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
 
@@ -80,14 +79,16 @@ class PostgresApplier:
         conn: psycopg.Connection,
         target: str,
         metas: list[TableMeta],
-        actions: list[Action],
+        actions: Iterable[Action],
         on_stale: str,
         lock_timeout: str | None,
         statement_timeout: str | None,
         before_commit: Callable[[dict[str, str]], None] | None = None,
+        loaded: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.before_commit = before_commit
+        self.loaded = loaded  # told the ids of the actions once they are in the action table, before any write
         self.target = target
         self.metas = metas
         self.tbl_no = {m.display: i for i, m in enumerate(metas)}
@@ -107,40 +108,44 @@ class PostgresApplier:
             _working_memory(conn)
             self.fks = foreign_keys(conn, [m.oid for m in self.metas])
             self._load()
+            if self.loaded is not None:
+                self.loaded([aid for (aid,) in conn.execute("SELECT id FROM _es_act ORDER BY id")])
             for i, m in enumerate(self.metas):
                 self._classify(i, m)
             details = self._stale_details()
             if details and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
-            per_step = Counter(a.step for a in self.actions)
-            with progress.task(f"apply {self.target}", total=len(self.actions)) as bar:
-                for step in sorted(per_step):
+            per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
+            with progress.task(f"apply {self.target}", total=sum(n for _, n in per_step)) as bar:
+                for step, n in per_step:
                     self._run_step(step)
-                    bar.advance(per_step[step])
+                    bar.advance(n)
             late = {k: v for k, v in self._stale_details().items() if k not in details}
             details.update(late)
             if late and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
-            final: dict[str, str] = dict(conn.execute(f"SELECT id, {_WRITTEN} FROM _es_act").fetchall())
+            names = [m.display for m in self.metas]
+            rows = conn.execute(f"SELECT id, {_WRITTEN}, tbl, kind FROM _es_act").fetchall()
+            final: dict[str, str] = {aid: status for aid, status, _, _ in rows}
             if mismatches:
                 conn.rollback()
-                for a in self.actions:
-                    if a.id in mismatches:
-                        res.outcomes[a.id] = Outcome("failed", "verification mismatch: " + mismatches[a.id])
-                    elif final[a.id] == "stale":
-                        res.outcomes[a.id] = Outcome("stale", details.get(a.id))
+                for aid, status, tbl, kind in rows:
+                    table = names[tbl]
+                    if aid in mismatches:
+                        res.outcomes[aid] = Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind)
+                    elif status == "stale":
+                        res.outcomes[aid] = Outcome("stale", details.get(aid), table, kind)
                     else:
-                        res.outcomes[a.id] = Outcome("not-applied", "rolled back: verification failed")
+                        res.outcomes[aid] = Outcome("not-applied", "rolled back: verification failed", table, kind)
                 res.error = f"{len(mismatches)} action(s) failed verification; the database was rolled back"
                 return res
             if self.before_commit is not None:
                 self.before_commit(final)  # the ledger's record commits with the changes, or not at all
             conn.commit()
             res.committed = True
-            for a in self.actions:
-                s = final[a.id]
-                res.outcomes[a.id] = Outcome(s, details.get(a.id) if s == "stale" else None)
+            for aid, s, tbl, kind in rows:
+                res.outcomes[aid] = Outcome(s, details.get(aid) if s == "stale" else None, names[tbl], kind)
             return res
         except (psycopg.Error, _Rollback) as e:
             # If the connection is gone, the server has rolled the transaction back already.
@@ -148,8 +153,8 @@ class PostgresApplier:
                 conn.rollback()
             msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
             res.error = f"database error, rolled back: {msg}"
-            for a in self.actions:
-                res.outcomes[a.id] = Outcome("failed", res.error)
+            for a in self.actions:  # read again: the action table went with the transaction
+                res.outcomes[a.id] = Outcome("failed", res.error, a.table, a.kind)
             return res
 
     def classify_only(self) -> dict[str, Outcome]:
@@ -164,23 +169,28 @@ class PostgresApplier:
             for i, m in enumerate(self.metas):
                 self._classify(i, m, lock=False)
             details = self._stale_details()
-            rows = self.conn.execute("SELECT id, status FROM _es_act").fetchall()
-            return {i: Outcome(s, details.get(i)) for i, s in rows}
+            names = [m.display for m in self.metas]
+            # In about the plan file's order (kind, then key), so a report reads like the plan.
+            rows = self.conn.execute(
+                'SELECT id, status, tbl, kind FROM _es_act ORDER BY kind, key::text COLLATE "C", col, id'
+            ).fetchall()
+            return {i: Outcome(s, details.get(i), names[t], k) for i, s, t, k in rows}
         finally:
             self.conn.rollback()
 
     def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
         # Read before rolling back (the temporary table goes with the transaction): what was already applied
         # before this run stays reported as such, so the journal keeps the record a rollback relies on.
-        before: dict[str, str] = dict(self.conn.execute("SELECT id, status FROM _es_act").fetchall())
+        names = [m.display for m in self.metas]
+        before = self.conn.execute("SELECT id, status, tbl, kind FROM _es_act").fetchall()
         self.conn.rollback()
-        for a in self.actions:
-            if a.id in details:
-                res.outcomes[a.id] = Outcome("stale", details[a.id])
-            elif before.get(a.id) == "already-applied":
-                res.outcomes[a.id] = Outcome("already-applied")
+        for aid, status, tbl, kind in before:
+            if aid in details:
+                res.outcomes[aid] = Outcome("stale", details[aid], names[tbl], kind)
+            elif status == "already-applied":
+                res.outcomes[aid] = Outcome("already-applied", None, names[tbl], kind)
             else:
-                res.outcomes[a.id] = Outcome("not-applied", f"rolled back: {why}")
+                res.outcomes[aid] = Outcome("not-applied", f"rolled back: {why}", names[tbl], kind)
         res.error = f"{len(details)} stale action(s); nothing written to this database (--on-stale abort)"
         return res
 
@@ -197,14 +207,15 @@ class PostgresApplier:
             ) WITH (fillfactor = 30) ON COMMIT DROP
             """
         )
-        # Each action goes over as one JSON array, and PostgreSQL takes it apart: grouping the actions by row
-        # (rowid, the columns a row changes, the key it ends under) in Python cost more per action than the load.
-        self.conn.execute("CREATE TEMP TABLE _es_raw (tbl int NOT NULL, step int NOT NULL, doc jsonb NOT NULL)")
-        with self.conn.cursor().copy("COPY _es_raw (tbl, step, doc) FROM STDIN") as cp:
+        # Each action goes over as its line of the plan file, as it is (no parsing in Python when the plan was read
+        # from a file), and PostgreSQL takes it apart: grouping the actions by row (rowid, the columns a row changes,
+        # the key it ends under) in Python cost more per action than the load.
+        self.conn.execute("CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL)")
+        lines = self.actions.lines() if isinstance(self.actions, TargetRows) else map(line_of, self.actions)
+        with self.conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
             buf: list[str] = []
-            for a in self.actions:
-                doc = dumps([a.id, a.kind, a.column, a.key, a.old, a.new, a.row, a.conflict])
-                buf.append(f"{self.tbl_no[a.table]}\t{a.step}\t{_copy_text(doc)}")
+            for line in lines:
+                buf.append(_copy_text(line))
                 if len(buf) >= 5000:
                     cp.write("\n".join(buf) + "\n")
                     buf.clear()
@@ -213,7 +224,9 @@ class PostgresApplier:
         # A row is its table and key (grouped by the key's text, bytewise: cheaper to sort than jsonb); a re-inserted
         # row is never the row another action moves away from that key.
         # post_key: the key the row ends under, once the plan's changes of its key columns are made.
-        self.conn.execute(
+        # Lines of other targets or skipped changes (TargetRows.lines may pass them) are left out here; old and new
+        # left out of a line (null) stay JSON null, as the comparisons expect.
+        loaded = self.conn.execute(
             """
             INSERT INTO _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols,
                                  conflict)
@@ -221,13 +234,21 @@ class PostgresApplier:
                    r.key || COALESCE(jsonb_object_agg(r.col, r.new)
                                      FILTER (WHERE r.key ? r.col AND r.kind <> 'delete-on-conflict') OVER g, '{}'),
                    r.key, r.old, r.new, r.image, array_agg(r.col) OVER g, r.conflict
-            FROM (SELECT tbl, step, doc ->> 0 AS id, doc ->> 1 AS kind, COALESCE(doc ->> 2, '') AS col,
-                         doc -> 3 AS key, doc -> 4 AS old, doc -> 5 AS new, NULLIF(doc -> 6, 'null') AS image,
-                         NULLIF(doc -> 7, 'null') AS conflict, doc ->> 1 = 'insert-row' AS ins,
-                         (doc -> 3)::text COLLATE "C" AS k FROM _es_raw) r
+            FROM (SELECT t.no - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
+                         COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
+                         COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
+                         NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
+                         doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
+                  FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
+                  WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s) r
             WINDOW g AS (PARTITION BY r.tbl, r.k, r.ins)
-            """
-        )
+            """,
+            ([m.display for m in self.metas], self.target, SKIPPED_KIND),
+        ).rowcount
+        expected = len(self.actions) if isinstance(self.actions, Sized) else None
+        if expected is not None and loaded != expected:
+            # Never apply part of a target's plan without saying so: every action must have found its table.
+            raise _Rollback(f"{loaded} of the target's {expected} planned actions were loaded; nothing was written")
         self.conn.execute("DROP TABLE _es_raw")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
@@ -526,11 +547,19 @@ class PostgresApplier:
     def _insert_cte(self, i: int, m: TableMeta, step: int) -> sql.Composable:
         """Put deleted rows back from their images (rollback plans): every column but the generated ones,
         identity values included, and never over a row that holds the key or a unique value now."""
-        images = [
-            a.row or {} for a in self.actions if a.kind == "insert-row" and a.table == m.display and a.step == step
-        ]
         # Columns the images lack (added to the table since) are left to their defaults.
-        cols = [c for c in m.columns if c not in m.generated and all(c in img for img in images)]
+        candidates = [c for c in m.columns if c not in m.generated]
+        if not candidates:
+            raise _Rollback(f"{m.display}: every column is generated; a deleted row cannot be put back")
+        has = self.conn.execute(
+            sql.SQL("SELECT {} FROM _es_act WHERE tbl = %s AND step = %s AND kind = 'insert-row'").format(
+                sql.SQL(", ").join(
+                    sql.SQL("bool_and(COALESCE(image, '{{}}') ? {})").format(sql.Literal(c)) for c in candidates
+                )
+            ),
+            (i, step),
+        ).fetchone()
+        cols = [c for c, ok in zip(candidates, has or (), strict=False) if ok is not False]
         R = m.alias("r")
         return sql.SQL(
             "{nm} AS (INSERT INTO {tbl} AS {T} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM _es_act a, "
