@@ -11,6 +11,7 @@ and the `pip install` step are skipped: emailsync is installed in this virtualen
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import itertools
@@ -20,14 +21,14 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import snapshot
+from helpers import plan_doc, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "examples/github-actions/emailsync.yml"
@@ -181,10 +182,13 @@ class GitHub:
 
     # -- the developer's side --
 
-    def commit(self, files: dict[str, str], message: str) -> str:
-        for name, text in files.items():
+    def commit(self, files: Mapping[str, str | bytes], message: str) -> str:
+        for name, content in files.items():
             (self.dev / name).parent.mkdir(parents=True, exist_ok=True)
-            (self.dev / name).write_text(text)
+            if isinstance(content, bytes):
+                (self.dev / name).write_bytes(content)
+            else:
+                (self.dev / name).write_text(content)
         self.git("add", *files, cwd=self.dev)
         self.git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "commit", "-qm", message, cwd=self.dev)
         return self.git("rev-parse", "HEAD", cwd=self.dev)
@@ -197,6 +201,17 @@ class GitHub:
 
     def origin_text(self, ref: str, path: str) -> str:
         return self.git("show", f"{ref}:{path}", cwd=self.origin, strip=False)
+
+    def origin_bytes(self, ref: str, path: str) -> bytes:
+        return subprocess.run(
+            ["git", "cat-file", "blob", f"{ref}:{path}"], cwd=self.origin, env=self.env, capture_output=True, check=True
+        ).stdout
+
+    def origin_plan(self, ref: str, path: str) -> dict[str, Any]:
+        """A plan file in origin, read as one document (helpers.plan_doc): header fields, actions, skipped."""
+        copy = self.tmp / "origin-plan.jsonl.gz"
+        copy.write_bytes(self.origin_bytes(ref, path))
+        return plan_doc(copy)
 
     def comments(self) -> list[str]:
         return [p.read_text() for p in sorted(self.gh_dir.glob("comment-*.md"))]
@@ -508,7 +523,7 @@ def _mentions(text: str, address: str) -> bool:
 
 
 def _plan_folder(gh: GitHub, ref: str) -> str:
-    (plan,) = [p for p in gh.origin_files(ref) if re.fullmatch(r"plans/[^/]+/plan\.json", p)]
+    (plan,) = [p for p in gh.origin_files(ref) if re.fullmatch(r"plans/[^/]+/plan\.jsonl\.gz", p)]
     return plan.removesuffix("/plan.jsonl.gz")
 
 
@@ -548,7 +563,7 @@ def test_pull_request_gets_a_redacted_plan_and_merging_applies_it(gh: GitHub, es
     # The plan folder was committed by the workflow's identity and pushed to the pull request branch.
     assert gh.git("log", "-1", "--format=%an <%ae>%n%s", "rebrand", cwd=gh.origin) == f"{BOT}\nemailsync plan {folder}"
     assert {f"{folder}/plan.jsonl.gz", f"{folder}/plan.md"} <= set(gh.origin_files("rebrand"))
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
+    plan = gh.origin_plan("rebrand", f"{folder}/plan.jsonl.gz")
     assert plan["inputs"]["mappings_sha256"] == hashlib.sha256(json.dumps(MAPPINGS, indent=2).encode()).hexdigest()
     assert "signature" not in plan or plan["signature"] is None  # no EMAILSYNC_PLAN_KEY secret: not signed
     kinds = sorted(a["kind"] for a in plan["actions"])
@@ -614,7 +629,7 @@ def test_comment_too_long_for_github_becomes_a_summary_with_the_artifact_link(gh
     run_url = f"{SERVER}/{REPO}/actions/runs/"
     (run_id,) = re.findall(rf"\({re.escape(run_url)}(\d+)\)", comment)
     assert f"The plan folder is the `emailsync-plan-{folder.removeprefix('plans/')}` artifact" in comment
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
+    plan = gh.origin_plan("rebrand", f"{folder}/plan.jsonl.gz")
     assert plan["digest"] in comment and f"{padded[0]:,} characters" in comment
     assert "| tymeplushr-core | public.employees | email | delete-on-conflict | 1 |" in comment
     assert f"- {len(plan['actions'])} action(s), {len(plan['skipped'])} skipped" in comment
@@ -624,10 +639,103 @@ def test_comment_too_long_for_github_becomes_a_summary_with_the_artifact_link(gh
     (artifact,) = gh.artifacts.iterdir()
     assert artifact.name == f"emailsync-plan-{folder.removeprefix('plans/')}"
     assert sorted(p.name for p in artifact.iterdir()) == ["plan.jsonl.gz", "plan.md"]
-    assert (artifact / "plan.jsonl.gz").read_text() == gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz")
+    assert (artifact / "plan.jsonl.gz").read_bytes() == gh.origin_bytes("rebrand", f"{folder}/plan.jsonl.gz")
     assert (artifact / "plan.md").read_text() == gh.origin_text("rebrand", f"{folder}/plan.md")
     assert run_id == str(int(run_id))  # the link is to this run
     assert [snapshot(core), snapshot(leave)] == before_dbs
+
+
+@pytest.mark.parametrize("md_size", ["plan.md fits a comment", "plan.md too long for a comment"])
+def test_a_plan_folder_too_large_to_commit_is_only_the_runs_artifact(gh: GitHub, estate: Any, md_size: str) -> None:
+    """GitHub refuses files over 100 MiB: a plan folder holding a file larger than EMAILSYNC_MAX_COMMIT_MB is not
+    committed, only uploaded as the run's artifact, and the comment and a warning say so. Merging the pull request
+    then applies nothing; the artifact's plan applies by hand. The limit is lowered here from the shipped 95 MiB."""
+    core, leave = estate
+    secrets = _secrets(core, leave)
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    assert wf["jobs"]["plan"]["env"] == {"EMAILSYNC_MAX_COMMIT_MB": "95"}  # as shipped
+    limit = 0.0005  # MiB: 524 bytes, less than this plan's files
+    wf["jobs"]["plan"]["env"]["EMAILSYNC_MAX_COMMIT_MB"] = str(limit)
+    open_pull_request(gh)
+    head = gh.origin_sha("rebrand")
+    before_dbs = [snapshot(core), snapshot(leave)]
+    padded: list[int] = []
+
+    def pad(step_id: str | None, workspace: Path) -> None:
+        if step_id == "comment" and md_size.endswith("too long for a comment"):
+            (md,) = workspace.glob("plans/*/plan.md")
+            row = "| 9 | `id=9` | email | update | `h-0123456789ab@oldco.com` → `h-ba9876543210@newco.com` |\n"
+            md.write_text(md.read_text() + row * (COMMENT_LIMIT // len(row) + 10))
+            padded.append(len(md.read_text()))
+
+    assert gh.run_job("apply", pull_request_event(), secrets, workflow=wf) is None
+    job = gh.run_job("plan", pull_request_event(), secrets, workflow=wf, before_step=pad)
+    assert job is not None and job.ok, job.log() if job else None
+
+    # Nothing was committed or pushed: the branch is as the developer pushed it.
+    assert job.step("commit").outcome == "skipped"
+    assert gh.origin_sha("rebrand") == head
+    assert not [f for f in gh.origin_files("rebrand") if f.startswith("plans/")]
+
+    # The artifact holds the whole plan folder, a valid plan.
+    (artifact,) = gh.artifacts.iterdir()
+    folder = "plans/" + artifact.name.removeprefix("emailsync-plan-")
+    assert job.step("plan").outputs["folder"] == folder and job.step("plan").outputs["commit"] == "false"
+    sizes = {f.name: f.stat().st_size for f in sorted(artifact.iterdir())}
+    assert list(sizes) == ["plan.jsonl.gz", "plan.md"] and sizes["plan.jsonl.gz"] > limit * 2**20
+    too_big = ", ".join(f"{name} ({n:,} bytes)" for name, n in sizes.items() if n > limit * 2**20)
+    assert job.step("plan").outputs["too_big"] == too_big
+    plan = plan_doc(artifact / "plan.jsonl.gz")
+    assert "delete-on-conflict" in {a["kind"] for a in plan["actions"]}
+    warnings = [line for line in job.step("plan").out.splitlines() if line.startswith("::warning::")]
+    assert warnings == [
+        f"::warning::{folder} is not committed: {too_big} is larger than EMAILSYNC_MAX_COMMIT_MB (0.0005 MiB; GitHub "
+        f"refuses files over 100 MiB). The plan folder is this run's artifact {artifact.name}; merging the pull "
+        "request does not apply it."
+    ]
+
+    # The comment says so first, links the run, and is redacted like any.
+    (comment,) = gh.comments()
+    (run_id,) = re.findall(rf"\({re.escape(SERVER)}/{re.escape(REPO)}/actions/runs/(\d+)\)", comment)
+    note = (
+        f"> **This plan is not committed to this branch**: {too_big} is larger than this workflow commits (0.0005 MiB; "
+        f"GitHub refuses files over 100 MiB). The plan folder `{folder}/` is only the `{artifact.name}` artifact of "
+        f"[this workflow run]({SERVER}/{REPO}/actions/runs/{run_id}), kept for 14 days. Merging this pull request "
+        "does not apply it"
+    )
+    if md_size == "plan.md fits a comment":
+        assert not padded and comment.startswith(note), comment[:1000]
+        first, _, rest = comment.partition("\n\n")
+        assert "\n" not in first and first.endswith("and commit the folder without the plan.")
+        assert rest == (artifact / "plan.md").read_text()  # the note, then plan.md as the plan job made it
+        assert plan["digest"] in comment and "redacted" in comment
+    else:
+        assert padded and padded[0] > COMMENT_LIMIT and len(comment) < 5_000
+        assert comment.startswith("# emailsync plan\n\n" + note), comment[:1000]
+        assert f"The redacted plan.md is {padded[0]:,} characters, more than a pull-request comment holds " in comment
+        assert "so only its summary is here. The whole plan.md is in the artifact named above." in comment
+        assert f"- digest: `{plan['digest']}`\n" in comment and "is committed to this branch" not in comment
+        assert "| tymeplushr-core | public.employees | email | delete-on-conflict | 1 |" in comment
+    real = _addresses(MAPPINGS, EMPLOYEES, LEAVE, EMPLOYEES_AFTER, LEAVE_AFTER)
+    assert not [a for a in real if _mentions(comment, a)], comment
+    assert not [p for p in PERSONAL if p in comment], comment
+    assert [snapshot(core), snapshot(leave)] == before_dbs
+
+    # Merging applies nothing: the push adds no plan.
+    job = run_apply_job(gh, merge_pull_request(gh), secrets)
+    assert job.ok, job.log()
+    assert "This push adds no plan (plans/*/plan.jsonl.gz): nothing to apply." in job.step("find").out
+    assert job.step("apply").outcome == "skipped"
+    assert [snapshot(core), snapshot(leave)] == before_dbs
+
+    # Applied by hand, as the comment says, the artifact's plan makes the reviewed changes.
+    gh.git("pull", "-q", "origin", "main", cwd=gh.dev)
+    shutil.copytree(artifact, gh.dev / folder)
+    env = {**gh.env, "TYMEPLUSHR_CORE_DSN": core.dsn, "TYMEPLUSHR_LEAVE_DSN": leave.dsn}
+    apply = ["apply", f"{folder}/plan.jsonl.gz", "--targets", "targets.yaml", "--auto-approve", "--replan-check"]
+    r = subprocess.run([str(VENV_BIN / "emailsync"), *apply], cwd=gh.dev, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _tables(core, leave) == (EMPLOYEES_AFTER, LEAVE_AFTER)
 
 
 @pytest.mark.parametrize("planned_with", ["the same key", "no key", "another key"])
@@ -637,7 +745,7 @@ def test_signed_plans_with_the_plan_key_secret(gh: GitHub, estate: Any, planned_
     plan_key = {"the same key": KEY, "no key": None, "another key": OTHER_KEY}[planned_with]
     plan_secrets = _secrets(core, leave, **({"EMAILSYNC_PLAN_KEY": plan_key} if plan_key else {}))
     _, folder = run_plan_job(gh, plan_secrets)
-    plan = json.loads(gh.origin_text("rebrand", f"{folder}/plan.jsonl.gz"))
+    plan = gh.origin_plan("rebrand", f"{folder}/plan.jsonl.gz")
     (comment,) = gh.comments()
     if plan_key:
         mac = hmac.new(plan_key.encode(), plan["digest"].encode(), hashlib.sha256).hexdigest()
@@ -687,6 +795,25 @@ def _public_tables(db: Any) -> dict[str, Any]:
     return {k: v for k, v in snapshot(db).items() if k != "schemas" and not k.startswith("emailsync.")}
 
 
+def _roll_back(gh: GitHub, folder: str, key: str | None) -> tuple[str, list[str], dict[str, Any]]:
+    """A person's rollback of an applied plan: made locally with `emailsync rollback` in a checkout of main (it reads
+    the archive: no DSN needed), on a branch of its own, merged (pull request #8). Returns the rollback plan's path,
+    the files the branch adds or changes, and the push event."""
+    gh.git("fetch", "-q", "origin", cwd=gh.dev)
+    gh.git("checkout", "-q", "-b", "rollback", "origin/main", cwd=gh.dev)
+    env = {**gh.env, **({"EMAILSYNC_PLAN_KEY": key} if key else {})}
+    r = subprocess.run([str(VENV_BIN / "emailsync"), "rollback", folder], cwd=gh.dev, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    gh.git("add", "plans", cwd=gh.dev)
+    added = gh.git("diff", "--cached", "--name-only", cwd=gh.dev).splitlines()
+    (rb_plan,) = [f for f in added if f.endswith("/plan.jsonl.gz")]
+    gh.git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "commit", "-qm",
+           f"roll back {folder}", cwd=gh.dev)  # fmt: skip
+    gh.git("push", "-q", "origin", "rollback", cwd=gh.dev)
+    return rb_plan, added, _merge(gh, "rollback", 8)
+
+
 @pytest.mark.parametrize("plan_key", ["no plan key", "the plan key", "the plan key, rollback made without it"])
 def test_a_merged_rollback_plan_is_applied_without_replan_check(gh: GitHub, estate: Any, plan_key: str) -> None:
     """`apply --replan-check` refuses a rollback plan (nothing to re-plan): the apply job leaves the flag out for one,
@@ -701,25 +828,12 @@ def test_a_merged_rollback_plan_is_applied_without_replan_check(gh: GitHub, esta
     assert job.ok, job.log()
     assert _tables(core, leave) == (EMPLOYEES_AFTER, LEAVE_AFTER)
 
-    # The rollback, made locally in a checkout of main (the archive: no DSN needed), on a branch of its own.
-    gh.git("fetch", "-q", "origin", cwd=gh.dev)
-    gh.git("checkout", "-q", "-b", "rollback", "origin/main", cwd=gh.dev)
-    env = {**gh.env, **({"EMAILSYNC_PLAN_KEY": KEY} if plan_key == "the plan key" else {})}
-    r = subprocess.run([str(VENV_BIN / "emailsync"), "rollback", folder], cwd=gh.dev, env=env,
-                       capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    gh.git("add", "plans", cwd=gh.dev)
-    added = gh.git("diff", "--cached", "--name-only", cwd=gh.dev).splitlines()
-    (rb_plan,) = [f for f in added if f.endswith("/plan.jsonl.gz")]
+    rb_plan, added, event = _roll_back(gh, folder, KEY if plan_key == "the plan key" else None)
     rb_folder = rb_plan.removesuffix("/plan.jsonl.gz")
     assert f"{folder}/rollbacks.json" in added and f"{rb_folder}/plan.md" in added
-    rollback = json.loads((gh.dev / rb_plan).read_text())
+    rollback = plan_doc(gh.dev / rb_plan)
     assert rollback["rollback_of"]["plan_folder"].endswith(folder.removeprefix("plans/"))
     assert bool(rollback.get("signature")) is (plan_key == "the plan key")
-    gh.git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "commit", "-qm",
-           f"roll back {folder}", cwd=gh.dev)  # fmt: skip
-    gh.git("push", "-q", "origin", "rollback", cwd=gh.dev)
-    event = _merge(gh, "rollback", 8)
 
     job = run_apply_job(gh, event, secrets)
     assert job.step("find").outputs == {"plan": rb_plan, "folder": rb_folder}
@@ -749,6 +863,35 @@ def test_a_merged_rollback_plan_is_applied_without_replan_check(gh: GitHub, esta
     assert {a["status"] for a in report["actions"]} == {"applied"} and len(report["actions"]) == n
 
 
+def test_a_large_rollback_plan_is_recognised_from_its_first_line(gh: GitHub, estate: Any) -> None:
+    """The apply job reads only line 1, the header, of the gzip'd plan to tell a rollback plan (head closes the pipe
+    while gzip still writes): a rollback of thousands of actions is recognised all the same, applied without
+    --replan-check, and puts every row back."""
+    core, leave = estate
+    leave.execute(
+        "INSERT INTO leave_requests SELECT g, 'raj@oldco.com', ARRAY['ana@oldco.com', 'li@partner.org'] "
+        "FROM generate_series(100, 2099) g"
+    )
+    secrets = _secrets(core, leave)
+    originally = [_public_tables(core), _public_tables(leave)]
+    open_pull_request(gh)
+    _, folder = run_plan_job(gh, secrets)
+    job = run_apply_job(gh, merge_pull_request(gh), secrets)
+    assert job.ok, job.log()
+    assert leave.rows("SELECT count(*) FROM leave_requests WHERE employee_email = 'raj@newco.com'") == [(2001,)]
+
+    rb_plan, _, event = _roll_back(gh, folder, None)
+    rollback = plan_doc(gh.dev / rb_plan)
+    assert rollback["rollback_of"] and len(rollback["actions"]) > 4000
+    assert len(gzip.decompress((gh.dev / rb_plan).read_bytes())) > 1 << 20  # far more than a pipe holds
+    job = run_apply_job(gh, event, secrets)
+    assert job.ok, job.log()
+    assert "--replan-check" not in job.log()
+    assert [_public_tables(core), _public_tables(leave)] == originally
+    n = len(rollback["actions"])
+    assert re.search(rf"\b{n} after \(applied\), 0 before", job.step("apply").out), job.step("apply").out
+
+
 def test_an_ordinary_plan_is_still_replan_checked(gh: GitHub, estate: Any) -> None:
     """Leaving --replan-check out for rollbacks leaves it in for every other plan: a row changed after the review
     makes the apply refuse, before writing anything."""
@@ -775,12 +918,22 @@ def test_an_ordinary_plan_is_still_replan_checked(gh: GitHub, estate: Any) -> No
 # --- finding the plan of a push: no database needed -----------------------------------------------------------
 
 
+def _fake_plan(header: dict[str, Any], body_lines: int = 0) -> bytes:
+    """A stand-in for a plan file where only the find step reads it (apply never does): gzip'd JSON Lines, the header
+    on line 1, and `body_lines` lines after it."""
+    body = "".join(f'{{"id":"a{i:07}","kind":"update"}}\n' for i in range(body_lines))
+    return gzip.compress((json.dumps(header) + "\n" + body).encode(), mtime=0)
+
+
+FAKE_PLAN = _fake_plan({})
+
+
 def _push_with_plans(gh: GitHub, plans: list[str]) -> dict[str, Any]:
     gh.commit({"targets.yaml": TARGETS, "email_mappings.json": json.dumps(OLD_MAPPINGS)}, "the estate")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     before = gh.origin_sha("main")
     for p in plans:
-        gh.commit({f"plans/{p}/plan.jsonl.gz": "{}\n"}, f"plan {p}")
+        gh.commit({f"plans/{p}/plan.jsonl.gz": FAKE_PLAN}, f"plan {p}")
     after = gh.commit({"README.md": "later\n"}, "an unrelated commit in the same push")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     return push_event(before, after)
@@ -830,7 +983,7 @@ def test_the_shipped_checkout_finds_the_newest_plan_of_a_push_of_several_commits
 
 def test_a_push_that_adds_no_plan_applies_nothing(gh: GitHub) -> None:
     event = _push_with_plans(gh, ["20260101T000000Z-aaaaaaaaaaaa"])
-    gh.commit({"plans/20260101T000000Z-aaaaaaaaaaaa/plan.jsonl.gz": '{"edited": true}\n'}, "an edit to a plan")
+    gh.commit({"plans/20260101T000000Z-aaaaaaaaaaaa/plan.jsonl.gz": _fake_plan({"edited": True})}, "an edit to a plan")
     after = gh.commit({"README.md": "even later\n"}, "docs")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     job = run_apply_job(gh, push_event(event["sha"], after), {})  # no DSNs: nothing may reach a database
@@ -855,21 +1008,22 @@ def test_a_merged_plan_left_unapplied_is_named_in_a_warning(gh: GitHub) -> None:
     )
     estate = {"targets.yaml": TARGETS, "email_mappings.json": json.dumps(OLD_MAPPINGS)}
     gh.commit(
-        {**estate, f"{applied}/plan.jsonl.gz": "{}\n", f"{applied}/report.json": "{}\n"}, "the estate, a plan applied"
+        {**estate, f"{applied}/plan.jsonl.gz": FAKE_PLAN, f"{applied}/report.json": "{}\n"},
+        "the estate, a plan applied",
     )
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     gh.git("branch", "a", cwd=gh.dev)  # A and B branch off here: no later plan is made on top of `late`
     gh.git("branch", "b", cwd=gh.dev)
     gh.git("checkout", "-q", "-b", "l", cwd=gh.dev)
-    gh.commit({f"{late}/plan.jsonl.gz": "{}\n"}, "emailsync plan (L)")
+    gh.commit({f"{late}/plan.jsonl.gz": FAKE_PLAN}, "emailsync plan (L)")
     _merge(gh, "l", 10)  # its run applies `late` while A and B are merged
     gh.git("checkout", "-q", "a", cwd=gh.dev)
-    gh.commit({f"{a1}/plan.jsonl.gz": "{}\n"}, "emailsync plan (first push of A)")
+    gh.commit({f"{a1}/plan.jsonl.gz": FAKE_PLAN}, "emailsync plan (first push of A)")
     gh.commit({"email_mappings.json": "{}"}, "A: the mappings once more")
-    gh.commit({f"{a2}/plan.jsonl.gz": "{}\n"}, "emailsync plan (second push of A)")
+    gh.commit({f"{a2}/plan.jsonl.gz": FAKE_PLAN}, "emailsync plan (second push of A)")
     _merge(gh, "a", 11)  # its run waits behind the one applying `late`, then B's push cancels it
     gh.git("checkout", "-q", "b", cwd=gh.dev)
-    gh.commit({f"{b}/plan.jsonl.gz": "{}\n"}, "emailsync plan (B)")
+    gh.commit({f"{b}/plan.jsonl.gz": FAKE_PLAN}, "emailsync plan (B)")
     event = _merge(gh, "b", 12)
     gh.commit({f"{late}/apply-20260106T000100Z.jsonl": "{}\n", f"{late}/report.json": "{}\n"}, "emailsync apply report")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
@@ -899,18 +1053,21 @@ def test_only_a_later_ordinary_plan_made_on_top_replaces_an_unapplied_plan(gh: G
         "plans/20260104T000000Z-rrrrrrrrrrrr",
         "plans/20260106T000000Z-bbbbbbbbbbbb",
     )
-    rollback = json.dumps({"rollback_of": {"plan_digest": "sha256:" + "1" * 64, "plan_folder": x}})
-    gh.commit({"targets.yaml": TARGETS, f"{x}/plan.jsonl.gz": "{}\n", f"{x}/report.json": "{}\n"}, "the estate")
+    # The find step tells a rollback plan by its header, line 1 of the gzip'd file in git; the rest (here some MiB,
+    # more than a pipe holds) is cut short.
+    rollback = _fake_plan({"rollback_of": {"plan_digest": "sha256:" + "1" * 64, "plan_folder": x}}, 100_000)
+    assert len(gzip.decompress(rollback)) > 1 << 20
+    gh.commit({"targets.yaml": TARGETS, f"{x}/plan.jsonl.gz": FAKE_PLAN, f"{x}/report.json": "{}\n"}, "the estate")
     gh.git("push", "-q", "origin", "main", cwd=gh.dev)
     gh.git("branch", "b", cwd=gh.dev)
-    for branch, folder, text, number in [("a", a, "{}\n", 11), ("r", r, rollback, 12)]:
+    for branch, folder, text, number in [("a", a, FAKE_PLAN, 11), ("r", r, rollback, 12)]:
         gh.git("checkout", "-q", "-b", branch, "main", cwd=gh.dev)
         gh.commit({f"{folder}/plan.jsonl.gz": text}, f"plan {folder}")
         _merge(gh, branch, number)
     if b_branches.startswith("after"):
         gh.git("branch", "-f", "b", "main", cwd=gh.dev)
     gh.git("checkout", "-q", "b", cwd=gh.dev)
-    gh.commit({f"{b}/plan.jsonl.gz": "{}\n"}, "emailsync plan (B)")
+    gh.commit({f"{b}/plan.jsonl.gz": FAKE_PLAN}, "emailsync plan (B)")
     event = _merge(gh, "b", 13)
 
     job = run_apply_job(gh, event, {}, stop_after="find")

@@ -4,12 +4,14 @@ Failing connections too: their errors name host, port and database, never a cred
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import plan_doc
 from test_secrets import password_role  # noqa: F401  (fixture: a role that logs in with a password)
 
 PASSWORD = "Right-Pa55word"  # the password_role fixture's
@@ -27,9 +29,15 @@ def _leaks(*texts: str, user: bool = False) -> list[str]:
     return [s for s in [*SECRETS, *(["es_bob"] if user else [])] if any(s in t for t in texts)]
 
 
+def _text(p: Path) -> str:
+    """A file as text, a gzip'd one (plan.jsonl.gz) uncompressed: a credential inside the gzip stream counts."""
+    data = p.read_bytes()
+    return (gzip.decompress(data) if p.name.endswith(".gz") else data).decode(errors="replace")
+
+
 def _files(root: Path) -> str:
     # targets.yaml holds ${VAR} names only; .env is where a person keeps the DSN and is not ours to write
-    return "\n".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file() and p.name not in (".env",))
+    return "\n".join(_text(p) for p in root.rglob("*") if p.is_file() and p.name not in (".env",))
 
 
 def _db_text(db: Any) -> str:
@@ -102,7 +110,9 @@ def test_a_whole_workflow_writes_no_credential_anywhere(estate: Any, ddb: Any, w
         ("bob@newco.com",),
     ]
     assert [i["email"] for i in ddb.items("users")] == ["ann@oldco.com", "cy@oldco.com"]
-    leaked = _leaks(*outputs, _files(ws.path), _db_text(estate), _ddb_text(ddb), user=True)
+    files = _files(ws.path)
+    assert plan_doc(plan)["body_sha256"] in files and plan_doc(plan2)["body_sha256"] in files  # searched uncompressed
+    leaked = _leaks(*outputs, files, _db_text(estate), _ddb_text(ddb), user=True)
     assert not leaked, leaked
     reliability(
         "secrets in artifacts",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import gzip
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import plan_doc
+from helpers import plan_doc, write_plan_doc
 
 KEY = "k" * 20 + "-a-long-shared-secret-for-tests-0123456789"
 OTHER_KEY = "o" * 20 + "-another-long-shared-secret-9876543210abc"
@@ -39,6 +39,11 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+def _readable(name: str, data: bytes) -> str:
+    """A file's text as a person reads it: a gzip'd plan (plan.jsonl.gz) uncompressed."""
+    return (gzip.decompress(data) if name.endswith(".gz") else data).decode(errors="replace")
+
+
 def _refused_and_untouched(ws: Any, db: Any, plan: Path, r: Any, before: dict[str, bytes], *words: str) -> None:
     assert r.code == 1, (r.code, r.out, r.err)
     assert "Traceback" not in r.out + r.err and r.err.startswith("error:")
@@ -56,7 +61,8 @@ def test_signed_plan_applies_with_the_same_key(estate: Any, ws: Any, reliability
     r, plan = ws.plan()
     assert r.code == 0, r.err
     data = plan_doc(plan)
-    assert re.fullmatch(r"hmac-sha256:[0-9a-f]{64}", data["signature"]) and data["format_minor"] >= 2
+    assert re.fullmatch(r"hmac-sha256:[0-9a-f]{64}", data["signature"])
+    assert (data["format"], data["digest_scheme"]) == ("emailsync.plan/v2", "sha256-jsonl/1")
     assert "(signed)" in plan.with_name("plan.md").read_text()
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
@@ -64,7 +70,8 @@ def test_signed_plan_applies_with_the_same_key(estate: Any, ws: Any, reliability
         (1, "ann@newco.com", "Ann Example", "+44 20 7946 0001"),
         (3, "bob@newco.com", "Robert Collision", "+44 20 7946 0003"),
     ]
-    everything = r.out + r.err + "".join(b.decode(errors="replace") for b in _files(ws.path).values())
+    everything = r.out + r.err + "".join(_readable(name, b) for name, b in _files(ws.path).items())
+    assert data["body_sha256"] in everything  # the plan file was searched uncompressed
     assert KEY not in everything  # the key itself is never written or printed
     reliability("plan signing (EMAILSYNC_PLAN_KEY)", "signed plan applied, key never written")
 
@@ -87,20 +94,27 @@ def test_apply_refuses_plans_the_key_did_not_sign(
     r, plan = ws.plan()
     assert r.code == 0, r.err
     if case in ("edited-signature", "signature-removed", "signature-copied-to-another-plan"):
-        text = plan.read_text()
-        sig = json.loads(text)["signature"]
+        # A hand edit of the header line's signature alone: the digest does not cover it, so only the signature
+        # check can catch it.
+        original, doc = plan_doc(plan), plan_doc(plan)
+        sig = doc["signature"]
         if case == "edited-signature":
-            text = text.replace(sig, sig[:-1] + ("0" if sig[-1] != "0" else "1"))
+            doc["signature"] = sig[:-1] + ("0" if sig[-1] != "0" else "1")
         elif case == "signature-removed":
-            text = text.replace(f'  "signature": "{sig}",\n', "")
+            del doc["signature"]
         else:
             # a valid signature of another plan (another mapping) pasted into this one
             ws.mappings({"ann@oldco.com": "ann@elsewhere.com"}, name="other.json")
             r2, other = ws.plan("--mappings", "other.json")
             assert r2.code == 0, r2.err
-            text = text.replace(sig, json.loads(other.read_text())["signature"])
-        plan.write_text(text)
-        assert plan_doc(plan).get("signature") != sig
+            doc["signature"] = plan_doc(other)["signature"]
+            assert doc["signature"] != sig
+        write_plan_doc(plan, doc)
+        edited = plan_doc(plan)
+        assert edited.get("signature") != sig
+        assert {k: v for k, v in edited.items() if k != "signature"} == {
+            k: v for k, v in original.items() if k != "signature"
+        }  # nothing else changed
     ws.monkeypatch.setenv("EMAILSYNC_PLAN_KEY", KEY)
     before = _files(ws.path)
     r = ws.run("apply", str(plan), "--auto-approve")
@@ -134,7 +148,7 @@ def test_rollback_plans_are_signed_too(estate: Any, ws: Any) -> None:
     out = plan.parent.parent / "rollback" / "plan.jsonl.gz"
     r = ws.run("rollback", str(plan.parent), "--out", str(out))
     assert r.code == 0, r.out + r.err
-    assert json.loads(out.read_text())["signature"].startswith("hmac-sha256:")
+    assert plan_doc(out)["signature"].startswith("hmac-sha256:")
     r = ws.run("apply", str(out), "--auto-approve")
     assert r.code == 0, r.out + r.err
     assert _rows(estate) == ROWS  # put back, the deleted row included
@@ -161,7 +175,7 @@ def test_plan_redact_writes_a_plan_md_without_personal_data(estate: Any, ws: Any
     assert {t.split("@")[1] for t in tokens} == {"oldco.com", "newco.com"}  # domains kept for review
     # plan.jsonl.gz keeps what apply needs, and the digest shown is the real plan's
     data = plan_doc(plan)
-    assert data["digest"] in md and "bob@oldco.com" in plan.read_text()
+    assert data["digest"] in md and "bob@oldco.com" in gzip.decompress(plan.read_bytes()).decode()
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     assert _rows(estate)[0][1] == "ann@newco.com"
     reliability("personal data in plan.md (--redact)", "no address, name or phone in plan.md")
