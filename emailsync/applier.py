@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import botocore.exceptions
@@ -238,7 +239,7 @@ def apply_plan(
                 conn.close()
     report = _report(plan, ddb_actions, results, run, on_stale)
     if report["actions"]:
-        write([{"event": "outcome", **entry} for entry in report["actions"]])  # one fsync for all of them
+        write({"event": "outcome", **entry} for entry in report["actions"])  # streamed, one fsync for all of them
     failed = any(r.error for r in results) or any(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )
@@ -305,20 +306,39 @@ def _apply_postgres(
         before_commit=lambda statuses: ledger.finish(_status(statuses, full), dict(Counter(statuses.values()))),
         # Journaled once the actions are loaded (ids read back from the database, not from another pass over the
         # plan) and before anything is written.
-        loaded=lambda ids: write({**entry, "phase": "before", "count": len(ids), "actions": ids}),
+        loaded=lambda ids: write(_batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")),
     ).run()
     if not res.committed:
         with contextlib.suppress(psycopg.Error):
             failed = any(o.status == "failed" for o in res.outcomes.values())
             ledger.finish("failed" if failed else "incomplete", _counts(res))
             conn.commit()
-    # What committed, action by action: the journal alone then tells what a killed run did.
-    outcomes = {i: o.status for i, o in res.outcomes.items()}
-    write({**entry, "phase": "after", "committed": res.committed, "error": res.error, "outcomes": outcomes})
+    # What committed, action by action: the journal alone then tells what a killed run did. A large transaction's
+    # outcomes go in several "after" records of AFTER_BATCH actions (one fsync for all), never one huge line.
+    after = {**entry, "phase": "after", "committed": res.committed, "error": res.error}
+    write(_batched(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
     return res
 
 
-def _status(statuses: dict[str, str], full: bool) -> str:
+BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
+
+
+def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str) -> Iterator[dict[str, Any]]:
+    """The entry once per BATCH actions (at least once): `field` holds their ids ("actions", with "count") or
+    their statuses by id ("outcomes"). Streamed, so a transaction of millions never makes one list or one line."""
+    first = True
+    while True:
+        batch = dict(itertools.islice(pairs, BATCH))
+        if not batch and not first:
+            return
+        first = False
+        if field == "actions":
+            yield {**entry, "count": len(batch), "actions": list(batch)}
+        else:
+            yield {**entry, field: batch}
+
+
+def _status(statuses: Mapping[str, str], full: bool) -> str:
     """complete: every action of the plan for the target is done, so applying the plan again is a replay."""
     done = all(s in ("applied", "already-applied") for s in statuses.values())
     return "complete" if done and full else "incomplete"
@@ -388,6 +408,29 @@ def _key_text(key: dict[str, str]) -> str:
     return ", ".join(f"{name} ({kind})" for name, kind in key.items()) or "(none)"
 
 
+class ReportActions:
+    """The report's actions, one dict per outcome, made as they are read (report.json, the journal's outcome events,
+    apply --json): a run of millions of actions never holds them all as dicts."""
+
+    def __init__(self, results: list[TargetResult], held: dict[str, Action]) -> None:
+        self._results, self._held = results, held  # held: the actions kept in memory (DynamoDB's), by id
+
+    def where(self, aid: str, o: Outcome) -> tuple[str | None, str | None]:
+        a = self._held.get(aid)
+        return (o.table, o.kind) if a is None else (a.table, a.kind)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for r in self._results:
+            for aid, o in r.outcomes.items():
+                d: dict[str, Any] = {"id": aid, "target": r.target, "table": self.where(aid, o)[0], "status": o.status}
+                if o.detail:
+                    d["detail"] = o.detail
+                yield d
+
+    def __len__(self) -> int:
+        return sum(len(r.outcomes) for r in self._results)
+
+
 def planned_counts(plan: Plan) -> Counter[str]:
     """Actions per target, from the plan's summary (checked against its lines when the plan was read)."""
     counts: Counter[str] = Counter()
@@ -439,19 +482,12 @@ def _report(
     plan: Plan, held: dict[str, list[Action]], results: list[TargetResult], run: Run, on_stale: str
 ) -> dict[str, Any]:
     """`held`: the actions held in memory (DynamoDB's); a PostgreSQL outcome says its own table and kind."""
-    by_id = {a.id: a for actions in held.values() for a in actions}  # the same objects: no second copy
+    actions = ReportActions(results, {a.id: a for acts in held.values() for a in acts})
     counts: Counter[tuple[str, str, str, str]] = Counter()
-    actions = []
     for r in results:
         for aid, o in r.outcomes.items():
-            a = by_id.get(aid)
-            table = o.table if a is None else a.table
-            kind = o.kind if a is None else a.kind
+            table, kind = actions.where(aid, o)
             counts[(r.target, table or "", kind or "", o.status)] += 1
-            d: dict[str, Any] = {"id": aid, "target": r.target, "table": table, "status": o.status}
-            if o.detail:
-                d["detail"] = o.detail
-            actions.append(d)
     return {
         "plan_digest": plan.digest,
         "run_id": run.run_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ def save_plan(plan: Plan, path: Path, *, markdown: str) -> Path:
 def write_report(plan_path: Path, report: dict[str, Any]) -> Path:
     """report.json beside the plan: the latest apply's outcome per action (fsync'd, then renamed)."""
     out = beside(plan_path, "report.json")
-    write_atomic(out, _report_text(report))
+    write_atomic(out, report_chunks(report))
     return out
 
 
@@ -58,31 +58,40 @@ def _line(obj: Any) -> str:
     return "".join(_C_LINE(obj, 0))
 
 
-def _report_text(report: dict[str, Any]) -> str:
-    """The report indented for reading, except its actions: one per line, like the plan's."""
+def report_chunks(report: dict[str, Any]) -> Iterator[str]:
+    """The report indented for reading, except its actions: one per line, like the plan's. Streamed: its actions
+    (applier.ReportActions, or a list) are turned into text as they are written."""
     actions = report.get("actions")
-    if not isinstance(actions, list) or not actions:
-        return json.dumps(report, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+    if actions is None or not len(actions):
+        yield json.dumps({**report, "actions": []}, indent=2, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+        return
     head = json.dumps({**report, "actions": []}, indent=2, ensure_ascii=False, sort_keys=True, default=str)
     marker = '\n  "actions": []'
     assert marker in head  # sorted keys: "actions" comes first
-    block = '\n  "actions": [\n    ' + ",\n    ".join(_line(a) for a in actions) + "\n  ]"
-    return head.replace(marker, block, 1) + "\n"
+    before, after = head.split(marker, 1)
+    yield before + '\n  "actions": [\n    '
+    buf: list[str] = []
+    for i, a in enumerate(actions):
+        buf.append((",\n    " if i else "") + _line(a))
+        if len(buf) >= 10_000:
+            yield "".join(buf)
+            buf.clear()
+    yield "".join(buf) + "\n  ]" + after + "\n"
 
 
 Entry = dict[str, Any]
 
 
-def journal_writer(path: Path) -> Callable[[Entry | list[Entry]], None]:
-    """An append-only JSON-lines journal beside the plan. Each call (one entry, or a list written together, such
-    as a run's outcomes) is fsync'd before the write it records goes on."""
+def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry]], None]:
+    """An append-only JSON-lines journal beside the plan. Each call (one entry, or several written together, such
+    as a run's outcomes, streamed) is fsync'd before the write it records goes on."""
 
-    def write(entries: Entry | list[Entry]) -> None:
+    def write(entries: Entry | Iterable[Entry]) -> None:
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         batch = [entries] if isinstance(entries, dict) else entries
-        text = "".join(_line({"at": at, **e}) + "\n" for e in batch)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
+            for e in batch:
+                f.write(_line({"at": at, **e}) + "\n")  # buffered: written in blocks, not line by line
             f.flush()
             os.fsync(f.fileno())
 

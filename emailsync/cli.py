@@ -306,7 +306,10 @@ def apply(
             typer.echo(dumps(nothing, indent=2))
         raise typer.Exit(0)
     if json_out:
-        typer.echo(dumps({**report, "report": str(path), "exit_code": code}, indent=2))
+        from emailsync.archive import report_chunks
+
+        for chunk in report_chunks({**report, "report": str(path), "exit_code": code}):  # streamed, like report.json
+            typer.echo(chunk, nl=False)
     else:
         typer.echo("\n".join(report_lines(report)))
         typer.echo(f"\nReport: {path}")

@@ -133,11 +133,12 @@ def _one_update(ws, db):
 
 def test_plan_line_with_a_duplicate_key_is_refused_by_line(ws, db):
     """json keeps the last of two equal keys, so a line saying "new" twice would apply a value the reviewer may not
-    have seen: a line that is not exactly as emailsync writes it is refused, naming the line."""
+    have seen: a line that is not exactly as emailsync writes it is refused, naming the line and the key."""
     plan = _one_update(ws, db)
     _resealed(plan, lambda body: [body[0][:-1] + ',"new":"evil@x.com"}', *body[1:]])
-    msg = assert_user_error(ws.run("apply", str(plan), "--auto-approve"), "line 2", "edited by hand")
-    assert "not written the way emailsync writes plans" in msg, msg
+    assert_user_error(
+        ws.run("apply", str(plan), "--auto-approve"), "line 2: key 'new' appears more than once", "edited by hand"
+    )
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@o.com"), (2, "b@o.com")]
 
 

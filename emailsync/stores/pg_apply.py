@@ -15,7 +15,7 @@ The sequence inside the transaction:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import psycopg
@@ -23,7 +23,7 @@ from psycopg import sql
 
 from emailsync import progress
 from emailsync.plan import SKIPPED_KIND, Action, TargetRows, dumps, line_of
-from emailsync.stores.outcome import Outcome, TargetResult
+from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
 
 
@@ -83,8 +83,8 @@ class PostgresApplier:
         on_stale: str,
         lock_timeout: str | None,
         statement_timeout: str | None,
-        before_commit: Callable[[dict[str, str]], None] | None = None,
-        loaded: Callable[[list[str]], None] | None = None,
+        before_commit: Callable[[Mapping[str, str]], None] | None = None,
+        loaded: Callable[[Iterator[str]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.before_commit = before_commit
@@ -109,7 +109,7 @@ class PostgresApplier:
             self.fks = foreign_keys(conn, [m.oid for m in self.metas])
             self._load()
             if self.loaded is not None:
-                self.loaded([aid for (aid,) in conn.execute("SELECT id FROM _es_act ORDER BY id")])
+                self.loaded(aid for aid, *_ in self._rows("SELECT id, status, tbl, kind FROM _es_act ORDER BY id"))
             for i, m in enumerate(self.metas):
                 self._classify(i, m)
             details = self._stale_details()
@@ -125,27 +125,24 @@ class PostgresApplier:
             if late and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
-            names = [m.display for m in self.metas]
-            rows = conn.execute(f"SELECT id, {_WRITTEN}, tbl, kind FROM _es_act").fetchall()
-            final: dict[str, str] = {aid: status for aid, status, _, _ in rows}
+            outcomes = CompactOutcomes()
+            for aid, status, table, kind in self._rows(f"SELECT id, {_WRITTEN}, tbl, kind FROM _es_act"):
+                if aid in mismatches:
+                    outcomes.add(aid, Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind))
+                elif mismatches and status != "stale":
+                    outcomes.add(aid, Outcome("not-applied", "rolled back: verification failed", table, kind))
+                else:
+                    outcomes.add(aid, Outcome(status, details.get(aid) if status == "stale" else None, table, kind))
+            res.outcomes = outcomes
             if mismatches:
                 conn.rollback()
-                for aid, status, tbl, kind in rows:
-                    table = names[tbl]
-                    if aid in mismatches:
-                        res.outcomes[aid] = Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind)
-                    elif status == "stale":
-                        res.outcomes[aid] = Outcome("stale", details.get(aid), table, kind)
-                    else:
-                        res.outcomes[aid] = Outcome("not-applied", "rolled back: verification failed", table, kind)
                 res.error = f"{len(mismatches)} action(s) failed verification; the database was rolled back"
                 return res
             if self.before_commit is not None:
-                self.before_commit(final)  # the ledger's record commits with the changes, or not at all
+                # The ledger's record commits with the changes, or not at all.
+                self.before_commit(outcomes.statuses())
             conn.commit()
             res.committed = True
-            for aid, s, tbl, kind in rows:
-                res.outcomes[aid] = Outcome(s, details.get(aid) if s == "stale" else None, names[tbl], kind)
             return res
         except (psycopg.Error, _Rollback) as e:
             # If the connection is gone, the server has rolled the transaction back already.
@@ -153,11 +150,23 @@ class PostgresApplier:
                 conn.rollback()
             msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
             res.error = f"database error, rolled back: {msg}"
+            failed = CompactOutcomes()
             for a in self.actions:  # read again: the action table went with the transaction
-                res.outcomes[a.id] = Outcome("failed", res.error, a.table, a.kind)
+                failed.add(a.id, Outcome("failed", res.error, a.table, a.kind))
+            res.outcomes = failed
             return res
 
-    def classify_only(self) -> dict[str, Outcome]:
+    def _rows(self, query: str) -> Iterator[tuple[str, str, str, str]]:
+        """(id, status, table name, kind) of every action, streamed from a server-side cursor in batches: a
+        target of millions of actions is never one result in memory."""
+        names = [m.display for m in self.metas]
+        with self.conn.cursor(name="_es_outcomes") as cur:
+            cur.itersize = 10_000
+            cur.execute(query)  # LiteralString: built from constants only
+            for aid, status, tbl, kind in cur:
+                yield aid, status, names[tbl], kind
+
+    def classify_only(self) -> CompactOutcomes:
         """Each action's state without writing or locking anything (for `emailsync verify`): pending (the
         planned old value is there), already-applied, or stale. Everything runs in a transaction rolled back."""
         try:
@@ -169,28 +178,28 @@ class PostgresApplier:
             for i, m in enumerate(self.metas):
                 self._classify(i, m, lock=False)
             details = self._stale_details()
-            names = [m.display for m in self.metas]
+            found = CompactOutcomes()
             # In about the plan file's order (kind, then key), so a report reads like the plan.
-            rows = self.conn.execute(
-                'SELECT id, status, tbl, kind FROM _es_act ORDER BY kind, key::text COLLATE "C", col, id'
-            ).fetchall()
-            return {i: Outcome(s, details.get(i), names[t], k) for i, s, t, k in rows}
+            query = 'SELECT id, status, tbl, kind FROM _es_act ORDER BY kind, key::text COLLATE "C", col, id'
+            for aid, status, table, kind in self._rows(query):
+                found.add(aid, Outcome(status, details.get(aid), table, kind))
+            return found
         finally:
             self.conn.rollback()
 
     def _abort(self, res: TargetResult, details: dict[str, str], why: str) -> TargetResult:
         # Read before rolling back (the temporary table goes with the transaction): what was already applied
         # before this run stays reported as such, so the journal keeps the record a rollback relies on.
-        names = [m.display for m in self.metas]
-        before = self.conn.execute("SELECT id, status, tbl, kind FROM _es_act").fetchall()
-        self.conn.rollback()
-        for aid, status, tbl, kind in before:
+        outcomes = CompactOutcomes()
+        for aid, status, table, kind in self._rows("SELECT id, status, tbl, kind FROM _es_act"):
             if aid in details:
-                res.outcomes[aid] = Outcome("stale", details[aid], names[tbl], kind)
+                outcomes.add(aid, Outcome("stale", details[aid], table, kind))
             elif status == "already-applied":
-                res.outcomes[aid] = Outcome("already-applied", None, names[tbl], kind)
+                outcomes.add(aid, Outcome("already-applied", None, table, kind))
             else:
-                res.outcomes[aid] = Outcome("not-applied", f"rolled back: {why}", names[tbl], kind)
+                outcomes.add(aid, Outcome("not-applied", f"rolled back: {why}", table, kind))
+        self.conn.rollback()
+        res.outcomes = outcomes
         res.error = f"{len(details)} stale action(s); nothing written to this database (--on-stale abort)"
         return res
 
