@@ -54,23 +54,39 @@ def machine() -> dict[str, Any]:
     }
 
 
+# Linux counts a forked child's peak RSS from the fork on, and the fork shares every page of the process it was
+# forked from: a child of this runner (which holds the estate's SQL and the mappings) reports at least the runner's
+# own size, whatever it uses itself. So each command is started by a small helper process, which forks it and
+# reports the command's own peak (wait4), as /usr/bin/time does.
+_MEASURE = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed_child(
     args: list[str], env: dict[str, str], cwd: Path, ok: tuple[int, ...] = (0, 2)
 ) -> tuple[float, int, str, str]:
-    """Run a command; wall seconds, its own peak RSS in MB (wait4), stdout, stderr. An exit code not in `ok` stops
-    the benchmark."""
+    """Run a command; wall seconds, its own peak RSS in MB, stdout, stderr. An exit code not in `ok` stops the
+    benchmark."""
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as rss:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, rss.name, *args], env=env, cwd=cwd, stdout=out, stderr=err
+        )
+        proc.wait()
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
+        peak_kb = int(Path(rss.name).read_text() or 0)
     if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(args[:3])} failed ({proc.returncode}):\n{stdout}\n{stderr}")
-    return seconds, usage.ru_maxrss // 1024, stdout, stderr
+    return seconds, peak_kb // 1024, stdout, stderr
 
 
 class LatencyProxy:
