@@ -45,11 +45,14 @@ def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
     # Every action names a target of the header: planfile.read_plan checked each line.
     # Which tables are live is the targets file's word: a table that became live (or stopped being live)
     # since the plan needs a new plan, whose actions get the live treatment and confirmation.
-    changed = sorted(
+    counts = planned_counts(plan)
+    changed = sorted(  # read through each DynamoDB target's lines only: PostgreSQL's are skipped unparsed
         {
             (a.target, a.table)
-            for a in plan.actions
-            if a.target in dynamo and dynamo[a.target].is_live(a.table) != a.live
+            for name in dynamo
+            if counts.get(name)
+            for a in TargetRows(plan.actions, name, counts[name])
+            if dynamo[name].is_live(a.table) != a.live
         }
     )
     for target_name, table in changed:

@@ -185,9 +185,8 @@ class FileRows:
             yield raw.decode()[:-1]
 
 
-def _private_copy(path: Path) -> tuple[_Copy, bool]:
-    """Copy the plan file (a regular file within its limit) to a private temporary folder; returns the copy and
-    whether it is gzip'd."""
+def _private_copy(path: Path) -> _Copy:
+    """Copy the plan file (a regular file within its limit) to a private temporary folder."""
     folder = tempfile.mkdtemp(prefix="emailsync-plan-")  # mode 0700: only this user reads the copy
     try:
         dest = os.path.join(folder, "plan")
@@ -195,7 +194,7 @@ def _private_copy(path: Path) -> tuple[_Copy, bool]:
             head = src.read(2)
             out.write(head)
             shutil.copyfileobj(src, out, 1 << 20)
-        return _Copy(folder, dest, head == _GZIP_MAGIC), head == _GZIP_MAGIC
+        return _Copy(folder, dest, head == _GZIP_MAGIC)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -307,7 +306,7 @@ def read_plan(path: Path) -> Plan:
     """Read and check a plan file: format, digest, then every line's schema and order and the header's counts.
     Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions."""
     with _open_errors(path):
-        copy, _ = _private_copy(path)
+        copy = _private_copy(path)
         with copy.open() as f:
             plan = _header(path, f.readline(MAX_LINE + 1).rstrip(b"\n"))
             h = hashlib.sha256()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -30,7 +31,7 @@ from emailsync.plan import (
 )
 from emailsync.planfile import PLAN_NAME
 from emailsync.stores.dynamodb import DynamoPlanner, DynamoTargetPlan
-from emailsync.stores.postgres import PostgresPlanner, TargetPlan
+from emailsync.stores.postgres import PostgresPlanner, TablePlan, TargetPlan
 
 
 class _Where(TypedDict):
@@ -66,92 +67,44 @@ def build_plan(
     for tp in target_plans:
         warnings += tp.warnings
     levels = _levels({e for tp in target_plans for e in tp.edges}, mset)
-    actions: list[Action] = []
     skipped: list[Skipped] = []
-    for tp in target_plans:
-        for tab in tp.tables:
-            meta = tab.meta
-            col_order = {c: n for n, c in enumerate(meta.email_columns)}
-            for row in tab.rows:
-                base: _Where = {"store": "postgres", "target": tp.target.name, "table": meta.display, "key": row.key}
-                if row.fate == "skip":
-                    for ch in row.changes.values():
-                        skipped.append(
-                            Skipped(
-                                target=tp.target.name,
-                                table=meta.display,
-                                key=row.key,
-                                column=ch.column,
-                                old=ch.old,
-                                new=ch.new,
-                                reason=row.reason or "",
-                            )
-                        )
-                    continue
-                delete_step = None
-                if row.fate == "delete":
-                    conflict_cols = row.conflict[0].columns if row.conflict else set()
-                    cause = [c for c in meta.email_columns if c in row.changes and c in conflict_cols]
-                    ch = row.changes[(cause or list(row.changes))[0]]
-                    if row.conflict_check is None or row.image is None:
-                        raise UserError(f"internal: no image for the row to delete in {meta.display} {row.keystr}")
-                    # Each level has three steps: deletes whose entries another row takes at that level, updates,
-                    # then the other deletes (after the rows referencing them have moved).
-                    delete_step = 3 * max(levels.get(e, 0) for e in row.delete_entries) + 2
-                    for other, cols in row.arrivals:
-                        arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
-                        delete_step = min(delete_step, arrive - 1)
-                    actions.append(
-                        Action(
-                            id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
-                            kind="delete-on-conflict",
-                            step=delete_step,
-                            conflict=row.conflict_check,
-                            column=ch.column,
-                            old=ch.old,
-                            new=ch.new,
-                            mappings=list(ch.entries),
-                            row=row.image,
-                            reason=row.reason,
-                            **base,
-                        )
-                    )
-                for ch in sorted(row.kept_changes().values(), key=lambda c: col_order[c.column]):
-                    step = 3 * max((levels.get(e, 0) for e in ch.entries), default=0) + 1
-                    if delete_step is not None and step > delete_step:
-                        continue  # the row is deleted before this value moves: nothing to keep valid
-                    actions.append(
-                        Action(
-                            id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
-                            kind=ch.kind,
-                            step=step,
-                            column=ch.column,
-                            old=ch.old,
-                            new=ch.new,
-                            mappings=list(ch.entries),
-                            row=row.image,
-                            **base,
-                        )
-                    )
+    summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    ids: set[str] = set()
+
+    def counted(a: Action) -> Action:
+        if a.id in ids:  # 64-bit ids: a clash is astronomically unlikely, but never silent
+            raise UserError("internal: two actions got the same id; please report this with the inputs")
+        ids.add(a.id)
+        summary[(a.target, a.table, summary_column(a), a.kind)] += 1
+        return a
+
+    def actions() -> Iterator[Action]:
+        """Every action, made as seal() takes it (seal keeps its line, not the model). A table's planned rows are
+        let go once its actions are made, so the planned rows and the plan's lines are not both held whole."""
+        for tp in target_plans:
+            for tab in tp.tables:
+                yield from (counted(a) for a in _table_actions(tp, tab, levels, skipped))
+                tab.rows = []
+        for dp in ddb_plans:
+            for d in dp.actions:
+                kid = _action_id(d["target"], d["table"], dumps(d["key"]), "", d["kind"]).replace("pg-", "ddb-")
+                yield counted(Action(id=kid, **dict(d, changes=[AttrChange(**c) for c in d["changes"]])))
+            dp.actions = []
+
+    # seal() takes every action first, then the skipped changes, and only then reads the header: the summary and
+    # the skipped list are complete by then, filled in as the last action is taken.
+    summary_rows: list[SummaryRow] = []
+
+    def every_action() -> Iterator[Action]:
+        yield from actions()
+        for s in skipped:
+            summary[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
+        summary_rows.extend(
+            SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()
+        )
+
     for dp in ddb_plans:
         warnings += dp.warnings
-        ddb_actions = []
-        for d in dp.actions:
-            kid = _action_id(d["target"], d["table"], dumps(d["key"]), "", d["kind"]).replace("pg-", "ddb-")
-            d = dict(d, changes=[AttrChange(**c) for c in d["changes"]])
-            ddb_actions.append(Action(id=kid, **d))
-        actions += sorted(ddb_actions, key=lambda a: (a.table, dumps(a.key)))
-    # PostgreSQL first, then DynamoDB (the order apply runs them in); within a store by step, then as planned.
-    actions.sort(key=lambda a: (a.store != "postgres", a.step))
-    ids = Counter(a.id for a in actions)
-    if any(n > 1 for n in ids.values()):  # 64-bit ids: a clash is astronomically unlikely, but never silent
-        raise UserError("internal: two actions got the same id; please report this with the inputs")
-
-    summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    for a in actions:
-        summary[(a.target, a.table, summary_column(a), a.kind)] += 1
-    for s in skipped:
-        summary[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
 
     now = now or datetime.now(UTC)
     body = dict(
@@ -168,12 +121,79 @@ def build_plan(
         targets={tp.target.name: TargetFingerprint(store="postgres", **tp.reached) for tp in target_plans}
         | {dp.target.name: TargetFingerprint(store="dynamodb", **dp.reached) for dp in ddb_plans},
         reads=[ReadRecord(**r) for dp in ddb_plans for r in dp.reads],
-        summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
+        summary=summary_rows,
         warnings=warnings,
         skipped=skipped,
-        actions=actions,
+        actions=every_action(),
     )
     return seal(body)
+
+
+def _table_actions(tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
+    """The actions of one planned table, in its rows' order; its skipped changes are added to `skipped`."""
+    meta = tab.meta
+    col_order = {c: n for n, c in enumerate(meta.email_columns)}
+    for row in tab.rows:
+        base: _Where = {"store": "postgres", "target": tp.target.name, "table": meta.display, "key": row.key}
+        if row.fate == "skip":
+            for ch in row.changes.values():
+                skipped.append(
+                    Skipped(
+                        target=tp.target.name,
+                        table=meta.display,
+                        key=row.key,
+                        column=ch.column,
+                        old=ch.old,
+                        new=ch.new,
+                        reason=row.reason or "",
+                    )
+                )
+            continue
+        delete_step = None
+        if row.fate == "delete":
+            conflict_cols = row.conflict[0].columns if row.conflict else set()
+            cause = [c for c in meta.email_columns if c in row.changes and c in conflict_cols]
+            ch = row.changes[(cause or list(row.changes))[0]]
+            if row.conflict_check is None or row.image is None:
+                raise UserError(f"internal: no image for the row to delete in {meta.display} {row.keystr}")
+            # Each level has three steps: deletes whose entries another row takes at that level, updates,
+            # then the other deletes (after the rows referencing them have moved).
+            delete_step = 3 * max(levels.get(e, 0) for e in row.delete_entries) + 2
+            for other, cols in row.arrivals:
+                arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
+                delete_step = min(delete_step, arrive - 1)
+            yield (
+                Action(
+                    id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, "delete"),
+                    kind="delete-on-conflict",
+                    step=delete_step,
+                    conflict=row.conflict_check,
+                    column=ch.column,
+                    old=ch.old,
+                    new=ch.new,
+                    mappings=list(ch.entries),
+                    row=row.image,
+                    reason=row.reason,
+                    **base,
+                )
+            )
+        for ch in sorted(row.kept_changes().values(), key=lambda c: col_order[c.column]):
+            step = 3 * max((levels.get(e, 0) for e in ch.entries), default=0) + 1
+            if delete_step is not None and step > delete_step:
+                continue  # the row is deleted before this value moves: nothing to keep valid
+            yield (
+                Action(
+                    id=_action_id(tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
+                    kind=ch.kind,
+                    step=step,
+                    column=ch.column,
+                    old=ch.old,
+                    new=ch.new,
+                    mappings=list(ch.entries),
+                    row=row.image,
+                    **base,
+                )
+            )
 
 
 def _action_id(target: str, table: str, keystr: str, column: str, kind: str) -> str:
