@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--mappings", type=int, default=20_000)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument(
+        "--only", help="comma-separated commands to run after plan (names as printed, e.g. 'verify (before apply)')"
+    )
+    ap.add_argument(
         "--plan-name", default="plan.jsonl.gz", help="plan.json to measure emailsync 0.1 (PYTHONPATH=its checkout)"
     )
     args = ap.parse_args()
@@ -77,7 +80,10 @@ def main() -> None:
             ("rollback", ["rollback", str(a.parent), "--out", str(work / "rb" / args.plan_name)], (0,)),
         ]
         rows = []
+        wanted = {w.strip() for w in args.only.split(",")} | {"plan"} if args.only else None
         for name, cmd, ok in steps:
+            if wanted is not None and name not in wanted:
+                continue
             secs, rss, _, _ = timed_child(es + cmd, env, work, ok)
             rows.append({"command": name, "seconds": round(secs, 2), "peak_rss_mb": rss})
             print(f"{name:<26} {secs:8.2f} s {rss:7} MB", flush=True)

@@ -13,10 +13,10 @@ import itertools
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from emailsync.plan import Action, Plan, SummaryRow
+from emailsync.plan import Action, Plan, Rows, SummaryRow
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -532,31 +532,43 @@ def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:
     return out
 
 
-def _state_counts(states: list[ActionState]) -> list[tuple[str, str, str, int]]:
+def _state_counts(states: Rows[ActionState]) -> list[tuple[str, str, str, int]]:
     by: dict[tuple[str, str, str], int] = defaultdict(int)
     for s in states:
         by[(s.target, s.table, s.state)] += 1
     return [(t, tb, st, n) for (t, tb, st), n in sorted(by.items())]
 
 
-def verify_lines(plan: Plan, states: list[ActionState], counts: dict[str, int], limit: int = 200) -> list[str]:
+def _first_drifted(states: Iterable[ActionState], limit: int) -> tuple[list[ActionState], int]:
+    """The first `limit` drifted states, and how many there are: never every state in a list."""
+    first: list[ActionState] = []
+    n = 0
+    for s in states:
+        if s.state == "drifted":
+            n += 1
+            if len(first) < limit:
+                first.append(s)
+    return first, n
+
+
+def verify_lines(plan: Plan, states: Rows[ActionState], counts: dict[str, int], limit: int = 200) -> list[str]:
     out = [
         f"plan {plan.digest}: {len(states)} action(s): {counts['after']} after (applied), "
         f"{counts['before']} before (not applied), {counts['drifted']} drifted",
     ]
     out += text_table([("target", "table", "state", "count")] + [(*r[:3], str(r[3])) for r in _state_counts(states)])
-    drifted = [s for s in states if s.state == "drifted"]
+    drifted, n_drifted = _first_drifted(states, limit)
     if drifted:
         out.append("\nDrifted (neither as planned nor as applied):")
-        for s in drifted[:limit]:
+        for s in drifted:
             key = "" if s.key is None else ddb_key(s.key) if s.store == "dynamodb" else _key(s.key)
             out.append(f"  {s.id} {s.target}/{s.table} [{key}] {s.kind}: {s.detail or ''}")
-        if len(drifted) > limit:
-            out.append(f"  ... and {len(drifted) - limit} more (--format json lists all)")
+        if n_drifted > limit:
+            out.append(f"  ... and {n_drifted - limit} more (--format json lists all)")
     return out
 
 
-def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int], limit: int = 200) -> str:
+def verify_markdown(plan: Plan, states: Rows[ActionState], counts: dict[str, int], limit: int = 200) -> str:
     """What verify_lines shows, as Markdown for a pull request or an incident note: a headline with the counts, a
     table by target, table and state, then the drifted actions with their keys and details (at most `limit`, and
     only while they fit in MD_LIMIT characters)."""
@@ -584,7 +596,7 @@ def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int
             f"| {_cell(t)} | {_cell(tb)} | {'⚠ drifted' if st == 'drifted' else st} | {c} |" for t, tb, st, c in rows
         ]
         out.append("")
-    drifted = [s for s in states if s.state == "drifted"]
+    drifted, n_drifted = _first_drifted(states, limit)
     if drifted:
         out += [
             "## ⚠ Drifted (neither as planned nor as applied)",
@@ -594,7 +606,7 @@ def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int
         ]
         size = sum(len(line) + 1 for line in out) + 200
         shown = 0
-        for s in drifted[:limit]:
+        for s in drifted:
             key = "" if s.key is None else _md_key(s.key, ddb=s.store == "dynamodb")
             line = (
                 f"| {_code(s.id)} | {_cell(s.target)} / {_cell(s.table)} | {key} "
@@ -605,11 +617,10 @@ def verify_markdown(plan: Plan, states: list[ActionState], counts: dict[str, int
             out.append(line)
             size += len(line) + 1
             shown += 1
-        if shown < len(drifted):
+        if shown < n_drifted:
             out += [
                 "",
-                f"_… {shown} of {len(drifted)} drifted actions shown; "
-                "`emailsync verify --format json` lists them all._",
+                f"_… {shown} of {n_drifted} drifted actions shown; `emailsync verify --format json` lists them all._",
             ]
         out.append("")
     return "\n".join(out)

@@ -8,6 +8,7 @@ from the same classification apply uses before writing, so verify and apply neve
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from emailsync.applier import (
 from emailsync.config import LoadedTargets
 from emailsync.plan import Action, Plan, TargetRows
 from emailsync.stores.ddb_apply import DynamoApplier
+from emailsync.stores.outcome import CompactOutcomes, Outcome
 from emailsync.stores.pg_apply import PostgresApplier
 
 STATES = ("before", "after", "drifted")
@@ -50,7 +52,28 @@ class ActionState:
 KEYS_KEPT = 1000  # drifted actions whose keys are looked up for the report (it shows at most a few hundred)
 
 
-def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None) -> list[ActionState]:
+class States:
+    """Every action's state, kept compactly per target (CompactOutcomes) and made into ActionState objects only as
+    they are read: a verify of millions of actions holds about 80 bytes per action."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[str, str, CompactOutcomes, dict[str, dict[str, Any]]]] = []
+
+    def add(self, target: str, store: str, found: CompactOutcomes, keys: dict[str, dict[str, Any]]) -> None:
+        self._parts.append((target, store, found, keys))
+
+    def __iter__(self) -> Iterator[ActionState]:
+        for target, store, found, keys in self._parts:
+            for aid, o in found.items():
+                yield ActionState(
+                    aid, target, o.table or "", o.kind or "", store, _STATE[o.status], o.detail, keys.get(aid)
+                )
+
+    def __len__(self) -> int:
+        return sum(len(found) for _, _, found, _ in self._parts)
+
+
+def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None) -> States:
     """The state of every action (or of the actions whose ids are in `only`), target by target."""
     check_plan_matches(plan, loaded)
     planned = planned_counts(plan)
@@ -62,7 +85,7 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
     names = [n for n in planned if n in pg] + [n for n in planned if n not in pg]
     # Reading another database than the plan's would report its rows as drifted: refused like apply refuses.
     conns, clients = reach_targets(plan, loaded, set(names))
-    states: list[ActionState] = []
+    states = States()
     try:
         for idx, target in enumerate(loaded.config.postgres):
             if not planned.get(target.name):
@@ -79,13 +102,7 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
-            mine = [
-                ActionState(aid, target.name, o.table or "", o.kind or "", "postgres", _STATE[o.status], o.detail)
-                for aid, o in found.items()
-            ]
-            mine.sort(key=lambda s: s.table)  # stable: by kind and key within a table, as classify_only reads them
-            _keys_of_drifted(mine, rows)
-            states += mine
+            states.add(target.name, "postgres", found, _keys_of_drifted(found, rows))
     finally:
         for conn in conns.values():
             conn.close()
@@ -98,14 +115,17 @@ def verify_plan(plan: Plan, loaded: LoadedTargets, only: set[str] | None = None)
         client = clients[ddb.name]
         check_ddb_tables(loaded, ddb, actions)
         index = {a.id: a for a in actions}
+        found = CompactOutcomes()
+        keys: dict[str, dict[str, Any]] = {}
         # Live and other tables are classified separately, exactly as apply runs them.
         for group in ([a for a in actions if not a.live], [a for a in actions if a.live]):
             if group:
                 for aid, o in DynamoApplier(ddb, client, group, "abort").classify_only().items():
                     a = index[aid]
-                    state = _STATE[o.status]
-                    key = a.key if state == "drifted" else None
-                    states.append(ActionState(aid, a.target, a.table, a.kind, "dynamodb", state, o.detail, key))
+                    found.add(aid, Outcome(o.status, o.detail, a.table, a.kind))
+                    if o.status == "stale":
+                        keys[aid] = a.key
+        states.add(ddb.name, "dynamodb", found, keys)
     return states
 
 
@@ -119,20 +139,19 @@ class _Only:
         return (a for a in self._rows if a.id in self._ids)
 
 
-def _keys_of_drifted(states: list[ActionState], rows: Iterable[Action]) -> None:
-    """Fill in the keys of the first KEYS_KEPT drifted states, in one more pass over the target's actions."""
-    want = {s.id: s for s in states if s.state == "drifted"}
-    if not want:
-        return
-    want = dict(list(want.items())[:KEYS_KEPT])
-    for a in rows:
-        s = want.pop(a.id, None)
-        if s is not None:
-            s.key = a.key
-            if not want:
-                return
+def _keys_of_drifted(found: CompactOutcomes, rows: Iterable[Action]) -> dict[str, dict[str, Any]]:
+    """The keys of the first KEYS_KEPT drifted (stale) actions, in one more pass over the target's actions."""
+    want = set(itertools.islice((aid for aid, o in found.items() if o.status == "stale"), KEYS_KEPT))
+    keys: dict[str, dict[str, Any]] = {}
+    if want:
+        for a in rows:
+            if a.id in want:
+                keys[a.id] = a.key
+                if len(keys) == len(want):
+                    break
+    return keys
 
 
-def counts(states: list[ActionState]) -> dict[str, int]:
+def counts(states: Iterable[ActionState]) -> dict[str, int]:
     c = Counter(s.state for s in states)
     return {k: c.get(k, 0) for k in STATES}

@@ -109,8 +109,11 @@ def test_shell_completion_completes_commands_and_options(ws):
     env |= {"COMP_WORDS": "emailsync apply --confirm", "COMP_CWORD": "2"}
     r = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, cwd=ws.path)
     assert "--confirm-live" in r.stdout.split()
-    script = subprocess.run([str(SCRIPT), "--show-completion", "bash"], capture_output=True, text=True, cwd=ws.path)
-    assert script.returncode == 0 and "_EMAILSYNC_COMPLETE" in script.stdout
+    # The script `--install-completion` installs, asked for by name: `--show-completion` guesses the shell from the
+    # process tree, which a test run under pytest-xdist does not always have.
+    env = {**os.environ, "_EMAILSYNC_COMPLETE": "source_bash"}
+    script = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, cwd=ws.path)
+    assert script.returncode == 0 and "_EMAILSYNC_COMPLETE" in script.stdout and "complete" in script.stdout
 
 
 # -- Ctrl-C -----------------------------------------------------------------------------------------------------

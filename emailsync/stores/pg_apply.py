@@ -180,7 +180,7 @@ class PostgresApplier:
             details = self._stale_details()
             found = CompactOutcomes()
             # In about the plan file's order (kind, then key), so a report reads like the plan.
-            query = 'SELECT id, status, tbl, kind FROM _es_act ORDER BY kind, key::text COLLATE "C", col, id'
+            query = 'SELECT id, status, tbl, kind FROM _es_act ORDER BY tbl, kind, key::text COLLATE "C", col, id'
             for aid, status, table, kind in self._rows(query):
                 found.add(aid, Outcome(status, details.get(aid), table, kind))
             return found
