@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,119 +49,145 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
     if not runs:
         raise UserError(f"{plan_path.parent}: no apply journal (apply-*.jsonl) beside the plan: it was never applied")
     outcomes = recorded_outcomes(plan_path, plan.digest)
-    done = [a for a in plan.actions if outcomes.get(a.id) in UNDOABLE]
-    if not done:
+
+    def done() -> Iterator[Action]:
+        """The applied actions, streamed from the plan again on each call (a plan of millions is never held)."""
+        return (a for a in plan.actions if outcomes.get(a.id) in UNDOABLE)
+
+    # First pass: how many are undone, the last step, the rows deleted, and the rows whose whole image or key the
+    # reverts carry (their new values are gathered in a second pass; only those rows).
+    n_done, last = 0, 0
+    deleted: set[tuple[str, str, str]] = set()
+    imaged: set[tuple[str, str, str]] = set()
+    for a in plan.actions:
+        last = max(last, a.step)
+        if outcomes.get(a.id) not in UNDOABLE:
+            continue
+        n_done += 1
+        if a.kind == "delete-on-conflict":
+            deleted.add(_row(a))
+        elif a.store == "postgres" and a.row is not None:
+            imaged.add(_row(a))
+    if not n_done:
         raise UserError(
             f"{plan_path.parent}: no action of the plan is recorded as applied in {', '.join(p.name for p in runs)}; "
             "there is nothing to roll back"
         )
-    last = max(a.step for a in plan.actions)
-    deleted = {_row(a) for a in done if a.kind == "delete-on-conflict"}
     new_values: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
-    for a in done:
-        if a.store == "postgres" and a.kind != "delete-on-conflict" and a.column is not None:
+    for a in done():
+        if a.store == "postgres" and a.kind != "delete-on-conflict" and a.column is not None and _row(a) in imaged:
             new_values[_row(a)][a.column] = a.new
-    actions: list[Action] = []
-    for a in done:
-        step = last + 1 - a.step
-        common: dict[str, Any] = {
-            "store": a.store,
-            "target": a.target,
-            "table": a.table,
-            "step": step,
-            "mappings": a.mappings,
-            "live": a.live,
-        }
-        if a.store == "postgres":
-            if a.kind == "delete-on-conflict":
-                # After every revert: the values its image holds (its key, its references to parents) are free
-                # and present again only once the rows that took or moved them are back.
-                actions.append(
-                    Action(
-                        id=_id(a, "insert"),
-                        kind="insert-row",
-                        key=a.key,
-                        row=a.row,
-                        reason=f"re-insert the row deleted by {a.id}",
-                        **(common | {"step": last + 2}),
-                    )
-                )
-            elif _row(a) not in deleted:
-                changed = new_values[_row(a)]
-                key_after = {k: changed.get(k, v) for k, v in a.key.items()}
-                image = None if a.row is None else {**a.row, **changed}
-                actions.append(
-                    Action(
-                        id=_id(a, "revert"),
-                        kind=a.kind,
-                        key=key_after,
-                        column=a.column,
-                        old=a.new,
-                        new=a.old,
-                        row=image,
-                        reason=f"revert {a.id}",
-                        **common,
-                    )
-                )
-        elif a.kind in ("update", "array-replace"):
-            after = copy.deepcopy(a.row or {})
-            for c in a.changes or []:
-                set_path(after, tuple(c.attribute.split(".")), c.new)
-            actions.append(
-                Action(
-                    id=_id(a, "revert"),
-                    kind=a.kind,
-                    key=a.key,
-                    changes=[AttrChange(attribute=c.attribute, old=c.new, new=c.old) for c in a.changes or []],
-                    row=after,
-                    reason=f"revert {a.id}",
-                    **common,
-                )
-            )
-        else:  # merge-and-move, live-swap: the item moves back, like a move, in one transaction or swap
-            actions.append(
-                Action(
-                    id=_id(a, "move-back"),
-                    kind="restore-item",
-                    key=a.new_key or {},
-                    row=a.merged,
-                    new_key=a.key,
-                    existing=None,
-                    merged=a.row,
-                    remains=a.existing,
-                    reason=f"move back the item {a.id} moved",
-                    **common,
-                )
-            )
-    actions.sort(key=lambda x: (x.step, x.target, x.table, x.id))
-    created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
-    for x in actions:
-        summary[(x.target, x.table, summary_column(x), x.kind)] += 1
+    # seal() takes every action first and reads the header after: the summary and the warning are filled in then.
+    summary_rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+
+    def every_action() -> Iterator[Action]:
+        n = 0
+        for a in done():
+            for x in _undo(a, last, deleted, new_values):
+                summary[(x.target, x.table, summary_column(x), x.kind)] += 1
+                n += 1
+                yield x
+        summary_rows.extend(
+            SummaryRow(target=t, table=tb, column=c, kind=k, count=n).model_dump()
+            for (t, tb, c, k), n in sorted(summary.items())
+        )
+        warnings.append(
+            f"rollback of plan {plan.digest} ({plan_path.parent.name}): {n_done} applied action(s) undone as "
+            f"{n} action(s)"
+        )
+
+    created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = {
         "created_at": created,
         "tool_version": __version__,
         "inputs": plan.inputs.model_dump(),
         "targets": {k: v.model_dump() for k, v in plan.targets.items()},
-        "summary": [
-            SummaryRow(target=t, table=tb, column=c, kind=k, count=n).model_dump()
-            for (t, tb, c, k), n in sorted(summary.items())
-        ],
-        "warnings": [
-            f"rollback of plan {plan.digest} ({plan_path.parent.name}): {len(done)} applied action(s) undone as "
-            f"{len(actions)} action(s)"
-        ],
+        "summary": summary_rows,
+        "warnings": warnings,
         "reads": [],
         "skipped": [],
         "rollback_of": RollbackOf(
             plan_digest=plan.digest,
             plan_folder=plan_path.parent.name,
             journals=[p.name for p in runs],
-            actions_undone=len(done),
+            actions_undone=n_done,
         ).model_dump(),
-        "actions": actions,  # the models themselves: seal keeps only their lines
+        "actions": every_action(),
     }
     return seal(body)
+
+
+def _undo(
+    a: Action,
+    last: int,
+    deleted: set[tuple[str, str, str]],
+    new_values: dict[tuple[str, str, str], dict[str, Any]],
+) -> Iterator[Action]:
+    """The action that undoes one applied action (none for a change to a row that is put back whole)."""
+    step = last + 1 - a.step
+    common: dict[str, Any] = {
+        "store": a.store,
+        "target": a.target,
+        "table": a.table,
+        "step": step,
+        "mappings": a.mappings,
+        "live": a.live,
+    }
+    if a.store == "postgres":
+        if a.kind == "delete-on-conflict":
+            # After every revert: the values its image holds (its key, its references to parents) are free
+            # and present again only once the rows that took or moved them are back.
+            yield Action(
+                id=_id(a, "insert"),
+                kind="insert-row",
+                key=a.key,
+                row=a.row,
+                reason=f"re-insert the row deleted by {a.id}",
+                **(common | {"step": last + 2}),
+            )
+        elif _row(a) not in deleted:
+            changed = new_values.get(_row(a), {})
+            key_after = {k: changed.get(k, v) for k, v in a.key.items()}
+            image = None if a.row is None else {**a.row, **changed}
+            yield Action(
+                id=_id(a, "revert"),
+                kind=a.kind,
+                key=key_after,
+                column=a.column,
+                old=a.new,
+                new=a.old,
+                row=image,
+                reason=f"revert {a.id}",
+                **common,
+            )
+    elif a.kind in ("update", "array-replace"):
+        after = copy.deepcopy(a.row or {})
+        for c in a.changes or []:
+            set_path(after, tuple(c.attribute.split(".")), c.new)
+        yield Action(
+            id=_id(a, "revert"),
+            kind=a.kind,
+            key=a.key,
+            changes=[AttrChange(attribute=c.attribute, old=c.new, new=c.old) for c in a.changes or []],
+            row=after,
+            reason=f"revert {a.id}",
+            **common,
+        )
+    else:  # merge-and-move, live-swap: the item moves back, like a move, in one transaction or swap
+        yield Action(
+            id=_id(a, "move-back"),
+            kind="restore-item",
+            key=a.new_key or {},
+            row=a.merged,
+            new_key=a.key,
+            existing=None,
+            merged=a.row,
+            remains=a.existing,
+            reason=f"move back the item {a.id} moved",
+            **common,
+        )
 
 
 def _row(a: Action) -> tuple[str, str, str]:

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from emailsync import progress
+from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, Action, TargetRows, dumps, line_of
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
 from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
@@ -179,11 +180,13 @@ class PostgresApplier:
                 self._classify(i, m, lock=False)
             details = self._stale_details()
             found = CompactOutcomes()
-            # In about the plan file's order (kind, then key), so a report reads like the plan.
+            # Table by table, in about the plan file's order (kind, then key), so a report reads like the plan.
             query = 'SELECT id, status, tbl, kind FROM _es_act ORDER BY tbl, kind, key::text COLLATE "C", col, id'
             for aid, status, table, kind in self._rows(query):
                 found.add(aid, Outcome(status, details.get(aid), table, kind))
             return found
+        except _Rollback as e:  # the plan and the tables disagree in a way nothing checked before: say so, once
+            raise UserError(f"target {self.target!r}: {e}; please report this with the plan") from None
         finally:
             self.conn.rollback()
 
