@@ -229,3 +229,29 @@ def write_plan_doc(path: Path, doc: dict[str, Any]) -> None:
     lines += [dumps({**s, "kind": SKIPPED_KIND}) for s in doc["skipped"]]
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+
+
+def plan_lines(path: Path) -> list[str]:
+    """A plan file's lines, uncompressed (as `zcat` shows them), each without its newline (split on "\\n" alone: a
+    line may hold U+2028)."""
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    assert text.endswith("\n"), "a plan file ends with a newline"
+    return text[:-1].split("\n")
+
+
+def resealed(lines: list[str]) -> list[str]:
+    """The lines with the header's body_sha256 and digest recomputed, as someone who read planfile.py could: what
+    then stops an edit is the check of the lines themselves, not the digest."""
+    from emailsync.plan import dumps, header_digest, loads
+
+    header = loads(lines[0])
+    header["body_sha256"] = hashlib.sha256("".join(line + "\n" for line in lines[1:]).encode()).hexdigest()
+    header["digest"] = header_digest(header)
+    return [dumps(header), *lines[1:]]
+
+
+def write_plan_lines(path: Path, lines: list[str], *, reseal: bool = False) -> None:
+    """Write the lines back gzip'd (as `zcat ... | edit | gzip` would), NOT re-sealed unless `reseal`."""
+    lines = resealed(lines) if reseal else lines
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode("utf-8"), mtime=0))

@@ -3,11 +3,9 @@ temporary tables, array key columns, over-long integers in plans. Each test fail
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 
-from helpers import assert_user_error
+from helpers import assert_user_error, plan_lines, write_plan_lines
 
 import emailsync.applier
 
@@ -111,14 +109,8 @@ def test_plan_of_a_composite_key_with_a_text_array_column(db, ws):
 def _resealed(path, edit):
     """The plan file with its body lines changed by `edit`, and its body_sha256 and digest made to match again, as a
     careless tool (not a person editing by hand) would leave it: the line checks, not the digest, must refuse it."""
-    from emailsync.plan import header_digest
-
-    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
-    header, body = json.loads(lines[0]), edit(lines[1:])
-    raw = "".join(line + "\n" for line in body).encode()
-    header["body_sha256"] = hashlib.sha256(raw).hexdigest()
-    header["digest"] = header_digest(header)
-    path.write_bytes(gzip.compress((json.dumps(header) + "\n").encode() + raw))
+    lines = plan_lines(path)
+    write_plan_lines(path, [lines[0], *edit(lines[1:])], reseal=True)
 
 
 def _one_update(ws, db):

@@ -6,7 +6,6 @@ PostgreSQL and DynamoDB Local."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import resource
@@ -18,9 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Database, Dynamo
-from helpers import plan_doc, refused
-
-from emailsync.plan import dumps, header_digest, loads
+from helpers import plan_doc, plan_lines, refused, write_plan_lines
 
 SURROGATE_AREA = "hostile input: text that is not text (lone surrogates)"
 FILES_AREA = "hostile input: huge, endless or special files"
@@ -104,28 +101,12 @@ def test_an_environment_variable_that_is_not_utf8_is_one_error_not_a_crash(estat
         ws.monkeypatch.setenv("CORE_DSN", estate.dsn)
 
 
-def _plan_lines(plan: Path) -> list[str]:
-    """The plan file's lines, uncompressed, each without its newline."""
-    text = gzip.decompress(plan.read_bytes()).decode("utf-8")
-    return text[:-1].split("\n")
-
-
-def _write_resealed(plan: Path, lines: list[str]) -> None:
-    """Write the lines back gzip'd with body_sha256 and the digest recomputed (the header as it is), so what stops
-    the edit is the check of the line itself, not the digest."""
-    body = "".join(line + "\n" for line in lines[1:])
-    header = loads(lines[0])
-    header["body_sha256"] = hashlib.sha256(body.encode()).hexdigest()
-    header["digest"] = header_digest(header)
-    plan.write_bytes(gzip.compress((dumps(header) + "\n" + body).encode(), mtime=0))
-
-
 def test_a_lone_surrogate_in_a_plan_is_refused_by_every_command_that_reads_it(
     estate: Database, ws: Any, reliability: Any
 ) -> None:
     r, plan = ws.plan()
     assert r.code == 0, r.err
-    lines = _plan_lines(plan)
+    lines = plan_lines(plan)
     (n,) = [i for i, line in enumerate(lines) if '"new":"a@new.com"' in line]
     commands = [
         ("apply", str(plan), "--auto-approve"),
@@ -136,7 +117,7 @@ def test_a_lone_surrogate_in_a_plan_is_refused_by_every_command_that_reads_it(
     # In an action's line, the plan re-sealed: the line is refused, naming it and the field.
     edited = [*lines]
     edited[n] = edited[n].replace('"a@new.com"', '"a\\ud800@new.com"')
-    _write_resealed(plan, edited)
+    write_plan_lines(plan, reseal=True, lines=edited)
     for args in commands:
         refused(ws, [estate], args, str(plan), f"line {n + 1}: new:", "lone UTF-16 surrogate", "edited by hand")
     # In the header (line 1): refused before its digest is even compared.

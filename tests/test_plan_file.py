@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_user_error, employees, plan_doc
+from helpers import assert_user_error, employees, plan_doc, plan_lines, resealed, write_plan_lines
 
 from emailsync.plan import DIGEST_SCHEME, PLAN_FORMAT, PLAN_FORMAT_MINOR, dumps, header_digest, loads
 from emailsync.planfile import beside, read_plan, write_plan
@@ -48,36 +48,16 @@ def content(path: Path) -> bytes:
     return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
 
 
-def read_lines(path: Path) -> list[str]:
-    """The plan file's lines, uncompressed, each without its newline (split on "\\n" alone: a line may hold U+2028)."""
-    text = content(path).decode("utf-8")
-    assert text.endswith("\n"), "a plan file ends with a newline"
-    return text[:-1].split("\n")
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    """Write the lines back gzip'd, as `zcat ... | edit | gzip` would: NOT re-sealed."""
-    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode("utf-8"), mtime=0))
-
-
-def reseal(lines: list[str]) -> list[str]:
-    """The lines with the header's body_sha256 and digest recomputed: what someone who read planfile.py would do."""
-    header = loads(lines[0])
-    header["body_sha256"] = hashlib.sha256("".join(line + "\n" for line in lines[1:]).encode()).hexdigest()
-    header["digest"] = header_digest(header)
-    return [dumps(header), *lines[1:]]
-
-
 def rewrite(path: Path, edit: Any, *, sealed: bool = False) -> None:
     """Parse every line exactly (Decimal numbers) into one document (the header's fields, `actions`: the body's
     lines), let `edit` change it, write it back as compact lines, NOT re-sealed unless `sealed`."""
-    lines = read_lines(path)
+    lines = plan_lines(path)
     data = loads(lines[0])
     data["actions"] = [loads(line) for line in lines[1:]]
     edit(data)
     body = [dumps(a) for a in data.pop("actions")]
     lines = [dumps(data), *body]
-    write_lines(path, reseal(lines) if sealed else lines)
+    write_plan_lines(path, resealed(lines) if sealed else lines)
 
 
 def apply_refused(ws: Any, db: Any, path: Path, *fragments: str) -> str:
@@ -120,9 +100,9 @@ def test_recompressed_but_unchanged_plan_still_applies(planned: tuple[Any, Any, 
 
 def test_edited_new_value_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    lines = read_lines(path)
+    lines = plan_lines(path)
     assert "\n".join(lines).count('"new":"a@new.com"') == 1
-    write_lines(path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in lines])
+    write_plan_lines(path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in lines])
     apply_refused(ws, db, path, "digest mismatch", "the body hashes to", "re-run `emailsync plan`")
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a changed value")
 
@@ -201,11 +181,11 @@ def test_newer_minor_is_refused(planned: tuple[Any, Any, Path], reliability: Any
 
 def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    lines = read_lines(path)
+    lines = plan_lines(path)
     assert lines[0].startswith('{"')
     # A second "digest" before the real one: a lax reader would silently take the last.
     lines[0] = '{"digest":"sha256:' + "0" * 64 + '",' + lines[0][1:]
-    write_lines(path, lines)
+    write_plan_lines(path, lines)
     apply_refused(ws, db, path, "'digest'", "more than once")
     reliability(
         "hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="a duplicate top-level key"
@@ -214,13 +194,13 @@ def test_duplicate_key_is_refused(planned: tuple[Any, Any, Path], reliability: A
 
 def test_duplicate_key_inside_an_action_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
-    lines = read_lines(path)
+    lines = plan_lines(path)
     (n,) = [i for i, line in enumerate(lines) if '"new":"a@new.com"' in line]
     lines[n] = lines[n].replace('"new":"a@new.com"', '"new":"a@new.com","new":"attacker@evil.com"', 1)
-    write_lines(path, lines)
+    write_plan_lines(path, lines)
     apply_refused(ws, db, path, "digest mismatch")
     # With body_sha256 and the digest recomputed, the line itself is refused, naming the key given twice.
-    write_lines(path, reseal(lines))
+    write_plan_lines(path, resealed(lines))
     apply_refused(ws, db, path, f"line {n + 1}: key ", "appears more than once", "edited by hand")
     reliability(
         "hostile input: plans edited by hand",
@@ -279,7 +259,9 @@ def test_show_renders_the_plan(planned: tuple[Any, Any, Path]) -> None:
 
 def test_show_refuses_a_tampered_plan(planned: tuple[Any, Any, Path]) -> None:
     ws, db, path = planned
-    write_lines(path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in read_lines(path)])
+    write_plan_lines(
+        path, [line.replace('"new":"a@new.com"', '"new":"attacker@evil.com"') for line in plan_lines(path)]
+    )
     r = ws.run("show", str(path))
     assert_user_error(r, str(path), "digest mismatch")
     assert "attacker@evil.com" not in r.out
@@ -314,7 +296,7 @@ def numeric_plan(ws: Any, db: Any) -> tuple[Any, Any, Path]:
 def test_numeric_row_image_is_exact_and_delete_applies(numeric_plan: tuple[Any, Any, Path]) -> None:
     ws, db, path = numeric_plan
     assert BIG.encode() in content(path)
-    header, *body = read_lines(path)
+    header, *body = plan_lines(path)
     (action,) = [loads(line) for line in body]
     assert action["kind"] == "delete-on-conflict"
     assert action["key"] == {"id": 1}
@@ -348,7 +330,7 @@ def test_recomputed_digest_matches(planned: tuple[Any, Any, Path]) -> None:
     the first (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`), the digest the sha256 of the header's canonical JSON
     without digest (and signature)."""
     _, _, path = planned
-    lines = read_lines(path)
+    lines = plan_lines(path)
     header = json.loads(lines[0])
     assert (header["format"], header["format_minor"]) == (PLAN_FORMAT, PLAN_FORMAT_MINOR) == ("emailsync.plan/v2", 0)
     assert header["digest_scheme"] == DIGEST_SCHEME == "sha256-jsonl/1"
