@@ -13,7 +13,7 @@ import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
-from emailsync.ledger import DynamoLedger, PastRun, PgLedger, Run, now
+from emailsync.ledger import DynamoLedger, NoLedger, PastRun, PgLedger, Run, now
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, Rows, TargetFingerprint, TargetRows, dumps
 from emailsync.stores.ddb_apply import DynamoApplier
 from emailsync.stores.dynamodb import call, client_for
@@ -128,7 +128,7 @@ def apply_plan(
     if by_target:
         # Reach every target, resolve every table and take every lock before writing to any of them.
         prepared: list[tuple[PostgresTarget, psycopg.Connection, list[TableMeta], Rows[Action], PgLedger]] = []
-        ddb_prepared: list[tuple[DynamoTarget, Any, list[Action], DynamoLedger | None]] = []
+        ddb_prepared: list[tuple[DynamoTarget, Any, list[Action], DynamoLedger | NoLedger]] = []
         conns, clients = reach_targets(plan, loaded, set(by_target))
         try:
             for idx, target in enumerate(loaded.config.postgres):
@@ -151,21 +151,20 @@ def apply_plan(
                 if ddb.name in ddb_actions:
                     actions, client = ddb_actions[ddb.name], clients[ddb.name]
                     check_ddb_tables(loaded, ddb, actions)
-                    dledger = DynamoLedger(ddb, client, run) if ddb.ledger_table else None
+                    dledger = DynamoLedger(ddb, client, run) if ddb.ledger_table else NoLedger(ddb)
                     ddb_prepared.append((ddb, client, actions, dledger))
-                    if dledger is None:
+                    if not ddb.ledger_table:
                         warn(
                             f"DynamoDB target {ddb.name!r} has no ledger_table in {loaded.path.name}: this apply is "
                             "not recorded in the target, and nothing stops a second applier running at the same time"
                         )
-                    else:
-                        call(ddb, f"ledger table {ddb.ledger_table}", dledger.ensure)
-                        call(ddb, f"lock in {ddb.ledger_table}", dledger.lock)
+                    call(ddb, f"ledger table {ddb.ledger_table}", dledger.ensure)
+                    call(ddb, f"lock in {ddb.ledger_table}", dledger.lock)
             # Read only now that every lock is held: a run that ended while this one waited for a lock is a finished
             # run (so this one is a replay), not a killed one to resume.
             killed = unfinished_runs()
             past = [p for *_, lg in prepared for p in lg.completed()]
-            past += [p for *_, dl in ddb_prepared if dl is not None for p in call(dl.target, "ledger", dl.completed)]
+            past += [p for *_, dl in ddb_prepared for p in call(dl.target, "ledger", dl.completed)]
             past = [p for p in past if p.run_id not in killed]
             _refuse_replay(plan, past, set(by_target), force, warn)
             # A target its ledger already records as complete is re-checked: the ledger keeps one run of the plan
@@ -192,7 +191,7 @@ def apply_plan(
                 if target.name not in rechecked:
                     lg.start()
             for ddb, *_, dl in ddb_prepared:
-                if dl is not None and ddb.name not in rechecked:
+                if ddb.name not in rechecked:
                     call(dl.target, "ledger", dl.start)
             # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
             for target, conn, metas, actions, ledger in prepared:
@@ -227,17 +226,14 @@ def apply_plan(
                 elif live_actions:
                     results.append(DynamoApplier(ddb, client, live_actions, on_stale, write).run())
             for ddb, _, actions, dl in ddb_prepared:
-                if dl is None:
-                    continue
                 outcomes = {i: o.status for r in results if r.target == ddb.name for i, o in r.outcomes.items()}
                 full = len(actions) == planned[ddb.name]
                 with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
                     dl.finish(_status(outcomes, full), dict(Counter(outcomes.values())))
         finally:
             for *_, dl in ddb_prepared:
-                if dl is not None:
-                    with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-                        dl.release()
+                with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                    dl.release()
             for conn in conns.values():
                 conn.close()
     report = _report(plan, ddb_actions, results, run, on_stale)

@@ -257,6 +257,32 @@ def _ts(v: Any) -> str:
 # -- DynamoDB -----------------------------------------------------------------------------------------------------
 
 
+class NoLedger:
+    """The ledger of a DynamoDB target without `ledger_table`: records nothing and locks nothing (apply warns), so
+    the apply workflow runs one path for every target instead of asking each time whether there is a ledger."""
+
+    def __init__(self, target: DynamoTarget) -> None:
+        self.target = target
+
+    def ensure(self) -> None:
+        pass
+
+    def lock(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def completed(self) -> list[PastRun]:
+        return []
+
+    def start(self) -> None:
+        pass
+
+    def finish(self, status: str, counts: dict[str, int]) -> None:
+        pass
+
+
 class DynamoLedger:
     """The lock and ledger of one DynamoDB target, in its `ledger_table` (hash key pk, range key sk)."""
 
