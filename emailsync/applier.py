@@ -13,6 +13,7 @@ import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.errors import UserError
+from emailsync.executor import default_width, run_all
 from emailsync.ledger import DynamoLedger, NoLedger, PastRun, PgLedger, Run, now
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, Rows, TargetFingerprint, TargetRows, dumps
 from emailsync.stores.ddb_apply import DynamoApplier
@@ -100,6 +101,7 @@ def apply_plan(
     force: bool = False,
     warn: Callable[[str], None] = lambda msg: None,
     unfinished_runs: Callable[[], frozenset[str]] = frozenset,
+    parallel: int | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`).
 
@@ -193,10 +195,15 @@ def apply_plan(
             for ddb, *_, dl in ddb_prepared:
                 if ddb.name not in rechecked:
                     call(dl.target, "ledger", dl.start)
-            # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last.
-            for target, conn, metas, actions, ledger in prepared:
-                full = len(actions) == planned[target.name]
-                results.append(_apply_postgres(target, conn, metas, actions, ledger, full, on_stale, write))
+            # The old script's order: PostgreSQL databases, then DynamoDB, then the live tables last. The databases
+            # are independent (a transaction each, its ledger row inside it): `parallel` of them at once.
+            steps = [
+                _PostgresStep(
+                    target, conn, metas, actions, ledger, len(actions) == planned[target.name], on_stale, write
+                )
+                for target, conn, metas, actions, ledger in prepared
+            ]
+            results += run_all(steps, parallel if parallel is not None else default_width(len(steps)))
             # --on-stale abort writes nothing to a target with a stale item, its live table included: the live
             # actions run last, in a group of their own, so a target is held back as a whole here.
             held: dict[str, str] = {}
@@ -335,6 +342,32 @@ def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str
             yield {**entry, "count": len(batch), "actions": list(batch)}
         else:
             yield {**entry, field: batch}
+
+
+class _PostgresStep:
+    """One database's apply as an executor step: cancelling it cancels the statement running on its connection,
+    so its transaction rolls back and reports so."""
+
+    def __init__(
+        self,
+        target: PostgresTarget,
+        conn: psycopg.Connection,
+        metas: list[TableMeta],
+        actions: Rows[Action],
+        ledger: PgLedger,
+        full: bool,
+        on_stale: str,
+        write: Callable[[Any], None],
+    ) -> None:
+        self._args = (target, conn, metas, actions, ledger, full, on_stale, write)
+        self._conn = conn
+
+    def run(self) -> TargetResult:
+        return _apply_postgres(*self._args)
+
+    def cancel(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.cancel_safe()
 
 
 def _status(statuses: Mapping[str, str], full: bool) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,10 +87,12 @@ def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry]], None]:
     """An append-only JSON-lines journal beside the plan. Each call (one entry, or several written together, such
     as a run's outcomes, streamed) is fsync'd before the write it records goes on."""
 
+    lock = threading.Lock()  # targets applied in parallel journal from their own threads: records never interleave
+
     def write(entries: Entry | Iterable[Entry]) -> None:
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         batch = [entries] if isinstance(entries, dict) else entries
-        with open(path, "a", encoding="utf-8") as f:
+        with lock, open(path, "a", encoding="utf-8") as f:
             for e in batch:
                 f.write(_line({"at": at, **e}) + "\n")  # buffered: written in blocks, not line by line
             f.flush()

@@ -269,6 +269,14 @@ def apply(
     ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="PostgreSQL databases applied at once, each in its own transaction; default: every target, up to 4.",
+        ),
+    ] = None,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.plan import dumps
@@ -286,6 +294,7 @@ def apply(
         replan_check=replan_check,
         mappings=mappings,
         quiet=quiet or json_out,
+        parallel=parallel,
     )
     try:
         person = _Terminal(json_out) if _interactive() else None

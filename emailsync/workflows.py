@@ -127,6 +127,7 @@ class ApplyOptions:
     replan_check: bool = False
     mappings: Path | None = None  # for replan_check
     quiet: bool = False
+    parallel: int | None = None  # PostgreSQL targets applied at once (executor.default_width when None)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ def apply_reviewed(
                 force=opts.force,
                 warn=warn,
                 unfinished_runs=lambda: killed_runs(plan_file, plan.digest),
+                parallel=opts.parallel,
             ),
         )
     path = write_report(plan_file, report)

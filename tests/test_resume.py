@@ -287,7 +287,11 @@ class Estate:
         r, self.plan = ws.plan()
         assert r.code == 0, r.out + r.err
         self.actions = ws.plan_json(self.plan)["actions"]
-        self.apply_args = ["apply", str(self.plan), "--targets", "targets.yaml", "--auto-approve", "--confirm-live"]
+        # --parallel 1: the kill points are counted with the databases applied one after another (in parallel the
+        # order between them is not fixed; test_apply_in_parallel covers that).
+        self.apply_args = [
+            "apply", str(self.plan), "--targets", "targets.yaml", "--auto-approve", "--confirm-live", "--parallel", "1",
+        ]  # fmt: skip
         self.initial = self.state()
 
     def state(self) -> dict[str, Any]:

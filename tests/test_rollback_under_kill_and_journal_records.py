@@ -50,7 +50,7 @@ def _crash(ws: Any, kill_point: str, plan: Path, *extra: str) -> None:
     """`emailsync apply PLAN` in a subprocess, killed with SIGKILL at `kill_point` (tests/crash_harness.py)."""
     p = _subprocess(
         ws, str(HARNESS), kill_point, "--", "apply", str(plan), "--targets", "targets.yaml", "--auto-approve",
-        "--confirm-live", *extra,
+        "--confirm-live", "--parallel", "1", *extra,  # kill points counted one database after another
     )  # fmt: skip
     assert p.returncode == -signal.SIGKILL, (kill_point, p.returncode, p.stdout, p.stderr)
 
