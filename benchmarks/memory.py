@@ -27,7 +27,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import estate  # noqa: E402
-from run import checksums, machine, run_baseline, timed_child  # noqa: E402
+from run import checksums, machine, make_template, run_baseline, timed_child  # noqa: E402
 
 
 def main() -> None:
@@ -52,13 +52,8 @@ def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "employees": args.employees, "mappings": args.mappings}
     try:
         host = server.get_uri().split("host=", 1)[1]
-        admin = f"host={host} dbname=postgres user=postgres"
         n, m = args.employees, args.mappings
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute("CREATE DATABASE bench_template")
-        with psycopg.connect(f"host={host} dbname=bench_template user=postgres", autocommit=True) as c:
-            for s in estate.SCHEMA + estate.fill(n, max(1, n // m)):
-                c.execute(s)
+        admin = make_template(host, n, m)
         mapping = estate.mappings(n, m)
         (work / "email_mappings.json").write_text(json.dumps(mapping))
         with psycopg.connect(admin, autocommit=True) as c:

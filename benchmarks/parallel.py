@@ -25,7 +25,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import estate  # noqa: E402
-from run import checksums, run_baseline, timed_child  # noqa: E402
+from run import checksums, make_template, run_baseline, timed_child  # noqa: E402
 
 
 def main() -> None:
@@ -46,13 +46,8 @@ def main() -> None:
     times: dict[int, dict[str, list[float]]] = {w: {"plan": [], "apply": []} for w in widths}
     try:
         host = server.get_uri().split("host=", 1)[1]
-        admin = f"host={host} dbname=postgres user=postgres"
         n, m = args.employees, args.mappings
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute("CREATE DATABASE bench_template")
-        with psycopg.connect(f"host={host} dbname=bench_template user=postgres", autocommit=True) as c:
-            for s in estate.SCHEMA + estate.fill(n, max(1, n // m)):
-                c.execute(s)
+        admin = make_template(host, n, m)
         mapping = estate.mappings(n, m)
         names = [f"t{i}" for i in range(args.targets)]
         block = estate.TARGETS.split("postgres:\n", 1)[1]

@@ -172,6 +172,17 @@ class ServerLog:
         }
 
 
+def make_template(host: str, n: int, m: int) -> str:
+    """The estate of n employees and m mappings generated into database bench_template; returns its admin DSN."""
+    admin = f"host={host} dbname=postgres user=postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("CREATE DATABASE bench_template")
+    with psycopg.connect(f"host={host} dbname=bench_template user=postgres", autocommit=True) as c:
+        for s in estate.SCHEMA + estate.fill(n, max(1, n // m)):
+            c.execute(s)
+    return admin
+
+
 def checksums(dsn: str) -> dict[str, list[Any]]:
     with psycopg.connect(dsn) as c:
         return {t: list(c.execute(q).fetchone()) for t, q in estate.CHECKSUMS.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -199,9 +200,20 @@ def apply_plan(
             # are independent (a transaction each, its ledger row inside it): `parallel` of them at once.
             steps = [
                 _PostgresStep(
-                    target, conn, metas, actions, ledger, len(actions) == planned[target.name], on_stale, write
+                    conn,
+                    functools.partial(
+                        _apply_postgres,
+                        t,
+                        conn,
+                        metas,
+                        actions,
+                        ledger,
+                        len(actions) == planned[t.name],
+                        on_stale,
+                        write,
+                    ),
                 )
-                for target, conn, metas, actions, ledger in prepared
+                for t, conn, metas, actions, ledger in prepared
             ]
             results += run_all(steps, parallel if parallel is not None else default_width(len(steps)))
             # --on-stale abort writes nothing to a target with a stale item, its live table included: the live
@@ -348,22 +360,11 @@ class _PostgresStep:
     """One database's apply as an executor step: cancelling it cancels the statement running on its connection,
     so its transaction rolls back and reports so."""
 
-    def __init__(
-        self,
-        target: PostgresTarget,
-        conn: psycopg.Connection,
-        metas: list[TableMeta],
-        actions: Rows[Action],
-        ledger: PgLedger,
-        full: bool,
-        on_stale: str,
-        write: Callable[[Any], None],
-    ) -> None:
-        self._args = (target, conn, metas, actions, ledger, full, on_stale, write)
-        self._conn = conn
+    def __init__(self, conn: psycopg.Connection, apply: Callable[[], TargetResult]) -> None:
+        self._conn, self._apply = conn, apply
 
     def run(self) -> TargetResult:
-        return _apply_postgres(*self._args)
+        return self._apply()
 
     def cancel(self) -> None:
         with contextlib.suppress(psycopg.Error):
