@@ -13,9 +13,9 @@ it as they are. Digest scheme sha256-jsonl/1: body_sha256 is the sha256 of the b
 with its newline (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`); the digest is the sha256 of the header's canonical
 JSON without digest and signature, so it covers the body through body_sha256.
 
-Reading copies the file once into a private temporary file, checks the digest over that copy, then every line's
-schema, order and counts; everything after (apply, verify, show, diff, rollback) streams from the checked copy, so
-the plan cannot change between the check and the writes.
+Reading copies the file once into an unnamed temporary file (gone with the process, even after kill -9), checks the
+digest over that copy, then every line's schema, order and counts; everything after (apply, verify, show, diff,
+rollback) streams from the checked copy, so the plan cannot change between the check and the writes.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-import weakref
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -117,16 +117,18 @@ def write_plan(plan: Plan, path: Path) -> None:
 
 
 class _Copy:
-    """The private, checked copy of a plan file that every later read streams from; removed with its last user."""
+    """The private, checked copy of a plan file that every later read streams from. An unnamed temporary file (no
+    name in any folder, removed by the system when the last descriptor closes, even after kill -9), read by each
+    pass at its own offset."""
 
-    def __init__(self, folder: str, path: str, gz: bool) -> None:
-        self.path, self.gz = path, gz
-        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+    def __init__(self, file: IO[bytes], gz: bool) -> None:
+        self._file, self.gz = file, gz
 
     def open(self) -> IO[bytes]:
+        raw = io.BufferedReader(_At(self._file.fileno()), 1 << 16)
         if self.gz:
-            return gzip.GzipFile(self.path, "rb")  # type: ignore[return-value]
-        return open(self.path, "rb")  # noqa: SIM115
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return raw
 
     def lines(self) -> Iterator[bytes]:
         """The body's lines (the header line skipped), each with its newline."""
@@ -134,6 +136,25 @@ class _Copy:
             f.readline(MAX_LINE + 1)
             while line := f.readline(MAX_LINE + 1):
                 yield line
+
+
+class _At(io.RawIOBase):
+    """A file descriptor read from the start with pread, so several readers share it without sharing an offset."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._pos = fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = os.pread(self._fd, len(buf), self._pos)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:  # the descriptor is the copy's, not this reader's
+        super().close()
 
 
 def _item(data: dict[str, Any]) -> Action | Skipped:
@@ -186,17 +207,17 @@ class FileRows:
 
 
 def _private_copy(path: Path) -> _Copy:
-    """Copy the plan file (a regular file within its limit) to a private temporary folder."""
-    folder = tempfile.mkdtemp(prefix="emailsync-plan-")  # mode 0700: only this user reads the copy
+    """Copy the plan file (a regular file within its limit) to an unnamed temporary file only this process reads."""
+    out = tempfile.TemporaryFile()  # noqa: SIM115  # kept open by the copy: it is the copy
     try:
-        dest = os.path.join(folder, "plan")
-        with open_limited(path, "plan") as src, open(dest, "wb") as out:
+        with open_limited(path, "plan") as src:
             head = src.read(2)
             out.write(head)
             shutil.copyfileobj(src, out, 1 << 20)
-        return _Copy(folder, dest, head == _GZIP_MAGIC)
+        out.flush()
+        return _Copy(out, head == _GZIP_MAGIC)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        out.close()
         raise
 
 
