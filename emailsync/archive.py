@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -129,28 +130,45 @@ def journals(plan_path: Path) -> list[Path]:
     return sorted(folder.glob("apply-*.jsonl"))
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """A journal's entries; a last line cut short by a kill is ignored (it was never fsync'd whole)."""
-    entries = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the journal ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; the journal was damaged or replaced, restore it from git") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+class Journal:
+    """One journal's entries, read from the file as they are iterated (a journal of millions of outcomes is never
+    held); a last line cut short by a kill is ignored (it was never fsync'd whole)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[Entry]:
+        path = self.path
         try:
-            entry = loads(line)
-        except ValueError:
-            if n == len(lines):
-                break
-            raise UserError(f"{path}: line {n} is not valid JSON; the journal was edited or damaged") from None
-        if not isinstance(entry, dict) or not _well_formed(entry):
-            raise UserError(f"{path}: line {n} is not a journal entry; the journal was edited or damaged")
-        entries.append(entry)
-    return entries
+            f = open(path, "rb")  # noqa: SIM115  # closed below, also when the reader stops early
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the journal ({e.strerror})") from None
+        with f:
+            # Each line is judged once the next one is known: only a bad line with nothing after it is forgiven.
+            bad: tuple[int, str] | None = None
+            for n, raw in enumerate(f, 1):
+                if bad is not None:
+                    raise UserError(f"{path}: line {bad[0]} {bad[1]}; the journal was edited or damaged")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(
+                        f"{path}: not UTF-8 text; the journal was damaged or replaced, restore it from git"
+                    ) from None
+                if not line.strip():
+                    continue
+                try:
+                    entry = loads(line)
+                except ValueError:
+                    bad = (n, "is not valid JSON")
+                    continue
+                if not isinstance(entry, dict) or not _well_formed(entry):
+                    raise UserError(f"{path}: line {n} is not a journal entry; the journal was edited or damaged")
+                yield entry
+
+    def start(self) -> Entry | None:
+        """The run-start entry (the journal's first)."""
+        return next((e for e in self if e.get("event") == "run-start"), None)
 
 
 def _well_formed(e: dict[str, Any]) -> bool:
@@ -175,26 +193,31 @@ def _well_formed(e: dict[str, Any]) -> bool:
     return all(isinstance(x, str) for x in ids) and all(isinstance(v, str) for v in outcomes.values())
 
 
-def journal_runs(plan_path: Path, digest: str | None) -> list[tuple[Path, list[dict[str, Any]]]]:
-    """The journals of this plan (by digest: several plans may share a folder when written with --out)."""
+def journal_runs(plan_path: Path, digest: str | None) -> list[tuple[Path, Journal]]:
+    """The journals of this plan (by digest: several plans may share a folder when written with --out), each read
+    again from its file whenever its entries are iterated."""
     out = []
     for j in journals(plan_path):
-        entries = read_journal(j)
-        start = next((e for e in entries if e.get("event") == "run-start"), None)
+        journal = Journal(j)
+        start = journal.start()
         if digest is None or start is None or start.get("plan_digest") == digest:
-            out.append((j, entries))
+            out.append((j, journal))
     return out
 
 
 def apply_history(plan_path: Path, digest: str | None = None) -> list[ApplyRun]:
     runs = []
     for j, entries in journal_runs(plan_path, digest):
-        start = next((e for e in entries if e.get("event") == "run-start"), None)
-        end = next((e for e in entries if e.get("event") == "run-end"), None)
+        start = end = None
         outcomes: dict[str, int] = {}
         for e in entries:
-            if e.get("event") == "outcome":
+            ev = e.get("event")
+            if ev == "outcome":
                 outcomes[e.get("status", "?")] = outcomes.get(e.get("status", "?"), 0) + 1
+            elif ev == "run-start" and start is None:
+                start = e
+            elif ev == "run-end" and end is None:
+                end = e
         runs.append(
             ApplyRun(
                 journal=j.name,
@@ -235,35 +258,75 @@ def killed_runs(plan_path: Path, digest: str) -> frozenset[str]:
     )
 
 
-def recorded_outcomes(plan_path: Path, digest: str | None = None) -> dict[str, str]:
+class RecordedOutcomes:
+    """Each action's latest recorded status over every apply run, kept in a private temporary SQLite database (on
+    disk, removed when closed), so a rollback of millions of actions looks them up without holding them."""
+
+    # A status replaces the one recorded unless the action was already written (STICKY) and this one wrote nothing,
+    # or it was maybe-applied and this record is not certain. See recorded_outcomes.
+    _RECORD = (
+        "INSERT INTO latest (id, status) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET status = excluded.status "
+        "WHERE excluded.status IN ({s}) OR (latest.status NOT IN ({s}) AND (latest.status != 'maybe-applied' OR ?3))"
+    ).format(s=", ".join(f"'{x}'" for x in STICKY))
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a temporary database file, deleted when the connection closes
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute("CREATE TABLE latest (id TEXT PRIMARY KEY, status TEXT NOT NULL) WITHOUT ROWID")
+        self._pending: list[tuple[str, str, bool]] = []
+
+    def record(self, aid: str, status: str, certain: bool = False) -> None:
+        self._pending.append((aid, status, certain))
+        if len(self._pending) >= 50_000:
+            self.flush()
+
+    def flush(self) -> None:
+        # executemany keeps the records' order, so the latest record of an action is still the one that counts.
+        self._db.executemany(self._RECORD, self._pending)
+        self._pending.clear()
+
+    def get(self, aid: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT status FROM latest WHERE id = ?", (aid,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RecordedOutcomes:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def recorded_outcomes(plan_path: Path, digest: str | None = None) -> RecordedOutcomes:
     """Each action's latest recorded status over every apply run, from the journals.
 
     A run killed before its outcome lines still left write records: an action in a batch whose write began
-    counts as `maybe-applied` unless a later record says what happened to it."""
-    latest: dict[str, str] = {}
-
-    def record(aid: str, status: str, certain: bool = False) -> None:
-        # Once written, always to be undone: a later run that wrote nothing (aborted, stale, failed) does not
-        # make an earlier write go away. A write that began and ended in doubt (failed, a lost response) stays
-        # maybe-applied unless the record is certain (a PostgreSQL transaction's outcome).
-        now = latest.get(aid)
-        if status in STICKY or (now not in STICKY and (now != "maybe-applied" or certain)):
-            latest[aid] = status
-
-    for _, entries in journal_runs(plan_path, digest):
-        for e in entries:
-            ev = e.get("event")
-            if ev == "outcome" and "id" in e:
-                record(e["id"], e.get("status") or "")
-            elif ev == "write" and e.get("phase") == "before":
-                for aid in e.get("actions") or ([e["action"]] if e.get("action") else []):
-                    if latest.get(aid) not in STICKY:
-                        latest[aid] = "maybe-applied"
-            elif ev == "write" and e.get("phase") == "after":
-                # A PostgreSQL transaction's outcome is known for every action (committed or rolled back whole).
-                certain = e.get("store") == "postgres"
-                for aid, status in (e.get("outcomes") or {}).items():
-                    record(aid, status, certain=certain)
+    counts as `maybe-applied` unless a later record says what happened to it. Once written, always to be undone: a
+    later run that wrote nothing (aborted, stale, failed) does not make an earlier write go away. A write that began
+    and ended in doubt (failed, a lost response) stays maybe-applied unless the record is certain (a PostgreSQL
+    transaction's outcome, known for every action: committed or rolled back whole)."""
+    latest = RecordedOutcomes()
+    try:
+        for _, entries in journal_runs(plan_path, digest):
+            for e in entries:
+                ev = e.get("event")
+                if ev == "outcome" and "id" in e:
+                    latest.record(e["id"], e.get("status") or "")
+                elif ev == "write" and e.get("phase") == "before":
+                    # Recording maybe-applied changes nothing already written, as the rule says.
+                    for aid in e.get("actions") or ([e["action"]] if e.get("action") else []):
+                        latest.record(aid, "maybe-applied")
+                elif ev == "write" and e.get("phase") == "after":
+                    certain = e.get("store") == "postgres"
+                    for aid, status in (e.get("outcomes") or {}).items():
+                        latest.record(aid, status, certain=certain)
+        latest.flush()
+    except BaseException:
+        latest.close()
+        raise
     return latest
 
 

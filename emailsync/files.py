@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 import secrets
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(
@@ -83,3 +85,28 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _At(io.RawIOBase):
+    """A file descriptor read from the start with pread, so several readers share it without sharing an offset."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd, self._pos = fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = os.pread(self._fd, len(buf), self._pos)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:  # the descriptor belongs to whoever opened it, not to this reader
+        super().close()
+
+
+def reader_from_start(fd: int, buffer_size: int = 1 << 16) -> io.BufferedReader:
+    """A buffered reader of the open file `fd` from its start, with its own position: temporary files (a plan's
+    checked copy, sorted runs, spilled outcomes) are read by several readers at once, each from the beginning."""
+    return io.BufferedReader(_At(fd), buffer_size)

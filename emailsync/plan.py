@@ -17,13 +17,16 @@ import heapq
 import itertools
 import json
 import re
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import Any, Literal, Protocol, TypeVar
+from typing import IO, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from emailsync.errors import UserError
+from emailsync.files import reader_from_start
 
 # v2: gzip'd JSON Lines, a header line then one line per action or skipped change, sorted by section (planfile.py).
 # v1 (one JSON document; its minors 1-3 added rollback plans, signatures and reached targets) is refused by name.
@@ -406,16 +409,25 @@ def header_digest(header: dict[str, Any]) -> str:
 
 class LineRows:
     """Actions or skipped changes held as their lines, sorted (about a sixth of the memory of the models), parsed
-    as they are read; `runs` says which section each run of lines is in, for merging the two into the body."""
+    as they are read; `runs` says how many lines each section has, in order, for merging the two into the body.
+    Past SPILL_BYTES of lines they are kept in sorted runs in private temporary files and merged as they are read,
+    so making a plan of millions (or a rollback of one) holds a bounded part of it."""
 
-    def __init__(self, lines: list[str], runs: list[tuple[tuple[str, str, str], int]], skipped: bool) -> None:
-        self._lines, self.runs, self._skipped = lines, runs, skipped
+    def __init__(
+        self,
+        lines: list[str],
+        runs: list[tuple[tuple[str, str, str], int]],
+        skipped: bool,
+        spilled: list[IO[bytes]] | None = None,
+    ) -> None:
+        self._lines, self.runs, self._skipped, self._spilled = lines, runs, skipped, spilled or []
+        self._count = sum(n for _, n in runs)
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return self._count
 
     def __iter__(self) -> Iterator[Any]:
-        for line in self._lines:
+        for line in self.lines():
             data = _PARSE.decode(line)
             if self._skipped:
                 data.pop("kind")
@@ -423,23 +435,57 @@ class LineRows:
             else:
                 yield Action.model_validate(data)
 
-    def lines(self) -> list[str]:
-        return self._lines
+    def lines(self) -> Iterator[str]:
+        if not self._spilled:
+            return iter(self._lines)
+        # The held lines are the last run; each spilled run is read back from its start on every call.
+        runs: list[Iterator[tuple[list[str], str]]] = [_read_run(f) for f in self._spilled]
+        return (line for _, line in heapq.merge(*runs, key=lambda kl: kl[0]))
 
 
 _PARSE = json.JSONDecoder(parse_float=Decimal)
+SPILL_BYTES = 32 * 1024 * 1024  # lines held before a sorted run goes to a temporary file
+
+
+def _write_run(keyed: list[tuple[tuple[str, ...], str]]) -> IO[bytes]:
+    """One sorted run in an unnamed temporary file: per item its sort key as JSON, a tab, its line (JSON escapes
+    tabs and newlines inside both, so the tab and the newline are unambiguous)."""
+    f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # it outlives this function: the LineRows owns it
+    for key, line in keyed:
+        f.write(f"{dumps(list(key))}\t{line}\n".encode("utf-8", "surrogatepass"))
+    f.flush()
+    return f
+
+
+def _read_run(f: IO[bytes]) -> Iterator[tuple[list[str], str]]:
+    for raw in reader_from_start(f.fileno(), 1 << 20):
+        key, _, line = raw.decode("utf-8", "surrogatepass").rstrip("\n").partition("\t")
+        yield json.loads(key), line
 
 
 def _sorted_lines(items: Iterable[Action | Skipped], skipped: bool) -> LineRows:
-    """Each item made its line as it arrives (the model is not kept), then the lines sorted into the file's order."""
+    """Each item made its line as it arrives (the model is not kept), then the lines sorted into the file's order;
+    past SPILL_BYTES, in sorted runs on disk."""
     keyed: list[tuple[tuple[str, ...], str]] = []
+    held = 0
+    spilled: list[IO[bytes]] = []
+    sections: Counter[tuple[str, str, str]] = Counter()
     for x in items:
         line = line_of(x)
-        keyed.append((sort_key(x, line), line))
+        key = sort_key(x, line)
+        keyed.append((key, line))
+        sections[(key[0], key[1], key[2])] += 1
+        held += len(line) + 200  # about what the key and the tuple hold beside the line
+        if held > SPILL_BYTES:
+            keyed.sort(key=lambda kl: kl[0])
+            spilled.append(_write_run(keyed))
+            keyed, held = [], 0
     keyed.sort(key=lambda kl: kl[0])
-    runs: list[tuple[tuple[str, str, str], int]] = []
-    for section, group in itertools.groupby(k[:3] for k, _ in keyed):
-        runs.append(((section[0], section[1], section[2]), sum(1 for _ in group)))
+    runs = sorted(sections.items())  # the sort key starts with the section, so sections come in this order
+    if spilled:
+        if keyed:
+            spilled.append(_write_run(keyed))
+        return LineRows([], runs, skipped, spilled)
     return LineRows([line for _, line in keyed], runs, skipped)
 
 
@@ -473,13 +519,11 @@ def seal(body: dict[str, Any]) -> Plan:
 
 def _merged(actions: LineRows, skipped: LineRows) -> Iterator[str]:
     """The body: the two sorted line lists merged run by run (a skipped change's section never is an action's)."""
-    a_runs = [(sec, actions.lines(), n) for sec, n in actions.runs]
-    s_runs = [(sec, skipped.lines(), n) for sec, n in skipped.runs]
-    pos = {id(actions.lines()): 0, id(skipped.lines()): 0}
+    a_lines, s_lines = actions.lines(), skipped.lines()
+    a_runs = [(sec, a_lines, n) for sec, n in actions.runs]
+    s_runs = [(sec, s_lines, n) for sec, n in skipped.runs]
     for _, lines, n in heapq.merge(a_runs, s_runs, key=lambda r: r[0]):
-        start = pos[id(lines)]
-        yield from lines[start : start + n]
-        pos[id(lines)] = start + n
+        yield from itertools.islice(lines, n)
 
 
 def _merged_lines(actions: Iterable[Action], skipped: Iterable[Skipped]) -> Iterator[str]:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
-import os
 import shutil
 import tempfile
 import zlib
@@ -38,7 +36,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from emailsync.errors import UserError
-from emailsync.files import write_atomic
+from emailsync.files import reader_from_start, write_atomic
 from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, open_limited
 from emailsync.plan import (
     PLAN_FORMAT,
@@ -125,7 +123,7 @@ class _Copy:
         self._file, self.gz = file, gz
 
     def open(self) -> IO[bytes]:
-        raw = io.BufferedReader(_At(self._file.fileno()), 1 << 16)
+        raw = reader_from_start(self._file.fileno())
         if self.gz:
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
         return raw
@@ -136,25 +134,6 @@ class _Copy:
             f.readline(MAX_LINE + 1)
             while line := f.readline(MAX_LINE + 1):
                 yield line
-
-
-class _At(io.RawIOBase):
-    """A file descriptor read from the start with pread, so several readers share it without sharing an offset."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd, self._pos = fd, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        data = os.pread(self._fd, len(buf), self._pos)
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:  # the descriptor is the copy's, not this reader's
-        super().close()
 
 
 def _item(data: dict[str, Any]) -> Action | Skipped:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from emailsync import __version__
-from emailsync.archive import DONE, journal_runs, recorded_outcomes
+from emailsync.archive import DONE, RecordedOutcomes, journal_runs, recorded_outcomes
 from emailsync.errors import UserError
-from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, seal, summary_column
+from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, loads, seal, summary_column
 from emailsync.planfile import PLAN_NAME, read_plan
 from emailsync.stores.dynamodb import set_path
 
@@ -48,35 +49,43 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
     runs = [j for j, _ in journal_runs(plan_path, plan.digest)]
     if not runs:
         raise UserError(f"{plan_path.parent}: no apply journal (apply-*.jsonl) beside the plan: it was never applied")
-    outcomes = recorded_outcomes(plan_path, plan.digest)
+    with recorded_outcomes(plan_path, plan.digest) as outcomes, _Rows() as rows:
+        return _build(plan, plan_path, runs, outcomes, rows, now)
 
+
+def _build(
+    plan: Plan,
+    plan_path: Path,
+    runs: list[Path],
+    outcomes: RecordedOutcomes,
+    rows: _Rows,
+    now: datetime | None,
+) -> Plan:
     def done() -> Iterator[Action]:
         """The applied actions, streamed from the plan again on each call (a plan of millions is never held)."""
         return (a for a in plan.actions if outcomes.get(a.id) in UNDOABLE)
 
-    # First pass: how many are undone, the last step, the rows deleted, and the rows whose whole image or key the
-    # reverts carry (their new values are gathered in a second pass; only those rows).
+    # First pass: how many are undone, the last step, the rows deleted, the rows whose whole image or key the
+    # reverts carry, and every new value written to a PostgreSQL row (read back only for those rows).
     n_done, last = 0, 0
-    deleted: set[tuple[str, str, str]] = set()
-    imaged: set[tuple[str, str, str]] = set()
     for a in plan.actions:
         last = max(last, a.step)
         if outcomes.get(a.id) not in UNDOABLE:
             continue
         n_done += 1
         if a.kind == "delete-on-conflict":
-            deleted.add(_row(a))
-        elif a.store == "postgres" and a.row is not None:
-            imaged.add(_row(a))
+            rows.mark(_row(a), deleted=True)
+        elif a.store == "postgres":
+            if a.row is not None:
+                rows.mark(_row(a), deleted=False)
+            if a.column is not None:
+                rows.new_value(_row(a), a.column, a.new)
+    rows.flush()
     if not n_done:
         raise UserError(
             f"{plan_path.parent}: no action of the plan is recorded as applied in {', '.join(p.name for p in runs)}; "
             "there is nothing to roll back"
         )
-    new_values: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
-    for a in done():
-        if a.store == "postgres" and a.kind != "delete-on-conflict" and a.column is not None and _row(a) in imaged:
-            new_values[_row(a)][a.column] = a.new
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
     # seal() takes every action first and reads the header after: the summary and the warning are filled in then.
     summary_rows: list[dict[str, Any]] = []
@@ -85,7 +94,7 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
     def every_action() -> Iterator[Action]:
         n = 0
         for a in done():
-            for x in _undo(a, last, deleted, new_values):
+            for x in _undo(a, last, rows):
                 summary[(x.target, x.table, summary_column(x), x.kind)] += 1
                 n += 1
                 yield x
@@ -119,12 +128,7 @@ def build_rollback(plan_dir: Path, *, now: datetime | None = None) -> Plan:
     return seal(body)
 
 
-def _undo(
-    a: Action,
-    last: int,
-    deleted: set[tuple[str, str, str]],
-    new_values: dict[tuple[str, str, str], dict[str, Any]],
-) -> Iterator[Action]:
+def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
     """The action that undoes one applied action (none for a change to a row that is put back whole)."""
     step = last + 1 - a.step
     common: dict[str, Any] = {
@@ -147,8 +151,8 @@ def _undo(
                 reason=f"re-insert the row deleted by {a.id}",
                 **(common | {"step": last + 2}),
             )
-        elif _row(a) not in deleted:
-            changed = new_values.get(_row(a), {})
+        elif not rows.deleted(_row(a)):
+            changed = rows.new_values(_row(a))
             key_after = {k: changed.get(k, v) for k, v in a.key.items()}
             image = None if a.row is None else {**a.row, **changed}
             yield Action(
@@ -190,8 +194,62 @@ def _undo(
         )
 
 
-def _row(a: Action) -> tuple[str, str, str]:
-    return (a.target, a.table, dumps(a.key))
+def _row(a: Action) -> str:
+    return dumps([a.target, a.table, a.key])
+
+
+class _Rows:
+    """What the reverts need to know about the rows the applied actions touched, in a private temporary SQLite
+    database (on disk, removed when closed) rather than in memory: which rows were deleted, which carry their
+    image (imaged), and the new values written to each. Marks and values are buffered and written in batches."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")
+        self._db.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+            "CREATE TABLE marks (row TEXT PRIMARY KEY, deleted INTEGER NOT NULL, imaged INTEGER NOT NULL)"
+            " WITHOUT ROWID;"
+            "CREATE TABLE newval (row TEXT, col TEXT, new TEXT NOT NULL, PRIMARY KEY (row, col)) WITHOUT ROWID;"
+        )
+        self._marks: list[tuple[str, int]] = []
+        self._values: list[tuple[str, str, str]] = []
+
+    def mark(self, row: str, *, deleted: bool) -> None:
+        self._marks.append((row, int(deleted)))
+        if len(self._marks) >= 50_000:
+            self.flush()
+
+    def new_value(self, row: str, column: str, new: Any) -> None:
+        self._values.append((row, column, dumps(new)))
+        if len(self._values) >= 50_000:
+            self.flush()
+
+    def flush(self) -> None:
+        self._db.executemany(
+            "INSERT INTO marks VALUES (?1, ?2, 1 - ?2) ON CONFLICT (row) DO UPDATE SET "
+            "deleted = max(deleted, excluded.deleted), imaged = max(imaged, excluded.imaged)",
+            self._marks,
+        )
+        self._db.executemany("INSERT OR REPLACE INTO newval VALUES (?, ?, ?)", self._values)  # the last one wins
+        self._marks.clear()
+        self._values.clear()
+
+    def deleted(self, row: str) -> bool:
+        found = self._db.execute("SELECT deleted FROM marks WHERE row = ?", (row,)).fetchone()
+        return bool(found and found[0])
+
+    def new_values(self, row: str) -> dict[str, Any]:
+        """The new values written to the row, when the reverts carry its whole image (else none are needed)."""
+        found = self._db.execute("SELECT imaged FROM marks WHERE row = ?", (row,)).fetchone()
+        if not (found and found[0]):
+            return {}
+        return {c: loads(v) for c, v in self._db.execute("SELECT col, new FROM newval WHERE row = ?", (row,))}
+
+    def __enter__(self) -> _Rows:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._db.close()
 
 
 def _id(a: Action, what: str) -> str:
