@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from array import array
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import IO
+
+from emailsync.files import reader_from_start
 
 
 @dataclass(slots=True)
@@ -17,17 +22,23 @@ class Outcome:
     kind: str | None = None
 
 
+SPILL_AFTER = 50_000  # outcomes whose ids and details are held before they go to a temporary file
+
+
 class CompactOutcomes(MutableMapping[str, Outcome]):
-    """The outcomes of many actions in little memory (about 80 bytes each, against some 250 for a dict of Outcome
-    objects): the ids in a list, statuses, tables and kinds as small numbers, details only where there is one.
-    Appended in order and read by iterating; looking one up by id builds an index the first time."""
+    """The outcomes of many actions in bounded memory: statuses, tables and kinds as small numbers (4 bytes an
+    action), the ids and details of all but the last SPILL_AFTER in an unnamed temporary file, one line each.
+    Appended in order and read by iterating (each pass reads the file again); looking one up by id builds an index
+    the first time (only small sets of outcomes are looked up)."""
 
     def __init__(self) -> None:
-        self._ids: list[str] = []
+        self._ids: list[str] = []  # the ids not yet spilled, from position self._spilled on
+        self._details: dict[int, str] = {}  # by position, not yet spilled
+        self._spilled = 0
+        self._file: IO[bytes] | None = None
         self._status = array("B")
         self._table = array("H")
         self._kind = array("B")
-        self._details: dict[int, str] = {}
         self._names: dict[str | None, int] = {}
         self._values: list[str | None] = []
         self._index: dict[str, int] | None = None
@@ -40,23 +51,59 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
         return code
 
     def add(self, aid: str, o: Outcome) -> None:
+        n = len(self._status)
         if self._index is not None:
-            self._index[aid] = len(self._ids)
+            self._index[aid] = n
         if o.detail is not None:
-            self._details[len(self._ids)] = o.detail
+            self._details[n] = o.detail
         self._ids.append(aid)
         self._status.append(self._code(o.status))
         self._table.append(self._code(o.table))
         self._kind.append(self._code(o.kind))
+        if len(self._ids) >= SPILL_AFTER:
+            self._spill()
 
-    def _at(self, i: int) -> Outcome:
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # lives as long as the outcomes
+        out = self._file
+        for i, aid in enumerate(self._ids, self._spilled):
+            # One line per outcome: the id, and the detail after a tab; JSON strings where they would be ambiguous.
+            text = aid if _plain(aid) else json.dumps(aid)
+            detail = self._details.get(i)
+            line = text if detail is None else f"{text}\t{json.dumps(detail)}"
+            out.write(line.encode("utf-8", "surrogatepass") + b"\n")
+        out.flush()
+        self._spilled += len(self._ids)
+        self._ids.clear()
+        self._details.clear()
+
+    def _records(self) -> Iterator[tuple[int, str, str | None]]:
+        """(position, id, detail) of every outcome, in order."""
+        i = 0
+        if self._file is not None:
+            for raw in reader_from_start(self._file.fileno(), 1 << 20):
+                if i >= self._spilled:
+                    break
+                text, _, detail = raw.decode("utf-8", "surrogatepass").rstrip("\n").partition("\t")
+                yield i, (json.loads(text) if text.startswith('"') else text), (json.loads(detail) if detail else None)
+                i += 1
+        for j, aid in enumerate(self._ids, self._spilled):
+            yield j, aid, self._details.get(j)
+
+    def _at(self, i: int, detail: str | None) -> Outcome:
         v = self._values
-        return Outcome(v[self._status[i]] or "", self._details.get(i), v[self._table[i]], v[self._kind[i]])
+        return Outcome(v[self._status[i]] or "", detail, v[self._table[i]], v[self._kind[i]])
+
+    def _indexed(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {aid: i for i, aid, _ in self._records()}
+        return self._index
 
     def __getitem__(self, aid: str) -> Outcome:
-        if self._index is None:
-            self._index = {x: i for i, x in enumerate(self._ids)}
-        return self._at(self._index[aid])
+        i = self._indexed()[aid]
+        detail = next((d for j, _, d in self._records() if j == i), None) if i < self._spilled else self._details.get(i)
+        return self._at(i, detail)
 
     def __setitem__(self, aid: str, o: Outcome) -> None:
         if aid in self:
@@ -67,21 +114,19 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
         raise TypeError("outcomes are only added")
 
     def __contains__(self, aid: object) -> bool:
-        if self._index is None:
-            self._index = {x: i for i, x in enumerate(self._ids)}
-        return aid in self._index
+        return aid in self._indexed()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
+        return (aid for _, aid, _ in self._records())
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._status)
 
     def items(self) -> Iterator[tuple[str, Outcome]]:  # type: ignore[override]  # an iterator, not a view
-        return ((aid, self._at(i)) for i, aid in enumerate(self._ids))
+        return ((aid, self._at(i, detail)) for i, aid, detail in self._records())
 
     def values(self) -> Iterator[Outcome]:  # type: ignore[override]
-        return (self._at(i) for i in range(len(self._ids)))
+        return (self._at(i, detail) for i, _, detail in self._records())
 
     def statuses(self) -> Mapping[str, str]:
         """id -> status, without another copy."""
@@ -112,3 +157,8 @@ class TargetResult:
     outcomes: MutableMapping[str, Outcome] = field(default_factory=dict)
     error: str | None = None
     committed: bool = False
+
+
+def _plain(aid: str) -> bool:
+    """An id written as it is: nothing in it a line, a tab or a JSON string could be confused with."""
+    return not aid.startswith('"') and "\t" not in aid and "\n" not in aid and "\r" not in aid

@@ -1,0 +1,130 @@
+"""Past a bound, the lines of a plan being made (or a rollback being built) are sorted in runs on disk, and the
+outcomes of an apply or verify are kept in a temporary file: with the bounds lowered to a few actions, the plan file
+is the same line for line, and apply, verify, the report, the journal and the rollback do exactly what they do
+with everything in memory (the stores' final contents are checked)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import plan_doc, plan_lines, rollback_plan
+
+import emailsync.plan
+import emailsync.stores.outcome
+
+N = 40  # rows; with a unique email and a few conflicts, about fifty actions in several sections
+
+
+def _estate(ws: Any, db: Any) -> list[tuple[Any, ...]]:
+    db.execute("CREATE TABLE users (email text PRIMARY KEY, name text)")
+    db.execute("CREATE TABLE logins (id int PRIMARY KEY, email text UNIQUE, aliases text[])")
+    for i in range(N):
+        db.execute("INSERT INTO users VALUES (%s, %s)", (f"u{i}@old.com", f"name {i}\twith a tab"))
+        db.execute("INSERT INTO logins VALUES (%s, %s, %s)", (i, f"u{i}@old.com", [f"u{i}@old.com", "x@y.com"]))
+    # Five new addresses already taken: those rows are deleted on conflict, and put back by the rollback.
+    for i in range(5):
+        db.execute("INSERT INTO logins VALUES (%s, %s, %s)", (1000 + i, f"u{i}@new.com", None))
+    tables = "- {table: users, columns: [email]}\n- {table: logins, columns: [email, aliases]}"
+    ws.postgres_targets({"core": db}, tables)
+    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(N)})
+    return _contents(db)
+
+
+def _contents(db: Any) -> list[tuple[Any, ...]]:
+    return [
+        *db.rows("SELECT 'users', email, name, NULL::text[] FROM users ORDER BY email"),
+        *db.rows("SELECT 'logins', email, id::text, aliases FROM logins ORDER BY id"),
+    ]
+
+
+def _body(plan: Path) -> list[str]:
+    return plan_lines(plan)[1:]
+
+
+def test_a_plan_sorted_in_runs_on_disk_is_the_same_file_and_applies_and_rolls_back(
+    ws: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _estate(ws, db)
+    r, in_memory = ws.plan()
+    assert r.code == 0, r.err
+    monkeypatch.setattr(emailsync.plan, "SPILL_BYTES", 2000)  # a few lines per run: a dozen runs
+    monkeypatch.setattr(emailsync.stores.outcome, "SPILL_AFTER", 3)
+    r, spilled = ws.plan()
+    assert r.code == 0, r.err
+    body = _body(spilled)
+    assert body == _body(in_memory) and len(body) > 80
+    kinds = {json.loads(line)["kind"] for line in body}
+    assert {"update", "array-replace", "delete-on-conflict"} <= kinds
+
+    r = ws.run("verify", str(spilled), "--format", "json")
+    assert r.code == 3, r.out + r.err  # 3: not every action is in its after state yet
+    states = json.loads(r.out)
+    assert len(states["actions"]) == len(body) and {a["state"] for a in states["actions"]} == {"before"}
+
+    r = ws.run("apply", str(spilled), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    r = ws.run("verify", str(spilled), "--format", "json")
+    assert r.code == 0 and json.loads(r.out)["counts"] == {"after": len(body), "before": 0, "drifted": 0}, r.out
+    after = _contents(db)
+    assert ("users", "u7@new.com", "name 7\twith a tab", None) in after
+    assert not any("@old.com" in str(row) for row in after)
+    assert sum(1 for row in after if row[0] == "logins") == N  # the five conflicting rows were deleted
+    report = json.loads(spilled.with_name("report.json").read_text())
+    ids = sorted(json.loads(line)["id"] for line in body)
+    assert sorted(a["id"] for a in report["actions"]) == ids
+    assert {a["status"] for a in report["actions"]} == {"applied"}
+
+    rb = rollback_plan(ws, spilled)
+    undo = plan_doc(rb)["actions"]
+    assert sum(1 for a in undo if a["kind"] == "insert-row") == 5
+    r = ws.run("apply", str(rb), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert _contents(db) == before
+
+
+def test_a_rollback_sorted_in_runs_is_the_same_file_as_one_sorted_in_memory(
+    ws: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _estate(ws, db)
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    folder = plan.parent
+    out_a, out_b = folder / "rb-a.jsonl.gz", folder / "rb-b.jsonl.gz"
+    assert ws.run("rollback", str(folder), "--out", str(out_a)).code == 0
+    monkeypatch.setattr(emailsync.plan, "SPILL_BYTES", 1500)
+    assert ws.run("rollback", str(folder), "--out", str(out_b)).code == 0
+    assert _body(out_a) == _body(out_b) and len(_body(out_a)) > 40
+    # Same header apart from when it was made, so the same digest scheme covers the same body.
+    ha, hb = (json.loads(gzip.decompress(p.read_bytes()).split(b"\n", 1)[0]) for p in (out_a, out_b))
+    assert ha["body_sha256"] == hb["body_sha256"] and ha["summary"] == hb["summary"]
+
+
+def test_spilled_outcomes_keep_ids_and_details_that_look_like_the_file_format() -> None:
+    """Ids and details with tabs, newlines, quotes and non-ASCII text come back exactly, in order, whether held or
+    spilled, and can be looked up by id."""
+    from emailsync.stores.outcome import CompactOutcomes, Outcome
+
+    outcomes = CompactOutcomes()
+    weird = ['"quoted', "tab\there", "new\nline", "plain", "é\u2028", "x" * 300]
+    expected = []
+    for n in range(3 * len(weird)):
+        aid = f"{weird[n % len(weird)]}-{n}"
+        o = Outcome(["applied", "stale", "failed"][n % 3], None if n % 2 else f'detail\t{n}\n"é"', f"t{n % 4}", "k")
+        outcomes.add(aid, o)
+        expected.append((aid, o))
+    assert outcomes._spilled > 0  # noqa: SLF001  # the point of the test: part of them is on disk
+    assert list(outcomes.items()) == expected
+    assert list(outcomes) == [aid for aid, _ in expected] and len(outcomes) == len(expected)
+    assert outcomes[expected[4][0]] == expected[4][1] and expected[-1][0] in outcomes and "absent" not in outcomes
+    assert list(outcomes.statuses().values()) == [o.status for _, o in expected]
+
+
+@pytest.fixture(autouse=True)
+def _small_spill_for_the_unit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.name.startswith("test_spilled_outcomes"):
+        monkeypatch.setattr(emailsync.stores.outcome, "SPILL_AFTER", 4)
