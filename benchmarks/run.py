@@ -216,7 +216,7 @@ def run_floor(dsn: str, mapping: dict[str, str]) -> dict[str, Any]:
     pass bringing every change to the client, then conditional writes and one read-back. Seconds per phase."""
     from psycopg.types.json import Jsonb
 
-    from emailsync.stores.postgres import _walk_replace  # the same replacement anywhere in a document
+    from emailsync.stores.postgres.planner import _walk_replace  # the same replacement anywhere in a document
 
     out: dict[str, Any] = {"reads": {}}
     t0 = time.perf_counter()

@@ -244,7 +244,7 @@ def _pid(value: Any) -> int | None:
 def killed_runs(plan_path: Path, digest: str) -> frozenset[str]:
     """Runs of this plan whose journals never reached their end because they were killed: not those still running
     in another process on this host (one that has released its locks and is writing its report)."""
-    from emailsync.ledger import process_alive
+    from emailsync.stores.ledger import process_alive
 
     host, me = socket.gethostname(), os.getpid()
 

@@ -476,8 +476,9 @@ def unlock(
 ) -> None:
     """Release the apply lock a crashed `emailsync apply` left on a DynamoDB target (only that lock)."""
     from emailsync.config import load_targets
-    from emailsync.ledger import unlock_dynamodb
-    from emailsync.stores.dynamodb import call, client_for
+    from emailsync.stores import registry
+    from emailsync.stores.dynamodb.client import call
+    from emailsync.stores.dynamodb.ledger import unlock_dynamodb
 
     try:
         loaded = load_targets(targets)
@@ -494,7 +495,7 @@ def unlock(
         t = ddb[target]
         if not t.ledger_table:
             raise UserError(f"{targets}: target {target!r} has no ledger_table, so it has no lock to release")
-        msg = call(t, f"unlock in {t.ledger_table}", lambda: unlock_dynamodb(t, client_for(t), lock_id))
+        msg = call(t, f"unlock in {t.ledger_table}", lambda: unlock_dynamodb(t, registry.client_for(t), lock_id))
     except UserError as e:
         _fail(e)
     typer.echo(msg)

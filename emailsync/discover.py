@@ -40,7 +40,7 @@ from emailsync.files import write_atomic
 from emailsync.mappings import is_email
 
 if TYPE_CHECKING:
-    from emailsync.stores.pg_catalog import ColumnKind
+    from emailsync.stores.postgres.catalog import ColumnKind
 
 DEFAULT_SAMPLE = 1000
 MAX_SAMPLE = 100_000
@@ -191,10 +191,10 @@ def _holds_email(kind: str, value: Any) -> bool | None:
 
 
 def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
-    from emailsync.stores.pg_catalog import column_kind, display_ident
-    from emailsync.stores.postgres import connect
+    from emailsync.stores import registry
+    from emailsync.stores.postgres.catalog import column_kind, display_ident
 
-    conn = connect(target)
+    conn = registry.connect(target)
     try:
         conn.read_only = True
         # Bounded on a busy production database: never wait long for a lock, never run long. Session settings,
@@ -469,9 +469,10 @@ def _walk_item(item: dict[str, Any], stats: dict[str, _AttrStats], prefix: str =
 
 
 def discover_dynamodb(target: DynamoTarget, sample: int) -> TargetFinding:
-    from emailsync.stores.dynamodb import call, client_for
+    from emailsync.stores import registry
+    from emailsync.stores.dynamodb.client import call
 
-    client = client_for(target, probe=True)
+    client = registry.client_for(target, probe=True)
     names: list[str] = []
     kwargs: dict[str, Any] = {}
     while True:

@@ -3,9 +3,9 @@ while each step keeps its own order. dbt and SQLMesh run their steps the same wa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -19,6 +19,20 @@ class Step(Protocol[T_co]):
     def cancel(self) -> None:
         """Stop soon (called from another thread when a sibling step failed, or on Ctrl-C); run() then raises."""
         ...
+
+
+class Call(Generic[T]):
+    """A step made of a function, stopped by `stop` (by default it cannot be stopped: it runs to its end)."""
+
+    def __init__(self, fn: Callable[[], T], stop: Callable[[], None] | None = None) -> None:
+        self._fn, self._stop = fn, stop
+
+    def run(self) -> T:
+        return self._fn()
+
+    def cancel(self) -> None:
+        if self._stop is not None:
+            self._stop()
 
 
 def default_width(steps: int) -> int:

@@ -32,7 +32,7 @@ from emailsync.archive import DONE, RecordedOutcomes, journal_runs, recorded_out
 from emailsync.errors import UserError
 from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, loads, seal, summary_column
 from emailsync.planfile import PLAN_NAME, read_plan
-from emailsync.stores.dynamodb import set_path
+from emailsync.stores.dynamodb.items import set_path
 
 UNDOABLE = (*DONE, "needs-review", "maybe-applied")  # needs-review: written, but not as planned
 

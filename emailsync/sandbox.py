@@ -261,7 +261,7 @@ def _dump_dynamodb(url: str) -> list[str]:
     import boto3
 
     from emailsync.render import ddb_key
-    from emailsync.stores.dynamodb import item_to_json
+    from emailsync.stores.dynamodb.items import item_to_json
 
     client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
     out = []

@@ -146,11 +146,11 @@ def apply_reviewed(
     from emailsync.applier import apply_plan
     from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
     from emailsync.config import load_targets
-    from emailsync.ledger import Run
     from emailsync.planfile import read_plan
     from emailsync.replan import replan_check_or_fail
     from emailsync.signing import check as check_signature
     from emailsync.signing import plan_key
+    from emailsync.stores.ledger import Run
 
     if opts.confirm_live and opts.skip_live:
         raise UserError(

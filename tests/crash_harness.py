@@ -121,7 +121,7 @@ def install(kp: KillPoint) -> None:
 
     import emailsync.archive
     import emailsync.cli
-    from emailsync.stores.pg_apply import PostgresApplier
+    from emailsync.stores.postgres.applier import PostgresApplier
 
     original_run_step = PostgresApplier._run_step
     original_run = PostgresApplier.run

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import emailsync.applier
-import emailsync.stores.dynamodb as ddb_store
+from emailsync.stores import registry
 
 
 def employees(db: Any) -> list[tuple[Any, ...]]:
@@ -42,19 +41,17 @@ def hook_dynamodb(ws: Any, event: str, handler: Callable[..., Any]) -> Callable[
     """Register a botocore event handler on every DynamoDB client emailsync makes (plan and apply).
 
     Returns a function that removes the hook again (for a second run that should behave normally)."""
-    original = ddb_store.client_for
+    original = registry.client_for
 
     def client_for(target: Any, **kw: Any) -> Any:
         c = original(target, **kw)
         c.meta.events.register(event, handler)
         return c
 
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", client_for)
-    ws.monkeypatch.setattr(ddb_store, "client_for", client_for)
+    ws.monkeypatch.setattr(registry, "client_for", client_for)  # the one seam every DynamoDB client comes through
 
     def unhook() -> None:
-        ws.monkeypatch.setattr(emailsync.applier, "client_for", original)
-        ws.monkeypatch.setattr(ddb_store, "client_for", original)
+        ws.monkeypatch.setattr(registry, "client_for", original)
 
     return unhook
 

@@ -11,7 +11,7 @@ from typing import Any
 from conftest import Database, Dynamo
 from helpers import cli_process, hook_dynamodb
 
-from emailsync.ledger import PgLedger
+from emailsync.stores.postgres.ledger import PgLedger
 
 AREA = "two appliers at once"
 

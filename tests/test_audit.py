@@ -15,7 +15,7 @@ from helpers import apply_confirmed as _apply
 from helpers import assert_user_error, plan_doc
 from helpers import raw_items as _raw_items
 
-from emailsync.ledger import pg_lock_key
+from emailsync.stores.postgres.ledger import pg_lock_key
 
 TARGETS = """version: 1
 mappings: m.json

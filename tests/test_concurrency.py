@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from helpers import cli_process, hook_dynamodb
 
-from emailsync.ledger import PgLedger
-from emailsync.stores.pg_apply import PostgresApplier
+from emailsync.stores.postgres.applier import PostgresApplier
+from emailsync.stores.postgres.ledger import PgLedger
 
 # -- shared helpers -------------------------------------------------------------------------------------------------
 

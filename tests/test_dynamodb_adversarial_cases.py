@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from helpers import hook_dynamodb
 
-import emailsync.applier
-import emailsync.stores.dynamodb as ddb_store
+import emailsync.stores.dynamodb.client as ddb_client
+from emailsync.stores import registry
 
 
 def _targets(ws, tables_yaml: str, match: str = "exact") -> None:
@@ -48,7 +48,7 @@ def _hook(ws, event: str, handler) -> None:
 
 
 def _unhook(ws) -> None:
-    ws.monkeypatch.setattr(emailsync.applier, "client_for", ddb_store.client_for)
+    ws.monkeypatch.setattr(registry, "client_for", ddb_client.client_for)
 
 
 class Crash(Exception):
@@ -135,7 +135,7 @@ def test_crash_between_steps_of_a_chain_resumes(ddb, ws):
         {"PK": "USER#d@x.com", "from": "c"},
     ]
     _unhook(ws)
-    ws.monkeypatch.setattr(ddb_store, "client_for", ddb_store.client_for)
+    ws.monkeypatch.setattr(registry, "client_for", ddb_client.client_for)
     r = _apply(ws, plan)
     assert ddb.items("users") == [
         {"PK": "USER#b@x.com", "from": "a"},

@@ -7,7 +7,7 @@ import json
 
 from helpers import assert_user_error, plan_lines, write_plan_lines
 
-import emailsync.applier
+from emailsync.stores import registry
 
 
 def _apply(ws, plan, *extra):
@@ -51,7 +51,7 @@ def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(d
     temporary tables have been accessed in the session") once the session has touched a temporary table: every apply
     through a session pooler whose server session ran a plan (or anything with a temp table) failed and rolled back."""
     plan = _two_employees_planned(db, ws)
-    _session_used_before(ws.monkeypatch, emailsync.applier)
+    _session_used_before(ws.monkeypatch, registry)
     r = _apply(ws, plan)
     assert r.code == 0, r.out + r.err
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a2@x.com"), (2, "b2@x.com")]
@@ -62,7 +62,7 @@ def test_apply_on_a_session_that_already_used_temporary_tables_writes_the_plan(d
 def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_states(db, ws):
     """Found in review: the same set_config in classify_only: `emailsync verify` fails instead of reporting "before"."""
     plan = _two_employees_planned(db, ws)
-    _session_used_before(ws.monkeypatch, emailsync.applier)  # verify connects as apply does (reach_targets)
+    _session_used_before(ws.monkeypatch, registry)  # verify connects through the same seam as apply
     r = ws.run("verify", str(plan), "--json")
     assert r.code == 3, r.out + r.err
     out = json.loads(r.out)

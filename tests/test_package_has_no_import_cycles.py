@@ -41,7 +41,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_the_graph_is_read():
     graph = import_graph()
     assert "emailsync.applier" in graph["emailsync.cli"] or any("emailsync.applier" in v for v in graph.values())
-    assert "emailsync.stores.dynamodb" in graph["emailsync.stores.ddb_apply"]
+    assert "emailsync.stores.dynamodb.client" in graph["emailsync.stores.dynamodb.applier"]
     assert "emailsync.cli" in graph["emailsync.console"]  # an import inside a function counts
 
 

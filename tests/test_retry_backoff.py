@@ -14,8 +14,8 @@ from botocore.awsrequest import AWSResponse
 from helpers import hook_dynamodb
 
 import emailsync.retry
-import emailsync.stores.ddb_apply
-import emailsync.stores.dynamodb as ddb_store
+import emailsync.stores.dynamodb.applier
+import emailsync.stores.dynamodb.client as ddb_store
 from emailsync.errors import UserError
 from emailsync.retry import BASE, CAP, backoff_delay, retry
 
@@ -31,7 +31,7 @@ def _client_error(code: str) -> botocore.exceptions.ClientError:
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The attempt number of every back-off wait, from every caller, instead of sleeping."""
     seen: list[int] = []
-    for module in (emailsync.retry, ddb_store, emailsync.stores.ddb_apply):
+    for module in (emailsync.retry, ddb_store, emailsync.stores.dynamodb.applier):
         monkeypatch.setattr(module, "backoff_sleep", seen.append)
     return seen
 

@@ -19,7 +19,7 @@ from helpers import assert_user_error, listing, refused
 from emailsync.applier import check_reached
 from emailsync.config import DynamoTable, DynamoTarget, load_targets
 from emailsync.planfile import read_plan
-from emailsync.stores.dynamodb import client_for, reached
+from emailsync.stores.dynamodb.client import client_for, reached
 
 AREA = "plan applied to another store than it was made for"
 REFUSED = "refused, exit 1, nothing written"

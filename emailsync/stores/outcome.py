@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from array import array
+from collections import Counter
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO
@@ -162,3 +163,13 @@ class TargetResult:
 def _plain(aid: str) -> bool:
     """An id written as it is: nothing in it a line, a tab or a JSON string could be confused with."""
     return not aid.startswith('"') and "\t" not in aid and "\n" not in aid and "\r" not in aid
+
+
+def ledger_status(statuses: Mapping[str, str], full: bool) -> str:
+    """complete: every action of the plan for the target is done, so applying the plan again is a replay."""
+    done = all(s in ("applied", "already-applied") for s in statuses.values())
+    return "complete" if done and full else "incomplete"
+
+
+def counts_of(res: TargetResult) -> dict[str, int]:
+    return dict(Counter(o.status for o in res.outcomes.values()))

@@ -25,7 +25,7 @@ from emailsync import progress
 from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, Action, TargetRows, dumps, line_of
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
-from emailsync.stores.pg_catalog import ForeignKey, TableMeta, foreign_keys
+from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, foreign_keys
 
 
 def _copy_text(value: str) -> str:

@@ -27,13 +27,16 @@ from emailsync.config import DynamoTarget
 from emailsync.errors import UserError
 from emailsync.plan import Action
 from emailsync.retry import backoff_sleep
-from emailsync.stores.dynamodb import (
+from emailsync.stores.dynamodb.client import (
     MAX_EXPRESSION,
     MAX_TX_BYTES,
     MAX_TX_ITEMS,
     RETRYABLE,
     batch_get,
     call,
+    with_backoff,
+)
+from emailsync.stores.dynamodb.items import (
     from_json,
     item_from_json,
     item_size,
@@ -41,7 +44,6 @@ from emailsync.stores.dynamodb import (
     keystr,
     normalized,
     set_path,
-    with_backoff,
 )
 from emailsync.stores.outcome import Outcome, TargetResult
 

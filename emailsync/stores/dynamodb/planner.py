@@ -1,4 +1,4 @@
-"""DynamoDB: connecting, reading configured tables, and planning item changes.
+"""DynamoDB: reading configured tables, and planning item changes.
 
 One Scan pass per table (parallel segments), whatever the number of mappings: every item is matched against
 the mapping in memory, and only items that will change are kept. Those are then read whole with strongly
@@ -8,273 +8,29 @@ consistent BatchGetItem, and every decision is made on the whole item. Items are
 
 from __future__ import annotations
 
-import base64
 import copy
 import threading
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import botocore.exceptions
 
 from emailsync import progress
 from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
-from emailsync.plan import dumps
-from emailsync.retry import backoff_sleep, retry
+from emailsync.stores.dynamodb.client import (
+    MAX_HASH_KEY_BYTES,
+    MAX_ITEM_BYTES,
+    MAX_RANGE_KEY_BYTES,
+    batch_get,
+    call,
+    reached,
+)
+from emailsync.stores.dynamodb.items import get_path, item_from_json, item_size, item_to_json, keystr, set_path, to_json
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
-
-# DynamoDB's real limits, enforced here whether or not the endpoint enforces them.
-MAX_TX_ITEMS = 100
-MAX_TX_BYTES = 4 * 1024 * 1024
-MAX_BATCH_GET = 100
-BATCH_GET_ATTEMPTS = 10  # requests per 100 keys while some come back unprocessed (throttled)
-MAX_EXPRESSION = 4096
-MAX_ITEM_BYTES = 400 * 1024
-MAX_HASH_KEY_BYTES = 2048
-MAX_RANGE_KEY_BYTES = 1024
-
-RETRYABLE = {
-    "TransactionConflict",
-    "TransactionConflictException",
-    "ThrottlingException",
-    "ThrottlingError",
-    "ProvisionedThroughputExceeded",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-}
-
-
-def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
-    # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
-    # (the first contact, which finds a wrong endpoint) gives up quickly instead.
-    # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
-    import boto3
-    import botocore.config
-
-    cfg = botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
-        connect_timeout=5 if probe else 10,
-        read_timeout=60,
-    )
-    try:
-        session = boto3.Session(profile_name=target.profile, region_name=target.region)
-        return session.client("dynamodb", endpoint_url=target.endpoint_url, config=cfg)
-    except botocore.exceptions.ProfileNotFound:
-        raise UserError(f"target {target.name!r}: AWS profile {target.profile!r} is not configured") from None
-    except botocore.exceptions.NoRegionError:
-        raise UserError(
-            f"target {target.name!r}: no AWS region; set `region:` for the target or AWS_DEFAULT_REGION"
-        ) from None
-
-
-# AWS's own DynamoDB endpoints: only behind those does an AWS account stand, which STS can name.
-_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
-
-
-def reached(target: DynamoTarget, client: DynamoDBClient) -> dict[str, str | None]:
-    """Where this client sends its requests, as botocore resolved it from targets.yaml, AWS_ENDPOINT_URL_DYNAMODB,
-    AWS_ENDPOINT_URL, the profile and the region; and, on AWS's own endpoints, the account of the credentials.
-    DynamoDB Local and other stand-ins have no account: None. Recorded in plans and checked by apply."""
-    url = urllib.parse.urlsplit(client.meta.endpoint_url)
-    host = url.hostname
-    aws = host is not None and host.endswith(_AWS_HOST_SUFFIXES)
-    return {
-        "host": host,
-        "port": str(url.port) if url.port else None,
-        "database": client.meta.region_name,
-        "account": account_of(target) if aws else None,
-    }
-
-
-def account_of(target: DynamoTarget) -> str:
-    """The AWS account the target's credentials belong to (STS GetCallerIdentity needs no permission)."""
-    import boto3
-    import botocore.config
-
-    cfg = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
-    try:
-        sts = boto3.Session(profile_name=target.profile, region_name=target.region).client("sts", config=cfg)
-        return str(call(target, "STS GetCallerIdentity", sts.get_caller_identity)["Account"])
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise UserError(
-            f"target {target.name!r}: cannot tell which AWS account the credentials belong to (STS "
-            f"GetCallerIdentity: {e}); plans record the account so that one is never applied to another account"
-        ) from None
-
-
-def call(target: DynamoTarget, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """One request, with the failures a user can fix turned into clear errors (never credentials)."""
-    try:
-        return fn(**kwargs)
-    except botocore.exceptions.ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        msg = e.response.get("Error", {}).get("Message", "")
-        if code == "ResourceNotFoundException":
-            raise UserError(f"target {target.name!r}: {what}: table not found ({msg}); check the table name") from None
-        if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"):
-            raise UserError(f"target {target.name!r}: {what}: access denied ({code}); check the credentials") from None
-        raise
-    except botocore.exceptions.NoCredentialsError:
-        raise UserError(
-            f"target {target.name!r}: no AWS credentials found; configure a profile or the AWS_* variables"
-        ) from None
-    except botocore.exceptions.EndpointConnectionError as e:
-        raise UserError(f"target {target.name!r}: cannot reach DynamoDB at {e.kwargs.get('endpoint_url')}") from None
-
-
-def is_retryable(e: Exception) -> bool:
-    """Throttling, a transaction conflict or a passing server error: the same request may succeed later."""
-    return isinstance(e, botocore.exceptions.ClientError) and e.response.get("Error", {}).get("Code", "") in RETRYABLE
-
-
-def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
-    """Retry throttling and transaction conflicts with jittered exponential backoff, a bounded number of times."""
-    return retry(fn, attempts=attempts, retryable=is_retryable)
-
-
-def batch_get(
-    target: DynamoTarget, client: DynamoDBClient, table: str, keys: list[dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Whole items by key (boto3 form), strongly consistent, 100 keys a request, unprocessed keys retried with
-    backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
-    out: dict[str, dict[str, Any]] = {}
-    names = list(keys[0]) if keys else []
-    unique = list({keystr(item_to_json(k)): k for k in keys}.values())  # a request may not repeat a key
-    for i in range(0, len(unique), MAX_BATCH_GET):
-        pending = {table: {"Keys": unique[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
-        for attempt in range(BATCH_GET_ATTEMPTS):
-            if attempt:
-                backoff_sleep(attempt - 1)
-            resp = call(target, f"read {table}", client.batch_get_item, RequestItems=pending)
-            for item in resp.get("Responses", {}).get(table, []):
-                out[keystr(item_to_json({k: item[k] for k in names}))] = item
-            pending = resp.get("UnprocessedKeys") or {}
-            if not pending:
-                break
-        else:
-            raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
-    return out
-
-
-# --- values --------------------------------------------------------------------------------------------------
-
-
-def to_json(av: dict[str, Any]) -> dict[str, Any]:
-    """A boto3 AttributeValue as plan JSON: binary as base64, sets sorted (sets have no order)."""
-    ((t, v),) = av.items()
-    if t == "B":
-        return {"B": base64.b64encode(v).decode()}
-    if t == "BS":
-        return {"BS": sorted(base64.b64encode(x).decode() for x in v)}
-    if t in ("SS", "NS"):
-        return {t: sorted(v)}
-    if t == "M":
-        return {"M": {k: to_json(x) for k, x in v.items()}}
-    if t == "L":
-        return {"L": [to_json(x) for x in v]}
-    return {t: v}
-
-
-def from_json(av: dict[str, Any]) -> dict[str, Any]:
-    ((t, v),) = av.items()
-    if t == "B":
-        return {"B": base64.b64decode(v)}
-    if t == "BS":
-        return {"BS": [base64.b64decode(x) for x in v]}
-    if t == "M":
-        return {"M": {k: from_json(x) for k, x in v.items()}}
-    if t == "L":
-        return {"L": [from_json(x) for x in v]}
-    return {t: v}
-
-
-def item_to_json(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: to_json(v) for k, v in item.items()}
-
-
-def item_from_json(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: from_json(v) for k, v in item.items()}
-
-
-def normalized(item: dict[str, Any] | None) -> Any:
-    """An item for comparison: sets as sorted lists, numbers as their decimal value."""
-    if item is None:
-        return None
-
-    def norm(av: dict[str, Any]) -> Any:
-        ((t, v),) = av.items()
-        if t in ("SS", "BS"):
-            return (t, sorted(v))
-        if t == "NS":
-            return (t, sorted(_num(x) for x in v))
-        if t == "N":
-            return (t, _num(v))
-        if t == "M":
-            return (t, {k: norm(x) for k, x in v.items()})
-        if t == "L":
-            return (t, [norm(x) for x in v])
-        return (t, v)
-
-    return {k: norm(v) for k, v in item.items()}
-
-
-def _num(text: str) -> Any:
-    from decimal import Decimal
-
-    return Decimal(text).normalize()
-
-
-def item_size(item: dict[str, Any]) -> int:
-    """DynamoDB's item size: attribute names plus values (UTF-8), close enough to enforce the 400 KB limit."""
-
-    def size(av: dict[str, Any]) -> int:
-        ((t, v),) = av.items()
-        if t == "S":
-            return len(v.encode())
-        if t == "N":
-            return len(v) // 2 + 2
-        if t == "B":
-            return len(base64.b64decode(v)) if isinstance(v, str) else len(v)
-        if t in ("SS", "NS", "BS"):
-            return sum(size({t[0]: x}) for x in v)
-        if t == "M":
-            return 3 + sum(len(k.encode()) + size(x) + 1 for k, x in v.items())
-        if t == "L":
-            return 3 + sum(size(x) + 1 for x in v)
-        return 1
-
-    return sum(len(k.encode()) + size(v) for k, v in item.items())
-
-
-def keystr(key: dict[str, Any]) -> str:
-    return dumps(key)
-
-
-def get_path(item: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
-    node: dict[str, Any] | None = item.get(path[0])
-    for part in path[1:]:
-        if not node or "M" not in node:
-            return None
-        node = node["M"].get(part)
-    return node
-
-
-def set_path(item: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> None:
-    if len(path) == 1:
-        item[path[0]] = value
-        return
-    node = item[path[0]]["M"]
-    for part in path[1:-1]:
-        node = node[part]["M"]
-    node[path[-1]] = value
 
 
 # --- planning -----------------------------------------------------------------------------------------------
@@ -400,12 +156,15 @@ def merge(existing: dict[str, Any] | None, incoming: dict[str, Any]) -> dict[str
 
 
 class DynamoPlanner:
-    def __init__(self, target: DynamoTarget, where: str, mset: MappingSet) -> None:
+    def __init__(
+        self, target: DynamoTarget, where: str, mset: MappingSet, client: DynamoDBClient, probe: DynamoDBClient
+    ) -> None:
+        """`client` reads the items; `probe` (no retries) describes the tables (see client.client_for)."""
         self.target = target
         self.where = where
         self.mset = mset
-        self.client = client_for(target)
-        self.probe = client_for(target, probe=True)
+        self.client = client
+        self.probe = probe
         self.out = DynamoTargetPlan(target)
         self._stop = threading.Event()
 

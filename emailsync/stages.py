@@ -1,0 +1,67 @@
+"""The order apply runs in, as data: apply, verify and the plan's rendering all walk STAGES (as SQLMesh keeps its
+plan stages), so the order is decided once.
+
+The old script's order, kept: every PostgreSQL database (independent transactions, so several at once), then the
+DynamoDB tables, then the live (login) tables last, after their own confirmation, so people can still sign in
+while everything else moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emailsync.plan import Action, Store
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    store: Store
+    live: bool  # this stage runs the actions on live tables (and only those)
+    parallel: bool  # its targets are independent of each other: the executor runs `--parallel` of them at once
+    confirmed: bool  # it runs only after a confirmation of its own (--confirm-live, or typing YES)
+    says: str  # one line for the reader of a plan
+
+    def holds(self, a: Action) -> bool:
+        return a.store == self.store and a.live == self.live
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "postgres",
+        "postgres",
+        live=False,
+        parallel=True,
+        confirmed=False,
+        says="PostgreSQL databases, one transaction each (several at once with --parallel)",
+    ),
+    Stage(
+        "dynamodb",
+        "dynamodb",
+        live=False,
+        parallel=False,
+        confirmed=False,
+        says="DynamoDB tables, conditional writes and transactions, target by target",
+    ),
+    Stage(
+        "live",
+        "dynamodb",
+        live=True,
+        parallel=False,
+        confirmed=True,
+        says="live tables last, after a separate confirmation, each swap verified before the old item goes",
+    ),
+)
+
+
+def stage_of(a: Action) -> Stage:
+    return next(s for s in STAGES if s.holds(a))
+
+
+def stores_in_order() -> list[Store]:
+    """The stores in the order their targets are applied and verified."""
+    out: list[Store] = []
+    for s in STAGES:
+        if s.store not in out:
+            out.append(s.store)
+    return out

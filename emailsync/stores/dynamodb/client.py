@@ -1,0 +1,155 @@
+"""DynamoDB clients: made per target, where they arrive, every call's errors and retries, and batched reads.
+
+DynamoDB's real limits are enforced here whether or not the endpoint enforces them.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+
+from emailsync.config import DynamoTarget
+from emailsync.errors import UserError
+from emailsync.retry import backoff_sleep, retry
+from emailsync.stores.dynamodb.items import item_to_json, keystr
+
+if TYPE_CHECKING:
+    from types_boto3_dynamodb.client import DynamoDBClient
+
+
+# DynamoDB's real limits, enforced here whether or not the endpoint enforces them.
+MAX_TX_ITEMS = 100
+MAX_TX_BYTES = 4 * 1024 * 1024
+MAX_BATCH_GET = 100
+BATCH_GET_ATTEMPTS = 10  # requests per 100 keys while some come back unprocessed (throttled)
+MAX_EXPRESSION = 4096
+MAX_ITEM_BYTES = 400 * 1024
+MAX_HASH_KEY_BYTES = 2048
+MAX_RANGE_KEY_BYTES = 1024
+
+RETRYABLE = {
+    "TransactionConflict",
+    "TransactionConflictException",
+    "ThrottlingException",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+}
+
+
+def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
+    # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
+    # (the first contact, which finds a wrong endpoint) gives up quickly instead.
+    # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
+    import boto3
+    import botocore.config
+
+    cfg = botocore.config.Config(
+        retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
+        connect_timeout=5 if probe else 10,
+        read_timeout=60,
+    )
+    try:
+        session = boto3.Session(profile_name=target.profile, region_name=target.region)
+        return session.client("dynamodb", endpoint_url=target.endpoint_url, config=cfg)
+    except botocore.exceptions.ProfileNotFound:
+        raise UserError(f"target {target.name!r}: AWS profile {target.profile!r} is not configured") from None
+    except botocore.exceptions.NoRegionError:
+        raise UserError(
+            f"target {target.name!r}: no AWS region; set `region:` for the target or AWS_DEFAULT_REGION"
+        ) from None
+
+
+# AWS's own DynamoDB endpoints: only behind those does an AWS account stand, which STS can name.
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+
+
+def reached(target: DynamoTarget, client: DynamoDBClient) -> dict[str, str | None]:
+    """Where this client sends its requests, as botocore resolved it from targets.yaml, AWS_ENDPOINT_URL_DYNAMODB,
+    AWS_ENDPOINT_URL, the profile and the region; and, on AWS's own endpoints, the account of the credentials.
+    DynamoDB Local and other stand-ins have no account: None. Recorded in plans and checked by apply."""
+    url = urllib.parse.urlsplit(client.meta.endpoint_url)
+    host = url.hostname
+    aws = host is not None and host.endswith(_AWS_HOST_SUFFIXES)
+    return {
+        "host": host,
+        "port": str(url.port) if url.port else None,
+        "database": client.meta.region_name,
+        "account": account_of(target) if aws else None,
+    }
+
+
+def account_of(target: DynamoTarget) -> str:
+    """The AWS account the target's credentials belong to (STS GetCallerIdentity needs no permission)."""
+    import boto3
+    import botocore.config
+
+    cfg = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
+    try:
+        sts = boto3.Session(profile_name=target.profile, region_name=target.region).client("sts", config=cfg)
+        return str(call(target, "STS GetCallerIdentity", sts.get_caller_identity)["Account"])
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+        raise UserError(
+            f"target {target.name!r}: cannot tell which AWS account the credentials belong to (STS "
+            f"GetCallerIdentity: {e}); plans record the account so that one is never applied to another account"
+        ) from None
+
+
+def call(target: DynamoTarget, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """One request, with the failures a user can fix turned into clear errors (never credentials)."""
+    try:
+        return fn(**kwargs)
+    except botocore.exceptions.ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        msg = e.response.get("Error", {}).get("Message", "")
+        if code == "ResourceNotFoundException":
+            raise UserError(f"target {target.name!r}: {what}: table not found ({msg}); check the table name") from None
+        if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException"):
+            raise UserError(f"target {target.name!r}: {what}: access denied ({code}); check the credentials") from None
+        raise
+    except botocore.exceptions.NoCredentialsError:
+        raise UserError(
+            f"target {target.name!r}: no AWS credentials found; configure a profile or the AWS_* variables"
+        ) from None
+    except botocore.exceptions.EndpointConnectionError as e:
+        raise UserError(f"target {target.name!r}: cannot reach DynamoDB at {e.kwargs.get('endpoint_url')}") from None
+
+
+def is_retryable(e: Exception) -> bool:
+    """Throttling, a transaction conflict or a passing server error: the same request may succeed later."""
+    return isinstance(e, botocore.exceptions.ClientError) and e.response.get("Error", {}).get("Code", "") in RETRYABLE
+
+
+def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
+    """Retry throttling and transaction conflicts with jittered exponential backoff, a bounded number of times."""
+    return retry(fn, attempts=attempts, retryable=is_retryable)
+
+
+def batch_get(
+    target: DynamoTarget, client: DynamoDBClient, table: str, keys: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Whole items by key (boto3 form), strongly consistent, 100 keys a request, unprocessed keys retried with
+    backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
+    out: dict[str, dict[str, Any]] = {}
+    names = list(keys[0]) if keys else []
+    unique = list({keystr(item_to_json(k)): k for k in keys}.values())  # a request may not repeat a key
+    for i in range(0, len(unique), MAX_BATCH_GET):
+        pending = {table: {"Keys": unique[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
+        for attempt in range(BATCH_GET_ATTEMPTS):
+            if attempt:
+                backoff_sleep(attempt - 1)
+            resp = call(target, f"read {table}", client.batch_get_item, RequestItems=pending)
+            for item in resp.get("Responses", {}).get(table, []):
+                out[keystr(item_to_json({k: item[k] for k in names}))] = item
+            pending = resp.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+        else:
+            raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
+    return out

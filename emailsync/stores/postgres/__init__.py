@@ -1,0 +1,2 @@
+"""PostgreSQL: connections, the catalog, planning (planner.py), applying (applier.py), the ledger, and the Store
+that puts them behind the store protocol (store.py)."""

@@ -1,0 +1,179 @@
+"""The ledger and lock of a PostgreSQL target: table emailsync.ledger in each database (created on first apply;
+`ledger: false` turns it off) and a session-level advisory lock, which the server releases by itself when the
+holder's session ends, so a killed apply never leaves it behind. The run's final ledger row is written inside the
+apply transaction, so "complete" is recorded if and only if the changes committed.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from emailsync import __version__
+from emailsync.config import PostgresTarget
+from emailsync.errors import UserError
+from emailsync.stores.ledger import LOCK_WAIT_SECONDS, PastRun, Run, only_rechecked, who_text
+
+# pg_try_advisory_lock's two int4 keys: 'emsy' and the target's name hashed. Advisory locks are per database
+# already; the name keeps two targets that share a database (different tables) from refusing each other.
+_PG_LOCK_CLASS = 0x656D7379
+
+
+def pg_lock_key(target_name: str) -> tuple[int, int]:
+    return (_PG_LOCK_CLASS, zlib.crc32(target_name.encode()) & 0x7FFFFFFF)
+
+
+LEDGER_SCHEMA = "emailsync"
+
+
+class PgLedger:
+    """The lock and ledger of one PostgreSQL target, on the connection that applies to it."""
+
+    def __init__(self, conn: psycopg.Connection, target: PostgresTarget, run: Run) -> None:
+        self.conn = conn
+        self.target = target
+        self.run = run
+        self.started = False  # a run that only re-checks a completed target records nothing
+
+    def lock(self) -> None:
+        """Take the database's apply lock (session level: a commit does not release it, a dead session does)."""
+        conn = self.conn
+        # Name the session so a second applier can say who holds the lock (63 bytes at most).
+        conn.execute("SELECT set_config('application_name', %s, false)", (f"emailsync apply {self.run.run_id}",))
+        # Polled for a few seconds: the session of an apply killed a moment ago is ended by the server as soon
+        # as it notices, and a rerun should not be refused in that instant.
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", pg_lock_key(self.target.name)).fetchone()
+            conn.commit()
+            if got and got[0]:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        holder = conn.execute(
+            """
+            SELECT a.pid, a.application_name, a.usename, a.client_hostname, a.client_addr::text,
+                   to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+                SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = %s AND l.objid = %s AND l.objsubid = 2
+            """,
+            pg_lock_key(self.target.name),
+        ).fetchone()
+        conn.rollback()
+        who = "another session"
+        if holder:
+            pid, app, usename, chost, caddr, since = holder
+            where = chost or caddr or "local"
+            who = f"{app or 'a session'} (database user {usename}, pid {pid}, from {where}, since {since})"
+        raise UserError(
+            f"target {self.target.name!r} is locked: another emailsync apply is running on this database: {who}. "
+            "Wait for it to finish; PostgreSQL releases the lock by itself when that session ends"
+        )
+
+    def ensure(self) -> None:
+        if not self.target.ledger:
+            return
+        # Created once (by the first apply, or by an administrator for a role without CREATE): not re-created,
+        # since CREATE ... IF NOT EXISTS needs the privilege even when there is nothing to create.
+        found = self.conn.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",)).fetchone()
+        self.conn.rollback()
+        if found and found[0] is not None:
+            return
+        try:
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
+            self.conn.execute(
+                sql.SQL(
+                    """
+                    CREATE TABLE IF NOT EXISTS {}.ledger (
+                        run_id text NOT NULL,
+                        target text NOT NULL,  -- targets may share a database (different tables)
+                        plan_digest text NOT NULL,
+                        status text NOT NULL,
+                        started_at timestamptz NOT NULL,
+                        finished_at timestamptz,
+                        applied_by text NOT NULL,
+                        host text NOT NULL,
+                        approver text,
+                        tool_version text NOT NULL,
+                        counts jsonb,
+                        PRIMARY KEY (run_id, target)
+                    )
+                    """
+                ).format(sql.Identifier(LEDGER_SCHEMA))
+            )
+            self.conn.commit()
+        except psycopg.Error as e:
+            self.conn.rollback()
+            msg = (e.diag.message_primary or str(e)).strip()
+            raise UserError(
+                f"target {self.target.name!r}: cannot create the ledger table {LEDGER_SCHEMA}.ledger ({msg}); "
+                "grant the apply role CREATE on the database, create it once as an administrator, or set "
+                "`ledger: false` for the target"
+            ) from None
+
+    def completed(self) -> list[PastRun]:
+        if not self.target.ledger:
+            return []
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT status, started_at, finished_at, applied_by, host, approver, run_id FROM {}.ledger "
+                "WHERE plan_digest = %s AND target = %s AND status = 'complete' ORDER BY finished_at"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (self.run.plan_digest, self.target.name),
+        ).fetchall()
+        self.conn.rollback()
+        return [
+            PastRun(self.target.name, s, _ts(st), _ts(fin), who_text(u, h, ap), rid)
+            for s, st, fin, u, h, ap, rid in rows
+        ]
+
+    def start(self) -> None:
+        if not self.target.ledger:
+            return
+        self._insert_running()
+        self.conn.commit()  # recorded even if the apply is killed
+        self.started = True
+
+    def _insert_running(self) -> None:
+        r = self.run
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.ledger (run_id, target, plan_digest, status, started_at, applied_by, host, approver, "
+                "tool_version) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s)"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (r.run_id, self.target.name, r.plan_digest, r.started_at, r.user, r.host, r.approver, __version__),
+        )
+
+    def finish(self, status: str, counts: dict[str, int]) -> None:
+        """Record the end of the run in the current transaction (the caller commits or rolls back with it).
+
+        A run that was not started (it only re-checks a target the ledger records as complete) is recorded here,
+        in the same transaction, if it found anything but already-applied actions: what it wrote, or what it found
+        stale, belongs in the ledger; a pure re-check does not."""
+        if not self.target.ledger or (not self.started and only_rechecked(counts)):
+            return
+        if not self.started:
+            self._insert_running()
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {}.ledger SET status = %s, finished_at = now(), counts = %s WHERE run_id = %s AND target = %s"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (status, Jsonb(counts), self.run.run_id, self.target.name),
+        )
+
+
+def _ts(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(v)

@@ -1,0 +1,293 @@
+"""A PostgreSQL target behind the store protocol (stores/base.py): planned from one snapshot, applied in one
+transaction with its ledger row inside it, verified without writing.
+
+A target's actions are never held here: they stream from the plan file into the database's action table
+(applier.py), and what comes back is read from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, TypedDict
+
+import psycopg
+
+from emailsync.config import LoadedTargets, PostgresTarget
+from emailsync.errors import UserError
+from emailsync.executor import Call, Step
+from emailsync.mappings import MappingSet
+from emailsync.plan import Action, Skipped, Store, TargetFingerprint
+from emailsync.stages import Stage
+from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
+from emailsync.stores.ledger import NoLedger, PastRun, Run
+from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
+from emailsync.stores.postgres.applier import PostgresApplier
+from emailsync.stores.postgres.catalog import TableMeta, resolve_table
+from emailsync.stores.postgres.connection import reached
+from emailsync.stores.postgres.ledger import PgLedger
+from emailsync.stores.postgres.planner import PostgresPlanner, TablePlan, TargetPlan
+
+BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
+
+
+class PostgresStore:
+    kind: ClassVar[Store] = "postgres"
+
+    def __init__(
+        self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
+    ) -> None:
+        self.target = loaded.config.postgres[index]
+        self.name = self.target.name
+        self._loaded, self._index, self._connect = loaded, index, connect
+        self._where = f"{loaded.path.name}: postgres[{index}]"
+        self._conn: psycopg.Connection | None = None
+        self._rows: Iterable[Action] = ()
+        self._full = True
+        self._metas: list[TableMeta] = []
+        self._ledger: PgLedger | NoLedger = NoLedger()
+
+    # -- plan ------------------------------------------------------------------------------------------------
+
+    def reader(self, mset: MappingSet) -> Step[TargetRead]:
+        planner = PostgresPlanner(
+            self.target,
+            self._where,
+            mset.unscoped(f"PostgreSQL target {self.name!r} has no client column, so client_id is ignored there"),
+            self._loaded.config.match,
+            self._connect,
+        )
+
+        def read() -> TargetRead:
+            tp = planner.plan()
+            return TargetRead(self.name, tp.reached, warnings=tp.warnings, edges=tp.edges, state=tp)
+
+        return Call(read, planner.cancel)
+
+    def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
+        tp: TargetPlan = read.state
+        for tab in tp.tables:
+            yield from _table_actions(tp, tab, levels, skipped)
+            tab.rows = []  # let a table's planned rows go once its actions are made
+
+    # -- apply and verify ------------------------------------------------------------------------------------
+
+    def take(self, rows: Iterable[Action], planned: int, skip_live: bool) -> int:
+        # Streamed into the action table by the applier (raw lines when the rows come from a plan file).
+        self._rows = rows
+        return planned
+
+    def reach(self) -> TargetFingerprint:
+        self._conn = self._connect(self.target)
+        return TargetFingerprint(store=self.kind, **reached(self._conn))
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        assert self._conn is not None, "reach() first"
+        return self._conn
+
+    def prepare(self, columns: dict[str, set[str]], run: Run | None, warn: Warn) -> None:
+        if run is not None:
+            self._ledger = PgLedger(self.conn, self.target, run)
+            self._ledger.lock()
+        self._metas = _table_metas(self.conn, self._loaded, self._index, columns)
+        self.conn.rollback()
+        if run is not None:
+            self._ledger.ensure()
+
+    def past_runs(self) -> list[PastRun]:
+        return self._ledger.completed()
+
+    def start_run(self) -> None:
+        self._ledger.start()
+
+    def live_actions(self) -> list[Action]:
+        return []
+
+    def step(self, stage: Stage, on_stale: str, write: Journal) -> Step[TargetResult] | None:
+        if stage.store != self.kind or stage.live:
+            return None
+        conn = self.conn
+
+        def stop() -> None:  # cancelling the statement in flight rolls the transaction back, and it reports so
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe()
+
+        return Call(functools.partial(self._apply, on_stale, write), stop)
+
+    def _apply(self, on_stale: str, write: Journal) -> TargetResult:
+        """One database's transaction, journaled before and after; its ledger row commits with the changes."""
+        conn, ledger, target = self.conn, self._ledger, self.target
+        entry = {"event": "write", "target": self.name, "store": self.kind, "op": "transaction"}
+        res = PostgresApplier(
+            conn,
+            self.name,
+            self._metas,
+            self._rows,
+            on_stale,
+            target.lock_timeout,
+            target.statement_timeout,
+            before_commit=lambda s: ledger.finish(ledger_status(s, self._full), dict(Counter(s.values()))),
+            # Journaled once the actions are loaded (ids read back from the database, not from another pass over
+            # the plan) and before anything is written.
+            loaded=lambda ids: write(_batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")),
+        ).run()
+        if not res.committed:
+            with contextlib.suppress(psycopg.Error):
+                failed = any(o.status == "failed" for o in res.outcomes.values())
+                ledger.finish("failed" if failed else "incomplete", counts_of(res))
+                conn.commit()
+        # What committed, action by action: the journal alone then tells what a killed run did. A large
+        # transaction's outcomes go in several "after" records of BATCH actions (one fsync for all), never one line.
+        after = {**entry, "phase": "after", "committed": res.committed, "error": res.error}
+        write(_batched(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
+        return res
+
+    def finish(self, results: list[TargetResult]) -> None:
+        pass  # the ledger row was written inside the transaction
+
+    def classify(self) -> tuple[CompactOutcomes, dict[str, dict[str, Any]]]:
+        applier = PostgresApplier(
+            self.conn, self.name, self._metas, self._rows, "abort", None, self.target.statement_timeout
+        )
+        found = applier.classify_only()
+        return found, _keys_of_drifted(found, self._rows)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str) -> Iterator[dict[str, Any]]:
+    """The entry once per BATCH actions (at least once): `field` holds their ids ("actions", with "count") or
+    their statuses by id ("outcomes"). Streamed, so a transaction of millions never makes one list or one line."""
+    first = True
+    while True:
+        batch = dict(itertools.islice(pairs, BATCH))
+        if not batch and not first:
+            return
+        first = False
+        if field == "actions":
+            yield {**entry, "count": len(batch), "actions": list(batch)}
+        else:
+            yield {**entry, field: batch}
+
+
+def _table_metas(
+    conn: psycopg.Connection, loaded: LoadedTargets, idx: int, columns: dict[str, set[str]]
+) -> list[TableMeta]:
+    """The tables the plan changes, resolved now, each still listed with the columns the plan changes."""
+    target = loaded.config.postgres[idx]
+    metas = [
+        resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
+        for i, t in enumerate(target.tables)
+    ]
+    known = {m.display: m for m in metas}
+    used = []
+    for table, planned_columns in columns.items():
+        m = known.get(table)
+        if m is None:
+            raise UserError(
+                f"the plan changes {table!r} in target {target.name!r}, which {loaded.path.name} no longer lists; "
+                "apply with the targets file the plan was made from"
+            )
+        missing = planned_columns - set(m.email_columns)
+        if missing:
+            raise UserError(
+                f"the plan changes columns {sorted(missing)} of {table!r}, which {loaded.path.name} does not "
+                "list for that table; apply with the targets file the plan was made from"
+            )
+        used.append(m)
+    return used
+
+
+def _keys_of_drifted(found: CompactOutcomes, rows: Iterable[Action]) -> dict[str, dict[str, Any]]:
+    """The keys of the first KEYS_KEPT drifted (stale) actions, in one more pass over the target's actions."""
+    want = set(itertools.islice((aid for aid, o in found.items() if o.status == "stale"), KEYS_KEPT))
+    keys: dict[str, dict[str, Any]] = {}
+    if want:
+        for a in rows:
+            if a.id in want:
+                keys[a.id] = a.key
+                if len(keys) == len(want):
+                    break
+    return keys
+
+
+class _Where(TypedDict):
+    """The fields every action on one row shares."""
+
+    store: Store
+    target: str
+    table: str
+    key: dict[str, Any]
+
+
+def _table_actions(tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
+    """The actions of one planned table, in its rows' order; its skipped changes are added to `skipped`."""
+    meta = tab.meta
+    col_order = {c: n for n, c in enumerate(meta.email_columns)}
+    for row in tab.rows:
+        base: _Where = {"store": "postgres", "target": tp.target.name, "table": meta.display, "key": row.key}
+        if row.fate == "skip":
+            for ch in row.changes.values():
+                skipped.append(
+                    Skipped(
+                        target=tp.target.name,
+                        table=meta.display,
+                        key=row.key,
+                        column=ch.column,
+                        old=ch.old,
+                        new=ch.new,
+                        reason=row.reason or "",
+                    )
+                )
+            continue
+        delete_step = None
+        if row.fate == "delete":
+            conflict_cols = row.conflict[0].columns if row.conflict else set()
+            cause = [c for c in meta.email_columns if c in row.changes and c in conflict_cols]
+            ch = row.changes[(cause or list(row.changes))[0]]
+            if row.conflict_check is None or row.image is None:
+                raise UserError(f"internal: no image for the row to delete in {meta.display} {row.keystr}")
+            # Each level has three steps: deletes whose entries another row takes at that level, updates,
+            # then the other deletes (after the rows referencing them have moved).
+            delete_step = 3 * max(levels.get(e, 0) for e in row.delete_entries) + 2
+            for other, cols in row.arrivals:
+                arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
+                delete_step = min(delete_step, arrive - 1)
+            yield (
+                Action(
+                    id=action_id("postgres", tp.target.name, meta.display, row.keystr, ch.column, "delete"),
+                    kind="delete-on-conflict",
+                    step=delete_step,
+                    conflict=row.conflict_check,
+                    column=ch.column,
+                    old=ch.old,
+                    new=ch.new,
+                    mappings=list(ch.entries),
+                    row=row.image,
+                    reason=row.reason,
+                    **base,
+                )
+            )
+        for ch in sorted(row.kept_changes().values(), key=lambda c: col_order[c.column]):
+            step = 3 * max((levels.get(e, 0) for e in ch.entries), default=0) + 1
+            if delete_step is not None and step > delete_step:
+                continue  # the row is deleted before this value moves: nothing to keep valid
+            yield (
+                Action(
+                    id=action_id("postgres", tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
+                    kind=ch.kind,
+                    step=step,
+                    column=ch.column,
+                    old=ch.old,
+                    new=ch.new,
+                    mappings=list(ch.entries),
+                    row=row.image,
+                    **base,
+                )
+            )
