@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emailsync.plan import Action, Plan, Rows, SummaryRow
+from emailsync.stages import planned_by_stage
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -190,6 +191,18 @@ def _summary_md(summary: list[SummaryRow]) -> list[str]:
     return out
 
 
+def _order_md(plan: Plan) -> list[str]:
+    """The order apply runs the plan in: its stages (stages.py), each with the targets and actions in it."""
+    stages = planned_by_stage(plan)
+    if not stages:
+        return []
+    out = ["## Apply order", ""]
+    for n, (stage, targets) in enumerate(stages, 1):
+        where = ", ".join(f"{_code(t, table=False)} ({c})" for t, c in targets.items())
+        out.append(f"{n}. {stage.says}: {sum(targets.values())} action(s) on {where}")
+    return [*out, ""]
+
+
 def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     """plan.md: the headline, then digest and inputs, the summary by target, warnings, and the details while they fit
     in a pull-request comment (MD_LIMIT). `redaction`: the plan was redacted (redact.py) and this says how."""
@@ -213,6 +226,7 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     ]
     if plan.summary:
         out += _summary_md(plan.summary)
+        out += _order_md(plan)
     if plan.warnings:
         # Capped like the details: a mappings file can warn once per entry, and plan.md must fit in a comment.
         shown_w = plan.warnings[:MD_WARNINGS]

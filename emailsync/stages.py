@@ -8,9 +8,10 @@ while everything else moves.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
-from emailsync.plan import Action, Store
+from emailsync.plan import SKIPPED_KIND, Action, Plan, Store, TargetRows
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,23 @@ def stores_in_order() -> list[Store]:
         if s.store not in out:
             out.append(s.store)
     return out
+
+
+def planned_by_stage(plan: Plan) -> list[tuple[Stage, dict[str, int]]]:
+    """The plan's actions per stage and target, in apply order (stages without actions left out). Counted from the
+    summary where a store has one stage; read from the actions of a store whose targets span several (DynamoDB's
+    live tables), which are the small ones."""
+    per_target: Counter[str] = Counter()
+    for r in plan.summary:
+        if r.kind != SKIPPED_KIND:
+            per_target[r.target] += r.count
+    counts: dict[Stage, Counter[str]] = {s: Counter() for s in STAGES}
+    for name, n in per_target.items():
+        store = plan.targets[name].store
+        mine = [s for s in STAGES if s.store == store]
+        if len(mine) == 1:
+            counts[mine[0]][name] += n
+        else:
+            for a in TargetRows(plan.actions, name, n):
+                counts[stage_of(a)][name] += 1
+    return [(s, dict(c)) for s, c in counts.items() if c]

@@ -424,3 +424,20 @@ def test_plan_md_fits_a_comment_however_many_warnings(ws: Any, db: Any) -> None:
     assert len(md) < 60_000
     assert f"and {warned - 50} more" in md
     assert "`a@old.com` → `a@new.com`" in md  # the change itself is still there
+
+
+def test_plan_md_lists_the_apply_order_stage_by_stage_live_tables_last(ws, db, ddb):
+    """The order apply runs in (stages.py) is shown to the reviewer from the same data apply walks: PostgreSQL
+    databases, then DynamoDB tables, then the live table last, each with its targets and action counts."""
+    from helpers import mixed_estate
+
+    plan = mixed_estate(ws, db, ddb)
+    md = plan.with_name("plan.md").read_text()
+    order = md.split("## Apply order\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(":", 1)[0] for line in order] == [
+        "1. PostgreSQL databases, one transaction each (several at once with --parallel)",
+        "2. DynamoDB tables, conditional writes and transactions, target by target",
+        "3. live tables last, after a separate confirmation, each swap verified before the old item goes",
+    ]
+    assert order[0].endswith("1 action(s) on `core` (1)")
+    assert order[1].endswith("1 action(s) on `auth` (1)") and order[2].endswith("1 action(s) on `auth` (1)")
