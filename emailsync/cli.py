@@ -410,10 +410,10 @@ def verify(
     """Read-only: is each action of the plan in its before state, its after state, or drifted?
     Exit 0 when every action is in its after state, 3 otherwise."""
     from emailsync.config import load_targets
+    from emailsync.engine.verify import counts, verify_plan
     from emailsync.plan import dumps
     from emailsync.planfile import read_plan
     from emailsync.render import verify_lines, verify_markdown
-    from emailsync.verify import counts, verify_plan
     from emailsync.workflows import store_errors, with_progress
 
     try:
@@ -456,7 +456,7 @@ def diff(
 ) -> None:
     """What changed between two plans, action by action (added, removed, changed field by field).
     Exit 0 when they make the same changes, 2 when they differ."""
-    from emailsync.plandiff import diff_plans, render_json, render_markdown, render_text
+    from emailsync.engine.plandiff import diff_plans, render_json, render_markdown, render_text
     from emailsync.planfile import read_plan
 
     try:
@@ -510,10 +510,10 @@ def rollback(
     """Make a plan that puts back everything the recorded applies of PLAN_DIR changed. Review and apply it
     like any other plan; rows or items changed since are reported stale, never overwritten."""
     from emailsync.archive import record_rollback, save_plan
+    from emailsync.engine.planner import default_plan_path
+    from emailsync.engine.rollback import build_rollback
     from emailsync.planfile import PLAN_NAME, check_name
-    from emailsync.planner import default_plan_path
     from emailsync.render import plan_markdown, summary_lines
-    from emailsync.rollback import build_rollback
     from emailsync.signing import plan_key, sign
 
     try:

@@ -1,7 +1,7 @@
-"""The plan: frozen data, its canonical JSON, its digest, and reading/writing plan files.
+"""The plan: frozen data, its canonical JSON, its digest, and the order of its lines.
 
-Making plans lives in planner.py, applying them in applier.py and reading or writing plan files in planfile.py;
-this module only knows the data. Format versioning follows Terraform: `format` carries the major version (a new major
+Making plans lives in engine/planner.py, applying them in engine/applier.py and reading or writing plan files in
+planfile.py; this module only knows the data. Format versioning follows Terraform: `format` carries the major version (a new major
 breaks readers), `format_minor` counts additions (an older reader refuses a newer minor rather than ignore fields it
 does not understand, because ignoring part of a plan that rewrites identity data is never safe).
 

@@ -16,12 +16,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from emailsync.engine.stages import planned_by_stage
 from emailsync.plan import Action, Plan, Rows, SummaryRow
-from emailsync.stages import planned_by_stage
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
-    from emailsync.verify import ActionState
+    from emailsync.engine.verify import ActionState
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)

@@ -76,10 +76,10 @@ def make_plan(
     plan.jsonl.gz, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
     from emailsync.archive import save_plan
     from emailsync.config import load_targets
+    from emailsync.engine.plandiff import archive_diff
+    from emailsync.engine.planner import build_plan, default_plan_path
     from emailsync.mappings import load_mappings
-    from emailsync.plandiff import archive_diff
     from emailsync.planfile import check_name
-    from emailsync.planner import build_plan, default_plan_path
     from emailsync.render import plan_markdown
     from emailsync.signing import plan_key, sign
 
@@ -143,11 +143,11 @@ def apply_reviewed(
 ) -> Applied:
     """Apply exactly the reviewed plan. `person` is None when nobody can be asked (no terminal): the plan then
     needs opts.auto_approve, and its live actions opts.confirm_live."""
-    from emailsync.applier import apply_plan
     from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
     from emailsync.config import load_targets
+    from emailsync.engine.applier import apply_plan
+    from emailsync.engine.replan import replan_check_or_fail
     from emailsync.planfile import read_plan
-    from emailsync.replan import replan_check_or_fail
     from emailsync.signing import check as check_signature
     from emailsync.signing import plan_key
     from emailsync.stores.ledger import Run

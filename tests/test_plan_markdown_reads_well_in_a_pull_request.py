@@ -18,9 +18,9 @@ from markdown_it import MarkdownIt
 from rich.cells import cell_len
 
 from emailsync.config import load_targets
+from emailsync.engine.verify import counts, verify_plan
 from emailsync.planfile import read_plan
 from emailsync.render import report_lines, summary_lines, verify_lines, verify_markdown
-from emailsync.verify import counts, verify_plan
 
 # What GitHub would turn into a mailto link (generously: any word@domain.tld).
 ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")

@@ -11,10 +11,8 @@ from typing import Any
 
 import pytest
 
-import emailsync.plandiff as plandiff
-from emailsync.errors import UserError
-from emailsync.plan import Plan, dumps, loads, seal
-from emailsync.plandiff import (
+import emailsync.engine.plandiff as plandiff
+from emailsync.engine.plandiff import (
     ActionChange,
     FieldChange,
     PlanDiff,
@@ -25,8 +23,10 @@ from emailsync.plandiff import (
     render_markdown,
     render_text,
 )
+from emailsync.engine.planner import default_plan_path
+from emailsync.errors import UserError
+from emailsync.plan import Plan, dumps, loads, seal
 from emailsync.planfile import read_header, read_plan, write_plan
-from emailsync.planner import default_plan_path
 
 EMP = "- table: public.employees\n  columns: [email, manager_email]\n"
 T = "public.employees"

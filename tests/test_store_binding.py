@@ -16,8 +16,8 @@ import pytest
 from conftest import Database, Dynamo, start_pg_server
 from helpers import assert_user_error, listing, refused
 
-from emailsync.applier import check_reached
 from emailsync.config import DynamoTable, DynamoTarget, load_targets
+from emailsync.engine.applier import check_reached
 from emailsync.planfile import read_plan
 from emailsync.stores.dynamodb.client import client_for, reached
 

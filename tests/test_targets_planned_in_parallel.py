@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 from helpers import assert_user_error, listing, plan_doc
 
+from emailsync.engine.executor import run_all
 from emailsync.errors import INTERRUPTED
-from emailsync.executor import run_all
 
 SCRIPT = Path(sys.executable).with_name("emailsync")
 

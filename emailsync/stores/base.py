@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from emailsync.executor import Step
+from emailsync.engine.executor import Step
+from emailsync.engine.stages import Stage
 from emailsync.mappings import MappingSet
 from emailsync.plan import Action, Skipped, TargetFingerprint, dumps
 from emailsync.plan import Store as StoreKind
-from emailsync.stages import Stage
 from emailsync.stores.ledger import PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult
 

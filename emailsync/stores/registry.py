@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
+from emailsync.engine.stages import stores_in_order
 from emailsync.plan import Store as StoreKind
-from emailsync.stages import stores_in_order
 from emailsync.stores.base import Store
 from emailsync.stores.dynamodb import client as _dynamodb_client
 from emailsync.stores.dynamodb.store import DynamoStore

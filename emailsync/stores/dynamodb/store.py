@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import botocore.exceptions
 
 from emailsync.config import DynamoTarget, LoadedTargets
+from emailsync.engine.executor import Call, Step
+from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
-from emailsync.executor import Call, Step
 from emailsync.mappings import MappingSet
 from emailsync.plan import Action, AttrChange, Skipped, Store, TargetFingerprint, dumps
-from emailsync.stages import Stage
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.dynamodb.applier import DynamoApplier
 from emailsync.stores.dynamodb.client import call, reached

@@ -17,11 +17,11 @@ from typing import Any, ClassVar, TypedDict
 import psycopg
 
 from emailsync.config import LoadedTargets, PostgresTarget
+from emailsync.engine.executor import Call, Step
+from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
-from emailsync.executor import Call, Step
 from emailsync.mappings import MappingSet
 from emailsync.plan import Action, Skipped, Store, TargetFingerprint
-from emailsync.stages import Stage
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from emailsync.config import LoadedTargets
+from emailsync.engine.executor import default_width, run_all
+from emailsync.engine.stages import STAGES
 from emailsync.errors import UserError
-from emailsync.executor import default_width, run_all
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerprint, TargetRows
-from emailsync.stages import STAGES
 from emailsync.stores import registry
 from emailsync.stores.base import Store
 from emailsync.stores.ledger import PastRun, Run, now

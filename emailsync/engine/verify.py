@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from emailsync.applier import check_plan_matches, planned_columns, planned_counts, reach
 from emailsync.config import LoadedTargets
+from emailsync.engine.applier import check_plan_matches, planned_columns, planned_counts, reach
 from emailsync.plan import Action, Plan, TargetRows
 from emailsync.stores import registry
 from emailsync.stores.outcome import CompactOutcomes

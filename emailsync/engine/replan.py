@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from emailsync.config import LoadedTargets
+from emailsync.engine.plandiff import diff_plans
+from emailsync.engine.planner import build_plan
+from emailsync.engine.verify import verify_plan
 from emailsync.errors import UserError
 from emailsync.mappings import load_mappings
 from emailsync.plan import Plan
-from emailsync.plandiff import diff_plans
-from emailsync.planner import build_plan
-from emailsync.verify import verify_plan
 
 MAX_LISTED = 20
 

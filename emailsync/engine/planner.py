@@ -9,8 +9,8 @@ from pathlib import Path
 
 from emailsync import __version__
 from emailsync.config import LoadedTargets
+from emailsync.engine.executor import default_width, run_all
 from emailsync.errors import UserError
-from emailsync.executor import default_width, run_all
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
     SKIPPED_KIND,
