@@ -1,9 +1,9 @@
 """The plan: frozen data, its canonical JSON, its digest, and the order of its lines.
 
 Making plans lives in engine/planner.py, applying them in engine/applier.py and reading or writing plan files in
-planfile.py; this module only knows the data. Format versioning follows Terraform: `format` carries the major version (a new major
-breaks readers), `format_minor` counts additions (an older reader refuses a newer minor rather than ignore fields it
-does not understand, because ignoring part of a plan that rewrites identity data is never safe).
+planfile.py; this module only knows the data. Format versioning follows Terraform: `format` carries the major version
+(a new major breaks readers), `format_minor` counts additions (an older reader refuses a newer minor rather than
+ignore fields it does not understand, because ignoring part of a plan that rewrites identity data is never safe).
 
 A plan is its header (this module's Plan) and two streams, its actions and its skipped changes: lists while a plan is
 being made, the plan file itself once it is read (planfile.FileRows), so a plan of millions of actions is never held in
@@ -21,9 +21,9 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import IO, Any, Literal, Protocol, TypeVar
+from typing import IO, Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 from emailsync.errors import UserError
 from emailsync.files import reader_from_start
@@ -59,13 +59,8 @@ class AttrChange(_Frozen):
     new: Any
 
 
-class Action(_Frozen):
-    """One planned change: to one column of one PostgreSQL row, or to one whole DynamoDB item.
-
-    PostgreSQL values (`old`, `new`, `row`, `key`) are JSON exactly as to_jsonb renders them, so apply compares
-    them in the database without client-side type conversion. DynamoDB keys, items and values are DynamoDB
-    JSON ({"S": "..."}, {"N": "1.5"}, {"SS": [...]}, binary as base64), exact and typed.
-    """
+class ActionBase(_Frozen):
+    """What every planned change has, whatever its store: one change to one PostgreSQL row or DynamoDB item."""
 
     id: str
     kind: ActionKind
@@ -74,27 +69,54 @@ class Action(_Frozen):
     table: str
     key: dict[str, Any]
     step: int
-    column: str | None = None  # PostgreSQL: the column changed
-    old: Any = None
-    new: Any = None
     mappings: list[int]  # ords of the mapping entries that produced the new values
-    # The whole row as planned: for delete-on-conflict (what will be deleted), and for updates of a column
-    # that is part of the row's key (the key alone cannot identify the row once emails move between keys).
+    # The whole row or item as planned: for delete-on-conflict (what will be deleted), for updates of a column that
+    # is part of the row's key (the key alone cannot identify the row once emails move between keys), and for a
+    # DynamoDB item (what the change starts from).
     row: dict[str, Any] | None = None
     reason: str | None = None
+    live: bool = False  # on a live table: applied last, only after its own confirmation
+
+
+class PostgresAction(ActionBase):
+    """One column of one PostgreSQL row. Values (`old`, `new`, `row`, `key`) are JSON exactly as to_jsonb renders
+    them, so apply compares them in the database without client-side type conversion."""
+
+    store: Literal["postgres"]
+    kind: Literal["update", "array-replace", "delete-on-conflict", "insert-row"]
+    column: str | None = None  # the column changed (none for insert-row: the whole row)
+    old: Any = None
+    new: Any = None
     # delete-on-conflict: the row holding the new value ({"key", "values"}); apply deletes only while that row
     # still holds it, so a conflict that disappeared since the plan never costs a row.
     conflict: dict[str, Any] | None = None
-    # DynamoDB: every attribute that changes; for merge-and-move the key the item moves to, the item found there
-    # when planning (None: none, the move creates it) and the item that will exist there afterwards.
+
+
+class DynamoAction(ActionBase):
+    """One whole DynamoDB item. Keys, items and values are DynamoDB JSON ({"S": "..."}, {"N": "1.5"},
+    {"SS": [...]}, binary as base64), exact and typed."""
+
+    store: Literal["dynamodb"]
+    kind: Literal["update", "array-replace", "merge-and-move", "live-swap", "restore-item"]
+    # Every attribute that changes; for merge-and-move the key the item moves to, the item found there when
+    # planning (None: none, the move creates it) and the item that will exist there afterwards.
     changes: list[AttrChange] | None = None
-    live: bool = False  # on a live table: applied last, only after its own confirmation
     new_key: dict[str, Any] | None = None
     existing: dict[str, Any] | None = None
     merged: dict[str, Any] | None = None
     # restore-item (rollback of a move): the item left under `key` once the item has moved back to `new_key`
     # (what was there before the original merge), or None: the item under `key` is deleted.
     remains: dict[str, Any] | None = None
+
+
+# An action is one of the two, told apart by its store (the same JSON on disk as when one class held every field;
+# a line with another store's fields is refused). Read one with parse_action.
+Action = Annotated[PostgresAction | DynamoAction, Field(discriminator="store")]
+_ACTION: TypeAdapter[PostgresAction | DynamoAction] = TypeAdapter(Action)
+
+
+def parse_action(data: Any) -> PostgresAction | DynamoAction:
+    return _ACTION.validate_python(data)
 
 
 class ReadRecord(_Frozen):
@@ -222,18 +244,20 @@ WHOLE_ROW = ("(row)", "(item)")  # the summary's column for an action on a whole
 
 def summary_column(a: Action) -> str:
     """The column an action is counted under in the summary: its column, else the whole row or item."""
-    return a.column or ("(item)" if a.store == "dynamodb" else "(row)")
+    if isinstance(a, PostgresAction):
+        return a.column or "(row)"
+    return "(item)"
 
 
 def section_of(item: Action | Skipped) -> tuple[str, str, str]:
     """The section (target, table, kind) an action or skipped change is written in."""
-    return (item.target, item.table, item.kind if isinstance(item, Action) else SKIPPED_KIND)
+    return (item.target, item.table, item.kind if isinstance(item, ActionBase) else SKIPPED_KIND)
 
 
 def line_of(item: Action | Skipped) -> str:
     """The item's line in the plan file: compact canonical JSON, fields left at their default (None, false) left
     out, a skipped change marked by its kind. Lines stand alone, so `zcat plan.jsonl.gz | jq 'select(...)'` works."""
-    if isinstance(item, Action):
+    if isinstance(item, ActionBase):
         return dumps({k: v for k, v in item.__dict__.items() if v is not None and not (k == "live" and v is False)})
     return dumps({**item.__dict__, "kind": SKIPPED_KIND})
 
@@ -242,8 +266,9 @@ def sort_key(item: Action | Skipped, line: str | None = None) -> tuple[str, ...]
     """Order of the plan's body: by section (target, table, kind), then by the row's key and column, then by action id
     (a skipped change by its line). Stable across re-plans, so diff pairs two plans' actions by a merge walk; in key
     order, so a section reads like its table."""
-    if isinstance(item, Action):
-        return (item.target, item.table, item.kind, dumps(item.key), item.column or "", item.id)
+    if isinstance(item, ActionBase):
+        column = item.column if isinstance(item, PostgresAction) else None
+        return (item.target, item.table, item.kind, dumps(item.key), column or "", item.id)
     return (
         item.target,
         item.table,
@@ -281,6 +306,15 @@ class TargetRows:
         return (line_of(a) for a in self)
 
 
+def in_sections(rows: Iterable[Any], chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+    """The items of `rows` in the chosen sections: without parsing the others where the rows can (a plan being made
+    holds its lines by section), else by filtering what is read."""
+    fast = getattr(rows, "in_sections", None)
+    if fast is not None:
+        return fast(chosen)  # type: ignore[no-any-return]
+    return (x for x in rows if chosen(section_of(x)))
+
+
 class _Filtered:
     """A part of some rows, chosen by section; its length comes from the plan's summary, without reading."""
 
@@ -288,7 +322,7 @@ class _Filtered:
         self._rows, self._chosen, self._count = rows, chosen, count
 
     def __iter__(self) -> Iterator[Any]:
-        return (x for x in self._rows if self._chosen(section_of(x)))
+        return in_sections(self._rows, self._chosen)
 
     def __len__(self) -> int:
         return self._count
@@ -427,20 +461,37 @@ class LineRows:
         return self._count
 
     def __iter__(self) -> Iterator[Any]:
-        for line in self.lines():
+        return self._parsed(self.lines())
+
+    def _parsed(self, lines: Iterable[str]) -> Iterator[Any]:
+        for line in lines:
             data = _PARSE.decode(line)
             if self._skipped:
                 data.pop("kind")
                 yield Skipped.model_validate(data)
             else:
-                yield Action.model_validate(data)
+                yield parse_action(data)
 
     def lines(self) -> Iterator[str]:
         if not self._spilled:
             return iter(self._lines)
-        # The held lines are the last run; each spilled run is read back from its start on every call.
+        return (line for _, line in self._merged_runs())
+
+    def _merged_runs(self) -> Iterator[tuple[list[str], str]]:
+        # Each spilled run is read back from its start on every call (the held lines were spilled as the last run).
         runs: list[Iterator[tuple[list[str], str]]] = [_read_run(f) for f in self._spilled]
-        return (line for _, line in heapq.merge(*runs, key=lambda kl: kl[0]))
+        return heapq.merge(*runs, key=lambda kl: kl[0])
+
+    def in_sections(self, chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+        """The items of the chosen sections (target, table, kind) only; the other lines are skipped unparsed."""
+        if not self._spilled:
+            pos = 0
+            for section, n in self.runs:
+                if chosen(section):
+                    yield from self._parsed(self._lines[pos : pos + n])
+                pos += n
+            return
+        yield from self._parsed(line for key, line in self._merged_runs() if chosen((key[0], key[1], key[2])))
 
 
 _PARSE = json.JSONDecoder(parse_float=Decimal)
@@ -495,7 +546,8 @@ def seal(body: dict[str, Any]) -> Plan:
     digest computed. The plan holds the lines, not the models."""
     body = dict(body)
     actions = _sorted_lines(
-        (a if isinstance(a, Action) else Action.model_validate(a) for a in body.pop("actions")), skipped=False
+        (a if isinstance(a, PostgresAction | DynamoAction) else parse_action(a) for a in body.pop("actions")),
+        skipped=False,
     )
     skipped = _sorted_lines(
         (s if isinstance(s, Skipped) else Skipped.model_validate(s) for s in body.pop("skipped")), skipped=True

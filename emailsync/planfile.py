@@ -43,6 +43,7 @@ from emailsync.plan import (
     PLAN_FORMAT_MINOR,
     SKIPPED_KIND,
     Action,
+    ActionBase,
     Plan,
     Skipped,
     body_lines,
@@ -50,6 +51,7 @@ from emailsync.plan import (
     header_digest,
     line_of,
     loads,
+    parse_action,
     sort_key,
     summary_column,
 )
@@ -139,7 +141,7 @@ class _Copy:
 def _item(data: dict[str, Any]) -> Action | Skipped:
     if data.get("kind") == SKIPPED_KIND:
         return Skipped.model_validate({k: v for k, v in data.items() if k != "kind"})
-    return Action.model_validate(data)
+    return parse_action(data)
 
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
@@ -341,7 +343,9 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
             item = _item(data)
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
+            # An action's location starts with its store (the union's tag): the field is what a person looks for.
+            where = err["loc"][1:] if err["loc"] and err["loc"][0] in ("postgres", "dynamodb") else err["loc"]
+            loc = ".".join(str(p) for p in where) or "store"
             raise UserError(f"{path}: line {n}: not a valid plan line at {loc}: {err['msg']}; {_EDITED}") from None
         if line_of(item) != text:
             _parse(path, n, text, strict=True)  # names a key given twice, the likeliest reason
@@ -354,7 +358,7 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
             )
         last = key
         fp = plan.targets.get(item.target)
-        if fp is None or (isinstance(item, Action) and item.store != fp.store):
+        if fp is None or (isinstance(item, ActionBase) and item.store != fp.store):
             raise UserError(f"{path}: line {n} names target {item.target!r}, which the header does not list; {_EDITED}")
         counts[
             (item.target, item.table, item.column if isinstance(item, Skipped) else summary_column(item), key[2])

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from emailsync.plan import Action, Plan, Rows, Skipped
+from emailsync.plan import Action, Plan, Rows, Skipped, parse_action
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -76,10 +76,11 @@ def redacted(plan: Plan, key: bytes | None) -> Plan:
     def action(a: Action) -> Action:
         d = a.model_dump(mode="python")
         for f in _WHOLE:
-            d[f] = r.whole(d.get(f))
+            if f in d:  # each store's actions have their own fields
+                d[f] = r.whole(d[f])
         if isinstance(d.get("conflict"), dict):
             d["conflict"] = r.value(d["conflict"]) | ({"values": "redacted"} if "values" in d["conflict"] else {})
-        return Action.model_validate(r.value(d))
+        return parse_action(r.value(d))
 
     view._actions = _Mapped(plan.actions, action)
     view._skipped = _Mapped(plan.skipped, lambda s: Skipped.model_validate(r.value(s.model_dump(mode="python"))))

@@ -198,8 +198,9 @@ def mixed_estate(ws: Any, db: Any, ddb: Any, ledger: str = "emailsync-ledger") -
 def plan_doc(path: Path) -> dict[str, Any]:
     """A plan file as one document, as a test reads it: the header's fields, `actions` (every field, defaults filled
     in) and `skipped`, in the file's order. Numbers parse as Python's json does."""
-    from emailsync.plan import SKIPPED_KIND, Action
+    from emailsync.plan import SKIPPED_KIND, DynamoAction, PostgresAction
 
+    fields = {**PostgresAction.model_fields, **DynamoAction.model_fields}  # both stores' fields, as one shape
     opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
     with opener(path, "rt", encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
@@ -209,7 +210,7 @@ def plan_doc(path: Path) -> dict[str, Any]:
         if item.get("kind") == SKIPPED_KIND:
             doc["skipped"].append({k: v for k, v in item.items() if k != "kind"})
         else:
-            doc["actions"].append({k: item.get(k, f.default) for k, f in Action.model_fields.items()})
+            doc["actions"].append({k: item.get(k, f.default) for k, f in fields.items()})
     return doc
 
 

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emailsync.mappings import load_mappings
-from emailsync.plan import PLAN_FORMAT_MINOR, Action, dumps, header_digest, loads, sort_key
+from emailsync.plan import PLAN_FORMAT_MINOR, dumps, header_digest, loads, parse_action, sort_key
 
 EMPLOYEES = "- table: public.employees\n  columns: [email, manager_email]\n"
 SEED_ROWS = [
@@ -881,7 +881,7 @@ def _in_order(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, An
 
     def edit(data: dict[str, Any]) -> None:
         change(data)
-        data["actions"].sort(key=lambda a: sort_key(Action.model_validate(a)))
+        data["actions"].sort(key=lambda a: sort_key(parse_action(a)))
 
     return edit
 

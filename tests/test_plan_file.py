@@ -127,6 +127,30 @@ def test_added_copied_action_is_refused(planned: tuple[Any, Any, Path], reliabil
     reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail="an added action")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("changes", [], "changes"),  # a DynamoDB field on a PostgreSQL action
+        ("new_key", {"id": 1}, "new_key"),
+        ("kind", "live-swap", "kind"),  # a DynamoDB kind on a PostgreSQL action
+        ("store", "oracle", "store"),  # no such store
+    ],
+)
+def test_an_action_with_another_stores_fields_is_refused(
+    planned: tuple[Any, Any, Path], reliability: Any, field: str, value: Any, where: str
+) -> None:
+    """Actions are a union told apart by their store: each store's actions have only their own fields and kinds.
+    Re-sealed, so what refuses the line is its schema, not the digest."""
+    ws, db, path = planned
+
+    def edit(data: dict[str, Any]) -> None:
+        data["actions"][0][field] = value
+
+    rewrite(path, edit, sealed=True)
+    apply_refused(ws, db, path, "line 2: not a valid plan line at " + where)
+    reliability("hostile input: plans edited by hand", "refused, exit 1, nothing written", detail=f"a foreign {field}")
+
+
 def test_changed_digest_is_refused(planned: tuple[Any, Any, Path], reliability: Any) -> None:
     ws, db, path = planned
     fake = "sha256:" + "f" * 64

@@ -25,6 +25,7 @@ from emailsync.plan import (
     Action,
     ActionKind,
     Plan,
+    PostgresAction,
     Skipped,
     Store,
     TargetFingerprint,
@@ -290,7 +291,7 @@ def diff_plans(old: Plan, new: Plan) -> PlanDiff:
                 table=a.table,
                 kind=a.kind,
                 key=_canonical(a.key),
-                column=a.column,
+                column=a.column if isinstance(a, PostgresAction) else None,
                 fields=fields,
             )
         )

@@ -30,7 +30,19 @@ from typing import Any
 from emailsync import __version__
 from emailsync.archive import DONE, RecordedOutcomes, journal_runs, recorded_outcomes
 from emailsync.errors import UserError
-from emailsync.plan import Action, AttrChange, Plan, RollbackOf, SummaryRow, dumps, loads, seal, summary_column
+from emailsync.plan import (
+    Action,
+    AttrChange,
+    DynamoAction,
+    Plan,
+    PostgresAction,
+    RollbackOf,
+    SummaryRow,
+    dumps,
+    loads,
+    seal,
+    summary_column,
+)
 from emailsync.planfile import PLAN_NAME, read_plan
 from emailsync.stores.dynamodb.items import set_path
 
@@ -75,7 +87,7 @@ def _build(
         n_done += 1
         if a.kind == "delete-on-conflict":
             rows.mark(_row(a), deleted=True)
-        elif a.store == "postgres":
+        elif isinstance(a, PostgresAction):
             if a.row is not None:
                 rows.mark(_row(a), deleted=False)
             if a.column is not None:
@@ -132,18 +144,18 @@ def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
     """The action that undoes one applied action (none for a change to a row that is put back whole)."""
     step = last + 1 - a.step
     common: dict[str, Any] = {
-        "store": a.store,
         "target": a.target,
         "table": a.table,
         "step": step,
         "mappings": a.mappings,
         "live": a.live,
     }
-    if a.store == "postgres":
+    if isinstance(a, PostgresAction):
         if a.kind == "delete-on-conflict":
             # After every revert: the values its image holds (its key, its references to parents) are free
             # and present again only once the rows that took or moved them are back.
-            yield Action(
+            yield PostgresAction(
+                store="postgres",
                 id=_id(a, "insert"),
                 kind="insert-row",
                 key=a.key,
@@ -155,7 +167,8 @@ def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
             changed = rows.new_values(_row(a))
             key_after = {k: changed.get(k, v) for k, v in a.key.items()}
             image = None if a.row is None else {**a.row, **changed}
-            yield Action(
+            yield PostgresAction(
+                store="postgres",
                 id=_id(a, "revert"),
                 kind=a.kind,
                 key=key_after,
@@ -170,7 +183,8 @@ def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
         after = copy.deepcopy(a.row or {})
         for c in a.changes or []:
             set_path(after, tuple(c.attribute.split(".")), c.new)
-        yield Action(
+        yield DynamoAction(
+            store="dynamodb",
             id=_id(a, "revert"),
             kind=a.kind,
             key=a.key,
@@ -180,7 +194,8 @@ def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
             **common,
         )
     else:  # merge-and-move, live-swap: the item moves back, like a move, in one transaction or swap
-        yield Action(
+        yield DynamoAction(
+            store="dynamodb",
             id=_id(a, "move-back"),
             kind="restore-item",
             key=a.new_key or {},

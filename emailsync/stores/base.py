@@ -8,7 +8,7 @@ particular to it (a PostgreSQL transaction per database, DynamoDB's conditional 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -90,7 +90,7 @@ class Store(Protocol):
         """Record in the ledger that this run started on the target."""
         ...
 
-    def live_actions(self) -> list[Action]:
+    def live_actions(self) -> Sequence[Action]:
         """The actions on live tables (confirmed on their own before anything runs)."""
         ...
 

@@ -25,7 +25,7 @@ import botocore.exceptions
 from emailsync import progress
 from emailsync.config import DynamoTarget
 from emailsync.errors import UserError
-from emailsync.plan import Action
+from emailsync.plan import DynamoAction
 from emailsync.retry import backoff_sleep
 from emailsync.stores.dynamodb.client import (
     MAX_EXPRESSION,
@@ -61,7 +61,7 @@ class DynamoApplier:
         self,
         target: DynamoTarget,
         client: DynamoDBClient,
-        actions: list[Action],
+        actions: list[DynamoAction],
         on_stale: str,
         journal: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -75,9 +75,9 @@ class DynamoApplier:
         self.cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.pre: dict[tuple[str, str], dict[str, Any] | None] = {}  # items as the preflight found them
         # (table, key) -> the moves of this plan arriving there, so lookups stay linear in the plan's size
-        self.arriving: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        self.arriving: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
         # (table, key) -> the actions on the item under that key (moves leaving it, updates of it)
-        self.at_key: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        self.at_key: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
         for x in actions:
             self.at_key[(x.table, keystr(x.key))].append(x)
             if x.kind in MOVES:
@@ -185,8 +185,8 @@ class DynamoApplier:
 
     def _preflight(self) -> None:
         """Classify every action against the table as it is now: pending, already-applied or stale."""
-        first_arrival: dict[tuple[str, str], Action] = {}
-        later: dict[tuple[str, str], list[Action]] = defaultdict(list)
+        first_arrival: dict[tuple[str, str], DynamoAction] = {}
+        later: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
         wanted: set[tuple[str, str]] = set()
         for a in sorted(self.actions, key=lambda a: a.step):
             wanted.add((a.table, keystr(a.key)))
@@ -221,7 +221,9 @@ class DynamoApplier:
                 if normalized(there) != normalized(expected) and not resumed:
                     self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
-    def _classify_move(self, a: Action, current: dict[str, Any] | None, same_target: list[Action]) -> Outcome:
+    def _classify_move(
+        self, a: DynamoAction, current: dict[str, Any] | None, same_target: list[DynamoAction]
+    ) -> Outcome:
         # First: is this what another move of this plan brought here (its own old item gone)? Items can be
         # identical apart from the key, so this is decided before comparing with this action's own item.
         there = self.cache[(a.table, keystr(a.new_key or {}))]
@@ -245,7 +247,7 @@ class DynamoApplier:
             return Outcome("already-applied")
         return Outcome("stale", "the item is gone from its old key and the new key does not hold the planned result")
 
-    def _left_for(self, a: Action, current: dict[str, Any]) -> bool:
+    def _left_for(self, a: DynamoAction, current: dict[str, Any]) -> bool:
         """Moves back out of a double merge (m1, m2 -> m) leave `m` twice: the first leaves the item the second
         moves. Pending if an earlier move back, still to do, leaves exactly a's item."""
         return a.kind == "restore-item" and any(
@@ -256,7 +258,7 @@ class DynamoApplier:
             for x in self.at_key[(a.table, keystr(a.key))]
         )
 
-    def _updated_later(self, a: Action, item: dict[str, Any]) -> dict[str, Any]:
+    def _updated_later(self, a: DynamoAction, item: dict[str, Any]) -> dict[str, Any]:
         """`item` (under a's key) with the changes of this plan's later updates of that key applied."""
         out = copy.deepcopy(item)
         for x in self.at_key[(a.table, keystr(a.key))]:
@@ -266,7 +268,7 @@ class DynamoApplier:
         return out
 
     def _refilled(
-        self, a: Action, current: dict[str, Any], fresh: bool = False, seen: frozenset[str] = frozenset()
+        self, a: DynamoAction, current: dict[str, Any], fresh: bool = False, seen: frozenset[str] = frozenset()
     ) -> bool:
         """Whether the item now under `a`'s old key is the result of a move of this plan into that key: that
         move's result is there and its own old item has left its key (gone, or itself replaced by what the plan
@@ -284,7 +286,7 @@ class DynamoApplier:
                 return True
         return False
 
-    def _classify_update(self, a: Action, current: dict[str, Any] | None) -> Outcome:
+    def _classify_update(self, a: DynamoAction, current: dict[str, Any] | None) -> Outcome:
         if current is None:
             return Outcome("stale", "the item no longer exists")
         olds = [_at(current, c.attribute) for c in a.changes or []]
@@ -301,8 +303,8 @@ class DynamoApplier:
 
     # -- moves -------------------------------------------------------------------------------------------------
 
-    def _moves(self, moves: list[Action]) -> None:
-        batch: list[Action] = []
+    def _moves(self, moves: list[DynamoAction]) -> None:
+        batch: list[DynamoAction] = []
         size = 0
         keys: set[tuple[str, str]] = set()
         for a in moves:
@@ -318,7 +320,7 @@ class DynamoApplier:
         if batch:
             self._transact(batch)
 
-    def _transact(self, batch: list[Action]) -> None:
+    def _transact(self, batch: list[DynamoAction]) -> None:
         self._journal_batch("transact-write", batch, "before")
         try:
             self._transact_batch(list(batch))
@@ -326,7 +328,7 @@ class DynamoApplier:
             self._journal_batch("transact-write", batch, "after")
             self._bar.advance(len(batch))
 
-    def _transact_batch(self, batch: list[Action]) -> None:
+    def _transact_batch(self, batch: list[DynamoAction]) -> None:
         attempt = 0
         while batch:
             items: list[dict[str, dict[str, Any]]] = []
@@ -363,7 +365,7 @@ class DynamoApplier:
                 self.status[a.id] = Outcome("applied")
             return
 
-    def _resolve_move(self, a: Action) -> None:
+    def _resolve_move(self, a: DynamoAction) -> None:
         """A condition failed: the move happened already (a rerun), or something changed: never force it."""
         old = self._get(a.table, a.key)
         there = self._get(a.table, a.new_key or {})
@@ -377,7 +379,7 @@ class DynamoApplier:
         else:
             self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
 
-    def _put(self, a: Action) -> dict[str, Any]:
+    def _put(self, a: DynamoAction) -> dict[str, Any]:
         req: dict[str, Any] = {"TableName": a.table, "Item": item_from_json(a.merged or {})}
         if a.existing is None:
             k = next(iter(a.key))
@@ -386,12 +388,12 @@ class DynamoApplier:
             req.update(self._equals(a.table, a.existing))
         return req
 
-    def _delete(self, a: Action) -> dict[str, Any]:
+    def _delete(self, a: DynamoAction) -> dict[str, Any]:
         req: dict[str, Any] = {"TableName": a.table, "Key": item_from_json(a.key)}
         req.update(self._equals(a.table, a.row or {}))
         return req
 
-    def _vacate(self, a: Action) -> tuple[str, dict[str, Any]]:
+    def _vacate(self, a: DynamoAction) -> tuple[str, dict[str, Any]]:
         """The old key's write: Delete the planned item, or for a move back out of a merge, Put back the item
         that was there before the merge; either only while the planned item is still there."""
         if a.kind == "restore-item" and a.remains is not None:
@@ -400,7 +402,7 @@ class DynamoApplier:
             return "Put", req
         return "Delete", self._delete(a)
 
-    def _swapped(self, a: Action) -> bool:
+    def _swapped(self, a: DynamoAction) -> bool:
         """Moves on a live table are verified swaps, item by item; elsewhere they go in transactions."""
         return a.kind == "live-swap" or (a.kind == "restore-item" and a.live)
 
@@ -427,7 +429,7 @@ class DynamoApplier:
 
     # -- live swaps ---------------------------------------------------------------------------------------------
 
-    def _swap(self, a: Action) -> None:
+    def _swap(self, a: DynamoAction) -> None:
         """The login table, the old script's safe order: (1) create the new item or merge into the existing one,
         (2) read it back with ConsistentRead and compare it field by field, (3) only then delete the old item.
         Every write is journaled before and after. A mismatch keeps both items for a person to review."""
@@ -485,11 +487,11 @@ class DynamoApplier:
         self._journal(a, "delete", "after")
         self.status[a.id] = Outcome("applied")
 
-    def _write_new(self, a: Action) -> None:
+    def _write_new(self, a: DynamoAction) -> None:
         kind, req = self._new_item_request(a)
         (self.client.put_item if kind == "Put" else self.client.update_item)(**req)
 
-    def _new_item_request(self, a: Action) -> tuple[str, dict[str, Any]]:
+    def _new_item_request(self, a: DynamoAction) -> tuple[str, dict[str, Any]]:
         """Create the new item (Put, condition: none there), or merge into the existing one with SET only
         (Update, condition: the planned attributes unchanged): an attribute someone added to it in the meantime
         survives, and the read-back then reports the difference, instead of being overwritten."""
@@ -517,7 +519,7 @@ class DynamoApplier:
             "ExpressionAttributeValues": values,
         }
 
-    def _journal_batch(self, op: str, batch: list[Action], phase: str) -> None:
+    def _journal_batch(self, op: str, batch: list[DynamoAction], phase: str) -> None:
         entry: dict[str, Any] = {
             "event": "write",
             "phase": phase,
@@ -530,7 +532,7 @@ class DynamoApplier:
             entry["outcomes"] = {a.id: self.status[a.id].status for a in batch if a.id in self.status}
         self.journal(entry)
 
-    def _journal(self, a: Action, write: str, phase: str, detail: str | None = None) -> None:
+    def _journal(self, a: DynamoAction, write: str, phase: str, detail: str | None = None) -> None:
         """A live write, item by item: the login table's every step is on record before and after."""
         entry = {
             "event": "write",
@@ -551,7 +553,7 @@ class DynamoApplier:
 
     # -- updates -----------------------------------------------------------------------------------------------
 
-    def _update(self, a: Action) -> None:
+    def _update(self, a: DynamoAction) -> None:
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         sets, conds = [], []
@@ -597,7 +599,7 @@ class DynamoApplier:
 
     # -- verification ------------------------------------------------------------------------------------------
 
-    def _verify(self, done: list[Action]) -> None:
+    def _verify(self, done: list[DynamoAction]) -> None:
         """Read every written item back (strongly consistent, batched) and compare it field by field."""
         wanted = {(a.table, keystr(a.key)) for a in done}
         wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}

@@ -20,7 +20,7 @@ from emailsync.engine.executor import Call, Step
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
-from emailsync.plan import Action, AttrChange, Skipped, Store, TargetFingerprint, dumps
+from emailsync.plan import Action, AttrChange, DynamoAction, Skipped, Store, TargetFingerprint, dumps
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.dynamodb.applier import DynamoApplier
 from emailsync.stores.dynamodb.client import call, reached
@@ -44,7 +44,7 @@ class DynamoStore:
         self._loaded, self._client_for = loaded, client_for
         self._where = f"{loaded.path.name}: dynamodb[{index}]"
         self._client: DynamoDBClient | None = None
-        self._actions: list[Action] = []
+        self._actions: list[DynamoAction] = []
         self._full = True
         self._ledger: DynamoLedger | NoLedger = NoLedger()
         # --on-stale abort: why this target is held back (nothing more written to it), and its stale live actions
@@ -63,19 +63,24 @@ class DynamoStore:
 
         return Call(read, planner.cancel)
 
-    def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
+    def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[DynamoAction]:
         dp: DynamoTargetPlan = read.state
         for d in dp.actions:
             kid = action_id(self.kind, d["target"], d["table"], dumps(d["key"]), "", d["kind"])
-            yield Action(id=kid, **dict(d, changes=[AttrChange(**c) for c in d["changes"]]))
+            yield DynamoAction(id=kid, **dict(d, changes=[AttrChange(**c) for c in d["changes"]]))
         dp.actions = []
 
     # -- apply and verify ------------------------------------------------------------------------------------
 
     def take(self, rows: Iterable[Action], planned: int, skip_live: bool) -> int:
-        acts: list[Action] = []
+        acts: list[DynamoAction] = []
         changed: set[str] = set()
         for a in rows:
+            if not isinstance(a, DynamoAction):  # read_plan checked each line's target; its store is checked here
+                raise UserError(
+                    f"the plan's action {a.id} is a {a.store} action under DynamoDB target {self.name!r}; the plan "
+                    "was edited or damaged: re-plan"
+                )
             # Which tables are live is the targets file's word: a table that became live (or stopped being live)
             # since the plan needs a new plan, whose actions get the live treatment and confirmation.
             if self.target.is_live(a.table) != a.live:
@@ -92,7 +97,7 @@ class DynamoStore:
                     for table in sorted(changed)
                 ],
             )
-        acts.sort(key=lambda a: (a.step, a.table, dumps(a.key), a.column or ""))
+        acts.sort(key=lambda a: (a.step, a.table, dumps(a.key)))
         self._actions, self._full = acts, len(acts) == planned
         return len(acts)
 
@@ -158,7 +163,7 @@ class DynamoStore:
     def start_run(self) -> None:
         call(self.target, "ledger", self._ledger.start)
 
-    def live_actions(self) -> list[Action]:
+    def live_actions(self) -> list[DynamoAction]:
         return [a for a in self._actions if a.live]
 
     def step(self, stage: Stage, on_stale: str, write: Journal) -> Step[TargetResult] | None:
@@ -170,7 +175,7 @@ class DynamoStore:
         run = self._run_live if stage.live else self._run_other
         return Call(lambda: self._where_each(run(group, on_stale, write)))
 
-    def _run_other(self, group: list[Action], on_stale: str, write: Journal) -> TargetResult:
+    def _run_other(self, group: list[DynamoAction], on_stale: str, write: Journal) -> TargetResult:
         # --on-stale abort writes nothing to a target with a stale item, its live table included: the live actions
         # run last, in a stage of their own, so the target is held back as a whole here.
         live = self.live_actions()
@@ -185,7 +190,7 @@ class DynamoStore:
             self._held = "stale action(s) in its other tables"
         return res
 
-    def _run_live(self, group: list[Action], on_stale: str, write: Journal) -> TargetResult:
+    def _run_live(self, group: list[DynamoAction], on_stale: str, write: Journal) -> TargetResult:
         if self._held is not None:
             res = _held_back(self.name, group, self._held)
             res.outcomes.update(self._live_stale)  # the stale ones say why
@@ -225,7 +230,7 @@ class DynamoStore:
             self._ledger.release()
 
 
-def _held_back(target: str, actions: list[Action], why: str) -> TargetResult:
+def _held_back(target: str, actions: list[DynamoAction], why: str) -> TargetResult:
     """Actions of a target that --on-stale abort keeps from running because of stale actions elsewhere in it."""
     res = TargetResult(target)
     res.outcomes = {a.id: Outcome("not-applied", f"nothing written: {why} and --on-stale abort") for a in actions}

@@ -12,7 +12,7 @@ import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict
 
 import psycopg
 
@@ -21,7 +21,7 @@ from emailsync.engine.executor import Call, Step
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
-from emailsync.plan import Action, Skipped, Store, TargetFingerprint
+from emailsync.plan import Action, PostgresAction, Skipped, Store, TargetFingerprint
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
@@ -220,13 +220,15 @@ def _keys_of_drifted(found: CompactOutcomes, rows: Iterable[Action]) -> dict[str
 class _Where(TypedDict):
     """The fields every action on one row shares."""
 
-    store: Store
+    store: Literal["postgres"]
     target: str
     table: str
     key: dict[str, Any]
 
 
-def _table_actions(tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
+def _table_actions(
+    tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipped: list[Skipped]
+) -> Iterator[PostgresAction]:
     """The actions of one planned table, in its rows' order; its skipped changes are added to `skipped`."""
     meta = tab.meta
     col_order = {c: n for n, c in enumerate(meta.email_columns)}
@@ -260,7 +262,7 @@ def _table_actions(tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipp
                 arrive = 3 * max((levels.get(e, 0) for e in other.entries_for(cols)), default=0) + 1
                 delete_step = min(delete_step, arrive - 1)
             yield (
-                Action(
+                PostgresAction(
                     id=action_id("postgres", tp.target.name, meta.display, row.keystr, ch.column, "delete"),
                     kind="delete-on-conflict",
                     step=delete_step,
@@ -279,7 +281,7 @@ def _table_actions(tp: TargetPlan, tab: TablePlan, levels: dict[int, int], skipp
             if delete_step is not None and step > delete_step:
                 continue  # the row is deleted before this value moves: nothing to keep valid
             yield (
-                Action(
+                PostgresAction(
                     id=action_id("postgres", tp.target.name, meta.display, row.keystr, ch.column, ch.kind),
                     kind=ch.kind,
                     step=step,
