@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emailsync.engine.stages import planned_by_stage
-from emailsync.plan import Action, Plan, Rows, SummaryRow
+from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, SummaryRow, in_sections
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -268,7 +268,7 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
     return head + "\n" + "\n".join(kept) + note(shown)
 
 
-def _ddb_row(a: Action) -> str:
+def _ddb_row(a: DynamoAction) -> str:
     changes = "; ".join(
         f"{_code(c.attribute)}: {_code(_ddb(c.old, 50, _raw))} → {_code(_ddb(c.new, 50, _raw))}"
         for c in a.changes or []
@@ -278,7 +278,7 @@ def _ddb_row(a: Action) -> str:
     return f"| {a.step} | {_md_key(a.key, ddb=True)} | {_kind(a.kind)} | {changes} | {moves} | {there} |"
 
 
-def _pg_change(a: Action, width: int = 60) -> str:
+def _pg_change(a: PostgresAction, width: int = 60) -> str:
     return f"{_md_value(a.old, width)} → {_md_value(a.new, width)}"
 
 
@@ -301,19 +301,22 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
     step 2) is shown once, in the deletes, with those changes beside it; its table's section leaves them out."""
     # Streamed, and collected only up to MD_COLLECT of each: plan.md shows a few hundred rows whatever the plan's
     # size, so memory stays flat however many deletes a plan of millions holds.
-    dels: list[Action] = []
-    live: list[Action] = []
-    for a in plan.actions:
-        if a.kind == "delete-on-conflict" and len(dels) < MD_COLLECT:
+    dels: list[PostgresAction] = []
+    live: list[DynamoAction] = []
+    # Only the sections that can hold them are read (deletes have their own kind; live actions are DynamoDB's): on
+    # a plan being made, the rest is skipped unparsed.
+    dynamo = {name for name, fp in plan.targets.items() if fp.store == "dynamodb"}
+    for a in in_sections(plan.actions, lambda sec: sec[2] == "delete-on-conflict" or sec[0] in dynamo):
+        if isinstance(a, PostgresAction) and a.kind == "delete-on-conflict" and len(dels) < MD_COLLECT:
             dels.append(a)
-        elif a.live and len(live) < MD_COLLECT:
+        elif isinstance(a, DynamoAction) and a.live and len(live) < MD_COLLECT:
             live.append(a)
-    also: dict[tuple[str, str, str], list[Action]] = {}
+    also: dict[tuple[str, str, str], list[PostgresAction]] = {}
     if dels:
         deleted = {_row_id(a) for a in dels}
         tables = {(t, tb) for t, tb, _ in deleted}
-        for a in plan.actions:
-            if a.kind != "delete-on-conflict" and not a.live and (a.target, a.table) in tables:
+        for a in in_sections(plan.actions, lambda sec: (sec[0], sec[1]) in tables and sec[2] != "delete-on-conflict"):
+            if isinstance(a, PostgresAction) and a.kind != "delete-on-conflict" and (a.target, a.table) in tables:
                 rid = _row_id(a)
                 if rid in deleted and len(also.setdefault(rid, [])) < MD_COLLECT:
                     also[rid].append(a)
@@ -395,7 +398,7 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
                     "|---:|---|---|---|---|---|",
                 ]
             )
-            yield from ((_ddb_row(a), 1) for a in acts)
+            yield from ((_ddb_row(a), 1) for a in acts if isinstance(a, DynamoAction))
         else:
             yield from (
                 (line, 0)
@@ -409,6 +412,7 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
             yield from (
                 (f"| {a.step} | {_md_key(a.key)} | {_cell(a.column or '')} | {_kind(a.kind)} | {_pg_change(a)} |", 1)
                 for a in acts
+                if isinstance(a, PostgresAction)
             )
         yield "", 0
     if plan.reads:

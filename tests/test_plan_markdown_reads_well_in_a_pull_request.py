@@ -441,3 +441,36 @@ def test_plan_md_lists_the_apply_order_stage_by_stage_live_tables_last(ws, db, d
     ]
     assert order[0].endswith("1 action(s) on `core` (1)")
     assert order[1].endswith("1 action(s) on `auth` (1)") and order[2].endswith("1 action(s) on `auth` (1)")
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_plan_md_made_from_the_sections_it_needs_is_the_one_show_renders_from_the_file(ws, db, ddb, monkeypatch, spill):
+    """plan.md is rendered while planning from the deletes', the DynamoDB targets' and the deleted rows' tables'
+    sections only (held in memory, or sorted in runs on disk); `show --format markdown` renders it from the file,
+    reading every line. Both are the same document."""
+    import emailsync.plan
+    from helpers import mixed_estate
+
+    if spill:
+        monkeypatch.setattr(emailsync.plan, "SPILL_BYTES", 400)
+    db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text UNIQUE, manager text)")
+    db.execute("INSERT INTO accounts VALUES (1, 'a@o.com', 'a@o.com'), (2, 'a@n.com', NULL), (3, 'z@o.com', NULL)")
+    plan = mixed_estate(ws, db, ddb)  # plans employees only; re-planned below with accounts too
+    ws.targets(
+        plan.parent.parent.parent.joinpath("targets.yaml")
+        .read_text()
+        .replace(
+            "      - {table: employees, columns: [email]}",
+            "      - {table: employees, columns: [email]}\n      - {table: accounts, columns: [email, manager]}",
+        )
+    )
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    md = plan.with_name("plan.md").read_text()
+    assert "Rows to be deleted" in md and "LIVE" in md
+    shown = ws.run("show", str(plan), "--format", "markdown")
+    assert shown.code == 0, shown.err
+    # The details (live swaps, deletes with the rows' other changes, every table) are the same text; the header
+    # differs only in the order targets are listed in, and show adds the apply history.
+    details = md[md.index("## ⚠ LIVE") :].rstrip("\n")
+    assert "accounts" in details and details in shown.out
