@@ -32,7 +32,7 @@ def _session_used_before(monkeypatch, *modules):
         monkeypatch.setattr(mod, "connect", connect)
 
 
-# --- pg_apply: temp_buffers via set_config ---------------------------------------------------------------------
+# --- the PostgreSQL applier: temp_buffers via set_config ----------------------------------------------------
 
 
 def _two_employees_planned(db, ws):
@@ -71,7 +71,7 @@ def test_verify_on_a_session_that_already_used_temporary_tables_reports_the_stat
     assert db.rows("SELECT id, email FROM employees ORDER BY id") == [(1, "a@x.com"), (2, "b@x.com")]
 
 
-# --- pg_catalog/postgres: native key reads ---------------------------------------------------------------------
+# --- the PostgreSQL catalog and planner: native key reads ---------------------------------------------------
 
 
 def test_plan_of_a_table_keyed_by_a_text_array_keeps_the_key_as_to_jsonb_renders_it(db, ws):

@@ -448,8 +448,9 @@ def test_plan_md_made_from_the_sections_it_needs_is_the_one_show_renders_from_th
     """plan.md is rendered while planning from the deletes', the DynamoDB targets' and the deleted rows' tables'
     sections only (held in memory, or sorted in runs on disk); `show --format markdown` renders it from the file,
     reading every line. Both are the same document."""
-    import emailsync.plan
     from helpers import mixed_estate
+
+    import emailsync.plan
 
     if spill:
         monkeypatch.setattr(emailsync.plan, "SPILL_BYTES", 400)

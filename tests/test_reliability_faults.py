@@ -106,7 +106,8 @@ def _sequence() -> list[tuple[str, str, int]]:
     call("PutItem", LEDGER, 0)  # the run's ledger record
     seq += [("pg-step", "", 1)] * CORE_STEPS + [("pg-commit", "", 1)]
     seq += [("pg-step", "", 1)] * LEAVE_STEPS + [("pg-commit", "", 1)]
-    # --on-stale abort: the live items are read first, so a stale one holds back the whole target (applier.py)
+    # --on-stale abort: the live items are read first, so a stale one holds back the whole target
+    # (stores/dynamodb/store.py)
     reads({"auth": 1}, 2)
     reads(READS[0], 2)
     for step, transactions in enumerate(USERS_TX):
@@ -521,7 +522,7 @@ def test_5xx_after_a_live_write_took_effect_finishes_the_swap(estate: Estate, dd
         _check_finished(estate, _completed(first), estate.initial, either=frozenset(written))
     else:
         _check_finished(estate, _apply(estate), mid)
-    # The bug this shows (emailsync/stores/ddb_apply.py, DynamoApplier._swap -> _resolve_move): the retry's failed
+    # The bug this shows (stores/dynamodb/applier.py, DynamoApplier._swap -> _resolve_move): the retry's failed
     # condition is judged as a change by someone else; the swap is reported stale with both items kept (and the
     # chain's later swap into its old key stale with it), exit 3, until a rerun resumes it.
     wrong = {

@@ -279,7 +279,7 @@ def test_rollback_after_a_kill_and_an_aborted_rerun_still_undoes_the_committed_r
     (--on-stale abort) finds row 1 already-applied and row 2 stale, writes nothing and reports row 1 as
     `not-applied`. Row 1 is still changed in the database, so `emailsync rollback` must revert it. Was: the
     rollback refuses ("nothing to roll back"): recorded_outcomes lets run 2's `not-applied` replace run 1's
-    `maybe-applied` (only applied/already-applied/needs-review are sticky), and apply's abort path (pg_apply
+    `maybe-applied` (only applied/already-applied/needs-review are sticky), and apply's abort path (PostgresApplier
     _abort; DynamoApplier.run likewise) reports already-applied actions as not-applied."""
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
     db.execute("INSERT INTO employees VALUES (1, 'a@o.com'), (2, 'b@o.com')")
