@@ -414,7 +414,8 @@ def verify(
     from emailsync.plan import dumps
     from emailsync.planfile import read_plan
     from emailsync.render import verify_lines, verify_markdown
-    from emailsync.workflows import store_errors, with_progress
+    from emailsync.stores.errors import store_errors
+    from emailsync.workflows import with_progress
 
     try:
         p = read_plan(plan_file)
@@ -564,7 +565,8 @@ def discover(
     propose targets.yaml entries with the evidence. Prints the merged targets.yaml; --write saves it."""
     from emailsync.discover import run
     from emailsync.plan import dumps
-    from emailsync.workflows import store_errors, with_progress
+    from emailsync.stores.errors import store_errors
+    from emailsync.workflows import with_progress
 
     if json_out:
         format = DiscoverFormat.json

@@ -38,3 +38,11 @@ class UserError(Exception):
                 shown.append(f"  - … and {len(self.problems) - MAX_PROBLEMS:,} more problem(s) of the same kinds")
             message = message + "\n" + "\n".join(shown)
         super().__init__(message)
+
+    @classmethod
+    def as_reported(cls, text: str, problems: list[str]) -> UserError:
+        """The same error again from its text, as another process reported it (its problems already in the text)."""
+        err = cls.__new__(cls)
+        Exception.__init__(err, text)
+        err.problems = list(problems)
+        return err

@@ -16,8 +16,10 @@ import hashlib
 import heapq
 import itertools
 import json
+import os
 import re
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
@@ -596,3 +598,116 @@ def body_lines(plan: Plan) -> Iterator[str]:
         yield from _merged(plan.actions, plan.skipped)
         return
     yield from _merged_lines(plan.actions, plan.skipped)
+
+
+# --- plans made in parts, one per target -------------------------------------------------------------------------
+# The body's sort key starts with the target, so each target's lines can be made and sorted on their own (in a
+# process of their own when planning in parallel) and the body is the parts one after another in target order.
+# A part is two unnamed temporary files made by the process that seals the plan (so they go with it, even after
+# kill -9, and a forked worker writes into them): its lines, and the same bytes as one raw deflate stream ended by a
+# full flush, so the plan file is one gzip stream whose pieces were compressed where they were made.
+
+PartRun = tuple[tuple[str, str, str], int, bool, int, int]  # section, lines, skipped?, byte offset, byte length
+
+
+class Part:
+    """One target's part of the body: its files, and (once written) its runs of lines by section."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.raw: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the plan that reads it
+        self.gz: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self.runs: list[PartRun] = []
+
+    def counts(self) -> tuple[int, int]:
+        """(actions, skipped changes) in the part."""
+        return sum(r[1] for r in self.runs if not r[2]), sum(r[1] for r in self.runs if r[2])
+
+    def chunks(self, gz: bool = False) -> Iterator[bytes]:
+        f = self.gz if gz else self.raw
+        pos = 0
+        while data := os.pread(f.fileno(), 1 << 20, pos):
+            yield data
+            pos += len(data)
+
+    def run_lines(self, run: PartRun) -> list[str]:
+        return os.pread(self.raw.fileno(), run[4], run[3]).decode().split("\n")[:-1]
+
+
+def write_part(part: Part, actions: Iterable[Action], skipped: Iterable[Skipped]) -> list[PartRun]:
+    """Sort one target's actions and skipped changes into its part of the body and write both of its files; returns
+    the part's runs. `skipped` is read after `actions`, so it may be filled as they are made."""
+    a = _sorted_lines(actions, skipped=False)
+    s = _sorted_lines(skipped, skipped=True)
+    a_lines, s_lines = a.lines(), s.lines()
+    runs: list[PartRun] = []
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    offset = 0
+    raw, gz = part.raw, part.gz
+    for section, n, is_skipped in heapq.merge(
+        [(sec, n, False) for sec, n in a.runs], [(sec, n, True) for sec, n in s.runs], key=lambda r: r[0]
+    ):
+        chunk = "".join(line + "\n" for line in itertools.islice(s_lines if is_skipped else a_lines, n))
+        data = chunk.encode()  # as planfile encodes every other plan's lines
+        raw.write(data)
+        gz.write(deflate.compress(data))
+        runs.append((section, n, is_skipped, offset, len(data)))
+        offset += len(data)
+    gz.write(deflate.flush(zlib.Z_FULL_FLUSH))
+    raw.flush()
+    gz.flush()
+    return runs
+
+
+class PartRows:
+    """The actions (or skipped changes) of a plan made in parts, read from the parts' files on each iteration."""
+
+    def __init__(self, parts: list[Part], skipped: bool, count: int) -> None:
+        self.parts, self._skipped, self._count = parts, skipped, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.in_sections(lambda s: True)
+
+    def in_sections(self, chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+        """The items of the chosen sections, in order; the other sections' lines are not read."""
+        for p in self.parts:
+            for run in p.runs:
+                if run[2] is self._skipped and chosen(run[0]):
+                    for line in p.run_lines(run):
+                        data = _PARSE.decode(line)
+                        if self._skipped:
+                            data.pop("kind")
+                            yield Skipped.model_validate(data)
+                        else:
+                            yield parse_action(data)
+
+    def raw_lines(self) -> Iterator[str]:
+        """The whole body (actions and skipped changes), line by line."""
+        for p in self.parts:
+            for run in p.runs:
+                yield from p.run_lines(run)
+
+
+def seal_parts(body: dict[str, Any], parts: list[Part]) -> Plan:
+    """seal() for a plan made in parts (written): the body is the parts in target order."""
+    parts = sorted(parts, key=lambda p: p.target)
+    h = hashlib.sha256()
+    for p in parts:
+        for chunk in p.chunks():
+            h.update(chunk)
+    n_actions = sum(p.counts()[0] for p in parts)
+    n_skipped = sum(p.counts()[1] for p in parts)
+    body = dict(body) | {
+        "action_count": n_actions,
+        "skipped_count": n_skipped,
+        "body_sha256": h.hexdigest(),
+        "digest": "sha256:" + "0" * 64,
+    }
+    plan = Plan.model_validate(body)
+    sealed = plan.model_copy(update={"digest": header_digest(plan.model_dump(mode="python"))})
+    sealed._actions = PartRows(parts, False, n_actions)
+    sealed._skipped = PartRows(parts, True, n_skipped)
+    return sealed

@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import itertools
 import json
 import shutil
+import struct
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +46,7 @@ from emailsync.plan import (
     SKIPPED_KIND,
     Action,
     ActionBase,
+    PartRows,
     Plan,
     Skipped,
     body_lines,
@@ -89,21 +92,61 @@ def check_name(path: Path, option: str = "--out") -> None:
 
 
 def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
-    """The file's bytes in chunks of about 1 MiB: the header line, then the body as it is produced."""
-    gz = zlib.compressobj(6, zlib.DEFLATED, 31) if compress else None  # wbits 31: a gzip stream, mtime 0
+    """The file's bytes: the header line, then the body as it is produced, in chunks of about 1 MiB.
+
+    Compressed, the file is one gzip stream: the header line and each target's lines deflated apart (raw deflate at
+    level 6, each ended by a full flush, so the next continues the stream where it stopped), then the last block and
+    the trailer. A plan made in parts (plan.Part) comes with its targets already deflated where they were made; any
+    other plan is deflated target by target the same way, so the same plan is always the same bytes."""
     header = plan.model_dump(mode="python", exclude={"signature"} if plan.signature is None else set())
-    buf = [dumps(header).encode(), b"\n"]
+    head = dumps(header).encode() + b"\n"
+    if not compress:
+        yield head
+        if isinstance(plan.actions, PartRows):
+            for p in plan.actions.parts:
+                yield from p.chunks()
+        else:
+            yield from _chunked(body_lines(plan))
+        return
+    crc, size = zlib.crc32(head), len(head)
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    yield _GZIP_HEADER + c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    if isinstance(plan.actions, PartRows):
+        for p in plan.actions.parts:
+            if p.runs:  # a target without lines has no piece, as below
+                for chunk in p.chunks():
+                    crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+                yield from p.chunks(gz=True)
+    else:
+        lines = body_lines(plan)
+        per_target: Counter[str] = Counter()
+        for r in plan.summary:
+            per_target[r.target] += r.count
+        for target in sorted(per_target):  # the body's order: by target first
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            for chunk in _chunked(itertools.islice(lines, per_target[target])):
+                crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+                yield c.compress(chunk)
+            yield c.flush(zlib.Z_FULL_FLUSH)
+    yield zlib.compressobj(6, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def _chunked(lines: Iterable[str]) -> Iterator[bytes]:
+    buf: list[bytes] = []
     size = 0
-    for line in body_lines(plan):
+    for line in lines:
         data = line.encode()
         buf += (data, b"\n")
         size += len(data) + 1
         if size >= 1 << 20:
-            chunk = b"".join(buf)
-            yield gz.compress(chunk) if gz is not None else chunk
+            yield b"".join(buf)
             buf, size = [], 0
-    chunk = b"".join(buf)
-    yield (gz.compress(chunk) + gz.flush()) if gz is not None else chunk
+    if buf:
+        yield b"".join(buf)
+
+
+# A gzip member's header as zlib writes it (wbits 31): no name, mtime 0, OS Unix.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
 
 
 def write_plan(plan: Plan, path: Path) -> None:

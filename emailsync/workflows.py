@@ -5,35 +5,19 @@ codes; every check, refusal and file written is decided here, and can be driven 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import botocore.exceptions
-import psycopg
-
 from emailsync import progress
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
+from emailsync.stores.errors import store_errors
 
 T = TypeVar("T")
 Warn = Callable[[str], None]
-
-
-@contextmanager
-def store_errors(doing: str, after: str = "") -> Iterator[None]:
-    """An error a store reported, as one UserError naming what was being done: not a mistake in the inputs that
-    could be named, but no traceback either."""
-    try:
-        yield
-    except psycopg.Error as e:
-        msg = (e.diag.message_primary or str(e)).strip()
-        raise UserError(f"the database reported an error while {doing} ({type(e).__name__}: {msg}){after}") from None
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise UserError(f"DynamoDB reported an error while {doing} ({e}){after}") from None
 
 
 def with_progress(quiet: bool, fn: Callable[[], T]) -> T:

@@ -4,6 +4,7 @@ waiting on a lock (real PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -122,3 +123,74 @@ def test_ctrl_c_stops_every_target_even_one_waiting_on_a_lock(ws, make_db):
         assert (proc.returncode, err.decode()) == (130, INTERRUPTED)
         assert watcher.execute(q).fetchone()[0] == 0  # type: ignore[index]  # no query of ours left waiting
     assert not list(ws.path.glob("plans/*/plan.jsonl.gz"))
+
+
+def _on_a_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60) -> bytes:
+    """The output of a command run on a pseudo-terminal (progress bars are drawn only there), to its end."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(cwd)
+        os.execve(args[0], args, env)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out += data
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        os.close(fd)
+    return out
+
+
+def test_targets_planned_in_processes_show_their_own_progress_bars(ws, make_db):
+    """With several PostgreSQL targets planned at once, each is planned in a process of its own; their progress
+    bars are drawn by the command on the terminal, one per target, and the plan is the one width 1 makes."""
+    _estate(ws, make_db, n=3)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")} | {"TERM": "xterm"}
+    out = _on_a_terminal([str(SCRIPT), "plan", "--parallel", "3", "--out", "w3/plan.jsonl.gz"], ws.path, env)
+    text = out.decode(errors="replace")
+    assert all(f"plan t{k}: reading" in text for k in range(3)), text[-2000:]
+    assert "Traceback" not in text
+    r, one = ws.plan("--parallel", "1")
+    assert r.code == 0, r.err
+    assert _body(ws.path / "w3" / "plan.jsonl.gz") == _body(one)
+
+
+def test_a_planning_process_ends_when_the_command_is_killed(ws, make_db):
+    """kill -9 of `emailsync plan` while its target processes wait on a lock: they end too (their queries are
+    cancelled, their sessions gone), and nothing is left behind: no plan, no temporary file."""
+    dbs = _estate(ws, make_db, n=2)
+    tmp = ws.path / "tmp"
+    tmp.mkdir()
+    with psycopg.connect(dbs[1].dsn) as holder, psycopg.connect(dbs[1].dsn, autocommit=True) as watcher:
+        holder.execute("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
+        env = os.environ.copy() | {"TMPDIR": str(tmp)}
+        proc = subprocess.Popen([str(SCRIPT), "plan", "--quiet", "--parallel", "2"], cwd=ws.path, env=env)
+        q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        deadline = time.monotonic() + 30
+        while watcher.execute(q).fetchone()[0] == 0:  # type: ignore[index]
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while watcher.execute(q).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "a planning process kept waiting after its command was killed"
+            time.sleep(0.05)
+        holder.rollback()
+    assert not list(ws.path.glob("plans/*/plan.jsonl.gz"))
+    assert not list(tmp.iterdir())  # the parts' files were never named

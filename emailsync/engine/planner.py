@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from emailsync import __version__
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import default_width, run_all
+from emailsync.engine.parts import Forked, InProcess
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
-    SKIPPED_KIND,
-    Action,
     Inputs,
     Plan,
     ReadRecord,
-    Skipped,
     SummaryRow,
     TargetFingerprint,
-    seal,
-    summary_column,
+    seal_parts,
 )
 from emailsync.planfile import PLAN_NAME
 from emailsync.stores import registry
@@ -32,39 +28,38 @@ def build_plan(
     loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None, parallel: int | None = None
 ) -> Plan:
     """Plan every target (read-only), `parallel` targets at a time (default: executor.default_width); the plan is
-    the same whatever the width. Each target is read through its store (stores/base.py); the order of the mapping
-    entries (levels) is decided across all of them, then each store makes its actions."""
+    the same whatever the width.
+
+    Two phases per target (engine/parts.py): each is read through its store (stores/base.py); the order of the
+    mapping entries (levels) is then decided across all of them; then each makes its actions and writes them,
+    sorted, as its part of the body, which is the parts in target order. Planning several targets at once, those
+    whose planning is Python work run in processes of their own."""
     stores = registry.stores(loaded)
-    readers = [s.reader(mset) for s in stores]
-    reads = run_all(readers, parallel if parallel is not None else default_width(len(readers)))
-    warnings = list(mset.warnings) + [w for r in reads for w in r.warnings]
-    levels = _levels({e for r in reads for e in r.edges}, mset)
-    skipped: list[Skipped] = []
+    width = parallel if parallel is not None else default_width(len(stores))
+    forking = width > 1 and sum(s.plans_in_a_process for s in stores) > 1
+    makers: list[InProcess | Forked] = []
+    try:
+        # Forked here, before any executor thread starts.
+        makers += [Forked(s, mset) if forking and s.plans_in_a_process else InProcess(s, mset) for s in stores]
+        reads = run_all([m.read() for m in makers], width)
+        levels = _levels({e for r in reads for e in r.edges}, mset)
+        made = run_all([m.make(levels) for m in makers], width)
+    finally:
+        for m in makers:
+            m.close()
     summary: dict[tuple[str, str, str, str], int] = defaultdict(int)
     ids: set[str] = set()
-
-    def counted(a: Action) -> Action:
-        if a.id in ids:  # 64-bit ids: a clash is astronomically unlikely, but never silent
+    for target, maker in zip(made, makers, strict=True):
+        maker.part.runs = target.runs
+        for k, n in target.summary:
+            summary[k] += n
+        before = len(ids)
+        ids.update(target.ids)
+        if len(ids) != before + len(target.ids):  # 64-bit ids: a clash is astronomically unlikely, never silent
             raise UserError("internal: two actions got the same id; please report this with the inputs")
-        ids.add(a.id)
-        summary[(a.target, a.table, summary_column(a), a.kind)] += 1
-        return a
-
-    # seal() takes every action first, then the skipped changes, and only then reads the header: the summary and
-    # the skipped list are complete by then, filled in as the last action is taken.
-    summary_rows: list[SummaryRow] = []
-
-    def every_action() -> Iterator[Action]:
-        """Every action, made as seal() takes it (seal keeps its line, not the model): each store lets its planned
-        rows go as their actions are made, so the planned rows and the plan's lines are not both held whole."""
-        for s, r in zip(stores, reads, strict=True):
-            yield from (counted(a) for a in s.actions(r, levels, skipped))
-        for sk in skipped:
-            summary[(sk.target, sk.table, sk.column, SKIPPED_KIND)] += 1
-        summary_rows.extend(
-            SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()
-        )
-
+    for target in made:  # skipped changes are counted after every action, as seal() counts them
+        for k, n in target.skipped:
+            summary[k] += n
     now = now or datetime.now(UTC)
     body = dict(
         created_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -79,12 +74,10 @@ def build_plan(
         ),
         targets={r.name: TargetFingerprint(store=s.kind, **r.reached) for s, r in zip(stores, reads, strict=True)},
         reads=[ReadRecord(**x) for r in reads for x in r.reads],
-        summary=summary_rows,
-        warnings=warnings,
-        skipped=skipped,
-        actions=every_action(),
+        summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
+        warnings=list(mset.warnings) + [w for r in reads for w in r.warnings],
     )
-    return seal(body)
+    return seal_parts(body, [m.part for m in makers])
 
 
 def _levels(edges: set[tuple[int, int]], mset: MappingSet) -> dict[int, int]:

@@ -53,6 +53,9 @@ class Store(Protocol):
     """One target of targets.yaml, reached through one store."""
 
     kind: ClassVar[StoreKind]
+    # Its planning is Python work rather than waiting on the store: planned in a process of its own when several
+    # targets are planned at once (engine/parts.py), so they run on every core.
+    plans_in_a_process: ClassVar[bool]
     name: str
 
     # -- plan (read-only) --

@@ -37,6 +37,7 @@ ClientFor = Callable[..., "DynamoDBClient"]
 
 class DynamoStore:
     kind: ClassVar[Store] = "dynamodb"
+    plans_in_a_process: ClassVar[bool] = False  # its planning waits on requests: threads overlap it
 
     def __init__(self, loaded: LoadedTargets, index: int, client_for: ClientFor) -> None:
         self.target: DynamoTarget = loaded.config.dynamodb[index]

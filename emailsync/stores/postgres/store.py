@@ -36,6 +36,7 @@ BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
 
 class PostgresStore:
     kind: ClassVar[Store] = "postgres"
+    plans_in_a_process: ClassVar[bool] = True  # conflict analysis and the actions' lines are Python work
 
     def __init__(
         self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
