@@ -1,5 +1,5 @@
 """DynamoDB items as plan JSON ({"S": ...}, {"N": ...}, {"SS": [...]}, binary as base64), exact and typed: codecs,
-sizes, paths into items, and the old script's merge.
+sizes, and paths into items.
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ import base64
 from typing import Any
 
 from emailsync.plan import dumps
-
-# --- values --------------------------------------------------------------------------------------------------
 
 
 def to_json(av: dict[str, Any]) -> dict[str, Any]:
