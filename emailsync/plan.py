@@ -463,16 +463,7 @@ class LineRows:
         return self._count
 
     def __iter__(self) -> Iterator[Any]:
-        return self._parsed(self.lines())
-
-    def _parsed(self, lines: Iterable[str]) -> Iterator[Any]:
-        for line in lines:
-            data = _PARSE.decode(line)
-            if self._skipped:
-                data.pop("kind")
-                yield Skipped.model_validate(data)
-            else:
-                yield parse_action(data)
+        return _parsed(self.lines(), self._skipped)
 
     def lines(self) -> Iterator[str]:
         if not self._spilled:
@@ -490,13 +481,27 @@ class LineRows:
             pos = 0
             for section, n in self.runs:
                 if chosen(section):
-                    yield from self._parsed(self._lines[pos : pos + n])
+                    yield from _parsed(self._lines[pos : pos + n], self._skipped)
                 pos += n
             return
-        yield from self._parsed(line for key, line in self._merged_runs() if chosen((key[0], key[1], key[2])))
+        lines = (line for key, line in self._merged_runs() if chosen((key[0], key[1], key[2])))
+        yield from _parsed(lines, self._skipped)
 
 
 _PARSE = json.JSONDecoder(parse_float=Decimal)
+
+
+def _parsed(lines: Iterable[str], skipped: bool) -> Iterator[Any]:
+    """Lines of a plan being made, as their models (written by this process: checked when they were made)."""
+    for line in lines:
+        data = _PARSE.decode(line)
+        if skipped:
+            data.pop("kind")
+            yield Skipped.model_validate(data)
+        else:
+            yield parse_action(data)
+
+
 SPILL_BYTES = 32 * 1024 * 1024  # lines held before a sorted run goes to a temporary file
 
 
@@ -676,13 +681,7 @@ class PartRows:
         for p in self.parts:
             for run in p.runs:
                 if run[2] is self._skipped and chosen(run[0]):
-                    for line in p.run_lines(run):
-                        data = _PARSE.decode(line)
-                        if self._skipped:
-                            data.pop("kind")
-                            yield Skipped.model_validate(data)
-                        else:
-                            yield parse_action(data)
+                    yield from _parsed(p.run_lines(run), self._skipped)
 
     def raw_lines(self) -> Iterator[str]:
         """The whole body (actions and skipped changes), line by line."""

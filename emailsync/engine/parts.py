@@ -92,6 +92,10 @@ class InProcess:
         self._read = None
 
 
+# Where processes cannot be forked (Windows), every target is planned in this process, on threads.
+CAN_FORK = "fork" in multiprocessing.get_all_start_methods()
+
+
 class Forked:
     """A target planned in a process of its own, forked before any executor thread starts. The process holds the
     target's reading between the two phases and writes into the part's files, which this process made (so they go

@@ -9,7 +9,7 @@ from pathlib import Path
 from emailsync import __version__
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import default_width, run_all
-from emailsync.engine.parts import Forked, InProcess
+from emailsync.engine.parts import CAN_FORK, Forked, InProcess
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
@@ -36,7 +36,7 @@ def build_plan(
     whose planning is Python work run in processes of their own."""
     stores = registry.stores(loaded)
     width = parallel if parallel is not None else default_width(len(stores))
-    forking = width > 1 and sum(s.plans_in_a_process for s in stores) > 1
+    forking = CAN_FORK and width > 1 and sum(s.plans_in_a_process for s in stores) > 1
     makers: list[InProcess | Forked] = []
     try:
         # Forked here, before any executor thread starts.
