@@ -194,3 +194,16 @@ def test_a_planning_process_ends_when_the_command_is_killed(ws, make_db):
         holder.rollback()
     assert not list(ws.path.glob("plans/*/plan.jsonl.gz"))
     assert not list(tmp.iterdir())  # the parts' files were never named
+
+
+def test_a_planning_process_that_dies_is_one_error_and_nothing_is_written(ws, make_db, monkeypatch):
+    """A target's process ends without a word (killed, out of memory) while making its actions: the command says
+    which target and how it ended, exit 1, no traceback, and writes no plan."""
+    from emailsync.stores.postgres.store import PostgresStore
+
+    _estate(ws, make_db, n=2)
+    files = listing(ws.path)
+    monkeypatch.setattr(PostgresStore, "actions", lambda self, read, levels, skipped: os._exit(9))
+    r = ws.run("plan", "--parallel", "2")
+    assert_user_error(r, "the process planning it ended unexpectedly (exit code 9)")
+    assert listing(ws.path) == files

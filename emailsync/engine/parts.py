@@ -117,19 +117,18 @@ class Forked:
         return Call(lambda: self._ask(("make", levels)), self._stop)
 
     def _ask(self, message: tuple[Any, ...]) -> Any:
-        self._pipe.send(message)
-        while True:
-            try:
+        try:
+            self._pipe.send(message)
+            while True:
                 tag, value = self._pipe.recv()
-            except EOFError:
-                self._proc.join()
-                raise UserError(
-                    f"target {self.name!r}: the process planning it ended unexpectedly (exit code "
-                    f"{self._proc.exitcode})"
-                ) from None
-            if tag != "progress":
-                break
-            self._bars.draw(value)
+                if tag != "progress":
+                    break
+                self._bars.draw(value)
+        except (EOFError, OSError):  # the process is gone (killed, out of memory): said, not a traceback
+            self._proc.join()
+            raise UserError(
+                f"target {self.name!r}: the process planning it ended unexpectedly (exit code {self._proc.exitcode})"
+            ) from None
         if tag == "ok":
             return value
         if tag == "stopped":
