@@ -88,10 +88,10 @@ def _fsync_folder(folder: Path) -> None:
 
 
 class _At(io.RawIOBase):
-    """A file descriptor read from the start with pread, so several readers share it without sharing an offset."""
+    """A file descriptor read from an offset with pread, so several readers share it without sharing an offset."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd, self._pos = fd, 0
+    def __init__(self, fd: int, start: int) -> None:
+        self._fd, self._pos = fd, start
 
     def readable(self) -> bool:
         return True
@@ -106,7 +106,7 @@ class _At(io.RawIOBase):
         super().close()
 
 
-def reader_from_start(fd: int, buffer_size: int = 1 << 16) -> io.BufferedReader:
-    """A buffered reader of the open file `fd` from its start, with its own position: temporary files (a plan's
-    checked copy, sorted runs, spilled outcomes) are read by several readers at once, each from the beginning."""
-    return io.BufferedReader(_At(fd), buffer_size)
+def reader_at(fd: int, buffer_size: int = 1 << 16, start: int = 0) -> io.BufferedReader:
+    """A buffered reader of the open file `fd` from byte `start`, with its own position: temporary files (a plan's
+    checked copy, sorted runs, spilled outcomes) are read by several readers at once, each from where it needs."""
+    return io.BufferedReader(_At(fd, start), buffer_size)

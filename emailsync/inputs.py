@@ -66,6 +66,9 @@ class _Limited(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        return self._f.fileno()
+
     def readinto(self, buf: Any) -> int:
         n: int = self._f.readinto(buf)
         self._left -= n

@@ -28,7 +28,7 @@ from typing import IO, Annotated, Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 from emailsync.errors import UserError
-from emailsync.files import reader_from_start
+from emailsync.files import reader_at
 
 # v2: gzip'd JSON Lines, a header line then one line per action or skipped change, sorted by section (planfile.py).
 # v1 (one JSON document; its minors 1-3 added rollback plans, signatures and reached targets) is refused by name.
@@ -297,15 +297,30 @@ class TargetRows:
     def __len__(self) -> int:
         return self._count
 
-    def lines(self) -> Iterator[str]:
-        """The target's lines as the plan file holds them, unparsed where the plan was read from a file: a store
-        that parses them itself (PostgreSQL, as jsonb) does no per-action work in Python. A line of another target
-        that names this one in a value, and the target's skipped changes, may be among them: such a reader keeps
-        only the lines whose "target" is this one and whose "kind" is not SKIPPED_KIND."""
-        fast = getattr(self._rows, "raw_of_target", None)
+    def chunks(self) -> Iterator[bytes]:
+        """The target's lines as the plan file holds them, each with its newline, in pieces of about 1 MiB cut
+        anywhere: from the plan file's checked copy as they are, where the plan was read from one, so a store that
+        parses them itself (PostgreSQL, as jsonb) does no per-action work in Python. The target's skipped changes
+        may be among them: such a reader keeps only the lines whose "kind" is not SKIPPED_KIND."""
+        fast = getattr(self._rows, "chunks_of_target", None)
         if fast is not None:
             return iter(fast(self.target))
-        return (line_of(a) for a in self)
+        return chunked(line_of(a) for a in self)
+
+
+def chunked(lines: Iterable[str]) -> Iterator[bytes]:
+    """Lines as bytes, each with its newline, joined into pieces of about 1 MiB."""
+    buf: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line.encode()
+        buf += (data, b"\n")
+        size += len(data) + 1
+        if size >= 1 << 20:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 def in_sections(rows: Iterable[Any], chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
@@ -516,7 +531,7 @@ def _write_run(keyed: list[tuple[tuple[str, ...], str]]) -> IO[bytes]:
 
 
 def _read_run(f: IO[bytes]) -> Iterator[tuple[list[str], str]]:
-    for raw in reader_from_start(f.fileno(), 1 << 20):
+    for raw in reader_at(f.fileno(), 1 << 20):
         key, _, line = raw.decode("utf-8", "surrogatepass").rstrip("\n").partition("\t")
         yield json.loads(key), line
 

@@ -25,12 +25,15 @@ import gzip
 import hashlib
 import itertools
 import json
-import shutil
+import multiprocessing
+import os
 import struct
 import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +41,8 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from emailsync.errors import UserError
-from emailsync.files import reader_from_start, write_atomic
+from emailsync.files import reader_at, write_atomic
+from emailsync.forking import CAN_FORK, die_with_parent
 from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, open_limited
 from emailsync.plan import (
     PLAN_FORMAT,
@@ -50,6 +54,7 @@ from emailsync.plan import (
     Plan,
     Skipped,
     body_lines,
+    chunked,
     dumps,
     header_digest,
     line_of,
@@ -106,7 +111,7 @@ def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
             for p in plan.actions.parts:
                 yield from p.chunks()
         else:
-            yield from _chunked(body_lines(plan))
+            yield from chunked(body_lines(plan))
         return
     crc, size = zlib.crc32(head), len(head)
     c = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -124,25 +129,11 @@ def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
             per_target[r.target] += r.count
         for target in sorted(per_target):  # the body's order: by target first
             c = zlib.compressobj(6, zlib.DEFLATED, -15)
-            for chunk in _chunked(itertools.islice(lines, per_target[target])):
+            for chunk in chunked(itertools.islice(lines, per_target[target])):
                 crc, size = zlib.crc32(chunk, crc), size + len(chunk)
                 yield c.compress(chunk)
             yield c.flush(zlib.Z_FULL_FLUSH)
     yield zlib.compressobj(6, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
-
-
-def _chunked(lines: Iterable[str]) -> Iterator[bytes]:
-    buf: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode()
-        buf += (data, b"\n")
-        size += len(data) + 1
-        if size >= 1 << 20:
-            yield b"".join(buf)
-            buf, size = [], 0
-    if buf:
-        yield b"".join(buf)
 
 
 # A gzip member's header as zlib writes it (wbits 31): no name, mtime 0, OS Unix.
@@ -160,25 +151,41 @@ def write_plan(plan: Plan, path: Path) -> None:
 
 
 class _Copy:
-    """The private, checked copy of a plan file that every later read streams from. An unnamed temporary file (no
-    name in any folder, removed by the system when the last descriptor closes, even after kill -9), read by each
-    pass at its own offset."""
+    """The private, checked copy of a plan file that every later read streams from: its text, inflated, in an unnamed
+    temporary file (no name in any folder, removed by the system when the last descriptor closes, even after kill
+    -9), read by each pass at its own offset. Inflated once, so no pass inflates it again, and each target's lines
+    are one range of bytes (the body is sorted by target first) that a store can send on as they are."""
 
-    def __init__(self, file: IO[bytes], gz: bool) -> None:
-        self._file, self.gz = file, gz
+    def __init__(self, file: IO[bytes], body_start: int) -> None:
+        self._file, self.body_start = file, body_start
+        self.ranges: dict[str, tuple[int, int]] = {}  # target -> offset and length of its lines, found by the check
 
-    def open(self) -> IO[bytes]:
-        raw = reader_from_start(self._file.fileno())
-        if self.gz:
-            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-        return raw
+    @property
+    def size(self) -> int:
+        return os.fstat(self._file.fileno()).st_size
 
-    def lines(self) -> Iterator[bytes]:
-        """The body's lines (the header line skipped), each with its newline."""
-        with self.open() as f:
-            f.readline(MAX_LINE + 1)
-            while line := f.readline(MAX_LINE + 1):
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def lines(self, start: int | None = None, length: int | None = None) -> Iterator[bytes]:
+        """The body's lines (those of `length` bytes from `start`), each with its newline."""
+        start = self.body_start if start is None else start
+        left = -1 if length is None else length
+        with reader_at(self._file.fileno(), 1 << 20, start) as f:
+            while left and (line := f.readline(MAX_LINE + 1 if left < 0 else min(left, MAX_LINE + 1))):
+                left -= len(line) if left > 0 else 0
                 yield line
+
+    def chunks(self, target: str) -> Iterator[bytes]:
+        """The target's lines (actions and skipped changes), in pieces of about 1 MiB cut anywhere."""
+        start, length = self.ranges.get(target, (0, 0))
+        fd, end = self._file.fileno(), start + length
+        while start < end:
+            piece = os.pread(fd, min(1 << 20, end - start), start)
+            if not piece:
+                raise OSError(f"the plan's private copy ended at byte {start} of {end}")
+            start += len(piece)
+            yield piece
 
 
 def _item(data: dict[str, Any]) -> Action | Skipped:
@@ -215,14 +222,10 @@ class FileRows:
                 if data.get("target") == target and (data.get("kind") == SKIPPED_KIND) is self._skipped:
                     yield _item(data)
 
-    def raw_of_target(self, target: str) -> Iterator[str]:
-        """The lines that may be the target's actions, unparsed (each without its newline): every one of them, and
-        perhaps its skipped changes and lines naming the target in a value, which the reader leaves out by their
-        "target" and "kind" (see TargetRows.lines)."""
-        needle = f'"target":{dumps(target)}'.encode()
-        for raw in self._copy.lines():  # skipped changes too: the reader keeps actions only
-            if needle in raw:
-                yield raw.decode()[:-1]
+    def chunks_of_target(self, target: str) -> Iterator[bytes]:
+        """The target's lines as the file holds them, unparsed, in pieces of about 1 MiB cut anywhere; its skipped
+        changes among them (see TargetRows.chunks)."""
+        return self._copy.chunks(target)
 
     def raw_lines(self) -> Iterator[str]:
         """The whole body as the file holds it, each line without its newline (for writing the plan again)."""
@@ -230,16 +233,35 @@ class FileRows:
             yield raw.decode()[:-1]
 
 
-def _private_copy(path: Path) -> _Copy:
-    """Copy the plan file (a regular file within its limit) to an unnamed temporary file only this process reads."""
+# An emailsync plan inflates about 10-15 times (each line has its own ids and addresses); far more is not a plan, and
+# must not fill the disk on its way to being refused.
+_MAX_INFLATION = 100
+
+
+def _private_copy(path: Path) -> tuple[_Copy, Plan, str]:
+    """Copy the plan file (a regular file within its limit), inflated, to an unnamed temporary file only this process
+    reads: its header, checked before the body is read, and the sha256 of its body, hashed on the way."""
     out = tempfile.TemporaryFile()  # noqa: SIM115  # kept open by the copy: it is the copy
     try:
         with open_limited(path, "plan") as src:
-            head = src.read(2)
-            out.write(head)
-            shutil.copyfileobj(src, out, 1 << 20)
+            gz = src.peek(2)[:2] == _GZIP_MAGIC
+            stream: IO[bytes] = gzip.GzipFile(fileobj=src) if gz else src  # type: ignore[assignment]
+            cap = _MAX_INFLATION * os.fstat(src.fileno()).st_size + MAX_LINE
+            first = stream.readline(MAX_LINE + 1)
+            plan = _header(path, first.rstrip(b"\n"))
+            out.write(first)
+            h, size = hashlib.sha256(), len(first)
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                if size > cap:
+                    raise UserError(
+                        f"{path}: inflates to more than {_MAX_INFLATION} times its size, which no plan emailsync "
+                        f"writes does; {_EDITED}"
+                    )
         out.flush()
-        return _Copy(out, head == _GZIP_MAGIC)
+        return _Copy(out, len(first)), plan, h.hexdigest()
     except BaseException:
         out.close()
         raise
@@ -347,37 +369,130 @@ def read_header(path: Path) -> Plan | None:
         return None
 
 
-def read_plan(path: Path) -> Plan:
+def read_plan(path: Path, parallel: int | None = None) -> Plan:
     """Read and check a plan file: format, digest, then every line's schema and order and the header's counts.
-    Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions."""
+    Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions.
+
+    `parallel`: how many targets' lines are checked at once, each in a process of its own (the check is Python work
+    on every line); None: every target, up to 4. A small plan is checked in this process."""
     with _open_errors(path):
-        copy = _private_copy(path)
-        with copy.open() as f:
-            plan = _header(path, f.readline(MAX_LINE + 1).rstrip(b"\n"))
-            h = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    if h.hexdigest() != plan.body_sha256:
+        copy, plan, body_sha256 = _private_copy(path)
+    if body_sha256 != plan.body_sha256:
         raise UserError(
-            f"{path}: digest mismatch: the body hashes to sha256 {h.hexdigest()} but the header records "
+            f"{path}: digest mismatch: the body hashes to sha256 {body_sha256} but the header records "
             f"{plan.body_sha256[:80]!r}. The plan was changed after it was made; re-run `emailsync plan` and have it "
             "reviewed again."
         )
     with _open_errors(path):
-        _check_body(path, plan, copy)
+        ranges = _ranges(plan, copy)
+        width = min(len(ranges), _CHECK_WIDTH if parallel is None else parallel)
+        small = copy.size - copy.body_start < PARALLEL_CHECK_BYTES
+        if width < 2 or small or not _forked_check(path, plan, copy, ranges, width):
+            _check_body(path, plan, copy)
     plan._actions = FileRows(copy, False, plan.action_count)
     plan._skipped = FileRows(copy, True, plan.skipped_count)
     return plan
 
 
+_CHECK_WIDTH = 4  # targets checked at once by default, as executor.default_width applies them
+PARALLEL_CHECK_BYTES = 16 << 20  # below this, forking costs more than checking takes
+Counts = Counter[tuple[str, str, str, str]]
+_Range = tuple[str, int, int, int]  # target, byte offset, length, the line number before its first line
+
+
+def _ranges(plan: Plan, copy: _Copy) -> list[_Range]:
+    """Each target's lines as the header's counts place them (the body is sorted by target first), found by counting
+    newlines, without parsing a line; empty when the body does not have the lines the counts say (the check in one
+    process then names the first line that is wrong)."""
+    per_target: Counter[str] = Counter()
+    for r in plan.summary:
+        per_target[r.target] += r.count
+    wanted = [(t, n) for t, n in sorted(per_target.items()) if n]
+    out: list[_Range] = []
+    fd, pos, line = copy.fileno(), copy.body_start, 1
+    piece, at = b"", 0  # the piece read at byte `at` of the copy
+    for target, count in wanted:
+        start, first_line, left = pos, line, count
+        while left:
+            if pos >= at + len(piece):
+                at, piece = pos, os.pread(fd, 1 << 20, pos)
+                if not piece:
+                    return []
+            i = pos - at
+            if piece.count(b"\n", i) < left:
+                left -= piece.count(b"\n", i)
+                pos = at + len(piece)
+                continue
+            for _ in range(left):
+                i = piece.index(b"\n", i) + 1
+            pos, left = at + i, 0
+        line += count
+        out.append((target, start, pos - start, first_line))
+    return out if pos == copy.size else []
+
+
+def _forked_check(path: Path, plan: Plan, copy: _Copy, ranges: list[_Range], width: int) -> bool:
+    """Check each target's lines in a process of its own, `width` at once. False (check again in this process, which
+    names the first problem in the file's order exactly) when any range has a problem or a process did not answer."""
+    if not CAN_FORK:
+        return False
+    ctx = multiprocessing.get_context("fork")
+    try:
+        # Forked, so the processes share the copy's descriptor and the header as they are (nothing is pickled but
+        # the ranges and the counts).
+        with ProcessPoolExecutor(width, ctx, _checking, ((path, plan, copy),)) as pool:
+            found = list(pool.map(_check_range, ranges))
+    except BrokenProcessPool:  # a process was killed (out of memory): the check in this process decides
+        return False
+    if any(f is None for f in found):
+        return False
+    counts: Counts = Counter()
+    for f in found:
+        counts.update(dict(f or []))
+    _check_counts(path, plan, counts)
+    copy.ranges = {t: (start, length) for t, start, length, _ in ranges}
+    return True
+
+
+_CHECKING: tuple[Path, Plan, _Copy] | None = None  # in a checking process: what it checks
+
+
+def _checking(context: tuple[Path, Plan, _Copy]) -> None:
+    global _CHECKING
+    _CHECKING = context
+    die_with_parent()
+
+
+def _check_range(r: _Range) -> list[tuple[tuple[str, str, str, str], int]] | None:
+    """A target's lines checked (in a process of the pool): their counts, or None when one has any problem."""
+    assert _CHECKING is not None
+    path, plan, copy = _CHECKING
+    target, start, length, n = r
+    try:
+        counts, ranges = _check_lines(path, plan, copy.lines(start, length), n, start)
+    except Exception:  # a UserError, or anything else: the check in the parent process names it
+        return None
+    return list(counts.items()) if list(ranges) == [target] else None
+
+
 def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
     """Every body line: canonical JSON of a valid action or skipped change, in order, of a target the header names;
     then the counts against the header's."""
-    counts: Counter[tuple[str, str, str, str]] = Counter()
+    counts, copy.ranges = _check_lines(path, plan, copy.lines(), 1, copy.body_start)
+    _check_counts(path, plan, counts)
+
+
+def _check_lines(
+    path: Path, plan: Plan, lines: Iterable[bytes], n: int, pos: int
+) -> tuple[Counts, dict[str, tuple[int, int]]]:
+    """Lines from line n + 1 at byte `pos` of the copy, checked: their counts, and where each target's lines are."""
+    counts: Counts = Counter()
+    ranges: dict[str, tuple[int, int]] = {}
     last: tuple[str, ...] | None = None
-    n = 1
-    for raw in copy.lines():
+    target, first = None, 0
+    for raw in lines:
         n += 1
+        at, pos = pos, pos + len(raw)
         text = _text(path, n, raw)[:-1] if raw.endswith(b"\n") else _text(path, n, raw)
         data = _parse(path, n, text)
         if not isinstance(data, dict):
@@ -403,9 +518,19 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
         fp = plan.targets.get(item.target)
         if fp is None or (isinstance(item, ActionBase) and item.store != fp.store):
             raise UserError(f"{path}: line {n} names target {item.target!r}, which the header does not list; {_EDITED}")
+        if item.target != target:  # in order, so each target's lines are one range
+            if target is not None:
+                ranges[target] = (first, at - first)
+            target, first = item.target, at
         counts[
             (item.target, item.table, item.column if isinstance(item, Skipped) else summary_column(item), key[2])
         ] += 1
+    if target is not None:
+        ranges[target] = (first, pos - first)
+    return counts, ranges
+
+
+def _check_counts(path: Path, plan: Plan, counts: Counts) -> None:
     # Per column too: apply checks each column against targets.yaml through the summary.
     want = Counter({(r.target, r.table, r.column, r.kind): r.count for r in plan.summary})
     n_skipped = sum(c for k, c in counts.items() if k[3] == SKIPPED_KIND)

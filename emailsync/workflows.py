@@ -141,7 +141,7 @@ def apply_reviewed(
             "--confirm-live and --skip-live contradict each other: pass --confirm-live to apply the live-table "
             "actions too, or --skip-live to leave them out; nothing was written"
         )
-    plan = read_plan(plan_file)  # a missing or broken plan is the first thing to hear about
+    plan = read_plan(plan_file, opts.parallel)  # a missing or broken plan is the first thing to hear about
     if not opts.auto_approve and person is None:
         raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
     unchecked = check_signature(plan, plan_file, plan_key())

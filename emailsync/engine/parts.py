@@ -10,7 +10,6 @@ so the planner runs one path whatever the width.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import multiprocessing
 import os
@@ -27,6 +26,7 @@ from typing import Any
 from emailsync import progress
 from emailsync.engine.executor import Call, Step
 from emailsync.errors import UserError
+from emailsync.forking import die_with_parent
 from emailsync.mappings import MappingSet
 from emailsync.plan import SKIPPED_KIND, Action, Part, PartRun, Skipped, summary_column, write_part
 from emailsync.stores.base import Store, TargetRead
@@ -90,10 +90,6 @@ class InProcess:
 
     def close(self) -> None:
         self._read = None
-
-
-# Where processes cannot be forked (Windows), every target is planned in this process, on threads.
-CAN_FORK = "fork" in multiprocessing.get_all_start_methods()
 
 
 class Forked:
@@ -223,13 +219,6 @@ class _Bars:
         self._open.clear()
 
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when the one that forked it dies (even by kill -9), so a worker never plans
-    on alone; elsewhere it ends at its next message, when it finds the pipe closed."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one would interrupt the query's cancelling
     raise KeyboardInterrupt
@@ -239,7 +228,7 @@ def _worker(store: Store, mset: MappingSet, part: Part, pipe: Any) -> None:
     """A planning process: reads its target when told, then makes and writes its part once given the levels."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops each worker (SIGTERM)
-    _die_with_parent()
+    die_with_parent()
     lock = threading.Lock()
     progress._display = _Relay(pipe, lock) if progress._display is not None else None  # type: ignore[assignment]
     read: TargetRead | None = None

@@ -9,8 +9,9 @@ from pathlib import Path
 from emailsync import __version__
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import default_width, run_all
-from emailsync.engine.parts import CAN_FORK, Forked, InProcess
+from emailsync.engine.parts import Forked, InProcess
 from emailsync.errors import UserError
+from emailsync.forking import CAN_FORK
 from emailsync.mappings import MappingSet
 from emailsync.plan import (
     Inputs,

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO
 
-from emailsync.files import reader_from_start
+from emailsync.files import reader_at
 
 
 @dataclass(slots=True)
@@ -83,7 +83,7 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
         """(position, id, detail) of every outcome, in order."""
         i = 0
         if self._file is not None:
-            for raw in reader_from_start(self._file.fileno(), 1 << 20):
+            for raw in reader_at(self._file.fileno(), 1 << 20):
                 if i >= self._spilled:
                     break
                 text, _, detail = raw.decode("utf-8", "surrogatepass").rstrip("\n").partition("\t")

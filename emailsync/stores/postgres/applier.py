@@ -23,16 +23,9 @@ from psycopg import sql
 
 from emailsync import progress
 from emailsync.errors import UserError
-from emailsync.plan import SKIPPED_KIND, Action, TargetRows, dumps, line_of
+from emailsync.plan import SKIPPED_KIND, Action, TargetRows, chunked, dumps, line_of
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
 from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, foreign_keys
-
-
-def _copy_text(value: str) -> str:
-    """A field of COPY's text format: backslash, tab, newline and carriage return escaped (NUL cannot occur)."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value
 
 
 def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
@@ -221,22 +214,17 @@ class PostgresApplier:
         )
         # Each action goes over as its line of the plan file, as it is (no parsing in Python when the plan was read
         # from a file), and PostgreSQL takes it apart: grouping the actions by row (rowid, the columns a row changes,
-        # the key it ends under) in Python cost more per action than the load.
+        # the key it ends under) in Python cost more per action than the load. A line is canonical JSON, so it holds
+        # no tab, newline or carriage return: only backslashes need escaping for COPY's text format.
         self.conn.execute("CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL)")
-        lines = self.actions.lines() if isinstance(self.actions, TargetRows) else map(line_of, self.actions)
+        chunks = self.actions.chunks() if isinstance(self.actions, TargetRows) else chunked(map(line_of, self.actions))
         with self.conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
-            buf: list[str] = []
-            for line in lines:
-                buf.append(_copy_text(line))
-                if len(buf) >= 5000:
-                    cp.write("\n".join(buf) + "\n")
-                    buf.clear()
-            if buf:
-                cp.write("\n".join(buf) + "\n")
+            for chunk in chunks:
+                cp.write(chunk.replace(b"\\", b"\\\\"))
         # A row is its table and key (grouped by the key's text, bytewise: cheaper to sort than jsonb); a re-inserted
         # row is never the row another action moves away from that key.
         # post_key: the key the row ends under, once the plan's changes of its key columns are made.
-        # Lines of other targets or skipped changes (TargetRows.lines may pass them) are left out here; old and new
+        # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new
         # left out of a line (null) stay JSON null, as the comparisons expect.
         loaded = self.conn.execute(
             """

@@ -37,6 +37,8 @@ def connect(target: PostgresTarget) -> psycopg.Connection:
     # TimeZone UTC (committed, so no later rollback undoes it; PGTZ would override a startup option): to_jsonb
     # renders timestamptz in the session's zone, and images must compare equal whatever zone each step ran in.
     conn.execute("SET TimeZone = 'UTC'")
+    # UTF-8 whatever PGCLIENTENCODING or the database says: plan lines go to COPY as the file's bytes.
+    conn.execute("SET client_encoding = 'UTF8'")
     conn.commit()
     # Exact numbers both ways: numeric stays Decimal, and our canonical JSON writes it back unchanged.
     set_json_loads(_load_jsonb, conn)
