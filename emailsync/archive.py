@@ -60,6 +60,30 @@ def _line(obj: Any) -> str:
     return "".join(_C_LINE(obj, 0))
 
 
+# One action's outcome: id, target, table, status, detail.
+OutcomeRecord = tuple[str, str, str | None, str, str | None]
+_enc = json.encoder.encode_basestring  # the string encoding _line uses (characters as they are)
+
+
+def outcome_texts(records: Iterable[OutcomeRecord], event: bool = False) -> Iterator[str]:
+    """Each outcome as _line renders {"id", "target", "table", "status"[, "detail"]} (with "event": "outcome" for the
+    journal), put together from its strings: a run of millions of outcomes makes no dict per action."""
+    ev = '"event": "outcome", ' if event else ""
+    target, tgt = None, ""
+    for aid, t, table, status, detail in records:
+        if t != target:
+            target, tgt = t, _enc(t)
+        det = f'"detail": {_enc(detail)}, ' if detail else ""
+        tab = "null" if table is None else _enc(table)
+        yield f'{{{det}{ev}"id": {_enc(aid)}, "status": {_enc(status)}, "table": {tab}, "target": {tgt}}}'
+
+
+class Rendered(str):
+    """A journal entry rendered already, as _line renders a dict whose keys all sort after "at" (outcome_texts)."""
+
+    __slots__ = ()
+
+
 def report_chunks(report: dict[str, Any]) -> Iterator[str]:
     """The report indented for reading, except its actions: one per line, like the plan's. Streamed: its actions
     (applier.ReportActions, or a list) are turned into text as they are written."""
@@ -73,8 +97,10 @@ def report_chunks(report: dict[str, Any]) -> Iterator[str]:
     before, after = head.split(marker, 1)
     yield before + '\n  "actions": [\n    '
     buf: list[str] = []
-    for i, a in enumerate(actions):
-        buf.append((",\n    " if i else "") + _line(a))
+    records = getattr(actions, "records", None)
+    texts = outcome_texts(records()) if records is not None else map(_line, actions)
+    for i, a in enumerate(texts):
+        buf.append((",\n    " if i else "") + a)
         if len(buf) >= 10_000:
             yield "".join(buf)
             buf.clear()
@@ -84,18 +110,19 @@ def report_chunks(report: dict[str, Any]) -> Iterator[str]:
 Entry = dict[str, Any]
 
 
-def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry]], None]:
+def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry | Rendered]], None]:
     """An append-only JSON-lines journal beside the plan. Each call (one entry, or several written together, such
     as a run's outcomes, streamed) is fsync'd before the write it records goes on."""
 
     lock = threading.Lock()  # targets applied in parallel journal from their own threads: records never interleave
 
-    def write(entries: Entry | Iterable[Entry]) -> None:
+    def write(entries: Entry | Iterable[Entry | Rendered]) -> None:
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        head = f'{{"at": {_enc(at)}, '
         batch = [entries] if isinstance(entries, dict) else entries
         with lock, open(path, "a", encoding="utf-8") as f:
-            for e in batch:
-                f.write(_line({"at": at, **e}) + "\n")  # buffered: written in blocks, not line by line
+            for e in batch:  # buffered: written in blocks, not line by line
+                f.write(head + e[1:] + "\n" if isinstance(e, Rendered) else _line({"at": at, **e}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from emailsync.archive import OutcomeRecord, Rendered, outcome_texts
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import default_width, run_all
 from emailsync.engine.stages import STAGES
@@ -137,8 +138,8 @@ def apply_plan(
             for s in stores:
                 s.close()
     report = _report(plan, results, run, on_stale)
-    if report["actions"]:
-        write({"event": "outcome", **entry} for entry in report["actions"])  # streamed, one fsync for all of them
+    if report["actions"]:  # streamed, one fsync for all of them
+        write(Rendered(t) for t in outcome_texts(report["actions"].records(), event=True))
     failed = any(r.error for r in results) or any(
         o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
     )
@@ -193,12 +194,17 @@ class ReportActions:
         self._results = results
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        for aid, target, table, status, detail in self.records():
+            d: dict[str, Any] = {"id": aid, "target": target, "table": table, "status": status}
+            if detail:
+                d["detail"] = detail
+            yield d
+
+    def records(self) -> Iterator[OutcomeRecord]:
+        """(id, target, table, status, detail) of each outcome (archive.outcome_texts renders them)."""
         for r in self._results:
             for aid, o in r.outcomes.items():
-                d: dict[str, Any] = {"id": aid, "target": r.target, "table": o.table, "status": o.status}
-                if o.detail:
-                    d["detail"] = o.detail
-                yield d
+                yield aid, r.target, o.table, o.status, o.detail
 
     def __len__(self) -> int:
         return sum(len(r.outcomes) for r in self._results)

@@ -1,0 +1,129 @@
+"""A large plan's lines are checked target by target in processes of their own (the check is Python work on every
+line): the same plan gives the same result, a broken line the same message naming the same line, as the check in
+one process; every target's lines are then sent on to its database as one range of the checked copy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import assert_user_error, plan_lines, write_plan_lines
+
+from emailsync import archive, planfile
+from emailsync.errors import UserError
+
+
+def _estate(ws: Any, make_db: Any, n: int = 3) -> tuple[list[Any], Path]:
+    dbs = [make_db() for _ in range(n)]
+    for db in dbs:
+        db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE, note text)")
+        for i in range(1, 31):
+            # A backslash and a quote in a value: sent to COPY as the file's bytes, they must arrive unchanged.
+            db.execute("INSERT INTO employees VALUES (%s, %s, %s)", (i, f"u{i}@old.com", 'a\\b "c"\tré'))
+    ws.postgres_targets({f"db{k}": db for k, db in enumerate(dbs)}, "- {table: employees, columns: [email]}")
+    ws.mappings({f"u{i}@old.com": f"ü{i}\\x@new.com" for i in range(1, 31)})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    return dbs, plan
+
+
+@pytest.fixture
+def forked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every plan counts as large, and each forked check is recorded (True: it decided, False: it handed over)."""
+    monkeypatch.setattr(planfile, "PARALLEL_CHECK_BYTES", 0)
+    seen: list[bool] = []
+    real = planfile._forked_check
+
+    def spy(*args: Any) -> bool:
+        seen.append(real(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(planfile, "_forked_check", spy)
+    return seen
+
+
+def test_a_plan_checked_in_processes_applies_every_target(ws: Any, make_db: Any, forked: list[bool]) -> None:
+    dbs, plan = _estate(ws, make_db)
+    serial = planfile.read_plan(plan, 1)
+    assert forked == []
+    parallel = planfile.read_plan(plan, 3)
+    assert forked == [True]
+    copies = [p.actions._copy for p in (serial, parallel)]  # type: ignore[attr-defined]
+    assert copies[0].ranges == copies[1].ranges and sorted(copies[1].ranges) == ["db0", "db1", "db2"]
+    assert [list(p.actions) for p in (serial, parallel)][0] == list(parallel.actions)
+
+    # The lines go to COPY as the file's UTF-8 bytes, whatever client encoding the environment asks for.
+    ws.monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    r = ws.run("apply", str(plan), "--auto-approve", "--parallel", "3")
+    assert r.code == 0, r.out + r.err
+    assert forked == [True, True]
+    for db in dbs:
+        rows = db.rows("SELECT id, email, note FROM employees ORDER BY id")
+        assert rows == [(i, f"ü{i}\\x@new.com", 'a\\b "c"\tré') for i in range(1, 31)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda line: line.replace('"step":1', '"step":"one"'), "not a valid plan line at step"),
+        (lambda line: line.replace('"target":"db2"', '"target":"db1"'), "out of order or repeated"),
+        (lambda line: line[:-1] + ',"new":"evil@x.com"}', "key 'new' appears more than once"),
+    ],
+)
+def test_a_broken_line_in_a_later_target_is_named_as_by_the_check_in_one_process(
+    ws: Any, make_db: Any, forked: list[bool], edit: Any, message: str
+) -> None:
+    dbs, plan = _estate(ws, make_db)
+    lines = plan_lines(plan)
+    n = next(i for i, line in enumerate(lines) if i and '"target":"db2"' in line) + 5  # a line of db2's (not the header)
+    lines[n] = edit(lines[n])
+    write_plan_lines(plan, lines, reseal=True)
+    said = []
+    for width in (1, 3):
+        with pytest.raises(UserError) as e:
+            planfile.read_plan(plan, width)
+        said.append(str(e.value))
+    assert said[0] == said[1] and f"line {n + 1}" in said[0] and message in said[0]
+    assert forked == [False]  # the processes found a problem; the check in one process named it
+    assert_user_error(ws.run("apply", str(plan), "--auto-approve", "--parallel", "3"), f"line {n + 1}", message)
+    for db in dbs:
+        assert db.rows("SELECT email FROM employees ORDER BY id") == [(f"u{i}@old.com",) for i in range(1, 31)]
+
+
+def test_a_body_whose_counts_place_the_targets_wrongly_is_refused_by_its_counts(
+    ws: Any, make_db: Any, forked: list[bool]
+) -> None:
+    """A line removed (hashes made to match): the counts no longer place each target's lines, so no range is
+    checked apart and the check in one process refuses the plan by its counts."""
+    dbs, plan = _estate(ws, make_db)
+    lines = plan_lines(plan)
+    del lines[3]
+    write_plan_lines(plan, lines, reseal=True)
+    assert_user_error(ws.run("apply", str(plan), "--auto-approve"), "counts do not match")
+    assert forked == []
+    for db in dbs:
+        assert db.rows("SELECT email FROM employees ORDER BY id") == [(f"u{i}@old.com",) for i in range(1, 31)]
+
+
+def test_outcomes_put_together_from_strings_are_the_lines_a_dict_makes() -> None:
+    """The report's and the journal's outcome lines are assembled from their strings: byte for byte what the
+    journal's JSON encoder makes of the same dict."""
+    odd = ['quote " and \\ backslash', "tab\tnew\nline", "ünïcødé ✓ \u2028", "\x00\x1f"]
+    records: list[archive.OutcomeRecord] = [
+        ("pg-1", "db0", "public.employees", "applied", None),
+        ("pg-2", odd[0], None, "stale", odd[1]),
+        (odd[2], odd[3], odd[1], odd[0], ""),
+        ("pg-3", "db0", "t", "failed", odd[2]),
+    ]
+    for event in (False, True):
+        texts = list(archive.outcome_texts(records, event=event))
+        for text, (aid, target, table, status, detail) in zip(texts, records, strict=True):
+            d: dict[str, Any] = {"id": aid, "target": target, "table": table, "status": status}
+            if detail:
+                d["detail"] = detail
+            if event:
+                d["event"] = "outcome"
+            assert text == archive._line(d)
+            assert json.loads(text) == d
