@@ -16,7 +16,7 @@ from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerpr
 from emailsync.stores import registry
 from emailsync.stores.base import Store
 from emailsync.stores.ledger import PastRun, Run, now
-from emailsync.stores.outcome import TargetResult
+from emailsync.stores.outcome import TargetResult, tally
 
 EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
 
@@ -141,7 +141,7 @@ def apply_plan(
     if report["actions"]:  # streamed, one fsync for all of them
         write(Rendered(t) for t in outcome_texts(report["actions"].records(), event=True))
     failed = any(r.error for r in results) or any(
-        o.status not in ("applied", "already-applied") for r in results for o in r.outcomes.values()
+        status not in ("applied", "already-applied") for r in results for status, _, _ in tally(r.outcomes)
     )
     # The run's end is journaled by the caller once report.json is written: a run killed before that is resumed
     # by a rerun (see unfinished_runs) rather than refused as a replay.
@@ -234,8 +234,8 @@ def _report(plan: Plan, results: list[TargetResult], run: Run, on_stale: str) ->
     actions = ReportActions(results)
     counts: Counter[tuple[str, str, str, str]] = Counter()
     for r in results:
-        for o in r.outcomes.values():
-            counts[(r.target, o.table or "", o.kind or "", o.status)] += 1
+        for (status, table, kind), n in tally(r.outcomes).items():
+            counts[(r.target, table or "", kind or "", status)] += n
     return {
         "plan_digest": plan.digest,
         "run_id": run.run_id,

@@ -129,6 +129,12 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
     def values(self) -> Iterator[Outcome]:  # type: ignore[override]
         return (self._at(i, detail) for i, _, detail in self._records())
 
+    def tally(self) -> Counter[tuple[str, str | None, str | None]]:
+        """How many outcomes of each (status, table, kind), from the small numbers alone (no id is read)."""
+        v = self._values
+        coded = Counter(zip(self._status, self._table, self._kind, strict=True))
+        return Counter({(v[s] or "", v[t], v[k]): n for (s, t, k), n in coded.items()})
+
     def statuses(self) -> Mapping[str, str]:
         """id -> status, without another copy."""
         return _Statuses(self)
@@ -171,5 +177,15 @@ def ledger_status(statuses: Mapping[str, str], full: bool) -> str:
     return "complete" if done and full else "incomplete"
 
 
+def tally(outcomes: Mapping[str, Outcome]) -> Counter[tuple[str, str | None, str | None]]:
+    """How many outcomes of each (status, table, kind)."""
+    if isinstance(outcomes, CompactOutcomes):
+        return outcomes.tally()
+    return Counter((o.status, o.table, o.kind) for o in outcomes.values())
+
+
 def counts_of(res: TargetResult) -> dict[str, int]:
-    return dict(Counter(o.status for o in res.outcomes.values()))
+    counts: Counter[str] = Counter()
+    for (status, _, _), n in tally(res.outcomes).items():
+        counts[status] += n
+    return dict(counts)
