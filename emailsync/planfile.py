@@ -13,9 +13,11 @@ it as they are. Digest scheme sha256-jsonl/1: body_sha256 is the sha256 of the b
 with its newline (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`); the digest is the sha256 of the header's canonical
 JSON without digest and signature, so it covers the body through body_sha256.
 
-Reading copies the file once into an unnamed temporary file (gone with the process, even after kill -9), checks the
-digest over that copy, then every line's schema, order and counts; everything after (apply, verify, show, diff,
-rollback) streams from the checked copy, so the plan cannot change between the check and the writes.
+Reading copies the file once, inflated, into an unnamed temporary file (gone with the process, even after kill -9),
+hashing the body on the way, then checks every line's schema, order and counts, each target's lines in a process of
+its own when the plan is large (the body is sorted by target first, so the header's counts place each target's
+lines without parsing them); everything after (apply, verify, show, diff, rollback) streams from the checked copy,
+so the plan cannot change between the check and the writes, and a target's lines are one range of it.
 """
 
 from __future__ import annotations

@@ -227,6 +227,28 @@ def test_a_gzip_bomb_plan_is_refused_without_inflating_it(
     reliability(FILES_AREA, REFUSED, detail="plan: a gzip bomb (2 MB inflating to 2 GiB)")
 
 
+def test_a_plan_whose_body_inflates_a_hundredfold_is_refused_before_filling_the_disk(
+    estate: Database, ws: Any, tmp_path_factory: pytest.TempPathFactory, reliability: Any
+) -> None:
+    """A real plan's header, then 2 GiB of short lines in 2 MB: reading a plan inflates it into a private copy, which
+    stops (and is gone) once it passes a hundred times the file's size, long before the disk fills."""
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    header = plan_lines(plan)[0].encode() + b"\n"
+    bomb = tmp_path_factory.mktemp("bomb") / "plan.jsonl.gz"  # outside the workspace, whose files are hashed
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(bomb, "wb") as f:
+        f.write(gz.compress(header))
+        for _ in range(2048):
+            f.write(gz.compress((b"0" * 1023 + b"\n") * 1024))
+        f.write(gz.flush())
+    assert bomb.stat().st_size < 4 * 2**20
+    started, rss = time.monotonic(), _peak_rss_mb()
+    refused(ws, [estate], ("apply", str(bomb), "--auto-approve"), str(bomb), "inflates to more than 100 times")
+    assert time.monotonic() - started < 10 and _peak_rss_mb() - rss < 200
+    reliability(FILES_AREA, REFUSED, detail="plan: a valid header, then a body inflating 1000-fold")
+
+
 def test_the_limit_is_configurable(estate: Database, ws: Any, reliability: Any) -> None:
     # 1.5 MiB of mappings: within the default, over a limit of 1 MiB, and fine again once raised to 2.
     entries = {f"u{i:06d}@old.com": f"u{i:06d}@new.com" for i in range(40_000)}
