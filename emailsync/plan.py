@@ -633,10 +633,11 @@ PartRun = tuple[tuple[str, str, str], int, bool, int, int]  # section, lines, sk
 class Part:
     """One target's part of the body: its files, and (once written) its runs of lines by section."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, deflate: bool = True) -> None:
+        """deflate: also write the lines deflated, where they are made (for a .gz plan file)."""
         self.target = target
         self.raw: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the plan that reads it
-        self.gz: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self.gz: IO[bytes] | None = tempfile.TemporaryFile() if deflate else None  # noqa: SIM115
         self.runs: list[PartRun] = []
 
     def counts(self) -> tuple[int, int]:
@@ -644,7 +645,14 @@ class Part:
         return sum(r[1] for r in self.runs if not r[2]), sum(r[1] for r in self.runs if r[2])
 
     def chunks(self, gz: bool = False) -> Iterator[bytes]:
-        f = self.gz if gz else self.raw
+        """The part's lines, or (gz) the same deflated: as written, or deflated now if they were not."""
+        if gz and self.gz is None:
+            deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+            for data in self.chunks():
+                yield deflate.compress(data)
+            yield deflate.flush(zlib.Z_FULL_FLUSH)
+            return
+        f = self.gz if gz and self.gz is not None else self.raw
         pos = 0
         while data := os.pread(f.fileno(), 1 << 20, pos):
             yield data
@@ -670,12 +678,14 @@ def write_part(part: Part, actions: Iterable[Action], skipped: Iterable[Skipped]
         chunk = "".join(line + "\n" for line in itertools.islice(s_lines if is_skipped else a_lines, n))
         data = chunk.encode()  # as planfile encodes every other plan's lines
         raw.write(data)
-        gz.write(deflate.compress(data))
+        if gz is not None:
+            gz.write(deflate.compress(data))
         runs.append((section, n, is_skipped, offset, len(data)))
         offset += len(data)
-    gz.write(deflate.flush(zlib.Z_FULL_FLUSH))
     raw.flush()
-    gz.flush()
+    if gz is not None:
+        gz.write(deflate.flush(zlib.Z_FULL_FLUSH))
+        gz.flush()
     return runs
 
 

@@ -75,7 +75,9 @@ def make_plan(
     for w in mset.warnings:
         warn(w)
     with store_errors("planning", "; nothing was written"):
-        p = with_progress(quiet, lambda: build_plan(loaded, mset, parallel=parallel))
+        # Deflated where each target's lines are made, unless the plan goes to an uncompressed file.
+        deflate = out is None or out.name.endswith(".gz")
+        p = with_progress(quiet, lambda: build_plan(loaded, mset, parallel=parallel, deflate=deflate))
     if key is not None:
         p = sign(p, key)
     path = out or default_plan_path(plans_dir, p)

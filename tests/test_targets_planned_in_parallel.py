@@ -207,3 +207,33 @@ def test_a_planning_process_that_dies_is_one_error_and_nothing_is_written(ws, ma
     r = ws.run("plan", "--parallel", "2")
     assert_user_error(r, "the process planning it ended unexpectedly (exit code 9)")
     assert listing(ws.path) == files
+
+
+def test_an_uncompressed_plan_file_has_the_same_body_and_a_plan_made_for_one_deflates_to_the_same_bytes(ws, make_db):
+    """Each target's lines are deflated where they are made only for a .gz file; a plan made without that is
+    deflated when written to one, to exactly the bytes of a plan made with it."""
+    from datetime import UTC, datetime
+
+    from emailsync.config import load_targets
+    from emailsync.engine.planner import build_plan
+    from emailsync.mappings import load_mappings
+    from emailsync.planfile import write_plan
+
+    _estate(ws, make_db)
+    r, gz = ws.plan("--parallel", "2")
+    assert r.code == 0, r.out + r.err
+    r = ws.run("plan", "--parallel", "2", "--out", "plans/flat/plan.jsonl")
+    assert r.code == 0, r.out + r.err
+    flat = ws.path / "plans/flat/plan.jsonl"
+    assert flat.read_bytes()[:1] == b"{" and _body(flat) == _body(gz)
+
+    loaded = load_targets(ws.path / "targets.yaml")
+    mset = load_mappings(loaded.mappings_path(None), loaded.config.match)
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    files = []
+    for deflate in (True, False):
+        plan = build_plan(loaded, mset, now=at, parallel=2, deflate=deflate)
+        files.append(ws.path / f"made-{deflate}.jsonl.gz")
+        write_plan(plan, files[-1])
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert _body(files[1]) == _body(gz)

@@ -66,8 +66,8 @@ def _make(store: Store, read: TargetRead, levels: dict[int, int], part: Part) ->
 class InProcess:
     """A target planned in this process (on an executor thread when planning in parallel)."""
 
-    def __init__(self, store: Store, mset: MappingSet) -> None:
-        self.store, self.mset, self.part = store, mset, Part(store.name)
+    def __init__(self, store: Store, mset: MappingSet, deflate: bool) -> None:
+        self.store, self.mset, self.part = store, mset, Part(store.name, deflate)
         self._read: TargetRead | None = None
 
     def read(self) -> Step[TargetRead]:
@@ -97,8 +97,8 @@ class Forked:
     target's reading between the two phases and writes into the part's files, which this process made (so they go
     with it). Stopping it interrupts it: its query is cancelled, and it ends."""
 
-    def __init__(self, store: Store, mset: MappingSet) -> None:
-        self.name, self.part = store.name, Part(store.name)
+    def __init__(self, store: Store, mset: MappingSet, deflate: bool) -> None:
+        self.name, self.part = store.name, Part(store.name, deflate)
         ctx = multiprocessing.get_context("fork")
         self._pipe, child = ctx.Pipe()
         self._proc = ctx.Process(target=_worker, args=(store, mset, self.part, child), daemon=True)

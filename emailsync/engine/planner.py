@@ -26,10 +26,16 @@ from emailsync.stores import registry
 
 
 def build_plan(
-    loaded: LoadedTargets, mset: MappingSet, *, now: datetime | None = None, parallel: int | None = None
+    loaded: LoadedTargets,
+    mset: MappingSet,
+    *,
+    now: datetime | None = None,
+    parallel: int | None = None,
+    deflate: bool = True,
 ) -> Plan:
     """Plan every target (read-only), `parallel` targets at a time (default: executor.default_width); the plan is
-    the same whatever the width.
+    the same whatever the width. `deflate`: each target's lines are also deflated where they are made, for a .gz
+    plan file (a plan made without is deflated when written to one, to the same bytes).
 
     Two phases per target (engine/parts.py): each is read through its store (stores/base.py); the order of the
     mapping entries (levels) is then decided across all of them; then each makes its actions and writes them,
@@ -41,7 +47,10 @@ def build_plan(
     makers: list[InProcess | Forked] = []
     try:
         # Forked here, before any executor thread starts.
-        makers += [Forked(s, mset) if forking and s.plans_in_a_process else InProcess(s, mset) for s in stores]
+        makers += [
+            Forked(s, mset, deflate) if forking and s.plans_in_a_process else InProcess(s, mset, deflate)
+            for s in stores
+        ]
         reads = run_all([m.read() for m in makers], width)
         levels = _levels({e for r in reads for e in r.edges}, mset)
         made = run_all([m.make(levels) for m in makers], width)
