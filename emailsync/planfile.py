@@ -386,10 +386,10 @@ def read_plan(path: Path, parallel: int | None = None) -> Plan:
             "reviewed again."
         )
     with _open_errors(path):
-        ranges = _ranges(plan, copy)
-        width = min(len(ranges), _CHECK_WIDTH if parallel is None else parallel)
-        small = copy.size - copy.body_start < PARALLEL_CHECK_BYTES
-        if width < 2 or small or not _forked_check(path, plan, copy, ranges, width):
+        width = _CHECK_WIDTH if parallel is None else parallel
+        large = width > 1 and CAN_FORK and copy.size - copy.body_start >= PARALLEL_CHECK_BYTES
+        ranges = _ranges(plan, copy) if large else []
+        if len(ranges) < 2 or not _forked_check(path, plan, copy, ranges, min(width, len(ranges))):
             _check_body(path, plan, copy)
     plan._actions = FileRows(copy, False, plan.action_count)
     plan._skipped = FileRows(copy, True, plan.skipped_count)
@@ -436,8 +436,6 @@ def _ranges(plan: Plan, copy: _Copy) -> list[_Range]:
 def _forked_check(path: Path, plan: Plan, copy: _Copy, ranges: list[_Range], width: int) -> bool:
     """Check each target's lines in a process of its own, `width` at once. False (check again in this process, which
     names the first problem in the file's order exactly) when any range has a problem or a process did not answer."""
-    if not CAN_FORK:
-        return False
     ctx = multiprocessing.get_context("fork")
     try:
         # Forked, so the processes share the copy's descriptor and the header as they are (nothing is pickled but
