@@ -53,3 +53,26 @@ def test_benchmark_runner_smoke(tmp_path):
     # Through a proxy: round trips do not grow with the rows changed.
     remote = res["remote"]
     assert remote["apply_round_trips"] < remote["postgres_actions"] / 2
+
+
+def test_contenders_runner_smoke(tmp_path):
+    """benchmarks/contenders.py: the contenders run interleaved over rounds on fresh copies, every one ends with the
+    reference's rows (the runner stops otherwise), and each has its wall time, server time and peak RSS."""
+    out = tmp_path / "contenders.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "contenders.py"), "--employees", "400", "--mappings", "40",
+         "--rounds", "2", "--emailsync", f"same={ROOT}", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    names = ["hand-written (join)", "hand-written (&&)", "emailsync", "emailsync same"]
+    assert list(res["medians"]) == names and all(len(res["runs"][n]) == 2 for n in names)
+    assert res["medians"]["hand-written (join)"]["ratio"] == 1.0
+    for name in names:
+        m = res["medians"][name]
+        assert m["total_s"] > 0 and m["server_s"] > 0 and m["peak_rss_mb"] > 10
+    assert res["medians"]["emailsync"]["plan_s"] > 0 and res["medians"]["emailsync"]["apply_s"] > 0
+    assert "same rows" in r.stdout
