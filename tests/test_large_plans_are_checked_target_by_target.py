@@ -77,7 +77,7 @@ def test_a_broken_line_in_a_later_target_is_named_as_by_the_check_in_one_process
 ) -> None:
     dbs, plan = _estate(ws, make_db)
     lines = plan_lines(plan)
-    n = next(i for i, line in enumerate(lines) if i and '"target":"db2"' in line) + 5  # a line of db2's (not the header)
+    n = next(i for i, line in enumerate(lines) if i and '"target":"db2"' in line) + 5  # db2's, not the header
     lines[n] = edit(lines[n])
     write_plan_lines(plan, lines, reseal=True)
     said = []
