@@ -14,10 +14,10 @@ with its newline (`zcat plan.jsonl.gz | tail -n +2 | sha256sum`); the digest is 
 JSON without digest and signature, so it covers the body through body_sha256.
 
 Reading copies the file once, inflated, into an unnamed temporary file (gone with the process, even after kill -9),
-hashing the body on the way, then checks every line's schema, order and counts, each target's lines in a process of
-its own when the plan is large (the body is sorted by target first, so the header's counts place each target's
-lines without parsing them); everything after (apply, verify, show, diff, rollback) streams from the checked copy,
-so the plan cannot change between the check and the writes, and a target's lines are one range of it.
+hashing the body on the way, then checks every line's schema, order and counts: a large plan in pieces cut at line
+ends, each in a process of its own, then that the pieces follow each other in order; everything after (apply,
+verify, show, diff, rollback) streams from the checked copy, so the plan cannot change between the check and the
+writes, and a target's lines (the body is sorted by target first) are one range of it.
 """
 
 from __future__ import annotations
@@ -375,8 +375,8 @@ def read_plan(path: Path, parallel: int | None = None) -> Plan:
     """Read and check a plan file: format, digest, then every line's schema and order and the header's counts.
     Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions.
 
-    `parallel`: how many targets' lines are checked at once, each in a process of its own (the check is Python work
-    on every line); None: every target, up to 4. A small plan is checked in this process."""
+    `parallel`: into how many pieces a large plan's lines are cut, each checked in a process of its own (the check is
+    Python work on every line); None: one per core, up to 4. A small plan is checked in this process."""
     with _open_errors(path):
         copy, plan, body_sha256 = _private_copy(path)
     if body_sha256 != plan.body_sha256:
@@ -388,69 +388,72 @@ def read_plan(path: Path, parallel: int | None = None) -> Plan:
     with _open_errors(path):
         width = _CHECK_WIDTH if parallel is None else parallel
         large = width > 1 and CAN_FORK and copy.size - copy.body_start >= PARALLEL_CHECK_BYTES
-        ranges = _ranges(plan, copy) if large else []
-        if len(ranges) < 2 or not _forked_check(path, plan, copy, ranges, min(width, len(ranges))):
+        if not large or not _forked_check(path, plan, copy, width):
             _check_body(path, plan, copy)
     plan._actions = FileRows(copy, False, plan.action_count)
     plan._skipped = FileRows(copy, True, plan.skipped_count)
     return plan
 
 
-_CHECK_WIDTH = 4  # targets checked at once by default, as executor.default_width applies them
+_CHECK_WIDTH = min(4, os.cpu_count() or 1)  # processes checking a large plan by default
 PARALLEL_CHECK_BYTES = 16 << 20  # below this, forking costs more than checking takes
 Counts = Counter[tuple[str, str, str, str]]
-_Range = tuple[str, int, int, int]  # target, byte offset, length, the line number before its first line
+_Piece = tuple[int, int]  # byte offset and length of some whole lines of the body
+_Checked = tuple[
+    list[tuple[tuple[str, str, str, str], int]], dict[str, tuple[int, int]], tuple[str, ...], tuple[str, ...]
+]
 
 
-def _ranges(plan: Plan, copy: _Copy) -> list[_Range]:
-    """Each target's lines as the header's counts place them (the body is sorted by target first), found by counting
-    newlines, without parsing a line; empty when the body does not have the lines the counts say (the check in one
-    process then names the first line that is wrong)."""
-    per_target: Counter[str] = Counter()
-    for r in plan.summary:
-        per_target[r.target] += r.count
-    wanted = [(t, n) for t, n in sorted(per_target.items()) if n]
-    out: list[_Range] = []
-    fd, pos, line = copy.fileno(), copy.body_start, 1
-    piece, at = b"", 0  # the piece read at byte `at` of the copy
-    for target, count in wanted:
-        start, first_line, left = pos, line, count
-        while left:
-            if pos >= at + len(piece):
-                at, piece = pos, os.pread(fd, 1 << 20, pos)
-                if not piece:
-                    return []
-            i = pos - at
-            if piece.count(b"\n", i) < left:
-                left -= piece.count(b"\n", i)
-                pos = at + len(piece)
-                continue
-            for _ in range(left):
-                i = piece.index(b"\n", i) + 1
-            pos, left = at + i, 0
-        line += count
-        out.append((target, start, pos - start, first_line))
-    return out if pos == copy.size else []
+def _pieces(copy: _Copy, n: int) -> list[_Piece]:
+    """The body cut into n pieces of about equal size, each cut after a newline (nothing is parsed)."""
+    fd, start, end = copy.fileno(), copy.body_start, copy.size
+    cuts = [start]
+    for k in range(1, n):
+        at = max(start + (end - start) * k // n, cuts[-1])
+        while at < end:  # the end of the line the cut falls in
+            window = os.pread(fd, 1 << 20, at)
+            i = window.find(b"\n")
+            if i >= 0:
+                at += i + 1
+                break
+            at += len(window) or end
+        cuts.append(min(at, end))
+    cuts.append(end)
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
-def _forked_check(path: Path, plan: Plan, copy: _Copy, ranges: list[_Range], width: int) -> bool:
-    """Check each target's lines in a process of its own, `width` at once. False (check again in this process, which
-    names the first problem in the file's order exactly) when any range has a problem or a process did not answer."""
+def _forked_check(path: Path, plan: Plan, copy: _Copy, width: int) -> bool:
+    """Check the body in `width` pieces, each in a process of its own; then that the pieces follow each other in
+    order, and the counts. False (check again in this process, which names the first problem in the file's order
+    exactly) when a piece has a problem, or a process did not answer."""
+    pieces = _pieces(copy, width)
+    if len(pieces) < 2:
+        return False
     ctx = multiprocessing.get_context("fork")
     try:
         # Forked, so the processes share the copy's descriptor and the header as they are (nothing is pickled but
-        # the ranges and the counts).
-        with ProcessPoolExecutor(width, ctx, _checking, ((path, plan, copy),)) as pool:
-            found = list(pool.map(_check_range, ranges))
+        # the pieces and what each found).
+        with ProcessPoolExecutor(len(pieces), ctx, _checking, ((path, plan, copy),)) as pool:
+            found = list(pool.map(_check_piece, pieces))
     except BrokenProcessPool:  # a process was killed (out of memory): the check in this process decides
         return False
-    if any(f is None for f in found):
-        return False
     counts: Counts = Counter()
+    ranges: dict[str, tuple[int, int]] = {}
+    last_key: tuple[str, ...] | None = None
     for f in found:
-        counts.update(dict(f or []))
+        if f is None or (last_key is not None and f[2] <= last_key):
+            return False
+        counts.update(dict(f[0]))
+        for target, (start, length) in f[1].items():  # a target's lines may run on from the piece before
+            if target in ranges:
+                before, size = ranges[target]
+                if before + size != start:
+                    return False
+                start, length = before, size + length
+            ranges[target] = (start, length)
+        last_key = f[3]
     _check_counts(path, plan, counts)
-    copy.ranges = {t: (start, length) for t, start, length, _ in ranges}
+    copy.ranges = ranges
     return True
 
 
@@ -463,16 +466,18 @@ def _checking(context: tuple[Path, Plan, _Copy]) -> None:
     die_with_parent()
 
 
-def _check_range(r: _Range) -> list[tuple[tuple[str, str, str, str], int]] | None:
-    """A target's lines checked (in a process of the pool): their counts, or None when one has any problem."""
+def _check_piece(piece: _Piece) -> _Checked | None:
+    """Some lines checked (in a process of the pool): their counts, where each target's lines are, and the first
+    and last line's sort keys; None when one has any problem (its line number is not known here)."""
     assert _CHECKING is not None
     path, plan, copy = _CHECKING
-    target, start, length, n = r
+    start, length = piece
+    keys: list[tuple[str, ...]] = []
     try:
-        counts, ranges = _check_lines(path, plan, copy.lines(start, length), n, start)
+        counts, ranges = _check_lines(path, plan, copy.lines(start, length), 0, start, keys)
     except Exception:  # a UserError, or anything else: the check in the parent process names it
         return None
-    return list(counts.items()) if list(ranges) == [target] else None
+    return (list(counts.items()), ranges, keys[0], keys[-1]) if keys else None
 
 
 def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
@@ -483,9 +488,10 @@ def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
 
 
 def _check_lines(
-    path: Path, plan: Plan, lines: Iterable[bytes], n: int, pos: int
+    path: Path, plan: Plan, lines: Iterable[bytes], n: int, pos: int, keys: list[tuple[str, ...]] | None = None
 ) -> tuple[Counts, dict[str, tuple[int, int]]]:
-    """Lines from line n + 1 at byte `pos` of the copy, checked: their counts, and where each target's lines are."""
+    """Lines from line n + 1 at byte `pos` of the copy, checked: their counts, and where each target's lines are.
+    `keys` is given the first line's sort key and the last's."""
     counts: Counts = Counter()
     ranges: dict[str, tuple[int, int]] = {}
     last: tuple[str, ...] | None = None
@@ -514,6 +520,8 @@ def _check_lines(
                 f"{path}: line {n} is out of order or repeated (the body is sorted by target, table, kind, key, column "
                 f"and id); {_EDITED}"
             )
+        if keys is not None and last is None:
+            keys.append(key)
         last = key
         fp = plan.targets.get(item.target)
         if fp is None or (isinstance(item, ActionBase) and item.store != fp.store):
@@ -527,6 +535,8 @@ def _check_lines(
         ] += 1
     if target is not None:
         ranges[target] = (first, pos - first)
+    if keys is not None and last is not None:
+        keys.append(last)
     return counts, ranges
 
 
