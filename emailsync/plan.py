@@ -662,9 +662,52 @@ class Part:
         return os.pread(self.raw.fileno(), run[4], run[3]).decode().split("\n")[:-1]
 
 
-def write_part(part: Part, actions: Iterable[Action], skipped: Iterable[Skipped]) -> list[PartRun]:
+Chunk = bytes | bytearray | memoryview  # lines a store writes into its section, as the database sent them
+
+
+class Section:
+    """A section of actions whose lines a store writes itself, already in the file's order and form (PostgreSQL
+    builds them in SQL, so no action passes through Python): `fill(write)` writes them, each ending in a newline,
+    and returns how many it wrote per column; those counts are kept in `counts` for the plan's summary."""
+
+    def __init__(self, key: tuple[str, str, str], fill: Callable[[Callable[[Chunk], None]], dict[str, int]]) -> None:
+        self.key, self._fill = key, fill
+        self.counts: dict[str, int] = {}
+
+    def fill(self, write: Callable[[Chunk], None]) -> int:
+        self.counts = self._fill(write)
+        return sum(self.counts.values())
+
+
+class _Sink:
+    """Bytes to a part's files, in blocks of about 1 MB: a store writes a section line by line."""
+
+    def __init__(self, raw: IO[bytes], gz: IO[bytes] | None, deflate: Any) -> None:
+        self.raw, self.gz, self.deflate = raw, gz, deflate
+        self.buf = bytearray()
+        self.written = 0
+
+    def write(self, data: Chunk) -> None:
+        self.buf += data
+        if len(self.buf) >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            data = bytes(self.buf)
+            self.raw.write(data)
+            if self.gz is not None:
+                self.gz.write(self.deflate.compress(data))
+            self.written += len(data)
+            self.buf.clear()
+
+
+def write_part(
+    part: Part, actions: Iterable[Action], skipped: Iterable[Skipped], sections: Iterable[Section] = ()
+) -> list[PartRun]:
     """Sort one target's actions and skipped changes into its part of the body and write both of its files; returns
-    the part's runs. `skipped` is read after `actions`, so it may be filled as they are made."""
+    the part's runs. `skipped` is read after `actions`, so it may be filled as they are made. `sections` are written
+    by their store in their place in the file's order (none of them shares a section with `actions`)."""
     a = _sorted_lines(actions, skipped=False)
     s = _sorted_lines(skipped, skipped=True)
     a_lines, s_lines = a.lines(), s.lines()
@@ -672,9 +715,22 @@ def write_part(part: Part, actions: Iterable[Action], skipped: Iterable[Skipped]
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
     offset = 0
     raw, gz = part.raw, part.gz
-    for section, n, is_skipped in heapq.merge(
-        [(sec, n, False) for sec, n in a.runs], [(sec, n, True) for sec, n in s.runs], key=lambda r: r[0]
+    made: list[tuple[tuple[str, str, str], int, Section | None]] = [(sec, n, None) for sec, n in a.runs]
+    by_store = sorted(sections, key=lambda x: x.key)
+    if {x.key for x in by_store} & {sec for sec, _ in a.runs} or len({x.key for x in by_store}) < len(by_store):
+        raise UserError("internal: a section of the plan was made twice; please report this with the inputs")
+    made = list(heapq.merge(made, [(x.key, 0, x) for x in by_store], key=lambda r: r[0]))
+    for section, n, is_skipped, store_made in heapq.merge(
+        [(sec, n, False, x) for sec, n, x in made], [(sec, n, True, None) for sec, n in s.runs], key=lambda r: r[0]
     ):
+        if store_made is not None:
+            sink = _Sink(raw, gz, deflate)
+            n = store_made.fill(sink.write)
+            sink.flush()
+            if n:
+                runs.append((section, n, False, offset, sink.written))
+            offset += sink.written
+            continue
         chunk = "".join(line + "\n" for line in itertools.islice(s_lines if is_skipped else a_lines, n))
         data = chunk.encode()  # as planfile encodes every other plan's lines
         raw.write(data)

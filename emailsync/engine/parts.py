@@ -56,11 +56,25 @@ def _make(store: Store, read: TargetRead, levels: dict[int, int], part: Part) ->
             summary[(a.target, a.table, summary_column(a), a.kind)] += 1
             yield a
 
-    runs = write_part(part, actions(), skipped)  # reads `skipped` after the last action is made
+    try:
+        sections = store.sections(read, levels)
+        runs = write_part(part, actions(), skipped, sections)  # reads `skipped` after the last action is made
+    finally:
+        _release(read)
+    for sec in sections:
+        for column, n in sec.counts.items():
+            summary[(sec.key[0], sec.key[1], column, sec.key[2])] += n
     skipped_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for s in skipped:
         skipped_counts[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
     return Made(runs, list(summary.items()), list(skipped_counts.items()), ids)
+
+
+def _release(read: TargetRead) -> None:
+    """What the store holds open between reading and making (PostgreSQL: the snapshot its sections are read from)."""
+    close = getattr(read.state, "close", None)
+    if close is not None:
+        close()
 
 
 class InProcess:
@@ -89,6 +103,8 @@ class InProcess:
         return Call(run)
 
     def close(self) -> None:
+        if self._read is not None:
+            _release(self._read)
         self._read = None
 
 

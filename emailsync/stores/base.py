@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 from emailsync.engine.executor import Step
 from emailsync.engine.stages import Stage
 from emailsync.mappings import MappingSet
-from emailsync.plan import Action, Skipped, TargetFingerprint, dumps
+from emailsync.plan import Action, Section, Skipped, TargetFingerprint, dumps
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.ledger import PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult
@@ -66,6 +66,11 @@ class Store(Protocol):
     def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
         """The target's actions from what `reader` read, made as they are taken (its skipped changes added to
         `skipped`); `levels` orders the mapping entries across every target."""
+        ...
+
+    def sections(self, read: TargetRead, levels: dict[int, int]) -> list[Section]:
+        """Sections whose lines the store writes itself, in the file's order and form, beside `actions` (PostgreSQL:
+        lines built in SQL); read and written once `actions` are made."""
         ...
 
     # -- apply and verify --

@@ -22,7 +22,7 @@ from emailsync import progress
 from emailsync.config import PostgresTarget
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
-from emailsync.plan import dumps
+from emailsync.plan import Section, dumps
 from emailsync.stores.postgres.catalog import (
     FK_ACTIONS,
     ForeignKey,
@@ -32,6 +32,7 @@ from emailsync.stores.postgres.catalog import (
     resolve_table,
 )
 from emailsync.stores.postgres.connection import reached
+from emailsync.stores.postgres.lines import SETUP, TableLines, load_levels, made_in_sql
 
 SCAN_BATCH = 5000
 # _FENCE: array elements and jsonb strings are produced in a subquery with OFFSET 0, which PostgreSQL does not
@@ -121,9 +122,22 @@ class TablePlan:
 class TargetPlan:
     target: PostgresTarget
     reached: dict[str, str | None]  # where the connection arrived (reached())
-    tables: list[TablePlan]
+    tables: list[TablePlan]  # read into Python
     edges: set[tuple[int, int]]  # (a, b): mapping entry a must be applied after entry b
     warnings: list[str]
+    sql_tables: list[TableLines] = field(default_factory=list)  # lines made by PostgreSQL, once the steps are known
+    conn: psycopg.Connection | None = None  # planning's snapshot, open while sql_tables are still to be read
+
+    def sections(self, levels: dict[int, int]) -> list[Section]:
+        if self.conn is None:
+            return []
+        load_levels(self.conn, levels)
+        return [s for t in self.sql_tables for s in t.sections()]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def _sortkey(meta: TableMeta, key: dict[str, Any]) -> tuple[Any, ...]:
@@ -151,7 +165,11 @@ class PostgresPlanner:
         mappings: tuple[Mapping, ...],
         match: str,
         connect: Callable[[PostgresTarget], psycopg.Connection],
+        sql_lines: bool = True,
     ) -> None:
+        """sql_lines: let PostgreSQL make the lines of the tables that qualify (lines.made_in_sql); off, every
+        table is read into Python (the same plan, byte for byte: the tests compare the two)."""
+        self.sql_lines = sql_lines
         self.target = target
         self.connect = connect
         self.where = where
@@ -175,6 +193,7 @@ class PostgresPlanner:
 
     def plan(self) -> TargetPlan:
         conn = self._conn = self.connect(self.target)
+        kept = False
         try:
             if self._stopped:
                 raise UserError(f"target {self.target.name!r}: planning stopped")
@@ -198,11 +217,15 @@ class PostgresPlanner:
             if any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold":
                 self._check_ci_ambiguity(conn)
             tables = []
-            total = sum(len(m.email_columns) for m in metas)
+            fks = foreign_keys(conn, [m.oid for m in metas])
+            utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8'").fetchone() == (True,)
+            in_sql = [m for m in metas if self.sql_lines and made_in_sql(m, fks, utf8)]
+            total = sum(len(m.email_columns) for m in metas if m not in in_sql)
             with progress.task(f"plan {self.target.name}: reading", total=total) as bar:
                 for m in metas:
-                    bar.describe(f"plan {self.target.name}: reading {m.display}")
-                    tables.append(TablePlan(m, self._read_table(conn, m, bar)))
+                    if m not in in_sql:  # the others are read once the steps are known, as their lines
+                        bar.describe(f"plan {self.target.name}: reading {m.display}")
+                        tables.append(TablePlan(m, self._read_table(conn, m, bar)))
             for tp in tables:
                 self._resolve_conflicts(conn, tp)
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
@@ -213,10 +236,17 @@ class PostgresPlanner:
                     images = self._images(conn, tp.meta, [r.key for r in imaged])
                     for r in imaged:
                         r.image = images.get(r.keystr)
-            self._check_foreign_keys(conn, tables)
+            self._check_foreign_keys(conn, tables, fks)
+            if in_sql:
+                # Kept open, in this snapshot, until the lines are read (TargetPlan.close).
+                name = self.target.name
+                sql_tables = [TableLines(conn, name, m, self.match, self._unfit, self.where) for m in in_sql]
+                kept = True
+                return TargetPlan(self.target, where, tables, self.edges, self.warnings, sql_tables, conn)
             conn.rollback()
         finally:
-            conn.close()
+            if not kept:
+                conn.close()
         return TargetPlan(self.target, where, tables, self.edges, self.warnings)
 
     # -- mapping in temp tables --------------------------------------------------------------------------
@@ -236,6 +266,8 @@ class PostgresPlanner:
         conn.execute("CREATE TEMP TABLE _es_chg (_es_kid int PRIMARY KEY, _es_key jsonb, _es_patch jsonb)")
         conn.execute("ANALYZE _es_map")
         conn.execute("ANALYZE _es_map_ci")
+        for stmt in SETUP:
+            conn.execute(stmt)
 
     def _check_ci_ambiguity(self, conn: psycopg.Connection) -> None:
         rows = conn.execute(
@@ -352,7 +384,7 @@ class PostgresPlanner:
         with conn.cursor() as cur:
             try:
                 yield from self._changes(meta, col, cur.stream(q, size=SCAN_BATCH))
-            except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation) as e:
+            except (psycopg.DataError, psycopg.IntegrityError) as e:
                 raise self._unfit(meta, col, str(e.diag.message_primary or e)) from None
 
     def _changes(
@@ -720,10 +752,12 @@ class PostgresPlanner:
 
     # -- foreign keys --------------------------------------------------------------------------------------
 
-    def _check_foreign_keys(self, conn: psycopg.Connection, tables: list[TablePlan]) -> None:
+    def _check_foreign_keys(self, conn: psycopg.Connection, tables: list[TablePlan], fks: list[ForeignKey]) -> None:
         by_oid = {tp.meta.oid: tp for tp in tables}
         problems: list[str] = []
-        for fk in foreign_keys(conn, list(by_oid)):
+        for fk in fks:
+            if fk.child_oid not in by_oid and fk.parent_oid not in by_oid:
+                continue  # between tables whose lines PostgreSQL makes: none of their email columns is in it
             child, parent = by_oid.get(fk.child_oid), by_oid.get(fk.parent_oid)
             p_cols = set(fk.parent_cols) & set(parent.meta.email_columns) if parent else set()
             c_cols = set(fk.child_cols) & set(child.meta.email_columns) if child else set()

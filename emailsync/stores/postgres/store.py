@@ -21,7 +21,7 @@ from emailsync.engine.executor import Call, Step
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
-from emailsync.plan import Action, PostgresAction, Skipped, Store, TargetFingerprint
+from emailsync.plan import Action, PostgresAction, Section, Skipped, Store, TargetFingerprint
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
@@ -37,6 +37,7 @@ BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
 class PostgresStore:
     kind: ClassVar[Store] = "postgres"
     plans_in_a_process: ClassVar[bool] = True  # conflict analysis and the actions' lines are Python work
+    sql_lines: ClassVar[bool] = True  # PostgreSQL makes the lines of the tables that qualify (lines.made_in_sql)
 
     def __init__(
         self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
@@ -60,6 +61,7 @@ class PostgresStore:
             mset.unscoped(f"PostgreSQL target {self.name!r} has no client column, so client_id is ignored there"),
             self._loaded.config.match,
             self._connect,
+            self.sql_lines,
         )
 
         def read() -> TargetRead:
@@ -73,6 +75,10 @@ class PostgresStore:
         for tab in tp.tables:
             yield from _table_actions(tp, tab, levels, skipped)
             tab.rows = []  # let a table's planned rows go once its actions are made
+
+    def sections(self, read: TargetRead, levels: dict[int, int]) -> list[Section]:
+        tp: TargetPlan = read.state
+        return tp.sections(levels)
 
     # -- apply and verify ------------------------------------------------------------------------------------
 

@@ -1,0 +1,335 @@
+"""PostgreSQL: plan lines built by the database itself, for tables whose changes need no decision in Python.
+
+A table qualifies when no unique index and no foreign key involves its email columns, its key loads natively (ints,
+text) and the database is UTF-8: each changed value then becomes exactly one action, whose step depends only on its
+mapping entries. For those tables the planner reads nothing into Python. Once the order of the mapping entries is
+known, each section of the plan (table, kind) is one `COPY (SELECT …) TO STDOUT`: PostgreSQL joins the column with
+the mapping, renders every action's line in the plan's canonical form (sorted keys, compact, numbers as the plan
+writes them), hashes its id, and sorts the section into the file's order. The client copies the bytes into the plan.
+
+The lines are the ones the Python path makes for the same rows, byte for byte (tests/test_plan_lines_made_in_sql.py
+compares them on awkward values): plans keep their format, digests and diffs whichever way a table was planned.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from emailsync.errors import UserError
+from emailsync.plan import Chunk, Section, dumps
+from emailsync.stores.postgres.catalog import ForeignKey, TableMeta
+
+# Made in the session before planning's read-only transaction starts (which allows no CREATE): helpers the lines'
+# SQL calls. _es_num writes a JSON number as the plan does (Python's Decimal: 0.0000001 is 1E-7); _es_doc writes a
+# jsonb document in canonical form, its strings remapped (mode 1: exactly, 2: case-insensitively) or not (0).
+# _es_fail stops the query with a message the planner turns into the same error the Python path gives.
+SETUP = [
+    "CREATE TEMP TABLE _es_lvl (ord int PRIMARY KEY, lvl int NOT NULL)",
+    """
+    CREATE FUNCTION pg_temp._es_fail(msg text) RETURNS text LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'emailsync-lines:%', msg; END $$
+    """,
+    """
+    CREATE FUNCTION pg_temp._es_num(s text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN strpos(s, '.') = 0 OR adj >= -6 THEN s
+                WHEN digits = '' THEN sign || '0E' || adj::text
+                ELSE sign || left(digits, 1) || CASE WHEN length(digits) > 1 THEN '.' || substr(digits, 2) ELSE '' END
+                     || 'E' || adj::text END
+    FROM (SELECT sign, digits, CASE WHEN digits = '' THEN e ELSE e + length(digits) - 1 END AS adj
+          FROM (SELECT CASE WHEN left(s, 1) = '-' THEN '-' ELSE '' END AS sign,
+                       ltrim(replace(ltrim(s, '-'), '.', ''), '0') AS digits,
+                       -length(split_part(s, '.', 2)) AS e) a) b
+    $$
+    """,
+    """
+    CREATE FUNCTION pg_temp._es_doc(j jsonb, mode int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+    DECLARE r text := ''; k text; v jsonb; s text;
+    BEGIN
+        CASE jsonb_typeof(j)
+        WHEN 'object' THEN
+            FOR k, v IN SELECT e.key, e.value FROM jsonb_each(j) e ORDER BY e.key COLLATE "C" LOOP
+                r := r || ',' || to_json(k)::text || ':' || pg_temp._es_doc(v, mode);
+            END LOOP;
+            RETURN '{' || substr(r, 2) || '}';
+        WHEN 'array' THEN
+            FOR v IN SELECT e FROM jsonb_array_elements(j) e LOOP
+                r := r || ',' || pg_temp._es_doc(v, mode);
+            END LOOP;
+            RETURN '[' || substr(r, 2) || ']';
+        WHEN 'number' THEN RETURN pg_temp._es_num(j::text);
+        WHEN 'string' THEN
+            IF mode = 1 THEN
+                SELECT to_json(m.new)::text INTO s FROM pg_temp._es_map m WHERE m.old = j #>> '{}';
+            ELSIF mode = 2 THEN
+                SELECT to_json(m.new)::text INTO s FROM pg_temp._es_map_ci m WHERE m.old = lower(j #>> '{}');
+            END IF;
+            RETURN coalesce(s, j::text);
+        ELSE RETURN j::text;
+        END CASE;
+    END $$
+    """,
+]
+
+_FAIL = "emailsync-lines:"
+# COPY's text format doubles every backslash; CSV with a quote and a delimiter that canonical JSON never holds raw
+# (it escapes every control character) sends each line exactly as built.
+_AS_IS = sql.SQL("(FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
+
+
+def made_in_sql(meta: TableMeta, fks: list[ForeignKey], utf8: bool) -> bool:
+    """Whether every action of this table can be built by PostgreSQL: no changed value can meet another row in a
+    unique index or a foreign key (so no row is deleted, skipped or ordered after another), the key renders exactly
+    (ints, text), arrays hold text, and the database sorts bytes in the plan's order (UTF-8)."""
+    emails = set(meta.email_columns)
+    if not utf8 or not meta.native_key or emails & set(meta.key):
+        return False
+    if any(u.columns & emails for u in meta.unique_indexes):
+        return False
+    for fk in fks:
+        if (fk.child_oid == meta.oid and emails & set(fk.child_cols)) or (
+            fk.parent_oid == meta.oid and emails & set(fk.parent_cols)
+        ):
+            return False
+    return all(meta.columns[c].kind != "array" or meta.columns[c].native == "text[]" for c in meta.email_columns)
+
+
+def load_levels(conn: psycopg.Connection, levels: dict[int, int]) -> None:
+    """The level of each mapping entry that has one (the rest are 0), for the lines' steps."""
+    conn.execute("DELETE FROM _es_lvl")
+    if levels:
+        with conn.cursor().copy("COPY _es_lvl (ord, lvl) FROM STDIN") as cp:
+            for ord_, lvl in levels.items():
+                cp.write_row((ord_, lvl))
+
+
+class TableLines:
+    """The sections of one table whose lines PostgreSQL builds."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        target: str,
+        meta: TableMeta,
+        match: str,
+        unfit: Callable[[TableMeta, str, str], UserError],
+        where: str,
+    ) -> None:
+        self.conn, self.target, self.meta, self.match, self.unfit, self.where = conn, target, meta, match, unfit, where
+
+    def sections(self) -> list[Section]:
+        kinds: dict[str, list[str]] = {}
+        for c in self.meta.email_columns:
+            kinds.setdefault("array-replace" if self.meta.columns[c].kind == "array" else "update", []).append(c)
+        return [
+            Section((self.target, self.meta.display, kind), functools.partial(self._fill, kind, cols))
+            for kind, cols in kinds.items()
+        ]
+
+    # -- one section -------------------------------------------------------------------------------------------
+
+    def _fill(self, kind: str, cols: list[str], write: Callable[[Chunk], None]) -> dict[str, int]:
+        lines = sql.SQL(" UNION ALL ").join(self._lines(kind, c, i) for i, c in enumerate(cols))
+        order = sql.SQL('ORDER BY k COLLATE "C", c COLLATE "C", id COLLATE "C"')
+        if len(cols) == 1:
+            q = sql.SQL("COPY (SELECT line FROM ({}) l {}) TO STDOUT {}").format(lines, order, _AS_IS)
+        else:
+            # Several columns in one section: their counts (for the summary) come last, as one more line.
+            q = sql.SQL(
+                "COPY (WITH l AS ({lines}) SELECT line FROM ("
+                "SELECT 0 AS z, k, c, id, line FROM l UNION ALL "
+                "SELECT 1, NULL, NULL, NULL, (SELECT COALESCE(json_object_agg(c, n), '{{}}')::text "
+                "FROM (SELECT c, count(*) AS n FROM l GROUP BY c) x)) o ORDER BY z, {order}) TO STDOUT {as_is}"
+            ).format(lines=lines, order=sql.SQL('k COLLATE "C", c COLLATE "C", id COLLATE "C"'), as_is=_AS_IS)
+        self.conn.execute("SAVEPOINT _es_lines")
+        try:
+            with self.conn.cursor() as cur:
+                with cur.copy(q) as cp:
+                    if len(cols) == 1:
+                        for data in cp:
+                            write(data)
+                    else:
+                        last: Any = None
+                        for data in cp:
+                            if last is not None:
+                                write(last)
+                            last = bytes(data)
+                n = cur.rowcount
+        except psycopg.errors.RaiseException as e:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _es_lines")
+            raise self._failed(cols, str(e.diag.message_primary or e)) from None
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
+            # A new email that the column's type refuses (a domain's check): found column by column, to name it.
+            self.conn.execute("ROLLBACK TO SAVEPOINT _es_lines")
+            raise self._which(kind, cols, str(e.diag.message_primary or e)) from None
+        self.conn.execute("RELEASE SAVEPOINT _es_lines")
+        if len(cols) == 1:
+            return {cols[0]: n} if n > 0 else {}
+        counts: dict[str, int] = json.loads(last) if last is not None else {}
+        return {c: counts[c] for c in cols if counts.get(c)}
+
+    def _failed(self, cols: list[str], message: str) -> UserError:
+        what = message.split(_FAIL, 1)[-1]
+        i, _, rest = what.partition(":")
+        col = cols[int(i)]
+        kind, _, detail = rest.partition(":")
+        if kind == "cut":
+            return self.unfit(self.meta, col, f"{detail!r} does not fit (it would be cut short)")
+        if kind == "cut-elements":
+            return self.unfit(self.meta, col, "some new emails do not fit its elements (cut short)")
+        ndims, _, key = detail.partition(":")
+        return UserError(
+            f"{self.where}.tables[{self.meta.index}]: {self.meta.display}.{col} holds a {ndims}-dimensional array at "
+            f"key {key}; only one-dimensional arrays are supported"
+        )
+
+    def _which(self, kind: str, cols: list[str], message: str) -> UserError:
+        for i, c in enumerate(cols):
+            self.conn.execute("SAVEPOINT _es_which")
+            try:
+                self.conn.execute(sql.SQL("SELECT count(line) FROM ({}) l").format(self._lines(kind, c, i)))
+            except psycopg.Error as e:
+                self.conn.execute("ROLLBACK TO SAVEPOINT _es_which")
+                return self.unfit(self.meta, c, str(e.diag.message_primary or e))
+            self.conn.execute("RELEASE SAVEPOINT _es_which")
+        return self.unfit(self.meta, cols[0], message)
+
+    # -- one column's lines ------------------------------------------------------------------------------------
+
+    def _key(self, t: sql.Composable) -> sql.Composable:
+        """The row's key as dumps() writes it: its columns in sorted order, compact."""
+        parts = []
+        for i, k in enumerate(sorted(self.meta.key)):
+            col = sql.SQL("{}.{}").format(t, sql.Identifier(k))
+            value = (
+                sql.SQL("({})::int8::text").format(col)
+                if self.meta.columns[k].native == "int8"
+                else sql.SQL("to_json(({})::text)::text").format(col)
+            )
+            label = ("{" if i == 0 else ",") + dumps(k) + ":"
+            parts.append(sql.SQL("{} || COALESCE({}, 'null')").format(sql.Literal(label), value))
+        return sql.SQL("({} || '}}')").format(sql.SQL(" || ").join(parts))
+
+    def _lines(self, kind: str, col: str, i: int) -> sql.Composable:
+        """SELECT k, c, id, line: one line per changed value of the column, in the plan's canonical form."""
+        meta = self.meta
+        c = meta.columns[col]
+        ci = c.ci or self.match == "casefold"
+        mp = sql.Identifier("_es_map_ci" if ci else "_es_map")
+        t = sql.Identifier(meta.prefix + "t")
+        ident = sql.SQL("{}.{}").format(t, sql.Identifier(col))
+        typ = sql.SQL(c.type_sql)
+        key = self._key(t)
+
+        def norm(expr: sql.Composable) -> sql.Composable:
+            return sql.SQL("lower(({})::text)").format(expr) if ci else sql.SQL("({})::text").format(expr)
+
+        def fail(what: str, detail: sql.Composable) -> sql.Composable:
+            return sql.SQL("pg_temp._es_fail({} || {})").format(sql.Literal(f"{i}:{what}:"), detail)
+
+        if c.kind == "text":
+            inner = sql.SQL(
+                "SELECT {key} AS k, to_jsonb({v})::text AS od, "
+                "CASE WHEN CAST(m.new AS {typ})::text IS DISTINCT FROM m.new THEN {cut} "
+                "ELSE to_jsonb(CAST(m.new AS {typ}))::text END AS nw, "
+                "m.ord::text AS ords, (3 * COALESCE(l.lvl, 0) + 1)::text AS step "
+                "FROM {tbl} AS {t} JOIN {mp} m ON m.old = {nv} LEFT JOIN _es_lvl l ON l.ord = m.ord"
+            ).format(
+                key=key, v=ident, typ=typ, cut=fail("cut", sql.SQL("m.new")), tbl=meta.ident, t=t, mp=mp, nv=norm(ident)
+            )
+        elif c.kind == "array":
+            # The rows found by one join of every element with the mapping (see planner._FENCE), then each row's
+            # array rebuilt with the new elements at their positions.
+            inner = sql.SQL(
+                "SELECT {key} AS k, to_json(({v})::text[])::text AS od, "
+                "CASE WHEN h.cut THEN {cut} WHEN array_ndims({v}) <> 1 THEN {ndims} "
+                "ELSE to_json(ARRAY(SELECT CASE WHEN p.i IS NULL THEN e.v ELSE p.n END "
+                "FROM unnest(({v})::text[]) WITH ORDINALITY e(v, i) LEFT JOIN unnest(h.pos, h.news) p(i, n) "
+                "ON p.i = e.i ORDER BY e.i))::text END AS nw, "
+                "array_to_string(h.ords, ',') AS ords, "
+                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step "
+                "FROM (SELECT e.tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.new ORDER BY e.i) AS news, "
+                "array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords, "
+                "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
+                "FROM (SELECT {t}.ctid AS tid, e.v, e.i FROM {tbl} AS {t} "
+                "CROSS JOIN LATERAL unnest({v}) WITH ORDINALITY e(v, i) OFFSET 0) e "
+                "JOIN {mp} m ON m.old = {ev} GROUP BY e.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid"
+            ).format(
+                key=key,
+                v=ident,
+                cut=fail("cut-elements", sql.SQL("''")),
+                ndims=fail("ndims", sql.SQL("array_ndims({})::text || ':' || {}").format(ident, key)),
+                typ=typ,
+                tbl=meta.ident,
+                t=t,
+                mp=mp,
+                ev=norm(sql.SQL("e.v")),
+            )
+        else:
+            mode = 2 if ci else 1
+            inner = sql.SQL(
+                "SELECT {key} AS k, {old} AS od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
+                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step "
+                "FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
+                "SELECT {t}.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS {t} "
+                "CROSS JOIN LATERAL jsonb_path_query({v}, 'strict $.**') x "
+                "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "
+                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid"
+            ).format(
+                key=key,
+                old=_doc(ident, 0, mp, norm),
+                new=_doc(ident, mode, mp, norm),
+                v=ident,
+                tbl=meta.ident,
+                t=t,
+                mp=mp,
+                sv=norm(sql.SQL("s.v")),
+            )
+        id_pre = "[" + dumps(self.target) + "," + dumps(meta.display) + ","
+        id_post = "," + dumps(col) + "," + dumps(kind) + "]"
+        head = '{"column":' + dumps(col) + ',"id":"'
+        tail = ',"store":"postgres","table":' + dumps(meta.display) + ',"target":' + dumps(self.target) + "}"
+        return sql.SQL(
+            'SELECT s.k, {col} AS c, s.id, {head} || s.id || \'","key":\' || s.k || {kind} || s.ords '
+            "|| '],\"new\":' || s.nw || ',\"old\":' || s.od || ',\"step\":' || s.step || {tail} AS line "
+            "FROM (SELECT r.*, 'pg-' || left(encode(sha256(convert_to({id_pre} || to_json(r.k)::text || {id_post}, "
+            "'UTF8')), 'hex'), 16) AS id FROM ({inner}) r) s"
+        ).format(
+            col=sql.Literal(col),
+            head=sql.Literal(head),
+            kind=sql.Literal(',"kind":' + dumps(kind) + ',"mappings":['),
+            tail=sql.Literal(tail),
+            id_pre=sql.Literal(id_pre),
+            id_post=sql.Literal(id_post),
+            inner=inner,
+        )
+
+
+def _doc(
+    v: sql.Composable, mode: int, mp: sql.Identifier, norm: Callable[[sql.Composable], sql.Composable]
+) -> sql.Composable:
+    """A jsonb document in canonical form (strings remapped unless mode is 0). An object's members are written here,
+    inline: only nested objects and arrays go through the (much slower) function."""
+    string: sql.Composable
+    if mode:
+        string = sql.SQL("COALESCE((SELECT to_json(m.new)::text FROM {mp} m WHERE m.old = {n}), e.v::text)").format(
+            mp=mp, n=norm(sql.SQL("e.v #>> '{}'"))
+        )
+    else:
+        string = sql.SQL("e.v::text")
+    member = sql.SQL(
+        "CASE jsonb_typeof(e.v) WHEN 'string' THEN {string} "
+        "WHEN 'number' THEN CASE WHEN strpos(e.v::text, '.') = 0 THEN e.v::text ELSE pg_temp._es_num(e.v::text) END "
+        "WHEN 'object' THEN pg_temp._es_doc(e.v, {mode}) WHEN 'array' THEN pg_temp._es_doc(e.v, {mode}) "
+        "ELSE e.v::text END"
+    ).format(string=string, mode=sql.Literal(mode))
+    return sql.SQL(
+        "CASE WHEN jsonb_typeof({v}) = 'object' THEN '{{' || COALESCE((SELECT string_agg(to_json(e.k)::text || ':' "
+        "|| {member}, ',' ORDER BY e.k COLLATE \"C\") FROM jsonb_each({v}) e(k, v)), '') || '}}' "
+        "ELSE pg_temp._es_doc({v}, {mode}) END"
+    ).format(v=v, member=member, mode=sql.Literal(mode))

@@ -1,0 +1,176 @@
+"""Tables whose changes need no decision in Python get their plan lines from PostgreSQL (stores/postgres/lines.py).
+Those lines must be the very bytes the Python path writes for the same rows: the same ids, keys, steps, values and
+order, on the awkward values (quotes, backslashes, control characters, non-ASCII, nested documents, small decimals,
+NULL array elements, composite and text keys), and the same errors when a new email does not fit."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_user_error, plan_lines, table_dump
+
+from emailsync.plan import loads
+from emailsync.stores.postgres import lines
+from emailsync.stores.postgres.store import PostgresStore
+
+SCHEMA = [
+    "CREATE EXTENSION IF NOT EXISTS citext",
+    # a unique column with a chain: b moves away before a arrives, so a→b runs a level later everywhere
+    "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE)",
+    "INSERT INTO users VALUES (1, 'a@x.com'), (2, 'b@x.com')",
+    """CREATE TABLE events (id bigint PRIMARY KEY, actor text, note varchar(40), emails text[], doc jsonb,
+       tags citext[])""",
+    """INSERT INTO events VALUES
+       (1, 'a@x.com', 'b@x.com', ARRAY['a@x.com', NULL, 'zoë@x.com', 'a@x.com'],
+        '{"by": "a@x.com", "n": 1.50, "tiny": 0.00000015, "zero": 0.0000000, "neg": -2.5e-9, "big": 1e30,
+          "deep": {"list": ["b@x.com", {"q": "say \\"hi\\"\\\\ \\t\\u0001"}, [true, false, null]],
+                   "a@x.com": "key stays", "émoji 🙂": "zoë@x.com"}, "": "", "z": []}', ARRAY['A@X.com']::citext[]),
+       (2, 'nobody@x.com', NULL, ARRAY['x@y.com'], '["a@x.com", 0.1, {"b": "a@x.com"}]', NULL),
+       (3, 'zoë@x.com', 'A@x.com', '{}', '"b@x.com"', ARRAY['zoë@x.com', 'B@X.COM']::citext[]),
+       (-4, 'b@x.com', 'zoë@x.com', ARRAY['c@x.com'], '{"x": {"y": {}}, "w": "a@x.com"}', '{}')""",
+    # a text key that needs escaping, and a composite key whose column names need quoting
+    'CREATE TABLE "we""ird" (k text PRIMARY KEY, "E-mail" text)',
+    """INSERT INTO "we""ird" VALUES ('k"1\\', 'a@x.com'), ('ü', 'b@x.com'), ('plain', 'zoë@x.com')""",
+    'CREATE TABLE pairs ("Key A" int, b text, email text, PRIMARY KEY ("Key A", b))',
+    "INSERT INTO pairs VALUES (1, 'x', 'a@x.com'), (1, 'y', 'b@x.com'), (2, 'x', 'ZOË@x.com')",
+]
+
+TABLES = """\
+- {table: users, columns: [email]}
+- {table: events, columns: [actor, note, emails, doc, tags]}
+- {table: '"we""ird"', columns: [E-mail]}
+- {table: pairs, columns: [email]}
+"""
+
+MAPPINGS = {"a@x.com": "b@x.com", "b@x.com": "c@x.com", "zoë@x.com": "zoé@x.com", "ghost@x.com": "g@x.com"}
+
+
+def _plan_both_ways(db, ws, monkeypatch, tables=TABLES, match="exact"):
+    """The plan made with PostgreSQL's lines, then with every table read into Python: (lines, lines, fills)."""
+    ws.postgres_targets({"core": db}, tables, match=match)
+    ws.mappings(MAPPINGS)
+    fills = []
+    real = lines.TableLines._fill
+
+    def spy(self, kind, cols, write):  # the real method, counted
+        fills.append((self.meta.display, kind, tuple(cols)))
+        return real(self, kind, cols, write)
+
+    monkeypatch.setattr(lines.TableLines, "_fill", spy)
+    r, in_sql = ws.plan()
+    assert r.code == 0, r.out + r.err
+    monkeypatch.setattr(PostgresStore, "sql_lines", False)
+    r, in_python = ws.plan()
+    assert r.code == 0, r.out + r.err
+    monkeypatch.setattr(PostgresStore, "sql_lines", True)
+    return plan_lines(in_sql), plan_lines(in_python), fills, in_sql
+
+
+def _same_plans(a: list[str], b: list[str]) -> None:
+    ha, hb = loads(a[0]), loads(b[0])
+    for h in (ha, hb):
+        for k in ("created_at", "digest"):
+            h.pop(k)
+        h["summary"] = sorted(h["summary"], key=lambda s: (s["table"], s["column"], s["kind"]))
+    assert ha == hb
+    assert a[1:] == b[1:]
+
+
+def test_lines_from_postgresql_are_the_python_paths_bytes(db, ws, monkeypatch):
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    a, b, fills, plan = _plan_both_ways(db, ws, monkeypatch)
+    # users has a unique index: read into Python. The others are made by PostgreSQL, one COPY per (table, kind).
+    assert sorted(fills) == [
+        ('public."we""ird"', "update", ("E-mail",)),
+        ("public.events", "array-replace", ("emails", "tags")),
+        ("public.events", "update", ("actor", "note", "doc")),
+        ("public.pairs", "update", ("email",)),
+    ]
+    _same_plans(a, b)
+    body = [loads(x) for x in a[1:]]
+    # the chain orders a→b after b→c, in the tables PostgreSQL wrote too
+    steps = {(x["table"], x["column"], x["key"].get("id")): x["step"] for x in body}
+    assert steps[("public.events", "actor", 1)] == 4  # a→b: one level later
+    assert steps[("public.events", "actor", -4)] == 1  # b→c
+    doc = next(x for x in body if x["column"] == "doc" and x["key"] == {"id": 1})
+    assert doc["new"]["deep"] == {
+        "list": ["c@x.com", {"q": 'say "hi"\\ \t\u0001'}, [True, False, None]],
+        "a@x.com": "key stays",
+        "émoji 🙂": "zoé@x.com",
+    }
+    assert '"tiny":1.5E-7' in next(x for x in a if '"column":"doc"' in x and '"key":{"id":1}' in x)
+    # and the plan applies: every row as the mapping says
+    r = ws.run("apply", str(plan), "--auto-approve", "--force")
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT id, actor, note, emails, tags::text[] FROM events ORDER BY id") == [
+        (-4, "c@x.com", "zoé@x.com", ["c@x.com"], []),
+        (1, "b@x.com", "c@x.com", ["b@x.com", None, "zoé@x.com", "b@x.com"], ["b@x.com"]),  # citext: any case
+        (2, "nobody@x.com", None, ["x@y.com"], None),
+        (3, "zoé@x.com", "A@x.com", [], ["zoé@x.com", "c@x.com"]),
+    ]
+    assert db.rows("SELECT doc FROM events WHERE id = 2") == [(["b@x.com", 0.1, {"b": "b@x.com"}],)]
+    assert db.rows('SELECT k, "E-mail" FROM "we""ird" ORDER BY k') == [
+        ('k"1\\', "b@x.com"),
+        ("plain", "zoé@x.com"),
+        ("ü", "c@x.com"),
+    ]
+
+
+def test_case_insensitive_columns_and_casefold_match_the_python_path(db, ws, monkeypatch):
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    a, b, fills, plan = _plan_both_ways(db, ws, monkeypatch, match="casefold")
+    assert fills
+    _same_plans(a, b)
+    r = ws.run("apply", str(plan), "--auto-approve", "--force")
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT id, tags::text[], note FROM events ORDER BY id") == [
+        (-4, [], "zoé@x.com"),
+        (1, ["b@x.com"], "c@x.com"),
+        (2, None, None),
+        (3, ["zoé@x.com", "c@x.com"], "b@x.com"),
+    ]
+    assert db.rows("SELECT email FROM pairs ORDER BY 1") == [("b@x.com",), ("c@x.com",), ("zoé@x.com",)]
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragments"),
+    [
+        (
+            ["CREATE TABLE t (id int PRIMARY KEY, e varchar(7))", "INSERT INTO t VALUES (1, 'a@x.com')"],
+            ["public.t.e (character varying(7)) cannot hold a new email", "'c@x.com.au'", "cut short"],
+        ),
+        (
+            ["CREATE TABLE t (id int PRIMARY KEY, e varchar(7)[])", "INSERT INTO t VALUES (1, ARRAY['a@x.com'])"],
+            ["public.t.e (character varying(7)[]) cannot hold a new email", "cut short"],
+        ),
+        (
+            ["CREATE TABLE t (id int PRIMARY KEY, e text[])", "INSERT INTO t VALUES (1, '{{a@x.com,b},{c,d}}')"],
+            ['public.t.e holds a 2-dimensional array at key {"id":1}'],
+        ),
+        (
+            [
+                "CREATE DOMAIN strict_email AS text CHECK (VALUE NOT LIKE 'c@%')",
+                "CREATE TABLE t (id int PRIMARY KEY, x text, e strict_email)",
+                "INSERT INTO t VALUES (1, 'zz', 'b@x.com')",
+            ],
+            ["public.t.e (strict_email) cannot hold a new email", "violates check constraint"],
+        ),
+    ],
+)
+def test_a_new_email_that_does_not_fit_is_refused_alike(db, ws, monkeypatch, schema, fragments):
+    for stmt in schema:
+        db.execute(stmt)
+    ws.postgres_targets(
+        {"core": db}, "- {table: t, columns: [x, e]}" if "x text" in schema[1] else "- {table: t, columns: [e]}"
+    )
+    ws.mappings({"a@x.com": "c@x.com.au", "b@x.com": "c@x.com"})
+    before = table_dump(db, "t")
+    messages = []
+    for in_sql in (True, False):
+        monkeypatch.setattr(PostgresStore, "sql_lines", in_sql)
+        r, out = ws.plan()
+        messages.append(assert_user_error(r, *fragments))
+        assert not out.exists()
+    assert messages[0] == messages[1]
+    assert table_dump(db, "t") == before
