@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from helpers import assert_user_error, plan_lines, table_dump
 
-from emailsync.plan import loads
-from emailsync.stores.postgres import lines
+from emailsync.plan import SKIPPED_KIND, loads
+from emailsync.stores.postgres import lines, planner
 from emailsync.stores.postgres.store import PostgresStore
 
 SCHEMA = [
@@ -79,12 +79,14 @@ def test_lines_from_postgresql_are_the_python_paths_bytes(db, ws, monkeypatch):
     for stmt in SCHEMA:
         db.execute(stmt)
     a, b, fills, plan = _plan_both_ways(db, ws, monkeypatch)
-    # users has a unique index: read into Python. The others are made by PostgreSQL, one COPY per (table, kind).
+    # One COPY per (table, kind); users has a unique index, so only its rows that meet another row are read into
+    # Python (here: a arrives where b leaves), and PostgreSQL merges their lines into the section.
     assert sorted(fills) == [
         ('public."we""ird"', "update", ("E-mail",)),
         ("public.events", "array-replace", ("emails", "tags")),
         ("public.events", "update", ("actor", "note", "doc")),
         ("public.pairs", "update", ("email",)),
+        ("public.users", "update", ("email",)),
     ]
     _same_plans(a, b)
     body = [loads(x) for x in a[1:]]
@@ -174,3 +176,105 @@ def test_a_new_email_that_does_not_fit_is_refused_alike(db, ws, monkeypatch, sch
         assert not out.exists()
     assert messages[0] == messages[1]
     assert table_dump(db, "t") == before
+
+
+UNIQUE_SCHEMA = [
+    "CREATE EXTENSION IF NOT EXISTS citext",
+    # keyed by email, with a row already at a new address (a merge), a chain and plain moves
+    "CREATE TABLE settings (email text PRIMARY KEY, theme text, n numeric)",
+    """INSERT INTO settings VALUES ('a@x.com', 'dark', 1.50), ('b@x.com', 'light', 0.00000015),
+       ('m1@x.com', 'm1', NULL), ('m2@x.com', 'm2', 2), ('merged@x.com', 'here', 3), ('p1@x.com', 'p', 4),
+       ('p2@x.com', 'p', 5)""",
+    # a unique lower() index, a partial unique index and a composite one; a row changing a non-unique column only
+    """CREATE TABLE accounts (id int PRIMARY KEY, email text, backup text, tenant int, primary_email citext,
+       active bool)""",
+    "CREATE UNIQUE INDEX ON accounts (lower(email))",
+    "CREATE UNIQUE INDEX ON accounts (tenant, backup)",
+    "CREATE UNIQUE INDEX ON accounts (primary_email) WHERE active",
+    """INSERT INTO accounts VALUES
+       (1, 'A@x.com', 'p1@x.com', 1, 'm1@x.com', true), (2, 'B@x.com', 'p2@x.com', 1, 'M2@x.com', true),
+       (3, 'merged@x.com', 'zz@x.com', 1, 'merged@x.com', false), (4, 'q@x.com', 'm1@x.com', 2, 'q@x.com', true),
+       (5, 'r@x.com', 'b@x.com', 1, 'r@x.com', true), (6, 'p1@x.com', 'r@x.com', 3, 'p1@x.com', true)""",
+]
+
+UNIQUE_MAPPINGS = {
+    "a@x.com": "b@x.com",
+    "b@x.com": "c@x.com",
+    "m1@x.com": "merged@x.com",
+    "m2@x.com": "merged@x.com",
+    "p1@x.com": "p1new@x.com",
+    "p2@x.com": "p2new@x.com",
+}
+
+
+@pytest.mark.parametrize("on_conflict", ["delete", "skip", "fail"])
+def test_tables_with_unique_indexes_decide_only_their_troubled_rows_in_python(db, ws, monkeypatch, on_conflict):
+    for stmt in UNIQUE_SCHEMA:
+        db.execute(stmt)
+    tables = (
+        f"- {{table: settings, columns: [email], on_conflict: {on_conflict}}}\n"
+        f"- {{table: accounts, columns: [email, backup, primary_email], on_conflict: {on_conflict}}}\n"
+    )
+    ws.postgres_targets({"core": db}, tables)
+    ws.mappings(UNIQUE_MAPPINGS)
+    before = table_dump(db, "settings", "accounts")
+    read = []
+    real = planner.PostgresPlanner._read_table
+
+    def spy(self, conn, meta, bar, troubled=False):  # the real method, its rows counted
+        rows = real(self, conn, meta, bar, troubled)
+        read.append((meta.display, troubled, sorted(r.keystr for r in rows)))
+        return rows
+
+    monkeypatch.setattr(planner.PostgresPlanner, "_read_table", spy)
+    outcomes = []
+    for in_sql in (True, False):
+        monkeypatch.setattr(PostgresStore, "sql_lines", in_sql)
+        r, plan = ws.plan()
+        outcomes.append((r.code, plan_lines(plan) if r.code == 0 else r.err))
+    monkeypatch.setattr(PostgresStore, "sql_lines", True)
+    # With PostgreSQL's lines, Python read only the rows that meet another: the chain, the merge, the row already
+    # there (p1's and p2's plain moves, and rows changing nowhere near another, stay in the database).
+    analysed = {table: keys for table, troubled, keys in read[:2]}
+    assert all(troubled for _, troubled, _ in read[:2])
+    assert analysed["public.settings"] == [
+        '{"email":"a@x.com"}',
+        '{"email":"b@x.com"}',
+        '{"email":"m1@x.com"}',
+        '{"email":"m2@x.com"}',
+    ]
+    assert len(analysed["public.accounts"]) < len(read[3][2])
+    if on_conflict == "fail":
+        assert outcomes[0][0] == outcomes[1][0] == 1
+        assert outcomes[0][1] == outcomes[1][1]
+        assert "on_conflict: fail" in outcomes[0][1]
+        assert table_dump(db, "settings", "accounts") == before
+        return
+    _same_plans(outcomes[0][1], outcomes[1][1])
+    body = [loads(x) for x in outcomes[0][1][1:]]
+    kinds = {x["kind"] for x in body}
+    assert ("delete-on-conflict" in kinds) == (on_conflict == "delete")
+    # every settings row that moves carries its whole row, whichever way its line was made
+    assert all(x.get("row") for x in body if x["table"] == "public.settings" and x["kind"] != SKIPPED_KIND)
+    r = ws.run("apply", str(plan), "--auto-approve", "--force")
+    assert r.code == 0, r.out + r.err
+    settings = db.rows("SELECT email, theme FROM settings ORDER BY 1")
+    if on_conflict == "delete":
+        # m1 and m2 both wanted merged@x.com, which a row holds: both deleted; a→b after b→c
+        assert settings == [
+            ("b@x.com", "dark"),
+            ("c@x.com", "light"),
+            ("merged@x.com", "here"),
+            ("p1new@x.com", "p"),
+            ("p2new@x.com", "p"),
+        ]
+    else:
+        assert settings == [
+            ("b@x.com", "dark"),
+            ("c@x.com", "light"),
+            ("m1@x.com", "m1"),
+            ("m2@x.com", "m2"),
+            ("merged@x.com", "here"),
+            ("p1new@x.com", "p"),
+            ("p2new@x.com", "p"),
+        ]

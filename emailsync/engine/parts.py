@@ -64,10 +64,14 @@ def _make(store: Store, read: TargetRead, levels: dict[int, int], part: Part) ->
     for sec in sections:
         for column, n in sec.counts.items():
             summary[(sec.key[0], sec.key[1], column, sec.key[2])] += n
+    # Table by table as targets.yaml lists them, whichever way each table's lines were made (sorted stably: within
+    # a table, in the order they were made).
+    rank = {t: i for i, t in enumerate(read.tables)}
+    counted = sorted(summary.items(), key=lambda kv: rank.get(kv[0][1], len(rank)))
     skipped_counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for s in skipped:
         skipped_counts[(s.target, s.table, s.column, SKIPPED_KIND)] += 1
-    return Made(runs, list(summary.items()), list(skipped_counts.items()), ids)
+    return Made(runs, counted, list(skipped_counts.items()), ids)
 
 
 def _release(read: TargetRead) -> None:

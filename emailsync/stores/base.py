@@ -47,6 +47,7 @@ class TargetRead:
     edges: set[tuple[int, int]] = field(default_factory=set)
     reads: list[dict[str, Any]] = field(default_factory=list)
     state: Any = None
+    tables: list[str] = field(default_factory=list)  # the target's tables in targets.yaml's order: the summary's
 
 
 class Store(Protocol):

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
 
 from emailsync.errors import UserError
-from emailsync.plan import Chunk, Section, dumps
+from emailsync.plan import Action, Chunk, Section, dumps, line_of
 from emailsync.stores.postgres.catalog import ForeignKey, TableMeta
 
 # Made in the session before planning's read-only transaction starts (which allows no CREATE): helpers the lines'
@@ -31,6 +31,11 @@ from emailsync.stores.postgres.catalog import ForeignKey, TableMeta
 # _es_fail stops the query with a message the planner turns into the same error the Python path gives.
 SETUP = [
     "CREATE TEMP TABLE _es_lvl (ord int PRIMARY KEY, lvl int NOT NULL)",
+    # Rows of a table with unique indexes that meet another row in one (their fate is decided in Python), by table.
+    "CREATE TEMP TABLE _es_trouble (tbl int NOT NULL, key jsonb NOT NULL, PRIMARY KEY (tbl, key))",
+    # The lines Python made for those rows, merged by PostgreSQL into their sections.
+    "CREATE TEMP TABLE _es_pylines (tbl int NOT NULL, kind text NOT NULL, k text NOT NULL, c text NOT NULL, "
+    "id text NOT NULL, line text NOT NULL)",
     """
     CREATE FUNCTION pg_temp._es_fail(msg text) RETURNS text LANGUAGE plpgsql AS $$
     BEGIN RAISE EXCEPTION 'emailsync-lines:%', msg; END $$
@@ -82,21 +87,31 @@ _FAIL = "emailsync-lines:"
 _AS_IS = sql.SQL("(FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
 
-def made_in_sql(meta: TableMeta, fks: list[ForeignKey], utf8: bool) -> bool:
-    """Whether every action of this table can be built by PostgreSQL: no changed value can meet another row in a
-    unique index or a foreign key (so no row is deleted, skipped or ordered after another), the key renders exactly
-    (ints, text), arrays hold text, and the database sorts bytes in the plan's order (UTF-8)."""
+Way = Literal["python", "sql", "analysed"]
+
+
+def way_of(meta: TableMeta, fks: list[ForeignKey], utf8: bool) -> Way:
+    """How a table's actions are made.
+
+    "sql": every action by PostgreSQL. No unique index and no foreign key involves an email column, so no row is
+    deleted, skipped or ordered after another; the key renders exactly (ints, text); arrays hold text; and the
+    database sorts bytes in the plan's order (UTF-8).
+    "analysed": as "sql", but unique indexes involve email columns (all of them text). PostgreSQL finds the rows
+    that meet another row in one of them (planner._index_sql); only those are read into Python and decided there,
+    and PostgreSQL makes the lines of every other row, which simply moves.
+    "python": every changed row is read into Python (foreign keys on email columns, other column types)."""
     emails = set(meta.email_columns)
-    if not utf8 or not meta.native_key or emails & set(meta.key):
-        return False
-    if any(u.columns & emails for u in meta.unique_indexes):
-        return False
+    if not utf8 or not meta.native_key:
+        return "python"
     for fk in fks:
         if (fk.child_oid == meta.oid and emails & set(fk.child_cols)) or (
             fk.parent_oid == meta.oid and emails & set(fk.parent_cols)
         ):
-            return False
-    return all(meta.columns[c].kind != "array" or meta.columns[c].native == "text[]" for c in meta.email_columns)
+            return "python"
+    if not any(u.columns & emails for u in meta.unique_indexes) and not emails & set(meta.key):
+        ok = all(meta.columns[c].kind != "array" or meta.columns[c].native == "text[]" for c in meta.email_columns)
+        return "sql" if ok else "python"
+    return "analysed" if all(meta.columns[c].kind == "text" for c in meta.email_columns) else "python"
 
 
 def load_levels(conn: psycopg.Connection, levels: dict[int, int]) -> None:
@@ -108,8 +123,16 @@ def load_levels(conn: psycopg.Connection, levels: dict[int, int]) -> None:
                 cp.write_row((ord_, lvl))
 
 
+def python_lines(conn: psycopg.Connection, tbl: int, actions: Iterable[Action]) -> None:
+    """Lines made in Python for rows of an analysed table, with their sort keys, into _es_pylines."""
+    with conn.cursor().copy("COPY _es_pylines (tbl, kind, k, c, id, line) FROM STDIN") as cp:
+        for a in actions:
+            cp.write_row((tbl, a.kind, dumps(a.key), getattr(a, "column", None) or "", a.id, line_of(a)))
+
+
 class TableLines:
-    """The sections of one table whose lines PostgreSQL builds."""
+    """The sections of one table whose lines PostgreSQL builds (with, for an analysed table, the lines Python made
+    for its troubled rows, from _es_pylines)."""
 
     def __init__(
         self,
@@ -119,24 +142,83 @@ class TableLines:
         match: str,
         unfit: Callable[[TableMeta, str, str], UserError],
         where: str,
+        analysed: bool = False,
     ) -> None:
         self.conn, self.target, self.meta, self.match, self.unfit, self.where = conn, target, meta, match, unfit, where
+        self.analysed = analysed
 
     def sections(self) -> list[Section]:
         kinds: dict[str, list[str]] = {}
         for c in self.meta.email_columns:
             kinds.setdefault("array-replace" if self.meta.columns[c].kind == "array" else "update", []).append(c)
+        if self.analysed:
+            for (kind,) in self.conn.execute(
+                "SELECT DISTINCT kind FROM _es_pylines WHERE tbl = %s", (self.meta.index,)
+            ):
+                kinds.setdefault(kind, [])
         return [
             Section((self.target, self.meta.display, kind), functools.partial(self._fill, kind, cols))
             for kind, cols in kinds.items()
         ]
 
+    def troubled(self, indexes: list[sql.Composed]) -> None:
+        """Every changed row into _es_chg (key, new values), then the keys of those that meet another row in one of
+        the unique indexes (their `troubled` queries) into _es_trouble: those are read into Python."""
+        meta = self.meta
+        t = sql.Identifier(meta.prefix + "t")
+        changes = sql.SQL(" UNION ALL ").join(
+            sql.SQL(
+                "SELECT {keyj} AS key, {c} AS col, to_jsonb(CAST(m.new AS {typ})) AS new FROM {tbl} AS {t} "
+                "JOIN {mp} m ON m.old = {nv}"
+            ).format(
+                keyj=meta.key_json(t),
+                c=sql.Literal(col),
+                typ=sql.SQL(meta.columns[col].type_sql),
+                tbl=meta.ident,
+                t=t,
+                mp=self._map(col),
+                nv=self._norm(col, sql.SQL("{}.{}").format(t, sql.Identifier(col))),
+            )
+            for col in meta.email_columns
+        )
+        self.conn.execute("DELETE FROM _es_chg")
+        self._guarded(
+            "update",
+            list(meta.email_columns),
+            sql.SQL(
+                "INSERT INTO _es_chg (_es_kid, _es_key, _es_patch) "
+                "SELECT row_number() OVER (), key, jsonb_object_agg(col, new) FROM ({}) s GROUP BY key"
+            ).format(changes),
+        )
+        for q in indexes:
+            self.conn.execute(
+                sql.SQL("INSERT INTO _es_trouble (tbl, key) SELECT {}, k FROM ({}) s(k) ON CONFLICT DO NOTHING").format(
+                    sql.Literal(meta.index), q
+                )
+            )
+
+    def _map(self, col: str) -> sql.Identifier:
+        ci = self.meta.columns[col].ci or self.match == "casefold"
+        return sql.Identifier("_es_map_ci" if ci else "_es_map")
+
+    def _norm(self, col: str, expr: sql.Composable) -> sql.Composable:
+        ci = self.meta.columns[col].ci or self.match == "casefold"
+        return sql.SQL("lower(({})::text)").format(expr) if ci else sql.SQL("({})::text").format(expr)
+
     # -- one section -------------------------------------------------------------------------------------------
 
     def _fill(self, kind: str, cols: list[str], write: Callable[[Chunk], None]) -> dict[str, int]:
-        lines = sql.SQL(" UNION ALL ").join(self._lines(kind, c, i) for i, c in enumerate(cols))
+        parts = [self._lines(kind, c, i) for i, c in enumerate(cols)]
+        if self.analysed:
+            parts.append(
+                sql.SQL("SELECT k, c, id, line FROM _es_pylines WHERE tbl = {} AND kind = {}").format(
+                    sql.Literal(self.meta.index), sql.Literal(kind)
+                )
+            )
+        lines = sql.SQL(" UNION ALL ").join(parts)
         order = sql.SQL('ORDER BY k COLLATE "C", c COLLATE "C", id COLLATE "C"')
-        if len(cols) == 1:
+        single = len(cols) == 1 and not self.analysed
+        if single:
             q = sql.SQL("COPY (SELECT line FROM ({}) l {}) TO STDOUT {}").format(lines, order, _AS_IS)
         else:
             # Several columns in one section: their counts (for the summary) come last, as one more line.
@@ -146,20 +228,34 @@ class TableLines:
                 "SELECT 1, NULL, NULL, NULL, (SELECT COALESCE(json_object_agg(c, n), '{{}}')::text "
                 "FROM (SELECT c, count(*) AS n FROM l GROUP BY c) x)) o ORDER BY z, {order}) TO STDOUT {as_is}"
             ).format(lines=lines, order=sql.SQL('k COLLATE "C", c COLLATE "C", id COLLATE "C"'), as_is=_AS_IS)
-        self.conn.execute("SAVEPOINT _es_lines")
-        try:
+        last: Any = None
+
+        def copy() -> int:
+            nonlocal last
             with self.conn.cursor() as cur:
                 with cur.copy(q) as cp:
-                    if len(cols) == 1:
+                    if single:
                         for data in cp:
                             write(data)
                     else:
-                        last: Any = None
                         for data in cp:
                             if last is not None:
                                 write(last)
                             last = bytes(data)
-                n = cur.rowcount
+                return cur.rowcount
+
+        n = self._guarded(kind, cols, copy)
+        if single:
+            return {cols[0]: n} if n > 0 else {}
+        counts: dict[str, int] = json.loads(last) if last is not None else {}
+        return {c: counts[c] for c in self.meta.email_columns if counts.get(c)}  # in targets.yaml's order
+
+    def _guarded(self, kind: str, cols: list[str], run: Callable[[], int] | sql.Composed) -> int:
+        """Run a statement over the columns' changes; a new email that does not fit becomes the Python path's
+        error, naming the column."""
+        self.conn.execute("SAVEPOINT _es_lines")
+        try:
+            n = run() if callable(run) else self.conn.execute(run).rowcount
         except psycopg.errors.RaiseException as e:
             self.conn.execute("ROLLBACK TO SAVEPOINT _es_lines")
             raise self._failed(cols, str(e.diag.message_primary or e)) from None
@@ -168,10 +264,7 @@ class TableLines:
             self.conn.execute("ROLLBACK TO SAVEPOINT _es_lines")
             raise self._which(kind, cols, str(e.diag.message_primary or e)) from None
         self.conn.execute("RELEASE SAVEPOINT _es_lines")
-        if len(cols) == 1:
-            return {cols[0]: n} if n > 0 else {}
-        counts: dict[str, int] = json.loads(last) if last is not None else {}
-        return {c: counts[c] for c in cols if counts.get(c)}
+        return n
 
     def _failed(self, cols: list[str], message: str) -> UserError:
         what = message.split(_FAIL, 1)[-1]
@@ -232,15 +325,43 @@ class TableLines:
         def fail(what: str, detail: sql.Composable) -> sql.Composable:
             return sql.SQL("pg_temp._es_fail({} || {})").format(sql.Literal(f"{i}:{what}:"), detail)
 
+        image: sql.Composable = sql.SQL("''")
         if c.kind == "text":
+            only: sql.Composable = sql.SQL("")
+            if self.analysed:
+                # The troubled rows' lines come from Python; a row whose key holds a changed email carries its
+                # whole row (as the Python path's image), so apply can tell it from a row moving onto that key.
+                only = sql.SQL(
+                    " WHERE NOT EXISTS (SELECT 1 FROM _es_trouble x WHERE x.tbl = {} AND x.key = {})"
+                ).format(sql.Literal(meta.index), meta.key_json(t))
+                keyed = [k for k in meta.key if k in meta.email_columns]
+                if keyed:
+                    moves = sql.SQL(" OR ").join(
+                        sql.SQL("EXISTS (SELECT 1 FROM {} x WHERE x.old = {})").format(
+                            self._map(k), self._norm(k, sql.SQL("{}.{}").format(t, sql.Identifier(k)))
+                        )
+                        for k in keyed
+                    )
+                    image = sql.SQL("CASE WHEN {} THEN ',\"row\":' || {} ELSE '' END").format(
+                        moves, _doc(sql.SQL("to_jsonb({}.*)").format(t), 0, mp, norm)
+                    )
             inner = sql.SQL(
                 "SELECT {key} AS k, to_jsonb({v})::text AS od, "
                 "CASE WHEN CAST(m.new AS {typ})::text IS DISTINCT FROM m.new THEN {cut} "
                 "ELSE to_jsonb(CAST(m.new AS {typ}))::text END AS nw, "
-                "m.ord::text AS ords, (3 * COALESCE(l.lvl, 0) + 1)::text AS step "
-                "FROM {tbl} AS {t} JOIN {mp} m ON m.old = {nv} LEFT JOIN _es_lvl l ON l.ord = m.ord"
+                "m.ord::text AS ords, (3 * COALESCE(l.lvl, 0) + 1)::text AS step, {image} AS img "
+                "FROM {tbl} AS {t} JOIN {mp} m ON m.old = {nv} LEFT JOIN _es_lvl l ON l.ord = m.ord{only}"
             ).format(
-                key=key, v=ident, typ=typ, cut=fail("cut", sql.SQL("m.new")), tbl=meta.ident, t=t, mp=mp, nv=norm(ident)
+                key=key,
+                v=ident,
+                typ=typ,
+                cut=fail("cut", sql.SQL("m.new")),
+                image=image,
+                tbl=meta.ident,
+                t=t,
+                mp=mp,
+                nv=norm(ident),
+                only=only,
             )
         elif c.kind == "array":
             # The rows found by one join of every element with the mapping (see planner._FENCE), then each row's
@@ -252,8 +373,9 @@ class TableLines:
                 "FROM unnest(({v})::text[]) WITH ORDINALITY e(v, i) LEFT JOIN unnest(h.pos, h.news) p(i, n) "
                 "ON p.i = e.i ORDER BY e.i))::text END AS nw, "
                 "array_to_string(h.ords, ',') AS ords, "
-                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step "
-                "FROM (SELECT e.tid, array_agg(e.i ORDER BY e.i) AS pos, array_agg(m.new ORDER BY e.i) AS news, "
+                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
+                "'' AS img FROM (SELECT e.tid, array_agg(e.i ORDER BY e.i) AS pos, "
+                "array_agg(m.new ORDER BY e.i) AS news, "
                 "array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords, "
                 "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
                 "FROM (SELECT {t}.ctid AS tid, e.v, e.i FROM {tbl} AS {t} "
@@ -274,8 +396,8 @@ class TableLines:
             mode = 2 if ci else 1
             inner = sql.SQL(
                 "SELECT {key} AS k, {old} AS od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
-                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step "
-                "FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
+                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
+                "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
                 "SELECT {t}.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS {t} "
                 "CROSS JOIN LATERAL jsonb_path_query({v}, 'strict $.**') x "
                 "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "
@@ -296,7 +418,7 @@ class TableLines:
         tail = ',"store":"postgres","table":' + dumps(meta.display) + ',"target":' + dumps(self.target) + "}"
         return sql.SQL(
             'SELECT s.k, {col} AS c, s.id, {head} || s.id || \'","key":\' || s.k || {kind} || s.ords '
-            "|| '],\"new\":' || s.nw || ',\"old\":' || s.od || ',\"step\":' || s.step || {tail} AS line "
+            "|| '],\"new\":' || s.nw || ',\"old\":' || s.od || s.img || ',\"step\":' || s.step || {tail} AS line "
             "FROM (SELECT r.*, 'pg-' || left(encode(sha256(convert_to({id_pre} || to_json(r.k)::text || {id_post}, "
             "'UTF8')), 'hex'), 16) AS id FROM ({inner}) r) s"
         ).format(

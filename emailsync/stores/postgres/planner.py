@@ -22,7 +22,7 @@ from emailsync import progress
 from emailsync.config import PostgresTarget
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
-from emailsync.plan import Section, dumps
+from emailsync.plan import Section, Skipped, dumps
 from emailsync.stores.postgres.catalog import (
     FK_ACTIONS,
     ForeignKey,
@@ -32,7 +32,7 @@ from emailsync.stores.postgres.catalog import (
     resolve_table,
 )
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.lines import SETUP, TableLines, load_levels, made_in_sql
+from emailsync.stores.postgres.lines import SETUP, TableLines, way_of
 
 SCAN_BATCH = 5000
 # _FENCE: array elements and jsonb strings are produced in a subquery with OFFSET 0, which PostgreSQL does not
@@ -116,6 +116,7 @@ def _entries_before(row: RowPlan, u: UniqueIndex) -> set[int]:
 class TablePlan:
     meta: TableMeta
     rows: list[RowPlan]
+    analysed: bool = False  # rows: only those meeting another row in a unique index; PostgreSQL makes the rest
 
 
 @dataclass
@@ -127,11 +128,10 @@ class TargetPlan:
     warnings: list[str]
     sql_tables: list[TableLines] = field(default_factory=list)  # lines made by PostgreSQL, once the steps are known
     conn: psycopg.Connection | None = None  # planning's snapshot, open while sql_tables are still to be read
+    skipped: list[Skipped] = field(default_factory=list)  # of analysed tables, made with their sections
+    table_names: list[str] = field(default_factory=list)  # every configured table, in targets.yaml's order
 
-    def sections(self, levels: dict[int, int]) -> list[Section]:
-        if self.conn is None:
-            return []
-        load_levels(self.conn, levels)
+    def sections(self) -> list[Section]:
         return [s for t in self.sql_tables for s in t.sections()]
 
     def close(self) -> None:
@@ -219,13 +219,28 @@ class PostgresPlanner:
             tables = []
             fks = foreign_keys(conn, [m.oid for m in metas])
             utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8'").fetchone() == (True,)
-            in_sql = [m for m in metas if self.sql_lines and made_in_sql(m, fks, utf8)]
-            total = sum(len(m.email_columns) for m in metas if m not in in_sql)
-            with progress.task(f"plan {self.target.name}: reading", total=total) as bar:
+            names = [m.display for m in metas]
+            ways = {m.index: way_of(m, fks, utf8) if self.sql_lines else "python" for m in metas}
+            name = self.target.name
+            sql_tables = [
+                TableLines(conn, name, m, self.match, self._unfit, self.where, analysed=ways[m.index] == "analysed")
+                for m in metas
+                if ways[m.index] != "python"
+            ]
+            total = sum(len(m.email_columns) for m in metas if ways[m.index] != "sql")
+            with progress.task(f"plan {name}: reading", total=total) as bar:
                 for m in metas:
-                    if m not in in_sql:  # the others are read once the steps are known, as their lines
-                        bar.describe(f"plan {self.target.name}: reading {m.display}")
-                        tables.append(TablePlan(m, self._read_table(conn, m, bar)))
+                    # "sql" tables are read once the steps are known, as their lines; of an "analysed" table only
+                    # the rows meeting another row in a unique index are read here.
+                    if ways[m.index] == "sql":
+                        continue
+                    bar.describe(f"plan {name}: reading {m.display}")
+                    troubled = ways[m.index] == "analysed"
+                    if troubled:
+                        emails = set(m.email_columns)
+                        indexes = [_index_sql(m, u, "troubled") for u in m.unique_indexes if u.columns & emails]
+                        next(t for t in sql_tables if t.meta is m).troubled(indexes)
+                    tables.append(TablePlan(m, self._read_table(conn, m, bar, troubled), analysed=troubled))
             for tp in tables:
                 self._resolve_conflicts(conn, tp)
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
@@ -237,17 +252,17 @@ class PostgresPlanner:
                     for r in imaged:
                         r.image = images.get(r.keystr)
             self._check_foreign_keys(conn, tables, fks)
-            if in_sql:
+            if sql_tables:
                 # Kept open, in this snapshot, until the lines are read (TargetPlan.close).
-                name = self.target.name
-                sql_tables = [TableLines(conn, name, m, self.match, self._unfit, self.where) for m in in_sql]
                 kept = True
-                return TargetPlan(self.target, where, tables, self.edges, self.warnings, sql_tables, conn)
+                return TargetPlan(
+                    self.target, where, tables, self.edges, self.warnings, sql_tables, conn, table_names=names
+                )
             conn.rollback()
         finally:
             if not kept:
                 conn.close()
-        return TargetPlan(self.target, where, tables, self.edges, self.warnings)
+        return TargetPlan(self.target, where, tables, self.edges, self.warnings, table_names=names)
 
     # -- mapping in temp tables --------------------------------------------------------------------------
 
@@ -283,11 +298,14 @@ class PostgresPlanner:
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def _read_table(self, conn: psycopg.Connection, meta: TableMeta, bar: progress.Task) -> list[RowPlan]:
+    def _read_table(
+        self, conn: psycopg.Connection, meta: TableMeta, bar: progress.Task, troubled: bool = False
+    ) -> list[RowPlan]:
+        """The table's changed rows (troubled: only those listed in _es_trouble), with their changes."""
         rows: dict[Any, RowPlan] = {}
         for col in meta.email_columns:
             bar.advance()
-            for ident, key, old, new, entries in self._scan_column(conn, meta, col):
+            for ident, key, old, new, entries in self._scan_column(conn, meta, col, troubled):
                 rp = rows.get(ident if ident is not None else dumps(key))
                 if rp is None:
                     ks = dumps(key)
@@ -302,7 +320,7 @@ class PostgresPlanner:
         return ordered
 
     def _scan_column(
-        self, conn: psycopg.Connection, meta: TableMeta, col: str
+        self, conn: psycopg.Connection, meta: TableMeta, col: str, troubled: bool = False
     ) -> Iterable[tuple[Any, dict[str, Any], Any, Any, tuple[int, ...]]]:
         c = meta.columns[col]
         ci = c.ci or self.match == "casefold"
@@ -327,8 +345,13 @@ class PostgresPlanner:
             q = sql.SQL(
                 "SELECT {old}, m.ord, {new}, "
                 "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new, "  # an explicit cast truncates silently
-                "{k} FROM {tbl} AS t JOIN {mp} m ON m.old = {v}"
+                "{k} FROM {tbl} AS t JOIN {mp} m ON m.old = {v}{only}"
             ).format(
+                only=sql.SQL(" WHERE EXISTS (SELECT 1 FROM _es_trouble x WHERE x.tbl = {} AND x.key = {})").format(
+                    sql.Literal(meta.index), meta.key_json(t)
+                )
+                if troubled
+                else sql.SQL(""),
                 k=keysel,
                 old=value(sql.SQL("t.{}").format(ident)),
                 new=value(sql.SQL("CAST(m.new AS {})").format(sql.SQL(c.type_sql))),
@@ -624,81 +647,7 @@ class PostgresPlanner:
         exactly as the index does. They are evaluated in a scope holding only that row, so no column name can
         be captured by our own aliases.
         """
-        n = len(u.exprs)
-        P = meta.prefix
-        names = [sql.Identifier(f"{P}u{i}") for i in range(n)]
-        kid, inn = sql.Identifier(f"{P}kid"), sql.Identifier(f"{P}in")
-        exprs = [sql.SQL(e) for e in u.exprs]
-        pred = sql.SQL(u.predicate) if u.predicate else sql.SQL("true")
-        notnull = (
-            sql.SQL("true")
-            if u.nulls_not_distinct
-            else sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(e) for e in exprs)
-        )
-        # Outside the index's own definition a row with a NULL key column is not in the index at all.
-        sel = sql.SQL(", ").join(
-            [sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True)]
-            + [sql.SQL("(({}) AND {}) AS {}").format(pred, notnull, inn)]
-        )
-        eq = sql.SQL(" IS NOT DISTINCT FROM ") if u.nulls_not_distinct else sql.SQL(" = ")
-        T, C = meta.alias("t"), meta.alias("c")
-        cols = [c for c in meta.columns if c not in meta.generated]
-        post_row = sql.SQL("SELECT {cols}{gen} FROM (SELECT (jsonb_populate_record({T}, {C}._es_patch)).*) s1").format(
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-            gen=sql.SQL("").join(
-                sql.SQL(", ({}) AS {}").format(sql.SQL(expr), sql.Identifier(g)) for g, expr in meta.generated.items()
-            ),
-            T=T,
-            C=C,
-        )
-
-        def row_of(alias: str) -> sql.Composable:
-            return sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names))
-
-        pair_mm = sql.SQL(" AND ").join(sql.SQL("x.{0}{1}y.{0}").format(nm, eq) for nm in names)
-        A = meta.alias("a")
-        pair_mo = sql.SQL(" AND ").join(
-            sql.SQL("{a}.{nm}{eq}({e})").format(a=A, nm=nm, eq=eq, e=e) for nm, e in zip(names, exprs, strict=True)
-        )
-        q = sql.SQL(
-            """
-            WITH pre AS MATERIALIZED (
-                SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
-                CROSS JOIN LATERAL (SELECT {sel} FROM (SELECT {T}.*) s) v
-            ), post AS MATERIALIZED (
-                SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
-                CROSS JOIN LATERAL (SELECT {sel} FROM ({post_row}) s) v
-            ), mv AS MATERIALIZED (
-                SELECT p.*, q.{inn} AS was_in FROM post p JOIN pre q USING ({kid})
-                WHERE q.{inn} IS DISTINCT FROM p.{inn} OR {row_q} IS DISTINCT FROM {row_p}
-            )
-            SELECT 'v', {kid}, NULL::int, NULL::jsonb, {inn} FROM mv WHERE was_in OR {inn}
-            UNION ALL
-            SELECT 'm', x.{kid}, y.{kid}, NULL, NULL FROM mv x JOIN mv y ON {pair_mm} AND x.{kid} < y.{kid}
-            WHERE x.{inn} AND y.{inn}
-            UNION ALL
-            SELECT 'o', {A}.{kid}, NULL, {keyj}, NULL FROM (SELECT * FROM mv WHERE {inn}) {A}
-            JOIN {tbl} AS {T} ON {pair_mo} WHERE ({pred_t})
-            UNION ALL
-            SELECT 'p', {kid}, NULL, NULL, NULL FROM pre WHERE {inn}
-            """
-        ).format(
-            C=C,
-            T=T,
-            A=A,
-            kid=kid,
-            inn=inn,
-            sel=sel,
-            tbl=meta.ident,
-            post_row=post_row,
-            km=meta.key_match(T, sql.SQL("{}._es_key").format(C)),
-            row_q=row_of("q"),
-            row_p=row_of("p"),
-            pair_mm=pair_mm,
-            pair_mo=pair_mo,
-            keyj=meta.key_json(T),
-            pred_t=sql.SQL("({}) AND {}").format(pred, notnull),
-        )
+        q = _index_sql(meta, u, "analysis")
         moving: set[int] = set()
         arriving: set[int] = set()
         in_index_before: set[int] = set()
@@ -932,6 +881,105 @@ class PostgresPlanner:
             f"{fk.parent_name}.{pc} will not contain after the plan; add that table and column to the targets "
             "so the parent changes too, or fix the mapping"
         ]
+
+
+def _index_sql(meta: TableMeta, u: UniqueIndex, what: Literal["analysis", "troubled"]) -> sql.Composed:
+    """Where each row of _es_chg sits in the index before and after its change, and who shares those entries.
+
+    "analysis": tagged rows for PostgresPlanner._analyse_index. "troubled": only the keys of rows that meet another
+    row in the index (two arriving at one entry, or one arriving where a row is now): the rows whose fate needs a
+    decision; every other changed row simply moves.
+    """
+    n = len(u.exprs)
+    P = meta.prefix
+    names = [sql.Identifier(f"{P}u{i}") for i in range(n)]
+    kid, inn = sql.Identifier(f"{P}kid"), sql.Identifier(f"{P}in")
+    exprs = [sql.SQL(e) for e in u.exprs]
+    pred = sql.SQL(u.predicate) if u.predicate else sql.SQL("true")
+    notnull = (
+        sql.SQL("true")
+        if u.nulls_not_distinct
+        else sql.SQL(" AND ").join(sql.SQL("({}) IS NOT NULL").format(e) for e in exprs)
+    )
+    # Outside the index's own definition a row with a NULL key column is not in the index at all.
+    sel = sql.SQL(", ").join(
+        [sql.SQL("({}) AS {}").format(e, nm) for e, nm in zip(exprs, names, strict=True)]
+        + [sql.SQL("(({}) AND {}) AS {}").format(pred, notnull, inn)]
+    )
+    eq = sql.SQL(" IS NOT DISTINCT FROM ") if u.nulls_not_distinct else sql.SQL(" = ")
+    T, C = meta.alias("t"), meta.alias("c")
+    cols = [c for c in meta.columns if c not in meta.generated]
+    post_row = sql.SQL("SELECT {cols}{gen} FROM (SELECT (jsonb_populate_record({T}, {C}._es_patch)).*) s1").format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        gen=sql.SQL("").join(
+            sql.SQL(", ({}) AS {}").format(sql.SQL(expr), sql.Identifier(g)) for g, expr in meta.generated.items()
+        ),
+        T=T,
+        C=C,
+    )
+
+    def row_of(alias: str) -> sql.Composable:
+        return sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL(alias + ".{}").format(nm) for nm in names))
+
+    pair_mm = sql.SQL(" AND ").join(sql.SQL("x.{0}{1}y.{0}").format(nm, eq) for nm in names)
+    A = meta.alias("a")
+    pair_mo = sql.SQL(" AND ").join(
+        sql.SQL("{a}.{nm}{eq}({e})").format(a=A, nm=nm, eq=eq, e=e) for nm, e in zip(names, exprs, strict=True)
+    )
+    ctes = """
+        WITH pre AS MATERIALIZED (
+            SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
+            CROSS JOIN LATERAL (SELECT {sel} FROM (SELECT {T}.*) s) v
+        ), post AS MATERIALIZED (
+            SELECT {C}._es_kid AS {kid}, v.* FROM _es_chg {C} JOIN {tbl} AS {T} ON {km}
+            CROSS JOIN LATERAL (SELECT {sel} FROM ({post_row}) s) v
+        ), mv AS MATERIALIZED (
+            SELECT p.*, q.{inn} AS was_in FROM post p JOIN pre q USING ({kid})
+            WHERE q.{inn} IS DISTINCT FROM p.{inn} OR {row_q} IS DISTINCT FROM {row_p}
+        )
+        """
+    if what == "analysis":
+        body = """
+            SELECT 'v', {kid}, NULL::int, NULL::jsonb, {inn} FROM mv WHERE was_in OR {inn}
+            UNION ALL
+            SELECT 'm', x.{kid}, y.{kid}, NULL, NULL FROM mv x JOIN mv y ON {pair_mm} AND x.{kid} < y.{kid}
+            WHERE x.{inn} AND y.{inn}
+            UNION ALL
+            SELECT 'o', {A}.{kid}, NULL, {keyj}, NULL FROM (SELECT * FROM mv WHERE {inn}) {A}
+            JOIN {tbl} AS {T} ON {pair_mo} WHERE ({pred_t})
+            UNION ALL
+            SELECT 'p', {kid}, NULL, NULL, NULL FROM pre WHERE {inn}
+            """
+    else:
+        body = """
+            SELECT c._es_key FROM (
+                SELECT x.{kid} AS k, y.{kid} AS o FROM mv x JOIN mv y ON {pair_mm} AND x.{kid} < y.{kid}
+                WHERE x.{inn} AND y.{inn}
+            ) s JOIN _es_chg c ON c._es_kid IN (s.k, s.o)
+            UNION
+            SELECT c._es_key FROM (SELECT * FROM mv WHERE {inn}) {A} JOIN {tbl} AS {T} ON {pair_mo}
+            JOIN _es_chg c ON c._es_kid = {A}.{kid} WHERE ({pred_t}) AND {keyj} <> c._es_key
+            UNION
+            SELECT {keyj} FROM (SELECT * FROM mv WHERE {inn}) {A} JOIN {tbl} AS {T} ON {pair_mo}
+            JOIN _es_chg c ON c._es_kid = {A}.{kid} WHERE ({pred_t}) AND {keyj} <> c._es_key
+            """
+    return sql.SQL(ctes + body).format(
+        C=C,
+        T=T,
+        A=A,
+        kid=kid,
+        inn=inn,
+        sel=sel,
+        tbl=meta.ident,
+        post_row=post_row,
+        km=meta.key_match(T, sql.SQL("{}._es_key").format(C)),
+        row_q=row_of("q"),
+        row_p=row_of("p"),
+        pair_mm=pair_mm,
+        pair_mo=pair_mo,
+        keyj=meta.key_json(T),
+        pred_t=sql.SQL("({}) AND {}").format(pred, notnull),
+    )
 
 
 def _node_order(node: tuple[str, Any]) -> tuple[int, int, str]:

@@ -29,6 +29,7 @@ from emailsync.stores.postgres.applier import PostgresApplier
 from emailsync.stores.postgres.catalog import TableMeta, resolve_table
 from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.ledger import PgLedger
+from emailsync.stores.postgres.lines import load_levels, python_lines
 from emailsync.stores.postgres.planner import PostgresPlanner, TablePlan, TargetPlan
 
 BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
@@ -66,19 +67,30 @@ class PostgresStore:
 
         def read() -> TargetRead:
             tp = planner.plan()
-            return TargetRead(self.name, tp.reached, warnings=tp.warnings, edges=tp.edges, state=tp)
+            return TargetRead(
+                self.name, tp.reached, warnings=tp.warnings, edges=tp.edges, state=tp, tables=tp.table_names
+            )
 
         return Call(read, planner.cancel)
 
     def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[Action]:
         tp: TargetPlan = read.state
+        skipped.extend(tp.skipped)
         for tab in tp.tables:
-            yield from _table_actions(tp, tab, levels, skipped)
+            if not tab.analysed:  # an analysed table's actions went into its sections
+                yield from _table_actions(tp, tab, levels, skipped)
             tab.rows = []  # let a table's planned rows go once its actions are made
 
     def sections(self, read: TargetRead, levels: dict[int, int]) -> list[Section]:
         tp: TargetPlan = read.state
-        return tp.sections(levels)
+        if tp.conn is None:
+            return []
+        load_levels(tp.conn, levels)
+        for tab in tp.tables:
+            if tab.analysed:  # the troubled rows' lines, for PostgreSQL to merge into the table's sections
+                python_lines(tp.conn, tab.meta.index, _table_actions(tp, tab, levels, tp.skipped))
+                tab.rows = []
+        return tp.sections()
 
     # -- apply and verify ------------------------------------------------------------------------------------
 
