@@ -39,17 +39,17 @@ def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
     )
 
 
-def _delete_premise(m: TableMeta, W: sql.Identifier) -> sql.Composable:
+def _delete_premise(m: TableMeta, W: sql.Identifier, i: int) -> sql.Composable:
     """Why a delete-on-conflict may go ahead: the row that takes its entry still holds it, or is a planned row whose
     move goes ahead. The same test at classification (so verify and --on-stale abort see it) and in the DELETE."""
     return sql.SQL(
         "CASE WHEN a.conflict ? 'winner' THEN "
-        "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl AND w.key = a.conflict -> 'winner' "
+        "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = {i} AND w.key = a.conflict -> 'winner' "
         "AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'applied', 'already-applied')) "
-        "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = a.tbl "
+        "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = {i} "
         "AND w.key = a.conflict -> 'winner' AND w.status = 'stale') "
         "ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} AND to_jsonb({W}.*) @> (a.conflict -> 'values')) END"
-    ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")))
+    ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")), i=sql.Literal(i))
 
 
 # Each action's status once every step has run: a pending action left is one a step wrote (see _run_step).
@@ -262,8 +262,20 @@ class PostgresApplier:
         self.conn.execute("CREATE INDEX ON _es_act (tbl, step)")
         self.conn.execute("CREATE INDEX ON _es_act (tbl, rowid)")
         # Lookups by a row's old or new key (chains on email keys, a delete's winner) must not scan every action.
-        self.conn.execute("CREATE INDEX ON _es_act (tbl, key)")
-        self.conn.execute("CREATE INDEX ON _es_act (tbl, post_key)")
+        # They are made only for actions with a whole row, a delete or an insert, and only in their tables (queries
+        # name the table as a constant, so the planner can use these partial indexes): building them over every
+        # action of a large plan cost seconds (two jsonb sorts of all the actions) for tables that never look.
+        special = [
+            t
+            for (t,) in self.conn.execute(
+                "SELECT DISTINCT tbl FROM _es_act WHERE image IS NOT NULL OR conflict IS NOT NULL "
+                "OR kind IN ('insert-row', 'delete-on-conflict') ORDER BY 1"
+            )
+        ]
+        if special:
+            among = sql.SQL(", ").join(map(sql.Literal, special))
+            self.conn.execute(sql.SQL("CREATE INDEX ON _es_act (tbl, key) WHERE tbl IN ({})").format(among))
+            self.conn.execute(sql.SQL("CREATE INDEX ON _es_act (tbl, post_key) WHERE tbl IN ({})").format(among))
         # Statistics only for what joins and filters use: sampling the wide jsonb columns cost more than the load.
         self.conn.execute("ANALYZE _es_act (tbl, rowid, kind, step, key, post_key)")
 
@@ -308,12 +320,12 @@ class PostgresApplier:
                                     WHERE a.image ? k) - %(ign)s::text[]) = (a.image - %(ign)s::text[])
                         THEN 'already-applied'
                         -- the row there now is one this plan moves away first (inserts run last)
-                        WHEN EXISTS (SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.key = a.key
+                        WHEN EXISTS (SELECT 1 FROM _es_act x WHERE x.tbl = {i} AND x.key = a.key
                                      AND x.kind <> 'insert-row' AND x.post_key <> x.key)
                         THEN 'pending' ELSE 'stale' END
                     WHEN a.image IS NOT NULL THEN
                         CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[]) AND NOT EXISTS (
-                            SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key
+                            SELECT 1 FROM _es_act x WHERE x.tbl = {i} AND x.post_key = a.key
                               AND x.rowid <> a.rowid AND NOT EXISTS (
                                 SELECT 1 FROM {tbl} {W} WHERE {kmx}))
                         THEN 'pending' END  -- else decided below, by the post key
@@ -322,7 +334,15 @@ class PostgresApplier:
                     ELSE 'stale' END
                 FROM {tbl} {T} WHERE a.tbl = %(i)s AND {km}
                 """
-            ).format(tbl=m.ident, T=T, W=W, km=km, kmx=m.key_match(W, sql.SQL("x.key")), colj=_column_json(m, T)),
+            ).format(
+                tbl=m.ident,
+                T=T,
+                W=W,
+                km=km,
+                kmx=m.key_match(W, sql.SQL("x.key")),
+                colj=_column_json(m, T),
+                i=sql.Literal(i),
+            ),
             {"i": i, "ign": ign},
         )
         # A row whose key holds a changed email is found under its new key once applied.
@@ -343,15 +363,16 @@ class PostgresApplier:
         # Not found as planned. A delete already happened if its row is gone, or if the row now under its key
         # is one that another action of the plan has already moved there; anything else is stale.
         self.conn.execute(
-            """
-            UPDATE _es_act a SET status = CASE WHEN a.kind = 'insert-row' THEN 'pending'
-                WHEN a.kind = 'delete-on-conflict' AND (a.pre IS NULL OR EXISTS (
-                    SELECT 1 FROM _es_act x WHERE x.tbl = a.tbl AND x.post_key = a.key AND x.rowid <> a.rowid
-                      AND x.status = 'already-applied'))
-                THEN 'already-applied' ELSE 'stale' END
-            WHERE a.tbl = %s AND a.status IS NULL
-            """,
-            (i,),
+            sql.SQL(
+                """
+                UPDATE _es_act a SET status = CASE WHEN a.kind = 'insert-row' THEN 'pending'
+                    WHEN a.kind = 'delete-on-conflict' AND (a.pre IS NULL OR EXISTS (
+                        SELECT 1 FROM _es_act x WHERE x.tbl = {i} AND x.post_key = a.key AND x.rowid <> a.rowid
+                          AND x.status = 'already-applied'))
+                    THEN 'already-applied' ELSE 'stale' END
+                WHERE a.tbl = {i} AND a.status IS NULL
+                """
+            ).format(i=sql.Literal(i))
         )
         # A delete is planned because another row holds its new value: if that row no longer does (and is not a
         # planned row moving there), the delete has lost its reason. Judged here, not only when the step runs, so
@@ -364,7 +385,7 @@ class PostgresApplier:
                 WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
                   AND NOT {premise}
                 """
-            ).format(premise=_delete_premise(m, W)),
+            ).format(premise=_delete_premise(m, W, i)),
             (i,),
         )
         # A new value that a row outside the plan has taken since (a unique column): the update would fail the
@@ -457,7 +478,7 @@ class PostgresApplier:
                         i=sql.Literal(i),
                         s=sql.Literal(step),
                         km=m.key_match(T, sql.SQL("a.cur_key")),
-                        premise=_delete_premise(m, W),
+                        premise=_delete_premise(m, W, i),
                         unreferenced=self._unreferenced(m, T),
                         # computed or trigger-set columns, changed by this plan's own earlier updates of the row
                         ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),
