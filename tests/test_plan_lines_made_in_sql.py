@@ -278,3 +278,40 @@ def test_tables_with_unique_indexes_decide_only_their_troubled_rows_in_python(db
             ("p1new@x.com", "p"),
             ("p2new@x.com", "p"),
         ]
+
+
+def test_a_second_connection_fills_sections_ahead_and_the_plan_is_the_same(db, ws, monkeypatch):
+    """With several sections to read, a helper connection in the same snapshot fills them from the last one backwards
+    while planning's own connection goes forwards; their lines land in their place, so the plan's bytes do not
+    depend on who filled what."""
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    ws.postgres_targets({"core": db}, TABLES)
+    ws.mappings(MAPPINGS)
+    helped = []
+    real = lines.TableLines.on
+
+    def on(self, conn):  # the real method, counted
+        helped.append(self.meta.display)
+        return real(self, conn)
+
+    monkeypatch.setattr(lines.TableLines, "on", on)
+    real_fill = lines.Ahead._fill
+
+    def helper_first(self, section, write):  # the main connection waits until the helper has done its part
+        if self._thread is not None:
+            self._thread.join(10)
+        return real_fill(self, section, write)
+
+    monkeypatch.setattr(lines.Ahead, "_fill", helper_first)
+    r, with_helper = ws.plan()
+    assert r.code == 0, r.out + r.err
+    # the helper filled every section that does not read this session's own tables (users' merges Python's lines)
+    assert sorted(helped) == ['public."we""ird"', "public.events", "public.events", "public.pairs"]
+    monkeypatch.setattr(lines.Ahead, "_fill", real_fill)
+    monkeypatch.setattr(PostgresStore, "plan_helpers", False)
+    r, alone = ws.plan()
+    assert r.code == 0, r.out + r.err
+    _same_plans(plan_lines(with_helper), plan_lines(alone))
+    # and no connection of planning is left behind
+    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]

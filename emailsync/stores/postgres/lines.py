@@ -13,8 +13,11 @@ compares them on awkward values): plans keep their format, digests and diffs whi
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -147,19 +150,29 @@ class TableLines:
         self.conn, self.target, self.meta, self.match, self.unfit, self.where = conn, target, meta, match, unfit, where
         self.analysed = analysed
 
-    def sections(self) -> list[Section]:
+    def parts(self) -> list[tuple[str, list[str]]]:
+        """The table's sections: (kind, the columns whose lines it holds)."""
         kinds: dict[str, list[str]] = {}
         for c in self.meta.email_columns:
             kinds.setdefault("array-replace" if self.meta.columns[c].kind == "array" else "update", []).append(c)
         if self.analysed:
             for (kind,) in self.conn.execute(
-                "SELECT DISTINCT kind FROM _es_pylines WHERE tbl = %s", (self.meta.index,)
+                "SELECT DISTINCT kind FROM _es_pylines WHERE tbl = %s ORDER BY 1", (self.meta.index,)
             ):
                 kinds.setdefault(kind, [])
+        return list(kinds.items())
+
+    def sections(self) -> list[Section]:
         return [
             Section((self.target, self.meta.display, kind), functools.partial(self._fill, kind, cols))
-            for kind, cols in kinds.items()
+            for kind, cols in self.parts()
         ]
+
+    def on(self, conn: psycopg.Connection) -> TableLines:
+        """The same table's lines, read through another connection in the same snapshot (a helper's)."""
+        other = copy.copy(self)
+        other.conn = conn
+        return other
 
     def troubled(self, indexes: list[sql.Composed]) -> None:
         """Every changed row into _es_chg (key, new values), then the keys of those that meet another row in one of
@@ -455,3 +468,87 @@ def _doc(
         "|| {member}, ',' ORDER BY e.k COLLATE \"C\") FROM jsonb_each({v}) e(k, v)), '') || '}}' "
         "ELSE pg_temp._es_doc({v}, {mode}) END"
     ).format(v=v, member=member, mode=sql.Literal(mode))
+
+
+class Ahead:
+    """Sections of "sql" tables filled ahead of their turn by a helper: another connection reading in planning's
+    snapshot (pg_export_snapshot), into temporary files, while planning's own connection fills the sections in the
+    file's order. The helper takes sections from the last one backwards and the main connection from the first one
+    forwards, so each section is filled once, by whichever reaches it first, and the two meet in the middle: on two
+    cores the largest section no longer waits for all the others. Its lines are then copied into the plan in their
+    place, so the plan is the same bytes either way."""
+
+    def __init__(self, tables: list[TableLines], open_helper: Callable[[], psycopg.Connection]) -> None:
+        self._lock = threading.Lock()
+        self._claimed: set[tuple[str, str, str]] = set()
+        self._done: dict[tuple[str, str, str], threading.Event] = {}
+        self._results: dict[tuple[str, str, str], Any] = {}
+        self._movable: list[tuple[Section, TableLines, str, list[str]]] = []
+        self._open = open_helper
+        self._conn: psycopg.Connection | None = None
+        self._stop = False
+        self.sections: list[Section] = []
+        for t in tables:
+            for kind, cols in t.parts():
+                s = Section((t.target, t.meta.display, kind), functools.partial(t._fill, kind, cols))
+                if not t.analysed:  # an analysed table's sections read _es_pylines, which only this session has
+                    self._movable.append((s, t, kind, cols))
+                    self._done[s.key] = threading.Event()
+                self.sections.append(Section(s.key, functools.partial(self._fill, s)))
+        self._movable.sort(key=lambda m: m[0].key)
+        self._thread: threading.Thread | None = None
+        if len(self._movable) > 1:
+            self._thread = threading.Thread(target=self._help, name="emailsync-lines", daemon=True)
+            self._thread.start()
+
+    def _fill(self, section: Section, write: Callable[[Chunk], None]) -> dict[str, int]:
+        with self._lock:
+            mine = section.key not in self._claimed
+            self._claimed.add(section.key)
+        if mine:
+            section.fill(write)
+            return section.counts
+        self._done[section.key].wait()
+        result = self._results.pop(section.key)
+        if isinstance(result, BaseException):
+            raise result
+        f, counts = result
+        with f:
+            f.seek(0)
+            while data := f.read(1 << 20):
+                write(data)
+        return counts  # type: ignore[no-any-return]
+
+    def _help(self) -> None:
+        try:
+            conn = self._conn = self._open()
+        except Exception:  # noqa: BLE001  # no helper (a connection limit, say): planning's connection does it all
+            return
+        try:
+            for s, t, kind, cols in reversed(self._movable):
+                with self._lock:
+                    if s.key in self._claimed or self._stop:
+                        return
+                    self._claimed.add(s.key)
+                try:
+                    f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # handed over to _fill
+                    counts = t.on(conn)._fill(kind, cols, f.write)  # type: ignore[arg-type]  # takes any buffer
+                    self._results[s.key] = (f, counts)
+                except BaseException as e:  # noqa: BLE001  # raised where the main connection reaches this section
+                    self._results[s.key] = e
+                finally:
+                    self._done[s.key].set()
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop the helper (its query cancelled) and wait for it."""
+        self._stop = True
+        conn = self._conn
+        if self._thread is not None and self._thread.is_alive() and conn is not None and not conn.closed:
+            conn.cancel_safe()
+        if self._thread is not None:
+            self._thread.join()
+        for r in self._results.values():
+            if not isinstance(r, BaseException):
+                r[0].close()

@@ -8,6 +8,7 @@ against the mapping, streamed through a server-side cursor.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from emailsync.stores.postgres.catalog import (
     resolve_table,
 )
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.lines import SETUP, TableLines, way_of
+from emailsync.stores.postgres.lines import SETUP, Ahead, TableLines, load_levels, way_of
 
 SCAN_BATCH = 5000
 # _FENCE: array elements and jsonb strings are produced in a subquery with OFFSET 0, which PostgreSQL does not
@@ -130,11 +131,22 @@ class TargetPlan:
     conn: psycopg.Connection | None = None  # planning's snapshot, open while sql_tables are still to be read
     skipped: list[Skipped] = field(default_factory=list)  # of analysed tables, made with their sections
     table_names: list[str] = field(default_factory=list)  # every configured table, in targets.yaml's order
+    # Another connection in planning's snapshot (its id), with the levels loaded: fills sections ahead (lines.Ahead).
+    open_helper: Callable[[str, dict[int, int]], psycopg.Connection] | None = None
+    ahead: Ahead | None = None
 
-    def sections(self) -> list[Section]:
-        return [s for t in self.sql_tables for s in t.sections()]
+    def sections(self, levels: dict[int, int]) -> list[Section]:
+        if self.open_helper is None or self.conn is None:
+            return [s for t in self.sql_tables for s in t.sections()]
+        row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        self.ahead = Ahead(self.sql_tables, functools.partial(self.open_helper, row[0], levels))
+        return self.ahead.sections
 
     def close(self) -> None:
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -166,10 +178,12 @@ class PostgresPlanner:
         match: str,
         connect: Callable[[PostgresTarget], psycopg.Connection],
         sql_lines: bool = True,
+        helpers: bool = True,
     ) -> None:
-        """sql_lines: let PostgreSQL make the lines of the tables that qualify (lines.made_in_sql); off, every
+        """sql_lines: let PostgreSQL make the lines of the tables that qualify (lines.way_of); off, every
         table is read into Python (the same plan, byte for byte: the tests compare the two)."""
         self.sql_lines = sql_lines
+        self.helpers = helpers  # a second connection may fill sections ahead (lines.Ahead)
         self.target = target
         self.connect = connect
         self.where = where
@@ -256,7 +270,15 @@ class PostgresPlanner:
                 # Kept open, in this snapshot, until the lines are read (TargetPlan.close).
                 kept = True
                 return TargetPlan(
-                    self.target, where, tables, self.edges, self.warnings, sql_tables, conn, table_names=names
+                    self.target,
+                    where,
+                    tables,
+                    self.edges,
+                    self.warnings,
+                    sql_tables,
+                    conn,
+                    table_names=names,
+                    open_helper=self.open_helper if self.helpers else None,
                 )
             conn.rollback()
         finally:
@@ -264,25 +286,52 @@ class PostgresPlanner:
                 conn.close()
         return TargetPlan(self.target, where, tables, self.edges, self.warnings, table_names=names)
 
+    def open_helper(self, snapshot: str, levels: dict[int, int]) -> psycopg.Connection:
+        """A second connection reading in planning's snapshot, with the same temporary tables and levels."""
+        conn = self.connect(self.target)
+        try:
+            self._mapping_tables(conn)
+            conn.commit()
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            # Filled inside the imported snapshot: rows written before it would be invisible to it.
+            self._fill_mapping(conn)
+            load_levels(conn, levels)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     # -- mapping in temp tables --------------------------------------------------------------------------
 
     def _load_mapping(self, conn: psycopg.Connection) -> None:
+        self._mapping_tables(conn)
+        self._fill_mapping(conn)
+
+    @staticmethod
+    def _mapping_tables(conn: psycopg.Connection) -> None:
+        """The session's temporary tables and functions, empty (CREATE is refused in a read-only transaction)."""
         conn.execute("CREATE TEMP TABLE _es_map (ord int PRIMARY KEY, old text NOT NULL, new text NOT NULL)")
+        conn.execute("CREATE UNIQUE INDEX ON _es_map (old)")
+        # Case-insensitive lookups use PostgreSQL's lower(), the same function citext compares with.
+        conn.execute("CREATE TEMP TABLE _es_map_ci (ord int NOT NULL, old text NOT NULL, new text NOT NULL)")
+        conn.execute("CREATE UNIQUE INDEX ON _es_map_ci (old)")
+        conn.execute("CREATE TEMP TABLE _es_chg (_es_kid int PRIMARY KEY, _es_key jsonb, _es_patch jsonb)")
+        for stmt in SETUP:
+            conn.execute(stmt)
+
+    def _fill_mapping(self, conn: psycopg.Connection) -> None:
+        """The mapping into the temporary tables (allowed in a read-only transaction: they are temporary)."""
         with conn.cursor().copy("COPY _es_map (ord, old, new) FROM STDIN") as cp:
             for m in self.mappings:
                 cp.write_row((m.ord, m.old, m.new))
-        conn.execute("CREATE UNIQUE INDEX ON _es_map (old)")
-        # Case-insensitive lookups use PostgreSQL's lower(), the same function citext compares with.
         conn.execute(
-            "CREATE TEMP TABLE _es_map_ci AS SELECT DISTINCT ON (lower(old)) ord, lower(old) AS old, new "
-            "FROM _es_map ORDER BY lower(old), ord"
+            "INSERT INTO _es_map_ci SELECT DISTINCT ON (lower(old)) ord, lower(old), new FROM _es_map "
+            "ORDER BY lower(old), ord"
         )
-        conn.execute("CREATE UNIQUE INDEX ON _es_map_ci (old)")
-        conn.execute("CREATE TEMP TABLE _es_chg (_es_kid int PRIMARY KEY, _es_key jsonb, _es_patch jsonb)")
         conn.execute("ANALYZE _es_map")
         conn.execute("ANALYZE _es_map_ci")
-        for stmt in SETUP:
-            conn.execute(stmt)
 
     def _check_ci_ambiguity(self, conn: psycopg.Connection) -> None:
         rows = conn.execute(

@@ -38,7 +38,8 @@ BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
 class PostgresStore:
     kind: ClassVar[Store] = "postgres"
     plans_in_a_process: ClassVar[bool] = True  # conflict analysis and the actions' lines are Python work
-    sql_lines: ClassVar[bool] = True  # PostgreSQL makes the lines of the tables that qualify (lines.made_in_sql)
+    sql_lines: ClassVar[bool] = True  # PostgreSQL makes the lines of the tables that qualify (lines.way_of)
+    plan_helpers: ClassVar[bool] = True  # and a second connection may make some of them at the same time
 
     def __init__(
         self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
@@ -63,6 +64,7 @@ class PostgresStore:
             self._loaded.config.match,
             self._connect,
             self.sql_lines,
+            self.plan_helpers,
         )
 
         def read() -> TargetRead:
@@ -90,7 +92,7 @@ class PostgresStore:
             if tab.analysed:  # the troubled rows' lines, for PostgreSQL to merge into the table's sections
                 python_lines(tp.conn, tab.meta.index, _table_actions(tp, tab, levels, tp.skipped))
                 tab.rows = []
-        return tp.sections()
+        return tp.sections(levels)
 
     # -- apply and verify ------------------------------------------------------------------------------------
 
