@@ -298,10 +298,10 @@ def test_a_second_connection_fills_sections_ahead_and_the_plan_is_the_same(db, w
     monkeypatch.setattr(lines.TableLines, "on", on)
     real_fill = lines.Ahead._fill
 
-    def helper_first(self, section, write):  # the main connection waits until the helper has done its part
+    def helper_first(self, key, fill, write):  # the main connection waits until the helper has done its part
         if self._thread is not None:
             self._thread.join(10)
-        return real_fill(self, section, write)
+        return real_fill(self, key, fill, write)
 
     monkeypatch.setattr(lines.Ahead, "_fill", helper_first)
     r, with_helper = ws.plan()

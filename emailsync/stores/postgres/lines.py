@@ -470,46 +470,97 @@ def _doc(
     ).format(v=v, member=member, mode=sql.Literal(mode))
 
 
-class Ahead:
-    """Sections of "sql" tables filled ahead of their turn by a helper: another connection reading in planning's
-    snapshot (pg_export_snapshot), into temporary files, while planning's own connection fills the sections in the
-    file's order. The helper takes sections from the last one backwards and the main connection from the first one
-    forwards, so each section is filled once, by whichever reaches it first, and the two meet in the middle: on two
-    cores the largest section no longer waits for all the others. Its lines are then copied into the plan in their
-    place, so the plan is the same bytes either way."""
+Key = tuple[str, str, str]
 
-    def __init__(self, tables: list[TableLines], open_helper: Callable[[], psycopg.Connection]) -> None:
-        self._lock = threading.Lock()
-        self._claimed: set[tuple[str, str, str]] = set()
-        self._done: dict[tuple[str, str, str], threading.Event] = {}
-        self._results: dict[tuple[str, str, str], Any] = {}
-        self._movable: list[tuple[Section, TableLines, str, list[str]]] = []
+
+class Ahead:
+    """Sections of "sql" tables filled by two connections at once: planning's own and a helper reading in the same
+    snapshot (pg_export_snapshot). The helper starts with the costliest section (estimated from the table's pages,
+    documents counting more) and then takes the next costliest not yet taken, into temporary files. Planning's
+    connection writes the sections in the file's order: one nobody has taken it fills straight into the plan; while
+    the one whose turn it is is still being filled by the helper, it fills the next costliest into a temporary file
+    instead of waiting. Sections filled ahead are copied into the plan in their place, so the plan is the same bytes
+    whoever filled what; on two cores the largest section no longer runs after all the others."""
+
+    def __init__(
+        self, conn: psycopg.Connection, tables: list[TableLines], open_helper: Callable[[], psycopg.Connection]
+    ) -> None:
+        self._cond = threading.Condition()
+        self._state: dict[Key, str] = {}  # free, taken, done
+        self._results: dict[Key, Any] = {}  # (file, counts) or the exception, for sections filled ahead
+        self._work: dict[Key, tuple[TableLines, str, list[str]]] = {}
+        self._movable: set[Key] = set()  # the helper's to take
         self._open = open_helper
         self._conn: psycopg.Connection | None = None
         self._stop = False
         self.sections: list[Section] = []
+        cost: dict[Key, float] = {}
         for t in tables:
             for kind, cols in t.parts():
-                s = Section((t.target, t.meta.display, kind), functools.partial(t._fill, kind, cols))
+                key = (t.target, t.meta.display, kind)
+                self._state[key] = "free"
+                self._work[key] = (t, kind, cols)
+                cost[key] = max(1, sum(4 if t.meta.columns[c].kind == "jsonb" else 1 for c in cols)) * _pages(conn, t)
                 if not t.analysed:  # an analysed table's sections read _es_pylines, which only this session has
-                    self._movable.append((s, t, kind, cols))
-                    self._done[s.key] = threading.Event()
-                self.sections.append(Section(s.key, functools.partial(self._fill, s)))
-        self._movable.sort(key=lambda m: m[0].key)
+                    self._movable.add(key)
+                self.sections.append(
+                    Section(key, functools.partial(self._fill, key, functools.partial(t._fill, kind, cols)))
+                )
+        self._queue = sorted(cost, key=lambda k: (-cost[k], k))  # costliest first
         self._thread: threading.Thread | None = None
         if len(self._movable) > 1:
-            self._thread = threading.Thread(target=self._help, name="emailsync-lines", daemon=True)
+            first = next(k for k in self._queue if k in self._movable)
+            self._state[first] = "taken"  # the helper's, before planning's connection can reach it
+            self._thread = threading.Thread(target=self._help, args=(first,), name="emailsync-lines", daemon=True)
             self._thread.start()
 
-    def _fill(self, section: Section, write: Callable[[Chunk], None]) -> dict[str, int]:
-        with self._lock:
-            mine = section.key not in self._claimed
-            self._claimed.add(section.key)
-        if mine:
-            section.fill(write)
-            return section.counts
-        self._done[section.key].wait()
-        result = self._results.pop(section.key)
+    def _take(self, movable: bool = False) -> Key | None:
+        """The costliest free section (movable: of those a helper may fill), now taken (call with the condition
+        held)."""
+        for key in self._queue:
+            if self._state[key] == "free" and (key in self._movable or not movable):
+                self._state[key] = "taken"
+                return key
+        return None
+
+    def _ahead(self, key: Key, conn: psycopg.Connection | None) -> None:
+        """Fill one section into a temporary file, through `conn` (None: planning's own)."""
+        t, kind, cols = self._work[key]
+        try:
+            f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # handed over to _fill
+            lines = t if conn is None else t.on(conn)
+            result: Any = (f, lines._fill(kind, cols, f.write))  # type: ignore[arg-type]  # takes any buffer
+        except BaseException as e:  # noqa: BLE001  # raised when the section's turn comes
+            result = e
+        with self._cond:
+            self._results[key] = result
+            self._state[key] = "done"
+            self._cond.notify_all()
+
+    def _fill(
+        self, key: Key, fill: Callable[[Callable[[Chunk], None]], dict[str, int]], write: Callable[[Chunk], None]
+    ) -> dict[str, int]:
+        while True:
+            work = None
+            with self._cond:
+                state = self._state[key]
+                if state == "free":
+                    self._state[key] = "taken"
+                elif state == "taken":
+                    work = self._take()
+                    if work is None:
+                        self._cond.wait()
+                        continue
+            if state == "free":
+                return fill(write)
+            if state == "done":
+                return self._copied(key, write)
+            assert work is not None
+            self._ahead(work, None)
+
+    def _copied(self, key: Key, write: Callable[[Chunk], None]) -> dict[str, int]:
+        with self._cond:
+            result = self._results.pop(key)
         if isinstance(result, BaseException):
             raise result
         f, counts = result
@@ -519,25 +570,20 @@ class Ahead:
                 write(data)
         return counts  # type: ignore[no-any-return]
 
-    def _help(self) -> None:
+    def _help(self, first: Key) -> None:
         try:
             conn = self._conn = self._open()
         except Exception:  # noqa: BLE001  # no helper (a connection limit, say): planning's connection does it all
+            with self._cond:
+                self._state[first] = "free"
+                self._cond.notify_all()
             return
         try:
-            for s, t, kind, cols in reversed(self._movable):
-                with self._lock:
-                    if s.key in self._claimed or self._stop:
-                        return
-                    self._claimed.add(s.key)
-                try:
-                    f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # handed over to _fill
-                    counts = t.on(conn)._fill(kind, cols, f.write)  # type: ignore[arg-type]  # takes any buffer
-                    self._results[s.key] = (f, counts)
-                except BaseException as e:  # noqa: BLE001  # raised where the main connection reaches this section
-                    self._results[s.key] = e
-                finally:
-                    self._done[s.key].set()
+            key: Key | None = first
+            while key is not None and not self._stop:
+                self._ahead(key, conn)
+                with self._cond:
+                    key = self._take(movable=True)
         finally:
             conn.close()
 
@@ -552,3 +598,8 @@ class Ahead:
         for r in self._results.values():
             if not isinstance(r, BaseException):
                 r[0].close()
+
+
+def _pages(conn: psycopg.Connection, t: TableLines) -> float:
+    row = conn.execute("SELECT GREATEST(relpages, 1) FROM pg_class WHERE oid = %s", (t.meta.oid,)).fetchone()
+    return float(row[0]) if row else 1.0

@@ -140,7 +140,7 @@ class TargetPlan:
             return [s for t in self.sql_tables for s in t.sections()]
         row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
-        self.ahead = Ahead(self.sql_tables, functools.partial(self.open_helper, row[0], levels))
+        self.ahead = Ahead(self.conn, self.sql_tables, functools.partial(self.open_helper, row[0], levels))
         return self.ahead.sections
 
     def close(self) -> None:
