@@ -281,17 +281,9 @@ class PostgresApplier:
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 
-    def _lock(self, i: int, m: TableMeta) -> None:
-        T, W = m.alias("t"), m.alias("w")
-        km = m.key_match(T, sql.SQL("a.key"))
-        self.conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM (SELECT 1 FROM {tbl} {T} JOIN _es_act a ON a.tbl = %s AND {km} "
-                "FOR UPDATE OF {T}) s"
-            ).format(tbl=m.ident, T=T, km=km),
-            (i,),
-        )
-        # A delete relies on the row that holds its new value: keep that row from changing until commit.
+    def _lock_holders(self, i: int, m: TableMeta) -> None:
+        """A delete relies on the row that holds its new value: keep that row from changing until commit."""
+        W = m.alias("w")
         self.conn.execute(
             sql.SQL(
                 "SELECT count(*) FROM (SELECT 1 FROM {tbl} {W} JOIN _es_act a ON a.tbl = %s "
@@ -303,8 +295,6 @@ class PostgresApplier:
     def _classify(self, i: int, m: TableMeta, lock: bool = True) -> None:
         T, W = m.alias("t"), m.alias("w")
         km = m.key_match(T, sql.SQL("a.key"))
-        if lock:
-            self._lock(i, m)
         # Columns the database computes (generated, cascaded) or a trigger sets (verify_ignore) are left out
         # of whole-row comparisons: a rollback can only predict the rest of a row it moved.
         ign = self._ignored(m)
@@ -313,10 +303,10 @@ class PostgresApplier:
         self.conn.execute(
             sql.SQL(
                 """
-                UPDATE _es_act a SET pre = to_jsonb({T}.*), status = CASE
+                UPDATE _es_act a SET pre = r.img, status = CASE
                     WHEN a.kind = 'insert-row' THEN
                         -- columns added to the table since the image was taken hold their defaults: not compared
-                        CASE WHEN ((SELECT jsonb_object_agg(k, v) FROM jsonb_each(to_jsonb({T}.*)) e(k, v)
+                        CASE WHEN ((SELECT jsonb_object_agg(k, v) FROM jsonb_each(r.img) e(k, v)
                                     WHERE a.image ? k) - %(ign)s::text[]) = (a.image - %(ign)s::text[])
                         THEN 'already-applied'
                         -- the row there now is one this plan moves away first (inserts run last)
@@ -324,15 +314,18 @@ class PostgresApplier:
                                      AND x.kind <> 'insert-row' AND x.post_key <> x.key)
                         THEN 'pending' ELSE 'stale' END
                     WHEN a.image IS NOT NULL THEN
-                        CASE WHEN (to_jsonb({T}.*) - %(ign)s::text[]) = (a.image - %(ign)s::text[]) AND NOT EXISTS (
+                        CASE WHEN (r.img - %(ign)s::text[]) = (a.image - %(ign)s::text[]) AND NOT EXISTS (
                             SELECT 1 FROM _es_act x WHERE x.tbl = {i} AND x.post_key = a.key
                               AND x.rowid <> a.rowid AND NOT EXISTS (
                                 SELECT 1 FROM {tbl} {W} WHERE {kmx}))
                         THEN 'pending' END  -- else decided below, by the post key
-                    WHEN {colj} = a.old THEN 'pending'
-                    WHEN {colj} = a.new THEN 'already-applied'
+                    WHEN r.img -> a.col = a.old THEN 'pending'
+                    WHEN r.img -> a.col = a.new THEN 'already-applied'
                     ELSE 'stale' END
-                FROM {tbl} {T} WHERE a.tbl = %(i)s AND {km}
+                -- each planned row read as it is, and locked in the same pass (not for verify)
+                FROM (SELECT a.id, to_jsonb({T}.*) AS img FROM {tbl} {T} JOIN _es_act a ON a.tbl = {i} AND {km}
+                      {lock}) r
+                WHERE a.id = r.id
                 """
             ).format(
                 tbl=m.ident,
@@ -340,11 +333,13 @@ class PostgresApplier:
                 W=W,
                 km=km,
                 kmx=m.key_match(W, sql.SQL("x.key")),
-                colj=_column_json(m, T),
                 i=sql.Literal(i),
+                lock=sql.SQL("FOR UPDATE OF {}").format(T) if lock else sql.SQL(""),
             ),
             {"i": i, "ign": ign},
         )
+        if lock:
+            self._lock_holders(i, m)
         # A row whose key holds a changed email is found under its new key once applied.
         self.conn.execute(
             sql.SQL(
