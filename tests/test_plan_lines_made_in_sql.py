@@ -5,6 +5,10 @@ NULL array elements, composite and text keys), and the same errors when a new em
 
 from __future__ import annotations
 
+import threading
+import time
+
+import psycopg
 import pytest
 from helpers import assert_user_error, plan_lines, table_dump
 
@@ -158,13 +162,21 @@ def test_case_insensitive_columns_and_casefold_match_the_python_path(db, ws, mon
             ],
             ["public.t.e (strict_email) cannot hold a new email", "violates check constraint"],
         ),
+        (
+            [  # a unique column cut short and a domain refusing the other's new email: the cut is named as such
+                "CREATE DOMAIN strict_email AS text CHECK (VALUE NOT LIKE 'c@%')",
+                "CREATE TABLE t (id int PRIMARY KEY, e varchar(7) UNIQUE, x strict_email)",
+                "INSERT INTO t VALUES (1, 'a@x.com', 'b@x.com')",
+            ],
+            ["public.t.e (character varying(7)) cannot hold a new email", "'c@x.com.au'", "cut short"],
+        ),
     ],
 )
 def test_a_new_email_that_does_not_fit_is_refused_alike(db, ws, monkeypatch, schema, fragments):
     for stmt in schema:
         db.execute(stmt)
     ws.postgres_targets(
-        {"core": db}, "- {table: t, columns: [x, e]}" if "x text" in schema[1] else "- {table: t, columns: [e]}"
+        {"core": db}, "- {table: t, columns: [e, x]}" if " x " in schema[-2] else "- {table: t, columns: [e]}"
     )
     ws.mappings({"a@x.com": "c@x.com.au", "b@x.com": "c@x.com"})
     before = table_dump(db, "t")
@@ -315,3 +327,49 @@ def test_a_second_connection_fills_sections_ahead_and_the_plan_is_the_same(db, w
     _same_plans(plan_lines(with_helper), plan_lines(alone))
     # and no connection of planning is left behind
     assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+
+
+def test_a_ddl_statement_queued_during_planning_waits_for_it_and_nothing_hangs(db, ws, monkeypatch):
+    """Planning locks every table for reading from its first statement, as a long SELECT would. An ALTER TABLE
+    queued meanwhile waits for planning; the helper connection, which would queue behind that ALTER, gives its
+    section back to planning's own connection after its lock wait (HELPER_LOCK_WAIT) instead of waiting for ever
+    (the helper waiting on the ALTER, the ALTER on planning, planning on the helper)."""
+    db.execute("CREATE TABLE a (id int PRIMARY KEY, arr text[], e text)")
+    db.execute("INSERT INTO a VALUES (1, ARRAY['a@x.com'], 'a@x.com')")
+    db.execute("CREATE TABLE b (id int PRIMARY KEY, e text, pad text)")
+    db.execute("INSERT INTO b SELECT g, 'a@x.com', repeat('x', 500) FROM generate_series(1, 2000) g")
+    db.execute("ANALYZE a")
+    db.execute("ANALYZE b")
+    ws.postgres_targets({"core": db}, "- {table: a, columns: [arr, e]}\n- {table: b, columns: [e]}")
+    ws.mappings({"a@x.com": "b@x.com"})
+    real = lines.TableLines._fill
+    ddl: dict[str, object] = {}
+
+    def alter():
+        with psycopg.connect(db.dsn, autocommit=True) as c:
+            c.execute("ALTER TABLE a ADD COLUMN z int")
+            ddl["done"] = time.monotonic()
+
+    def fill(self, kind, cols, write):  # the real method, with the timing that queued the ALTER between the two
+        helper = threading.current_thread().name == "emailsync-lines"
+        n = real(self, kind, cols, write)
+        if helper and self.meta.name == "b":
+            time.sleep(1)  # the helper's next section (of table a) comes once the ALTER is queued
+        if not helper and self.meta.name == "a" and kind == "array-replace":
+            threading.Thread(target=alter, daemon=True).start()
+            time.sleep(2)
+        return n
+
+    monkeypatch.setattr(lines.TableLines, "_fill", fill)
+    r, plan = ws.plan()
+    finished = time.monotonic()
+    assert r.code == 0, r.out + r.err
+    deadline = time.monotonic() + 10
+    while "done" not in ddl and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "done" in ddl and ddl["done"] >= finished - 0.5  # the ALTER ran once planning let go of its locks
+    body = [loads(x) for x in plan_lines(plan)[1:]]
+    assert sorted((x["table"], x["column"], x["key"]["id"]) for x in body) == [
+        ("public.a", "arr", 1),
+        ("public.a", "e", 1),
+    ] + [("public.b", "e", i) for i in range(1, 2001)]

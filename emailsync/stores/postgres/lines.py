@@ -299,6 +299,9 @@ class TableLines:
             self.conn.execute("SAVEPOINT _es_which")
             try:
                 self.conn.execute(sql.SQL("SELECT count(line) FROM ({}) l").format(self._lines(kind, c, i)))
+            except psycopg.errors.RaiseException as e:  # a new email cut short in this column: said as such
+                self.conn.execute("ROLLBACK TO SAVEPOINT _es_which")
+                return self._failed(cols, str(e.diag.message_primary or e))
             except psycopg.Error as e:
                 self.conn.execute("ROLLBACK TO SAVEPOINT _es_which")
                 return self.unfit(self.meta, c, str(e.diag.message_primary or e))
@@ -526,16 +529,29 @@ class Ahead:
     def _ahead(self, key: Key, conn: psycopg.Connection | None) -> None:
         """Fill one section into a temporary file, through `conn` (None: planning's own)."""
         t, kind, cols = self._work[key]
+        result: Any = None
         try:
             f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # handed over to _fill
             lines = t if conn is None else t.on(conn)
-            result: Any = (f, lines._fill(kind, cols, f.write))  # type: ignore[arg-type]  # takes any buffer
-        except BaseException as e:  # noqa: BLE001  # raised when the section's turn comes
+            result = (f, lines._fill(kind, cols, f.write))  # type: ignore[arg-type]  # takes any buffer
+        except psycopg.errors.LockNotAvailable:
+            # The helper waited behind a lock (a DDL statement queued behind planning's own lock): planning's
+            # connection, which holds that lock already, does this section, and the helper stops.
+            with self._cond:
+                self._state[key] = "free"
+                self._stop = True
+                self._cond.notify_all()
+            return
+        except BaseException as e:  # noqa: BLE001  # an error is raised when the section's turn comes
             result = e
-        with self._cond:
-            self._results[key] = result
-            self._state[key] = "done"
-            self._cond.notify_all()
+            if not isinstance(e, Exception):  # Ctrl-C, exit: now, once the section is marked
+                raise
+        finally:
+            with self._cond:
+                if result is not None:
+                    self._results[key] = result
+                    self._state[key] = "done"
+                self._cond.notify_all()
 
     def _fill(
         self, key: Key, fill: Callable[[Callable[[Chunk], None]], dict[str, int]], write: Callable[[Chunk], None]
@@ -570,6 +586,11 @@ class Ahead:
                 write(data)
         return counts  # type: ignore[no-any-return]
 
+    def _next(self) -> Key | None:
+        """The helper's next section, unless it was told to stop."""
+        with self._cond:
+            return None if self._stop else self._take(movable=True)
+
     def _help(self, first: Key) -> None:
         try:
             conn = self._conn = self._open()
@@ -580,10 +601,9 @@ class Ahead:
             return
         try:
             key: Key | None = first
-            while key is not None and not self._stop:
+            while key is not None:
                 self._ahead(key, conn)
-                with self._cond:
-                    key = self._take(movable=True)
+                key = self._next()
         finally:
             conn.close()
 

@@ -36,6 +36,9 @@ from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.lines import SETUP, Ahead, TableLines, load_levels, way_of
 
 SCAN_BATCH = 5000
+# How long the helper connection waits for a lock on a table before leaving its section to planning's connection:
+# planning already holds one on each table, so the helper can only wait behind a DDL statement that waits for it.
+HELPER_LOCK_WAIT = "1s"
 # _FENCE: array elements and jsonb strings are produced in a subquery with OFFSET 0, which PostgreSQL does not
 # flatten, so the mapping is hashed once and probed by every element. Flattened, the planner put the mapping's hash
 # join inside the per-row loop and rebuilt the hash for every row: 9x slower (11 s for 500k documents, 1 s fenced).
@@ -228,6 +231,13 @@ class PostgresPlanner:
                         f"{seen[m.oid]!r}; list each table once with all its columns"
                     )
                 seen[m.oid] = m.cfg.table
+            # Every table locked for reading until planning ends, as a long SELECT would hold it: a TRUNCATE or a
+            # rewriting ALTER waits instead of changing a table under the snapshot whose lines are still to be read
+            # (and the helper connection, which waits at most HELPER_LOCK_WAIT, never waits behind one forever).
+            if metas:
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(", ").join(m.ident for m in metas))
+                )
             if any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold":
                 self._check_ci_ambiguity(conn)
             tables = []
@@ -295,6 +305,7 @@ class PostgresPlanner:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (HELPER_LOCK_WAIT,))
             # Filled inside the imported snapshot: rows written before it would be invisible to it.
             self._fill_mapping(conn)
             load_levels(conn, levels)
