@@ -187,6 +187,8 @@ class PostgresPlanner:
         table is read into Python (the same plan, byte for byte: the tests compare the two)."""
         self.sql_lines = sql_lines
         self.helpers = helpers  # a second connection may fill sections ahead (lines.Ahead)
+        self._copy_rows: bytes | None = None  # the mapping as COPY data (_fill_mapping)
+        self._ci = False  # some column compares case-insensitively: _es_map_ci is filled
         self.target = target
         self.connect = connect
         self.where = where
@@ -238,7 +240,9 @@ class PostgresPlanner:
                 conn.execute(
                     sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(", ").join(m.ident for m in metas))
                 )
-            if any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold":
+            self._ci = any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold"
+            if self._ci:
+                self._fill_ci(conn)
                 self._check_ci_ambiguity(conn)
             tables = []
             fks = foreign_keys(conn, [m.oid for m in metas])
@@ -307,7 +311,7 @@ class PostgresPlanner:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (HELPER_LOCK_WAIT,))
             # Filled inside the imported snapshot: rows written before it would be invisible to it.
-            self._fill_mapping(conn)
+            self._fill_mapping(conn, self._ci)
             load_levels(conn, levels)
         except BaseException:
             conn.close()
@@ -318,7 +322,7 @@ class PostgresPlanner:
 
     def _load_mapping(self, conn: psycopg.Connection) -> None:
         self._mapping_tables(conn)
-        self._fill_mapping(conn)
+        self._fill_mapping(conn, ci=False)  # the case-insensitive copy once the columns are known (plan)
 
     @staticmethod
     def _mapping_tables(conn: psycopg.Connection) -> None:
@@ -332,16 +336,25 @@ class PostgresPlanner:
         for stmt in SETUP:
             conn.execute(stmt)
 
-    def _fill_mapping(self, conn: psycopg.Connection) -> None:
-        """The mapping into the temporary tables (allowed in a read-only transaction: they are temporary)."""
+    def _fill_mapping(self, conn: psycopg.Connection, ci: bool) -> None:
+        """The mapping into the temporary tables (allowed in a read-only transaction: they are temporary). Its COPY
+        data is made once, for planning's connection and the helper's."""
+        if self._copy_rows is None:
+            self._copy_rows = "".join(
+                f"{m.ord}\t{_copy_text(m.old)}\t{_copy_text(m.new)}\n" for m in self.mappings
+            ).encode()
         with conn.cursor().copy("COPY _es_map (ord, old, new) FROM STDIN") as cp:
-            for m in self.mappings:
-                cp.write_row((m.ord, m.old, m.new))
+            cp.write(self._copy_rows)
+        conn.execute("ANALYZE _es_map")
+        if ci:
+            self._fill_ci(conn)
+
+    @staticmethod
+    def _fill_ci(conn: psycopg.Connection) -> None:
         conn.execute(
             "INSERT INTO _es_map_ci SELECT DISTINCT ON (lower(old)) ord, lower(old), new FROM _es_map "
             "ORDER BY lower(old), ord"
         )
-        conn.execute("ANALYZE _es_map")
         conn.execute("ANALYZE _es_map_ci")
 
     def _check_ci_ambiguity(self, conn: psycopg.Connection) -> None:
@@ -1040,6 +1053,11 @@ def _index_sql(meta: TableMeta, u: UniqueIndex, what: Literal["analysis", "troub
         keyj=meta.key_json(T),
         pred_t=sql.SQL("({}) AND {}").format(pred, notnull),
     )
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _node_order(node: tuple[str, Any]) -> tuple[int, int, str]:
