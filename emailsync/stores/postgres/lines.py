@@ -1,11 +1,14 @@
-"""PostgreSQL: plan lines built by the database itself, for tables whose changes need no decision in Python.
+"""PostgreSQL: plan lines built by the database itself, for the rows whose changes need no decision in Python.
 
-A table qualifies when no unique index and no foreign key involves its email columns, its key loads natively (ints,
-text) and the database is UTF-8: each changed value then becomes exactly one action, whose step depends only on its
-mapping entries. For those tables the planner reads nothing into Python. Once the order of the mapping entries is
-known, each section of the plan (table, kind) is one `COPY (SELECT …) TO STDOUT`: PostgreSQL joins the column with
-the mapping, renders every action's line in the plan's canonical form (sorted keys, compact, numbers as the plan
-writes them), hashes its id, and sorts the section into the file's order. The client copies the bytes into the plan.
+Each table goes one of three ways (way_of). In a "sql" table no unique index and no foreign key involves an email
+column, so each changed value becomes exactly one action whose step depends only on its mapping entries, and the
+planner reads nothing into Python. In an "analysed" table only the rows that meet another row in a unique index are
+read into Python and decided there (their lines go to _es_pylines); every other row simply moves. Once the order of
+the mapping entries is known, each section of the plan (table, kind) is one `COPY (SELECT …) TO STDOUT`: PostgreSQL
+joins the column with the mapping, renders every action's line in the plan's canonical form (sorted keys, compact,
+numbers as the plan writes them), hashes its id, merges Python's lines in, and sorts the section into the file's
+order. The client copies the bytes into the plan; a second connection in the same snapshot fills some sections at the
+same time (Ahead).
 
 The lines are the ones the Python path makes for the same rows, byte for byte (tests/test_plan_lines_made_in_sql.py
 compares them on awkward values): plans keep their format, digests and diffs whichever way a table was planned.
