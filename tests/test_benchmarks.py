@@ -11,23 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """One of benchmarks/' scripts, run as a user runs it."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def test_benchmark_runner_smoke(tmp_path):
     out = tmp_path / "result.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--employees", "400",
-            "--mappings", "40",
-            "--dynamodb",
-            "--profiles", "120",
-            "--latency-ms", "2",
-            "--out", str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    r = _bench("run.py", "--employees", "400", "--mappings", "40", "--dynamodb", "--profiles", "120",
+               "--latency-ms", "2", "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
     assert res["same_result"] is True  # emailsync's final rows are exactly the baseline's
@@ -59,13 +52,8 @@ def test_contenders_runner_smoke(tmp_path):
     """benchmarks/contenders.py: the contenders run interleaved over rounds on fresh copies, every one ends with the
     reference's rows (the runner stops otherwise), and each has its wall time, server time and peak RSS."""
     out = tmp_path / "contenders.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "contenders.py"), "--employees", "400", "--mappings", "40",
-         "--rounds", "2", "--emailsync", f"same={ROOT}", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    r = _bench("contenders.py", "--employees", "400", "--mappings", "40", "--rounds", "2",
+               "--emailsync", f"same={ROOT}", "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
     names = ["hand-written (join)", "hand-written (&&)", "emailsync", "emailsync same"]
