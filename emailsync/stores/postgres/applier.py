@@ -92,6 +92,8 @@ class PostgresApplier:
         self.statement_timeout = statement_timeout
         self.fks: list[ForeignKey] = []
         self._special: set[int] = set()  # tables whose actions look rows up by key (_load)
+        self._plain: list[int] = []  # tables written by one conditional UPDATE each (_write_plain)
+        self._pre_created = False
 
     def run(self) -> TargetResult:
         res = TargetResult(self.target)
@@ -102,16 +104,24 @@ class PostgresApplier:
                     conn.execute("SELECT set_config(%s, %s, true)", (name, value))
             _working_memory(conn)
             self.fks = foreign_keys(conn, [m.oid for m in self.metas])
-            self._load()
+            self._load_lines()
+            plain = self._plain_tables()
             if self.loaded is not None:
                 self.loaded(self._ids())
+            # Plain tables first, each by one conditional UPDATE; a table where that does not write every planned
+            # row as planned (a stale row, a unique value taken) is left to the steps, which say why row by row.
+            self._plain = [i for i, (_, rows) in plain.items() if self._write_plain(i, self.metas[i], rows)]
+            self._load([i for i in range(len(self.metas)) if i not in self._plain])
             for i, m in enumerate(self.metas):
-                self._classify(i, m)
+                if i not in self._plain:
+                    self._classify(i, m)
             details = self._stale_details()
             if details and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
-            with progress.task(f"apply {self.target}", total=sum(n for _, n in per_step)) as bar:
+            written = sum(plain[i][0] for i in self._plain)
+            with progress.task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
+                bar.advance(written)
                 for step, n in per_step:
                     self._run_step(step)
                     bar.advance(n)
@@ -121,7 +131,7 @@ class PostgresApplier:
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
             outcomes = CompactOutcomes()
-            for aid, status, table, kind in self._rows(f"SELECT id, {_WRITTEN}, tbl, kind FROM _es_act"):
+            for aid, status, table, kind in self._rows(self._every(_WRITTEN)):
                 if aid in mismatches:
                     outcomes.add(aid, Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind))
                 elif mismatches and status != "stale":
@@ -156,7 +166,7 @@ class PostgresApplier:
         sorting millions of ids cost a sort in the server for nothing)."""
         with self.conn.cursor(name="_es_ids") as cur:
             cur.itersize = 10_000
-            cur.execute("SELECT id FROM _es_act")
+            cur.execute("SELECT id FROM _es_lines")
             for (aid,) in cur:
                 yield aid
 
@@ -178,6 +188,7 @@ class PostgresApplier:
                 self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.statement_timeout,))
             _working_memory(self.conn)
             self.fks = foreign_keys(self.conn, [m.oid for m in self.metas])
+            self._load_lines()
             self._load()
             for i, m in enumerate(self.metas):
                 self._classify(i, m, lock=False)
@@ -197,7 +208,7 @@ class PostgresApplier:
         # Read before rolling back (the temporary table goes with the transaction): what was already applied
         # before this run stays reported as such, so the journal keeps the record a rollback relies on.
         outcomes = CompactOutcomes()
-        for aid, status, table, kind in self._rows("SELECT id, status, tbl, kind FROM _es_act"):
+        for aid, status, table, kind in self._rows(self._every("status")):
             if aid in details:
                 outcomes.add(aid, Outcome("stale", details[aid], table, kind))
             elif status == "already-applied":
@@ -211,7 +222,62 @@ class PostgresApplier:
 
     # -- 1. load -------------------------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _load_lines(self) -> None:
+        """The target's plan lines, copied in and taken apart once by PostgreSQL into _es_lines (no parsing in
+        Python: a line read from a file goes over as it is)."""
+        # A line is canonical JSON, so it holds no tab, newline or carriage return: only backslashes need escaping
+        # for COPY's text format.
+        self.conn.execute("CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL) ON COMMIT DROP")
+        chunks = self.actions.chunks() if isinstance(self.actions, TargetRows) else chunked(map(line_of, self.actions))
+        with self.conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
+            for chunk in chunks:
+                cp.write(chunk.replace(b"\\", b"\\\\"))
+        # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new
+        # left out of a line (null) stay JSON null, as the comparisons expect. k: the key's text, bytewise (cheaper
+        # to group and sort than jsonb).
+        loaded = self.conn.execute(
+            """
+            CREATE TEMP TABLE _es_lines ON COMMIT DROP AS
+            SELECT t.no::int - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
+                   COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
+                   COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
+                   NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
+                   doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
+            FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
+            WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s
+            """,
+            ([m.display for m in self.metas], self.target, SKIPPED_KIND),
+        ).rowcount
+        self.conn.execute("DROP TABLE _es_raw")
+        expected = len(self.actions) if isinstance(self.actions, Sized) else None
+        if expected is not None and loaded != expected:
+            # Never apply part of a target's plan without saying so: every action must have found its table.
+            raise _Rollback(f"{loaded} of the target's {expected} planned actions were loaded; nothing was written")
+
+    def _plain_tables(self) -> dict[int, tuple[int, int]]:
+        """The tables whose actions can be written by one conditional UPDATE each, outside the steps: only plain
+        value changes (no whole row, delete or insert), all in one step, no email column in the key (no chains
+        through keys) and none in a foreign key (no order among tables). -> {table: (actions, rows)}."""
+        out: dict[int, tuple[int, int]] = {}
+        stats = self.conn.execute(
+            "SELECT tbl, count(*), count(DISTINCT k), count(DISTINCT step), "
+            "bool_and(kind IN ('update', 'array-replace') AND image IS NULL AND conflict IS NULL AND NOT key ? col) "
+            "FROM _es_lines GROUP BY tbl"
+        ).fetchall()
+        for tbl, n, rows, steps, plain in stats:
+            m = self.metas[tbl]
+            emails = set(m.email_columns)
+            related = any(
+                (fk.child_oid == m.oid and emails & set(fk.child_cols))
+                or (fk.parent_oid == m.oid and emails & set(fk.parent_cols))
+                for fk in self.fks
+            )
+            if plain and steps == 1 and not related and not emails & set(m.key):
+                out[tbl] = (n, rows)
+        return out
+
+    def _load(self, tables: Iterable[int] | None = None) -> None:
+        """The action table of the generic path, for these tables (None: all), from _es_lines."""
         self.conn.execute(
             """
             CREATE TEMP TABLE _es_act (
@@ -222,21 +288,14 @@ class PostgresApplier:
             ) WITH (fillfactor = 30) ON COMMIT DROP
             """
         )
-        # Each action goes over as its line of the plan file, as it is (no parsing in Python when the plan was read
-        # from a file), and PostgreSQL takes it apart: grouping the actions by row (rowid, the columns a row changes,
-        # the key it ends under) in Python cost more per action than the load. A line is canonical JSON, so it holds
-        # no tab, newline or carriage return: only backslashes need escaping for COPY's text format.
-        self.conn.execute("CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL)")
-        chunks = self.actions.chunks() if isinstance(self.actions, TargetRows) else chunked(map(line_of, self.actions))
-        with self.conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
-            for chunk in chunks:
-                cp.write(chunk.replace(b"\\", b"\\\\"))
-        # A row is its table and key (grouped by the key's text, bytewise: cheaper to sort than jsonb); a re-inserted
-        # row is never the row another action moves away from that key.
+        chosen = None if tables is None else sorted(tables)
+        if chosen == []:
+            return
+        # PostgreSQL groups the actions by row (rowid, the columns a row changes, the key it ends under): grouping
+        # them in Python cost more per action than the load. A row is its table and key; a re-inserted row is never
+        # the row another action moves away from that key.
         # post_key: the key the row ends under, once the plan's changes of its key columns are made.
-        # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new
-        # left out of a line (null) stay JSON null, as the comparisons expect.
-        loaded = self.conn.execute(
+        self.conn.execute(
             """
             INSERT INTO _es_act (id, tbl, rowid, kind, step, col, key, post_key, cur_key, old, new, image, rowcols,
                                  conflict)
@@ -244,22 +303,12 @@ class PostgresApplier:
                    r.key || COALESCE(jsonb_object_agg(r.col, r.new)
                                      FILTER (WHERE r.key ? r.col AND r.kind <> 'delete-on-conflict') OVER g, '{}'),
                    r.key, r.old, r.new, r.image, array_agg(r.col) OVER g, r.conflict
-            FROM (SELECT t.no - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
-                         COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
-                         COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
-                         NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
-                         doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
-                  FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
-                  WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s) r
+            FROM _es_lines r
+            WHERE %(all)s OR r.tbl = ANY(%(chosen)s)
             WINDOW g AS (PARTITION BY r.tbl, r.k, r.ins)
             """,
-            ([m.display for m in self.metas], self.target, SKIPPED_KIND),
-        ).rowcount
-        expected = len(self.actions) if isinstance(self.actions, Sized) else None
-        if expected is not None and loaded != expected:
-            # Never apply part of a target's plan without saying so: every action must have found its table.
-            raise _Rollback(f"{loaded} of the target's {expected} planned actions were loaded; nothing was written")
-        self.conn.execute("DROP TABLE _es_raw")
+            {"all": chosen is None, "chosen": chosen or []},
+        )
         # The key made after the rows, in one sorted build: kept up row by row during the INSERT it cost a quarter
         # more than the INSERT itself (random ids). Two actions with one id fail here, before anything is written.
         self.conn.execute("ALTER TABLE _es_act ADD PRIMARY KEY (id)")
@@ -285,6 +334,68 @@ class PostgresApplier:
             self.conn.execute(sql.SQL("CREATE INDEX ON _es_act (tbl, post_key){}").format(where))
         # Statistics only for what joins and filters use: sampling the wide jsonb columns cost more than the load.
         self.conn.execute("ANALYZE _es_act (tbl, rowid, kind, step, key, post_key)")
+
+    def _every(self, status: str) -> str:
+        """(id, status, tbl, kind) of every action: the generic path's, and the plain tables' (status 'pending':
+        written, as a generic update once its step has run)."""
+        plain = ", ".join(str(int(i)) for i in self._plain)
+        rest = (
+            f" UNION ALL SELECT id, {status}, tbl, kind FROM (SELECT id, 'pending' AS status, tbl, kind FROM "
+            f"_es_lines WHERE tbl IN ({plain})) p"
+            if plain
+            else ""
+        )
+        return f"SELECT id, {status}, tbl, kind FROM _es_act{rest}"  # LiteralString: constants and ints only
+
+    # -- 2. plain tables: lock, keep the rows' images, write by one conditional UPDATE ---------------------
+
+    def _write_plain(self, i: int, m: TableMeta, rows: int) -> bool:
+        """Lock the table's planned rows and keep their images (for verify), then write every change by one UPDATE
+        whose every row is conditional on the planned old values. True when it wrote exactly the planned rows;
+        otherwise (a row gone or changed, a unique value taken since the plan) everything it did is undone and the
+        table goes the generic way, which classifies and reports each row."""
+        T = m.alias("t")
+        if not self._pre_created:
+            self.conn.execute(
+                "CREATE TEMP TABLE _es_pre (tbl int NOT NULL, key jsonb NOT NULL, ids text[] NOT NULL, "
+                "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL) ON COMMIT DROP"
+            )
+            self._pre_created = True
+        self.conn.execute("SAVEPOINT _es_plain")
+        try:
+            found = self.conn.execute(
+                sql.SQL(
+                    "INSERT INTO _es_pre (tbl, key, ids, old, new, img) "
+                    "SELECT {i}, p.key, p.ids, p.old, p.new, to_jsonb({T}.*) FROM {tbl} {T} JOIN ("
+                    "SELECT (array_agg(key))[1] AS key, array_agg(id) AS ids, jsonb_object_agg(col, old) AS old, "
+                    "jsonb_object_agg(col, new) AS new FROM _es_lines WHERE tbl = {i} GROUP BY k) p ON {km} "
+                    "FOR UPDATE OF {T}"
+                ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")))
+            ).rowcount
+            written = -1
+            if found == rows:
+                sets = sql.SQL(", ").join(
+                    sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
+                    for c in m.email_columns
+                )
+                conds = sql.SQL(" AND ").join(
+                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
+                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
+                    )
+                    for c in m.email_columns
+                )
+                written = self.conn.execute(
+                    sql.SQL("UPDATE {tbl} {T} SET {sets} FROM _es_pre p WHERE p.tbl = {i} AND {km} AND {conds}").format(
+                        tbl=m.ident, T=T, sets=sets, i=sql.Literal(i), km=m.key_match(T, sql.SQL("p.key")), conds=conds
+                    )
+                ).rowcount
+        except psycopg.errors.IntegrityError:  # a unique value another row has taken since: the steps say which
+            written = -1
+        if written == rows:
+            self.conn.execute("RELEASE SAVEPOINT _es_plain")
+            return True
+        self.conn.execute("ROLLBACK TO SAVEPOINT _es_plain")
+        return False
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 
@@ -440,6 +551,21 @@ class PostgresApplier:
             """,
             (i,),
         )
+
+    def _verify_plain(self, i: int, m: TableMeta, ignore: list[str], out: dict[str, str]) -> None:
+        """A plain table's rows, read back by one join with their images: each must be its image with the planned
+        values set (the key never changes in a plain table)."""
+        T = m.alias("t")
+        q = sql.SQL(
+            "SELECT p.ids, (p.img || p.new) - %(ign)s::text[], to_jsonb({T}.*) - %(ign)s::text[] "
+            "FROM _es_pre p LEFT JOIN {tbl} {T} ON {km} WHERE p.tbl = {i} "
+            "AND ({T}.ctid IS NULL OR (to_jsonb({T}.*) - %(ign)s::text[]) <> ((p.img || p.new) - %(ign)s::text[])) "
+            "LIMIT 1000"
+        ).format(T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")), i=sql.Literal(i))
+        for ids, expected, actual in self.conn.execute(q, {"ign": ignore}):
+            why = _mismatch(m, expected, actual)
+            for x in ids:
+                out[x] = why
 
     @staticmethod
     def _unique_columns(m: TableMeta) -> list[str]:
@@ -664,6 +790,9 @@ class PostgresApplier:
         for i, m in enumerate(self.metas):
             T = m.alias("t")
             ignore = self._ignored(m)
+            if i in self._plain:
+                self._verify_plain(i, m, ignore, out)
+                continue
             q = sql.SQL(
                 """
                 WITH r AS (
@@ -703,6 +832,12 @@ class PostgresApplier:
                 for x in ids:
                     out[x] = why
         return out
+
+
+def _mismatch(m: TableMeta, expected: Any, actual: Any) -> str:
+    if actual is None:
+        return f"{m.display}: the row is missing after the update"
+    return f"{m.display}: " + _describe(expected, actual)
 
 
 def _describe(expected: Any, actual: Any) -> str:
