@@ -128,3 +128,31 @@ def test_spilled_outcomes_keep_ids_and_details_that_look_like_the_file_format() 
 def _small_spill_for_the_unit_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.node.name.startswith("test_spilled_outcomes"):
         monkeypatch.setattr(emailsync.stores.outcome, "SPILL_AFTER", 4)
+
+
+def test_outcomes_added_in_runs_spill_and_read_back_exactly_as_added_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """add_run (a table written whole) and add give the same outcomes, spilled or not, whatever the ids hold: ids that
+    must be quoted on disk (a leading quote, a tab, a newline) take the slow way, the rest are written at once."""
+    from emailsync.stores.outcome import CompactOutcomes, Outcome
+
+    monkeypatch.setattr(emailsync.stores.outcome, "SPILL_AFTER", 4)
+    ids = [f"pg-{i:03d}" for i in range(11)] + ['"quoted', "tab\there", "new\nline", "", "pg-last"]
+    one, runs = CompactOutcomes(), CompactOutcomes()
+    for n, aid in enumerate(ids):
+        one.add(aid, Outcome("applied", None, "public.t", "update" if n % 5 else "array-replace"))
+    one.add("stale-1", Outcome("stale", "email changed since the plan", "public.t", "update"))
+    # Runs of several ids across spill boundaries, each of one kind (the kind changes at every fifth id).
+    for start, end in ((0, 1), (1, 5), (5, 6), (6, 10), (10, 11), (11, 15), (15, 16)):
+        runs.add_run(ids[start:end], "applied", "public.t", "update" if start % 5 else "array-replace")
+    runs.add("stale-1", Outcome("stale", "email changed since the plan", "public.t", "update"))
+    assert list(runs.items()) == list(one.items())
+    assert runs.tally() == one.tally()
+    assert runs["new\nline"] == Outcome("applied", None, "public.t", "update")
+    assert runs["stale-1"].detail == "email changed since the plan"
+
+    whole = CompactOutcomes()
+    whole.add_run([f"id-{i}" for i in range(10)], "applied", "public.big", "update")
+    assert [aid for aid, _ in whole.items()] == [f"id-{i}" for i in range(10)]
+    assert whole.tally() == {("applied", "public.big", "update"): 10}

@@ -16,7 +16,7 @@ from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerpr
 from emailsync.stores import registry
 from emailsync.stores.base import Store
 from emailsync.stores.ledger import PastRun, Run, now
-from emailsync.stores.outcome import TargetResult, tally
+from emailsync.stores.outcome import CompactOutcomes, TargetResult, tally
 
 EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
 
@@ -203,6 +203,10 @@ class ReportActions:
     def records(self) -> Iterator[OutcomeRecord]:
         """(id, target, table, status, detail) of each outcome (archive.outcome_texts renders them)."""
         for r in self._results:
+            if isinstance(r.outcomes, CompactOutcomes):
+                for aid, status, table, _, detail in r.outcomes.records():
+                    yield aid, r.target, table, status, detail
+                continue
             for aid, o in r.outcomes.items():
                 yield aid, r.target, o.table, o.status, o.detail
 

@@ -64,10 +64,30 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
         if len(self._ids) >= SPILL_AFTER:
             self._spill()
 
+    def add_run(self, ids: list[str], status: str, table: str | None, kind: str | None) -> None:
+        """Many outcomes alike and without detail at once (a table written whole): no work per action but the id's."""
+        n = len(self._status)
+        if self._index is not None:
+            self._index.update(zip(ids, range(n, n + len(ids)), strict=False))
+        self._ids.extend(ids)
+        for codes, value in ((self._status, status), (self._table, table), (self._kind, kind)):
+            codes.extend(array(codes.typecode, [self._code(value)]) * len(ids))
+        if len(self._ids) >= SPILL_AFTER:
+            self._spill()
+
     def _spill(self) -> None:
         if self._file is None:
             self._file = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # lives as long as the outcomes
         out = self._file
+        if not self._details:
+            text = "\n".join(self._ids)
+            # The usual case, written at once: ids without details, none of them needing quotes (see _plain).
+            if _all_plain(text, len(self._ids)):
+                out.write(text.encode("utf-8", "surrogatepass") + b"\n")
+                out.flush()
+                self._spilled += len(self._ids)
+                self._ids.clear()
+                return
         for i, aid in enumerate(self._ids, self._spilled):
             # One line per outcome: the id, and the detail after a tab; JSON strings where they would be ambiguous.
             text = aid if _plain(aid) else json.dumps(aid)
@@ -83,14 +103,32 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
         """(position, id, detail) of every outcome, in order."""
         i = 0
         if self._file is not None:
-            for raw in reader_at(self._file.fileno(), 1 << 20):
-                if i >= self._spilled:
+            reader = reader_at(self._file.fileno(), 1 << 20)
+            while i < self._spilled:
+                # A block of whole lines at a time: most are a plain id alone, taken as it is.
+                block = reader.read(1 << 20)
+                if not block:
                     break
-                text, _, detail = raw.decode("utf-8", "surrogatepass").rstrip("\n").partition("\t")
-                yield i, (json.loads(text) if text.startswith('"') else text), (json.loads(detail) if detail else None)
-                i += 1
+                if not block.endswith(b"\n"):
+                    block += reader.readline()
+                for line in block.decode("utf-8", "surrogatepass").split("\n")[:-1]:
+                    if i >= self._spilled:
+                        return
+                    if "\t" in line or line.startswith('"'):
+                        text, _, detail = line.partition("\t")
+                        aid = json.loads(text) if text.startswith('"') else text
+                        yield i, aid, (json.loads(detail) if detail else None)
+                    else:
+                        yield i, line, None
+                    i += 1
         for j, aid in enumerate(self._ids, self._spilled):
             yield j, aid, self._details.get(j)
+
+    def records(self) -> Iterator[tuple[str, str, str | None, str | None, str | None]]:
+        """(id, status, table, kind, detail) of every outcome, in order, without an Outcome each."""
+        v, status, table, kind = self._values, self._status, self._table, self._kind
+        for i, aid, detail in self._records():
+            yield aid, v[status[i]] or "", v[table[i]], v[kind[i]], detail
 
     def _at(self, i: int, detail: str | None) -> Outcome:
         v = self._values
@@ -164,6 +202,14 @@ class TargetResult:
     outcomes: MutableMapping[str, Outcome] = field(default_factory=dict)
     error: str | None = None
     committed: bool = False
+
+
+def _all_plain(joined: str, n: int) -> bool:
+    """Every one of n ids joined by newlines is _plain: no id has a newline in it (n - 1 of them), a tab or a carriage
+    return, or starts with a quote."""
+    if "\t" in joined or "\r" in joined or '\n"' in joined or joined.startswith('"'):
+        return False
+    return joined.count("\n") == n - 1
 
 
 def _plain(aid: str) -> bool:

@@ -131,13 +131,28 @@ class PostgresApplier:
                 return self._abort(res, details, "stale rows and --on-stale abort")
             mismatches = self._verify()
             outcomes = CompactOutcomes()
+            run: list[str] = []  # ids of consecutive outcomes alike and without detail, added at once
+            alike: tuple[str, str, str] | None = None
             for aid, status, table, kind in self._rows(self._every(_WRITTEN)):
                 if aid in mismatches:
-                    outcomes.add(aid, Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind))
+                    o = Outcome("failed", "verification mismatch: " + mismatches[aid], table, kind)
                 elif mismatches and status != "stale":
-                    outcomes.add(aid, Outcome("not-applied", "rolled back: verification failed", table, kind))
+                    o = Outcome("not-applied", "rolled back: verification failed", table, kind)
+                elif status != "stale":
+                    if (status, table, kind) != alike or len(run) >= 10_000:
+                        if alike is not None:
+                            outcomes.add_run(run, *alike)
+                        run, alike = [], (status, table, kind)
+                    run.append(aid)
+                    continue
                 else:
-                    outcomes.add(aid, Outcome(status, details.get(aid) if status == "stale" else None, table, kind))
+                    o = Outcome(status, details.get(aid), table, kind)
+                if alike is not None:
+                    outcomes.add_run(run, *alike)
+                    run, alike = [], None
+                outcomes.add(aid, o)
+            if alike is not None:
+                outcomes.add_run(run, *alike)
             res.outcomes = outcomes
             if mismatches:
                 conn.rollback()

@@ -164,7 +164,12 @@ class PostgresStore:
         # What committed, action by action: the journal alone then tells what a killed run did. A large
         # transaction's outcomes go in several "after" records of BATCH actions (one fsync for all), never one line.
         after = {**entry, "phase": "after", "committed": res.committed, "error": res.error}
-        write(_batched(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
+        statuses = (
+            ((aid, status) for aid, status, *_ in res.outcomes.records())
+            if isinstance(res.outcomes, CompactOutcomes)
+            else ((aid, o.status) for aid, o in res.outcomes.items())
+        )
+        write(_batched(after, statuses, "outcomes"))
         return res
 
     def finish(self, results: list[TargetResult]) -> None:
