@@ -110,7 +110,7 @@ class PostgresApplier:
                 self.loaded(self._ids())
             # Plain tables first, each by one conditional UPDATE; a table where that does not write every planned
             # row as planned (a stale row, a unique value taken) is left to the steps, which say why row by row.
-            self._plain = [i for i, (_, rows) in plain.items() if self._write_plain(i, self.metas[i], rows)]
+            self._plain = [i for i, n in plain.items() if self._write_plain(i, self.metas[i], n)]
             self._load([i for i in range(len(self.metas)) if i not in self._plain])
             for i, m in enumerate(self.metas):
                 if i not in self._plain:
@@ -119,7 +119,7 @@ class PostgresApplier:
             if details and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
-            written = sum(plain[i][0] for i in self._plain)
+            written = sum(plain[i] for i in self._plain)
             with progress.task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
                 bar.advance(written)
                 for step, n in per_step:
@@ -269,17 +269,17 @@ class PostgresApplier:
             # Never apply part of a target's plan without saying so: every action must have found its table.
             raise _Rollback(f"{loaded} of the target's {expected} planned actions were loaded; nothing was written")
 
-    def _plain_tables(self) -> dict[int, tuple[int, int]]:
+    def _plain_tables(self) -> dict[int, int]:
         """The tables whose actions can be written by one conditional UPDATE each, outside the steps: only plain
         value changes (no whole row, delete or insert), all in one step, no email column in the key (no chains
-        through keys) and none in a foreign key (no order among tables). -> {table: (actions, rows)}."""
-        out: dict[int, tuple[int, int]] = {}
+        through keys) and none in a foreign key (no order among tables). -> {table: its number of actions}."""
+        out: dict[int, int] = {}
         stats = self.conn.execute(
-            "SELECT tbl, count(*), count(DISTINCT k), count(DISTINCT step), "
+            "SELECT tbl, count(*), min(step) = max(step), "
             "bool_and(kind IN ('update', 'array-replace') AND image IS NULL AND conflict IS NULL AND NOT key ? col) "
             "FROM _es_lines GROUP BY tbl"
         ).fetchall()
-        for tbl, n, rows, steps, plain in stats:
+        for tbl, n, one_step, plain in stats:
             m = self.metas[tbl]
             emails = set(m.email_columns)
             related = any(
@@ -287,8 +287,8 @@ class PostgresApplier:
                 or (fk.parent_oid == m.oid and emails & set(fk.parent_cols))
                 for fk in self.fks
             )
-            if plain and steps == 1 and not related and not emails & set(m.key):
-                out[tbl] = (n, rows)
+            if plain and one_step and not related and not emails & set(m.key):
+                out[tbl] = n
         return out
 
     def _load(self, tables: Iterable[int] | None = None) -> None:
@@ -364,7 +364,7 @@ class PostgresApplier:
 
     # -- 2. plain tables: lock, keep the rows' images, write by one conditional UPDATE ---------------------
 
-    def _write_plain(self, i: int, m: TableMeta, rows: int) -> bool:
+    def _write_plain(self, i: int, m: TableMeta, actions: int) -> bool:
         """Lock the table's planned rows and keep their images (for verify), then write every change by one UPDATE
         whose every row is conditional on the planned old values. True when it wrote exactly the planned rows;
         otherwise (a row gone or changed, a unique value taken since the plan) everything it did is undone and the
@@ -377,6 +377,7 @@ class PostgresApplier:
             )
             self._pre_created = True
         self.conn.execute("SAVEPOINT _es_plain")
+        found, written = 0, -1
         try:
             found = self.conn.execute(
                 sql.SQL(
@@ -387,8 +388,11 @@ class PostgresApplier:
                     "FOR UPDATE OF {T}"
                 ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")))
             ).rowcount
-            written = -1
-            if found == rows:
+            # Every action's row found: the ids kept with the rows found are all of the table's.
+            held = self.conn.execute(
+                "SELECT COALESCE(sum(cardinality(ids)), 0) FROM _es_pre WHERE tbl = %s", (i,)
+            ).fetchone()
+            if held is not None and held[0] == actions:
                 sets = sql.SQL(", ").join(
                     sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
                     for c in m.email_columns
@@ -406,7 +410,7 @@ class PostgresApplier:
                 ).rowcount
         except psycopg.errors.IntegrityError:  # a unique value another row has taken since: the steps say which
             written = -1
-        if written == rows:
+        if written == found:
             self.conn.execute("RELEASE SAVEPOINT _es_plain")
             return True
         self.conn.execute("ROLLBACK TO SAVEPOINT _es_plain")
