@@ -502,10 +502,14 @@ def _check_lines(
         at, pos = pos, pos + len(raw)
         text = _text(path, n, raw)[:-1] if raw.endswith(b"\n") else _text(path, n, raw)
         plain = _PLAIN_PG_LINE.fullmatch(text)
+        if plain is not None and not (_sorted_members(plain[5]) and _sorted_members(plain[6])):
+            plain = None
         store: str | None
         key: tuple[str, ...]
         if plain is not None:  # the same checks as below, for the commonest line, at a fraction of the cost
-            column, aid, keytext, kind, table, target_name = (g[1:-1] if g[0] == '"' else g for g in plain.groups())
+            column, aid, keytext, kind, table, target_name = (
+                g[1:-1] if g[0] == '"' else g for g in plain.group(1, 2, 3, 4, 7, 8)
+            )
             item_target, store = target_name, "postgres"
             key = (item_target, table, kind, keytext, column, aid)
             counted = (item_target, table, column or "(row)", kind)
@@ -560,15 +564,29 @@ def _checked_item(path: Path, n: int, text: str) -> Action | Skipped:
 # The commonest line, a PostgreSQL update or array-replace keyed by one column, recognised as a whole: a line this
 # matches is exactly what line_of writes for the action it holds (the fields in sorted order, none at its default,
 # strings without any escape, integers as Python writes them), so parsing it and validating the model would only
-# confirm it. Anything else (escapes, documents, composite keys, whole rows) takes _checked_item.
+# confirm it. Its values are strings, arrays of strings, or flat documents, whose members must then be in sorted
+# order (_sorted_members). Anything else (escapes, nested documents, decimals, composite keys, whole rows) takes
+# _checked_item.
 _S = r'"[^"\\\x00-\x1f]*"'
 _INT = r"(?:0|-?[1-9][0-9]{0,17})"
-_VALUE = rf"(?:{_S}|\[(?:(?:{_S}|null)(?:,(?:{_S}|null))*)?\])"
+_SCALAR = rf"(?:{_S}|{_INT}|true|false|null)"
+_VALUE = rf"(?:{_S}|\[(?:(?:{_S}|null)(?:,(?:{_S}|null))*)?\]|\{{(?:{_S}:{_SCALAR}(?:,{_S}:{_SCALAR})*)?\}})"
 _PLAIN_PG_LINE = re.compile(
     rf'\{{"column":({_S}),"id":({_S}),"key":(\{{{_S}:(?:{_S}|{_INT})\}}),"kind":"(update|array-replace)",'
-    rf'"mappings":\[(?:{_INT}(?:,{_INT})*)?\],"new":{_VALUE},"old":{_VALUE},"step":{_INT},"store":"postgres",'
+    rf'"mappings":\[(?:{_INT}(?:,{_INT})*)?\],"new":({_VALUE}),"old":({_VALUE}),"step":{_INT},"store":"postgres",'
     rf'"table":({_S}),"target":({_S})\}}'
 )
+# A flat document's member names, unquoted: a string right after its opening brace or a comma, and before a colon
+# (strings hold no quote here, so nothing else reads this way). Compared unquoted: '"a"' > '"a!"' but "a" < "a!".
+_MEMBER = re.compile(r'[{,]"([^"\\\x00-\x1f]*)":')
+
+
+def _sorted_members(value: str) -> bool:
+    """A value the pattern took: if a document, its members in the order (and as unique as) json's sort_keys."""
+    if value[0] != "{":
+        return True
+    names = _MEMBER.findall(value)
+    return all(a < b for a, b in zip(names, names[1:], strict=False))
 
 
 def _check_counts(path: Path, plan: Plan, counts: Counts) -> None:
