@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -78,8 +79,32 @@ def outcome_texts(records: Iterable[OutcomeRecord], event: bool = False) -> Iter
         yield f'{{{det}{ev}"id": {_enc(aid)}, "status": {_enc(status)}, "table": {tab}, "target": {tgt}}}'
 
 
+def outcome_text_blocks(blocks: Iterable[OutcomeBlock], event: bool = False) -> Iterator[list[str]]:
+    """outcome_texts for blocks of outcomes alike: the lines of a block without details and with ids JSON leaves as
+    they are (the usual case) are made by one comprehension, not one call each."""
+    ev = '"event": "outcome", ' if event else ""
+    for ids, details, target, table, status in blocks:
+        if details is None and not _ESCAPED.search("".join(ids)):
+            tab = "null" if table is None else _enc(table)
+            head, tail = (
+                "{" + ev + '"id": "',
+                f'", "status": {_enc(status)}, "table": {tab}, "target": {_enc(target)}}}',
+            )
+            yield [head + aid + tail for aid in ids]
+        else:
+            dets = details or [None] * len(ids)
+            yield list(outcome_texts(((a, target, table, status, d) for a, d in zip(ids, dets, strict=True)), event))
+
+
+# What json's encode_basestring escapes (ensure_ascii=False): a string without these is written as it is.
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+# Outcomes alike, for the report: (ids, details or None, target, table, status).
+OutcomeBlock = tuple[list[str], list[str | None] | None, str, str | None, str]
+
+
 class Rendered(str):
-    """A journal entry rendered already, as _line renders a dict whose keys all sort after "at" (outcome_texts)."""
+    """Journal entries rendered already, one per line, each as _line renders a dict whose keys all sort after "at"
+    (outcome_texts)."""
 
     __slots__ = ()
 
@@ -96,10 +121,17 @@ def report_chunks(report: dict[str, Any]) -> Iterator[str]:
     assert marker in head  # sorted keys: "actions" comes first
     before, after = head.split(marker, 1)
     yield before + '\n  "actions": [\n    '
+    blocks = getattr(actions, "blocks", None)
+    if blocks is not None:
+        first = True
+        for lines in outcome_text_blocks(blocks()):
+            if lines:
+                yield ("" if first else ",\n    ") + ",\n    ".join(lines)
+                first = False
+        yield "\n  ]" + after + "\n"
+        return
     buf: list[str] = []
-    records = getattr(actions, "records", None)
-    texts = outcome_texts(records()) if records is not None else map(_line, actions)
-    for i, a in enumerate(texts):
+    for i, a in enumerate(map(_line, actions)):
         buf.append((",\n    " if i else "") + a)
         if len(buf) >= 10_000:
             yield "".join(buf)
@@ -122,7 +154,10 @@ def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry | Rendered]],
         batch = [entries] if isinstance(entries, dict) else entries
         with lock, open(path, "a", encoding="utf-8") as f:
             for e in batch:  # buffered: written in blocks, not line by line
-                f.write(head + e[1:] + "\n" if isinstance(e, Rendered) else _line({"at": at, **e}) + "\n")
+                if isinstance(e, Rendered):  # each of its lines gets the time too
+                    f.write(head + e[1:].replace("\n{", "\n" + head) + "\n")
+                else:
+                    f.write(_line({"at": at, **e}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

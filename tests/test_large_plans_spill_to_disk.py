@@ -156,3 +156,51 @@ def test_outcomes_added_in_runs_spill_and_read_back_exactly_as_added_one_by_one(
     whole.add_run([f"id-{i}" for i in range(10)], "applied", "public.big", "update")
     assert [aid for aid, _ in whole.items()] == [f"id-{i}" for i in range(10)]
     assert whole.tally() == {("applied", "public.big", "update"): 10}
+
+
+def test_outcomes_written_in_blocks_give_the_same_report_and_journal_bytes_as_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The report, the journal's outcome events and its after records are made a block of alike outcomes at a time;
+    whatever the ids and details hold, the bytes are those of rendering each outcome on its own."""
+    from emailsync import archive
+    from emailsync.engine.applier import ReportActions
+    from emailsync.stores import outcome as outcome_module
+    from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
+    from emailsync.stores.postgres import store as pg_store
+
+    monkeypatch.setattr(outcome_module, "SPILL_AFTER", 7)
+    monkeypatch.setattr(pg_store, "BATCH", 5)
+    results = []
+    for target in ("core", 'we"ird\ttarget'):
+        found = CompactOutcomes()
+        found.add_run([f"pg-{target[:2]}{i}" for i in range(12)], "applied", "public.t", "update")
+        found.add('quote"d', Outcome("applied", None, "public.t", "update"))
+        found.add("back\\slash", Outcome("stale", 'email changed; it now holds "x"\n', "public.t", "update"))
+        found.add_run(["ctl\x01", "é", "\u2028"], "applied", None, "array-replace")
+        found.add("plain", Outcome("failed", "verification mismatch: a", "public.u", "delete-on-conflict"))
+        found.add_run([f"id-{i}" for i in range(9)], "already-applied", "public.u", "update")
+        results.append(TargetResult(target, found, None, True))
+    actions = ReportActions(results)
+
+    one_by_one = list(archive.outcome_texts(actions.records()))
+    report = "".join(archive.report_chunks({"actions": actions, "run": 1}))
+    assert ",\n    ".join(one_by_one) in report and report.count("\n    {") == len(one_by_one) == 2 * 27
+
+    journal = tmp_path / "journal.jsonl"
+    archive.journal_writer(journal)(
+        archive.Rendered("\n".join(lines))
+        for lines in archive.outcome_text_blocks(actions.blocks(), event=True)
+        if lines
+    )
+    written = journal.read_text().split("\n")[:-1]  # not splitlines: an id may hold U+2028
+    at = written[0][: written[0].index(", ") + 2]
+    assert written == [at + t[1:] for t in archive.outcome_texts(actions.records(), event=True)]
+
+    after = {"event": "write", "phase": "after"}
+    for r in results:
+        assert isinstance(r.outcomes, CompactOutcomes)
+        blocked = list(pg_store._batched_statuses(after, r.outcomes))
+        single = list(pg_store._batched(after, ((a, s) for a, s, *_ in r.outcomes.records()), "outcomes"))
+        assert blocked == single and len(blocked) == 6
+    assert list(pg_store._batched_statuses(after, CompactOutcomes())) == [{**after, "outcomes": {}}]

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from emailsync.archive import OutcomeRecord, Rendered, outcome_texts
+from emailsync.archive import OutcomeBlock, OutcomeRecord, Rendered, outcome_text_blocks
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import default_width, run_all
 from emailsync.engine.stages import STAGES
@@ -139,7 +139,9 @@ def apply_plan(
                 s.close()
     report = _report(plan, results, run, on_stale)
     if report["actions"]:  # streamed, one fsync for all of them
-        write(Rendered(t) for t in outcome_texts(report["actions"].records(), event=True))
+        write(
+            Rendered("\n".join(lines)) for lines in outcome_text_blocks(report["actions"].blocks(), event=True) if lines
+        )
     failed = any(r.error for r in results) or any(
         status not in ("applied", "already-applied") for r in results for status, _, _ in tally(r.outcomes)
     )
@@ -199,6 +201,16 @@ class ReportActions:
             if detail:
                 d["detail"] = detail
             yield d
+
+    def blocks(self) -> Iterator[OutcomeBlock]:
+        """The outcomes as blocks of alike ones: (ids, details or None, target, table, status)."""
+        for r in self._results:
+            if isinstance(r.outcomes, CompactOutcomes):
+                for ids, details, status, table, _ in r.outcomes.blocks():
+                    yield ids, details, r.target, table, status
+                continue
+            for aid, o in r.outcomes.items():
+                yield [aid], [o.detail], r.target, o.table, o.status
 
     def records(self) -> Iterator[OutcomeRecord]:
         """(id, target, table, status, detail) of each outcome (archive.outcome_texts renders them)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from array import array
@@ -22,6 +23,9 @@ class Outcome:
     table: str | None = None
     kind: str | None = None
 
+
+# Outcomes alike (ids, their details or None when none has one, status, table, kind), from CompactOutcomes.blocks.
+Block = tuple[list[str], list[str | None] | None, str, str | None, str | None]
 
 SPILL_AFTER = 50_000  # outcomes whose ids and details are held before they go to a temporary file
 
@@ -123,6 +127,54 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
                     i += 1
         for j, aid in enumerate(self._ids, self._spilled):
             yield j, aid, self._details.get(j)
+
+    def _chunks(self) -> Iterator[tuple[list[str], list[str | None] | None]]:
+        """Every outcome's id and detail in order, a block at a time: (ids, details, or None when none has one)."""
+        i = 0
+        if self._file is not None:
+            reader = reader_at(self._file.fileno(), 1 << 20)
+            while i < self._spilled:
+                block = reader.read(1 << 20)
+                if not block:
+                    break
+                if not block.endswith(b"\n"):
+                    block += reader.readline()
+                text = block.decode("utf-8", "surrogatepass")
+                lines = text.split("\n")[:-1][: self._spilled - i]
+                i += len(lines)
+                if "\t" not in text and '\n"' not in text and not text.startswith('"'):
+                    yield lines, None  # plain ids alone, the usual case
+                    continue
+                ids: list[str] = []
+                details: list[str | None] = []
+                for line in lines:
+                    head, _, detail = line.partition("\t")
+                    ids.append(json.loads(head) if head.startswith('"') else head)
+                    details.append(json.loads(detail) if detail else None)
+                yield ids, details
+        if self._ids:
+            known = self._details
+            yield list(self._ids), ([known.get(j) for j in range(i, i + len(self._ids))] if known else None)
+
+    def blocks(self, most: int = 10_000) -> Iterator[Block]:
+        """The outcomes in order, as blocks of at most `most` alike ones (status, table, kind): (ids, details or None,
+        status, table, kind). For writing many outcomes with work per block rather than per action."""
+        v = self._values
+        chunks = self._chunks()
+        ids: list[str] = []
+        details: list[str | None] | None = None
+        at = 0
+        for (s, t, k), same in itertools.groupby(zip(self._status, self._table, self._kind, strict=True)):
+            n = sum(1 for _ in same)
+            while n:
+                if at == len(ids):
+                    ids, details = next(chunks)
+                    at = 0
+                take = min(n, len(ids) - at, most)
+                part = None if details is None else details[at : at + take]
+                yield ids[at : at + take], part, v[s] or "", v[t], v[k]
+                at += take
+                n -= take
 
     def records(self) -> Iterator[tuple[str, str, str | None, str | None, str | None]]:
         """(id, status, table, kind, detail) of every outcome, in order, without an Outcome each."""

@@ -164,12 +164,10 @@ class PostgresStore:
         # What committed, action by action: the journal alone then tells what a killed run did. A large
         # transaction's outcomes go in several "after" records of BATCH actions (one fsync for all), never one line.
         after = {**entry, "phase": "after", "committed": res.committed, "error": res.error}
-        statuses = (
-            ((aid, status) for aid, status, *_ in res.outcomes.records())
-            if isinstance(res.outcomes, CompactOutcomes)
-            else ((aid, o.status) for aid, o in res.outcomes.items())
-        )
-        write(_batched(after, statuses, "outcomes"))
+        if isinstance(res.outcomes, CompactOutcomes):
+            write(_batched_statuses(after, res.outcomes))
+        else:
+            write(_batched(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
         return res
 
     def finish(self, results: list[TargetResult]) -> None:
@@ -200,6 +198,24 @@ def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str
             yield {**entry, "count": len(batch), "actions": list(batch)}
         else:
             yield {**entry, field: batch}
+
+
+def _batched_statuses(entry: dict[str, Any], outcomes: CompactOutcomes) -> Iterator[dict[str, Any]]:
+    """_batched(entry, statuses, "outcomes"), made a block of alike outcomes at a time (dict.fromkeys, not an item
+    each)."""
+    batch: dict[str, str] = {}
+    sent = False
+    for ids, _, status, _, _ in outcomes.blocks():
+        at = 0
+        while at < len(ids):
+            take = ids[at : at + BATCH - len(batch)]
+            batch.update(dict.fromkeys(take, status))
+            at += len(take)
+            if len(batch) >= BATCH:
+                yield {**entry, "outcomes": batch}
+                batch, sent = {}, True
+    if batch or not sent:
+        yield {**entry, "outcomes": batch}
 
 
 def _table_metas(
