@@ -23,6 +23,7 @@ writes, and a target's lines (the body is sorted by target first) are one range 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import itertools
@@ -502,15 +503,14 @@ def _check_lines(
         at, pos = pos, pos + len(raw)
         text = _text(path, n, raw)[:-1] if raw.endswith(b"\n") else _text(path, n, raw)
         plain = _PLAIN_PG_LINE.fullmatch(text)
-        if plain is not None and not (_sorted_members(plain[5]) and _sorted_members(plain[6])):
-            plain = None
+        if plain is not None:
+            column, aid, keytext, kind, new, old, table, item_target = plain.groups()
+            if (new[0] == "{" and not _sorted_members(new)) or (old[0] == "{" and not _sorted_members(old)):
+                plain = None
         store: str | None
         key: tuple[str, ...]
         if plain is not None:  # the same checks as below, for the commonest line, at a fraction of the cost
-            column, aid, keytext, kind, table, target_name = (
-                g[1:-1] if g[0] == '"' else g for g in plain.group(1, 2, 3, 4, 7, 8)
-            )
-            item_target, store = target_name, "postgres"
+            store = "postgres"
             key = (item_target, table, kind, keytext, column, aid)
             counted = (item_target, table, column or "(row)", kind)
         else:
@@ -571,10 +571,11 @@ _S = r'"[^"\\\x00-\x1f]*"'
 _INT = r"(?:0|-?[1-9][0-9]{0,17})"
 _SCALAR = rf"(?:{_S}|{_INT}|true|false|null)"
 _VALUE = rf"(?:{_S}|\[(?:(?:{_S}|null)(?:,(?:{_S}|null))*)?\]|\{{(?:{_S}:{_SCALAR}(?:,{_S}:{_SCALAR})*)?\}})"
+_IN_S = r'[^"\\\x00-\x1f]*'  # a string's characters, when it has no escape
 _PLAIN_PG_LINE = re.compile(
-    rf'\{{"column":({_S}),"id":({_S}),"key":(\{{{_S}:(?:{_S}|{_INT})\}}),"kind":"(update|array-replace)",'
+    rf'\{{"column":"({_IN_S})","id":"({_IN_S})","key":(\{{{_S}:(?:{_S}|{_INT})\}}),"kind":"(update|array-replace)",'
     rf'"mappings":\[(?:{_INT}(?:,{_INT})*)?\],"new":({_VALUE}),"old":({_VALUE}),"step":{_INT},"store":"postgres",'
-    rf'"table":({_S}),"target":({_S})\}}'
+    rf'"table":"({_IN_S})","target":"({_IN_S})"\}}'
 )
 # A flat document's member names, unquoted: a string right after its opening brace or a comma, and before a colon
 # (strings hold no quote here, so nothing else reads this way). Compared unquoted: '"a"' > '"a!"' but "a" < "a!".
@@ -582,10 +583,12 @@ _MEMBER = re.compile(r'[{,]"([^"\\\x00-\x1f]*)":')
 
 
 def _sorted_members(value: str) -> bool:
-    """A value the pattern took: if a document, its members in the order (and as unique as) json's sort_keys."""
-    if value[0] != "{":
-        return True
-    names = _MEMBER.findall(value)
+    """A document the pattern took: its members in the order (and as unique as) json's sort_keys."""
+    return _in_order(tuple(_MEMBER.findall(value)))
+
+
+@functools.lru_cache(maxsize=4096)  # the documents of a column mostly share a few layouts
+def _in_order(names: tuple[str, ...]) -> bool:
     return all(a < b for a, b in zip(names, names[1:], strict=False))
 
 
