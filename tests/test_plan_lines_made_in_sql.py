@@ -84,10 +84,12 @@ def test_lines_from_postgresql_are_the_python_paths_bytes(db, ws, monkeypatch):
         db.execute(stmt)
     a, b, fills, plan = _plan_both_ways(db, ws, monkeypatch)
     # One COPY per (table, kind); users has a unique index, so only its rows that meet another row are read into
-    # Python (here: a arrives where b leaves), and PostgreSQL merges their lines into the section.
+    # Python (here: a arrives where b leaves), and PostgreSQL merges their lines into the section. The costliest
+    # section was begun while users was read, assuming every level 0; the chain gave levels, so it was filled again.
     assert sorted(fills) == [
         ('public."we""ird"', "update", ("E-mail",)),
         ("public.events", "array-replace", ("emails", "tags")),
+        ("public.events", "update", ("actor", "note", "doc")),
         ("public.events", "update", ("actor", "note", "doc")),
         ("public.pairs", "update", ("email",)),
         ("public.users", "update", ("email",)),
@@ -318,8 +320,9 @@ def test_a_second_connection_fills_sections_ahead_and_the_plan_is_the_same(db, w
     monkeypatch.setattr(lines.Ahead, "_fill", helper_first)
     r, with_helper = ws.plan()
     assert r.code == 0, r.out + r.err
-    # the helper filled every section that does not read this session's own tables (users' merges Python's lines)
-    assert sorted(helped) == ['public."we""ird"', "public.events", "public.events", "public.pairs"]
+    # the helper filled every section that does not read this session's own tables (users' merges Python's lines),
+    # and began the costliest (events' updates) while users was read: dropped, as the chain gave levels
+    assert sorted(helped) == ['public."we""ird"', "public.events", "public.events", "public.events", "public.pairs"]
     monkeypatch.setattr(lines.Ahead, "_fill", real_fill)
     monkeypatch.setattr(PostgresStore, "plan_helpers", False)
     r, alone = ws.plan()
@@ -373,3 +376,76 @@ def test_a_ddl_statement_queued_during_planning_waits_for_it_and_nothing_hangs(d
         ("public.a", "arr", 1),
         ("public.a", "e", 1),
     ] + [("public.b", "e", i) for i in range(1, 2001)]
+
+
+def test_the_costliest_section_is_begun_while_the_other_tables_are_read(db, ws, monkeypatch):
+    """Every level 0 (no chain across a unique index): the section a helper began while users was still being read
+    is the one written into the plan, filled once, and the plan is the same bytes as without any helper."""
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    ws.postgres_targets({"core": db}, TABLES)
+    ws.mappings({"a@x.com": "a2@x.com", "zoë@x.com": "zoé@x.com"})  # no chain: every level is 0
+    begun = threading.Event()
+    fills = []
+    real_fill, real_troubled = lines.TableLines._fill, lines.TableLines.troubled
+
+    def fill(self, kind, cols, write):
+        fills.append((self.meta.display, kind, threading.current_thread().name))
+        if threading.current_thread().name == "emailsync-prefetch":
+            begun.set()
+        return real_fill(self, kind, cols, write)
+
+    def troubled(self, indexes):  # users is read only once the helper has begun the costliest section
+        assert begun.wait(10), "no section was begun while reading"
+        return real_troubled(self, indexes)
+
+    monkeypatch.setattr(lines.TableLines, "_fill", fill)
+    monkeypatch.setattr(lines.TableLines, "troubled", troubled)
+    r, prefetched = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert sorted(f[:2] for f in fills) == [
+        ('public."we""ird"', "update"),
+        ("public.events", "array-replace"),
+        ("public.events", "update"),
+        ("public.pairs", "update"),
+        ("public.users", "update"),
+    ]
+    assert ("public.events", "update", "emailsync-prefetch") in fills
+    monkeypatch.setattr(lines.TableLines, "troubled", real_troubled)
+    monkeypatch.setattr(PostgresStore, "plan_helpers", False)
+    r, alone = ws.plan()
+    assert r.code == 0, r.out + r.err
+    _same_plans(plan_lines(prefetched), plan_lines(alone))
+    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+
+
+def test_a_plan_refused_while_a_section_is_begun_leaves_no_connection_behind(db, ws, monkeypatch):
+    """Planning stops with an error while the helper is filling a section: the helper's query is cancelled, its
+    connection closed, and the error is the one planning found."""
+    db.execute("CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE NOT NULL)")
+    db.execute("CREATE TABLE reviews (id int PRIMARY KEY, person_id int REFERENCES people(id))")
+    db.execute("CREATE TABLE audit (id int PRIMARY KEY, actor text, doc jsonb)")
+    db.execute("INSERT INTO people VALUES (1, 'a@x.com'), (2, 'b@x.com')")
+    db.execute("INSERT INTO reviews VALUES (100, 1)")
+    db.execute(
+        "INSERT INTO audit SELECT g, 'a@x.com', jsonb_build_object('by', 'a@x.com', 'n', g) "
+        "FROM generate_series(1, 50000) g"
+    )
+    ws.postgres_targets({"core": db}, "- {table: people, columns: [email]}\n- {table: audit, columns: [actor, doc]}\n")
+    ws.mappings({"a@x.com": "b@x.com"})  # a merge onto a row other rows reference: refused at plan time
+    started = []
+    real_init = lines.Prefetch.__init__
+
+    def init(self, *args):
+        real_init(self, *args)
+        started.append(self.key)
+
+    monkeypatch.setattr(lines.Prefetch, "__init__", init)
+    r, _ = ws.plan()
+    assert r.code == 1 and "reviews_person_id_fkey" in r.err, r.out + r.err
+    assert started == [("core", "public.audit", "update")]
+    for _ in range(50):  # a cancelled backend may take a moment to go
+        if db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]:
+            break
+        time.sleep(0.1)
+    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]

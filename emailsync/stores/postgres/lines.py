@@ -489,8 +489,13 @@ class Ahead:
     whoever filled what; on two cores the largest section no longer runs after all the others."""
 
     def __init__(
-        self, conn: psycopg.Connection, tables: list[TableLines], open_helper: Callable[[], psycopg.Connection]
+        self,
+        conn: psycopg.Connection,
+        tables: list[TableLines],
+        open_helper: Callable[[], psycopg.Connection],
+        prefetch: Prefetch | None = None,
     ) -> None:
+        self._prefetch = prefetch
         self._cond = threading.Condition()
         self._state: dict[Key, str] = {}  # free, taken, done
         self._results: dict[Key, Any] = {}  # (file, counts) or the exception, for sections filled ahead
@@ -506,7 +511,7 @@ class Ahead:
                 key = (t.target, t.meta.display, kind)
                 self._state[key] = "free"
                 self._work[key] = (t, kind, cols)
-                cost[key] = max(1, sum(4 if t.meta.columns[c].kind == "jsonb" else 1 for c in cols)) * _pages(conn, t)
+                cost[key] = _cost(conn, t, cols)
                 if not t.analysed:  # an analysed table's sections read _es_pylines, which only this session has
                     self._movable.add(key)
                 self.sections.append(
@@ -514,11 +519,20 @@ class Ahead:
                 )
         self._queue = sorted(cost, key=lambda k: (-cost[k], k))  # costliest first
         self._thread: threading.Thread | None = None
-        if len(self._movable) > 1:
-            first = next(k for k in self._queue if k in self._movable)
-            self._state[first] = "taken"  # the helper's, before planning's connection can reach it
-            self._thread = threading.Thread(target=self._help, args=(first,), name="emailsync-lines", daemon=True)
+        if prefetch is not None and prefetch.key in self._movable:
+            # The helper started on its section while planning's connection was still reading: it goes on from there.
+            self._state[prefetch.key] = "taken"
+            self._thread = threading.Thread(target=self._go_on, args=(prefetch,), name="emailsync-lines", daemon=True)
             self._thread.start()
+        else:
+            if prefetch is not None:
+                prefetch.close()
+                self._prefetch = None
+            if len(self._movable) > 1:
+                first = next(k for k in self._queue if k in self._movable)
+                self._state[first] = "taken"  # the helper's, before planning's connection can reach it
+                self._thread = threading.Thread(target=self._help, args=(first,), name="emailsync-lines", daemon=True)
+                self._thread.start()
 
     def _take(self, movable: bool = False) -> Key | None:
         """The costliest free section (movable: of those a helper may fill), now taken (call with the condition
@@ -602,17 +616,36 @@ class Ahead:
                 self._state[first] = "free"
                 self._cond.notify_all()
             return
+        self._run_helper(first, conn)
+
+    def _run_helper(self, key: Key | None, conn: psycopg.Connection) -> None:
         try:
-            key: Key | None = first
             while key is not None:
                 self._ahead(key, conn)
                 key = self._next()
         finally:
             conn.close()
 
+    def _go_on(self, prefetch: Prefetch) -> None:
+        """The prefetched section, once done, as if this helper had filled it; then the helper takes the next."""
+        result, conn = prefetch.wait()
+        self._conn = conn
+        with self._cond:
+            if result is None:  # no helper, or it waited behind a lock: planning's connection fills the section
+                self._state[prefetch.key] = "free"
+                self._stop = self._stop or conn is not None
+            else:
+                self._results[prefetch.key] = result
+                self._state[prefetch.key] = "done"
+            self._cond.notify_all()
+        if conn is not None:
+            self._run_helper(None if self._stop else self._next(), conn)
+
     def close(self) -> None:
         """Stop the helper (its query cancelled) and wait for it."""
         self._stop = True
+        if self._prefetch is not None:
+            self._prefetch.interrupt()
         conn = self._conn
         if self._thread is not None and self._thread.is_alive() and conn is not None and not conn.closed:
             conn.cancel_safe()
@@ -621,6 +654,72 @@ class Ahead:
         for r in self._results.values():
             if not isinstance(r, BaseException):
                 r[0].close()
+
+
+class Prefetch:
+    """The costliest section of the tables that need nothing from reading (not analysed), filled by a helper in
+    planning's snapshot while planning's connection still reads the other tables. It assumes that every mapping entry
+    is at level 0 (no chain across a unique index, the usual case): if so, Ahead takes the section and the helper
+    over; otherwise both are dropped (close) and the sections are filled with the levels found."""
+
+    def __init__(
+        self, conn: psycopg.Connection, tables: list[TableLines], open_helper: Callable[[], psycopg.Connection]
+    ) -> None:
+        work = [(t, kind, cols) for t in tables if not t.analysed for kind, cols in t.parts()]
+        cost = {(t.target, t.meta.display, kind): _cost(conn, t, cols) for t, kind, cols in work}
+        self.key: Key = min(cost, key=lambda k: (-cost[k], k))
+        self._work = next(w for w in work if (w[0].target, w[0].meta.display, w[1]) == self.key)
+        self._open = open_helper
+        self._conn: psycopg.Connection | None = None
+        self._result: Any = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._run, name="emailsync-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._conn = self._open()
+        except Exception:  # noqa: BLE001  # no helper: planning's connection fills every section
+            return
+        t, kind, cols = self._work
+        try:
+            f = tempfile.TemporaryFile(buffering=1 << 20)  # noqa: SIM115  # handed over to Ahead
+            self._result = (f, t.on(self._conn)._fill(kind, cols, f.write))  # type: ignore[arg-type]
+        except psycopg.errors.LockNotAvailable:
+            self._result = None  # planning's connection, which holds the lock, fills it (see Ahead._ahead)
+        except BaseException as e:  # noqa: BLE001  # raised when the section's turn comes
+            self._result = e
+            if not isinstance(e, Exception):
+                raise
+
+    def wait(self) -> tuple[Any, psycopg.Connection | None]:
+        """The section's result (None: not filled) and the helper's connection, now Ahead's to use and close."""
+        self._thread.join()
+        self._taken = True
+        return self._result, self._conn
+
+    def interrupt(self) -> None:
+        """Cancel the helper's query, if it is still running."""
+        conn = self._conn
+        if self._thread.is_alive() and conn is not None and not conn.closed:
+            conn.cancel_safe()
+
+    def close(self) -> None:
+        """Drop the section and the helper (the levels were not all 0, or planning stopped)."""
+        if self._taken:
+            return
+        self.interrupt()
+        self._thread.join()
+        self._taken = True
+        if isinstance(self._result, tuple):
+            self._result[0].close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _cost(conn: psycopg.Connection, t: TableLines, cols: list[str]) -> float:
+    """A section's estimated cost: the table's pages, times its columns (documents count four)."""
+    return max(1, sum(4 if t.meta.columns[c].kind == "jsonb" else 1 for c in cols)) * _pages(conn, t)
 
 
 def _pages(conn: psycopg.Connection, t: TableLines) -> float:

@@ -33,7 +33,7 @@ from emailsync.stores.postgres.catalog import (
     resolve_table,
 )
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.lines import SETUP, Ahead, TableLines, load_levels, way_of
+from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, load_levels, way_of
 
 SCAN_BATCH = 5000
 # How long the helper connection waits for a lock on a table before leaving its section to planning's connection:
@@ -137,16 +137,25 @@ class TargetPlan:
     # Another connection in planning's snapshot (its id), with the levels loaded: fills sections ahead (lines.Ahead).
     open_helper: Callable[[str, dict[int, int]], psycopg.Connection] | None = None
     ahead: Ahead | None = None
+    prefetch: Prefetch | None = None  # a section begun while reading, assuming every level is 0
 
     def sections(self, levels: dict[int, int]) -> list[Section]:
+        prefetch, self.prefetch = self.prefetch, None
+        if prefetch is not None and any(levels.values()):
+            prefetch.close()  # its lines have the wrong steps: the section is filled again
+            prefetch = None
         if self.open_helper is None or self.conn is None:
             return [s for t in self.sql_tables for s in t.sections()]
         row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
-        self.ahead = Ahead(self.conn, self.sql_tables, functools.partial(self.open_helper, row[0], levels))
+        helper = functools.partial(self.open_helper, row[0], levels)
+        self.ahead = Ahead(self.conn, self.sql_tables, helper, prefetch)
         return self.ahead.sections
 
     def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
         if self.ahead is not None:
             self.ahead.close()
             self.ahead = None
@@ -213,6 +222,7 @@ class PostgresPlanner:
     def plan(self) -> TargetPlan:
         conn = self._conn = self.connect(self.target)
         kept = False
+        prefetch = None
         try:
             if self._stopped:
                 raise UserError(f"target {self.target.name!r}: planning stopped")
@@ -255,6 +265,11 @@ class PostgresPlanner:
                 for m in metas
                 if ways[m.index] != "python"
             ]
+            # The costliest section of a table that needs nothing from the reading below, begun now by a helper.
+            if self.helpers and any(not t.analysed for t in sql_tables) and len(metas) > 1:
+                row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                assert row is not None
+                prefetch = Prefetch(conn, sql_tables, functools.partial(self.open_helper, row[0], {}))
             total = sum(len(m.email_columns) for m in metas if ways[m.index] != "sql")
             with progress.task(f"plan {name}: reading", total=total) as bar:
                 for m in metas:
@@ -293,10 +308,13 @@ class PostgresPlanner:
                     conn,
                     table_names=names,
                     open_helper=self.open_helper if self.helpers else None,
+                    prefetch=prefetch,
                 )
             conn.rollback()
         finally:
             if not kept:
+                if prefetch is not None:
+                    prefetch.close()
                 conn.close()
         return TargetPlan(self.target, where, tables, self.edges, self.warnings, table_names=names)
 
