@@ -49,6 +49,7 @@ from emailsync.files import reader_at, write_atomic
 from emailsync.forking import CAN_FORK, die_with_parent
 from emailsync.inputs import NOT_TEXT, first_non_text, may_escape_surrogates, open_limited
 from emailsync.plan import (
+    DEFLATE_LEVEL,
     PLAN_FORMAT,
     PLAN_FORMAT_MINOR,
     SKIPPED_KIND,
@@ -118,7 +119,7 @@ def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
             yield from chunked(body_lines(plan))
         return
     crc, size = zlib.crc32(head), len(head)
-    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
     yield _GZIP_HEADER + c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
     if isinstance(plan.actions, PartRows):
         for p in plan.actions.parts:
@@ -132,12 +133,12 @@ def _encoded(plan: Plan, compress: bool) -> Iterator[bytes]:
         for r in plan.summary:
             per_target[r.target] += r.count
         for target in sorted(per_target):  # the body's order: by target first
-            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
             for chunk in chunked(itertools.islice(lines, per_target[target])):
                 crc, size = zlib.crc32(chunk, crc), size + len(chunk)
                 yield c.compress(chunk)
             yield c.flush(zlib.Z_FULL_FLUSH)
-    yield zlib.compressobj(6, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
+    yield zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, size & 0xFFFFFFFF)
 
 
 # A gzip member's header as zlib writes it (wbits 31): no name, mtime 0, OS Unix.
