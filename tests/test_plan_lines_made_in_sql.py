@@ -449,3 +449,48 @@ def test_a_plan_refused_while_a_section_is_begun_leaves_no_connection_behind(db,
             break
         time.sleep(0.1)
     assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+
+
+def test_documents_holding_one_mapped_address_are_rewritten_in_their_text_exactly(db, ws, monkeypatch):
+    """A document holding one mapped address gets its new text by replacing that string's value tokens in the old
+    text: never a member name, never part of a longer string or of an escaped one, every repeat in an array, at any
+    depth. The lines are the Python path's bytes."""
+    db.execute("CREATE TABLE docs (id int PRIMARY KEY, doc jsonb)")
+    docs = [
+        '["a@x.com", "a@x.com", "a@x.com", "a@x.com", 1, "a@x.com"]',
+        '{"a@x.com": "a@x.com", "k": {"a@x.com": ["a@x.com"]}}',
+        '{"q": "say \\"a@x.com\\"", "r": "xa@x.com", "s": "a@x.comx", "t": ["a@x.com,", "[a@x.com]"]}',
+        '"a@x.com"',
+        '{"deep": [[["a@x.com"]], {"x": [{"y": "a@x.com"}]}], "n": 1.50, "e": [], "o": {}}',
+        '{"b\\\\s": "b\\\\s@x.com", "l": ["b\\\\s@x.com", "b\\\\s@x.com"], "m": "b\\\\s@x.co"}',
+        '["a@x.com", "c@x.com", {"k": "a@x.com"}]',
+        '{"z": "zoë@x.com", "y": ["zoë@x.com", "zoë@x.com"]}',
+    ]
+    for i, d in enumerate(docs):
+        db.execute("INSERT INTO docs VALUES (%s, %s)", (i, d))
+    ws.postgres_targets({"core": db}, "- {table: docs, columns: [doc]}\n- {table: other, columns: [email]}\n")
+    db.execute("CREATE TABLE other (id int PRIMARY KEY, email text)")
+    ws.mappings({"a@x.com": "A2@x.com", "b\\s@x.com": 'q"uote@x.com', "c@x.com": "d@x.com", "zoë@x.com": "z@x.com"})
+    fills = []
+    real = lines.TableLines._fill
+
+    def spy(self, kind, cols, write):
+        fills.append(self.meta.display)
+        return real(self, kind, cols, write)
+
+    monkeypatch.setattr(lines.TableLines, "_fill", spy)
+    r, in_sql = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert "public.docs" in fills
+    monkeypatch.setattr(PostgresStore, "sql_lines", False)
+    r, in_python = ws.plan()
+    assert r.code == 0, r.out + r.err
+    a, b = plan_lines(in_sql), plan_lines(in_python)
+    _same_plans(a, b)
+    new = {loads(x)["key"]["id"]: loads(x)["new"] for x in a[1:]}
+    assert new[0] == ["A2@x.com"] * 4 + [1, "A2@x.com"]
+    assert new[1] == {"a@x.com": "A2@x.com", "k": {"a@x.com": ["A2@x.com"]}}
+    assert 2 not in new  # no value is exactly the address
+    assert new[3] == "A2@x.com"
+    assert new[5] == {"b\\s": 'q"uote@x.com', "l": ['q"uote@x.com', 'q"uote@x.com'], "m": "b\\s@x.co"}
+    assert new[6] == ["A2@x.com", "d@x.com", {"k": "A2@x.com"}]  # two addresses: rendered member by member

@@ -413,18 +413,29 @@ class TableLines:
             )
         else:
             mode = 2 if ci else 1
+            new = _doc(ident, mode, mp, norm)
+            if mode == 1:
+                # A document holding one mapped address (the usual case): the new document is the old one's text
+                # with that string's every value token replaced (_swapped), not rendered again member by member.
+                new = sql.SQL(
+                    "CASE WHEN cardinality(h.ords) = 1 AND left(d.od, 1) IN ('{{', '[') THEN {swapped} ELSE {new} END"
+                ).format(swapped=_swapped(sql.SQL("d.od"), sql.SQL("r.o"), sql.SQL("r.n")), new=new)
             inner = sql.SQL(
-                "SELECT {key} AS k, {old} AS od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
+                "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
                 "SELECT {t}.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS {t} "
                 "CROSS JOIN LATERAL jsonb_path_query({v}, 'strict $.**') x "
                 "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "
-                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid"
+                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
+                # OFFSET 0: the old document is rendered once, not again wherever the new one uses it
+                "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d "
+                "LEFT JOIN LATERAL (SELECT to_json(m.old)::text AS o, to_json(m.new)::text AS n FROM {mp} m "
+                "WHERE m.ord = h.ords[1]) r ON true"
             ).format(
                 key=key,
                 old=_doc(ident, 0, mp, norm),
-                new=_doc(ident, mode, mp, norm),
+                new=new,
                 v=ident,
                 tbl=meta.ident,
                 t=t,
@@ -449,6 +460,21 @@ class TableLines:
             id_post=sql.Literal(id_post),
             inner=inner,
         )
+
+
+def _swapped(doc: sql.Composable, old: sql.Composable, new: sql.Composable) -> sql.Composable:
+    """A canonical document's text with every string VALUE whose JSON is `old` written as `new`; member names stay.
+
+    In compact canonical JSON a value token follows ':' (in an object) or '[' or ',' (in an array) and is followed by
+    ',', '}' or ']'; a member name is followed by ':'. A quote inside a string is always escaped, so a token with one
+    of those characters right before and after it is a whole value, never part of a string or a name. Only (',' ,
+    ',') can match twice in a row sharing a comma, which one replace() skips: that one runs twice."""
+    out = doc
+    for before, after in ((":", ","), (":", "}"), ("[", ","), ("[", "]"), (",", ","), (",", ","), (",", "]")):
+        out = sql.SQL("replace({}, {} || {} || {}, {} || {} || {})").format(
+            out, sql.Literal(before), old, sql.Literal(after), sql.Literal(before), new, sql.Literal(after)
+        )
+    return out
 
 
 def _doc(
