@@ -671,7 +671,7 @@ class Ahead:
         """Stop the helper (its query cancelled) and wait for it."""
         self._stop = True
         if self._prefetch is not None:
-            self._prefetch.interrupt()
+            self._prefetch.stop()
         conn = self._conn
         if self._thread is not None and self._thread.is_alive() and conn is not None and not conn.closed:
             conn.cancel_safe()
@@ -699,6 +699,7 @@ class Prefetch:
         self._conn: psycopg.Connection | None = None
         self._result: Any = None
         self._taken = False
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="emailsync-prefetch", daemon=True)
         self._thread.start()
 
@@ -706,6 +707,8 @@ class Prefetch:
         try:
             self._conn = self._open()
         except Exception:  # noqa: BLE001  # no helper: planning's connection fills every section
+            return
+        if self._stopping:
             return
         t, kind, cols = self._work
         try:
@@ -724,18 +727,21 @@ class Prefetch:
         self._taken = True
         return self._result, self._conn
 
-    def interrupt(self) -> None:
-        """Cancel the helper's query, if it is still running."""
-        conn = self._conn
-        if self._thread.is_alive() and conn is not None and not conn.closed:
-            conn.cancel_safe()
+    def stop(self) -> None:
+        """Stop the helper's work and wait for it: its query cancelled, again until it ends (a cancel that reaches the
+        server between two statements, or before the helper connected, is lost)."""
+        self._stopping = True
+        while self._thread.is_alive():
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                conn.cancel_safe()
+            self._thread.join(0.2)
 
     def close(self) -> None:
         """Drop the section and the helper (the levels were not all 0, or planning stopped)."""
         if self._taken:
             return
-        self.interrupt()
-        self._thread.join()
+        self.stop()
         self._taken = True
         if isinstance(self._result, tuple):
             self._result[0].close()
