@@ -46,12 +46,18 @@ def _where(ws, plan, status):
     }
 
 
-def test_plain_tables_are_written_verified_and_reported_per_action(db, ws):
+def _planned(db, ws, mappings):
+    """The estate, planned with these mappings: the plan's path."""
     _estate(db)
     ws.postgres_targets({"core": db}, TABLES)
-    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
+    ws.mappings(mappings)
     r, plan = ws.plan()
     assert r.code == 0, r.err
+    return plan
+
+
+def test_plain_tables_are_written_verified_and_reported_per_action(db, ws):
+    plan = _planned(db, ws, {"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
     r = _apply(ws, plan)
     assert r.code == 0, r.out + r.err
     assert db.rows("SELECT * FROM leave_requests ORDER BY id") == [
@@ -76,11 +82,7 @@ def test_plain_tables_are_written_verified_and_reported_per_action(db, ws):
 
 
 def test_a_row_changed_since_the_plan_in_a_plain_table_is_stale_and_the_rest_of_the_table_is_written(db, ws):
-    _estate(db)
-    ws.postgres_targets({"core": db}, TABLES)
-    ws.mappings({"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
-    r, plan = ws.plan()
-    assert r.code == 0, r.err
+    plan = _planned(db, ws, {"a@x.com": "a2@x.com", "b@x.com": "b2@x.com"})
     db.execute("UPDATE leave_requests SET approver_email = 'other@x.com' WHERE id = 1")  # another writer
     db.execute("DELETE FROM audit_log WHERE id = 12")
     r = _apply(ws, plan)  # --on-stale abort: nothing written anywhere
@@ -129,16 +131,12 @@ def test_a_unique_value_taken_since_the_plan_is_stale_not_a_failed_apply(db, ws)
 
 
 def test_a_trigger_changing_another_column_of_a_plain_table_fails_verification_and_rolls_back(db, ws):
-    _estate(db)
+    plan = _planned(db, ws, {"c@x.com": "c2@x.com", "q@x.com": "q2@x.com"})
     db.execute(
         "CREATE FUNCTION double_days() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.days := OLD.days * 2; "
         "RETURN NEW; END $$"
     )
     db.execute("CREATE TRIGGER t_days BEFORE UPDATE ON leave_requests FOR EACH ROW EXECUTE FUNCTION double_days()")
-    ws.postgres_targets({"core": db}, TABLES)
-    ws.mappings({"c@x.com": "c2@x.com", "q@x.com": "q2@x.com"})
-    r, plan = ws.plan()
-    assert r.code == 0, r.err
     r = _apply(ws, plan)
     assert r.code == 3
     assert db.rows("SELECT id, email, days FROM leave_requests WHERE id = 3") == [(3, "c@x.com", 2)]

@@ -79,6 +79,15 @@ def _same_plans(a: list[str], b: list[str]) -> None:
     assert a[1:] == b[1:]
 
 
+def _same_as_without_helpers(db, ws, monkeypatch, plan) -> None:
+    """The plan is the same bytes when made by planning's connection alone, and no connection is left behind."""
+    monkeypatch.setattr(PostgresStore, "plan_helpers", False)
+    r, alone = ws.plan()
+    assert r.code == 0, r.out + r.err
+    _same_plans(plan_lines(plan), plan_lines(alone))
+    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+
+
 def test_lines_from_postgresql_are_the_python_paths_bytes(db, ws, monkeypatch):
     for stmt in SCHEMA:
         db.execute(stmt)
@@ -324,12 +333,7 @@ def test_a_second_connection_fills_sections_ahead_and_the_plan_is_the_same(db, w
     # and began the costliest (events' updates) while users was read: dropped, as the chain gave levels
     assert sorted(helped) == ['public."we""ird"', "public.events", "public.events", "public.events", "public.pairs"]
     monkeypatch.setattr(lines.Ahead, "_fill", real_fill)
-    monkeypatch.setattr(PostgresStore, "plan_helpers", False)
-    r, alone = ws.plan()
-    assert r.code == 0, r.out + r.err
-    _same_plans(plan_lines(with_helper), plan_lines(alone))
-    # and no connection of planning is left behind
-    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+    _same_as_without_helpers(db, ws, monkeypatch, with_helper)
 
 
 def test_a_ddl_statement_queued_during_planning_waits_for_it_and_nothing_hangs(db, ws, monkeypatch):
@@ -412,11 +416,7 @@ def test_the_costliest_section_is_begun_while_the_other_tables_are_read(db, ws, 
     ]
     assert ("public.events", "update", "emailsync-prefetch") in fills
     monkeypatch.setattr(lines.TableLines, "troubled", real_troubled)
-    monkeypatch.setattr(PostgresStore, "plan_helpers", False)
-    r, alone = ws.plan()
-    assert r.code == 0, r.out + r.err
-    _same_plans(plan_lines(prefetched), plan_lines(alone))
-    assert db.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'emailsync'") == [(0,)]
+    _same_as_without_helpers(db, ws, monkeypatch, prefetched)
 
 
 def test_a_plan_refused_while_a_section_is_begun_leaves_no_connection_behind(db, ws, monkeypatch):

@@ -106,27 +106,10 @@ class CompactOutcomes(MutableMapping[str, Outcome]):
     def _records(self) -> Iterator[tuple[int, str, str | None]]:
         """(position, id, detail) of every outcome, in order."""
         i = 0
-        if self._file is not None:
-            reader = reader_at(self._file.fileno(), 1 << 20)
-            while i < self._spilled:
-                # A block of whole lines at a time: most are a plain id alone, taken as it is.
-                block = reader.read(1 << 20)
-                if not block:
-                    break
-                if not block.endswith(b"\n"):
-                    block += reader.readline()
-                for line in block.decode("utf-8", "surrogatepass").split("\n")[:-1]:
-                    if i >= self._spilled:
-                        return
-                    if "\t" in line or line.startswith('"'):
-                        text, _, detail = line.partition("\t")
-                        aid = json.loads(text) if text.startswith('"') else text
-                        yield i, aid, (json.loads(detail) if detail else None)
-                    else:
-                        yield i, line, None
-                    i += 1
-        for j, aid in enumerate(self._ids, self._spilled):
-            yield j, aid, self._details.get(j)
+        for ids, details in self._chunks():
+            for aid, detail in zip(ids, details or itertools.repeat(None), strict=False):
+                yield i, aid, detail
+                i += 1
 
     def _chunks(self) -> Iterator[tuple[list[str], list[str | None] | None]]:
         """Every outcome's id and detail in order, a block at a time: (ids, details, or None when none has one)."""

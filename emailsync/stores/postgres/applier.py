@@ -420,16 +420,7 @@ class PostgresApplier:
                 "SELECT COALESCE(sum(cardinality(ids)), 0) FROM _es_pre WHERE tbl = %s", (i,)
             ).fetchone()
             if held is not None and held[0] == actions:
-                sets = sql.SQL(", ").join(
-                    sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
-                    for c in m.email_columns
-                )
-                conds = sql.SQL(" AND ").join(
-                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
-                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
-                    )
-                    for c in m.email_columns
-                )
+                sets, conds = _sets_where_old(m, T)
                 written = self.conn.execute(
                     sql.SQL("UPDATE {tbl} {T} SET {sets} FROM _es_pre p WHERE p.tbl = {i} AND {km} AND {conds}").format(
                         tbl=m.ident, T=T, sets=sets, i=sql.Literal(i), km=m.key_match(T, sql.SQL("p.key")), conds=conds
@@ -680,16 +671,7 @@ class PostgresApplier:
                 marked.append(sql.Identifier(f"i{i}"))
             if set(kinds[i]) - {"delete-on-conflict", "insert-row"}:
                 nm = sql.Identifier(f"u{i}")
-                sets = sql.SQL(", ").join(
-                    sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
-                    for c in m.email_columns
-                )
-                conds = sql.SQL(" AND ").join(
-                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
-                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
-                    )
-                    for c in m.email_columns
-                )
+                sets, conds = _sets_where_old(m, T)
                 ctes.append(
                     sql.SQL(
                         "{nm} AS (UPDATE {tbl} {T} SET {sets} FROM ("
@@ -878,6 +860,22 @@ class PostgresApplier:
                 for x in ids:
                     out[x] = why
         return out
+
+
+def _sets_where_old(m: TableMeta, T: sql.Identifier) -> tuple[sql.Composable, sql.Composable]:
+    """An UPDATE's SET of the planned new values (p.new, by column) and its condition that each planned column still
+    holds its planned old value (p.old): what every write of a planned row is conditional on."""
+    sets = sql.SQL(", ").join(
+        sql.SQL("{c} = (jsonb_populate_record({T}, p.new)).{c}").format(c=sql.Identifier(c), T=T)
+        for c in m.email_columns
+    )
+    conds = sql.SQL(" AND ").join(
+        sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
+            lit=sql.Literal(c), c=sql.Identifier(c), T=T
+        )
+        for c in m.email_columns
+    )
+    return sets, conds
 
 
 def _mismatch(m: TableMeta, expected: Any, actual: Any) -> str:
