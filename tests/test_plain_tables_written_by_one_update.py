@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from helpers import plan_lines, write_plan_lines
+
 TABLES = (
     "- table: leave_requests\n  columns: [email, approver_email]\n"
     "- table: audit_log\n  columns: [actor, payload]\n"
@@ -147,3 +150,71 @@ def test_a_trigger_changing_another_column_of_a_plain_table_fails_verification_a
     assert "days" in detail and "expected 2, found 4" in detail, detail
     statuses = {a["status"] for a in _report(plan)["actions"]}
     assert statuses == {"failed", "not-applied"}
+
+
+def _touching_trigger(db, table: str, target: str, where: str) -> None:
+    """An AFTER UPDATE trigger on `table` that changes `target`'s note: a side effect of this apply's own write."""
+    db.execute(
+        f"CREATE FUNCTION touch_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"UPDATE {target} SET note = 'touched' WHERE {where}; RETURN NEW; END $$"
+    )
+    db.execute(f"CREATE TRIGGER t_{table} AFTER UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION touch_{table}()")
+
+
+@pytest.mark.parametrize("order", ["a first", "b first"])
+def test_a_side_effect_of_one_tables_write_on_another_fails_verification_whatever_the_order(db, ws, order):
+    """Found in review: every planned row is locked and imaged before any table is written, so a trigger that this
+    apply's own write fires on another planned row is caught by verification, whichever table comes first."""
+    db.execute("CREATE TABLE a (id int PRIMARY KEY, email text)")
+    db.execute("CREATE TABLE b (id int PRIMARY KEY, email text, note text)")
+    db.execute("INSERT INTO a VALUES (1, 'a@x.com')")
+    db.execute("INSERT INTO b VALUES (1, 'a@x.com', 'n')")
+    _touching_trigger(db, "a", "b", "id = NEW.id")
+    ta, tb = "- table: a\n  columns: [email]\n", "- table: b\n  columns: [email]\n"
+    ws.postgres_targets({"core": db}, ta + tb if order == "a first" else tb + ta)
+    ws.mappings({"a@x.com": "a2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    r = _apply(ws, plan)
+    assert r.code == 3, r.out + r.err
+    assert "failed verification" in r.out + r.err
+    assert db.rows("SELECT * FROM a") == [(1, "a@x.com")]
+    assert db.rows("SELECT * FROM b") == [(1, "a@x.com", "n")]
+
+
+def test_a_side_effect_on_a_table_applied_step_by_step_is_not_taken_for_another_writer(db, ws):
+    """Found in review: b (keyed by email) goes the step-by-step way; a's write fires a trigger changing b. b was
+    judged before a was written, so b is not called stale: its verification fails and nothing is committed."""
+    db.execute("CREATE TABLE a (id int PRIMARY KEY, email text)")
+    db.execute("CREATE TABLE b (email text PRIMARY KEY, note text)")
+    db.execute("INSERT INTO a VALUES (1, 'a@x.com')")
+    db.execute("INSERT INTO b VALUES ('a@x.com', 'n')")
+    _touching_trigger(db, "a", "b", "true")
+    ws.postgres_targets({"core": db}, "- table: b\n  columns: [email]\n- table: a\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    r = _apply(ws, plan, "--on-stale", "skip")
+    assert r.code == 3, r.out + r.err
+    assert db.rows("SELECT * FROM a") == [(1, "a@x.com")]
+    assert db.rows("SELECT * FROM b") == [("a@x.com", "n")]
+    assert {a["status"] for a in _report(plan)["actions"]} == {"failed", "not-applied"}
+
+
+def test_two_actions_with_one_id_in_a_plain_table_are_refused_before_any_write(db, ws):
+    """Found in review: a plain table's actions never enter the action table, whose key refused a repeated id; the
+    lines' own key does now. The plan is edited and resealed, as someone who read planfile.py could."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, email text)")
+    db.execute("INSERT INTO t VALUES (1, 'a@x.com'), (2, 'a@x.com')")
+    ws.postgres_targets({"core": db}, "- table: t\n  columns: [email]\n")
+    ws.mappings({"a@x.com": "a2@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    lines = plan_lines(plan)
+    first, second = json.loads(lines[1])["id"], json.loads(lines[2])["id"]
+    lines[2] = lines[2].replace(second, first)
+    write_plan_lines(plan, lines, reseal=True)
+    r = _apply(ws, plan)
+    assert r.code == 3, r.out + r.err
+    assert "_es_lines_pkey" in r.out + r.err
+    assert db.rows("SELECT * FROM t ORDER BY id") == [(1, "a@x.com"), (2, "a@x.com")]

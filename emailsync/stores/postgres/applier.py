@@ -95,6 +95,7 @@ class PostgresApplier:
         self._plain: list[int] = []  # tables written by one conditional UPDATE each (_write_plain)
         self._pre_created = False
         self._joinable = False
+        self._found: dict[int, int] = {}  # plain table -> its rows held (_hold_plain)
 
     def run(self) -> TargetResult:
         res = TargetResult(self.target)
@@ -107,11 +108,16 @@ class PostgresApplier:
             self.fks = foreign_keys(conn, [m.oid for m in self.metas])
             self._load_lines()
             plain = self._plain_tables()
+            if plain:
+                # Two actions with one id fail here, before anything is written (the action table's key does so for
+                # the other tables' actions; a plain table's never enter it).
+                conn.execute("ALTER TABLE _es_lines ADD PRIMARY KEY (id)")
             if self.loaded is not None:
                 self.loaded(self._ids())
-            # Plain tables first, each by one conditional UPDATE; a table where that does not write every planned
-            # row as planned (a stale row, a unique value taken) is left to the steps, which say why row by row.
-            self._plain = [i for i, n in plain.items() if self._write_plain(i, self.metas[i], n)]
+            # Every planned row of every table is locked and judged before anything is written, so no table is
+            # judged on what this apply's own writes did (a trigger). A plain table whose rows all still hold their
+            # planned values is written by one UPDATE below; any other goes the step-by-step way, which says why.
+            self._plain = [i for i in sorted(plain) if self._hold_plain(i, self.metas[i], plain[i])]
             self._load([i for i in range(len(self.metas)) if i not in self._plain])
             for i, m in enumerate(self.metas):
                 if i not in self._plain:
@@ -122,6 +128,8 @@ class PostgresApplier:
             per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
             written = sum(plain[i] for i in self._plain)
             with progress.task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
+                for i in self._plain:
+                    self._write_plain(i, self.metas[i])
                 bar.advance(written)
                 for step, n in per_step:
                     self._run_step(step)
@@ -391,11 +399,11 @@ class PostgresApplier:
 
     # -- 2. plain tables: lock, keep the rows' images, write by one conditional UPDATE ---------------------
 
-    def _write_plain(self, i: int, m: TableMeta, actions: int) -> bool:
-        """Lock the table's planned rows and keep their images (for verify), then write every change by one UPDATE
-        whose every row is conditional on the planned old values. True when it wrote exactly the planned rows;
-        otherwise (a row gone or changed, a unique value taken since the plan) everything it did is undone and the
-        table goes the generic way, which classifies and reports each row."""
+    def _hold_plain(self, i: int, m: TableMeta, actions: int) -> bool:
+        """Lock a plain table's planned rows and keep their images (for the write's count and for verify). True when
+        every action's row was found once and still holds every planned old value, and no row outside the plan
+        holds a planned new value of a unique column: then one UPDATE writes the table (_write_plain). Otherwise the
+        table goes the step-by-step way, which classifies and reports each row (its rows stay locked)."""
         T = m.alias("t")
         if not self._pre_created:
             self.conn.execute(
@@ -403,36 +411,64 @@ class PostgresApplier:
                 "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL) ON COMMIT DROP"
             )
             self._pre_created = True
-        self.conn.execute("SAVEPOINT _es_plain")
-        found, written = 0, -1
-        try:
-            found = self.conn.execute(
+        row = self.conn.execute(
+            sql.SQL(
+                "WITH p AS MATERIALIZED (SELECT (array_agg(key))[1] AS key, array_agg(id) AS ids, "
+                "jsonb_object_agg(col, old) AS old, jsonb_object_agg(col, new) AS new FROM _es_lines WHERE tbl = {i} "
+                "GROUP BY k), "
+                "held AS (INSERT INTO _es_pre (tbl, key, ids, old, new, img) "
+                "SELECT {i}, p.key, p.ids, p.old, p.new, to_jsonb({T}.*) FROM {tbl} {T} JOIN p ON {km} "
+                "FOR UPDATE OF {T} RETURNING ids, old, img) "
+                # rows found, the groups planned, the actions found, and whether every row holds its old values
+                "SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM p), "
+                "(SELECT COALESCE(sum(cardinality(ids)), 0) FROM held), "
+                "(SELECT COALESCE(bool_and(NOT EXISTS (SELECT 1 FROM jsonb_each(h.old) e "
+                "WHERE h.img -> e.key IS DISTINCT FROM e.value)), true) FROM held h)"
+            ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")))
+        ).fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        found, groups, held, pending = row
+        if not (found == groups and held == actions and pending):
+            return False
+        # A planned new value that a row outside the plan has taken since (a unique column): the steps report it
+        # stale instead of failing the index (see _classify).
+        R = m.alias("r")
+        for col in self._unique_columns(m):
+            taken = self.conn.execute(
                 sql.SQL(
-                    "INSERT INTO _es_pre (tbl, key, ids, old, new, img) "
-                    "SELECT {i}, p.key, p.ids, p.old, p.new, to_jsonb({T}.*) FROM {tbl} {T} JOIN ("
-                    "SELECT (array_agg(key))[1] AS key, array_agg(id) AS ids, jsonb_object_agg(col, old) AS old, "
-                    "jsonb_object_agg(col, new) AS new FROM _es_lines WHERE tbl = {i} GROUP BY k) p ON {km} "
-                    "FOR UPDATE OF {T}"
-                ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")))
-            ).rowcount
-            # Every action's row found: the ids kept with the rows found are all of the table's.
-            held = self.conn.execute(
-                "SELECT COALESCE(sum(cardinality(ids)), 0) FROM _es_pre WHERE tbl = %s", (i,)
+                    "SELECT EXISTS (SELECT 1 FROM _es_pre p JOIN {tbl} {R} ON {R}.{c} = (p.new ->> {lit})::{typ} "
+                    "WHERE p.tbl = {i} AND p.new ? {lit} AND NOT EXISTS (SELECT 1 FROM _es_pre x "
+                    "WHERE x.tbl = {i} AND x.new ? {lit} AND {kmx}))"
+                ).format(
+                    tbl=m.ident,
+                    R=R,
+                    c=sql.Identifier(col),
+                    lit=sql.Literal(col),
+                    typ=sql.SQL(m.columns[col].type_sql),
+                    i=sql.Literal(i),
+                    kmx=m.key_match(R, sql.SQL("x.key")),
+                )
             ).fetchone()
-            if held is not None and held[0] == actions:
-                sets, conds = _sets_where_old(m, T)
-                written = self.conn.execute(
-                    sql.SQL("UPDATE {tbl} {T} SET {sets} FROM _es_pre p WHERE p.tbl = {i} AND {km} AND {conds}").format(
-                        tbl=m.ident, T=T, sets=sets, i=sql.Literal(i), km=m.key_match(T, sql.SQL("p.key")), conds=conds
-                    )
-                ).rowcount
-        except psycopg.errors.IntegrityError:  # a unique value another row has taken since: the steps say which
-            written = -1
-        if written == found:
-            self.conn.execute("RELEASE SAVEPOINT _es_plain")
-            return True
-        self.conn.execute("ROLLBACK TO SAVEPOINT _es_plain")
-        return False
+            if taken is None or taken[0]:
+                return False
+        self._found[i] = found
+        return True
+
+    def _write_plain(self, i: int, m: TableMeta) -> None:
+        """Every change of a held plain table by one UPDATE, each row only where it still holds the planned old
+        values. Its rows were locked and found so, so a shortfall is something this apply's own writes did (a rule,
+        a trigger): refuse to guess."""
+        T = m.alias("t")
+        sets, conds = _sets_where_old(m, T)
+        written = self.conn.execute(
+            sql.SQL("UPDATE {tbl} {T} SET {sets} FROM _es_pre p WHERE p.tbl = {i} AND {km} AND {conds}").format(
+                tbl=m.ident, T=T, sets=sets, i=sql.Literal(i), km=m.key_match(T, sql.SQL("p.key")), conds=conds
+            )
+        ).rowcount
+        if written != self._found[i]:
+            raise _Rollback(
+                f"{m.display}: {self._found[i] - written} locked row(s) were not written as planned; nothing committed"
+            )
 
     # -- 2. lock and classify -----------------------------------------------------------------------------
 

@@ -672,11 +672,12 @@ class Ahead:
         self._stop = True
         if self._prefetch is not None:
             self._prefetch.stop()
-        conn = self._conn
-        if self._thread is not None and self._thread.is_alive() and conn is not None and not conn.closed:
-            conn.cancel_safe()
-        if self._thread is not None:
-            self._thread.join()
+        # Cancelled again until the helper ends: a cancel that reaches the server between two statements is lost.
+        while self._thread is not None and self._thread.is_alive():
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                conn.cancel_safe()
+            self._thread.join(0.2)
         for r in self._results.values():
             if not isinstance(r, BaseException):
                 r[0].close()

@@ -144,12 +144,19 @@ class TargetPlan:
         if prefetch is not None and any(levels.values()):
             prefetch.close()  # its lines have the wrong steps: the section is filled again
             prefetch = None
-        if self.open_helper is None or self.conn is None:
-            return [s for t in self.sql_tables for s in t.sections()]
-        row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
-        assert row is not None
-        helper = functools.partial(self.open_helper, row[0], levels)
-        self.ahead = Ahead(self.conn, self.sql_tables, helper, prefetch)
+        try:
+            if self.open_helper is None or self.conn is None:
+                if prefetch is not None:
+                    prefetch.close()
+                return [s for t in self.sql_tables for s in t.sections()]
+            row = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            helper = functools.partial(self.open_helper, row[0], levels)
+            self.ahead = Ahead(self.conn, self.sql_tables, helper, prefetch)
+        except BaseException:
+            if prefetch is not None:  # not yet Ahead's: stopped here, its connection closed
+                prefetch.close()
+            raise
         return self.ahead.sections
 
     def close(self) -> None:
