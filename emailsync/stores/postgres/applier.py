@@ -10,6 +10,11 @@ The sequence inside the transaction:
    only while the row holding its entry still does (or is a planned row going ahead) and no row references it;
 4. every touched row is read back and compared with its pre-write image plus the planned new values;
 5. commit only if nothing is stale (or --on-stale skip) and everything verified; otherwise roll back.
+
+A table whose actions are plain value changes (_plain_tables) skips the action table: its rows are locked and
+imaged into _es_pre and judged there (_hold_plain), written by one conditional UPDATE (_write_plain) and read back by
+one join (_verify_plain). Every table is locked and judged before any is written; one not all pending goes the way
+above, which reports each row.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from emailsync import progress
 from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, Action, TargetRows, chunked, dumps, line_of
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
-from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, foreign_keys
+from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, foreign_keys, in_email_foreign_key
 
 
 def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
@@ -93,7 +98,6 @@ class PostgresApplier:
         self.fks: list[ForeignKey] = []
         self._special: set[int] = set()  # tables whose actions look rows up by key (_load)
         self._plain: list[int] = []  # tables written by one conditional UPDATE each (_write_plain)
-        self._pre_created = False
         self._joinable = False
         self._found: dict[int, int] = {}  # plain table -> its rows held (_hold_plain)
 
@@ -112,6 +116,10 @@ class PostgresApplier:
                 # Two actions with one id fail here, before anything is written (the action table's key does so for
                 # the other tables' actions; a plain table's never enter it).
                 conn.execute("ALTER TABLE _es_lines ADD PRIMARY KEY (id)")
+                conn.execute(
+                    "CREATE TEMP TABLE _es_pre (tbl int NOT NULL, key jsonb NOT NULL, ids text[] NOT NULL, "
+                    "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL) ON COMMIT DROP"
+                )
             if self.loaded is not None:
                 self.loaded(self._ids())
             # Every planned row of every table is locked and judged before anything is written, so no table is
@@ -316,13 +324,7 @@ class PostgresApplier:
         self._joinable = not any(row[4] for row in stats)
         for tbl, n, one_step, plain, _ in stats:
             m = self.metas[tbl]
-            emails = set(m.email_columns)
-            related = any(
-                (fk.child_oid == m.oid and emails & set(fk.child_cols))
-                or (fk.parent_oid == m.oid and emails & set(fk.parent_cols))
-                for fk in self.fks
-            )
-            if plain and one_step and not related and not emails & set(m.key):
+            if plain and one_step and not in_email_foreign_key(m, self.fks) and not set(m.email_columns) & set(m.key):
                 out[tbl] = n
         return out
 
@@ -405,12 +407,6 @@ class PostgresApplier:
         holds a planned new value of a unique column: then one UPDATE writes the table (_write_plain). Otherwise the
         table goes the step-by-step way, which classifies and reports each row (its rows stay locked)."""
         T = m.alias("t")
-        if not self._pre_created:
-            self.conn.execute(
-                "CREATE TEMP TABLE _es_pre (tbl int NOT NULL, key jsonb NOT NULL, ids text[] NOT NULL, "
-                "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL) ON COMMIT DROP"
-            )
-            self._pre_created = True
         row = self.conn.execute(
             sql.SQL(
                 "WITH p AS MATERIALIZED (SELECT (array_agg(key))[1] AS key, array_agg(id) AS ids, "

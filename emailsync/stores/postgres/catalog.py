@@ -376,6 +376,17 @@ def _check_configured_key_unique(conn: psycopg.Connection, meta: TableMeta, wher
         )
 
 
+def in_email_foreign_key(meta: TableMeta, fks: list[ForeignKey]) -> bool:
+    """Whether one of the table's email columns is in a foreign key, on either side (rows must then change in an
+    order among tables)."""
+    emails = set(meta.email_columns)
+    return any(
+        (fk.child_oid == meta.oid and emails & set(fk.child_cols))
+        or (fk.parent_oid == meta.oid and emails & set(fk.parent_cols))
+        for fk in fks
+    )
+
+
 def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
     """Every foreign key in which one of the configured tables is the child or the parent."""
     out = []

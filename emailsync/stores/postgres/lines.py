@@ -29,7 +29,7 @@ from psycopg import sql
 
 from emailsync.errors import UserError
 from emailsync.plan import Action, Chunk, Section, dumps, line_of
-from emailsync.stores.postgres.catalog import ForeignKey, TableMeta
+from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, in_email_foreign_key
 
 # Made in the session before planning's read-only transaction starts (which allows no CREATE): helpers the lines'
 # SQL calls. _es_num writes a JSON number as the plan does (Python's Decimal: 0.0000001 is 1E-7); _es_doc writes a
@@ -109,11 +109,8 @@ def way_of(meta: TableMeta, fks: list[ForeignKey], utf8: bool) -> Way:
     emails = set(meta.email_columns)
     if not utf8 or not meta.native_key:
         return "python"
-    for fk in fks:
-        if (fk.child_oid == meta.oid and emails & set(fk.child_cols)) or (
-            fk.parent_oid == meta.oid and emails & set(fk.parent_cols)
-        ):
-            return "python"
+    if in_email_foreign_key(meta, fks):
+        return "python"
     if not any(u.columns & emails for u in meta.unique_indexes) and not emails & set(meta.key):
         ok = all(meta.columns[c].kind != "array" or meta.columns[c].native == "text[]" for c in meta.email_columns)
         return "sql" if ok else "python"
