@@ -118,7 +118,7 @@ class PostgresApplier:
                 conn.execute("ALTER TABLE _es_lines ADD PRIMARY KEY (id)")
                 conn.execute(
                     "CREATE TEMP TABLE _es_pre (tbl int NOT NULL, key jsonb NOT NULL, ids text[] NOT NULL, "
-                    "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL) ON COMMIT DROP"
+                    "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL, pending bool NOT NULL) ON COMMIT DROP"
                 )
             if self.loaded is not None:
                 self.loaded(self._ids())
@@ -407,20 +407,20 @@ class PostgresApplier:
         holds a planned new value of a unique column: then one UPDATE writes the table (_write_plain). Otherwise the
         table goes the step-by-step way, which classifies and reports each row (its rows stay locked)."""
         T = m.alias("t")
+        _, holds_old = _sets_where_old(m, T)
         row = self.conn.execute(
             sql.SQL(
                 "WITH p AS MATERIALIZED (SELECT (array_agg(key))[1] AS key, array_agg(id) AS ids, "
                 "jsonb_object_agg(col, old) AS old, jsonb_object_agg(col, new) AS new FROM _es_lines WHERE tbl = {i} "
                 "GROUP BY k), "
-                "held AS (INSERT INTO _es_pre (tbl, key, ids, old, new, img) "
-                "SELECT {i}, p.key, p.ids, p.old, p.new, to_jsonb({T}.*) FROM {tbl} {T} JOIN p ON {km} "
-                "FOR UPDATE OF {T} RETURNING ids, old, img) "
+                "held AS (INSERT INTO _es_pre (tbl, key, ids, old, new, img, pending) "
+                "SELECT {i}, p.key, p.ids, p.old, p.new, to_jsonb({T}.*), COALESCE(({holds_old}), false) "
+                "FROM {tbl} {T} JOIN p ON {km} FOR UPDATE OF {T} RETURNING ids, pending) "
                 # rows found, the groups planned, the actions found, and whether every row holds its old values
                 "SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM p), "
-                "(SELECT COALESCE(sum(cardinality(ids)), 0) FROM held), "
-                "(SELECT COALESCE(bool_and(NOT EXISTS (SELECT 1 FROM jsonb_each(h.old) e "
-                "WHERE h.img -> e.key IS DISTINCT FROM e.value)), true) FROM held h)"
-            ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")))
+                "(SELECT COALESCE(sum(cardinality(ids)), 0) FROM held), (SELECT COALESCE(bool_and(pending), true) "
+                "FROM held)"
+            ).format(i=sql.Literal(i), T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")), holds_old=holds_old)
         ).fetchone()
         assert row is not None  # a SELECT without FROM returns one row
         found, groups, held, pending = row
