@@ -152,7 +152,7 @@ class PostgresApplier:
             if self._plain and self._joinable and not mismatches:
                 # Every action of a plain table was applied: their ids in blocks, the other tables' row by row.
                 names = [m.display for m in self.metas]
-                for tbl, kind, ids in self._id_blocks(f"tbl IN ({', '.join(str(int(i)) for i in self._plain)})"):
+                for tbl, kind, ids in self._id_blocks(self._in_plain()):
                     outcomes.add_run(ids, "applied", names[tbl], kind)
                 rows = f"SELECT id, {_WRITTEN}, tbl, kind FROM _es_act"
             run: list[str] = []  # ids of consecutive outcomes alike and without detail, added at once
@@ -387,14 +387,17 @@ class PostgresApplier:
         # Statistics only for what joins and filters use: sampling the wide jsonb columns cost more than the load.
         self.conn.execute("ANALYZE _es_act (tbl, rowid, kind, step, key, post_key)")
 
+    def _in_plain(self) -> str:
+        """SQL choosing the plain tables' lines (ints only, so safe to splice)."""
+        return f"tbl IN ({', '.join(str(int(i)) for i in self._plain)})"
+
     def _every(self, status: str) -> str:
         """(id, status, tbl, kind) of every action: the generic path's, and the plain tables' (status 'pending':
         written, as a generic update once its step has run)."""
-        plain = ", ".join(str(int(i)) for i in self._plain)
         rest = (
             f" UNION ALL SELECT id, {status}, tbl, kind FROM (SELECT id, 'pending' AS status, tbl, kind FROM "
-            f"_es_lines WHERE tbl IN ({plain})) p"
-            if plain
+            f"_es_lines WHERE {self._in_plain()}) p"
+            if self._plain
             else ""
         )
         return f"SELECT id, {status}, tbl, kind FROM _es_act{rest}"  # LiteralString: constants and ints only
@@ -885,10 +888,8 @@ class PostgresApplier:
             for ids, deleted, expected, actual in self.conn.execute(q, params):
                 if deleted:
                     why = f"{m.display}: the row should be deleted but still exists: {dumps(actual)}"
-                elif actual is None:
-                    why = f"{m.display}: the row is missing after the update"
                 else:
-                    why = f"{m.display}: " + _describe(expected, actual)
+                    why = _mismatch(m, expected, actual)
                 for x in ids:
                     out[x] = why
         return out
@@ -911,6 +912,7 @@ def _sets_where_old(m: TableMeta, T: sql.Identifier) -> tuple[sql.Composable, sq
 
 
 def _mismatch(m: TableMeta, expected: Any, actual: Any) -> str:
+    """Why a row read back differs from its pre-write image with the planned values set."""
     if actual is None:
         return f"{m.display}: the row is missing after the update"
     return f"{m.display}: " + _describe(expected, actual)
