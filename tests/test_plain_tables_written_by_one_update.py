@@ -203,7 +203,7 @@ def test_a_side_effect_on_a_table_applied_step_by_step_is_not_taken_for_another_
 
 def test_two_actions_with_one_id_in_a_plain_table_are_refused_before_any_write(db, ws):
     """Found in review: a plain table's actions never enter the action table, whose key refused a repeated id; the
-    lines' own key does now. The plan is edited and resealed, as someone who read planfile.py could."""
+    lines are checked for repeated ids now. The plan is edited and resealed, as someone who read planfile.py could."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY, email text)")
     db.execute("INSERT INTO t VALUES (1, 'a@x.com'), (2, 'a@x.com')")
     ws.postgres_targets({"core": db}, "- table: t\n  columns: [email]\n")
@@ -216,5 +216,5 @@ def test_two_actions_with_one_id_in_a_plain_table_are_refused_before_any_write(d
     write_plan_lines(plan, lines, reseal=True)
     r = _apply(ws, plan)
     assert r.code == 3, r.out + r.err
-    assert "_es_lines_pkey" in r.out + r.err
+    assert f"two actions have the id '{first}'" in r.out + r.err
     assert db.rows("SELECT * FROM t ORDER BY id") == [(1, "a@x.com"), (2, "a@x.com")]

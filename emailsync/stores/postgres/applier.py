@@ -11,10 +11,13 @@ The sequence inside the transaction:
 4. every touched row is read back and compared with its pre-write image plus the planned new values;
 5. commit only if nothing is stale (or --on-stale skip) and everything verified; otherwise roll back.
 
-A table whose actions are plain value changes (_plain_tables) skips the action table: its rows are locked and
-imaged into _es_pre and judged there (_hold_plain), written by one conditional UPDATE (_write_plain) and read back by
-one join (_verify_plain). Every table is locked and judged before any is written; one not all pending goes the way
-above, which reports each row.
+A table whose actions are plain value changes (_plain_tables) skips the action table. If nothing in the database
+can make its UPDATE change more than the columns it sets (no trigger, rule, policy, child table or deferred
+constraint: _closed_tables), it is written first, by one UPDATE conditional on every planned old value, and kept only
+if every planned row was found so (_write_closed); it is read back column by column (_verify_closed). Otherwise, or if
+that write fell short, its rows are locked and imaged into _es_pre and judged there (_hold_plain), written by one
+conditional UPDATE (_write_plain) and read back whole against their images (_verify_plain). Every other table is
+locked and judged before any is written; one not all pending goes the way above, which reports each row.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class PostgresApplier:
         self.statement_timeout = statement_timeout
         self.fks: list[ForeignKey] = []
         self._special: set[int] = set()  # tables whose actions look rows up by key (_load)
-        self._plain: list[int] = []  # tables written by one conditional UPDATE each (_write_plain)
+        self._plain: list[int] = []  # tables written by one conditional UPDATE each (_write_closed, _write_plain)
+        self._closed: list[int] = []  # of those, the ones written first, without images (_write_closed)
         self._joinable = False
         self._found: dict[int, int] = {}  # plain table -> its rows held (_hold_plain)
 
@@ -115,17 +119,30 @@ class PostgresApplier:
             if plain:
                 # Two actions with one id fail here, before anything is written (the action table's key does so for
                 # the other tables' actions; a plain table's never enter it).
-                conn.execute("ALTER TABLE _es_lines ADD PRIMARY KEY (id)")
+                # A hash of the ids, not a key: half the time of building a unique index that nothing looks up by.
+                twice = conn.execute("SELECT id FROM _es_lines GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
+                if twice is not None:
+                    raise _Rollback(f"two actions have the id {twice[0]!r} (the plan was edited); nothing was written")
                 conn.execute(
                     "CREATE TEMP TABLE _es_pre (tbl int NOT NULL, key jsonb NOT NULL, ids text[] NOT NULL, "
                     "old jsonb NOT NULL, new jsonb NOT NULL, img jsonb NOT NULL, pending bool NOT NULL) ON COMMIT DROP"
                 )
             if self.loaded is not None:
                 self.loaded(self._ids())
-            # Every planned row of every table is locked and judged before anything is written, so no table is
-            # judged on what this apply's own writes did (a trigger). A plain table whose rows all still hold their
-            # planned values is written by one UPDATE below; any other goes the step-by-step way, which says why.
-            self._plain = [i for i in sorted(plain) if self._hold_plain(i, self.metas[i], plain[i])]
+            # A closed table's write changes nothing any other table's judgement reads, so it goes first and alone.
+            closed = self._closed_tables(plain)
+            if closed:
+                with progress.task(f"apply {self.target}", total=sum(plain[i] for i in closed)) as bar:
+                    for i in closed:
+                        if self._write_closed(i, self.metas[i], plain[i]):
+                            self._closed.append(i)
+                        bar.advance(plain[i])
+            # Every planned row of every other table is locked and judged before anything more is written, so no
+            # table is judged on what this apply's own writes did (a trigger). A plain table whose rows all still
+            # hold their planned values is written by one UPDATE below; any other goes the step-by-step way, which
+            # says why.
+            held = [i for i in sorted(plain) if i not in self._closed and self._hold_plain(i, self.metas[i], plain[i])]
+            self._plain = sorted(self._closed + held)
             self._load([i for i in range(len(self.metas)) if i not in self._plain])
             for i, m in enumerate(self.metas):
                 if i not in self._plain:
@@ -134,9 +151,9 @@ class PostgresApplier:
             if details and self.on_stale == "abort":
                 return self._abort(res, details, "stale rows and --on-stale abort")
             per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
-            written = sum(plain[i] for i in self._plain)
+            written = sum(plain[i] for i in held)
             with progress.task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
-                for i in self._plain:
+                for i in held:
                     self._write_plain(i, self.metas[i])
                 bar.advance(written)
                 for step, n in per_step:
@@ -402,7 +419,110 @@ class PostgresApplier:
         )
         return f"SELECT id, {status}, tbl, kind FROM _es_act{rest}"  # LiteralString: constants and ints only
 
-    # -- 2. plain tables: lock, keep the rows' images, write by one conditional UPDATE ---------------------
+    # -- 2. plain tables: closed ones written at once; others locked, imaged, written by one UPDATE ---------
+
+    def _closed_tables(self, plain: Mapping[int, int]) -> list[int]:
+        """The plain tables nothing but their own UPDATE of their email columns can change in this apply: an
+        ordinary table without child tables, row-level security or deferrable constraints (a unique one would fail
+        at commit instead of at the write, where a shortfall is caught), while no table this apply can write (the
+        target's tables and whatever their foreign keys cascade to) has a trigger of any kind or a rule (one could
+        write the table from elsewhere, which only whole-row images would catch). None otherwise."""
+        if not plain:
+            return []
+        row = self.conn.execute(
+            "WITH RECURSIVE w(oid) AS (SELECT unnest(%s::oid[]) UNION SELECT k.conrelid FROM pg_constraint k "
+            "JOIN w ON k.confrelid = w.oid WHERE k.contype = 'f' "
+            "AND (k.confupdtype IN ('c', 'n', 'd') OR k.confdeltype IN ('c', 'n', 'd'))) "
+            "SELECT EXISTS (SELECT 1 FROM w JOIN pg_class c ON c.oid = w.oid WHERE c.relhasrules OR c.relhassubclass "
+            "OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = w.oid AND NOT g.tgisinternal))",
+            ([m.oid for m in self.metas],),
+        ).fetchone()
+        if row is None or row[0]:
+            return []
+        by_oid = {self.metas[i].oid: i for i in plain}
+        rows = self.conn.execute(
+            "SELECT c.oid FROM pg_class c WHERE c.oid = ANY(%s) AND c.relkind = 'r' AND NOT c.relrowsecurity "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.condeferrable)",
+            (list(by_oid),),
+        ).fetchall()
+        return sorted(by_oid[oid] for (oid,) in rows)
+
+    def _write_closed(self, i: int, m: TableMeta, actions: int) -> bool:
+        """A closed table written by one UPDATE, each row only where it still holds every planned old value; kept
+        (True) only if every planned row was found so, each column once. Otherwise, or if the write breaks a
+        constraint (a planned value taken since the plan), it is undone to its savepoint (False) and the table goes
+        the way that judges each row and says why. No images are kept: nothing but the columns set can change."""
+        T = m.alias("t")
+        cols = m.email_columns
+        self.conn.execute("SAVEPOINT _es_closed")
+        try:
+            if len(cols) == 1:
+                # One column: the lines join the table directly. A second line for one row finds it written.
+                c = cols[0]
+                written = self.conn.execute(
+                    sql.SQL(
+                        "UPDATE {tbl} {T} SET {c} = {val} FROM _es_lines p WHERE p.tbl = {i} AND p.col = {lit} "
+                        "AND {km} AND to_jsonb({T}.{c}) = p.old"
+                    ).format(
+                        tbl=m.ident,
+                        T=T,
+                        c=sql.Identifier(c),
+                        val=_typed(m, c, sql.SQL("p.new")),
+                        i=sql.Literal(i),
+                        lit=sql.Literal(c),
+                        km=m.key_match(T, sql.SQL("p.key")),
+                    )
+                ).rowcount
+                ok = written == actions
+            else:
+                # Several columns: one row version per row, from its lines grouped (each column at most once).
+                sets = sql.SQL(", ").join(
+                    sql.SQL("{c} = CASE WHEN p.new ? {lit} THEN {val} ELSE {T}.{c} END").format(
+                        c=sql.Identifier(c),
+                        lit=sql.Literal(c),
+                        val=_typed(m, c, sql.SQL("(p.new -> {})").format(sql.Literal(c))),
+                        T=T,
+                    )
+                    for c in cols
+                )
+                conds = sql.SQL(" AND ").join(
+                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
+                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
+                    )
+                    for c in cols
+                )
+                once = sql.SQL(", ").join(
+                    sql.SQL("count(*) FILTER (WHERE col = {})").format(sql.Literal(c)) for c in cols
+                )
+                row = self.conn.execute(
+                    sql.SQL(
+                        "WITH p AS MATERIALIZED (SELECT (array_agg(key))[1] AS key, jsonb_object_agg(col, old) AS old, "
+                        "jsonb_object_agg(col, new) AS new, count(*) AS n, greatest({once}) AS most, "
+                        "count(*) FILTER (WHERE col <> ALL({names})) AS other FROM _es_lines WHERE tbl = {i} "
+                        "GROUP BY k), "
+                        "u AS (UPDATE {tbl} {T} SET {sets} FROM p WHERE {km} AND {conds} RETURNING 1) "
+                        "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM u), (SELECT COALESCE(sum(n), 0) "
+                        "FROM p), (SELECT COALESCE(max(most), 0) <= 1 AND COALESCE(sum(other), 0) = 0 FROM p)"
+                    ).format(
+                        once=once,
+                        names=sql.Literal(list(cols)),
+                        i=sql.Literal(i),
+                        tbl=m.ident,
+                        T=T,
+                        sets=sets,
+                        km=m.key_match(T, sql.SQL("p.key")),
+                        conds=conds,
+                    )
+                ).fetchone()
+                assert row is not None  # a SELECT without FROM returns one row
+                groups, written, lines, once_each = row
+                ok = groups == written and lines == actions and bool(once_each)
+        except psycopg.errors.IntegrityError:
+            ok = False
+        if not ok:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _es_closed")
+        self.conn.execute("RELEASE SAVEPOINT _es_closed")
+        return ok
 
     def _hold_plain(self, i: int, m: TableMeta, actions: int) -> bool:
         """Lock a plain table's planned rows and keep their images (for the write's count and for verify). True when
@@ -639,6 +759,23 @@ class PostgresApplier:
             for x in ids:
                 out[x] = why
 
+    def _verify_closed(self, i: int, m: TableMeta, out: dict[str, str]) -> None:
+        """A closed table's lines, read back by one join: each planned column must hold its planned new value (no
+        other column can have changed, see _closed_tables)."""
+        T = m.alias("t")
+        found = sql.SQL("(CASE p.col {} END)").format(
+            sql.SQL(" ").join(
+                sql.SQL("WHEN {} THEN to_jsonb({}.{})").format(sql.Literal(c), T, sql.Identifier(c))
+                for c in m.email_columns
+            )
+        )
+        q = sql.SQL(
+            "SELECT p.id, p.col, p.new, {found}, {T}.ctid IS NULL FROM _es_lines p LEFT JOIN {tbl} {T} ON {km} "
+            "WHERE p.tbl = {i} AND ({T}.ctid IS NULL OR {found} IS DISTINCT FROM p.new) LIMIT 1000"
+        ).format(found=found, T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")), i=sql.Literal(i))
+        for aid, col, new, actual, missing in self.conn.execute(q):
+            out[aid] = _mismatch(m, {col: new}, None if missing else {col: actual})
+
     @staticmethod
     def _unique_columns(m: TableMeta) -> list[str]:
         """Email columns that a unique index covers alone, without a predicate: where a row outside the plan can
@@ -853,6 +990,9 @@ class PostgresApplier:
         for i, m in enumerate(self.metas):
             T = m.alias("t")
             ignore = self._ignored(m)
+            if i in self._closed:
+                self._verify_closed(i, m, out)
+                continue
             if i in self._plain:
                 self._verify_plain(i, m, ignore, out)
                 continue
@@ -893,6 +1033,22 @@ class PostgresApplier:
                 for x in ids:
                     out[x] = why
         return out
+
+
+def _typed(m: TableMeta, c: str, value: sql.Composable) -> sql.Composable:
+    """A planned value (jsonb) as column c takes it: a text column by assignment (so varchar(n) or a domain checks
+    it as any write would), a text array element by element, jsonb as it is."""
+    kind = m.columns[c].kind
+    if kind == "text":
+        return sql.SQL("({} #>> '{{}}')").format(value)
+    if kind == "array":
+        return sql.SQL("ARRAY(SELECT jsonb_array_elements_text({}))").format(value)
+    if kind == "jsonb":
+        return value
+    # Not an email-capable type (a plan edited by hand): PostgreSQL's own conversion, which refuses what does not fit.
+    return sql.SQL("(jsonb_populate_record(NULL::{tbl}, jsonb_build_object({lit}, {v}))).{c}").format(
+        tbl=m.ident, lit=sql.Literal(c), v=value, c=sql.Identifier(c)
+    )
 
 
 def _sets_where_old(m: TableMeta, T: sql.Identifier) -> tuple[sql.Composable, sql.Composable]:
