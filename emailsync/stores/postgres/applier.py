@@ -485,12 +485,7 @@ class PostgresApplier:
                     )
                     for c in cols
                 )
-                conds = sql.SQL(" AND ").join(
-                    sql.SQL("(NOT p.old ? {lit} OR to_jsonb({T}.{c}) = p.old -> {lit})").format(
-                        lit=sql.Literal(c), c=sql.Identifier(c), T=T
-                    )
-                    for c in cols
-                )
+                _, conds = _sets_where_old(m, T)
                 once = sql.SQL(", ").join(
                     sql.SQL("count(*) FILTER (WHERE col = {})").format(sql.Literal(c)) for c in cols
                 )
@@ -763,16 +758,11 @@ class PostgresApplier:
         """A closed table's lines, read back by one join: each planned column must hold its planned new value (no
         other column can have changed, see _closed_tables)."""
         T = m.alias("t")
-        found = sql.SQL("(CASE p.col {} END)").format(
-            sql.SQL(" ").join(
-                sql.SQL("WHEN {} THEN to_jsonb({}.{})").format(sql.Literal(c), T, sql.Identifier(c))
-                for c in m.email_columns
-            )
-        )
+        found = _column_json(m, T)  # over lines aliased a
         q = sql.SQL(
-            "SELECT p.id, p.col, p.new, {found}, {T}.ctid IS NULL FROM _es_lines p LEFT JOIN {tbl} {T} ON {km} "
-            "WHERE p.tbl = {i} AND ({T}.ctid IS NULL OR {found} IS DISTINCT FROM p.new) LIMIT 1000"
-        ).format(found=found, T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("p.key")), i=sql.Literal(i))
+            "SELECT a.id, a.col, a.new, {found}, {T}.ctid IS NULL FROM _es_lines a LEFT JOIN {tbl} {T} ON {km} "
+            "WHERE a.tbl = {i} AND ({T}.ctid IS NULL OR {found} IS DISTINCT FROM a.new) LIMIT 1000"
+        ).format(found=found, T=T, tbl=m.ident, km=m.key_match(T, sql.SQL("a.key")), i=sql.Literal(i))
         for aid, col, new, actual, missing in self.conn.execute(q):
             out[aid] = _mismatch(m, {col: new}, None if missing else {col: actual})
 
