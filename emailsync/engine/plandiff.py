@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from deepdiff import DeepDiff
 from pydantic import BaseModel, ConfigDict
 
 from emailsync.errors import UserError
@@ -180,6 +179,8 @@ def _sort_key(parts: list[Any]) -> list[tuple[int, Any]]:
 
 def field_changes(old: Any, new: Any, prefix: tuple[Any, ...] = ()) -> list[FieldChange]:
     """Field-level differences between two JSON-like values, in path order, computed with DeepDiff."""
+    from deepdiff import DeepDiff  # imported here: every plan loads this module, few plans have one to diff with
+
     tree = DeepDiff(
         old,
         new,
