@@ -34,6 +34,8 @@ from run import ServerLog, checksums, machine, make_template, timed_child  # noq
 
 REFERENCE = "hand-written (join)"
 HANDWRITTEN = {REFERENCE: "join", "hand-written (&&)": "overlap"}
+# The floor of a two-command plan-then-apply (floor.py), bare and with the imports of emailsync's chosen libraries.
+FLOORS = {"floor (two commands)": "", "floor + library imports": "1"}
 
 
 def handwritten(variant: str, dsn: str, mapping_file: str) -> None:
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--emailsync", action="append", default=[], metavar="NAME=PATH", help="another checkout to run")
     ap.add_argument("--no-overlap", action="store_true", help="leave out the && variant (slow at many mappings)")
+    ap.add_argument("--floor", action="store_true", help="also time floor.py, the floor of plan + apply")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -70,6 +73,8 @@ def main() -> None:
     contenders: dict[str, str | None] = {name: None for name in HANDWRITTEN}  # name -> PYTHONPATH of an emailsync
     if args.no_overlap:
         del contenders["hand-written (&&)"]
+    if args.floor:
+        contenders.update({name: None for name in FLOORS})
     contenders["emailsync"] = str(HERE.parent)
     for spec in args.emailsync:
         name, _, path = spec.partition("=")
@@ -107,7 +112,17 @@ def main() -> None:
                 env = {**os.environ, "BENCH_DSN": dsn}
                 one: dict[str, float] = {}
                 log.mark()
-                if pythonpath is None:
+                if name in FLOORS:
+                    floor = [sys.executable, str(HERE / "floor.py")]
+                    env["FLOOR_STACK"] = FLOORS[name]
+                    plan = str(work / "floor.gz")
+                    one["plan_s"], plan_rss, _, _ = timed_child(
+                        floor + ["plan", dsn, "email_mappings.json", plan], env, work, (0,)
+                    )
+                    one["apply_s"], apply_rss, _, _ = timed_child(floor + ["apply", dsn, plan], env, work, (0,))
+                    one["total_s"] = one["plan_s"] + one["apply_s"]
+                    one["peak_rss_mb"] = max(plan_rss, apply_rss)
+                elif pythonpath is None:
                     cmd = [sys.executable, __file__, "--handwritten", HANDWRITTEN[name], dsn, "email_mappings.json"]
                     one["total_s"], one["peak_rss_mb"], _, _ = timed_child(cmd, env, work, (0,))
                 else:
