@@ -227,14 +227,32 @@ class Plan(_Frozen):
     body_sha256: str  # sha256 of the body's lines, each with its newline (planfile.py)
     _actions: Rows[Action] = PrivateAttr(default_factory=list)
     _skipped: Rows[Skipped] = PrivateAttr(default_factory=list)
+    _check: Callable[[], None] | None = PrivateAttr(None)  # the body's check, still running (planfile.read_plan)
 
     @property
     def actions(self) -> Rows[Action]:
+        self.checked()
         return self._actions
 
     @property
     def skipped(self) -> Rows[Skipped]:
+        self.checked()
         return self._skipped
+
+    @property
+    def unchecked_actions(self) -> Rows[Action]:
+        """The actions before the body's check has ended: only for sending their bytes on (a database loading them),
+        with nothing written until checked() has returned."""
+        return self._actions
+
+    def check_later(self, wait: Callable[[], None]) -> None:
+        self._check = wait
+
+    def checked(self) -> None:
+        """Wait for the body's check that read_plan(early=True) left running; raises the UserError it found."""
+        wait, self._check = self._check, None
+        if wait is not None:
+            wait()
 
     @property
     def has_changes(self) -> bool:

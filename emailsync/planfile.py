@@ -33,9 +33,10 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal
@@ -374,12 +375,16 @@ def read_header(path: Path) -> Plan | None:
         return None
 
 
-def read_plan(path: Path, parallel: int | None = None) -> Plan:
+def read_plan(path: Path, parallel: int | None = None, *, early: bool = False) -> Plan:
     """Read and check a plan file: format, digest, then every line's schema and order and the header's counts.
     Every problem is a UserError, raised before anything uses the plan. The plan returned streams its actions.
 
     `parallel`: into how many pieces a large plan's lines are cut, each checked in a process of its own (the check is
-    Python work on every line); None: one per core, up to 4. A small plan is checked in this process."""
+    Python work on every line); None: one per core, up to 4. A small plan is checked in this process.
+
+    `early`: the lines' check is started, not waited for: apply passes the lines' bytes to a database meanwhile.
+    Reading `plan.actions` or calling `plan.checked()` waits for it (and raises what it found); only
+    `plan.unchecked_actions` does not, for a store that sends the bytes on and writes nothing before checked()."""
     with _open_errors(path):
         copy, plan, body_sha256 = _private_copy(path)
     if body_sha256 != plan.body_sha256:
@@ -391,11 +396,104 @@ def read_plan(path: Path, parallel: int | None = None) -> Plan:
     with _open_errors(path):
         width = _CHECK_WIDTH if parallel is None else parallel
         large = width > 1 and CAN_FORK and copy.size - copy.body_start >= PARALLEL_CHECK_BYTES
-        if not large or not _forked_check(path, plan, copy, width):
-            _check_body(path, plan, copy)
+        # Forked here, in the calling thread, before apply opens a connection or starts a thread.
+        collect = _start_forked_check(path, plan, copy, width) if large else None
+
+    def check() -> dict[str, tuple[int, int]]:
+        with _open_errors(path):
+            ranges = collect() if collect is not None else None
+            return ranges if ranges is not None else _check_body(path, plan, copy)
+
     plan._actions = FileRows(copy, False, plan.action_count)
     plan._skipped = FileRows(copy, True, plan.skipped_count)
+    if not early:
+        copy.ranges = check()
+        return plan
+    with _open_errors(path):
+        copy.ranges = _target_ranges(path, plan, copy)
+    found = copy.ranges
+    # A small plan is checked by a thread of this process: it runs while apply waits on the database.
+    thread = _Checking(check) if collect is None else None
+
+    def check_found() -> None:
+        if (thread.result() if thread is not None else check()) != found:
+            # The lines are in order (checked), so they cannot be elsewhere; said if they ever are.
+            raise UserError(f"{path}: the targets' lines are not where their order puts them; {_EDITED}")
+
+    plan.check_later(check_found)
     return plan
+
+
+class _Checking(threading.Thread):
+    """A check running in a thread; result() waits for it and returns its value or raises what it raised."""
+
+    def __init__(self, check: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        super().__init__(name="emailsync-plan-check", daemon=True)
+        self._check = check
+        self._value: dict[str, tuple[int, int]] | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._check()
+        except BaseException as e:  # handed to the waiting thread
+            self._error = e
+
+    def result(self) -> dict[str, tuple[int, int]]:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def _target_ranges(path: Path, plan: Plan, copy: _Copy) -> dict[str, tuple[int, int]]:
+    """Where each target's lines are, found without reading them all: the body is sorted by target first, so each
+    boundary is found by bisecting byte offsets down to a MiB, then reading lines. A line that is not what a plan
+    holds only makes these ranges wrong here; the check names it, and finds the ranges differ."""
+    end, fd = copy.size, copy.fileno()
+
+    def target_of(raw: bytes) -> str:
+        try:
+            t = _DECODER.decode(raw.decode())["target"]
+        except (ValueError, KeyError, TypeError, RecursionError):  # not a plan's line: the check names it
+            return ""
+        return t if isinstance(t, str) else ""
+
+    def line_at(pos: int) -> tuple[int, str]:
+        """The first line starting after byte `pos - 1`: where it starts, and its target."""
+        with reader_at(fd, 1 << 16, pos - 1) as f:
+            skipped = len(f.readline(MAX_LINE + 1))  # the rest of the line holding byte pos - 1
+            raw = f.readline(MAX_LINE + 1)
+        return pos - 1 + skipped, target_of(raw)
+
+    def boundary(lo: int, name: str) -> int:
+        """The start of the first line after `lo` (a line's start) whose target sorts after `name`, or the end."""
+        hi = end
+        while hi - lo > 1 << 20:
+            pos, t = line_at((lo + hi) // 2)
+            if pos >= hi:
+                break
+            if t > name:
+                hi = pos
+            else:
+                lo = pos
+        with reader_at(fd, 1 << 20, lo) as f:
+            while lo < end and (raw := f.readline(MAX_LINE + 1)):
+                if target_of(raw) > name:
+                    return lo
+                lo += len(raw)
+        return end
+
+    ranges: dict[str, tuple[int, int]] = {}
+    at = copy.body_start
+    for name in sorted(plan.targets):
+        stop = boundary(at, name)
+        if stop > at:
+            ranges[name] = (at, stop - at)
+        at = stop
+    return ranges
 
 
 _CHECK_WIDTH = min(4, os.cpu_count() or 1)  # processes checking a large plan by default
@@ -425,39 +523,52 @@ def _pieces(copy: _Copy, n: int) -> list[_Piece]:
     return [(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
-def _forked_check(path: Path, plan: Plan, copy: _Copy, width: int) -> bool:
-    """Check the body in `width` pieces, each in a process of its own; then that the pieces follow each other in
-    order, and the counts. False (check again in this process, which names the first problem in the file's order
-    exactly) when a piece has a problem, or a process did not answer."""
+def _start_forked_check(
+    path: Path, plan: Plan, copy: _Copy, width: int
+) -> Callable[[], dict[str, tuple[int, int]] | None] | None:
+    """Start checking the body in `width` pieces, each in a process of its own; returns what collects the result:
+    that the pieces follow each other in order, the counts, and where each target's lines are. The result is None
+    (check again in this process, which names the first problem in the file's order exactly) when a piece has a
+    problem, or a process did not answer. None instead of a collector: too few lines to cut."""
     pieces = _pieces(copy, width)
     if len(pieces) < 2:
-        return False
+        return None
     ctx = multiprocessing.get_context("fork")
+    # Forked, so the processes share the copy's descriptor and the header as they are (nothing is pickled but the
+    # pieces and what each found). All are forked by the first submit, in this thread.
+    pool = ProcessPoolExecutor(len(pieces), ctx, _checking, ((path, plan, copy),))
     try:
-        # Forked, so the processes share the copy's descriptor and the header as they are (nothing is pickled but
-        # the pieces and what each found).
-        with ProcessPoolExecutor(len(pieces), ctx, _checking, ((path, plan, copy),)) as pool:
-            found = list(pool.map(_check_piece, pieces))
-    except BrokenProcessPool:  # a process was killed (out of memory): the check in this process decides
-        return False
-    counts: Counts = Counter()
-    ranges: dict[str, tuple[int, int]] = {}
-    last_key: tuple[str, ...] | None = None
-    for f in found:
-        if f is None or (last_key is not None and f[2] <= last_key):
-            return False
-        counts.update(dict(f[0]))
-        for target, (start, length) in f[1].items():  # a target's lines may run on from the piece before
-            if target in ranges:
-                before, size = ranges[target]
-                if before + size != start:
-                    return False
-                start, length = before, size + length
-            ranges[target] = (start, length)
-        last_key = f[3]
-    _check_counts(path, plan, counts)
-    copy.ranges = ranges
-    return True
+        futures = [pool.submit(_check_piece, p) for p in pieces]
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+
+    def collect() -> dict[str, tuple[int, int]] | None:
+        try:
+            found = [f.result() for f in futures]
+        except BrokenProcessPool:  # a process was killed (out of memory): the check in this process decides
+            return None
+        finally:
+            pool.shutdown(cancel_futures=True)
+        counts: Counts = Counter()
+        ranges: dict[str, tuple[int, int]] = {}
+        last_key: tuple[str, ...] | None = None
+        for f in found:
+            if f is None or (last_key is not None and f[2] <= last_key):
+                return None
+            counts.update(dict(f[0]))
+            for target, (start, length) in f[1].items():  # a target's lines may run on from the piece before
+                if target in ranges:
+                    before, size = ranges[target]
+                    if before + size != start:
+                        return None
+                    start, length = before, size + length
+                ranges[target] = (start, length)
+            last_key = f[3]
+        _check_counts(path, plan, counts)
+        return ranges
+
+    return collect
 
 
 _CHECKING: tuple[Path, Plan, _Copy] | None = None  # in a checking process: what it checks
@@ -483,11 +594,12 @@ def _check_piece(piece: _Piece) -> _Checked | None:
     return (list(counts.items()), ranges, keys[0], keys[-1]) if keys else None
 
 
-def _check_body(path: Path, plan: Plan, copy: _Copy) -> None:
+def _check_body(path: Path, plan: Plan, copy: _Copy) -> dict[str, tuple[int, int]]:
     """Every body line: canonical JSON of a valid action or skipped change, in order, of a target the header names;
-    then the counts against the header's."""
-    counts, copy.ranges = _check_lines(path, plan, copy.lines(), 1, copy.body_start)
+    then the counts against the header's. Returns where each target's lines are."""
+    counts, ranges = _check_lines(path, plan, copy.lines(), 1, copy.body_start)
     _check_counts(path, plan, counts)
+    return ranges
 
 
 def _check_lines(

@@ -143,7 +143,9 @@ def apply_reviewed(
             "--confirm-live and --skip-live contradict each other: pass --confirm-live to apply the live-table "
             "actions too, or --skip-live to leave them out; nothing was written"
         )
-    plan = read_plan(plan_file, opts.parallel)  # a missing or broken plan is the first thing to hear about
+    # A missing or broken plan is the first thing to hear about; its lines' check runs on while the stores are
+    # reached and the lines loaded (apply_plan waits for it before anything is written).
+    plan = read_plan(plan_file, opts.parallel, early=True)
     if not opts.auto_approve and person is None:
         raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
     unchecked = check_signature(plan, plan_file, plan_key())
@@ -159,7 +161,8 @@ def apply_reviewed(
         unknown = set(opts.only_targets) - set(plan.targets)
         if unknown:
             raise UserError(f"--only-target {sorted(unknown)}: not in the plan (targets: {list(plan.targets)})")
-    if not plan.actions:
+    if not plan.has_changes:
+        plan.checked()  # the header's count alone does not make a plan of no changes
         return Applied(plan, 0, None, None)
     approver = opts.approver
     if approver is not None and not approver.strip():

@@ -37,13 +37,21 @@ def forked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Every plan counts as large, and each forked check is recorded (True: it decided, False: it handed over)."""
     monkeypatch.setattr(planfile, "PARALLEL_CHECK_BYTES", 0)
     seen: list[bool] = []
-    real = planfile._forked_check
+    real = planfile._start_forked_check
 
-    def spy(*args: Any) -> bool:
-        seen.append(real(*args))
-        return seen[-1]
+    def spy(*args: Any) -> Any:
+        collect = real(*args)
+        if collect is None:
+            return None
 
-    monkeypatch.setattr(planfile, "_forked_check", spy)
+        def recorded() -> Any:
+            ranges = collect()
+            seen.append(ranges is not None)
+            return ranges
+
+        return recorded
+
+    monkeypatch.setattr(planfile, "_start_forked_check", spy)
     return seen
 
 

@@ -87,8 +87,14 @@ def apply_plan(
     write = journal or (lambda entry: None)
     planned = planned_counts(plan)
     chosen = registry.stores(loaded, [t for t in planned if only_targets is None or t in only_targets])
+    # A store that only sends the lines' bytes on gets them while the plan's check may still run (read_plan early).
     taken = {
-        s.name: s.take(TargetRows(plan.actions, s.name, planned[s.name]), planned[s.name], skip_live) for s in chosen
+        s.name: s.take(
+            TargetRows(plan.unchecked_actions if s.loads_unchecked else plan.actions, s.name, planned[s.name]),
+            planned[s.name],
+            skip_live,
+        )
+        for s in chosen
     }
     stores = [s for s in chosen if taken[s.name]]
     results: list[TargetResult] = []
@@ -96,8 +102,13 @@ def apply_plan(
         try:
             # Reach every target, resolve every table and take every lock before writing to any of them.
             reach(plan, loaded, stores)
-            for s in stores:
-                s.prepare(planned_columns(plan, s.name), run, warn)
+            try:
+                for s in stores:
+                    s.prepare(planned_columns(plan, s.name), run, warn)
+            except BaseException:
+                plan.checked()  # a line that is not a plan's (the load choked on it) is named by the check
+                raise
+            plan.checked()  # before anything is written or shown: a problem in the plan's lines is the error
             # Read only now that every lock is held: a run that ended while this one waited for a lock is a finished
             # run (so this one is a replay), not a killed one to resume.
             killed = unfinished_runs()
@@ -137,6 +148,7 @@ def apply_plan(
         finally:
             for s in stores:
                 s.close()
+    plan.checked()  # when no store ran (nothing taken), still a plan whose lines were checked
     report = _report(plan, results, run, on_stale)
     if report["actions"]:  # streamed, one fsync for all of them
         write(

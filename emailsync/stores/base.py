@@ -57,6 +57,9 @@ class Store(Protocol):
     # Its planning is Python work rather than waiting on the store: planned in a process of its own when several
     # targets are planned at once (engine/parts.py), so they run on every core.
     plans_in_a_process: ClassVar[bool]
+    # take() only keeps the rows, and prepare() for an apply only sends their bytes to the target, writing nothing:
+    # given the plan's actions while their check still runs (the engine waits for it before anything is written).
+    loads_unchecked: ClassVar[bool]
     name: str
 
     # -- plan (read-only) --
@@ -88,11 +91,11 @@ class Store(Protocol):
     def prepare(self, columns: dict[str, set[str]], run: Run | None, warn: Warn) -> None:
         """Before any write or check: the tables the plan changes (`columns`: table -> columns, from the plan's
         summary) are still there as they were planned; for an apply (`run`), the target's lock is taken and its
-        ledger is ready."""
+        ledger is ready (by past_runs, for a store that loads_unchecked: it writes nothing here)."""
         ...
 
     def past_runs(self) -> list[PastRun]:
-        """The runs of this plan the target's ledger records as complete."""
+        """The runs of this plan the target's ledger records as complete (asked once the plan's check has ended)."""
         ...
 
     def start_run(self) -> None:

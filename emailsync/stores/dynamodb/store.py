@@ -38,6 +38,7 @@ ClientFor = Callable[..., "DynamoDBClient"]
 class DynamoStore:
     kind: ClassVar[Store] = "dynamodb"
     plans_in_a_process: ClassVar[bool] = False  # its planning waits on requests: threads overlap it
+    loads_unchecked: ClassVar[bool] = False  # take() reads the actions
 
     def __init__(self, loaded: LoadedTargets, index: int, client_for: ClientFor) -> None:
         self.target: DynamoTarget = loaded.config.dynamodb[index]

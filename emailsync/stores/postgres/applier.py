@@ -75,6 +75,40 @@ class _Rollback(Exception):
     """Something the classification did not foresee happened during the writes: refuse to guess."""
 
 
+def load_lines(
+    conn: psycopg.Connection, target: str, metas: list[TableMeta], actions: Iterable[Action], *, session: bool = False
+) -> int:
+    """The target's plan lines, copied in and taken apart once by PostgreSQL into _es_lines (no parsing in Python: a
+    line read from a file goes over as it is); how many actions it holds. `session`: the table outlives the
+    transaction (loaded by prepare, while the plan's check still runs; used by the transaction that writes)."""
+    drop = "" if session else " ON COMMIT DROP"
+    # A line is canonical JSON, so it holds no tab, newline or carriage return: only backslashes need escaping for
+    # COPY's text format.
+    conn.execute(f"CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL){drop}")  # LiteralString: constants only
+    chunks = actions.chunks() if isinstance(actions, TargetRows) else chunked(map(line_of, actions))
+    with conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
+        for chunk in chunks:
+            cp.write(chunk.replace(b"\\", b"\\\\"))
+    # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new left
+    # out of a line (null) stay JSON null, as the comparisons expect. k: the key's text, bytewise (cheaper to group
+    # and sort than jsonb).
+    loaded = conn.execute(
+        f"CREATE TEMP TABLE _es_lines{drop} AS "  # LiteralString: constants only
+        """
+        SELECT t.no::int - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
+               COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
+               COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
+               NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
+               doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
+        FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
+        WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s
+        """,
+        ([m.display for m in metas], target, SKIPPED_KIND),
+    ).rowcount
+    conn.execute("DROP TABLE _es_raw")
+    return loaded
+
+
 class PostgresApplier:
     def __init__(
         self,
@@ -87,8 +121,10 @@ class PostgresApplier:
         statement_timeout: str | None,
         before_commit: Callable[[Mapping[str, str]], None] | None = None,
         loaded: Callable[[Iterator[str]], None] | None = None,
+        preloaded: int | None = None,
     ) -> None:
         self.conn = conn
+        self.preloaded = preloaded  # the actions load_lines put in _es_lines already (prepare), if it did
         self.before_commit = before_commit
         self.loaded = loaded  # told the ids of the actions once they are in the action table, before any write
         self.target = target
@@ -296,32 +332,9 @@ class PostgresApplier:
     # -- 1. load -------------------------------------------------------------------------------------------
 
     def _load_lines(self) -> None:
-        """The target's plan lines, copied in and taken apart once by PostgreSQL into _es_lines (no parsing in
-        Python: a line read from a file goes over as it is)."""
-        # A line is canonical JSON, so it holds no tab, newline or carriage return: only backslashes need escaping
-        # for COPY's text format.
-        self.conn.execute("CREATE TEMP TABLE _es_raw (doc jsonb NOT NULL) ON COMMIT DROP")
-        chunks = self.actions.chunks() if isinstance(self.actions, TargetRows) else chunked(map(line_of, self.actions))
-        with self.conn.cursor().copy("COPY _es_raw (doc) FROM STDIN") as cp:
-            for chunk in chunks:
-                cp.write(chunk.replace(b"\\", b"\\\\"))
-        # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new
-        # left out of a line (null) stay JSON null, as the comparisons expect. k: the key's text, bytewise (cheaper
-        # to group and sort than jsonb).
-        loaded = self.conn.execute(
-            """
-            CREATE TEMP TABLE _es_lines ON COMMIT DROP AS
-            SELECT t.no::int - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
-                   COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
-                   COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
-                   NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
-                   doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
-            FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
-            WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s
-            """,
-            ([m.display for m in self.metas], self.target, SKIPPED_KIND),
-        ).rowcount
-        self.conn.execute("DROP TABLE _es_raw")
+        loaded = self.preloaded
+        if loaded is None:
+            loaded = load_lines(self.conn, self.target, self.metas, self.actions)
         expected = len(self.actions) if isinstance(self.actions, Sized) else None
         if expected is not None and loaded != expected:
             # Never apply part of a target's plan without saying so: every action must have found its table.

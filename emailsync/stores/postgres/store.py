@@ -25,7 +25,7 @@ from emailsync.plan import Action, PostgresAction, Section, Skipped, Store, Targ
 from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
-from emailsync.stores.postgres.applier import PostgresApplier
+from emailsync.stores.postgres.applier import PostgresApplier, load_lines
 from emailsync.stores.postgres.catalog import TableMeta, resolve_table
 from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.ledger import PgLedger
@@ -40,6 +40,7 @@ class PostgresStore:
     plans_in_a_process: ClassVar[bool] = True  # conflict analysis and the actions' lines are Python work
     sql_lines: ClassVar[bool] = True  # PostgreSQL makes the lines of the tables that qualify (lines.way_of)
     plan_helpers: ClassVar[bool] = True  # and a second connection may make some of them at the same time
+    loads_unchecked: ClassVar[bool] = True  # the lines go to the database as bytes (load_lines)
 
     def __init__(
         self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
@@ -53,6 +54,7 @@ class PostgresStore:
         self._full = True
         self._metas: list[TableMeta] = []
         self._ledger: PgLedger | NoLedger = NoLedger()
+        self._preloaded: int | None = None  # actions prepare() loaded into the session's _es_lines
 
     # -- plan ------------------------------------------------------------------------------------------------
 
@@ -117,9 +119,16 @@ class PostgresStore:
         self._metas = _table_metas(self.conn, self._loaded, self._index, columns)
         self.conn.rollback()
         if run is not None:
-            self._ledger.ensure()
+            # The lines go in now, while the plan's check may still run (loads_unchecked): a table of this session,
+            # committed with nothing else, that the writing transaction reads. Nothing else is written before the
+            # check has ended: the ledger is made ready by past_runs.
+            if self.target.statement_timeout:
+                self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.target.statement_timeout,))
+            self._preloaded = load_lines(self.conn, self.name, self._metas, self._rows, session=True)
+            self.conn.commit()
 
     def past_runs(self) -> list[PastRun]:
+        self._ledger.ensure()  # the first write to the target (its ledger table), once the plan's check has ended
         return self._ledger.completed()
 
     def start_run(self) -> None:
@@ -155,6 +164,7 @@ class PostgresStore:
             # Journaled once the actions are loaded (ids read back from the database, not from another pass over
             # the plan) and before anything is written.
             loaded=lambda ids: write(_batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")),
+            preloaded=self._preloaded,
         ).run()
         if not res.committed:
             with contextlib.suppress(psycopg.Error):
