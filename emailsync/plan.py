@@ -12,6 +12,7 @@ memory by the commands that read it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
@@ -249,14 +250,25 @@ class Plan(_Frozen):
         self._check = wait
 
     def checked(self) -> None:
-        """Wait for the body's check that read_plan(early=True) left running; raises the UserError it found."""
-        wait, self._check = self._check, None
-        if wait is not None:
+        """Wait for the body's check that read_plan(early=True) left running; raises the UserError it found, then
+        and at every later use of the actions."""
+        wait = self._check
+        if wait is None:
+            return
+        try:
             wait()
+        except BaseException as e:
+            self._check = functools.partial(_raise, e)
+            raise
+        self._check = None
 
     @property
     def has_changes(self) -> bool:
         return self.action_count > 0
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 SKIPPED_KIND = "skipped-conflict"  # the kind a skipped change is counted, selected and written under

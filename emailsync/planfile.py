@@ -448,6 +448,9 @@ class _Checking(threading.Thread):
         return self._value
 
 
+_SCAN_BYTES = 1 << 20  # _target_ranges reads the lines of a range this small rather than bisecting it further
+
+
 def _target_ranges(path: Path, plan: Plan, copy: _Copy) -> dict[str, tuple[int, int]]:
     """Where each target's lines are, found without reading them all: the body is sorted by target first, so each
     boundary is found by bisecting byte offsets down to a MiB, then reading lines. A line that is not what a plan
@@ -471,7 +474,7 @@ def _target_ranges(path: Path, plan: Plan, copy: _Copy) -> dict[str, tuple[int, 
     def boundary(lo: int, name: str) -> int:
         """The start of the first line after `lo` (a line's start) whose target sorts after `name`, or the end."""
         hi = end
-        while hi - lo > 1 << 20:
+        while hi - lo > _SCAN_BYTES:
             pos, t = line_at((lo + hi) // 2)
             if pos >= hi:
                 break
