@@ -356,12 +356,15 @@ def chunked(lines: Iterable[str]) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
-def in_sections(rows: Iterable[Any], chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+def in_sections(
+    rows: Iterable[Any], chosen: Callable[[tuple[str, str, str]], bool], maybe: Callable[[str], bool] | None = None
+) -> Iterator[Any]:
     """The items of `rows` in the chosen sections: without parsing the others where the rows can (a plan being made
-    holds its lines by section), else by filtering what is read."""
+    holds its lines by section), else by filtering what is read. `maybe`: where the rows hold lines, only those it
+    keeps are parsed (it may keep more than wanted, never fewer)."""
     fast = getattr(rows, "in_sections", None)
     if fast is not None:
-        return fast(chosen)  # type: ignore[no-any-return]
+        return fast(chosen, maybe)  # type: ignore[no-any-return]
     return (x for x in rows if chosen(section_of(x)))
 
 
@@ -523,25 +526,28 @@ class LineRows:
         runs: list[Iterator[tuple[list[str], str]]] = [_read_run(f) for f in self._spilled]
         return heapq.merge(*runs, key=lambda kl: kl[0])
 
-    def in_sections(self, chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+    def in_sections(
+        self, chosen: Callable[[tuple[str, str, str]], bool], maybe: Callable[[str], bool] | None = None
+    ) -> Iterator[Any]:
         """The items of the chosen sections (target, table, kind) only; the other lines are skipped unparsed."""
         if not self._spilled:
             pos = 0
             for section, n in self.runs:
                 if chosen(section):
-                    yield from _parsed(self._lines[pos : pos + n], self._skipped)
+                    yield from _parsed(self._lines[pos : pos + n], self._skipped, maybe)
                 pos += n
             return
         lines = (line for key, line in self._merged_runs() if chosen((key[0], key[1], key[2])))
-        yield from _parsed(lines, self._skipped)
+        yield from _parsed(lines, self._skipped, maybe)
 
 
 _PARSE = json.JSONDecoder(parse_float=Decimal)
 
 
-def _parsed(lines: Iterable[str], skipped: bool) -> Iterator[Any]:
-    """Lines of a plan being made, as their models (written by this process: checked when they were made)."""
-    for line in lines:
+def _parsed(lines: Iterable[str], skipped: bool, maybe: Callable[[str], bool] | None = None) -> Iterator[Any]:
+    """Lines of a plan being made, as their models (written by this process: checked when they were made); those
+    `maybe` keeps, when given."""
+    for line in lines if maybe is None else filter(maybe, lines):
         data = _PARSE.decode(line)
         if skipped:
             data.pop("kind")
@@ -790,12 +796,14 @@ class PartRows:
     def __iter__(self) -> Iterator[Any]:
         return self.in_sections(lambda s: True)
 
-    def in_sections(self, chosen: Callable[[tuple[str, str, str]], bool]) -> Iterator[Any]:
+    def in_sections(
+        self, chosen: Callable[[tuple[str, str, str]], bool], maybe: Callable[[str], bool] | None = None
+    ) -> Iterator[Any]:
         """The items of the chosen sections, in order; the other sections' lines are not read."""
         for p in self.parts:
             for run in p.runs:
                 if run[2] is self._skipped and chosen(run[0]):
-                    yield from _parsed(p.run_lines(run), self._skipped)
+                    yield from _parsed(p.run_lines(run), self._skipped, maybe)
 
     def raw_lines(self) -> Iterator[str]:
         """The whole body (actions and skipped changes), line by line."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emailsync.engine.stages import planned_by_stage
-from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, SummaryRow, in_sections
+from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, SummaryRow, dumps, in_sections
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -314,7 +314,19 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
     if dels:
         deleted = {_row_id(a) for a in dels}
         tables = {(t, tb) for t, tb, _ in deleted}
-        for a in in_sections(plan.actions, lambda sec: (sec[0], sec[1]) in tables and sec[2] != "delete-on-conflict"):
+        # Lines are parsed only if their key's text is a deleted row's: a table of 100k updates and 1k deletes
+        # cost 0.7 s parsed whole. The key is written right before "kind" in every line that is not a delete's.
+        keys = {dumps(a.key) for a in dels}
+
+        def maybe(line: str) -> bool:
+            at = line.find('"key":')
+            end = line.find(',"kind":', at) if at >= 0 else -1
+            return end < 0 or line[at + 6 : end] in keys
+
+        def chosen(sec: tuple[str, str, str]) -> bool:
+            return (sec[0], sec[1]) in tables and sec[2] != "delete-on-conflict"
+
+        for a in in_sections(plan.actions, chosen, maybe):
             if isinstance(a, PostgresAction) and a.kind != "delete-on-conflict" and (a.target, a.table) in tables:
                 rid = _row_id(a)
                 if rid in deleted and len(also.setdefault(rid, [])) < MD_COLLECT:
