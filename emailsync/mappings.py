@@ -103,6 +103,9 @@ class MappingSet:
 
     def _unscoped(self) -> tuple[tuple[Mapping, ...], list[str]]:
         has_clients = any(m.client_id is not None for m in self.mappings)
+        if not has_clients and self.match == "exact":
+            # One scope, checked when the file was read (load_mappings): each old address once, no cycle.
+            return self.mappings, []
         old_keys = _keys((m.old for m in self.mappings), self.match)
         first: dict[str, Mapping] = {}
         kept: list[Mapping] = []
