@@ -129,14 +129,7 @@ def apply_reviewed(
 ) -> Applied:
     """Apply exactly the reviewed plan. `person` is None when nobody can be asked (no terminal): the plan then
     needs opts.auto_approve, and its live actions opts.confirm_live."""
-    from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
-    from emailsync.config import load_targets
-    from emailsync.engine.applier import apply_plan
-    from emailsync.engine.replan import replan_check_or_fail
     from emailsync.planfile import read_plan
-    from emailsync.signing import check as check_signature
-    from emailsync.signing import plan_key
-    from emailsync.stores.ledger import Run
 
     if opts.confirm_live and opts.skip_live:
         raise UserError(
@@ -146,6 +139,24 @@ def apply_reviewed(
     # A missing or broken plan is the first thing to hear about; its lines' check runs on while the stores are
     # reached and the lines loaded (apply_plan waits for it before anything is written).
     plan = read_plan(plan_file, opts.parallel, early=True)
+    try:
+        return _apply_read(plan, plan_file, targets, opts, person, warn)
+    except UserError:
+        plan.checked()  # a refusal meanwhile comes second to a problem in the plan's lines
+        raise
+
+
+def _apply_read(
+    plan: Plan, plan_file: Path, targets: Path, opts: ApplyOptions, person: Approver | None, warn: Warn
+) -> Applied:
+    from emailsync.archive import journal_writer, killed_runs, rollbacks, write_report
+    from emailsync.config import load_targets
+    from emailsync.engine.applier import apply_plan
+    from emailsync.engine.replan import replan_check_or_fail
+    from emailsync.signing import check as check_signature
+    from emailsync.signing import plan_key
+    from emailsync.stores.ledger import Run
+
     if not opts.auto_approve and person is None:
         raise UserError("no terminal to confirm on: review the plan, then pass --auto-approve to apply it")
     unchecked = check_signature(plan, plan_file, plan_key())
