@@ -105,7 +105,7 @@ def apply_plan(
             try:
                 for s in stores:
                     s.prepare(planned_columns(plan, s.name), run, warn)
-            except BaseException:
+            except Exception:  # not on Ctrl-C: that ends the run at once
                 plan.checked()  # a line that is not a plan's (the load choked on it) is named by the check
                 raise
             plan.checked()  # before anything is written or shown: a problem in the plan's lines is the error
