@@ -178,7 +178,8 @@ def moto_endpoint() -> Iterator[str]:
 
 
 class Dynamo:
-    """Test-side access to the moto server: create tables, put and read items as plain Python values."""
+    """Test-side access to the tests' DynamoDB (DynamoDB Local, or the moto server): create tables, put and read
+    items as plain Python values."""
 
     def __init__(self, endpoint: str) -> None:
         import boto3
@@ -187,6 +188,17 @@ class Dynamo:
         self.endpoint = endpoint
         self.client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
         self._ser, self._de = TypeSerializer(), TypeDeserializer()
+
+    def drop_all_tables(self) -> None:
+        """No table left, by plain DynamoDB calls (every page of ListTables): a clean store on any DynamoDB."""
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self.client.list_tables(**kwargs)
+            for name in page["TableNames"]:
+                self.client.delete_table(TableName=name)
+            if "LastEvaluatedTableName" not in page:
+                return
+            kwargs["ExclusiveStartTableName"] = page["LastEvaluatedTableName"]
 
     def create(self, name: str, hash_key: str, range_key: str | None = None) -> None:
         keys = [{"AttributeName": hash_key, "KeyType": "HASH"}]
@@ -237,14 +249,26 @@ def _reset_moto(endpoint: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).read()
 
 
+def _use_moto() -> bool:
+    """EMAILSYNC_TEST_DDB=moto runs the DynamoDB tests on the moto server even where DynamoDB Local can be had."""
+    return os.environ.get("EMAILSYNC_TEST_DDB") == "moto"
+
+
 @pytest.fixture
-def ddb(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Dynamo:
-    _aws_test_environment(monkeypatch, moto_endpoint)
-    _reset_moto(moto_endpoint)
-    return Dynamo(moto_endpoint)
+def ddb(request: pytest.FixtureRequest, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Dynamo:
+    """A DynamoDB with no tables, and the AWS_* environment pointing at it: DynamoDB Local, Amazon's own engine with
+    DynamoDB's real limits, wherever Java and the emulator can be had (see pytest's header); else the moto server."""
+    endpoint = moto_endpoint if _use_moto() else request.getfixturevalue("dynamodb_local_endpoint")
+    _aws_test_environment(monkeypatch, endpoint)
+    d = Dynamo(endpoint)
+    if endpoint == moto_endpoint:
+        _reset_moto(moto_endpoint)  # also what moto keeps besides tables
+    else:
+        d.drop_all_tables()
+    return d
 
 
-# --- DynamoDB Local: Amazon's own engine (tests/dynamodb_local.py), for what moto does not model --------------------
+# --- DynamoDB Local: Amazon's own engine (tests/dynamodb_local.py) -------------------------------------------------
 # Concurrency (moto is not thread-safe under concurrent writes), DynamoDB's real limits and validation. Where Java or
 # the emulator cannot be had, the moto server stands in, as the project's guide allows.
 
@@ -263,13 +287,21 @@ def dynamodb_local_endpoint(moto_endpoint: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def ddb_local(dynamodb_local_endpoint: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Dynamo:
-    """Like `ddb`, on DynamoDB Local: every table of earlier tests dropped, the same AWS_* environment."""
-    _aws_test_environment(monkeypatch, dynamodb_local_endpoint)
-    if dynamodb_local_endpoint == moto_endpoint:
-        _reset_moto(moto_endpoint)
-        return Dynamo(moto_endpoint)
-    d = Dynamo(dynamodb_local_endpoint)
-    for name in d.client.list_tables()["TableNames"]:
-        d.client.delete_table(TableName=name)
-    return d
+def ddb_local(ddb: Dynamo) -> Dynamo:
+    """`ddb`, named where a test needs DynamoDB's real behaviour (concurrency, limits) rather than any DynamoDB."""
+    return ddb
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which DynamoDB the tests run against, and how to run them against the other."""
+    if _use_moto():
+        return "dynamodb: the moto server (EMAILSYNC_TEST_DDB=moto); unset it to use DynamoDB Local"
+    from dynamodb_local import emulator_dir
+
+    emulator = emulator_dir()
+    if emulator is None:
+        return (
+            "dynamodb: the moto server, a stand-in: DynamoDB Local needs Java 17+ and npm (or "
+            "EMAILSYNC_DYNAMODB_LOCAL naming a folder with DynamoDBLocal.jar)"
+        )
+    return f"dynamodb: DynamoDB Local ({emulator}); EMAILSYNC_TEST_DDB=moto runs on the moto server instead"

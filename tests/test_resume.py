@@ -31,7 +31,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -179,8 +178,6 @@ def _put(ddb: Any, table: str, *items: dict[str, Any]) -> None:
             pending = ddb.client.batch_write_item(RequestItems=pending).get("UnprocessedItems")
 
 
-def _reset_moto(ddb: Any) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{ddb.endpoint}/moto-api/reset", method="POST")).read()
 
 
 def _state(core: Any, leave: Any, ddb: Any) -> dict[str, Any]:
@@ -281,7 +278,7 @@ class Estate:
         self.core, self.leave = make_db(), make_db()
         ws.monkeypatch.setenv("RESUME_CORE_DSN", self.core.dsn)
         ws.monkeypatch.setenv("RESUME_LEAVE_DSN", self.leave.dsn)
-        _reset_moto(ddb)
+        ddb.drop_all_tables()  # a second estate in one test starts from no tables too
         _seed_pg(self.core, self.leave)
         _seed_ddb(ddb)
         r, self.plan = ws.plan()
