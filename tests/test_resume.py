@@ -178,8 +178,6 @@ def _put(ddb: Any, table: str, *items: dict[str, Any]) -> None:
             pending = ddb.client.batch_write_item(RequestItems=pending).get("UnprocessedItems")
 
 
-
-
 def _state(core: Any, leave: Any, ddb: Any) -> dict[str, Any]:
     """Everything the plan touches: PostgreSQL per database, DynamoDB per table as {key tuple: item}."""
     return {

@@ -6,6 +6,7 @@ Real PostgreSQL (two clusters where a test needs another one) and DynamoDB Local
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,34 +170,36 @@ ORIGINAL = [{"email": "a@old.com", "name": "Ann"}, {"email": "keep@x.com", "name
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"])
 def test_apply_refuses_another_dynamodb_endpoint_named_by_the_environment(
-    ddb_local: Dynamo, moto_endpoint: str, ws: Any, variable: str, reliability: Any
+    ddb: Dynamo, moto_endpoint: str, ws: Any, variable: str, reliability: Any
 ) -> None:
-    from conftest import _reset_moto
+    from conftest import separate_moto_server
 
-    _reset_moto(moto_endpoint)
-    other = Dynamo(moto_endpoint)
-    assert other.endpoint != ddb_local.endpoint or ddb_local.endpoint == moto_endpoint
-    _seed_profiles(ddb_local)
+    # The other endpoint: the session's moto server, or a separate one when the tests' DynamoDB is that server.
+    with contextlib.ExitStack() as stack:
+        other_endpoint = stack.enter_context(separate_moto_server()) if ddb.endpoint == moto_endpoint else moto_endpoint
+        _moved_endpoint_is_refused(ddb, Dynamo(other_endpoint), ws, variable)
+    reliability(AREA, REFUSED, detail=f"{variable} moved to another DynamoDB endpoint")
+
+
+def _moved_endpoint_is_refused(ddb: Dynamo, other: Dynamo, ws: Any, variable: str) -> None:
+    other.drop_all_tables()
+    assert other.endpoint != ddb.endpoint
+    _seed_profiles(ddb)
     _ddb_targets(ws)
-    ws.monkeypatch.setenv(variable, ddb_local.endpoint)
+    ws.monkeypatch.setenv(variable, ddb.endpoint)
     r, plan = ws.plan()
     assert r.code == 0, r.err
     fp = read_plan(plan).targets["hr"]
     assert (fp.host, fp.database, fp.account) == ("127.0.0.1", "us-east-1", None)
-    assert fp.port == ddb_local.endpoint.rsplit(":", 1)[1]
+    assert fp.port == ddb.endpoint.rsplit(":", 1)[1]
 
-    if ddb_local.endpoint != moto_endpoint:
-        _seed_profiles(other)  # the same table and items on the other endpoint
-    ws.monkeypatch.setenv(variable, moto_endpoint)
+    _seed_profiles(other)  # the same table and items on the other endpoint
+    ws.monkeypatch.setenv(variable, other.endpoint)
     files = listing(ws.path)
     r = ws.run("apply", str(plan), "--auto-approve")
-    if ddb_local.endpoint == moto_endpoint:  # no Java here: both are the moto server, so the binding holds
-        assert r.code == 0, r.err
-        return
-    assert_user_error(r, "hr", "port", moto_endpoint.rsplit(":", 1)[1], "nothing was written")
+    assert_user_error(r, "hr", "port", other.endpoint.rsplit(":", 1)[1], "nothing was written")
     assert listing(ws.path) == files
-    assert ddb_local.items("profiles") == other.items("profiles") == ORIGINAL
-    reliability(AREA, REFUSED, detail=f"{variable} moved to another DynamoDB endpoint")
+    assert ddb.items("profiles") == other.items("profiles") == ORIGINAL
 
 
 def test_apply_refuses_another_region_of_the_same_endpoint(ddb_local: Dynamo, ws: Any, reliability: Any) -> None:
