@@ -1,7 +1,7 @@
 """Benchmark runner: emailsync plan + apply against hand-written set-based SQL, on the same generated data.
 
     python benchmarks/run.py --employees 100000 --mappings 2000            # PostgreSQL
-    python benchmarks/run.py --employees 2000 --mappings 200 --dynamodb    # + DynamoDB (moto server)
+    python benchmarks/run.py --employees 2000 --mappings 200 --dynamodb    # + DynamoDB (DynamoDB Local, or moto)
     python benchmarks/run.py ... --latency-ms 10                           # + apply through a 10 ms round trip
     python benchmarks/run.py ... --profile                                 # + pyinstrument profiles of plan and apply
 
@@ -211,6 +211,27 @@ def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int, list[tu
     return time.perf_counter() - t0, changed, steps
 
 
+def start_dynamodb() -> tuple[str, Any, str]:
+    """Amazon's DynamoDB Local where Java and the emulator can be had (tests/dynamodb_local.py, fetched once by npm),
+    else the moto server: its endpoint, what stops it, and which it is."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from dynamodb_local import DynamoDBLocal, emulator_dir
+
+    emulator = emulator_dir()
+    if emulator is not None:
+        local = DynamoDBLocal(emulator)
+        return local.endpoint, local.stop, "DynamoDB Local"
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    return f"http://{host}:{port}", moto.stop, "moto server (no Java or npm for DynamoDB Local)"
+
+
 def run_floor(dsn: str, mapping: dict[str, str]) -> dict[str, Any]:
     """The least a plan-then-apply tool must ask of the database (estate.FLOOR_READS, FLOOR_WRITES): a read-only
     pass bringing every change to the client, then conditional writes and one read-back. Seconds per phase."""
@@ -286,7 +307,11 @@ def main() -> None:
     ap.add_argument("--mappings", type=int, default=2000)
     ap.add_argument("--ghost-mappings", type=int, default=0, help="extra mappings that match no row")
     ap.add_argument("--audit-rows", type=int, help="rows in audit_log (default 4 x employees)")
-    ap.add_argument("--dynamodb", action="store_true", help="also benchmark the DynamoDB tables (moto server)")
+    ap.add_argument(
+        "--dynamodb",
+        action="store_true",
+        help="also benchmark the DynamoDB tables (DynamoDB Local where Java can run it, else the moto server)",
+    )
     ap.add_argument("--profiles", type=int, default=2000, help="DynamoDB hr-profiles items (with --dynamodb)")
     ap.add_argument("--latency-ms", type=float, default=0, help="also apply through a proxy adding this round trip")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profiles of plan and apply")
@@ -347,19 +372,13 @@ def main() -> None:
 
         targets = estate.TARGETS
         env = {**os.environ, "BENCH_DSN": fresh("bench_emailsync", logged=True)}
-        moto = None
+        stop_dynamodb = None
         if args.dynamodb:
-            import logging
-
             import boto3
-            from moto.server import ThreadedMotoServer
 
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            moto.start()
-            mh, mp = moto.get_host_and_port()
+            endpoint, stop_dynamodb, result["dynamodb_engine"] = start_dynamodb()
             aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-            env |= aws | {"BENCH_DYNAMODB": f"http://{mh}:{mp}"}
+            env |= aws | {"BENCH_DYNAMODB": endpoint}
             client = boto3.client(
                 "dynamodb",
                 endpoint_url=env["BENCH_DYNAMODB"],
@@ -476,8 +495,8 @@ def main() -> None:
                 "apply_round_trips": proxy.turns,
                 "postgres_actions": pg_actions,
             }
-        if moto is not None:
-            moto.stop()
+        if stop_dynamodb is not None:
+            stop_dynamodb()
     finally:
         if args.keep and server.log.exists():
             shutil.copy(server.log, work / "server.log")  # statement times, and plans with --explain
@@ -551,6 +570,7 @@ def print_table(r: dict[str, Any]) -> None:
         )
     if "dynamodb" in r:
         d = r["dynamodb"]
+        lines.append(f"dynamodb: {r.get('dynamodb_engine', 'moto server')}")
         for rd in d["reads"]:
             lines.append(
                 f"dynamodb {rd['table']}: {rd['method']} x1, {rd['segments']} segment(s), {rd['requests']} "
