@@ -151,6 +151,11 @@ def plan(dsn: str, mappings: str, out: str) -> None:
     helper.rollback()
 
 
+def _member(col: str) -> str:
+    """The grouped lines' new value of one column (g.n holds them by column name)."""
+    return f"(g.n -> '{col}')"
+
+
 def _value(ctype: str, v: str) -> str:
     """The column's value from its JSON `v`."""
     return (
@@ -205,9 +210,8 @@ def apply(dsn: str, path: str) -> None:
                 ).rowcount
             else:
                 sets = ", ".join(
-                    f"{col} = CASE WHEN g.n ? '{col}' THEN {_value(ctype, f'(g.n -> {q}{col}{q})')} ELSE t.{col} END"
+                    f"{col} = CASE WHEN g.n ? '{col}' THEN {_value(ctype, _member(col))} ELSE t.{col} END"
                     for col, _, _, ctype in cols
-                    for q in ["'"]
                 )
                 holds = " AND ".join(f"(NOT g.o ? '{col}' OR to_jsonb(t.{col}) = g.o -> '{col}')" for col, *_ in cols)
                 n = c.execute(
