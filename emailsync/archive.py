@@ -144,24 +144,84 @@ Entry = dict[str, Any]
 
 def journal_writer(path: Path) -> Callable[[Entry | Iterable[Entry | Rendered]], None]:
     """An append-only JSON-lines journal beside the plan. Each call (one entry, or several written together, such
-    as a run's outcomes, streamed) is fsync'd before the write it records goes on."""
+    as a run's outcomes, streamed) returns once its lines are fsync'd, before the write they record goes on."""
+    return _GroupCommit(path).write
 
-    lock = threading.Lock()  # targets applied in parallel journal from their own threads: records never interleave
 
-    def write(entries: Entry | Iterable[Entry | Rendered]) -> None:
+class _GroupCommit:
+    """Calls made from several threads at once (targets applied in parallel, a DynamoDB target's requests in
+    flight) share one write and one fsync: the first caller writes every line waiting by then, the others wait
+    for that fsync (or the next one, if their lines came too late for it). A stream of entries (a run's outcomes)
+    is written as it is read, never held whole in memory, by one caller at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cond = threading.Condition()
+        self.waiting: list[str] = []  # rendered lines not yet written
+        self.queued = 0  # calls whose lines are waiting or written, numbered in call order
+        self.durable = 0  # calls up to this number are fsync'd
+        self.failed: list[tuple[int, int, BaseException]] = []  # calls (from, to] lost to a failed write
+        self.writing = False
+
+    def write(self, entries: Entry | Iterable[Entry | Rendered]) -> None:
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if not isinstance(entries, dict):
+            self._stream(at, entries)
+            return
+        with self.cond:
+            self.waiting.append(_line({"at": at, **entries}) + "\n")
+            self.queued += 1
+            mine = self.queued
+            while True:
+                lost = next((e for first, upto, e in self.failed if first < mine <= upto), None)
+                if lost is not None:
+                    raise lost
+                if self.durable >= mine:
+                    return
+                if self.writing:
+                    self.cond.wait()
+                    continue
+                self._commit(lambda f: None)
+
+    def _stream(self, at: str, entries: Iterable[Entry | Rendered]) -> None:
         head = f'{{"at": {_enc(at)}, '
-        batch = [entries] if isinstance(entries, dict) else entries
-        with lock, open(path, "a", encoding="utf-8") as f:
-            for e in batch:  # buffered: written in blocks, not line by line
+
+        def lines(f: Any) -> None:
+            for e in entries:  # buffered by the file: written in blocks, not line by line
                 if isinstance(e, Rendered):  # each of its lines gets the time too
                     f.write(head + e[1:].replace("\n{", "\n" + head) + "\n")
                 else:
                     f.write(_line({"at": at, **e}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
-    return write
+        with self.cond:
+            while self.writing:
+                self.cond.wait()
+            self.queued += 1
+            self._commit(lines)
+
+    def _commit(self, more: Callable[[Any], None]) -> None:
+        """With the condition held and nobody writing: write the waiting lines, then `more`'s, and fsync, with the
+        condition released meanwhile so that other callers can queue theirs for the next commit."""
+        text, first, upto = "".join(self.waiting), self.durable, self.queued
+        self.waiting.clear()
+        self.writing = True
+        try:
+            self.cond.release()
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(text)
+                    more(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                self.cond.acquire()
+            self.durable = upto
+        except BaseException as e:
+            self.failed.append((first, upto, e))
+            raise
+        finally:
+            self.writing = False
+            self.cond.notify_all()
 
 
 # -- reading the journals back ------------------------------------------------------------------------------------
