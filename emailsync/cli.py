@@ -17,6 +17,7 @@ import typer
 import typer.core
 
 from emailsync import __version__
+from emailsync.engine.executor import DEFAULT_CONCURRENCY
 from emailsync.errors import INTERRUPTED, UserError
 
 # The click typer runs on (its own vendored copy in newer releases): its exception classes, found through the one
@@ -147,6 +148,16 @@ QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr (warnings and errors stay).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout for machines; no progress bars.")]
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=1024,
+        metavar="N",
+        help="DynamoDB requests in flight per target (scan segments, reads, writes of distinct items); 1: one at a "
+        "time.",
+    ),
+]
 
 
 @app.command()
@@ -174,6 +185,7 @@ def plan(
             min=1, metavar="N", help="Targets planned at once; default: every target, up to 4. 1: one after another."
         ),
     ] = None,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
     from emailsync.plan import dumps
@@ -190,6 +202,7 @@ def plan(
             quiet=quiet or json_out,
             warn=_warn,
             parallel=parallel,
+            concurrency=concurrency,
         )
     except UserError as e:
         _fail(e)
@@ -277,6 +290,7 @@ def apply(
             help="PostgreSQL databases applied at once, each in its own transaction; default: every target, up to 4.",
         ),
     ] = None,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.plan import dumps
@@ -295,6 +309,7 @@ def apply(
         mappings=mappings,
         quiet=quiet or json_out,
         parallel=parallel,
+        concurrency=concurrency,
     )
     try:
         person = _Terminal(json_out) if _interactive() else None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from emailsync import progress
+from emailsync.engine.executor import DEFAULT_CONCURRENCY
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
 from emailsync.stores.errors import store_errors
@@ -55,6 +56,7 @@ def make_plan(
     quiet: bool,
     warn: Warn,
     parallel: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> Planned:
     """Read the targets and mappings, build the plan (read-only), sign it when EMAILSYNC_PLAN_KEY is set, and write
     plan.jsonl.gz, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
@@ -77,7 +79,9 @@ def make_plan(
     with store_errors("planning", "; nothing was written"):
         # Deflated where each target's lines are made, unless the plan goes to an uncompressed file.
         deflate = out is None or out.name.endswith(".gz")
-        p = with_progress(quiet, lambda: build_plan(loaded, mset, parallel=parallel, deflate=deflate))
+        p = with_progress(
+            quiet, lambda: build_plan(loaded, mset, parallel=parallel, concurrency=concurrency, deflate=deflate)
+        )
     if key is not None:
         p = sign(p, key)
     path = out or default_plan_path(plans_dir, p)
@@ -114,6 +118,7 @@ class ApplyOptions:
     mappings: Path | None = None  # for replan_check
     quiet: bool = False
     parallel: int | None = None  # PostgreSQL targets applied at once (executor.default_width when None)
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per DynamoDB target
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ def _apply_read(
                 warn=warn,
                 unfinished_runs=lambda: killed_runs(plan_file, plan.digest),
                 parallel=opts.parallel,
+                concurrency=opts.concurrency,
             ),
         )
     path = write_report(plan_file, report)

@@ -511,8 +511,9 @@ def test_dynamodb_writer_during_apply_is_stale_and_keeps_its_value(ws, ddb, reli
 
     hook_dynamodb(ws, "before-call.dynamodb", writer)
     # --on-stale skip: with abort, the first stale item found while writing holds back the rest of the target,
-    # its live table included (the next test).
-    r = _apply(ws, plan, "--confirm-live", "--on-stale", "skip")
+    # its live table included (the next test). --concurrency 1: each write in turn, so each writer lands exactly
+    # before its own (test_dynamodb_requests_in_flight has many writers against many requests in flight).
+    r = _apply(ws, plan, "--confirm-live", "--on-stale", "skip", "--concurrency", "1")
     # One transaction held all four moves (a Put and a Delete each); each write was preceded by its writer once.
     assert interleaved == ["u3 before a transaction of 8 writes", "p2", "logins"]
     assert r.code == 3, r.out + r.err
@@ -614,7 +615,7 @@ def test_two_appliers_on_one_dynamodb_target_the_second_is_refused_and_writes_no
             )
 
     hook_dynamodb(ws, "before-call.dynamodb.TransactWriteItems", second_applier)
-    r = _apply(ws, plan, "--confirm-live")
+    r = _apply(ws, plan, "--confirm-live", "--concurrency", "1")  # the transaction is the first write, alone
     assert r.code == 0, r.out + r.err
     (journal,) = _journals(plan)
     run_id = _run_id(journal)

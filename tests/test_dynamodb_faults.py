@@ -72,7 +72,7 @@ def test_transaction_conflict_is_retried_until_it_goes_through(ddb, ws, reliabil
         return None
 
     hook_dynamodb(ws, "before-send.dynamodb.TransactWriteItems", conflict_twice)
-    r = ws.run("apply", str(plan), "--auto-approve")
+    r = ws.run("apply", str(plan), "--auto-approve", "--concurrency", "1")  # one transaction, tried three times
     assert r.code == 0, r.out + r.err
     assert len(seen) == 3
     # every item moved whole, once: six items before and after, each with its own number
@@ -151,7 +151,7 @@ def test_interrupted_apply_resumes_without_loss_or_duplicates(ddb, ws):
 
     unhook = hook_dynamodb(ws, "after-call.dynamodb.TransactWriteItems", crash_after_first)
     with pytest.raises(Crash):
-        ws.run("apply", str(plan), "--auto-approve")
+        ws.run("apply", str(plan), "--auto-approve", "--concurrency", "1")  # one transaction at a time
     mid = _emails(ddb)
     assert len(mid) == 120 and sum(e.endswith("@new.com") for e in mid) == 50  # one whole transaction, no more
     unhook()  # the next run is a clean process

@@ -282,10 +282,12 @@ class Estate:
         r, self.plan = ws.plan()
         assert r.code == 0, r.out + r.err
         self.actions = ws.plan_json(self.plan)["actions"]
-        # --parallel 1: the kill points are counted with the databases applied one after another (in parallel the
-        # order between them is not fixed; test_apply_in_parallel covers that).
+        # --parallel 1 and --concurrency 1: the kill points are counted with the databases applied one after another
+        # and DynamoDB's requests sent one at a time (at once, their order is not fixed: test_apply_in_parallel and
+        # test_dynamodb_requests_in_flight cover that).
         self.apply_args = [
             "apply", str(self.plan), "--targets", "targets.yaml", "--auto-approve", "--confirm-live", "--parallel", "1",
+            "--concurrency", "1",
         ]  # fmt: skip
         self.initial = self.state()
 

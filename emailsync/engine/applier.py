@@ -9,7 +9,7 @@ from typing import Any
 
 from emailsync.archive import OutcomeBlock, OutcomeRecord, Rendered, outcome_text_blocks
 from emailsync.config import LoadedTargets
-from emailsync.engine.executor import default_width, run_all
+from emailsync.engine.executor import DEFAULT_CONCURRENCY, default_width, run_all
 from emailsync.engine.stages import STAGES
 from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerprint, TargetRows
@@ -76,6 +76,7 @@ def apply_plan(
     warn: Callable[[str], None] = lambda msg: None,
     unfinished_runs: Callable[[], frozenset[str]] = frozenset,
     parallel: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> tuple[int, dict[str, Any]]:
     """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`), stage by stage.
 
@@ -86,7 +87,9 @@ def apply_plan(
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
     planned = planned_counts(plan)
-    chosen = registry.stores(loaded, [t for t in planned if only_targets is None or t in only_targets])
+    chosen = registry.stores(
+        loaded, [t for t in planned if only_targets is None or t in only_targets], concurrency=concurrency
+    )
     # A store that only sends the lines' bytes on gets them while the plan's check may still run (read_plan early).
     taken = {
         s.name: s.take(

@@ -3,11 +3,12 @@ while each step keeps its own order. dbt and SQLMesh run their steps the same wa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -73,3 +74,57 @@ def _stop(steps: Sequence[Step[T]], futures: list[Future[T]]) -> set[int]:
             s.cancel()
             asked.add(i)
     return asked
+
+
+DEFAULT_CONCURRENCY = 32  # requests in flight per target whose work is requests (--concurrency)
+
+
+class Workers:
+    """A target's requests in flight: a store whose work is requests of a few milliseconds of network time each
+    (DynamoDB) sends its independent ones (scan segments, batched reads, writes of distinct items) `width` at a
+    time instead of one after another. The order that matters is kept by the callers: they hand over only work
+    that may run in any order."""
+
+    def __init__(self, width: int) -> None:
+        if width < 1:
+            raise ValueError(f"width must be at least 1, not {width}")
+        self.width = width
+        self._pool: ThreadPoolExecutor | None = None
+
+    def each(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """fn(item) for every item, up to `width` at once; the results in the items' order, once all have ended.
+
+        On a failure, work not yet started is cancelled and work under way is waited for (a write in flight is
+        never left behind unjournaled), then the first failure is raised. Ctrl-C cancels what has not started."""
+        work = list(items)
+        if self.width == 1 or len(work) <= 1:
+            return [fn(x) for x in work]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.width, thread_name_prefix="emailsync-requests")
+        futures: list[Future[R]] = [self._pool.submit(fn, x) for x in work]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+        if failed is not None:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            exc = failed.exception()
+            assert exc is not None
+            raise exc
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

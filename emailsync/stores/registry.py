@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
+from emailsync.engine.executor import DEFAULT_CONCURRENCY
 from emailsync.engine.stages import stores_in_order
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Store
@@ -28,9 +29,9 @@ def connect(target: PostgresTarget) -> psycopg.Connection:
     return _postgres_connection.connect(target)
 
 
-def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
+def client_for(target: DynamoTarget, probe: bool = False, connections: int = 10) -> DynamoDBClient:
     """A client of a DynamoDB target (see stores/dynamodb/client.py)."""
-    return _dynamodb_client.client_for(target, probe=probe)
+    return _dynamodb_client.client_for(target, probe=probe, connections=connections)
 
 
 def kind_of(target: PostgresTarget | DynamoTarget) -> StoreKind:
@@ -43,10 +44,13 @@ def targets(loaded: LoadedTargets) -> dict[str, PostgresTarget | DynamoTarget]:
     return out | {t.name: t for t in loaded.config.dynamodb}
 
 
-def stores(loaded: LoadedTargets, names: Iterable[str] | None = None) -> list[Store]:
+def stores(
+    loaded: LoadedTargets, names: Iterable[str] | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
+) -> list[Store]:
     """A Store per target (those named, when `names` is given), in the order apply runs them (stages.py), each
     store's targets in the targets file's order. Connections and clients are made through this module's seam,
-    looked up when used, so a patch of connect or client_for reaches every store."""
+    looked up when used, so a patch of connect or client_for reaches every store. `concurrency`: requests in
+    flight per DynamoDB target."""
     wanted = None if names is None else set(names)
     by_kind: dict[str, list[Store]] = {
         "postgres": [
@@ -55,7 +59,7 @@ def stores(loaded: LoadedTargets, names: Iterable[str] | None = None) -> list[St
             if wanted is None or t.name in wanted
         ],
         "dynamodb": [
-            DynamoStore(loaded, i, _client_for_store)
+            DynamoStore(loaded, i, _client_for_store, concurrency)
             for i, t in enumerate(loaded.config.dynamodb)
             if wanted is None or t.name in wanted
         ],

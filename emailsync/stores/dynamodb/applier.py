@@ -18,12 +18,14 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 
 from emailsync import progress
 from emailsync.config import DynamoTarget
+from emailsync.engine.executor import Workers
 from emailsync.errors import UserError
 from emailsync.plan import DynamoAction
 from emailsync.retry import backoff_sleep
@@ -64,8 +66,10 @@ class DynamoApplier:
         actions: list[DynamoAction],
         on_stale: str,
         journal: Callable[[dict[str, Any]], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.target = target
+        self.workers = Workers(concurrency)  # requests in flight; their order is kept by what is handed to them
         self.client = client
         self.actions = actions
         self.on_stale = on_stale
@@ -82,7 +86,6 @@ class DynamoApplier:
             self.at_key[(x.table, keystr(x.key))].append(x)
             if x.kind in MOVES:
                 self.arriving[(x.table, keystr(x.new_key or {}))].append(x)
-        self.requests = 0
         self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
         self.version_attr = {t.table: t.version_attribute for t in target.tables}
         self.email_attrs = {t.table: [a.path[0] for a in t.attributes] for t in target.tables}
@@ -105,21 +108,11 @@ class DynamoApplier:
                 self._bar = bar
                 for step in sorted({a.step for a in self.actions}):
                     todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
-                    # Moves in transactions; on a live table, verified swaps (a rollback's moves back too).
-                    self._moves([a for a in todo if a.kind in MOVES and not self._swapped(a)])
-                    for a in todo:
-                        if a.kind in MOVES and self._swapped(a):
-                            self._swap(a)
-                            self._bar.advance()
-                    updates = [a for a in todo if a.kind not in MOVES]
-                    for i in range(0, len(updates), UPDATE_BATCH):
-                        # Journaled a batch at a time (fsync before and after), written an item at a time.
-                        chunk = updates[i : i + UPDATE_BATCH]
-                        self._journal_batch("update", chunk, "before")
-                        for a in chunk:
-                            self._update(a)
-                        self._journal_batch("update", chunk, "after")
-                        self._bar.advance(len(chunk))
+                    # A step's actions change distinct items (the planner puts every later write to an item in a
+                    # later step): they go out `concurrency` requests at a time. Should two touch one item, the
+                    # second waits for a wave of its own, in the order they would have run one by one.
+                    for wave in _waves(todo, self._swapped):
+                        self.workers.each(_run, self._units(wave))
                     self._verify([a for a in todo if self.status[a.id].status == "applied"])
         except UserError as e:
             # Credentials or a table gone while writing: other targets may have committed already, so this is
@@ -130,6 +123,8 @@ class DynamoApplier:
         except botocore.exceptions.ClientError as e:
             err = e.response.get("Error", {})
             res.error = f"DynamoDB error: {err.get('Code')}: {err.get('Message')}"
+        finally:
+            self.workers.close()
         for a in self.actions:
             o = self.status.get(a.id)
             if o is None or o.status == "pending":
@@ -138,15 +133,40 @@ class DynamoApplier:
         res.committed = res.error is None
         return res
 
+    def _units(self, wave: list[DynamoAction]) -> list[Callable[[], None]]:
+        """A wave's writes as units of work for the workers, each journaled before and after: transactions of
+        moves, one live swap (its phases in order), or a share of the updates, made small enough that every
+        worker has one (a unit's requests go out one after another)."""
+        moves = [a for a in wave if a.kind in MOVES and not self._swapped(a)]
+        updates = [a for a in wave if a.kind not in MOVES]
+        units: list[Callable[[], None]] = [partial(self._transact, b) for b in self._transactions(moves)]
+        units += [partial(self._swap_one, a) for a in wave if a.kind in MOVES and self._swapped(a)]
+        size = _share(len(updates), self.workers.width, UPDATE_BATCH)
+        units += [partial(self._updates, updates[i : i + size]) for i in range(0, len(updates), size)]
+        return units
+
+    def _updates(self, chunk: list[DynamoAction]) -> None:
+        self._journal_batch("update", chunk, "before")
+        for a in chunk:
+            self._update(a)
+        self._journal_batch("update", chunk, "after")
+        self._bar.advance(len(chunk))
+
+    def _swap_one(self, a: DynamoAction) -> None:
+        self._swap(a)
+        self._bar.advance()
+
     def stale_before_writing(self) -> dict[str, Outcome]:
         """The actions apply would find stale before writing anything (reads only). Unlike classify_only, a swap
         stopped half way is not stale here: apply resumes it."""
-        self._preflight()
+        with self.workers:
+            self._preflight()
         return {i: o for i, o in self.status.items() if o.status == "stale"}
 
     def classify_only(self) -> dict[str, Outcome]:
         """Each action's state, reading only (for `emailsync verify`): pending, already-applied or stale."""
-        self._preflight()
+        with self.workers:
+            self._preflight()
         out = dict(self.status)
         for a in self.actions:
             there = self.cache.get((a.table, keystr(a.new_key or {})))
@@ -159,7 +179,6 @@ class DynamoApplier:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def _get(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        self.requests += 1
         resp = call(
             self.target,
             f"read {table}",
@@ -177,8 +196,7 @@ class DynamoApplier:
         for table, ks in wanted:
             by_table[table].append(item_from_json(json.loads(ks)))
         for table, keys in by_table.items():
-            self.requests += -(-len(keys) // 100)
-            found = batch_get(self.target, self.client, table, keys)
+            found = batch_get(self.target, self.client, table, keys, self.workers)
             for table_key in ((table, ks) for ks in (keystr(item_to_json(k)) for k in keys)):
                 item = found.get(table_key[1])
                 self.cache[table_key] = item_to_json(item) if item is not None else None
@@ -303,22 +321,26 @@ class DynamoApplier:
 
     # -- moves -------------------------------------------------------------------------------------------------
 
-    def _moves(self, moves: list[DynamoAction]) -> None:
+    def _transactions(self, moves: list[DynamoAction]) -> list[list[DynamoAction]]:
+        """Moves grouped into transactions: DynamoDB's limits (100 items, 4 MB, no item twice in one), and no more
+        moves in one than gives every worker a transaction of its own."""
+        most = _share(len(moves), self.workers.width, MAX_TX_ITEMS // 2)
+        out: list[list[DynamoAction]] = []
         batch: list[DynamoAction] = []
         size = 0
         keys: set[tuple[str, str]] = set()
         for a in moves:
             need = item_size(a.merged or {}) + item_size(a.row or {}) + item_size(a.existing or {}) + 1024
             mine = {(a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))}
-            # DynamoDB's limits: 100 items and 4 MB per transaction, and no item twice in one.
-            if batch and (2 * (len(batch) + 1) > MAX_TX_ITEMS or size + need > MAX_TX_BYTES or mine & keys):
-                self._transact(batch)
+            if batch and (len(batch) + 1 > most or size + need > MAX_TX_BYTES or mine & keys):
+                out.append(batch)
                 batch, size, keys = [], 0, set()
             batch.append(a)
             size += need
             keys |= mine
         if batch:
-            self._transact(batch)
+            out.append(batch)
+        return out
 
     def _transact(self, batch: list[DynamoAction]) -> None:
         self._journal_batch("transact-write", batch, "before")
@@ -337,7 +359,6 @@ class DynamoApplier:
                 items.append({kind: req})
                 items.append(dict([self._vacate(a)]))
             try:
-                self.requests += 1
                 # Each item is {"Put" | "Update" | "Delete": request}, built as a plain dict like every request here
                 # (the stubs type each operation's request as its own TypedDict).
                 self.client.transact_write_items(TransactItems=cast("list[TransactWriteItemTypeDef]", items))
@@ -443,7 +464,6 @@ class DynamoApplier:
                 return
             self._journal(a, "put", "before")
             try:
-                self.requests += 1
                 with_backoff(lambda: self._write_new(a))
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
@@ -471,7 +491,6 @@ class DynamoApplier:
             return
         self._journal(a, "delete", "before")
         try:
-            self.requests += 1
             kind, req = self._vacate(a)
             with_backoff(lambda: (self.client.delete_item if kind == "Delete" else self.client.put_item)(**req))
         except botocore.exceptions.ClientError as e:
@@ -574,7 +593,6 @@ class DynamoApplier:
         if a.live:
             self._journal(a, "update", "before")
         try:
-            self.requests += 1
             with_backoff(
                 lambda: self.client.update_item(
                     TableName=a.table,
@@ -629,6 +647,36 @@ class DynamoApplier:
             if a.kind in MOVES:
                 for k in ((a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))):
                     self.pre[k] = self.cache[k]
+
+
+def _run(unit: Callable[[], None]) -> None:
+    unit()
+
+
+def _share(n: int, width: int, most: int) -> int:
+    """How many of n items one unit of work takes: enough units for `width` workers, at most `most` items each."""
+    return max(1, min(most, -(-n // width)))
+
+
+def _waves(actions: list[DynamoAction], swapped: Callable[[DynamoAction], bool]) -> list[list[DynamoAction]]:
+    """Actions split into waves that each change any item at most once, keeping the order in which they would run
+    one by one (moves in transactions, then live swaps, then updates). A wave runs concurrently; waves one by one."""
+    ordered = [a for a in actions if a.kind in MOVES and not swapped(a)]
+    ordered += [a for a in actions if a.kind in MOVES and swapped(a)]
+    ordered += [a for a in actions if a.kind not in MOVES]
+    last: dict[tuple[str, str], int] = {}
+    waves: list[list[DynamoAction]] = []
+    for a in ordered:
+        keys = [(a.table, keystr(a.key))]
+        if a.kind in MOVES:
+            keys.append((a.table, keystr(a.new_key or {})))
+        w = max((last[k] + 1 for k in keys if k in last), default=0)
+        if w == len(waves):
+            waves.append([])
+        waves[w].append(a)
+        for k in keys:
+            last[k] = w
+    return waves
 
 
 def _at(item: dict[str, Any], attribute: str) -> Any:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 
 from emailsync.config import DynamoTarget
+from emailsync.engine.executor import Workers
 from emailsync.errors import UserError
 from emailsync.retry import backoff_sleep, retry
 from emailsync.stores.dynamodb.items import item_to_json, keystr
@@ -43,7 +44,9 @@ RETRYABLE = {
 }
 
 
-def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
+def client_for(target: DynamoTarget, probe: bool = False, connections: int = 10) -> DynamoDBClient:
+    """A client of the target; `connections`: its pool of HTTP connections, one per request in flight (botocore
+    keeps 10 and makes any thread beyond that wait, or open a connection it then throws away)."""
     # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
     # (the first contact, which finds a wrong endpoint) gives up quickly instead.
     # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
@@ -54,6 +57,7 @@ def client_for(target: DynamoTarget, probe: bool = False) -> DynamoDBClient:
         retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
         connect_timeout=5 if probe else 10,
         read_timeout=60,
+        max_pool_connections=max(10, connections),
     )
     try:
         session = boto3.Session(profile_name=target.profile, region_name=target.region)
@@ -132,24 +136,30 @@ def with_backoff(fn: Callable[[], Any], attempts: int = 8) -> Any:
 
 
 def batch_get(
-    target: DynamoTarget, client: DynamoDBClient, table: str, keys: list[dict[str, Any]]
+    target: DynamoTarget,
+    client: DynamoDBClient,
+    table: str,
+    keys: list[dict[str, Any]],
+    workers: Workers | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Whole items by key (boto3 form), strongly consistent, 100 keys a request, unprocessed keys retried with
-    backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
-    out: dict[str, dict[str, Any]] = {}
+    """Whole items by key (boto3 form), strongly consistent, 100 keys a request (`workers`' width of them at once),
+    unprocessed keys retried with backoff. Returns keystr(plan JSON key) -> item (boto3 form)."""
     names = list(keys[0]) if keys else []
     unique = list({keystr(item_to_json(k)): k for k in keys}.values())  # a request may not repeat a key
-    for i in range(0, len(unique), MAX_BATCH_GET):
+
+    def chunk(i: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
         pending = {table: {"Keys": unique[i : i + MAX_BATCH_GET], "ConsistentRead": True}}
         for attempt in range(BATCH_GET_ATTEMPTS):
             if attempt:
                 backoff_sleep(attempt - 1)
             resp = call(target, f"read {table}", client.batch_get_item, RequestItems=pending)
-            for item in resp.get("Responses", {}).get(table, []):
-                out[keystr(item_to_json({k: item[k] for k in names}))] = item
+            found += resp.get("Responses", {}).get(table, [])
             pending = resp.get("UnprocessedKeys") or {}
             if not pending:
-                break
-        else:
-            raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
-    return out
+                return found
+        raise UserError(f"target {target.name!r}: {table}: reads kept being throttled; try again later")
+
+    starts = range(0, len(unique), MAX_BATCH_GET)
+    chunks = workers.each(chunk, starts) if workers is not None else [chunk(i) for i in starts]
+    return {keystr(item_to_json({k: item[k] for k in names})): item for found in chunks for item in found}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from emailsync import progress
 from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget
+from emailsync.engine.executor import DEFAULT_CONCURRENCY, Workers
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
 from emailsync.stores.dynamodb.client import (
@@ -32,6 +33,8 @@ from emailsync.stores.dynamodb.items import get_path, item_from_json, item_size,
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
 
+
+SCAN_PAGE_BYTES = 1 << 20  # what one Scan request reads at most
 
 # --- planning -----------------------------------------------------------------------------------------------
 
@@ -157,10 +160,22 @@ def merge(existing: dict[str, Any] | None, incoming: dict[str, Any]) -> dict[str
 
 class DynamoPlanner:
     def __init__(
-        self, target: DynamoTarget, where: str, mset: MappingSet, client: DynamoDBClient, probe: DynamoDBClient
+        self,
+        target: DynamoTarget,
+        where: str,
+        mset: MappingSet,
+        client: DynamoDBClient,
+        probe: DynamoDBClient,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
-        """`client` reads the items; `probe` (no retries) describes the tables (see client.client_for)."""
+        """`client` reads the items; `probe` (no retries) describes the tables (see client.client_for);
+        `concurrency`: requests in flight (its tables' scan segments and batched reads together)."""
         self.target = target
+        self.concurrency = concurrency
+        self._lookups: dict[str, Lookup] = {}
+        # Tables are planned at once: each keeps its own actions and reads, joined in the targets file's order.
+        self._actions: dict[str, list[dict[str, Any]]] = {t.table: [] for t in target.tables}
+        self._reads: dict[str, list[dict[str, Any]]] = {t.table: [] for t in target.tables}
         self.where = where
         self.mset = mset
         self.client = client
@@ -177,8 +192,17 @@ class DynamoPlanner:
 
     def plan(self) -> DynamoTargetPlan:
         self.out.reached = reached(self.target, self.client)
-        for i, cfg in enumerate(self.target.tables):
-            self._plan_table(self._describe(i, cfg))
+        tables = self.target.tables
+        with Workers(max(1, len(tables))) as workers:
+            try:
+                infos = workers.each(lambda it: self._describe(*it), enumerate(tables))
+                workers.each(self._plan_table, infos)
+            except BaseException:  # a table failed, or Ctrl-C: the others stop scanning after the pages in flight
+                self._stop.set()
+                raise
+        for t in tables:
+            self.out.actions += self._actions.pop(t.table)
+            self.out.reads += self._reads.pop(t.table)
         return self.out
 
     def _describe(self, i: int, cfg: DynamoTable) -> TableInfo:
@@ -200,8 +224,12 @@ class DynamoPlanner:
     def _segments(self, info: TableInfo) -> int:
         if info.cfg.segments:
             return info.cfg.segments
-        # About one segment per GB, within what two cores and the default connection pool sustain.
-        return max(1, min(8, info.size_bytes // (1 << 30) + 1))
+        # A Scan page reads at most 1 MB, one round trip each: a segment per MB of table (DescribeTable's size,
+        # refreshed about every six hours) puts every page in flight at once, up to --concurrency segments. A table
+        # that says it is empty may just be new: a few segments cost a request each if it truly is.
+        if info.size_bytes == 0 and info.item_count == 0:
+            return min(4, self.concurrency)
+        return max(1, min(self.concurrency, -(-info.size_bytes // SCAN_PAGE_BYTES)))
 
     def _scan(self, info: TableInfo) -> Iterator[dict[str, Any]]:
         names: dict[str, str] = {}
@@ -239,7 +267,7 @@ class DynamoPlanner:
         description = f"plan {self.target.name}: scanning {info.cfg.table}"
         with (
             progress.task(description, total=info.item_count or None) as bar,
-            ThreadPoolExecutor(max_workers=min(segments, 8)) as pool,
+            ThreadPoolExecutor(max_workers=min(segments, self.concurrency)) as pool,
         ):
             try:
                 found = [item for items in pool.map(segment, range(segments)) for item in items]
@@ -247,7 +275,7 @@ class DynamoPlanner:
                 self._stop.set()
                 raise
         yield from found
-        self.out.reads.append(
+        self._reads[info.cfg.table].append(
             dict(
                 target=self.target.name,
                 table=info.cfg.table,
@@ -289,11 +317,10 @@ class DynamoPlanner:
         return Candidate(key, item, new_item, changes, entries, moves, key_entries)
 
     def _batch_get(self, table: str, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return batch_get(self.target, self.client, table, keys)
+        with Workers(self.concurrency) as workers:
+            return batch_get(self.target, self.client, table, keys, workers)
 
     def _plan_table(self, info: TableInfo) -> None:
-        if not hasattr(self, "_lookups"):
-            self._lookups: dict[str, Lookup] = {}
         self._lookups[info.cfg.table] = Lookup(self.mset, info.cfg, f"{self.where}.tables[{info.index}]")
         table = info.cfg.table
         scanned = list(self._scan(info))
@@ -363,8 +390,8 @@ class DynamoPlanner:
                 steps[x] = steps[p] + 1
             return steps[chain[0][0]] if chain else steps[k]
 
-        for a in self.out.actions:
-            if a["table"] == table and a["kind"] in ("merge-and-move", "live-swap"):
+        for a in self._actions[table]:
+            if a["kind"] in ("merge-and-move", "live-swap"):
                 a["step"] = step_of(keystr(a["key"]))
 
     def _to_plan_candidate(self, c: Candidate) -> Candidate:
@@ -423,7 +450,7 @@ class DynamoPlanner:
         self._emit(info, c, "merge-and-move", step=0, new_key=new_key, existing=existing, merged=merged)
 
     def _emit(self, info: TableInfo, c: Candidate, kind: str, step: int, **extra: Any) -> None:
-        self.out.actions.append(
+        self._actions[info.cfg.table].append(
             dict(
                 kind=kind,
                 store="dynamodb",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import botocore.exceptions
 
 from emailsync.config import DynamoTarget, LoadedTargets
-from emailsync.engine.executor import Call, Step
+from emailsync.engine.executor import DEFAULT_CONCURRENCY, Call, Step
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
@@ -40,8 +40,11 @@ class DynamoStore:
     plans_in_a_process: ClassVar[bool] = False  # its planning waits on requests: threads overlap it
     loads_unchecked: ClassVar[bool] = False  # take() reads the actions
 
-    def __init__(self, loaded: LoadedTargets, index: int, client_for: ClientFor) -> None:
+    def __init__(
+        self, loaded: LoadedTargets, index: int, client_for: ClientFor, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> None:
         self.target: DynamoTarget = loaded.config.dynamodb[index]
+        self.concurrency = concurrency  # requests in flight, plan and apply
         self.name = self.target.name
         self._loaded, self._client_for = loaded, client_for
         self._where = f"{loaded.path.name}: dynamodb[{index}]"
@@ -57,7 +60,14 @@ class DynamoStore:
 
     def reader(self, mset: MappingSet) -> Step[TargetRead]:
         t = self.target
-        planner = DynamoPlanner(t, self._where, mset, self._client_for(t), self._client_for(t, probe=True))
+        planner = DynamoPlanner(
+            t,
+            self._where,
+            mset,
+            self._client_for(t, connections=self.concurrency),
+            self._client_for(t, probe=True),
+            self.concurrency,
+        )
 
         def read() -> TargetRead:
             dp = planner.plan()
@@ -107,7 +117,7 @@ class DynamoStore:
         return len(acts)
 
     def reach(self) -> TargetFingerprint:
-        self._client = self._client_for(self.target)
+        self._client = self._client_for(self.target, connections=self.concurrency)
         return TargetFingerprint(store=self.kind, **reached(self.target, self._client))
 
     @property
@@ -185,12 +195,12 @@ class DynamoStore:
         # run last, in a stage of their own, so the target is held back as a whole here.
         live = self.live_actions()
         if on_stale == "abort" and live:
-            probe = DynamoApplier(self.target, self.client, live, on_stale, write)
+            probe = self._applier(live, on_stale, write)
             self._live_stale = call(self.target, "reading the live items", probe.stale_before_writing)
             if self._live_stale:
                 self._held = f"{len(self._live_stale)} stale live action(s)"
                 return _held_back(self.name, group, self._held)
-        res = DynamoApplier(self.target, self.client, group, on_stale, write).run()
+        res = self._applier(group, on_stale, write).run()
         if on_stale == "abort" and any(o.status == "stale" for o in res.outcomes.values()):
             self._held = "stale action(s) in its other tables"
         return res
@@ -200,7 +210,10 @@ class DynamoStore:
             res = _held_back(self.name, group, self._held)
             res.outcomes.update(self._live_stale)  # the stale ones say why
             return res
-        return DynamoApplier(self.target, self.client, group, on_stale, write).run()
+        return self._applier(group, on_stale, write).run()
+
+    def _applier(self, group: list[DynamoAction], on_stale: str, write: Journal | None = None) -> DynamoApplier:
+        return DynamoApplier(self.target, self.client, group, on_stale, write, self.concurrency)
 
     def _where_each(self, res: TargetResult) -> TargetResult:
         """Each outcome says its table and kind, as PostgreSQL's do (the report reads them from the outcomes)."""
@@ -223,7 +236,7 @@ class DynamoStore:
         # Live and other tables are classified separately, exactly as apply runs them.
         for group in ([a for a in self._actions if not a.live], [a for a in self._actions if a.live]):
             if group:
-                for aid, o in DynamoApplier(self.target, self.client, group, "abort").classify_only().items():
+                for aid, o in self._applier(group, "abort").classify_only().items():
                     a = index[aid]
                     found.add(aid, Outcome(o.status, o.detail, a.table, a.kind))
                     if o.status == "stale" and len(keys) < KEYS_KEPT:
