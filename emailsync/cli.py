@@ -17,7 +17,7 @@ import typer
 import typer.core
 
 from emailsync import __version__
-from emailsync.engine.executor import DEFAULT_CONCURRENCY
+from emailsync.engine.executor import DEFAULT_CONCURRENCY, Pace
 from emailsync.errors import INTERRUPTED, UserError
 
 # The click typer runs on (its own vendored copy in newer releases): its exception classes, found through the one
@@ -158,6 +158,25 @@ ConcurrencyOpt = Annotated[
         "time.",
     ),
 ]
+MaxRcuOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-rcu",
+        min=0.5,
+        metavar="UNITS",
+        help="DynamoDB read capacity units a second at most, per table (what requests consumed, as DynamoDB reports "
+        "it); default: no cap.",
+    ),
+]
+MaxWcuOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-wcu",
+        min=0.5,
+        metavar="UNITS",
+        help="DynamoDB write capacity units a second at most, per table; default: no cap.",
+    ),
+]
 
 
 @app.command()
@@ -186,6 +205,7 @@ def plan(
         ),
     ] = None,
     concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    max_rcu: MaxRcuOpt = None,
 ) -> None:
     """Read the targets and mappings and write a reviewable plan. Writes nothing to any database."""
     from emailsync.plan import dumps
@@ -202,7 +222,7 @@ def plan(
             quiet=quiet or json_out,
             warn=_warn,
             parallel=parallel,
-            concurrency=concurrency,
+            pace=Pace(concurrency, max_rcu=max_rcu),
         )
     except UserError as e:
         _fail(e)
@@ -291,6 +311,8 @@ def apply(
         ),
     ] = None,
     concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
+    max_rcu: MaxRcuOpt = None,
+    max_wcu: MaxWcuOpt = None,
 ) -> None:
     """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
     from emailsync.plan import dumps
@@ -309,7 +331,7 @@ def apply(
         mappings=mappings,
         quiet=quiet or json_out,
         parallel=parallel,
-        concurrency=concurrency,
+        pace=Pace(concurrency, max_rcu=max_rcu, max_wcu=max_wcu),
     )
     try:
         person = _Terminal(json_out) if _interactive() else None

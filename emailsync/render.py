@@ -481,7 +481,23 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     for t in report["targets"]:
         if t.get("error"):
             lines.append(f"{t['target']}: {t['error']}")
+    costs = report.get("requests") or []
+    if costs:
+        lines += ["", "DynamoDB requests (read and write capacity units consumed, attempts throttled):"]
+        head = [("target", "table", "requests", "read units", "write units", "throttled")]
+        lines += text_table(
+            head
+            + [
+                (c["target"], c["table"], str(c["requests"]), _units(c["read_units"]), _units(c["write_units"]),
+                 str(c["throttled"]))
+                for c in costs
+            ]
+        )  # fmt: skip
     return lines
+
+
+def _units(n: float) -> str:
+    return f"{n:,.1f}".removesuffix(".0")
 
 
 def plan_text(plan: Plan) -> Iterator[str]:

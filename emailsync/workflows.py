@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from emailsync import progress
-from emailsync.engine.executor import DEFAULT_CONCURRENCY
+from emailsync.engine.executor import DEFAULT_PACE, Pace
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
 from emailsync.stores.errors import store_errors
@@ -56,7 +56,7 @@ def make_plan(
     quiet: bool,
     warn: Warn,
     parallel: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    pace: Pace = DEFAULT_PACE,
 ) -> Planned:
     """Read the targets and mappings, build the plan (read-only), sign it when EMAILSYNC_PLAN_KEY is set, and write
     plan.jsonl.gz, plan.md and the diff against the previous plan into the archive. Nothing is written to a store."""
@@ -79,9 +79,7 @@ def make_plan(
     with store_errors("planning", "; nothing was written"):
         # Deflated where each target's lines are made, unless the plan goes to an uncompressed file.
         deflate = out is None or out.name.endswith(".gz")
-        p = with_progress(
-            quiet, lambda: build_plan(loaded, mset, parallel=parallel, concurrency=concurrency, deflate=deflate)
-        )
+        p = with_progress(quiet, lambda: build_plan(loaded, mset, parallel=parallel, pace=pace, deflate=deflate))
     if key is not None:
         p = sign(p, key)
     path = out or default_plan_path(plans_dir, p)
@@ -118,7 +116,7 @@ class ApplyOptions:
     mappings: Path | None = None  # for replan_check
     quiet: bool = False
     parallel: int | None = None  # PostgreSQL targets applied at once (executor.default_width when None)
-    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per DynamoDB target
+    pace: Pace = DEFAULT_PACE  # DynamoDB: requests in flight per target, capacity caps per table
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ def _apply_read(
                 warn=warn,
                 unfinished_runs=lambda: killed_runs(plan_file, plan.digest),
                 parallel=opts.parallel,
-                concurrency=opts.concurrency,
+                pace=opts.pace,
             ),
         )
     path = write_report(plan_file, report)

@@ -392,8 +392,8 @@ def _apply(e: Estate) -> subprocess.CompletedProcess[str]:
 
 
 def test_throttling_during_apply_is_retried_nothing_lost(estate: Estate, reliability: Record) -> None:
-    # Late in each part: after a throttle, botocore's adaptive mode paces the client's later requests (about 5 a
-    # second), seconds over the live swaps' 40 requests.
+    # Late in each part, so that many requests come after a throttle (the target's window of requests in flight
+    # narrows at each, then widens again).
     throttled = {
         ("TransactWriteItems", "users", 3): aws_error("ProvisionedThroughputExceededException"),  # step 1's
         ("UpdateItem", "profiles", N_UPDATES): aws_error("ThrottlingException"),

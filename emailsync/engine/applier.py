@@ -9,7 +9,7 @@ from typing import Any
 
 from emailsync.archive import OutcomeBlock, OutcomeRecord, Rendered, outcome_text_blocks
 from emailsync.config import LoadedTargets
-from emailsync.engine.executor import DEFAULT_CONCURRENCY, default_width, run_all
+from emailsync.engine.executor import DEFAULT_PACE, Pace, default_width, run_all
 from emailsync.engine.stages import STAGES
 from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerprint, TargetRows
@@ -76,7 +76,7 @@ def apply_plan(
     warn: Callable[[str], None] = lambda msg: None,
     unfinished_runs: Callable[[], frozenset[str]] = frozenset,
     parallel: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    pace: Pace = DEFAULT_PACE,
 ) -> tuple[int, dict[str, Any]]:
     """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`), stage by stage.
 
@@ -87,9 +87,7 @@ def apply_plan(
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
     planned = planned_counts(plan)
-    chosen = registry.stores(
-        loaded, [t for t in planned if only_targets is None or t in only_targets], concurrency=concurrency
-    )
+    chosen = registry.stores(loaded, [t for t in planned if only_targets is None or t in only_targets], pace=pace)
     # A store that only sends the lines' bytes on gets them while the plan's check may still run (read_plan early).
     taken = {
         s.name: s.take(
@@ -101,6 +99,7 @@ def apply_plan(
     }
     stores = [s for s in chosen if taken[s.name]]
     results: list[TargetResult] = []
+    costs: list[dict[str, Any]] = []
     if stores:
         try:
             # Reach every target, resolve every table and take every lock before writing to any of them.
@@ -149,10 +148,13 @@ def apply_plan(
             for s in stores:
                 s.finish(results)
         finally:
+            costs = [c for s in stores for c in s.request_costs()]
             for s in stores:
                 s.close()
     plan.checked()  # when no store ran (nothing taken), still a plan whose lines were checked
     report = _report(plan, results, run, on_stale)
+    if stores and costs:
+        report["requests"] = costs
     if report["actions"]:  # streamed, one fsync for all of them
         write(
             Rendered("\n".join(lines)) for lines in outcome_text_blocks(report["actions"].blocks(), event=True) if lines

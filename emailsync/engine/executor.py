@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -77,6 +78,19 @@ def _stop(steps: Sequence[Step[T]], futures: list[Future[T]]) -> set[int]:
 
 
 DEFAULT_CONCURRENCY = 32  # requests in flight per target whose work is requests (--concurrency)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How hard a store whose work is requests may press on a target: requests in flight (--concurrency), and
+    capacity units a second per table (--max-rcu, --max-wcu; None: no cap)."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_rcu: float | None = None
+    max_wcu: float | None = None
+
+
+DEFAULT_PACE = Pace()
 
 
 class Workers:

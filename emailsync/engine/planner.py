@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emailsync import __version__
 from emailsync.config import LoadedTargets
-from emailsync.engine.executor import DEFAULT_CONCURRENCY, default_width, run_all
+from emailsync.engine.executor import DEFAULT_PACE, Pace, default_width, run_all
 from emailsync.engine.parts import Forked, InProcess
 from emailsync.errors import UserError
 from emailsync.forking import CAN_FORK
@@ -31,7 +31,7 @@ def build_plan(
     *,
     now: datetime | None = None,
     parallel: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    pace: Pace = DEFAULT_PACE,
     deflate: bool = True,
 ) -> Plan:
     """Plan every target (read-only), `parallel` targets at a time (default: executor.default_width); the plan is
@@ -42,7 +42,7 @@ def build_plan(
     mapping entries (levels) is then decided across all of them; then each makes its actions and writes them,
     sorted, as its part of the body, which is the parts in target order. Planning several targets at once, those
     whose planning is Python work run in processes of their own."""
-    stores = registry.stores(loaded, concurrency=concurrency)
+    stores = registry.stores(loaded, pace=pace)
     width = parallel if parallel is not None else default_width(len(stores))
     forking = CAN_FORK and width > 1 and sum(s.plans_in_a_process for s in stores) > 1
     makers: list[InProcess | Forked] = []

@@ -119,6 +119,11 @@ class Store(Protocol):
         first KEYS_KEPT drifted ones."""
         ...
 
+    def request_costs(self) -> list[dict[str, Any]]:
+        """What this run's requests to the target cost, table by table (requests, capacity units consumed,
+        throttled attempts), for stores that are paid by the request; [] for the others."""
+        ...
+
     def close(self) -> None: ...
 
 

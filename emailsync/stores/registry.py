@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
-from emailsync.engine.executor import DEFAULT_CONCURRENCY
+from emailsync.engine.executor import DEFAULT_PACE, Pace
 from emailsync.engine.stages import stores_in_order
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Store
@@ -44,13 +44,11 @@ def targets(loaded: LoadedTargets) -> dict[str, PostgresTarget | DynamoTarget]:
     return out | {t.name: t for t in loaded.config.dynamodb}
 
 
-def stores(
-    loaded: LoadedTargets, names: Iterable[str] | None = None, *, concurrency: int = DEFAULT_CONCURRENCY
-) -> list[Store]:
+def stores(loaded: LoadedTargets, names: Iterable[str] | None = None, *, pace: Pace = DEFAULT_PACE) -> list[Store]:
     """A Store per target (those named, when `names` is given), in the order apply runs them (stages.py), each
     store's targets in the targets file's order. Connections and clients are made through this module's seam,
-    looked up when used, so a patch of connect or client_for reaches every store. `concurrency`: requests in
-    flight per DynamoDB target."""
+    looked up when used, so a patch of connect or client_for reaches every store. `pace`: how hard DynamoDB
+    targets are pressed (requests in flight, capacity caps)."""
     wanted = None if names is None else set(names)
     by_kind: dict[str, list[Store]] = {
         "postgres": [
@@ -59,7 +57,7 @@ def stores(
             if wanted is None or t.name in wanted
         ],
         "dynamodb": [
-            DynamoStore(loaded, i, _client_for_store, concurrency)
+            DynamoStore(loaded, i, _client_for_store, pace)
             for i, t in enumerate(loaded.config.dynamodb)
             if wanted is None or t.name in wanted
         ],

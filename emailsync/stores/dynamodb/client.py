@@ -47,14 +47,16 @@ RETRYABLE = {
 def client_for(target: DynamoTarget, probe: bool = False, connections: int = 10) -> DynamoDBClient:
     """A client of the target; `connections`: its pool of HTTP connections, one per request in flight (botocore
     keeps 10 and makes any thread beyond that wait, or open a connection it then throws away)."""
-    # Adaptive retries: botocore backs off on throttling by itself, client-side rate limiting included. A probe
-    # (the first contact, which finds a wrong endpoint) gives up quickly instead.
+    # Standard retries: botocore backs off each throttled request by itself (jittered, exponential); the target's
+    # window of requests in flight narrows and widens with throttling (meter.Window), rather than botocore's
+    # adaptive mode, whose rate limiter fell to ~5 requests a second after one throttle and took tens of seconds to
+    # come back. A probe (the first contact, which finds a wrong endpoint) gives up quickly instead.
     # Imported here: boto3 and botocore.config take 0.2 s to import, paid only by runs that use DynamoDB.
     import boto3
     import botocore.config
 
     cfg = botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": 2} if probe else {"mode": "adaptive", "max_attempts": 10},
+        retries={"mode": "standard", "max_attempts": 2 if probe else 10},
         connect_timeout=5 if probe else 10,
         read_timeout=60,
         max_pool_connections=max(10, connections),

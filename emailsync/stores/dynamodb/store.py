@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import botocore.exceptions
 
 from emailsync.config import DynamoTarget, LoadedTargets
-from emailsync.engine.executor import DEFAULT_CONCURRENCY, Call, Step
+from emailsync.engine.executor import DEFAULT_PACE, Call, Pace, Step
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
@@ -25,6 +25,7 @@ from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_i
 from emailsync.stores.dynamodb.applier import DynamoApplier
 from emailsync.stores.dynamodb.client import call, reached
 from emailsync.stores.dynamodb.ledger import DynamoLedger
+from emailsync.stores.dynamodb.meter import Meter
 from emailsync.stores.dynamodb.planner import DynamoPlanner, DynamoTargetPlan
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult, ledger_status
@@ -40,11 +41,11 @@ class DynamoStore:
     plans_in_a_process: ClassVar[bool] = False  # its planning waits on requests: threads overlap it
     loads_unchecked: ClassVar[bool] = False  # take() reads the actions
 
-    def __init__(
-        self, loaded: LoadedTargets, index: int, client_for: ClientFor, concurrency: int = DEFAULT_CONCURRENCY
-    ) -> None:
+    def __init__(self, loaded: LoadedTargets, index: int, client_for: ClientFor, pace: Pace = DEFAULT_PACE) -> None:
         self.target: DynamoTarget = loaded.config.dynamodb[index]
-        self.concurrency = concurrency  # requests in flight, plan and apply
+        self.concurrency = pace.concurrency  # requests in flight, plan and apply
+        # What this target's requests cost; its caps, and its window of requests in flight.
+        self.meter = Meter(pace.max_rcu, pace.max_wcu, pace.concurrency)
         self.name = self.target.name
         self._loaded, self._client_for = loaded, client_for
         self._where = f"{loaded.path.name}: dynamodb[{index}]"
@@ -64,7 +65,7 @@ class DynamoStore:
             t,
             self._where,
             mset,
-            self._client_for(t, connections=self.concurrency),
+            self.meter.attach(self._client_for(t, connections=self.concurrency)),
             self._client_for(t, probe=True),
             self.concurrency,
         )
@@ -117,7 +118,7 @@ class DynamoStore:
         return len(acts)
 
     def reach(self) -> TargetFingerprint:
-        self._client = self._client_for(self.target, connections=self.concurrency)
+        self._client = self.meter.attach(self._client_for(self.target, connections=self.concurrency))
         return TargetFingerprint(store=self.kind, **reached(self.target, self._client))
 
     @property
@@ -242,6 +243,19 @@ class DynamoStore:
                     if o.status == "stale" and len(keys) < KEYS_KEPT:
                         keys[aid] = a.key
         return found, keys
+
+    def request_costs(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "target": self.name,
+                "table": c.table,
+                "requests": c.requests,
+                "read_units": round(c.read_units, 1),
+                "write_units": round(c.write_units, 1),
+                "throttled": c.throttled,
+            }
+            for c in self.meter.costs()
+        ]
 
     def close(self) -> None:
         with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):

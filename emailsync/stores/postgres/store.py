@@ -190,6 +190,9 @@ class PostgresStore:
         found = applier.classify_only()
         return found, _keys_of_drifted(found, self._rows)
 
+    def request_costs(self) -> list[dict[str, Any]]:
+        return []  # one connection, a few statements: nothing paid by the request
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
