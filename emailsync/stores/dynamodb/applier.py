@@ -453,37 +453,26 @@ class DynamoApplier:
     def _swap(self, a: DynamoAction) -> None:
         """The login table, the old script's safe order: (1) create the new item or merge into the existing one,
         (2) read it back with ConsistentRead and compare it field by field, (3) only then delete the old item.
-        Every write is journaled before and after. A mismatch keeps both items for a person to review."""
-        there = self._get(a.table, a.new_key or {})
-        if normalized(there) != normalized(a.merged):
-            # A condition cannot say "no other attributes": compare the whole item first, so an attribute added
-            # to the existing item since the plan is never overwritten (the condition then covers the rest).
-            if normalized(there) != normalized(a.existing):
-                self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
-                self._journal(a, "put", "refused", self.status[a.id].detail)
-                return
-            self._journal(a, "put", "before")
-            try:
-                with_backoff(lambda: self._write_new(a))
-            except botocore.exceptions.ClientError as e:
-                if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-                # A write whose answer was lost (a 5xx) is retried by botocore, and the retry's condition then
-                # fails on our own write: the new item is exactly the planned one and the old item is untouched.
-                # That is this swap half done, so it goes on to verify and delete, as a rerun would.
-                own = normalized(self._get(a.table, a.new_key or {})) == normalized(a.merged)
-                if not (own and normalized(self._get(a.table, a.key)) == normalized(a.row)):
-                    self._resolve_move(a)
-                    self._journal(a, "put", "refused", self.status[a.id].detail)
-                    return
-            self._journal(a, "put", "after")
-        there = self._get(a.table, a.new_key or {})
+        Every write is journaled before and after. A mismatch keeps both items for a person to review.
+
+        Three requests for a new item (as a careful hand-written swap takes): its Put's condition says nothing is
+        there, and the read-back of (2) reads the old item in the same request, to compare it whole before the
+        delete (whose condition cannot see attributes added since the plan). A merge reads the existing item
+        first as well."""
+        new_key = a.new_key or {}
+        # Written already (a rerun of a swap stopped before its delete, or a merge that adds nothing): as the
+        # preflight found it; the read-back below checks it is still so.
+        if normalized(self.pre.get((a.table, keystr(new_key)))) != normalized(a.merged) and not self._write_swap(a):
+            return
+        both = batch_get(self.target, self.client, a.table, [item_from_json(new_key), item_from_json(a.key)])
+        there, old_now = (
+            item_to_json(found) if (found := both.get(keystr(k))) is not None else None for k in (new_key, a.key)
+        )
         if normalized(there) != normalized(a.merged):
             why = _what_changed("the new item", a.merged, there) + "; both items kept"
             self.status[a.id] = Outcome("needs-review", why)
             self._journal(a, "verify", "mismatch", why)
             return
-        old_now = self._get(a.table, a.key)
         if normalized(old_now) != normalized(a.row):
             why = _what_changed("the old item", a.row, old_now) + " since the plan; both items kept"
             self.status[a.id] = Outcome("needs-review", why)
@@ -505,6 +494,35 @@ class DynamoApplier:
             return
         self._journal(a, "delete", "after")
         self.status[a.id] = Outcome("applied")
+
+    def _write_swap(self, a: DynamoAction) -> bool:
+        """A swap's step (1); False when it was refused (the status says why)."""
+        if a.existing is not None:
+            # A condition cannot say "no other attributes": the existing item is compared whole first, so an
+            # attribute added to it since the plan is never overwritten (the condition then covers the rest).
+            there = self._get(a.table, a.new_key or {})
+            if normalized(there) == normalized(a.merged):
+                return True
+            if normalized(there) != normalized(a.existing):
+                self.status[a.id] = Outcome("stale", _what_changed("the item at the new key", a.existing, there))
+                self._journal(a, "put", "refused", self.status[a.id].detail)
+                return False
+        self._journal(a, "put", "before")
+        try:
+            with_backoff(lambda: self._write_new(a))
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            # A write whose answer was lost (a 5xx) is retried by botocore, and the retry's condition then fails on
+            # our own write: the new item is exactly the planned one and the old item is untouched. That is this
+            # swap half done, so it goes on to verify and delete, as a rerun would.
+            own = normalized(self._get(a.table, a.new_key or {})) == normalized(a.merged)
+            if not (own and normalized(self._get(a.table, a.key)) == normalized(a.row)):
+                self._resolve_move(a)
+                self._journal(a, "put", "refused", self.status[a.id].detail)
+                return False
+        self._journal(a, "put", "after")
+        return True
 
     def _write_new(self, a: DynamoAction) -> None:
         kind, req = self._new_item_request(a)
