@@ -636,7 +636,12 @@ class DynamoApplier:
     # -- verification ------------------------------------------------------------------------------------------
 
     def _verify(self, done: list[DynamoAction]) -> None:
-        """Read every written item back (strongly consistent, batched) and compare it field by field."""
+        """Read every written item back (strongly consistent, batched) and compare it field by field. A live swap
+        was verified before its delete (its read-back), and its delete's condition held: what it left is known."""
+        for a in (a for a in done if self._swapped(a)):
+            self.pre[(a.table, keystr(a.new_key or {}))] = a.merged
+            self.pre[(a.table, keystr(a.key))] = a.remains if a.kind == "restore-item" else None
+        done = [a for a in done if not self._swapped(a)]
         wanted = {(a.table, keystr(a.key)) for a in done}
         wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
         self._fetch(wanted)
