@@ -780,9 +780,9 @@ def main() -> None:
     delays = [float(x) for x in args.delays.split(",")]
     extra = shlex.split(args.emailsync_args)
 
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from dynamodb_local import emulator_dir
     from run import machine, start_dynamodb, timed_child
+
+    from emailsync.sandbox.dynamodb_local import emulator_dir
 
     if emulator_dir() is None:
         raise SystemExit(

