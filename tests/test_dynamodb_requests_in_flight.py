@@ -300,3 +300,32 @@ def test_killed_with_writes_in_flight_then_rerun_ends_exactly_as_an_uninterrupte
         assert _dump(local) == expected, f"killed after {point} write record(s)"
         statuses = set(_report(p).values())
         assert statuses <= {"applied", "already-applied"}, (point, statuses)
+
+
+def test_tables_of_small_items_are_scanned_whole_and_large_ones_read_again_whole(local, ws):
+    """Items of at most 4 KB on average are scanned whole (no second read); larger ones are scanned as projections
+    and the items that change read again whole. Either way the plan holds the whole items."""
+    local.create("small", "email")
+    local.create("large", "email")
+    _batch_put(local, "small", [{"email": f"s{i}@old.com", "note": "x" * 100} for i in range(40)])
+    _batch_put(local, "large", [{"email": f"g{i}@old.com", "note": "y" * 6000} for i in range(40)])
+    tables = "      - table: small\n        attributes: [email]\n      - table: large\n        attributes: [email]\n"
+    ws.targets(DDB_ONLY.format(tables=tables))
+    ws.mappings({f"{p}{i}@old.com": f"{p}{i}@new.com" for p in "sg" for i in range(0, 40, 4)}, "m.json")
+    reads: list[tuple[str, int]] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        for table, req in params["RequestItems"].items():
+            reads.append((table, len(req["Keys"])))
+
+    from helpers import hook_dynamodb
+
+    hook_dynamodb(ws, "provide-client-params.dynamodb.BatchGetItem", count)
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    # small: only the items under the new keys are read (to merge into any there); large: the 10 moving items
+    # again, whole, then the new keys.
+    assert sorted(reads) == [("large", 10), ("large", 10), ("small", 10)]
+    rows = {a["key"]["email"]["S"]: a["row"] for a in ws.plan_json(plan)["actions"]}
+    assert len(rows) == 20
+    assert all(row["note"]["S"] == ("x" * 100 if k.startswith("s") else "y" * 6000) for k, row in rows.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 
 SCAN_PAGE_BYTES = 1 << 20  # what one Scan request reads at most
+WHOLE_ITEM_BYTES = 4096  # tables whose items average at most this are scanned whole (a strongly consistent read unit)
 
 # --- planning -----------------------------------------------------------------------------------------------
 
@@ -231,7 +232,14 @@ class DynamoPlanner:
             return min(4, self.concurrency)
         return max(1, min(self.concurrency, -(-info.size_bytes // SCAN_PAGE_BYTES)))
 
-    def _scan(self, info: TableInfo) -> Iterator[dict[str, Any]]:
+    def _whole(self, info: TableInfo) -> bool:
+        """Scan whole items, not the key and the configured attributes: where items are small (DescribeTable's size
+        and count say at most WHOLE_ITEM_BYTES on average), a page holds as many items either way, and the items that
+        will change then need no second, whole-item read."""
+        return info.item_count > 0 and info.size_bytes / info.item_count <= WHOLE_ITEM_BYTES
+
+    def _scan(self, info: TableInfo) -> Iterator[tuple[dict[str, Any], Candidate]]:
+        """The items that will change, with their changes, as the scan read them (whole items or projections)."""
         names: dict[str, str] = {}
         wanted = list(info.key_names) + [a.path[0] for a in info.cfg.attributes]
         if info.cfg.client_attribute:
@@ -240,18 +248,16 @@ class DynamoPlanner:
             names[f"#p{len(names)}"] = n
         projection = ", ".join(names)
         segments = self._segments(info)
+        whole = self._whole(info)
         counters = {"requests": 0, "items": 0}
 
-        def segment(seg: int) -> list[dict[str, Any]]:
-            found: list[dict[str, Any]] = []
+        def segment(seg: int) -> list[tuple[dict[str, Any], Candidate]]:
+            found: list[tuple[dict[str, Any], Candidate]] = []
             kwargs: dict[str, Any] = dict(
-                TableName=info.cfg.table,
-                ConsistentRead=True,
-                ProjectionExpression=projection,
-                ExpressionAttributeNames=names,
-                Segment=seg,
-                TotalSegments=segments,
+                TableName=info.cfg.table, ConsistentRead=True, Segment=seg, TotalSegments=segments
             )
+            if not whole:
+                kwargs.update(ProjectionExpression=projection, ExpressionAttributeNames=names)
             while True:
                 if self._stop.is_set():
                     raise UserError(f"target {self.target.name!r}: planning stopped while scanning {info.cfg.table}")
@@ -259,7 +265,7 @@ class DynamoPlanner:
                 counters["requests"] += 1
                 counters["items"] += len(page.get("Items", []))
                 bar.advance(len(page.get("Items", [])))
-                found.extend(i for i in page.get("Items", []) if self._changes(info, i) is not None)
+                found.extend((i, c) for i in page.get("Items", []) if (c := self._changes(info, i)) is not None)
                 if "LastEvaluatedKey" not in page:
                     return found
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -270,7 +276,7 @@ class DynamoPlanner:
             ThreadPoolExecutor(max_workers=min(segments, self.concurrency)) as pool,
         ):
             try:
-                found = [item for items in pool.map(segment, range(segments)) for item in items]
+                found = [hit for hits in pool.map(segment, range(segments)) for hit in hits]
             except BaseException:  # a segment failed, or Ctrl-C: the others stop after their page in flight
                 self._stop.set()
                 raise
@@ -292,7 +298,7 @@ class DynamoPlanner:
         if info.cfg.client_attribute:
             cv = item.get(info.cfg.client_attribute)
             client = cv.get("S", cv.get("N")) if cv else None
-        new_item = copy.deepcopy(item)
+        new_item: dict[str, Any] | None = None  # copied at the first match: most items scanned have none
         changes: list[tuple[str, Any, Any]] = []
         entries: set[int] = set()
         key_entries: set[int] = set()
@@ -305,13 +311,15 @@ class DynamoPlanner:
             if hit is None:
                 continue
             new_value, used = hit
+            if new_item is None:
+                new_item = copy.deepcopy(item)
             set_path(new_item, attr.path, new_value)
             changes.append((attr.name, value, new_value))
             entries |= used
             if len(attr.path) == 1 and attr.path[0] in info.key_names:
                 moves = True
                 key_entries |= used
-        if not changes:
+        if new_item is None:
             return None
         key = {k: item[k] for k in info.key_names}
         return Candidate(key, item, new_item, changes, entries, moves, key_entries)
@@ -324,11 +332,14 @@ class DynamoPlanner:
         self._lookups[info.cfg.table] = Lookup(self.mset, info.cfg, f"{self.where}.tables[{info.index}]")
         table = info.cfg.table
         scanned = list(self._scan(info))
-        # Decide on whole, strongly consistent items, not on the projection the scan returned.
-        whole = self._batch_get(table, [{k: i[k] for k in info.key_names} for i in scanned])
+        # Decide on whole, strongly consistent items: as the scan read them, or read again if it read projections.
+        if self._whole(info):
+            found: Iterable[Candidate | None] = (c for _, c in scanned)
+        else:
+            whole = self._batch_get(table, [{k: i[k] for k in info.key_names} for i, _ in scanned])
+            found = (self._changes(info, item) for item in whole.values())
         cands: dict[str, Candidate] = {}
-        for item in whole.values():
-            c = self._changes(info, item)
+        for c in found:
             if c is not None:
                 cj = self._to_plan_candidate(c)
                 cands[cj.keystr] = cj
