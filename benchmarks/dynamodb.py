@@ -71,6 +71,7 @@ sys.path.insert(0, str(HERE))
 
 REFERENCE = "hand-written"
 DIRECT = "hand-written, no proxy"
+FLOOR = "floor (two commands)"
 LEDGER = "emailsync-ledger"
 REGION = "us-east-1"
 AWS_ENV = {
@@ -466,16 +467,127 @@ def equals(image: Item) -> dict[str, Any]:
     }
 
 
+Updates = list[tuple[str, Item, Item, list[str]]]  # table, old item, new item, changed attributes
+Waves = dict[str, list[list[tuple[Item, Item, Item | None]]]]  # table -> waves of (old, item to put, condition)
+
+
 def handwritten(endpoint: str, mapping_file: str) -> None:
     """The reference: run as a child of this script (`--handwritten ENDPOINT MAPPINGS`); prints its phases' times."""
-    import botocore.exceptions
-
     t0 = time.perf_counter()
     mapping: dict[str, str] = json.loads(Path(mapping_file).read_text())
-    order = {old: i for i, old in enumerate(mapping)}
     client = ddb_client(endpoint, connections=WORKERS + 16)
     scanned = scan_all(client, KEYS, SEGMENTS, WORKERS)
     t_scan = time.perf_counter()
+    updates, waves = compute_changes(scanned, mapping)
+    t_compute = time.perf_counter()
+    t_writes = write_changes(client, updates, waves)
+    t_end = time.perf_counter()
+    counts = {
+        "updates": len(updates),
+        "moves": sum(len(w) for t, ws in waves.items() if t not in LIVE for w in ws),
+        "swaps": sum(len(w) for t, ws in waves.items() if t in LIVE for w in ws),
+    }
+    phases = {
+        "scan_s": t_scan - t0,
+        "compute_s": t_compute - t_scan,
+        "writes_s": t_writes - t_compute,
+        "live_s": t_end - t_writes,
+    }
+    print(json.dumps(counts | {k: round(v, 3) for k, v in phases.items()}))
+
+
+# --- the floor: the hand-written client cut into two commands, with emailsync's guarantees and nothing else -----------
+
+
+def floor_plan(endpoint: str, mapping_file: str, out: str) -> None:
+    """The floor's plan (`--floor-plan ENDPOINT MAPPINGS OUT`): the hand-written client's scan and computation,
+    written to a plan file instead of applied."""
+    mapping: dict[str, str] = json.loads(Path(mapping_file).read_text())
+    client = ddb_client(endpoint, connections=WORKERS + 16)
+    updates, waves = compute_changes(scan_all(client, KEYS, SEGMENTS, WORKERS), mapping)
+    Path(out).write_text(json.dumps({"updates": updates, "waves": waves}))
+
+
+def floor_apply(endpoint: str, plan_file: str, journal_file: str) -> None:
+    """The floor's apply (`--floor-apply ENDPOINT PLAN JOURNAL`): what emailsync's apply promises, done as cheaply
+    as it can be: every item the plan changes or moves into is read (consistent, batched) and must be as planned
+    before anything is written; each wave of writes is journaled (fsync) before and after; the hand-written writes
+    (live swaps read back before their delete); then every other written item is read back and compared."""
+    plan = json.loads(Path(plan_file).read_text())
+    updates: Updates = [(t, old, new, names) for t, old, new, names in plan["updates"]]
+    waves: Waves = {t: [[(o, m, c) for o, m, c in w] for w in ws] for t, ws in plan["waves"].items()}
+    client = ddb_client(endpoint, connections=WORKERS + 16)
+
+    def key(table: str, item: Item) -> tuple[str, ...]:
+        return tuple(item[k]["S"] for k in KEYS[table])
+
+    before: dict[tuple[str, tuple[str, ...]], Item | None] = {(t, key(t, old)): old for t, old, _, _ in updates}
+    after: dict[tuple[str, tuple[str, ...]], Item | None] = {(t, key(t, old)): new for t, old, new, _ in updates}
+    for t, ws in waves.items():
+        for n, wave in enumerate(ws):
+            for old, merged, condition in wave:
+                before[(t, key(t, old))] = old
+                if n == 0:
+                    before.setdefault((t, key(t, merged)), condition)
+                if t not in LIVE:
+                    after[(t, key(t, old))] = None
+                    after[(t, key(t, merged))] = merged  # the last wave's merge is what stays
+    _floor_compare(client, before, "before writing")
+    lock = threading.Lock()
+    with open(journal_file, "a") as f:
+
+        def journal(text: str) -> None:
+            with lock:
+                f.write(json.dumps({"at": time.time(), "record": text}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+        write_changes(client, updates, waves, journal)
+    _floor_compare(client, {k: v for k, v in after.items() if k[0] not in LIVE}, "after writing")
+
+
+def _floor_compare(client: Any, expected: dict[tuple[str, tuple[str, ...]], Item | None], when: str) -> None:
+    """Read every item (BatchGetItem, consistent, 100 keys a request, 48 at once) and compare it whole."""
+    jobs = [
+        (t, keys[i : i + 100])
+        for t in KEYS
+        for keys in [[k for tt, k in expected if tt == t]]
+        for i in range(0, len(keys), 100)
+    ]
+
+    def read(job: tuple[str, list[tuple[str, ...]]]) -> list[Item]:
+        table, keys = job
+        pending: dict[str, Any] = {
+            table: {
+                "Keys": [dict(zip(KEYS[table], ({"S": v} for v in k), strict=True)) for k in keys],
+                "ConsistentRead": True,
+            }
+        }
+        found: list[Item] = []
+        while pending:
+            resp = client.batch_get_item(RequestItems=pending)
+            found += resp.get("Responses", {}).get(table, [])
+            pending = resp.get("UnprocessedKeys") or {}
+        return found
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(read, jobs))
+    found = {
+        (t, tuple(i[k]["S"] for k in KEYS[t])): i for (t, _), items in zip(jobs, results, strict=True) for i in items
+    }
+    wrong = [
+        k
+        for k, v in expected.items()
+        if (None if v is None else item_text(v)) != (None if k not in found else item_text(found[k]))
+    ]
+    if wrong:
+        raise SystemExit(f"floor: {len(wrong)} item(s) not as planned {when}, e.g. {wrong[0]}")
+
+
+def compute_changes(scanned: dict[str, list[Item]], mapping: dict[str, str]) -> tuple[Updates, Waves]:
+    """Every item's new version: updates (table, old item, new item, changed attributes), and per table the waves
+    of moves (old item, item to put, the condition on what is there: None for nothing)."""
+    order = {old: i for i, old in enumerate(mapping)}
 
     def key_of(table: str, item: Item) -> tuple[str, ...]:
         return tuple(item[k]["S"] for k in KEYS[table])
@@ -516,7 +628,16 @@ def handwritten(endpoint: str, mapping_file: str) -> None:
                     waves[table].append([])
                 waves[table][n].append((old, merged, condition))
                 current = condition = merged
-    t_compute = time.perf_counter()
+    return updates, waves
+
+
+def write_changes(client: Any, updates: Updates, waves: Waves, journal: Callable[[str], None] | None = None) -> float:
+    """Write the changes, 48 at a time: the non-live tables' moves (transactions) and updates, then the login
+    table's swaps. `journal(text)`, if given, records each wave's writes before and after them (the floor).
+    Returns when the non-live writes ended."""
+    import botocore.exceptions
+
+    record = journal or (lambda text: None)
 
     def put(table: str, item: Item, condition: Item | None) -> dict[str, Any]:
         req: dict[str, Any] = {"TableName": table, "Item": item}
@@ -585,30 +706,23 @@ def handwritten(endpoint: str, mapping_file: str) -> None:
         for n in range(max(depth, 1)):
             moves = [(t, *m) for t, w in waves.items() if t not in LIVE and n < len(w) for m in w[n]]
             batches = [moves[i : i + MOVES_PER_TRANSACTION] for i in range(0, len(moves), MOVES_PER_TRANSACTION)]
+            record(f"before wave {n}: {len(moves)} moves")
             futures = [pool.submit(transact, b) for b in batches]
             if n == 0:
                 futures += [pool.submit(update, u) for u in updates if u[0] not in LIVE]
             for f in futures:
                 f.result()
+            record(f"after wave {n}")
         t_writes = time.perf_counter()
         # Then the login table, item by item, with its own updates.
+        record("before live updates")
         run(pool, update, [u for u in updates if u[0] in LIVE])
         for t in LIVE:
-            for wave in waves.get(t, []):
+            for n, wave in enumerate(waves.get(t, [])):
+                record(f"before {t} wave {n}: {len(wave)} swaps")
                 run(pool, swap, [(t, *m) for m in wave])
-    t_end = time.perf_counter()
-    counts = {
-        "updates": len(updates),
-        "moves": sum(len(w) for t, ws in waves.items() if t not in LIVE for w in ws),
-        "swaps": sum(len(w) for t, ws in waves.items() if t in LIVE for w in ws),
-    }
-    phases = {
-        "scan_s": t_scan - t0,
-        "compute_s": t_compute - t_scan,
-        "writes_s": t_writes - t_compute,
-        "live_s": t_end - t_writes,
-    }
-    print(json.dumps(counts | {k: round(v, 3) for k, v in phases.items()}))
+                record(f"after {t} wave {n}")
+    return t_writes
 
 
 def first_mapping(table: str, old: Item, mapping: dict[str, str], order: dict[str, int]) -> int:
@@ -648,7 +762,17 @@ class Bench:
         via = self.endpoint if name == DIRECT else self.proxy.endpoint
         env = {**os.environ, **AWS_ENV, "BENCH_DYNAMODB": via}
         one: dict[str, Any] = {}
-        if checkout is None:
+        if name == FLOOR:
+            plan_cmd = [sys.executable, __file__, "--floor-plan", via, "email_mappings.json", "plan.json"]
+            one["plan_s"], plan_rss, _, _ = self.timed_child(plan_cmd, env, work)
+            parts = {"plan": self.proxy.take()}
+            apply_cmd = [sys.executable, __file__, "--floor-apply", via, "plan.json", "journal.jsonl"]
+            one["apply_s"], apply_rss, _, _ = self.timed_child(apply_cmd, env, work)
+            parts["apply"] = self.proxy.take()
+            one["total_s"] = one["plan_s"] + one["apply_s"]
+            one["plan_rss_mb"], one["apply_rss_mb"] = plan_rss, apply_rss
+            one["peak_rss_mb"] = max(plan_rss, apply_rss)
+        elif checkout is None:
             cmd = [sys.executable, __file__, "--handwritten", via, "email_mappings.json"]
             one["total_s"], one["peak_rss_mb"], out, _ = self.timed_child(cmd, env, work, (0,))
             one["phases"] = json.loads(out.strip().splitlines()[-1])
@@ -764,6 +888,12 @@ def main() -> None:
     if sys.argv[1:2] == ["--handwritten"]:
         handwritten(*sys.argv[2:4])
         return
+    if sys.argv[1:2] == ["--floor-plan"]:
+        floor_plan(*sys.argv[2:5])
+        return
+    if sys.argv[1:2] == ["--floor-apply"]:
+        floor_apply(*sys.argv[2:5])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", default="2000,20000", help="items across the three tables, comma-separated sizes")
     ap.add_argument("--delays", default="5", help="milliseconds the proxy adds to every request, comma-separated")
@@ -772,6 +902,9 @@ def main() -> None:
     ap.add_argument("--emailsync", action="append", default=[], metavar="NAME=PATH", help="another checkout to run")
     ap.add_argument("--emailsync-args", default="", help="extra arguments for every emailsync apply")
     ap.add_argument("--direct", action="store_true", help="also run the hand-written client without the proxy")
+    ap.add_argument(
+        "--floor", action="store_true", help="also run the floor: the hand-written client as plan + apply commands"
+    )
     ap.add_argument("--no-warmup", action="store_true", help="no untimed runs before the first round")
     ap.add_argument("--out", type=Path, help="write every round and the medians as JSON here")
     ap.add_argument("--keep", type=Path, help="keep the work folders (plans, reports) in this folder")
@@ -793,6 +926,8 @@ def main() -> None:
     contenders: dict[str, str | None] = {REFERENCE: None}  # name -> checkout of an emailsync (None: hand-written)
     if args.direct:
         contenders[DIRECT] = None
+    if args.floor:
+        contenders[FLOOR] = None
     contenders["emailsync"] = str(HERE.parent)
     for spec in args.emailsync:
         name, _, path = spec.partition("=")
