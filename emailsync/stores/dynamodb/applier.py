@@ -82,10 +82,13 @@ class DynamoApplier:
         self.arriving: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
         # (table, key) -> the actions on the item under that key (moves leaving it, updates of it)
         self.at_key: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
+        # (table, keystr) of each action's key and new key, made once: looked up many times per action
+        self.old_k = {x.id: (x.table, keystr(x.key)) for x in actions}
+        self.new_k = {x.id: (x.table, keystr(x.new_key or {})) for x in actions}
         for x in actions:
-            self.at_key[(x.table, keystr(x.key))].append(x)
+            self.at_key[self.old_k[x.id]].append(x)
             if x.kind in MOVES:
-                self.arriving[(x.table, keystr(x.new_key or {}))].append(x)
+                self.arriving[self.new_k[x.id]].append(x)
         self.key_names = {a.table: tuple(a.key) for a in actions}  # the key attributes, in the plan's own words
         self.version_attr = {t.table: t.version_attribute for t in target.tables}
         self.email_attrs = {t.table: [a.path[0] for a in t.attributes] for t in target.tables}
@@ -169,7 +172,7 @@ class DynamoApplier:
             self._preflight()
         out = dict(self.status)
         for a in self.actions:
-            there = self.cache.get((a.table, keystr(a.new_key or {})))
+            there = self.cache.get(self.new_k[a.id])
             pending = self._swapped(a) and out[a.id].status == "pending" and a.existing != a.merged
             if pending and normalized(there) == normalized(a.merged):
                 # Both items exist: the swap stopped between its write and its delete; apply resumes it.
@@ -192,14 +195,16 @@ class DynamoApplier:
 
     def _fetch(self, wanted: set[tuple[str, str]]) -> None:
         """Read the items under these (table, keystr) keys into the cache, batched (100 keys a request)."""
-        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_table: dict[str, list[str]] = defaultdict(list)
         for table, ks in wanted:
-            by_table[table].append(item_from_json(json.loads(ks)))
-        for table, keys in by_table.items():
-            found = batch_get(self.target, self.client, table, keys, self.workers)
-            for table_key in ((table, ks) for ks in (keystr(item_to_json(k)) for k in keys)):
-                item = found.get(table_key[1])
-                self.cache[table_key] = item_to_json(item) if item is not None else None
+            by_table[table].append(ks)
+        for table, texts in by_table.items():
+            found = batch_get(
+                self.target, self.client, table, [item_from_json(json.loads(ks)) for ks in texts], self.workers
+            )
+            for ks in texts:  # the plan's own key text is batch_get's: keystr of the key's plan JSON
+                item = found.get(ks)
+                self.cache[(table, ks)] = item_to_json(item) if item is not None else None
 
     def _preflight(self) -> None:
         """Classify every action against the table as it is now: pending, already-applied or stale."""
@@ -207,26 +212,24 @@ class DynamoApplier:
         later: dict[tuple[str, str], list[DynamoAction]] = defaultdict(list)
         wanted: set[tuple[str, str]] = set()
         for a in sorted(self.actions, key=lambda a: a.step):
-            wanted.add((a.table, keystr(a.key)))
+            wanted.add(self.old_k[a.id])
             if a.kind in MOVES:
-                k = (a.table, keystr(a.new_key or {}))
+                k = self.new_k[a.id]
                 wanted.add(k)
                 first_arrival.setdefault(k, a)
                 later[k].append(a)
         self._fetch(wanted)
         self.pre = dict(self.cache)
         for a in self.actions:
-            current = self.cache[(a.table, keystr(a.key))]
+            current = self.cache[self.old_k[a.id]]
             if a.kind in MOVES:
-                self.status[a.id] = self._classify_move(a, current, later[(a.table, keystr(a.new_key or {}))])
+                self.status[a.id] = self._classify_move(a, current, later[self.new_k[a.id]])
             else:
                 self.status[a.id] = self._classify_update(a, current)
         # The first pending arrival at a key also needs that key still as planned, unless the item there is one
         # this plan moves away first (the write's own condition checks it then).
-        leaving = {
-            (a.table, keystr(a.key)) for a in self.actions if a.kind in MOVES and self.status[a.id].status == "pending"
-        }
-        updated = {(x.table, keystr(x.key)): x for x in self.actions if x.kind not in MOVES}
+        leaving = {self.old_k[a.id] for a in self.actions if a.kind in MOVES and self.status[a.id].status == "pending"}
+        updated = {self.old_k[x.id]: x for x in self.actions if x.kind not in MOVES}
         for k, a in first_arrival.items():
             pending = [x for x in later[k] if self.status[x.id].status == "pending"]
             if pending and pending[0] is a and k not in leaving:
@@ -244,12 +247,12 @@ class DynamoApplier:
     ) -> Outcome:
         # First: is this what another move of this plan brought here (its own old item gone)? Items can be
         # identical apart from the key, so this is decided before comparing with this action's own item.
-        there = self.cache[(a.table, keystr(a.new_key or {}))]
+        there = self.cache[self.new_k[a.id]]
         # A move back out of a merge leaves the pre-merge item: done if the moved item is back too.
         if a.kind == "restore-item" and a.remains is not None and normalized(there) == normalized(a.merged):
             # The pre-merge item (or what later moves back out of the same key leave), perhaps with this plan's
             # later updates of it already made.
-            later = [x.remains for x in self.at_key[(a.table, keystr(a.key))] if x.kind == a.kind and x.step > a.step]
+            later = [x.remains for x in self.at_key[self.old_k[a.id]] if x.kind == a.kind and x.step > a.step]
             left = [normalized(v) for r in [a.remains, *later] if r is not None for v in (r, self._updated_later(a, r))]
             if normalized(current) in left or (current is None and None in later):
                 return Outcome("already-applied")
@@ -273,13 +276,13 @@ class DynamoApplier:
             and x.step < a.step
             and normalized(x.remains) == normalized(a.row)
             and normalized(x.row) == normalized(current)
-            for x in self.at_key[(a.table, keystr(a.key))]
+            for x in self.at_key[self.old_k[a.id]]
         )
 
     def _updated_later(self, a: DynamoAction, item: dict[str, Any]) -> dict[str, Any]:
         """`item` (under a's key) with the changes of this plan's later updates of that key applied."""
         out = copy.deepcopy(item)
-        for x in self.at_key[(a.table, keystr(a.key))]:
+        for x in self.at_key[self.old_k[a.id]]:
             if x.kind not in MOVES and x.step > a.step:
                 for c in x.changes or []:
                     set_path(out, tuple(c.attribute.split(".")), c.new)
@@ -292,12 +295,12 @@ class DynamoApplier:
         move's result is there and its own old item has left its key (gone, or itself replaced by what the plan
         leaves or brings there: chains of any length), or, for a live swap (which keeps its old item until its
         write is verified), its result is there and cannot be mistaken for `a`'s own item."""
-        for x in self.arriving.get((a.table, keystr(a.key)), ()):
+        for x in self.arriving.get(self.old_k[a.id], ()):
             if x.id in seen or normalized(current) != normalized(x.merged):
                 continue
             if self._swapped(x) and normalized(current) != normalized(a.row):
                 return True  # a swap stopped between its write and its delete: it resumes later in this run
-            left = self._get(x.table, x.key) if fresh else self.cache.get((x.table, keystr(x.key)))
+            left = self._get(x.table, x.key) if fresh else self.cache.get(self.old_k[x.id])
             if left is None or (x.kind == "restore-item" and normalized(left) == normalized(x.remains)):
                 return True
             if self._refilled(x, left, fresh, seen | {a.id, x.id}):
@@ -331,7 +334,7 @@ class DynamoApplier:
         keys: set[tuple[str, str]] = set()
         for a in moves:
             need = item_size(a.merged or {}) + item_size(a.row or {}) + item_size(a.existing or {}) + 1024
-            mine = {(a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))}
+            mine = {self.old_k[a.id], self.new_k[a.id]}
             if batch and (len(batch) + 1 > most or size + need > MAX_TX_BYTES or mine & keys):
                 out.append(batch)
                 batch, size, keys = [], 0, set()
@@ -462,7 +465,7 @@ class DynamoApplier:
         new_key = a.new_key or {}
         # Written already (a rerun of a swap stopped before its delete, or a merge that adds nothing): as the
         # preflight found it; the read-back below checks it is still so.
-        if normalized(self.pre.get((a.table, keystr(new_key)))) != normalized(a.merged) and not self._write_swap(a):
+        if normalized(self.pre.get(self.new_k[a.id])) != normalized(a.merged) and not self._write_swap(a):
             return
         both = batch_get(self.target, self.client, a.table, [item_from_json(new_key), item_from_json(a.key)])
         there, old_now = (
@@ -639,15 +642,15 @@ class DynamoApplier:
         """Read every written item back (strongly consistent, batched) and compare it field by field. A live swap
         was verified before its delete (its read-back), and its delete's condition held: what it left is known."""
         for a in (a for a in done if self._swapped(a)):
-            self.pre[(a.table, keystr(a.new_key or {}))] = a.merged
-            self.pre[(a.table, keystr(a.key))] = a.remains if a.kind == "restore-item" else None
+            self.pre[self.new_k[a.id]] = a.merged
+            self.pre[self.old_k[a.id]] = a.remains if a.kind == "restore-item" else None
         done = [a for a in done if not self._swapped(a)]
-        wanted = {(a.table, keystr(a.key)) for a in done}
-        wanted |= {(a.table, keystr(a.new_key)) for a in done if a.new_key}
+        wanted = {self.old_k[a.id] for a in done}
+        wanted |= {self.new_k[a.id] for a in done if a.new_key}
         self._fetch(wanted)
         for a in done:
             if a.kind in MOVES:
-                there, old = self.cache[(a.table, keystr(a.new_key or {}))], self.cache[(a.table, keystr(a.key))]
+                there, old = self.cache[self.new_k[a.id]], self.cache[self.old_k[a.id]]
                 problems = []
                 if normalized(there) != normalized(a.merged):
                     problems.append(_what_changed("the moved item", a.merged, there))
@@ -658,17 +661,17 @@ class DynamoApplier:
                     problems.append("the old item still exists")
             else:
                 # What was there when checked (the condition covered only the changed attributes), plus the changes.
-                expected = copy.deepcopy(self.pre.get((a.table, keystr(a.key))) or a.row or {})
+                expected = copy.deepcopy(self.pre.get(self.old_k[a.id]) or a.row or {})
                 for c in a.changes or []:
                     set_path(expected, tuple(c.attribute.split(".")), c.new)
-                now = self.cache[(a.table, keystr(a.key))]
+                now = self.cache[self.old_k[a.id]]
                 problems = [] if normalized(now) == normalized(expected) else [_what_changed("the item", expected, now)]
             if problems:
                 self.status[a.id] = Outcome("needs-review", "; ".join(problems))
         # Updates of later steps start from the items as these moves left them, not as the preflight found them.
         for a in done:
             if a.kind in MOVES:
-                for k in ((a.table, keystr(a.key)), (a.table, keystr(a.new_key or {}))):
+                for k in (self.old_k[a.id], self.new_k[a.id]):
                     self.pre[k] = self.cache[k]
 
 
