@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 import yaml
 from dotenv import dotenv_values
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -250,6 +248,10 @@ class PostgresTarget(BaseModel):
             raise ValueError(
                 "dsn is empty; set it to a PostgreSQL URI (postgresql://user@host:5432/db) or a key=value string"
             )
+        # Imported where a DSN is read: a run without PostgreSQL targets does not pay psycopg's 0.2 s start.
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
         try:
             conninfo_to_dict(raw)
         except (psycopg.Error, ValueError):
@@ -289,6 +291,9 @@ class PostgresTarget(BaseModel):
         """What the DSN string says about where it points, without credentials, for messages. None where it
         leaves the choice to libpq (PGHOST, PGPORT, PGDATABASE, a service file, the user name): plans record what
         the connection actually reached instead (stores.postgres.reached)."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
         try:
             params = conninfo_to_dict(self.dsn.get_secret_value())
         except (psycopg.Error, ValueError):
@@ -529,6 +534,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 def dsn_secrets(dsn: str) -> list[str]:
     """The password in a DSN, in every spelling that may show up in a message (decoded and as written)."""
     found: list[str] = []
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         password = conninfo_to_dict(dsn).get("password")
     except (psycopg.Error, ValueError):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import botocore.exceptions
-import psycopg
 
 from emailsync.errors import UserError
 
@@ -17,8 +15,15 @@ def store_errors(doing: str, after: str = "") -> Iterator[None]:
     could be named, but no traceback either."""
     try:
         yield
-    except psycopg.Error as e:
-        msg = (e.diag.message_primary or str(e)).strip()
-        raise UserError(f"the database reported an error while {doing} ({type(e).__name__}: {msg}){after}") from None
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-        raise UserError(f"DynamoDB reported an error while {doing} ({e}){after}") from None
+    except Exception as e:
+        # A store's errors can only come from a store whose library was imported: neither psycopg nor botocore is
+        # imported here for a run that does not use it (a fifth of a second each at every start).
+        psycopg, botocore = sys.modules.get("psycopg"), sys.modules.get("botocore.exceptions")
+        if psycopg is not None and isinstance(e, psycopg.Error):
+            msg = (e.diag.message_primary or str(e)).strip()
+            raise UserError(
+                f"the database reported an error while {doing} ({type(e).__name__}: {msg}){after}"
+            ) from None
+        if botocore is not None and isinstance(e, botocore.ClientError | botocore.BotoCoreError):
+            raise UserError(f"DynamoDB reported an error while {doing} ({e}){after}") from None
+        raise

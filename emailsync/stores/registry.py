@@ -8,30 +8,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.engine.executor import DEFAULT_PACE, Pace
 from emailsync.engine.stages import stores_in_order
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Store
-from emailsync.stores.dynamodb import client as _dynamodb_client
-from emailsync.stores.dynamodb.store import DynamoStore
-from emailsync.stores.postgres import connection as _postgres_connection
-from emailsync.stores.postgres.store import PostgresStore
 
 if TYPE_CHECKING:
+    import psycopg
     from types_boto3_dynamodb.client import DynamoDBClient
 
 
 def connect(target: PostgresTarget) -> psycopg.Connection:
     """A connection to a PostgreSQL target (see stores/postgres/connection.py)."""
-    return _postgres_connection.connect(target)
+    from emailsync.stores.postgres import connection
+
+    return connection.connect(target)
 
 
 def client_for(target: DynamoTarget, probe: bool = False, connections: int = 10) -> DynamoDBClient:
     """A client of a DynamoDB target (see stores/dynamodb/client.py)."""
-    return _dynamodb_client.client_for(target, probe=probe, connections=connections)
+    from emailsync.stores.dynamodb import client
+
+    return client.client_for(target, probe=probe, connections=connections)
 
 
 def kind_of(target: PostgresTarget | DynamoTarget) -> StoreKind:
@@ -50,18 +49,18 @@ def stores(loaded: LoadedTargets, names: Iterable[str] | None = None, *, pace: P
     looked up when used, so a patch of connect or client_for reaches every store. `pace`: how hard DynamoDB
     targets are pressed (requests in flight, capacity caps)."""
     wanted = None if names is None else set(names)
-    by_kind: dict[str, list[Store]] = {
-        "postgres": [
-            PostgresStore(loaded, i, lambda t: connect(t))
-            for i, t in enumerate(loaded.config.postgres)
-            if wanted is None or t.name in wanted
-        ],
-        "dynamodb": [
-            DynamoStore(loaded, i, _client_for_store, pace)
-            for i, t in enumerate(loaded.config.dynamodb)
-            if wanted is None or t.name in wanted
-        ],
-    }
+    pg = [i for i, t in enumerate(loaded.config.postgres) if wanted is None or t.name in wanted]
+    ddb = [i for i, t in enumerate(loaded.config.dynamodb) if wanted is None or t.name in wanted]
+    by_kind: dict[str, list[Store]] = {"postgres": [], "dynamodb": []}
+    # Each store's package (and its driver: psycopg, botocore) is imported only when a target uses it.
+    if pg:
+        from emailsync.stores.postgres.store import PostgresStore
+
+        by_kind["postgres"] = [PostgresStore(loaded, i, lambda t: connect(t)) for i in pg]
+    if ddb:
+        from emailsync.stores.dynamodb.store import DynamoStore
+
+        by_kind["dynamodb"] = [DynamoStore(loaded, i, _client_for_store, pace) for i in ddb]
     return [s for kind in stores_in_order() for s in by_kind[kind]]
 
 
