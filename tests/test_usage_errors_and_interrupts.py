@@ -170,7 +170,14 @@ def test_ctrl_c_while_the_program_loads_is_one_line_and_exit_130(ws, attempt):
 
 @pytest.mark.parametrize("module", ["psycopg", "botocore.exceptions", "typer", "pydantic", "yaml", "emailsync.cli"])
 def test_ctrl_c_landing_in_any_import_is_one_line_and_exit_130(ws, module):
-    """Deterministic: a KeyboardInterrupt raised exactly when `module` is imported, as a Ctrl-C there would."""
+    """Deterministic: a KeyboardInterrupt raised exactly when `module` is imported, as a Ctrl-C there would. The
+    targets name both stores, whose drivers are imported only for a run that uses them."""
+    ws.targets(
+        "version: 1\nmappings: m.json\npostgres:\n  - name: core\n    dsn: postgresql://u@127.0.0.1:1/db\n"
+        "    tables: [{table: t, columns: [email]}]\ndynamodb:\n  - name: d\n    endpoint_url: http://127.0.0.1:1\n"
+        "    tables: [{table: users, attributes: [email]}]\n"
+    )
+    ws.mappings({"a@x.com": "b@x.com"}, "m.json")
     code = (
         "import sys, builtins\n"
         "real = builtins.__import__\n"
