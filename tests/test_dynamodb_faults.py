@@ -163,7 +163,8 @@ def test_interrupted_apply_resumes_without_loss_or_duplicates(ddb, ws):
 
 def test_unprocessed_keys_while_planning_are_read_again(ddb, ws, reliability: Record):
     ddb.create("users", "email")
-    ddb.put("users", *({"email": f"u{i}@old.com"} for i in range(5)))
+    # Items over 4 KB: scanned as projections, then the ones that change read whole with BatchGetItem.
+    ddb.put("users", *({"email": f"u{i}@old.com", "pad": "x" * 5000} for i in range(5)))
     ws.targets(
         "version: 1\nmappings: m.json\ndynamodb:\n  - name: hr\n    endpoint_url: ${DYNAMODB_ENDPOINT}\n"
         "    tables: [{table: users, attributes: [email]}]\n"

@@ -308,6 +308,7 @@ def test_tables_of_small_items_are_scanned_whole_and_large_ones_read_again_whole
     local.create("small", "email")
     local.create("large", "email")
     _batch_put(local, "small", [{"email": f"s{i}@old.com", "note": "x" * 100} for i in range(40)])
+    _batch_put(local, "small", [{"email": "s0@new.com", "team": "red"}])  # s0 merges into it
     _batch_put(local, "large", [{"email": f"g{i}@old.com", "note": "y" * 6000} for i in range(40)])
     tables = "      - table: small\n        attributes: [email]\n      - table: large\n        attributes: [email]\n"
     ws.targets(DDB_ONLY.format(tables=tables))
@@ -323,9 +324,14 @@ def test_tables_of_small_items_are_scanned_whole_and_large_ones_read_again_whole
     hook_dynamodb(ws, "provide-client-params.dynamodb.BatchGetItem", count)
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
-    # small: only the items under the new keys are read (to merge into any there); large: the 10 moving items
-    # again, whole, then the new keys.
-    assert sorted(reads) == [("large", 10), ("large", 10), ("small", 10)]
-    rows = {a["key"]["email"]["S"]: a["row"] for a in ws.plan_json(plan)["actions"]}
+    # small: nothing read after the scan (items already under a new key are found by the scan); large: the 10
+    # moving items again, whole, then whatever is under their new keys.
+    assert sorted(reads) == [("large", 10), ("large", 10)]
+    acts = ws.plan_json(plan)["actions"]
+    rows = {a["key"]["email"]["S"]: a["row"] for a in acts}
     assert len(rows) == 20
+    merged = next(a for a in acts if a["key"]["email"]["S"] == "s0@old.com")
+    assert merged["existing"] == {"email": {"S": "s0@new.com"}, "team": {"S": "red"}}
+    assert merged["merged"] == {"email": {"S": "s0@new.com"}, "team": {"S": "red"}, "note": {"S": "x" * 100}}
+    assert all(a["existing"] is None for a in acts if a["key"]["email"]["S"] not in ("s0@old.com", "g0@old.com"))
     assert all(row["note"]["S"] == ("x" * 100 if k.startswith("s") else "y" * 6000) for k, row in rows.items())

@@ -400,9 +400,7 @@ def test_throttling_during_apply_is_retried_nothing_lost(estate: Estate, reliabi
         ("PutItem", "auth", sum(len(s) for s in SWAPS) - 1): aws_error("ThrottlingException"),  # the chain's a -> b
         ("DeleteItem", "auth", sum(len(s) for s in SWAPS)): aws_error("RequestLimitExceeded"),
         # the last swap's read-back (two checks before the swaps, then each swap's own)
-        ("BatchGetItem", "auth", 2 + sum(len(s) for s in SWAPS)): aws_error(
-            "ProvisionedThroughputExceededException"
-        ),
+        ("BatchGetItem", "auth", 2 + sum(len(s) for s in SWAPS)): aws_error("ProvisionedThroughputExceededException"),
     }
     faults = Faults(estate.ws, throttled)
     _check_finished(estate, _apply(estate), estate.initial)  # one run: every action applied

@@ -174,6 +174,7 @@ class DynamoPlanner:
         self.target = target
         self.concurrency = concurrency
         self._lookups: dict[str, Lookup] = {}
+        self._kept: dict[str, dict[str, dict[str, Any]]] = {}  # table -> items found under new keys (whole scans)
         # Tables are planned at once: each keeps its own actions and reads, joined in the targets file's order.
         self._actions: dict[str, list[dict[str, Any]]] = {t.table: [] for t in target.tables}
         self._reads: dict[str, list[dict[str, Any]]] = {t.table: [] for t in target.tables}
@@ -236,7 +237,7 @@ class DynamoPlanner:
         """Scan whole items, not the key and the configured attributes: where items are small (DescribeTable's size
         and count say at most WHOLE_ITEM_BYTES on average), a page holds as many items either way, and the items that
         will change then need no second, whole-item read."""
-        return info.item_count > 0 and info.size_bytes / info.item_count <= WHOLE_ITEM_BYTES
+        return info.item_count > 0 and 0 < info.size_bytes / info.item_count <= WHOLE_ITEM_BYTES  # 0: unknown
 
     def _scan(self, info: TableInfo) -> Iterator[tuple[dict[str, Any], Candidate]]:
         """The items that will change, with their changes, as the scan read them (whole items or projections)."""
@@ -250,6 +251,10 @@ class DynamoPlanner:
         segments = self._segments(info)
         whole = self._whole(info)
         counters = {"requests": 0, "items": 0}
+        # Scanning whole items, the items already under an address this plan moves items to are found on the way
+        # (no second read): those whose key holds a mapping's new address where the plan would put one.
+        targets = self._arrival_values(info) if whole else {}
+        kept = self._kept[info.cfg.table] = {}
 
         def segment(seg: int) -> list[tuple[dict[str, Any], Candidate]]:
             found: list[tuple[dict[str, Any], Candidate]] = []
@@ -265,7 +270,11 @@ class DynamoPlanner:
                 counters["requests"] += 1
                 counters["items"] += len(page.get("Items", []))
                 bar.advance(len(page.get("Items", [])))
-                found.extend((i, c) for i in page.get("Items", []) if (c := self._changes(info, i)) is not None)
+                for i in page.get("Items", []):
+                    if (c := self._changes(info, i)) is not None:
+                        found.append((i, c))
+                    if any(i.get(name, {}).get("S") in values for name, values in targets.items()):
+                        kept[keystr(item_to_json({k: i[k] for k in info.key_names}))] = i
                 if "LastEvaluatedKey" not in page:
                     return found
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -291,6 +300,16 @@ class DynamoPlanner:
                 items_read=counters["items"],
             )
         )
+
+    def _arrival_values(self, info: TableInfo) -> dict[str, set[str]]:
+        """Key attribute -> every value a move of this plan can give it (a mapping's new address in the
+        attribute's template)."""
+        out: dict[str, set[str]] = {}
+        for attr in info.cfg.attributes:
+            if len(attr.path) == 1 and attr.path[0] in info.key_names:
+                before, after = attr.affixes
+                out[attr.path[0]] = {before + m.new + after for m in self.mset.mappings}
+        return out
 
     def _changes(self, info: TableInfo, item: dict[str, Any]) -> Candidate | None:
         lookup = self._lookups[info.cfg.table]
@@ -351,8 +370,12 @@ class DynamoPlanner:
             self._check_key(info, c, nk)
             new_keys[c.keystr] = nk
         distinct = {keystr(nk): nk for nk in new_keys.values()}
-        existing_raw = self._batch_get(table, [item_from_json(nk) for nk in distinct.values()]) if movers else {}
-        existing = {k: item_to_json(v) for k, v in existing_raw.items()}
+        if self._whole(info):
+            kept = self._kept.pop(table)
+            existing = {k: item_to_json(kept[k]) for k in distinct if k in kept}
+        else:
+            existing_raw = self._batch_get(table, [item_from_json(nk) for nk in distinct.values()]) if movers else {}
+            existing = {k: item_to_json(v) for k, v in existing_raw.items()}
         leaving = {c.keystr for c in movers}
         arrivals: dict[str, list[Candidate]] = {}
         for c in movers:
