@@ -4,6 +4,7 @@ attempts), and --max-wcu / --max-rcu keep it under a rate of capacity units a ta
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -112,16 +113,22 @@ def test_caps_must_be_positive(ws):
 
 def test_throttling_halves_the_window_once_a_round_and_success_widens_it_again():
     w = Window(32)
-    sent = [w.enter() for _ in range(32)]  # a full window in flight
-    for t in sent[:10]:  # ten of them throttled together: one cut
+    sent = [w.enter() for _ in range(32)]  # a full window in flight, not counted: nothing throttled yet
+    assert not any(counted for _, counted in sent)
+    for t, _ in sent[:10]:  # ten of them throttled together: one cut
         w.throttled(t)
     assert w.limit == 16
-    for _ in range(32):
-        w.leave()
-    late = w.enter()
-    w.throttled(late)  # sent after the cut: the next round's throttle cuts again
+    for _, counted in sent:
+        w.leave(counted)
+    late = [w.enter() for _ in range(16)]  # counted from now on: the window is full at 16
+    assert all(counted for _, counted in late)
+    entered = threading.Event()
+    threading.Thread(target=lambda: (w.enter(), entered.set()), daemon=True).start()
+    assert not entered.wait(0.2), "a 17th request got in"
+    w.leave(late[0][1])
+    assert entered.wait(5), "a place freed lets the next request in"
+    w.throttled(late[1][0])  # sent after the cut: the next round's throttle cuts again
     assert w.limit == 8
-    w.leave()
     for _ in range(200):
         w.went_through()
     assert 8 < w.limit <= 32 and int(w.limit) >= 16  # one more place per window's worth of answers

@@ -75,35 +75,46 @@ class Bucket:
 
 
 class Window:
-    """At most `limit` requests in flight, between 1 and `most`: halved by throttling, widened by success."""
+    """At most `limit` requests in flight, between 1 and `most`: halved by throttling, widened by success.
+
+    Until the first throttle nothing is counted (the target's workers already keep `most` in flight at most): a
+    request then costs no lock here. From the first throttle on, requests are counted as they enter; those already
+    in flight then are not, so for one round the window may hold a few more than its limit."""
 
     def __init__(self, most: int) -> None:
         self.most = most
         self.limit = float(most)
+        self.engaged = False
         self._in_flight = 0
         self._cut_at = 0.0  # when the window was last halved: throttles of requests sent before do not count again
         self._cond = threading.Condition()
 
-    def enter(self) -> float:
-        """Wait for a place; returns when the request was let in."""
+    def enter(self) -> tuple[float, bool]:
+        """Wait for a place; returns when the request was let in, and whether it holds a counted place."""
+        if not self.engaged:
+            return time.monotonic(), False
         with self._cond:
             while self._in_flight >= int(self.limit):
                 self._cond.wait()
             self._in_flight += 1
-            return time.monotonic()
+            return time.monotonic(), True
 
-    def leave(self) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            self._cond.notify()
+    def leave(self, counted: bool) -> None:
+        if counted:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify()
 
     def throttled(self, sent: float) -> None:
         with self._cond:
+            self.engaged = True
             if sent >= self._cut_at:
                 self.limit = max(1.0, self.limit / 2)
                 self._cut_at = time.monotonic()
 
     def went_through(self) -> None:
+        if self.limit >= self.most:
+            return
         with self._cond:
             if self.limit < self.most:
                 self.limit = min(float(self.most), self.limit + 1 / self.limit)
@@ -151,7 +162,7 @@ class Meter:
         cap = self.max_rcu if kind == "read" else self.max_wcu if kind == "write" else None
         tables = context.get("emailsync_tables", ())
         if kind is not None:
-            context["emailsync_sent"] = self.window.enter()  # left in _after or _failed
+            context["emailsync_sent"] = self.window.enter()  # (when, counted): left in _after or _failed
         if cap is None or not tables or kind is None:
             return
         estimate = self._estimate(kind, params, context) / len(tables)
@@ -183,7 +194,7 @@ class Meter:
         if response is not None:
             code = (response[1] or {}).get("Error", {}).get("Code", "")
         if code in THROTTLES and "emailsync_sent" in context:
-            self.window.throttled(context["emailsync_sent"])
+            self.window.throttled(context["emailsync_sent"][0])
         with self._lock:
             for t in tables[:1]:  # a request counts once, under its first table
                 cost = self._cost(t)
@@ -192,13 +203,13 @@ class Meter:
 
     def _failed(self, context: dict[str, Any], **_: Any) -> None:
         """No answer (a connection lost, botocore's retries spent): the request's place in the window is freed."""
-        if context.pop("emailsync_sent", None) is not None:
-            self.window.leave()
+        if (sent := context.pop("emailsync_sent", None)) is not None:
+            self.window.leave(sent[1])
         context.pop("emailsync_reserved", None)  # what it reserved stays spent: it may have been consumed
 
     def _after(self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        if context.pop("emailsync_sent", None) is not None:
-            self.window.leave()
+        if (sent := context.pop("emailsync_sent", None)) is not None:
+            self.window.leave(sent[1])
             if http_response.status_code < 300:
                 self.window.went_through()
         kind = context.get("emailsync_kind")
