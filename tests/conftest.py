@@ -322,6 +322,16 @@ def dynamodb_local_endpoint(moto_endpoint: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def real_ddb(ddb: Dynamo, moto_endpoint: str) -> Dynamo:
+    """`ddb`, for a test that needs what only Amazon's engine does: concurrent writes (moto is not thread-safe under
+    them) and the capacity each request consumed (moto reports none for transactions). On the moto server (no Java,
+    or EMAILSYNC_TEST_DDB=moto) such a test says so and does not run."""
+    if ddb.endpoint == moto_endpoint:
+        pytest.skip("needs DynamoDB Local (Java): the moto server stands in here")
+    return ddb
+
+
+@pytest.fixture
 def ddb_local(ddb: Dynamo) -> Dynamo:
     """`ddb`, named where a test needs DynamoDB's real behaviour (concurrency, limits) rather than any DynamoDB."""
     return ddb

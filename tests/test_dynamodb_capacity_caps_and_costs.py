@@ -56,7 +56,8 @@ def _check_applied(ddb: Any) -> None:
     assert {i["id"]: i["email"] for i in ddb.items("profiles")} == {f"P{i}": f"u{i}@new.com" for i in range(N)}
 
 
-def test_the_report_says_what_each_tables_requests_cost(ddb, ws):
+def test_the_report_says_what_each_tables_requests_cost(real_ddb, ws):
+    ddb = real_ddb
     plan = _setup(ddb, ws)
     throttled = []
 
@@ -80,14 +81,14 @@ def test_the_report_says_what_each_tables_requests_cost(ddb, ws):
     assert "DynamoDB requests" in r.out and "throttled" in r.out
 
 
-def test_max_wcu_holds_the_writes_to_the_rate_given(ddb_local, ws):
-    plan = _setup(ddb_local, ws, pad=2000)  # 2 KB items: a few write units each
+def test_max_wcu_holds_the_writes_to_the_rate_given(real_ddb, ws):
+    plan = _setup(real_ddb, ws, pad=2000)  # 2 KB items: a few write units each
     cap = 100.0
     start = time.monotonic()
     r = ws.run("apply", str(plan), "--auto-approve", "--max-wcu", str(cap))
     elapsed = time.monotonic() - start
     assert r.code == 0, r.out + r.err
-    _check_applied(ddb_local)
+    _check_applied(real_ddb)
     costs = {c["table"]: c for c in json.loads((plan.parent / "report.json").read_text())["requests"]}
     busiest = max(costs["users"]["write_units"], costs["profiles"]["write_units"])
     # A bucket holds one second of the cap: the rest of the busiest table's units need (units - cap) / cap seconds.

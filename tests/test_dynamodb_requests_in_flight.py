@@ -36,10 +36,8 @@ TABLES = """\
 
 
 @pytest.fixture
-def local(ddb: Any) -> Any:
-    if "moto" in ddb.endpoint or os.environ.get("EMAILSYNC_TEST_DDB") == "moto":
-        pytest.skip("needs DynamoDB Local (Java): the moto server is not thread-safe under concurrent writes")
-    return ddb
+def local(real_ddb: Any) -> Any:
+    return real_ddb
 
 
 def _create(ddb: Any) -> None:
