@@ -483,16 +483,18 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"{t['target']}: {t['error']}")
     costs = report.get("requests") or []
     if costs:
+        capped = any(c.get("waited_s") for c in costs)  # a column of its own only when a cap held requests back
         lines += ["", "DynamoDB requests (read and write capacity units consumed, attempts throttled):"]
-        head = [("target", "table", "requests", "read units", "write units", "throttled")]
-        lines += text_table(
-            head
-            + [
-                (c["target"], c["table"], str(c["requests"]), _units(c["read_units"]), _units(c["write_units"]),
-                 str(c["throttled"]))
-                for c in costs
-            ]
-        )  # fmt: skip
+        head: tuple[str, ...] = ("target", "table", "requests", "read units", "write units", "throttled")
+        per_table: list[tuple[str, ...]] = [
+            (c["target"], c["table"], str(c["requests"]), _units(c["read_units"]), _units(c["write_units"]),
+             str(c["throttled"]))
+            for c in costs
+        ]  # fmt: skip
+        if capped:
+            head += ("waited s",)
+            per_table = [(*r, f"{c.get('waited_s', 0):.1f}") for r, c in zip(per_table, costs, strict=True)]
+        lines += text_table([head, *per_table])
     return lines
 
 

@@ -94,6 +94,8 @@ def test_max_wcu_holds_the_writes_to_the_rate_given(real_ddb, ws):
     # A bucket holds one second of the cap: the rest of the busiest table's units need (units - cap) / cap seconds.
     assert busiest > 2 * cap, costs
     assert elapsed >= (busiest - cap) / cap * 0.9, (elapsed, busiest)
+    assert costs["users"]["waited_s"] + costs["profiles"]["waited_s"] > 0  # the report says the cap held them back
+    assert "waited s" in r.out
 
 
 def test_a_bucket_lends_one_second_and_then_waits_for_its_rate():

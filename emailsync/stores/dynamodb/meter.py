@@ -40,6 +40,7 @@ class TableCost:
     read_units: float = 0.0
     write_units: float = 0.0
     throttled: int = 0  # attempts refused by throttling (retried, by botocore or by the caller)
+    waited_s: float = 0.0  # seconds requests waited under --max-rcu / --max-wcu, all threads together
 
 
 class Bucket:
@@ -128,7 +129,6 @@ class Meter:
         self._lock = threading.Lock()
         self._tables: dict[str, TableCost] = {}
         self._buckets: dict[tuple[str, str], Bucket] = {}
-        self.waited = 0.0  # seconds requests spent waiting under the caps, all threads together
         self._reads_seen: dict[str, tuple[int, float]] = {}  # read operation -> (requests, units consumed)
 
     def attach(self, client: DynamoDBClient) -> DynamoDBClient:
@@ -152,7 +152,7 @@ class Meter:
             params.setdefault("ReturnConsumedCapacity", "TOTAL")
         context["emailsync_tables"] = _tables_of(params)
         context["emailsync_kind"] = "read" if op in READS else "write" if op in WRITES else None
-        context["emailsync_op"] = "TransactItems" if op == "TransactWriteItems" else op
+        context["emailsync_op"] = op
 
     def _before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         """Under a cap: wait while the table's bucket is in debt, then reserve what the request will likely cost,
@@ -166,22 +166,21 @@ class Meter:
         if cap is None or not tables or kind is None:
             return
         estimate = self._estimate(kind, params, context) / len(tables)
-        waited = 0.0
         for t in tables:
             bucket = self._bucket(t, kind, cap)
-            waited += bucket.wait()
+            waited = bucket.wait()
             bucket.charge(estimate)
+            if waited:
+                with self._lock:
+                    self._cost(t).waited_s += waited
         context["emailsync_reserved"] = estimate
-        if waited:
-            with self._lock:
-                self.waited += waited
 
     def _estimate(self, kind: str, params: dict[str, Any], context: dict[str, Any]) -> float:
         # A write costs a unit per KB written (twice in a transaction): the request's body is about that. A read's
         # size is not known before its answer: the average of this kind of request so far, one unit at first.
         if kind == "write":
             units = max(1.0, len(params.get("body") or b"") / 1024)
-            return units * (2 if "TransactItems" in str(context.get("emailsync_op", "")) else 1)
+            return units * (2 if context.get("emailsync_op") == "TransactWriteItems" else 1)
         with self._lock:
             n, total = self._reads_seen.get(context.get("emailsync_op", ""), (0, 0.0))
         return total / n if n else 1.0

@@ -253,6 +253,7 @@ class DynamoStore:
                 "read_units": round(c.read_units, 1),
                 "write_units": round(c.write_units, 1),
                 "throttled": c.throttled,
+                "waited_s": round(c.waited_s, 2),
             }
             for c in self.meter.costs()
         ]
