@@ -193,7 +193,8 @@ def test_stale_items_are_never_overwritten(ddb, ws):
     assert len(stale) == 1 and "differs from the plan in v" in stale[0]["detail"]
 
 
-def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
+def _transaction_sizes(ddb, ws, *apply_args: str) -> list[int]:
+    """120 moves applied; the number of writes in each TransactWriteItems sent, after checking every item moved."""
     ddb.create("users", "email")
     ddb.put("users", *({"email": f"u{i}@old.com", "i": Decimal(i)} for i in range(120)))
     _targets(ws, "- table: users\n  attributes: [email]\n")
@@ -205,26 +206,19 @@ def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
         sizes.append(len(params["TransactItems"]))
 
     hook_dynamodb(ws, "provide-client-params.dynamodb.TransactWriteItems", count)
-    assert _apply(ws, plan, "--concurrency", "2").code == 0
-    assert sorted(sizes) == [40, 100, 100]  # 50 moves (Put + Delete) per transaction, the real limit
+    assert _apply(ws, plan, *apply_args).code == 0
     assert [i["email"] for i in ddb.items("users")] == sorted(f"u{i}@new.com" for i in range(120))
+    return sizes
+
+
+def test_moves_are_batched_into_transactions_within_the_100_item_limit(ddb, ws):
+    sizes = _transaction_sizes(ddb, ws, "--concurrency", "2")
+    assert sorted(sizes) == [40, 100, 100]  # 50 moves (Put + Delete) per transaction, the real limit
 
 
 def test_moves_are_spread_over_the_requests_in_flight(ddb, ws):
-    ddb.create("users", "email")
-    ddb.put("users", *({"email": f"u{i}@old.com", "i": Decimal(i)} for i in range(120)))
-    _targets(ws, "- table: users\n  attributes: [email]\n")
-    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(120)})
-    r, plan = ws.plan()
-    sizes = []
-
-    def count(params, **kwargs):
-        sizes.append(len(params["TransactItems"]))
-
-    hook_dynamodb(ws, "provide-client-params.dynamodb.TransactWriteItems", count)
-    assert _apply(ws, plan).code == 0  # 32 requests in flight: a transaction for each
+    sizes = _transaction_sizes(ddb, ws)  # 32 requests in flight: a transaction for each
     assert sizes == [8] * 30  # 120 moves, 4 a transaction: 30 transactions, for 32 workers
-    assert [i["email"] for i in ddb.items("users")] == sorted(f"u{i}@new.com" for i in range(120))
 
 
 def test_new_key_too_long_is_a_plan_error(ddb, ws):
