@@ -227,7 +227,7 @@ def test_numeric_sort_key_with_email_in_partition_key(ddb, ws):
 
 def test_numeric_partition_key_with_email_in_sort_key(ddb, ws):
     """Regression: same KeyError, for a Number partition key when only the sort key holds the email (a Binary
-    partition key has the same problem; moto's server cannot scan Binary keys, so it is not tested here)."""
+    partition key: the next test, on DynamoDB Local, since moto's server cannot scan Binary keys)."""
     ddb.client.create_table(
         TableName="members",
         KeySchema=[{"AttributeName": "org", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
