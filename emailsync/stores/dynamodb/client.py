@@ -5,7 +5,6 @@ DynamoDB's real limits are enforced here whether or not the endpoint enforces th
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.parse
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from emailsync.config import DynamoTarget
 from emailsync.engine.executor import Workers
 from emailsync.errors import UserError
 from emailsync.retry import backoff_sleep, retry
-from emailsync.stores.dynamodb.items import item_to_json, keystr
+from emailsync.stores.dynamodb.items import item_from_json, item_to_json, keystr
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -91,32 +90,15 @@ def _read_answer(response_dict: dict[str, Any], customized_response_dict: dict[s
     if b'"B' in body:  # a binary value, or only an attribute named so: items are walked for B and BS values
         for field in ("Item", "LastEvaluatedKey"):
             if field in doc:
-                doc[field] = _binary_item(doc[field])
+                doc[field] = item_from_json(doc[field])
         if "Items" in doc:
-            doc["Items"] = [_binary_item(i) for i in doc["Items"]]
+            doc["Items"] = [item_from_json(i) for i in doc["Items"]]
         for table, items in doc.get("Responses", {}).items():
-            doc["Responses"][table] = [_binary_item(i) for i in items]
+            doc["Responses"][table] = [item_from_json(i) for i in items]
         for req in doc.get("UnprocessedKeys", {}).values():
-            req["Keys"] = [_binary_item(k) for k in req.get("Keys", [])]
+            req["Keys"] = [item_from_json(k) for k in req.get("Keys", [])]
     customized_response_dict.update(doc)
     response_dict["body"] = b"{}"  # what botocore still parses: only the metadata from the headers
-
-
-def _binary_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {name: _binary_value(av) for name, av in item.items()}
-
-
-def _binary_value(av: dict[str, Any]) -> dict[str, Any]:
-    ((t, v),) = av.items()
-    if t == "B":
-        return {"B": base64.b64decode(v)}
-    if t == "BS":
-        return {"BS": [base64.b64decode(x) for x in v]}
-    if t == "M":
-        return {"M": _binary_item(v)}
-    if t == "L":
-        return {"L": [_binary_value(x) for x in v]}
-    return av
 
 
 # AWS's own DynamoDB endpoints: only behind those does an AWS account stand, which STS can name.
