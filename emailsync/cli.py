@@ -27,6 +27,10 @@ _UsageError: type[Exception] = _CLICK_ERRORS["UsageError"]
 _ClickException: type[Exception] = _CLICK_ERRORS["ClickException"]
 
 
+# What a command has said itself about how it ended (a pause: exit code 130, with its own message).
+_said: set[str] = set()
+
+
 class _Commands(typer.core.TyperGroup):
     """The command group, with every usage mistake reported like any other: one `error:` line and exit code 1.
 
@@ -58,8 +62,9 @@ class _Commands(typer.core.TyperGroup):
             else:
                 typer.echo("error: no answer at the prompt; nothing was written", err=True)
                 code = 1
-        if code == 130:  # typer turns a Ctrl-C inside a command into Exit(130), silently
+        if code == 130 and "paused" not in _said:  # typer turns a Ctrl-C inside a command into Exit(130), silently
             typer.echo(INTERRUPTED, err=True, nl=False)
+        _said.clear()
         code = code if isinstance(code, int) else 0
         if standalone:
             sys.exit(code)
@@ -141,6 +146,99 @@ class _Terminal:
             typer.echo(f"  ... and {len(live) - 50} more (see plan.md)", err=self.err)
         answer = typer.prompt("Type YES to apply the live changes", default="", show_default=False, err=self.err)
         return bool(answer.strip() == "YES")
+
+
+def _check_duration_option(flag: str, value: str | None) -> None:
+    from emailsync.config import DURATION_RE
+
+    if value is not None and not DURATION_RE.fullmatch(value.strip()):
+        _fail(UserError(f"{flag} {value!r} is not a duration; use a number with a unit (ms, s, min), e.g. 2s"))
+
+
+class _Events:
+    """apply's progress events: JSON lines on stderr with --json (for CI logs), else a line a person reads for the
+    waits (replica lag, a retry) and, without a terminal's progress bar, for the batches now and then."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, json_out: bool, quiet: bool) -> None:
+        self.json_out, self.quiet = json_out, quiet
+        self.bars = False
+        self.last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import time
+
+        from emailsync import progress
+        from emailsync.plan import dumps
+
+        if self.json_out:
+            typer.echo(dumps(event), err=True)
+            return
+        if self.quiet:
+            return
+        kind = event.get("event")
+        if kind == "batch":
+            now = time.monotonic()
+            if progress.showing() or (now - self.last < self.EVERY_S and event["batch"] < event["batches"]):
+                return
+            self.last = now
+            eta = event.get("eta_s")
+            left = f", about {_duration(eta)} left" if eta is not None else ""
+            progress.say(
+                f"apply {event['target']}: batch {event['batch']} of {event['batches']}, "
+                f"{event['rows_done']:,} of {event['rows_todo']:,} rows, {event['rows_per_s']:,.0f} rows/s{left}"
+            )
+        elif kind == "replica-lag":
+            progress.say(f"{event['target']}: {event['message']}")
+        elif kind == "retry":
+            progress.say(
+                f"{event['target']}: {event['error']}; trying again in {event['wait_s']:g} s (retry {event['attempt']})"
+            )
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class _pause_on_signals:
+    """While apply runs: the first SIGTERM or Ctrl-C asks a batched apply to stop after the batch in flight (the
+    store says when it is batched, Pause.graceful); otherwise, or the second time, it interrupts at once, as
+    Ctrl-C always did (the transaction in flight is rolled back)."""
+
+    def __init__(self, pause: Any) -> None:
+        self.pause = pause
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (a test driving the CLI from a thread)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *_: object) -> None:
+        import signal
+
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        from emailsync import progress
+
+        if self.pause.graceful and not self.pause.requested:
+            name = signal.Signals(signum).name
+            self.pause.request(name)
+            progress.say(
+                f"{name}: pausing; the batch in flight finishes and commits, then apply stops (again to stop at once)"
+            )
+            return
+        raise KeyboardInterrupt
 
 
 TargetsOpt = Annotated[Path, typer.Option("--targets", "-t", help="The targets file.")]
@@ -313,11 +411,75 @@ def apply(
     concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
     max_rcu: MaxRcuOpt = None,
     max_wcu: MaxWcuOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Commit every N rows (DynamoDB: items) instead of one transaction per database, each batch with its "
+            "ledger record, so a busy database never waits on one long transaction; related rows (a chain, a merge) "
+            "stay in one batch. A paused or killed apply goes on at the next batch. Default: one transaction.",
+        ),
+    ] = None,
+    lock_timeout: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="How long a statement waits for a row lock before its transaction is rolled back and retried "
+            "(--retries); default: the target's lock_timeout, or 2s with --batch-size.",
+        ),
+    ] = None,
+    statement_timeout: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="The longest a statement may run; a batch that times out is retried. Default: the target's.",
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Times a transaction that timed out is tried again after a back-off (1 s, doubling); default: 5 with "
+            "--batch-size, else 0.",
+        ),
+    ] = None,
+    max_rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, metavar="ROWS/S", help="Rows (items) written a second at most, per target."),
+    ] = None,
+    max_replica_lag: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="Before each batch, wait while a replica's replay lag (pg_stat_replication) is above this.",
+        ),
+    ] = None,
 ) -> None:
-    """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan."""
+    """Apply exactly the reviewed plan, verifying every row, never overwriting a change made since the plan.
+
+    With --batch-size, SIGTERM or Ctrl-C lets the batch in flight commit, then stops with exit code 130; apply the
+    plan again to go on (`emailsync status PLAN` shows how far it got)."""
+    from emailsync.engine.online import Online, Pause
     from emailsync.plan import dumps
     from emailsync.render import report_lines
     from emailsync.workflows import ApplyOptions, apply_reviewed
+
+    for flag, value in (("--lock-timeout", lock_timeout), ("--statement-timeout", statement_timeout)):
+        _check_duration_option(flag, value)
+    pause = Pause()
+    online = Online(
+        batch_size=batch_size,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        max_rate=max_rate,
+        max_replica_lag=max_replica_lag,
+        retries=retries,
+        pause=pause,
+        events=_Events(json_out, quiet),
+    )
 
     opts = ApplyOptions(
         on_stale=on_stale.value,
@@ -332,10 +494,12 @@ def apply(
         quiet=quiet or json_out,
         parallel=parallel,
         pace=Pace(concurrency, max_rcu=max_rcu, max_wcu=max_wcu),
+        online=online,
     )
     try:
         person = _Terminal(json_out) if _interactive() else None
-        applied = apply_reviewed(plan_file, targets, opts, person=person, warn=_warn)
+        with _pause_on_signals(pause):
+            applied = apply_reviewed(plan_file, targets, opts, person=person, warn=_warn)
     except UserError as e:
         _fail(e)
     code, report, path = applied.code, applied.report, applied.report_path
@@ -359,6 +523,14 @@ def apply(
     else:
         typer.echo("\n".join(report_lines(report)))
         typer.echo(f"\nReport: {path}")
+    if code == 130:
+        typer.echo(
+            f"paused: the batches that ran are committed. Run `emailsync apply {shlex.quote(str(plan_file))}` again "
+            f"to go on where it stopped; `emailsync status {shlex.quote(str(plan_file))}` shows how far it got",
+            err=True,
+        )
+        _said.add("paused")
+        raise typer.Exit(130)
     raise typer.Exit(code)
 
 

@@ -59,7 +59,7 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=Tru
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # What PostgreSQL accepts for a time setting such as lock_timeout: a number with an optional unit.
 # Validated strictly because the value ends up in a SET LOCAL statement.
-_DURATION_RE = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+DURATION_RE = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
 _VAR_RE = re.compile(r"\$\{([^}]*)\}")
 _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -162,7 +162,7 @@ def _duplicates(items: Iterable[tuple[str, Hashable]]) -> list[tuple[str, str, H
 
 
 def _check_duration(value: str | None, field: str) -> str | None:
-    if value is not None and not _DURATION_RE.fullmatch(value.strip()):
+    if value is not None and not DURATION_RE.fullmatch(value.strip()):
         raise ValueError(
             f"{field} {value!r} is not a duration; use a number with a unit (us, ms, s, min, h, d), e.g. 5s or 10min"
         )
@@ -233,6 +233,9 @@ class PostgresTarget(BaseModel):
     lock_timeout: str = "5s"
     statement_timeout: str | None = None
     ledger: bool = True
+    # apply --max-replica-lag: one number, the replicas' lag in seconds (default: replay lag from
+    # pg_stat_replication); for servers whose replicas report elsewhere (Aurora: aurora_replica_status()).
+    replica_lag_query: str | None = None
 
     @field_validator("name")
     @classmethod

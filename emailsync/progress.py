@@ -109,6 +109,20 @@ def task(description: str, total: float | None = None) -> Iterator[Task]:
         yield t
 
 
+def showing() -> bool:
+    """Whether bars are drawn now (they show the rate and the time left themselves)."""
+    return _display is not None and _display.open > 0
+
+
+def say(text: str) -> None:
+    """A line for the person on stderr, above the bars when they are drawn (never through them)."""
+    display = _display
+    if display is not None and display.open > 0:
+        display.progress.console.print(text, markup=False, highlight=False)
+        return
+    print(text, file=sys.stderr, flush=True)
+
+
 def wanted(quiet: bool, stream: Any = None) -> bool:
     """Bars only for a person watching: a terminal, and neither --quiet nor --json."""
     stream = stream if stream is not None else sys.stderr

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from emailsync import progress
 from emailsync.engine.executor import DEFAULT_PACE, Pace
+from emailsync.engine.online import DEFAULT_ONLINE, Online
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
 from emailsync.stores.errors import store_errors
@@ -117,6 +118,7 @@ class ApplyOptions:
     quiet: bool = False
     parallel: int | None = None  # PostgreSQL targets applied at once (executor.default_width when None)
     pace: Pace = DEFAULT_PACE  # DynamoDB: requests in flight per target, capacity caps per table
+    online: Online = DEFAULT_ONLINE  # batches, timeouts and retries, rate, replica lag, pause (engine/online.py)
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def _apply_read(
                 unfinished_runs=lambda: killed_runs(plan_file, plan.digest),
                 parallel=opts.parallel,
                 pace=opts.pace,
+                online=opts.online,
             ),
         )
     path = write_report(plan_file, report)

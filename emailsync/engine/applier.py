@@ -10,6 +10,7 @@ from typing import Any
 from emailsync.archive import OutcomeBlock, OutcomeRecord, Rendered, outcome_text_blocks
 from emailsync.config import LoadedTargets
 from emailsync.engine.executor import DEFAULT_PACE, Pace, default_width, run_all
+from emailsync.engine.online import DEFAULT_ONLINE, Online
 from emailsync.engine.stages import STAGES
 from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, WHOLE_ROW, Action, Plan, TargetFingerprint, TargetRows
@@ -18,7 +19,7 @@ from emailsync.stores.base import Store
 from emailsync.stores.ledger import PastRun, Run, now
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, tally
 
-EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 3
+EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_PAUSED = 0, 1, 3, 130
 
 
 def check_plan_matches(plan: Plan, loaded: LoadedTargets) -> None:
@@ -77,6 +78,7 @@ def apply_plan(
     unfinished_runs: Callable[[], frozenset[str]] = frozenset,
     parallel: int | None = None,
     pace: Pace = DEFAULT_PACE,
+    online: Online = DEFAULT_ONLINE,
 ) -> tuple[int, dict[str, Any]]:
     """Apply the plan's actions (those of `only_targets`, without live ones if `skip_live`), stage by stage.
 
@@ -87,7 +89,9 @@ def apply_plan(
     run = run or Run(plan.digest, None)
     write = journal or (lambda entry: None)
     planned = planned_counts(plan)
-    chosen = registry.stores(loaded, [t for t in planned if only_targets is None or t in only_targets], pace=pace)
+    chosen = registry.stores(
+        loaded, [t for t in planned if only_targets is None or t in only_targets], pace=pace, online=online
+    )
     # A store that only sends the lines' bytes on gets them while the plan's check may still run (read_plan early).
     taken = {
         s.name: s.take(
@@ -159,6 +163,9 @@ def apply_plan(
         write(
             Rendered("\n".join(lines)) for lines in outcome_text_blocks(report["actions"].blocks(), event=True) if lines
         )
+    if any(r.paused for r in results) and not any(r.error for r in results):
+        report["paused"] = True
+        return EXIT_PAUSED, report
     failed = any(r.error for r in results) or any(
         status not in ("applied", "already-applied") for r in results for status, _, _ in tally(r.outcomes)
     )
@@ -276,7 +283,10 @@ def _report(plan: Plan, results: list[TargetResult], run: Run, on_stale: str) ->
         "finished_at": now(),
         "applied_by": {"user": run.user, "host": run.host, "approver": run.approver},
         "on_stale": on_stale,
-        "targets": [{"target": r.target, "committed": r.committed, "error": r.error} for r in results],
+        "targets": [
+            {"target": r.target, "committed": r.committed, "error": r.error, **({"paused": True} if r.paused else {})}
+            for r in results
+        ],
         "summary": [
             {"target": k[0], "table": k[1], "kind": k[2], "status": k[3], "count": n} for k, n in sorted(counts.items())
         ],

@@ -237,6 +237,7 @@ class TargetResult:
     outcomes: MutableMapping[str, Outcome] = field(default_factory=dict)
     error: str | None = None
     committed: bool = False
+    paused: bool = False  # stopped at a batch boundary when asked to (SIGTERM, Ctrl-C): a rerun goes on from there
 
 
 def _all_plain(joined: str, n: int) -> bool:

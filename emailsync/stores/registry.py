@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from emailsync.config import DynamoTarget, LoadedTargets, PostgresTarget
 from emailsync.engine.executor import DEFAULT_PACE, Pace
+from emailsync.engine.online import DEFAULT_ONLINE, Online
 from emailsync.engine.stages import stores_in_order
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Store
@@ -43,11 +44,18 @@ def targets(loaded: LoadedTargets) -> dict[str, PostgresTarget | DynamoTarget]:
     return out | {t.name: t for t in loaded.config.dynamodb}
 
 
-def stores(loaded: LoadedTargets, names: Iterable[str] | None = None, *, pace: Pace = DEFAULT_PACE) -> list[Store]:
+def stores(
+    loaded: LoadedTargets,
+    names: Iterable[str] | None = None,
+    *,
+    pace: Pace = DEFAULT_PACE,
+    online: Online = DEFAULT_ONLINE,
+) -> list[Store]:
     """A Store per target (those named, when `names` is given), in the order apply runs them (stages.py), each
     store's targets in the targets file's order. Connections and clients are made through this module's seam,
     looked up when used, so a patch of connect or client_for reaches every store. `pace`: how hard DynamoDB
-    targets are pressed (requests in flight, capacity caps)."""
+    targets are pressed (requests in flight, capacity caps); `online`: batches, throttles and the pause of an
+    apply (engine/online.py)."""
     wanted = None if names is None else set(names)
     pg = [i for i, t in enumerate(loaded.config.postgres) if wanted is None or t.name in wanted]
     ddb = [i for i, t in enumerate(loaded.config.dynamodb) if wanted is None or t.name in wanted]
@@ -56,11 +64,11 @@ def stores(loaded: LoadedTargets, names: Iterable[str] | None = None, *, pace: P
     if pg:
         from emailsync.stores.postgres.store import PostgresStore
 
-        by_kind["postgres"] = [PostgresStore(loaded, i, lambda t: connect(t)) for i in pg]
+        by_kind["postgres"] = [PostgresStore(loaded, i, lambda t: connect(t), online) for i in pg]
     if ddb:
         from emailsync.stores.dynamodb.store import DynamoStore
 
-        by_kind["dynamodb"] = [DynamoStore(loaded, i, _client_for_store, pace) for i in ddb]
+        by_kind["dynamodb"] = [DynamoStore(loaded, i, _client_for_store, pace, online) for i in ddb]
     return [s for kind in stores_in_order() for s in by_kind[kind]]
 
 

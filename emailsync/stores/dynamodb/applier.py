@@ -26,6 +26,7 @@ import botocore.exceptions
 from emailsync import progress
 from emailsync.config import DynamoTarget
 from emailsync.engine.executor import Workers
+from emailsync.engine.online import DEFAULT_ONLINE, Online, Rate
 from emailsync.errors import UserError
 from emailsync.plan import DynamoAction
 from emailsync.retry import backoff_sleep
@@ -67,8 +68,10 @@ class DynamoApplier:
         on_stale: str,
         journal: Callable[[dict[str, Any]], None] | None = None,
         concurrency: int = 1,
+        online: Online = DEFAULT_ONLINE,
     ) -> None:
         self.target = target
+        self.online = online
         self.workers = Workers(concurrency)  # requests in flight; their order is kept by what is handed to them
         self.client = client
         self.actions = actions
@@ -109,14 +112,27 @@ class DynamoApplier:
             live = " (live)" if any(a.live for a in self.actions) else ""
             with progress.task(f"apply {self.target.name}{live}", total=todo_count) as bar:
                 self._bar = bar
+                rate = Rate(self.online.max_rate, self.online.pause)
+                if self.online.batch_size:
+                    self.online.pause.graceful = True  # a first signal now waits for the batch in flight
                 for step in sorted({a.step for a in self.actions}):
                     todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
                     # A step's actions change distinct items (the planner puts every later write to an item in a
                     # later step): they go out `concurrency` requests at a time. Should two touch one item, the
-                    # second waits for a wave of its own, in the order they would have run one by one.
+                    # second waits for a wave of its own, in the order they would have run one by one. With
+                    # --batch-size, a wave goes out that many items at a time, and a pause stops between them.
                     for wave in _waves(todo, self._swapped):
-                        self.workers.each(_run, self._units(wave))
+                        for batch in _batches(wave, self.online.batch_size):
+                            if self.online.pause.requested:
+                                res.paused = True
+                                break
+                            self.workers.each(_run, self._units(batch))
+                            rate.wrote(len(batch))
+                        if res.paused:
+                            break
                     self._verify([a for a in todo if self.status[a.id].status == "applied"])
+                    if res.paused:
+                        break
         except UserError as e:
             # Credentials or a table gone while writing: other targets may have committed already, so this is
             # reported with them rather than raised past the report.
@@ -131,7 +147,8 @@ class DynamoApplier:
         for a in self.actions:
             o = self.status.get(a.id)
             if o is None or o.status == "pending":
-                o = Outcome("failed" if res.error else "not-applied", res.error)
+                why = res.error or ("paused before this write; apply the plan again to go on" if res.paused else None)
+                o = Outcome("failed" if res.error else "not-applied", why)
             res.outcomes[a.id] = o
         res.committed = res.error is None
         return res
@@ -677,6 +694,12 @@ class DynamoApplier:
 
 def _run(unit: Callable[[], None]) -> None:
     unit()
+
+
+def _batches(wave: list[DynamoAction], size: int | None) -> list[list[DynamoAction]]:
+    if not size:
+        return [wave]
+    return [wave[i : i + size] for i in range(0, len(wave), size)]
 
 
 def _share(n: int, width: int, most: int) -> int:

@@ -17,6 +17,7 @@ import botocore.exceptions
 
 from emailsync.config import DynamoTarget, LoadedTargets
 from emailsync.engine.executor import DEFAULT_PACE, Call, Pace, Step
+from emailsync.engine.online import DEFAULT_ONLINE, Online
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
@@ -41,8 +42,16 @@ class DynamoStore:
     plans_in_a_process: ClassVar[bool] = False  # its planning waits on requests: threads overlap it
     loads_unchecked: ClassVar[bool] = False  # take() reads the actions
 
-    def __init__(self, loaded: LoadedTargets, index: int, client_for: ClientFor, pace: Pace = DEFAULT_PACE) -> None:
+    def __init__(
+        self,
+        loaded: LoadedTargets,
+        index: int,
+        client_for: ClientFor,
+        pace: Pace = DEFAULT_PACE,
+        online: Online = DEFAULT_ONLINE,
+    ) -> None:
         self.target: DynamoTarget = loaded.config.dynamodb[index]
+        self.online = online  # --batch-size: items between pause checks; --max-rate; the pause itself
         self.concurrency = pace.concurrency  # requests in flight, plan and apply
         # What this target's requests cost; its caps, and its window of requests in flight.
         self.meter = Meter(pace.max_rcu, pace.max_wcu, pace.concurrency)
@@ -214,7 +223,7 @@ class DynamoStore:
         return self._applier(group, on_stale, write).run()
 
     def _applier(self, group: list[DynamoAction], on_stale: str, write: Journal | None = None) -> DynamoApplier:
-        return DynamoApplier(self.target, self.client, group, on_stale, write, self.concurrency)
+        return DynamoApplier(self.target, self.client, group, on_stale, write, self.concurrency, self.online)
 
     def _where_each(self, res: TargetResult) -> TargetResult:
         """Each outcome says its table and kind, as PostgreSQL's do (the report reads them from the outcomes)."""

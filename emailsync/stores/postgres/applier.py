@@ -122,8 +122,11 @@ class PostgresApplier:
         before_commit: Callable[[Mapping[str, str]], None] | None = None,
         loaded: Callable[[Iterator[str]], None] | None = None,
         preloaded: int | None = None,
+        bars: bool = True,
     ) -> None:
         self.conn = conn
+        self.bars = bars  # its own progress bars (a batched apply draws one bar for all its batches instead)
+        self.timed_out = False  # the run failed on lock_timeout or statement_timeout: worth retrying later
         self.preloaded = preloaded  # the actions load_lines put in _es_lines already (prepare), if it did
         self.before_commit = before_commit
         self.loaded = loaded  # told the ids of the actions once they are in the action table, before any write
@@ -168,7 +171,7 @@ class PostgresApplier:
             # A closed table's write changes nothing any other table's judgement reads, so it goes first and alone.
             closed = self._closed_tables(plain)
             if closed:
-                with progress.task(f"apply {self.target}", total=sum(plain[i] for i in closed)) as bar:
+                with self._task(f"apply {self.target}", total=sum(plain[i] for i in closed)) as bar:
                     for i in closed:
                         if self._write_closed(i, self.metas[i], plain[i]):
                             self._closed.append(i)
@@ -188,7 +191,7 @@ class PostgresApplier:
                 return self._abort(res, details, "stale rows and --on-stale abort")
             per_step = conn.execute("SELECT step, count(*) FROM _es_act GROUP BY step ORDER BY step").fetchall()
             written = sum(plain[i] for i in held)
-            with progress.task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
+            with self._task(f"apply {self.target}", total=written + sum(n for _, n in per_step)) as bar:
                 for i in held:
                     self._write_plain(i, self.metas[i])
                 bar.advance(written)
@@ -246,12 +249,18 @@ class PostgresApplier:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
+            self.timed_out = isinstance(e, psycopg.errors.LockNotAvailable) or (
+                isinstance(e, psycopg.errors.QueryCanceled) and "statement timeout" in msg
+            )
             res.error = f"database error, rolled back: {msg}"
             failed = CompactOutcomes()
             for a in self.actions:  # read again: the action table went with the transaction
                 failed.add(a.id, Outcome("failed", res.error, a.table, a.kind))
             res.outcomes = failed
             return res
+
+    def _task(self, description: str, total: int) -> contextlib.AbstractContextManager[progress.Task]:
+        return progress.task(description, total) if self.bars else contextlib.nullcontext(progress.Task())
 
     def _ids(self) -> Iterator[str]:
         """Every action's id, streamed, in the action table's own order (the journal's readers take them as a set;

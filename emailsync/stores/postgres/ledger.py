@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,10 +84,13 @@ class PgLedger:
         if not self.target.ledger:
             return
         # Created once (by the first apply, or by an administrator for a role without CREATE): not re-created,
-        # since CREATE ... IF NOT EXISTS needs the privilege even when there is nothing to create.
-        found = self.conn.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",)).fetchone()
+        # since CREATE ... IF NOT EXISTS needs the privilege even when there is nothing to create. The batches table
+        # came later than the ledger: a database may have the one without the other.
+        found = self.conn.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger", f"{LEDGER_SCHEMA}.batches")
+        ).fetchone()
         self.conn.rollback()
-        if found and found[0] is not None:
+        if found and found[0] is not None and found[1] is not None:
             return
         try:
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(LEDGER_SCHEMA)))
@@ -110,15 +114,77 @@ class PgLedger:
                     """
                 ).format(sql.Identifier(LEDGER_SCHEMA))
             )
+            # One row per committed batch of a batched apply (--batch-size), written in the batch's transaction:
+            # a rerun of the plan skips these batches, and `emailsync status` reads the progress here.
+            self.conn.execute(
+                sql.SQL(
+                    """
+                    CREATE TABLE IF NOT EXISTS {}.batches (
+                        plan_digest text NOT NULL,
+                        target text NOT NULL,
+                        batch int NOT NULL,  -- from 0, in the order they run
+                        batches int NOT NULL,  -- how many the target's actions make at this size
+                        batch_size int NOT NULL,
+                        ids_md5 text NOT NULL,  -- which actions the batch held
+                        rows_in int NOT NULL,
+                        counts jsonb NOT NULL,  -- outcomes by status
+                        stale jsonb NOT NULL,  -- id -> why, for each action not applied
+                        run_id text NOT NULL,
+                        started_at timestamptz NOT NULL,
+                        committed_at timestamptz NOT NULL DEFAULT now(),
+                        PRIMARY KEY (plan_digest, target, batch)
+                    )
+                    """
+                ).format(sql.Identifier(LEDGER_SCHEMA))
+            )
             self.conn.commit()
         except psycopg.Error as e:
             self.conn.rollback()
             msg = (e.diag.message_primary or str(e)).strip()
             raise UserError(
-                f"target {self.target.name!r}: cannot create the ledger table {LEDGER_SCHEMA}.ledger ({msg}); "
-                "grant the apply role CREATE on the database, create it once as an administrator, or set "
-                "`ledger: false` for the target"
+                f"target {self.target.name!r}: cannot create the ledger tables {LEDGER_SCHEMA}.ledger and "
+                f"{LEDGER_SCHEMA}.batches ({msg}); grant the apply role CREATE on the database, create them once as "
+                "an administrator, or set `ledger: false` for the target"
             ) from None
+
+    def batches(self) -> list[BatchRecord]:
+        """The committed batches of this plan on this target, by any run, in order."""
+        if not self.target.ledger:
+            return []
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT batch, batches, batch_size, ids_md5, rows_in, counts, stale, run_id, "
+                "extract(epoch FROM started_at)::float8, extract(epoch FROM committed_at)::float8 FROM {}.batches "
+                "WHERE plan_digest = %s AND target = %s ORDER BY batch"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (self.run.plan_digest, self.target.name),
+        ).fetchall()
+        self.conn.rollback()
+        return [BatchRecord(*r) for r in rows]
+
+    def record_batch(self, b: BatchRecord) -> None:
+        """A batch's record, in the batch's transaction: committed with its changes or not at all."""
+        if not self.target.ledger:
+            return
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.batches (plan_digest, target, batch, batches, batch_size, ids_md5, rows_in, counts, "
+                "stale, run_id, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (
+                self.run.plan_digest,
+                self.target.name,
+                b.batch,
+                b.batches,
+                b.batch_size,
+                b.ids_md5,
+                b.rows,
+                Jsonb(b.counts),
+                Jsonb(b.stale),
+                self.run.run_id,
+                b.started_at,
+            ),
+        )
 
     def completed(self) -> list[PastRun]:
         if not self.target.ledger:
@@ -169,6 +235,22 @@ class PgLedger:
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (status, Jsonb(counts), self.run.run_id, self.target.name),
         )
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A committed batch, as emailsync.batches keeps it."""
+
+    batch: int
+    batches: int
+    batch_size: int
+    ids_md5: str
+    rows: int
+    counts: dict[str, int]
+    stale: dict[str, str]
+    run_id: str
+    started_at: float  # epoch seconds
+    committed_at: float | None = None
 
 
 def _ts(v: Any) -> str:

@@ -18,6 +18,7 @@ import psycopg
 
 from emailsync.config import LoadedTargets, PostgresTarget
 from emailsync.engine.executor import Call, Step
+from emailsync.engine.online import DEFAULT_BATCH_LOCK_TIMEOUT, DEFAULT_ONLINE, Online
 from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
@@ -26,13 +27,13 @@ from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_i
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
 from emailsync.stores.postgres.applier import PostgresApplier, load_lines
+from emailsync.stores.postgres.batched import BatchedApply, _batched, _batched_statuses, cut, resume_size, retry_after
+from emailsync.stores.postgres.batches import Batches
 from emailsync.stores.postgres.catalog import TableMeta, resolve_table
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.ledger import PgLedger
+from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
 from emailsync.stores.postgres.lines import load_levels, python_lines
 from emailsync.stores.postgres.planner import PostgresPlanner, TablePlan, TargetPlan
-
-BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
 
 
 class PostgresStore:
@@ -43,9 +44,17 @@ class PostgresStore:
     loads_unchecked: ClassVar[bool] = True  # the lines go to the database as bytes (load_lines)
 
     def __init__(
-        self, loaded: LoadedTargets, index: int, connect: Callable[[PostgresTarget], psycopg.Connection]
+        self,
+        loaded: LoadedTargets,
+        index: int,
+        connect: Callable[[PostgresTarget], psycopg.Connection],
+        online: Online = DEFAULT_ONLINE,
     ) -> None:
         self.target = loaded.config.postgres[index]
+        self.online = online
+        self._batch_size = online.batch_size  # or the size the ledger records for this plan (resume_size)
+        self._done: list[BatchRecord] = []  # batches of this plan committed before (resume_size)
+        self._batches: Batches | None = None  # the actions cut into batches (past_runs), when batched
         self.name = self.target.name
         self._loaded, self._index, self._connect = loaded, index, connect
         self._where = f"{loaded.path.name}: postgres[{index}]"
@@ -122,14 +131,30 @@ class PostgresStore:
             # The lines go in now, while the plan's check may still run (loads_unchecked): a table of this session,
             # committed with nothing else, that the writing transaction reads. Nothing else is written before the
             # check has ended: the ledger is made ready by past_runs.
-            if self.target.statement_timeout:
-                self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.target.statement_timeout,))
+            _, statement_timeout = self._timeouts()
+            if statement_timeout:
+                self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (statement_timeout,))
             self._preloaded = load_lines(self.conn, self.name, self._metas, self._rows, session=True)
             self.conn.commit()
 
     def past_runs(self) -> list[PastRun]:
         self._ledger.ensure()  # the first write to the target (its ledger table), once the plan's check has ended
+        if isinstance(self._ledger, PgLedger):
+            # A plan whose apply was batched goes on in batches of the same size (the ledger knows which are done).
+            self._batch_size, self._done = resume_size(self.name, self._ledger, self.online.batch_size)
+        if self._batch_size is not None:
+            self._batches = cut(self.conn, self.name, self._batch_size, self._done)
         return self._ledger.completed()
+
+    def _timeouts(self) -> tuple[str | None, str | None]:
+        """lock_timeout and statement_timeout for this run: apply's options, else the target's; a batched apply
+        waits at most DEFAULT_BATCH_LOCK_TIMEOUT for a lock unless targets.yaml sets lock_timeout."""
+        lock = self.online.lock_timeout or (
+            self.target.lock_timeout
+            if self._batch_size is None or "lock_timeout" in self.target.model_fields_set
+            else DEFAULT_BATCH_LOCK_TIMEOUT
+        )
+        return lock, self.online.statement_timeout or self.target.statement_timeout
 
     def start_run(self) -> None:
         self._ledger.start()
@@ -146,26 +171,44 @@ class PostgresStore:
             with contextlib.suppress(psycopg.Error):
                 conn.cancel_safe()
 
+        if self._batches is not None:
+            batched = BatchedApply(self, self._batches, self._done, on_stale, write)
+
+            def stop_batches() -> None:
+                batched.stop()
+                stop()
+
+            return Call(batched.run, stop_batches)
         return Call(functools.partial(self._apply, on_stale, write), stop)
 
     def _apply(self, on_stale: str, write: Journal) -> TargetResult:
-        """One database's transaction, journaled before and after; its ledger row commits with the changes."""
-        conn, ledger, target = self.conn, self._ledger, self.target
+        """One database's transaction, journaled before and after; its ledger row commits with the changes. A
+        transaction that timed out (a lock held elsewhere) is tried again after a back-off when --retries allows."""
+        conn, ledger = self.conn, self._ledger
         entry = {"event": "write", "target": self.name, "store": self.kind, "op": "transaction"}
-        res = PostgresApplier(
-            conn,
-            self.name,
-            self._metas,
-            self._rows,
-            on_stale,
-            target.lock_timeout,
-            target.statement_timeout,
-            before_commit=lambda s: ledger.finish(ledger_status(s, self._full), dict(Counter(s.values()))),
-            # Journaled once the actions are loaded (ids read back from the database, not from another pass over
-            # the plan) and before anything is written.
-            loaded=lambda ids: write(_batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")),
-            preloaded=self._preloaded,
-        ).run()
+        lock_timeout, statement_timeout = self._timeouts()
+        attempt = 0
+        while True:
+            applier = PostgresApplier(
+                conn,
+                self.name,
+                self._metas,
+                self._rows,
+                on_stale,
+                lock_timeout,
+                statement_timeout,
+                before_commit=lambda s: ledger.finish(ledger_status(s, self._full), dict(Counter(s.values()))),
+                # Journaled once the actions are loaded (ids read back from the database, not from another pass
+                # over the plan) and before anything is written.
+                loaded=lambda ids: write(
+                    _batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")
+                ),
+                preloaded=self._preloaded,
+            )
+            res = applier.run()
+            attempt += 1
+            if not (applier.timed_out and retry_after(self.online, self.name, attempt, res.error, batched=False)):
+                break
         if not res.committed:
             with contextlib.suppress(psycopg.Error):
                 failed = any(o.status == "failed" for o in res.outcomes.values())
@@ -196,39 +239,6 @@ class PostgresStore:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-
-
-def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str) -> Iterator[dict[str, Any]]:
-    """The entry once per BATCH actions (at least once): `field` holds their ids ("actions", with "count") or
-    their statuses by id ("outcomes"). Streamed, so a transaction of millions never makes one list or one line."""
-    first = True
-    while True:
-        batch = dict(itertools.islice(pairs, BATCH))
-        if not batch and not first:
-            return
-        first = False
-        if field == "actions":
-            yield {**entry, "count": len(batch), "actions": list(batch)}
-        else:
-            yield {**entry, field: batch}
-
-
-def _batched_statuses(entry: dict[str, Any], outcomes: CompactOutcomes) -> Iterator[dict[str, Any]]:
-    """_batched(entry, statuses, "outcomes"), made a block of alike outcomes at a time (dict.fromkeys, not an item
-    each)."""
-    batch: dict[str, str] = {}
-    sent = False
-    for ids, _, status, _, _ in outcomes.blocks():
-        at = 0
-        while at < len(ids):
-            take = ids[at : at + BATCH - len(batch)]
-            batch.update(dict.fromkeys(take, status))
-            at += len(take)
-            if len(batch) >= BATCH:
-                yield {**entry, "outcomes": batch}
-                batch, sent = {}, True
-    if batch or not sent:
-        yield {**entry, "outcomes": batch}
 
 
 def _table_metas(

@@ -1,0 +1,378 @@
+"""A PostgreSQL target applied in batches (apply --batch-size): each batch a transaction of its own, committed with
+its record in emailsync.batches, so a busy database never waits on one long transaction and a rerun goes on at the
+first batch not committed.
+
+What each batch keeps of the one-transaction apply: its rows locked, judged against the plan, written by conditional
+statements, read back and committed only if all is as planned (applier.py runs each batch as it runs a whole
+target). What batching gives up: the database is consistent after each batch, not changed all at once; a rollback
+plan made from the journals restores the batches that ran.
+
+Between batches (engine/online.py): a pause asked for stops the run, --max-rate waits, --max-replica-lag waits for
+the replicas; a batch that timed out on a lock is rolled back and tried again after a back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from emailsync import progress
+from emailsync.engine.online import Online, Rate, backoff, wait_for_lag
+from emailsync.errors import UserError
+from emailsync.stores.base import Journal
+from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
+from emailsync.stores.postgres.applier import PostgresApplier
+from emailsync.stores.postgres.batches import LINE_COLUMNS, Batches, BatchLines, digests, split, take
+from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
+
+if TYPE_CHECKING:
+    from emailsync.stores.postgres.store import PostgresStore
+
+# Replay lag of the slowest replica, in seconds (0 without replicas; the role needs pg_monitor to see it).
+REPLICA_LAG_SQL = "SELECT COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_catalog.pg_stat_replication"
+DONE = ("applied", "already-applied")
+BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
+
+
+def resume_size(target: str, ledger: PgLedger, asked: int | None) -> tuple[int | None, list[BatchRecord]]:
+    """The batch size of this run and the batches already committed: a plan whose apply was batched goes on at the
+    size it started with (the batches are made from it)."""
+    done = ledger.batches()
+    if not done:
+        return asked, []
+    size = done[0].batch_size
+    if asked is not None and asked != size:
+        raise UserError(
+            f"target {target!r}: this plan's apply was batched with --batch-size {size} and {len(done)} of its "
+            f"{done[0].batches} batches are committed; run it again with --batch-size {size} (or without "
+            "--batch-size) to go on where it stopped; nothing was written"
+        )
+    return size, done
+
+
+def cut(conn: psycopg.Connection, target: str, size: int, done: list[BatchRecord]) -> Batches:
+    """The target's loaded lines cut into batches, refused (nothing written) if the batches the ledger records as
+    committed held other actions than these do now (the plan or emailsync changed under a paused apply)."""
+    twice = conn.execute("SELECT id FROM _es_lines GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
+    if twice is not None:
+        conn.rollback()
+        raise UserError(f"target {target!r}: two actions have the id {twice[0]!r} (the plan was edited)")
+    batches = split(conn, size)
+    conn.execute("DROP TABLE _es_lines")  # each batch makes its own, dropped at its commit
+    conn.commit()
+    if done:
+        now = digests(conn, [b.batch for b in done])
+        changed = [b for b in done if b.batches != batches.count or now.get(b.batch) != b.ids_md5]
+        if changed:
+            b = changed[0]
+            raise UserError(
+                f"target {target!r}: batch {b.batch + 1} of this plan, committed by run {b.run_id}, held other "
+                f"actions than batch {b.batch + 1} of the same plan does now ({len(changed)} batch(es) differ); "
+                "the batches must not change while an apply is under way, so nothing was written. Finish it with "
+                "the emailsync version that started it, or re-plan"
+            )
+    return batches
+
+
+class BatchedApply:
+    """One target's batched apply, run as the target's step of the PostgreSQL stage."""
+
+    def __init__(self, store: PostgresStore, batches: Batches, done: list[BatchRecord], on_stale: str, write: Journal):
+        self.store = store
+        self.batches = batches
+        self.done = {b.batch: b for b in done}
+        self.on_stale = on_stale
+        self.write = write
+        self.stopped = False
+        self.conn = store.conn
+        self.tables = [m.display for m in store._metas]
+        self.outcomes = CompactOutcomes()
+        self._stale_ids: set[str] = set()  # found stale before writing (--on-stale abort), reported as such
+
+    def _halted(self) -> bool:
+        return self.stopped or self.store.online.pause.requested
+
+    def stop(self) -> None:
+        """A sibling target failed or Ctrl-C came twice: no batch starts after the one in flight."""
+        self.stopped = True
+
+    def run(self) -> TargetResult:
+        s, online = self.store, self.store.online
+        online.pause.graceful = True  # a first signal now waits for the batch in flight
+        res = TargetResult(s.name, self.outcomes)
+        todo = [b for b in range(self.batches.count) if b not in self.done]
+        ended = -1  # the last batch looked at
+        counts: Counter[str] = Counter()
+        for rec in self.done.values():
+            counts.update(rec.counts)
+        try:
+            if todo and self.on_stale == "abort":
+                stale = self._stale_before_writing(todo)
+                if stale:
+                    res.error = (
+                        f"{stale} stale action(s) before any batch was written; nothing written to this database "
+                        "(--on-stale abort)"
+                    )
+                    self._not_run(
+                        range(self.batches.count), "not-applied", "nothing written: stale rows and --on-stale abort"
+                    )
+                    return res
+            rows_todo = sum(self.batches.rows[b] for b in todo)
+            rate = Rate(online.max_rate, online.pause)
+            with progress.task(f"apply {s.name} ({len(todo)} batches)", total=rows_todo) as bar:
+                for b in range(self.batches.count):
+                    ended = b
+                    if b in self.done:
+                        self._recorded(b, self.done[b])
+                        continue
+                    if online.max_replica_lag is not None and not self._halted():
+                        wait_for_lag(self._lag, online.max_replica_lag, online.pause, self._say_lag)
+                    if self._halted():
+                        res.paused = True
+                        break
+                    one = self._batch(b, res)
+                    for ids, _, st, _, _ in _statuses(one):
+                        counts[st] += len(ids)
+                    self._add(one)
+                    if one.error:
+                        res.error = f"batch {b + 1} of {self.batches.count}: {one.error}"
+                        break
+                    rows = self.batches.rows[b]
+                    bar.advance(rows)
+                    rate.wrote(rows)
+                    done_rows = sum(self.batches.rows[x] for x in todo if x <= b)
+                    per_s = rate.per_s()
+                    online.emit(
+                        {
+                            "event": "batch",
+                            "target": s.name,
+                            "batch": b + 1,
+                            "batches": self.batches.count,
+                            "rows": rows,
+                            "rows_done": done_rows,
+                            "rows_todo": rows_todo,
+                            "rows_per_s": round(per_s, 1),
+                            "eta_s": round((rows_todo - done_rows) / per_s, 1) if per_s else None,
+                        }
+                    )
+            if res.paused or res.error:
+                why = (
+                    "paused before this batch; apply the plan again to go on"
+                    if res.paused and not res.error
+                    else "not run: an earlier batch failed"
+                )
+                start = ended if res.paused else ended + 1
+                self._not_run(range(start, self.batches.count), "not-applied", why, skip_done=True)
+        finally:
+            self._finish(res, counts)
+        res.committed = ended >= 0 and not res.error
+        return res
+
+    # -- one batch ------------------------------------------------------------------------------------------
+
+    def _batch(self, b: int, res: TargetResult) -> TargetResult:
+        s, online = self.store, self.store.online
+        ledger = s._ledger
+        lock_timeout, statement_timeout = s._timeouts()
+        entry = {"event": "write", "target": s.name, "store": s.kind, "op": "transaction", "batch": b + 1}
+        attempt = 0
+        while True:
+            started = time.time()
+            lines, md5 = take(self.conn, b)
+
+            def record(statuses: Any, b: int = b, md5: str = md5, started: float = started) -> None:
+                if isinstance(ledger, PgLedger):
+                    ledger.record_batch(
+                        BatchRecord(
+                            b,
+                            self.batches.count,
+                            s._batch_size or 0,
+                            md5,
+                            self.batches.rows[b],
+                            dict(Counter(statuses.values())),
+                            {i: st for i, st in statuses.items() if st not in DONE},
+                            "",
+                            started,
+                        )
+                    )
+
+            applier = PostgresApplier(
+                self.conn,
+                s.name,
+                s._metas,
+                BatchLines(self.conn, b, self.tables),  # type: ignore[arg-type]  # id, table, kind: all it reads
+                self.on_stale,
+                lock_timeout,
+                statement_timeout,
+                before_commit=record,
+                loaded=lambda ids: self.write(_journal_batch({**entry, "phase": "before"}, ids)),
+                preloaded=lines,
+                bars=False,
+            )
+            one = applier.run()
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()  # BatchLines may have read after a failure
+            attempt += 1
+            if not (applier.timed_out and retry_after(online, s.name, attempt, one.error, batched=True)):
+                break
+        after = {**entry, "phase": "after", "committed": one.committed, "error": one.error}
+        if isinstance(one.outcomes, CompactOutcomes):
+            self.write(_batched_statuses(after, one.outcomes))
+        return one
+
+    def _stale_before_writing(self, todo: list[int]) -> int:
+        """--on-stale abort: every batch still to run, judged before the first is written (nothing locked): a stale
+        row found now stops the apply before it writes anything; one that goes stale later stops it at its batch."""
+        s = self.store
+        self.conn.execute(
+            f"CREATE TEMP TABLE _es_lines ON COMMIT DROP AS SELECT {LINE_COLUMNS} FROM _es_all "  # LiteralString
+            "WHERE batch = ANY(%s)",
+            (todo,),
+        )
+        n = self.conn.execute("SELECT count(*) FROM _es_lines").fetchone()
+        _, statement_timeout = s._timeouts()
+        found = PostgresApplier(
+            self.conn,
+            s.name,
+            s._metas,
+            iter(()),
+            "abort",
+            None,
+            statement_timeout,
+            preloaded=n[0] if n else 0,
+            bars=False,
+        ).classify_only()  # rolled back at its end: _es_lines goes with it
+        stale = [(aid, o) for aid, o in found.items() if o.status == "stale"]
+        for aid, o in stale:
+            self.outcomes.add(aid, o)
+        self._stale_ids = {aid for aid, _ in stale}
+        return len(stale)
+
+    # -- outcomes and the ledger -----------------------------------------------------------------------------
+
+    def _add(self, one: TargetResult) -> None:
+        for ids, details, status, table, kind in _statuses(one):
+            if details is None:
+                self.outcomes.add_run(ids, status, table, kind)
+            else:
+                for aid, d in zip(ids, details, strict=True):
+                    self.outcomes.add(aid, Outcome(status, d, table, kind))
+
+    def _recorded(self, b: int, rec: BatchRecord) -> None:
+        """A batch an earlier run committed: not run again; its actions come out as that run left them."""
+        for line in BatchLines(self.conn, b, self.tables):
+            st = rec.stale.get(line.id)
+            if st is None:
+                self.outcomes.add(line.id, Outcome("already-applied", None, line.table, line.kind))
+            else:
+                self.outcomes.add(
+                    line.id, Outcome(st, f"{st} in batch {b + 1}, committed by run {rec.run_id}", line.table, line.kind)
+                )
+        self.conn.rollback()
+
+    def _not_run(self, batches: range, status: str, why: str, skip_done: bool = False) -> None:
+        skip = self._stale_ids
+        for b in batches:
+            if skip_done and b in self.done:
+                self._recorded(b, self.done[b])
+                continue
+            for line in BatchLines(self.conn, b, self.tables):
+                if line.id not in skip:
+                    self.outcomes.add(line.id, Outcome(status, why, line.table, line.kind))
+        with contextlib.suppress(psycopg.Error):
+            self.conn.rollback()
+
+    def _finish(self, res: TargetResult, counts: Counter[str]) -> None:
+        ledger = self.store._ledger
+        if res.paused and not res.error:
+            status = "paused"
+        elif res.error:
+            status = "failed" if counts.get("failed") else "incomplete"
+        else:
+            status = "complete" if all(k in DONE for k, n in counts.items() if n) else "incomplete"
+        with contextlib.suppress(psycopg.Error):
+            self.conn.rollback()
+            ledger.finish(status, dict(counts))
+            self.conn.commit()
+
+    # -- throttles ---------------------------------------------------------------------------------------------
+
+    def _lag(self) -> float | None:
+        q = self.store.target.replica_lag_query or REPLICA_LAG_SQL
+        try:
+            row = self.conn.execute(q).fetchone()
+        finally:
+            self.conn.rollback()
+        if not row or row[0] is None:
+            return None
+        return float(row[0])
+
+    def _say_lag(self, lag: float) -> None:
+        online = self.store.online
+        online.emit(
+            {
+                "event": "replica-lag",
+                "target": self.store.name,
+                "lag_s": round(lag, 1),
+                "max_s": online.max_replica_lag,
+                "message": f"waiting: replica lag {lag:.1f} s is above --max-replica-lag {online.max_replica_lag:g} s",
+            }
+        )
+
+
+def retry_after(online: Online, target: str, attempt: int, error: str | None, *, batched: bool) -> bool:
+    """After a transaction that timed out: wait the back-off and say so (True), or give up (False)."""
+    if attempt > online.retries_for(batched) or online.pause.requested:
+        return False
+    wait = backoff(attempt)
+    online.emit({"event": "retry", "target": target, "attempt": attempt, "wait_s": wait, "error": error})
+    return not online.pause.sleep(wait)
+
+
+def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str) -> Iterator[dict[str, Any]]:
+    """The entry once per BATCH actions (at least once): `field` holds their ids ("actions", with "count") or
+    their statuses by id ("outcomes"). Streamed, so a transaction of millions never makes one list or one line."""
+    first = True
+    while True:
+        batch = dict(itertools.islice(pairs, BATCH))
+        if not batch and not first:
+            return
+        first = False
+        if field == "actions":
+            yield {**entry, "count": len(batch), "actions": list(batch)}
+        else:
+            yield {**entry, field: batch}
+
+
+def _batched_statuses(entry: dict[str, Any], outcomes: CompactOutcomes) -> Iterator[dict[str, Any]]:
+    """_batched(entry, statuses, "outcomes"), made a block of alike outcomes at a time (dict.fromkeys, not an item
+    each)."""
+    batch: dict[str, str] = {}
+    sent = False
+    for ids, _, status, _, _ in outcomes.blocks():
+        at = 0
+        while at < len(ids):
+            take = ids[at : at + BATCH - len(batch)]
+            batch.update(dict.fromkeys(take, status))
+            at += len(take)
+            if len(batch) >= BATCH:
+                yield {**entry, "outcomes": batch}
+                batch, sent = {}, True
+    if batch or not sent:
+        yield {**entry, "outcomes": batch}
+
+
+def _statuses(one: TargetResult) -> Any:
+    if isinstance(one.outcomes, CompactOutcomes):
+        return one.outcomes.blocks()
+    return (([aid], [o.detail], o.status, o.table, o.kind) for aid, o in one.outcomes.items())
+
+
+def _journal_batch(entry: dict[str, Any], ids: Any) -> Any:
+    return _batched(entry, ((aid, None) for aid in ids), "actions")
