@@ -609,6 +609,38 @@ def show(
 
 
 @app.command()
+def status(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="The plan being (or that was) applied.")],
+    targets: TargetsOpt = Path("targets.yaml"),
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """How far the applies of a plan got on each target, from the targets' ledgers (batches committed, rows written,
+    stale, rate, time left). Reads only; safe while an apply runs."""
+    from dataclasses import asdict
+
+    from emailsync.archive import apply_history
+    from emailsync.plan import dumps
+    from emailsync.render import history_lines, status_lines
+    from emailsync.workflows import progress_of
+
+    try:
+        plan, progress = progress_of(plan_file, targets)
+        history = apply_history(plan_file, plan.digest)
+    except UserError as e:
+        _fail(e)
+    if json_out:
+        doc = {
+            "plan_digest": plan.digest,
+            "targets": [{**asdict(p), "eta_s": p.eta_s} for p in progress],
+            "apply_history": [h.model_dump(mode="python") for h in history],
+        }
+        typer.echo(dumps(doc, indent=2))
+        return
+    typer.echo(f"Plan {plan.digest[:19]} ({plan_file})\n")
+    typer.echo("\n".join([*status_lines(progress), "", *history_lines(history)]))
+
+
+@app.command()
 def verify(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN")],
     targets: TargetsOpt = Path("targets.yaml"),

@@ -21,6 +21,7 @@ from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, Sum
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
     from emailsync.engine.verify import ActionState
+    from emailsync.stores.base import Progress
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)
@@ -526,6 +527,32 @@ def plan_text(plan: Plan) -> Iterator[str]:
             live = " LIVE" if a.live else ""
             yield f"{a.step:>3} {a.kind:<18} {where}{live} [{ddb_key(a.key)}]{moved} {changes}".rstrip()
     yield from (f"skipped {s.target}/{s.table} [{_key(s.key)}] {s.column}: {s.reason}" for s in plan.skipped)
+
+
+def status_lines(progress: list[Progress]) -> list[str]:
+    """emailsync status: one row per target, how far this plan's applies got."""
+    head = ("target", "store", "state", "batches", "rows", "stale", "rate", "time left")
+    rows = [head]
+    for p in progress:
+        batches = (
+            f"{p.batches_done:,} of {p.batches:,}" if p.batches is not None and p.batches_done is not None else "-"
+        )
+        total = f" of {p.rows_total:,}" if p.rows_total is not None else ""
+        rate = f"{p.rows_per_s:,.0f} rows/s" if p.rows_per_s else "-"
+        eta = p.eta_s
+        left = "-" if eta is None else _seconds(eta)
+        rows.append((p.target, p.store, p.state, batches, f"{p.rows_done:,}{total}", f"{p.stale:,}", rate, left))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out += [f"{p.target}: {p.note}" for p in progress if p.note]
+    return out
+
+
+def _seconds(s: float) -> str:
+    n = int(round(s))
+    if n >= 3600:
+        return f"{n // 3600}h{n % 3600 // 60:02d}m"
+    return f"{n // 60}m{n % 60:02d}s" if n >= 60 else f"{n}s"
 
 
 def history_lines(history: list[ApplyRun], markdown: bool = False) -> list[str]:

@@ -16,6 +16,7 @@ from emailsync.engine.executor import DEFAULT_PACE, Pace
 from emailsync.engine.online import DEFAULT_ONLINE, Online
 from emailsync.errors import UserError
 from emailsync.plan import Action, Plan
+from emailsync.stores.base import Progress
 from emailsync.stores.errors import store_errors
 
 T = TypeVar("T")
@@ -236,3 +237,33 @@ def _apply_read(
         # Journaled last, once report.json is written: a run killed before this is resumed, not refused as a replay.
         journal({"event": "run-end", "run_id": run.run_id, "exit_code": code, "summary": report["summary"]})
     return Applied(plan, code, report, path)
+
+
+# -- status --------------------------------------------------------------------------------------------------------
+
+
+def progress_of(plan_file: Path, targets: Path) -> tuple[Plan, list[Progress]]:
+    """How far the applies of a plan got on each of its targets, from the targets' ledgers (reads only: no lock is
+    taken, nothing is written). Rows planned come from the plan's summary where a target was not batched."""
+    from emailsync.config import load_targets
+    from emailsync.engine.applier import check_plan_matches, planned_counts
+    from emailsync.planfile import read_header
+    from emailsync.stores import registry
+
+    plan = read_header(plan_file)
+    if plan is None:
+        raise UserError(f"{plan_file}: not a plan file (no plan header); give the plan.jsonl.gz that was applied")
+    loaded = load_targets(targets)
+    check_plan_matches(plan, loaded)
+    planned = planned_counts(plan)
+    out = []
+    with store_errors("reading the ledgers"):
+        for store in registry.stores(loaded, list(plan.targets)):
+            try:
+                p = store.progress(plan.digest)
+            finally:
+                store.close()
+            if p.rows_total is None:
+                p.rows_total = planned.get(store.name, 0)
+            out.append(p)
+    return plan, out

@@ -91,3 +91,91 @@ def test_batches_end_where_one_transaction_ends(make_db: Any, ws: Any, size: int
     got = batched.rows("SELECT count(*), min(batches), max(batch_size) FROM emailsync.batches")
     print(got, r.err)
     assert got[0][0] == got[0][1] and got[0][2] == size
+
+
+def planned(ws: Any, db: Any) -> Any:
+    seed(db)
+    ws.mappings(MAPPINGS)
+    ws.postgres_targets({"core": db}, TABLES)
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    return plan
+
+
+def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: Any, ws: Any) -> None:
+    """SIGTERM mid-run: the batch in flight commits, the run stops with exit code 130 and says how to go on; status
+    shows the batches done; `apply PLAN` without --batch-size goes on at the same size and ends where one
+    transaction would."""
+    import signal
+    import time
+
+    from helpers import cli_process
+
+    ref, db = make_db(), make_db()
+    seed(ref)
+    ws.mappings(MAPPINGS)
+    ws.postgres_targets({"core": ref}, TABLES)
+    _, ref_plan = ws.plan()
+    assert ws.run("apply", str(ref_plan), "--auto-approve").code == 0
+    plan = planned(ws, db)
+    # 5 rows a second: the run takes about half a minute, so the signal lands mid-run.
+    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "5")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
+            "SELECT count(*) FROM emailsync.batches"
+        )[0][0] >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "SIGTERM: pausing" in err and "paused: the batches that ran are committed" in err
+    assert f"emailsync apply {plan}" in err
+    done = db.rows("SELECT count(*), min(batches) FROM emailsync.batches")[0]
+    assert 2 <= done[0] < done[1]
+    assert db.rows("SELECT status FROM emailsync.ledger") == [("paused",)]
+    # status: the batches and rows done, read from the ledger
+    r = ws.run("status", str(plan))
+    assert r.code == 0, r.err
+    assert f"{done[0]} of {done[1]}" in r.out and "paused" in r.out
+    r = ws.run("status", str(plan), "--json")
+    t = json.loads(r.out)["targets"][0]
+    assert t["state"] == "paused" and t["batches_done"] == done[0] and t["batches"] == done[1]
+    assert t["rows_done"] < t["rows_total"]
+    # the rerun: the committed batches are not run again
+    first_run = db.rows("SELECT batch, run_id FROM emailsync.batches ORDER BY batch")
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT batch, run_id FROM emailsync.batches ORDER BY batch")[: len(first_run)] == first_run
+    assert db.rows("SELECT count(*) FROM emailsync.batches")[0][0] == done[1]
+    assert dump(db) == dump(ref)
+    r = ws.run("status", str(plan), "--json")
+    t = json.loads(r.out)["targets"][0]
+    assert t["state"] == "complete" and t["batches_done"] == t["batches"] and t["rows_done"] == t["rows_total"]
+
+
+def test_a_rerun_with_another_batch_size_is_refused(make_db: Any, ws: Any) -> None:
+    import signal
+    import time
+
+    from helpers import cli_process
+
+    db = make_db()
+    plan = planned(ws, db)
+    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
+            "SELECT count(*) FROM emailsync.batches"
+        )[0][0] >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    before = dump(db)
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "7")
+    assert r.code == 1
+    assert "--batch-size 5" in r.err and "nothing was written" in r.err and "Traceback" not in r.err
+    assert dump(db) == before

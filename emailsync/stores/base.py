@@ -50,6 +50,30 @@ class TargetRead:
     tables: list[str] = field(default_factory=list)  # the target's tables in targets.yaml's order: the summary's
 
 
+@dataclass
+class Progress:
+    """How far the applies of one plan got on one target, as the target's ledger records it (emailsync status)."""
+
+    target: str
+    store: str
+    state: str  # not started | running | paused | stopped | failed | incomplete | complete | unknown
+    rows_done: int = 0  # rows (items) committed by this plan's applies
+    rows_total: int | None = None  # known once a batched apply has cut its batches
+    stale: int = 0
+    batches_done: int | None = None  # None: not batched
+    batches: int | None = None
+    runs: int = 0
+    # The latest run's pace: rows it committed over the time from its first batch's start to its last commit.
+    rows_per_s: float | None = None
+    note: str | None = None
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.rows_total is None or not self.rows_per_s or self.state == "complete":
+            return None
+        return max(0.0, (self.rows_total - self.rows_done) / self.rows_per_s)
+
+
 class Store(Protocol):
     """One target of targets.yaml, reached through one store."""
 
@@ -117,6 +141,10 @@ class Store(Protocol):
     def classify(self) -> tuple[CompactOutcomes, dict[str, dict[str, Any]]]:
         """Each taken action's state, nothing written or locked (for verify): the outcomes, and the keys of the
         first KEYS_KEPT drifted ones."""
+        ...
+
+    def progress(self, plan_digest: str) -> Progress:
+        """What the target's ledger records of this plan's applies (connects; reads only; takes no lock)."""
         ...
 
     def request_costs(self) -> list[dict[str, Any]]:

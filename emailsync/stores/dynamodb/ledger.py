@@ -14,6 +14,7 @@ import botocore.exceptions
 from emailsync import __version__
 from emailsync.config import DynamoTarget
 from emailsync.errors import UserError
+from emailsync.stores.base import Progress
 from emailsync.stores.dynamodb.client import call
 from emailsync.stores.ledger import PastRun, Run, now, only_rechecked, process_alive, who_text
 
@@ -154,6 +155,34 @@ class DynamoLedger:
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def progress(self) -> Progress:
+        """This plan's applies on the target as the ledger table records them (reads only)."""
+        p = Progress(self.target.name, "dynamodb", "not started")
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :t)",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": f"run#{self.run.plan_digest}"},
+                ":t": {"S": f"{self.target.name}#"},
+            },
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            resp = self.client.query(**kwargs)
+            items += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        p.runs = len(items)
+        if items:
+            last = items[-1]  # sorted by the sort key: target, start time, run
+            p.state = last.get("status", {}).get("S", "unknown")
+            counts = {k: int(v["N"]) for k, v in last.get("counts", {}).get("M", {}).items()}
+            p.rows_done = counts.get("applied", 0) + counts.get("already-applied", 0)
+            p.stale = counts.get("stale", 0)
+        return p
 
     def start(self) -> None:
         r = self.run

@@ -22,7 +22,7 @@ from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
 from emailsync.plan import Action, AttrChange, DynamoAction, Section, Skipped, Store, TargetFingerprint, dumps
-from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
+from emailsync.stores.base import KEYS_KEPT, Journal, Progress, TargetRead, Warn, action_id
 from emailsync.stores.dynamodb.applier import DynamoApplier
 from emailsync.stores.dynamodb.client import call, reached
 from emailsync.stores.dynamodb.ledger import DynamoLedger
@@ -252,6 +252,14 @@ class DynamoStore:
                     if o.status == "stale" and len(keys) < KEYS_KEPT:
                         keys[aid] = a.key
         return found, keys
+
+    def progress(self, plan_digest: str) -> Progress:
+        t = self.target
+        if not t.ledger_table:
+            return Progress(t.name, self.kind, "unknown", note="the target keeps no ledger (no ledger_table)")
+        self._client = self._client_for(t, probe=True)
+        ledger = DynamoLedger(t, self.client, Run(plan_digest, None))
+        return call(t, f"ledger table {t.ledger_table}", ledger.progress)  # type: ignore[no-any-return]
 
     def request_costs(self) -> list[dict[str, Any]]:
         return [

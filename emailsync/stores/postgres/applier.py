@@ -126,6 +126,7 @@ class PostgresApplier:
     ) -> None:
         self.conn = conn
         self.bars = bars  # its own progress bars (a batched apply draws one bar for all its batches instead)
+        self.scope = "database"  # what one run() writes or rolls back (a batched apply: "batch")
         self.timed_out = False  # the run failed on lock_timeout or statement_timeout: worth retrying later
         self.preloaded = preloaded  # the actions load_lines put in _es_lines already (prepare), if it did
         self.before_commit = before_commit
@@ -335,7 +336,7 @@ class PostgresApplier:
                 outcomes.add(aid, Outcome("not-applied", f"rolled back: {why}", table, kind))
         self.conn.rollback()
         res.outcomes = outcomes
-        res.error = f"{len(details)} stale action(s); nothing written to this database (--on-stale abort)"
+        res.error = f"{len(details)} stale action(s); nothing written to this {self.scope} (--on-stale abort)"
         return res
 
     # -- 1. load -------------------------------------------------------------------------------------------

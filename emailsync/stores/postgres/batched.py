@@ -28,7 +28,7 @@ from emailsync.errors import UserError
 from emailsync.stores.base import Journal
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
 from emailsync.stores.postgres.applier import PostgresApplier
-from emailsync.stores.postgres.batches import LINE_COLUMNS, Batches, BatchLines, digests, split, take
+from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
 
 if TYPE_CHECKING:
@@ -93,7 +93,6 @@ class BatchedApply:
         self.conn = store.conn
         self.tables = [m.display for m in store._metas]
         self.outcomes = CompactOutcomes()
-        self._stale_ids: set[str] = set()  # found stale before writing (--on-stale abort), reported as such
 
     def _halted(self) -> bool:
         return self.stopped or self.store.online.pause.requested
@@ -112,17 +111,6 @@ class BatchedApply:
         for rec in self.done.values():
             counts.update(rec.counts)
         try:
-            if todo and self.on_stale == "abort":
-                stale = self._stale_before_writing(todo)
-                if stale:
-                    res.error = (
-                        f"{stale} stale action(s) before any batch was written; nothing written to this database "
-                        "(--on-stale abort)"
-                    )
-                    self._not_run(
-                        range(self.batches.count), "not-applied", "nothing written: stale rows and --on-stale abort"
-                    )
-                    return res
             rows_todo = sum(self.batches.rows[b] for b in todo)
             rate = Rate(online.max_rate, online.pause)
             with progress.task(f"apply {s.name} ({len(todo)} batches)", total=rows_todo) as bar:
@@ -141,7 +129,10 @@ class BatchedApply:
                         counts[st] += len(ids)
                     self._add(one)
                     if one.error:
-                        res.error = f"batch {b + 1} of {self.batches.count}: {one.error}"
+                        res.error = (
+                            f"batch {b + 1} of {self.batches.count}: {one.error}; the {b} batch(es) before it "
+                            "stay committed and none after it ran"
+                        )
                         break
                     rows = self.batches.rows[b]
                     bar.advance(rows)
@@ -195,6 +186,7 @@ class BatchedApply:
                             s._batch_size or 0,
                             md5,
                             self.batches.rows[b],
+                            sum(self.batches.rows),
                             dict(Counter(statuses.values())),
                             {i: st for i, st in statuses.items() if st not in DONE},
                             "",
@@ -215,6 +207,7 @@ class BatchedApply:
                 preloaded=lines,
                 bars=False,
             )
+            applier.scope = "batch"
             one = applier.run()
             with contextlib.suppress(psycopg.Error):
                 self.conn.rollback()  # BatchLines may have read after a failure
@@ -225,34 +218,6 @@ class BatchedApply:
         if isinstance(one.outcomes, CompactOutcomes):
             self.write(_batched_statuses(after, one.outcomes))
         return one
-
-    def _stale_before_writing(self, todo: list[int]) -> int:
-        """--on-stale abort: every batch still to run, judged before the first is written (nothing locked): a stale
-        row found now stops the apply before it writes anything; one that goes stale later stops it at its batch."""
-        s = self.store
-        self.conn.execute(
-            f"CREATE TEMP TABLE _es_lines ON COMMIT DROP AS SELECT {LINE_COLUMNS} FROM _es_all "  # LiteralString
-            "WHERE batch = ANY(%s)",
-            (todo,),
-        )
-        n = self.conn.execute("SELECT count(*) FROM _es_lines").fetchone()
-        _, statement_timeout = s._timeouts()
-        found = PostgresApplier(
-            self.conn,
-            s.name,
-            s._metas,
-            iter(()),
-            "abort",
-            None,
-            statement_timeout,
-            preloaded=n[0] if n else 0,
-            bars=False,
-        ).classify_only()  # rolled back at its end: _es_lines goes with it
-        stale = [(aid, o) for aid, o in found.items() if o.status == "stale"]
-        for aid, o in stale:
-            self.outcomes.add(aid, o)
-        self._stale_ids = {aid for aid, _ in stale}
-        return len(stale)
 
     # -- outcomes and the ledger -----------------------------------------------------------------------------
 
@@ -277,14 +242,12 @@ class BatchedApply:
         self.conn.rollback()
 
     def _not_run(self, batches: range, status: str, why: str, skip_done: bool = False) -> None:
-        skip = self._stale_ids
         for b in batches:
             if skip_done and b in self.done:
                 self._recorded(b, self.done[b])
                 continue
             for line in BatchLines(self.conn, b, self.tables):
-                if line.id not in skip:
-                    self.outcomes.add(line.id, Outcome(status, why, line.table, line.kind))
+                self.outcomes.add(line.id, Outcome(status, why, line.table, line.kind))
         with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
 

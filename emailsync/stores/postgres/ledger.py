@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from emailsync import __version__
 from emailsync.config import PostgresTarget
 from emailsync.errors import UserError
+from emailsync.stores.base import Progress
 from emailsync.stores.ledger import LOCK_WAIT_SECONDS, PastRun, Run, only_rechecked, who_text
 
 # pg_try_advisory_lock's two int4 keys: 'emsy' and the target's name hashed. Advisory locks are per database
@@ -127,6 +128,7 @@ class PgLedger:
                         batch_size int NOT NULL,
                         ids_md5 text NOT NULL,  -- which actions the batch held
                         rows_in int NOT NULL,
+                        rows_all int NOT NULL,  -- rows of all the target's batches
                         counts jsonb NOT NULL,  -- outcomes by status
                         stale jsonb NOT NULL,  -- id -> why, for each action not applied
                         run_id text NOT NULL,
@@ -153,7 +155,7 @@ class PgLedger:
             return []
         rows = self.conn.execute(
             sql.SQL(
-                "SELECT batch, batches, batch_size, ids_md5, rows_in, counts, stale, run_id, "
+                "SELECT batch, batches, batch_size, ids_md5, rows_in, rows_all, counts, stale, run_id, "
                 "extract(epoch FROM started_at)::float8, extract(epoch FROM committed_at)::float8 FROM {}.batches "
                 "WHERE plan_digest = %s AND target = %s ORDER BY batch"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
@@ -162,14 +164,73 @@ class PgLedger:
         self.conn.rollback()
         return [BatchRecord(*r) for r in rows]
 
+    def progress(self) -> Progress:
+        """This plan's applies on the target as the ledger records them (reads only, takes no lock)."""
+        p = Progress(self.target.name, "postgres", "not started")
+        if not self.target.ledger:
+            p.state, p.note = "unknown", "the target keeps no ledger (ledger: false)"
+            return p
+        found = self.conn.execute(
+            "SELECT to_regclass(%s), to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger", f"{LEDGER_SCHEMA}.batches")
+        ).fetchone()
+        if not found or found[0] is None:
+            self.conn.rollback()
+            return p
+        runs = self.conn.execute(
+            sql.SQL(
+                "SELECT run_id, status, counts FROM {}.ledger WHERE plan_digest = %s AND target = %s "
+                "ORDER BY started_at"
+            ).format(sql.Identifier(LEDGER_SCHEMA)),
+            (self.run.plan_digest, self.target.name),
+        ).fetchall()
+        p.runs = len(runs)
+        if runs:
+            p.state = runs[-1][1]
+            counts = runs[-1][2] or {}
+            p.rows_done = sum(int(counts.get(k, 0)) for k in ("applied", "already-applied"))
+            p.stale = int(counts.get("stale", 0))
+        if found[1] is not None:
+            b = self.conn.execute(
+                sql.SQL(
+                    "SELECT count(*), max(batches), sum(rows_in), max(rows_all), "
+                    "sum(COALESCE((counts ->> 'stale')::int, 0)) FROM {}.batches WHERE plan_digest = %s AND target = %s"
+                ).format(sql.Identifier(LEDGER_SCHEMA)),
+                (self.run.plan_digest, self.target.name),
+            ).fetchone()
+            if b and b[0]:
+                p.batches_done, p.batches, p.rows_done, p.rows_total, p.stale = (int(x or 0) for x in b)
+                last = self.conn.execute(
+                    sql.SQL(
+                        "SELECT sum(rows_in), extract(epoch FROM max(committed_at) - min(started_at))::float8 "
+                        "FROM {t}.batches WHERE plan_digest = %s AND target = %s AND run_id = (SELECT run_id FROM "
+                        "{t}.batches WHERE plan_digest = %s AND target = %s ORDER BY committed_at DESC LIMIT 1)"
+                    ).format(t=sql.Identifier(LEDGER_SCHEMA)),
+                    (self.run.plan_digest, self.target.name) * 2,
+                ).fetchone()
+                if last and last[0] and last[1]:
+                    p.rows_per_s = float(last[0]) / float(last[1])
+        if p.state == "running":
+            # Running now only while an apply holds the target's lock; otherwise it was killed.
+            held = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) AND classid = %s AND objid = %s "
+                "AND objsubid = 2)",
+                pg_lock_key(self.target.name),
+            ).fetchone()
+            if not (held and held[0]):
+                p.state, p.note = "stopped", "its last run ended without finishing (killed?); apply again to go on"
+        self.conn.rollback()
+        return p
+
     def record_batch(self, b: BatchRecord) -> None:
         """A batch's record, in the batch's transaction: committed with its changes or not at all."""
         if not self.target.ledger:
             return
         self.conn.execute(
             sql.SQL(
-                "INSERT INTO {}.batches (plan_digest, target, batch, batches, batch_size, ids_md5, rows_in, counts, "
-                "stale, run_id, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"
+                "INSERT INTO {}.batches (plan_digest, target, batch, batches, batch_size, ids_md5, rows_in, rows_all, "
+                "counts, stale, run_id, started_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (
                 self.run.plan_digest,
@@ -179,6 +240,7 @@ class PgLedger:
                 b.batch_size,
                 b.ids_md5,
                 b.rows,
+                b.rows_all,
                 Jsonb(b.counts),
                 Jsonb(b.stale),
                 self.run.run_id,
@@ -246,6 +308,7 @@ class BatchRecord:
     batch_size: int
     ids_md5: str
     rows: int
+    rows_all: int
     counts: dict[str, int]
     stale: dict[str, str]
     run_id: str

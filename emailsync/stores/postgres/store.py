@@ -23,7 +23,7 @@ from emailsync.engine.stages import Stage
 from emailsync.errors import UserError
 from emailsync.mappings import MappingSet
 from emailsync.plan import Action, PostgresAction, Section, Skipped, Store, TargetFingerprint
-from emailsync.stores.base import KEYS_KEPT, Journal, TargetRead, Warn, action_id
+from emailsync.stores.base import KEYS_KEPT, Journal, Progress, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
 from emailsync.stores.postgres.applier import PostgresApplier, load_lines
@@ -232,6 +232,10 @@ class PostgresStore:
         )
         found = applier.classify_only()
         return found, _keys_of_drifted(found, self._rows)
+
+    def progress(self, plan_digest: str) -> Progress:
+        self.reach()
+        return PgLedger(self.conn, self.target, Run(plan_digest, None)).progress()
 
     def request_costs(self) -> list[dict[str, Any]]:
         return []  # one connection, a few statements: nothing paid by the request
