@@ -191,6 +191,10 @@ def _summary_md(summary: list[SummaryRow]) -> list[str]:
     return out
 
 
+# A PostgreSQL target with more actions than this gets plan.md's advice to apply in batches (apply --batch-size).
+BATCH_ADVICE_ACTIONS = 50_000
+
+
 def _order_md(plan: Plan) -> list[str]:
     """The order apply runs the plan in: its stages (stages.py), each with the targets and actions in it."""
     stages = planned_by_stage(plan)
@@ -200,6 +204,19 @@ def _order_md(plan: Plan) -> list[str]:
     for n, (stage, targets) in enumerate(stages, 1):
         where = ", ".join(f"{_code(t, table=False)} ({c})" for t, c in targets.items())
         out.append(f"{n}. {stage.says}: {sum(targets.values())} action(s) on {where}")
+    big = {t: c for stage, targets in stages if stage.store == "postgres" for t, c in targets.items()}
+    big = {t: c for t, c in big.items() if c > BATCH_ADVICE_ACTIONS}
+    if big:
+        names = ", ".join(f"{_code(t, table=False)} ({c:,} actions)" for t, c in big.items())
+        out += [
+            "",
+            f"**Large database changes**: {names}. One transaction holds a lock on every changed row until it "
+            "commits, for minutes at this size. On a database in use, apply in batches: "
+            "`emailsync apply PLAN --batch-size 10000`. Each batch commits alone, with its ledger record: the "
+            "database is consistent after each batch but not changed all at once (a chain or merge of addresses "
+            "stays in one batch), a paused or killed apply goes on at the next batch, and a rollback plan restores "
+            "the batches that ran.",
+        ]
     return [*out, ""]
 
 
@@ -482,6 +499,14 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     for t in report["targets"]:
         if t.get("error"):
             lines.append(f"{t['target']}: {t['error']}")
+        b = t.get("batches")
+        if b:
+            earlier = f", {b['resumed']:,} of them by an earlier run" if b.get("resumed") else ""
+            lines.append(
+                f"{t['target']}: {b['committed']:,} of {b['batches']:,} batches of about {b['batch_size']:,} rows "
+                f"committed{earlier}. Each batch committed alone: the database was consistent after each, not "
+                "changed all at once; a rollback plan restores the batches that ran"
+            )
     costs = report.get("requests") or []
     if costs:
         capped = any(c.get("waited_s") for c in costs)  # a column of its own only when a cap held requests back

@@ -179,3 +179,241 @@ def test_a_rerun_with_another_batch_size_is_refused(make_db: Any, ws: Any) -> No
     assert r.code == 1
     assert "--batch-size 5" in r.err and "nothing was written" in r.err and "Traceback" not in r.err
     assert dump(db) == before
+
+
+def _wait_for_batches(db: Any, n: int, seconds: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
+            "SELECT count(*) FROM emailsync.batches"
+        )[0][0] >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} batch(es) not committed within {seconds} s")
+
+
+def reference(make_db: Any, ws: Any) -> list[Any]:
+    """The rows a one-transaction apply of the estate ends with."""
+    ref = make_db()
+    seed(ref)
+    ws.mappings(MAPPINGS)
+    ws.postgres_targets({"core": ref}, TABLES)
+    _, plan = ws.plan()
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    return dump(ref)
+
+
+def test_a_replica_lagging_holds_the_batches_back_and_apply_says_so(make_db: Any, ws: Any) -> None:
+    """--max-replica-lag: while the lag the target reports is above it, no batch starts, and apply says why; once it
+    drops, the batches run. The lag is read with the target's replica_lag_query, here from a table the test sets."""
+    import threading
+    import time
+
+    want = reference(make_db, ws)
+    db = make_db()
+    plan = planned(ws, db)
+    db.execute("CREATE TABLE lag_probe (seconds float8)")
+    db.execute("INSERT INTO lag_probe VALUES (30)")
+    text = ws.path.joinpath("targets.yaml").read_text()
+    ws.targets(text.replace("    tables:", "    replica_lag_query: SELECT seconds FROM lag_probe\n    tables:"))
+    caught_up: list[float] = []
+
+    def catch_up() -> None:
+        time.sleep(2.5)
+        db.execute("UPDATE lag_probe SET seconds = 0.5")
+        caught_up.append(time.time())
+
+    t = threading.Thread(target=catch_up)
+    t.start()
+    start = time.monotonic()
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "20", "--max-replica-lag", "2")
+    t.join()
+    assert r.code == 0, r.out + r.err
+    assert time.monotonic() - start >= 2.5
+    assert "core: waiting: replica lag 30.0 s is above --max-replica-lag 2 s" in r.err
+    first = db.rows("SELECT extract(epoch FROM min(started_at))::float8 FROM emailsync.batches")[0][0]
+    assert first >= caught_up[0] - 0.05  # nothing started while the replica lagged
+    assert dump(db) == want
+
+
+def test_without_replicas_the_lag_read_from_pg_stat_replication_holds_nothing_back(make_db: Any, ws: Any) -> None:
+    want = reference(make_db, ws)
+    db = make_db()
+    plan = planned(ws, db)
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "20", "--max-replica-lag", "0")
+    assert r.code == 0, r.out + r.err
+    assert "replica lag" not in r.err
+    assert dump(db) == want
+
+
+def test_a_batch_that_waits_too_long_for_a_lock_is_retried_after_a_back_off(make_db: Any, ws: Any) -> None:
+    """Another transaction holds a planned row for 2 s: the batch holding that row times out after --lock-timeout,
+    rolls back, and is tried again after 1 s, then 2 s; it commits once the row is free. Nothing waits longer than
+    the lock timeout at a time."""
+    import threading
+    import time
+
+    want = reference(make_db, ws)
+    db = make_db()
+    plan = planned(ws, db)
+    other = db.connect()
+    other.autocommit = False
+    other.execute("SELECT * FROM employees WHERE email = 'u20@old.com' FOR UPDATE")
+
+    def release() -> None:
+        time.sleep(2.0)
+        other.rollback()
+
+    t = threading.Thread(target=release)
+    t.start()
+    try:
+        r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "20", "--lock-timeout", "300ms")
+    finally:
+        t.join()
+        other.close()
+    assert r.code == 0, r.out + r.err
+    assert "canceling statement due to lock timeout; trying again in 1 s (retry 1)" in r.err
+    assert dump(db) == want
+
+
+def test_without_retries_a_locked_batch_stops_the_apply_and_a_rerun_finishes(make_db: Any, ws: Any) -> None:
+    want = reference(make_db, ws)
+    db = make_db()
+    plan = planned(ws, db)
+    other = db.connect()
+    other.autocommit = False
+    other.execute("SELECT * FROM employees WHERE email = 'u20@old.com' FOR UPDATE")
+    try:
+        r = ws.run(
+            "apply", str(plan), "--auto-approve", "--batch-size", "20", "--lock-timeout", "200ms", "--retries", "0"
+        )
+    finally:
+        other.rollback()
+        other.close()
+    assert r.code == 3
+    assert "lock timeout" in r.out and "stay committed and none after it ran" in r.out
+    done, of = db.rows("SELECT count(*), min(batches) FROM emailsync.batches")[0]
+    assert 0 < done < of  # the batches before the locked one committed
+    assert db.rows("SELECT status FROM emailsync.ledger") == [("failed",)]
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert dump(db) == want
+
+
+def test_json_events_and_the_report_say_how_the_batches_went(make_db: Any, ws: Any) -> None:
+    db = make_db()
+    plan = planned(ws, db)
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "30", "--json")
+    assert r.code == 0, r.err
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    batches = [e for e in events if e["event"] == "batch"]
+    assert [e["batch"] for e in batches] == list(range(1, len(batches) + 1))
+    assert batches[-1]["rows_done"] == batches[-1]["rows_todo"] and batches[-1]["eta_s"] == 0
+    assert all(e["rows_per_s"] > 0 and e["target"] == "core" for e in batches)
+    report = json.loads(r.out)
+    b = report["targets"][0]["batches"]
+    assert b == {"batch_size": 30, "batches": len(batches), "committed": len(batches), "resumed": 0}
+    r = ws.run("apply", str(plan), "--auto-approve", "--force", "--batch-size", "30")
+    assert "batches of about 30 rows committed" in r.out and "not changed all at once" in r.out
+
+
+def test_option_mistakes_are_one_error_and_write_nothing(make_db: Any, ws: Any) -> None:
+    from helpers import snapshot
+
+    db = make_db()
+    plan = planned(ws, db)
+    before = snapshot(db)
+    for args, says in (
+        (("--lock-timeout", "5 seconds"), "--lock-timeout '5 seconds' is not a duration"),
+        (("--statement-timeout", "1;DROP"), "--statement-timeout '1;DROP' is not a duration"),
+        (("--batch-size", "0"), "--batch-size"),
+        (("--max-rate", "0"), "--max-rate"),
+        (("--retries", "-1"), "--retries"),
+    ):
+        r = ws.run("apply", str(plan), "--auto-approve", *args)
+        assert r.code == 1, (args, r.out, r.err)
+        assert r.err.startswith("error:") and says in r.err and "Traceback" not in r.err
+    assert snapshot(db) == before
+
+
+def test_a_rollback_plan_restores_the_batches_a_paused_apply_committed(make_db: Any, ws: Any) -> None:
+    import signal
+
+    from helpers import cli_process, rollback_plan
+
+    db = make_db()
+    plan = planned(ws, db)
+    before = dump(db)
+    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
+    _wait_for_batches(db, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert dump(db) != before
+    back = rollback_plan(ws, plan)
+    r = ws.run("apply", str(back), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert dump(db) == before
+
+
+def test_plan_md_advises_batches_for_a_large_database(make_db: Any, ws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emailsync import render
+
+    db = make_db()
+    monkeypatch.setattr(render, "BATCH_ADVICE_ACTIONS", 100)  # the estate has 252 actions; the default is 50,000
+    plan = planned(ws, db)
+    md = plan.with_name("plan.md").read_text()
+    assert "**Large database changes**: `core` (252 actions)" in md
+    assert "--batch-size 10000" in md and "not changed all at once" in md
+    monkeypatch.setattr(render, "BATCH_ADVICE_ACTIONS", 50_000)
+    _, small = ws.plan()
+    assert "Large database changes" not in small.with_name("plan.md").read_text()
+
+
+DDB_TABLES = """\
+      - table: profiles
+        attributes: [email]
+"""
+
+
+def test_a_dynamodb_target_pauses_between_batches_of_items_and_goes_on(ddb: Any, ws: Any) -> None:
+    """--batch-size on a DynamoDB target: its writes go out that many items at a time, SIGTERM stops between two
+    batches (exit code 130), and the rerun writes the rest; every item ends changed exactly once."""
+    import signal
+    import time
+
+    from helpers import DDB_ONLY, cli_process
+
+    ddb.create("profiles", "id")
+    n = 40
+    ddb.put("profiles", *({"id": f"p{i}", "email": f"u{i}@old.com"} for i in range(n)))
+    ws.targets(DDB_ONLY.format(tables=DDB_TABLES))
+    ws.mappings({f"u{i}@old.com": f"u{i}@new.com" for i in range(n)}, "m.json")
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    proc = cli_process(
+        ws, "apply", str(plan), "--auto-approve", "--batch-size", "4", "--max-rate", "10", "--concurrency", "1"
+    )
+
+    def moved() -> int:
+        return sum(1 for it in ddb.items("profiles") if it["email"].endswith("@new.com"))
+
+    deadline = time.monotonic() + 30
+    while moved() < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "paused: the batches that ran are committed" in err
+    done = moved()
+    assert 8 <= done < n and done % 4 == 0  # whole batches only
+    report = json.loads(plan.with_name("report.json").read_text())
+    statuses = {a["status"] for a in report["actions"]}
+    assert statuses == {"applied", "not-applied"} and report.get("paused") is True
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "4")
+    assert r.code == 0, r.out + r.err
+    assert sorted((it["id"], it["email"]) for it in ddb.items("profiles")) == sorted(
+        (f"p{i}", f"u{i}@new.com") for i in range(n)
+    )

@@ -284,7 +284,13 @@ def _report(plan: Plan, results: list[TargetResult], run: Run, on_stale: str) ->
         "applied_by": {"user": run.user, "host": run.host, "approver": run.approver},
         "on_stale": on_stale,
         "targets": [
-            {"target": r.target, "committed": r.committed, "error": r.error, **({"paused": True} if r.paused else {})}
+            {
+                "target": r.target,
+                "committed": r.committed,
+                "error": r.error,
+                **({"paused": True} if r.paused else {}),
+                **({"batches": r.batches} if r.batches else {}),
+            }
             for r in results
         ],
         "summary": [

@@ -238,6 +238,8 @@ class TargetResult:
     error: str | None = None
     committed: bool = False
     paused: bool = False  # stopped at a batch boundary when asked to (SIGTERM, Ctrl-C): a rerun goes on from there
+    # A batched apply (--batch-size): batch_size, batches, committed (this run and earlier ones), resumed (earlier).
+    batches: dict[str, int] | None = None
 
 
 def _all_plain(joined: str, n: int) -> bool:
@@ -253,10 +255,18 @@ def _plain(aid: str) -> bool:
     return not aid.startswith('"') and "\t" not in aid and "\n" not in aid and "\r" not in aid
 
 
-def ledger_status(statuses: Mapping[str, str], full: bool) -> str:
+def ledger_status(counts: Mapping[str, int], full: bool) -> str:
     """complete: every action of the plan for the target is done, so applying the plan again is a replay."""
-    done = all(s in ("applied", "already-applied") for s in statuses.values())
+    done = all(s in ("applied", "already-applied") for s, n in counts.items() if n)
     return "complete" if done and full else "incomplete"
+
+
+def status_counts(outcomes: Mapping[str, Outcome]) -> dict[str, int]:
+    """How many outcomes of each status (of compact outcomes: from their small numbers, no id read)."""
+    counts: Counter[str] = Counter()
+    for (status, _, _), n in tally(outcomes).items():
+        counts[status] += n
+    return dict(counts)
 
 
 def tally(outcomes: Mapping[str, Outcome]) -> Counter[tuple[str, str | None, str | None]]:
@@ -267,7 +277,4 @@ def tally(outcomes: Mapping[str, Outcome]) -> Counter[tuple[str, str | None, str
 
 
 def counts_of(res: TargetResult) -> dict[str, int]:
-    counts: Counter[str] = Counter()
-    for (status, _, _), n in tally(res.outcomes).items():
-        counts[status] += n
-    return dict(counts)
+    return status_counts(res.outcomes)

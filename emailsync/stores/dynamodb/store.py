@@ -237,7 +237,8 @@ class DynamoStore:
     def finish(self, results: list[TargetResult]) -> None:
         outcomes = {i: o.status for r in results if r.target == self.name for i, o in r.outcomes.items()}
         with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-            self._ledger.finish(ledger_status(outcomes, self._full), dict(Counter(outcomes.values())))
+            counts = dict(Counter(outcomes.values()))
+            self._ledger.finish(ledger_status(counts, self._full), counts)
 
     def classify(self) -> tuple[CompactOutcomes, dict[str, dict[str, Any]]]:
         index = {a.id: a for a in self._actions}

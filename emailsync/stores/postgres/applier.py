@@ -91,19 +91,21 @@ def load_lines(
             cp.write(chunk.replace(b"\\", b"\\\\"))
     # Lines of other targets or skipped changes (TargetRows.chunks may pass them) are left out here; old and new left
     # out of a line (null) stay JSON null, as the comparisons expect. k: the key's text, bytewise (cheaper to group
-    # and sort than jsonb).
+    # and sort than jsonb). n: the line's place in the plan file (one scan of the table as COPY filled it: a temporary
+    # table is never read by parallel workers), the order batches.split keeps.
     loaded = conn.execute(
         f"CREATE TEMP TABLE _es_lines{drop} AS "  # LiteralString: constants only
         """
-        SELECT t.no::int - 1 AS tbl, (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
+        SELECT row_number() OVER ()::int AS n, array_position(%s::text[], doc ->> 'table') - 1 AS tbl,
+               (doc ->> 'step')::int AS step, doc ->> 'id' AS id, doc ->> 'kind' AS kind,
                COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
                COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
                NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
                doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
-        FROM _es_raw JOIN unnest(%s::text[]) WITH ORDINALITY AS t(name, no) ON doc ->> 'table' = t.name
-        WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s
+        FROM _es_raw
+        WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s AND doc ->> 'table' = ANY(%s::text[])
         """,
-        ([m.display for m in metas], target, SKIPPED_KIND),
+        ([m.display for m in metas], target, SKIPPED_KIND, [m.display for m in metas]),
     ).rowcount
     conn.execute("DROP TABLE _es_raw")
     return loaded
@@ -119,7 +121,7 @@ class PostgresApplier:
         on_stale: str,
         lock_timeout: str | None,
         statement_timeout: str | None,
-        before_commit: Callable[[Mapping[str, str]], None] | None = None,
+        before_commit: Callable[[CompactOutcomes], None] | None = None,
         loaded: Callable[[Iterator[str]], None] | None = None,
         preloaded: int | None = None,
         bars: bool = True,
@@ -241,7 +243,7 @@ class PostgresApplier:
                 return res
             if self.before_commit is not None:
                 # The ledger's record commits with the changes, or not at all.
-                self.before_commit(outcomes.statuses())
+                self.before_commit(outcomes)
             conn.commit()
             res.committed = True
             return res

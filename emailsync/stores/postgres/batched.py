@@ -26,7 +26,7 @@ from emailsync import progress
 from emailsync.engine.online import Online, Rate, backoff, wait_for_lag
 from emailsync.errors import UserError
 from emailsync.stores.base import Journal
-from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
+from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier
 from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
@@ -63,9 +63,7 @@ def cut(conn: psycopg.Connection, target: str, size: int, done: list[BatchRecord
     if twice is not None:
         conn.rollback()
         raise UserError(f"target {target!r}: two actions have the id {twice[0]!r} (the plan was edited)")
-    batches = split(conn, size)
-    conn.execute("DROP TABLE _es_lines")  # each batch makes its own, dropped at its commit
-    conn.commit()
+    batches = split(conn, size)  # _es_lines becomes _es_all: each batch makes its own, dropped at its commit
     if done:
         now = digests(conn, [b.batch for b in done])
         changed = [b for b in done if b.batches != batches.count or now.get(b.batch) != b.ids_md5]
@@ -93,6 +91,7 @@ class BatchedApply:
         self.conn = store.conn
         self.tables = [m.display for m in store._metas]
         self.outcomes = CompactOutcomes()
+        self.committed_now = 0  # batches this run committed
 
     def _halted(self) -> bool:
         return self.stopped or self.store.online.pause.requested
@@ -125,6 +124,7 @@ class BatchedApply:
                         res.paused = True
                         break
                     one = self._batch(b, res)
+                    self.committed_now += one.committed
                     for ids, _, st, _, _ in _statuses(one):
                         counts[st] += len(ids)
                     self._add(one)
@@ -163,6 +163,12 @@ class BatchedApply:
         finally:
             self._finish(res, counts)
         res.committed = ended >= 0 and not res.error
+        res.batches = {
+            "batch_size": self.store._batch_size or 0,
+            "batches": self.batches.count,
+            "committed": len(self.done) + self.committed_now,
+            "resumed": len(self.done),
+        }
         return res
 
     # -- one batch ------------------------------------------------------------------------------------------
@@ -177,8 +183,14 @@ class BatchedApply:
             started = time.time()
             lines, md5 = take(self.conn, b)
 
-            def record(statuses: Any, b: int = b, md5: str = md5, started: float = started) -> None:
+            def record(outcomes: CompactOutcomes, b: int = b, md5: str = md5, started: float = started) -> None:
                 if isinstance(ledger, PgLedger):
+                    counts = status_counts(outcomes)
+                    stale: dict[str, str] = {}
+                    if any(n and st not in DONE for st, n in counts.items()):  # read the ids only then
+                        for ids, _, st, _, _ in outcomes.blocks():
+                            if st not in DONE:
+                                stale.update(dict.fromkeys(ids, st))
                     ledger.record_batch(
                         BatchRecord(
                             b,
@@ -187,8 +199,8 @@ class BatchedApply:
                             md5,
                             self.batches.rows[b],
                             sum(self.batches.rows),
-                            dict(Counter(statuses.values())),
-                            {i: st for i, st in statuses.items() if st not in DONE},
+                            counts,
+                            stale,
                             "",
                             started,
                         )

@@ -21,88 +21,94 @@ from dataclasses import dataclass
 import psycopg
 
 # _es_lines' columns, as load_lines makes them: a batch's table has the same, so the applier reads it unchanged.
-LINE_COLUMNS = "tbl, step, id, kind, col, key, old, new, image, conflict, ins, k"
+LINE_COLUMNS = "n, tbl, step, id, kind, col, key, old, new, image, conflict, ins, k"
 
 
 @dataclass(frozen=True)
 class Batches:
     count: int
-    rows: list[int]  # rows (distinct table and key) per batch, in order
-    lines: list[int]  # actions per batch
+    rows: list[int]  # actions per batch, in order
 
 
 def split(conn: psycopg.Connection, batch_size: int) -> Batches:
-    """Number the lines in _es_lines (session-long) by batch into _es_all, which outlives each batch's transaction.
-    Groups are ordered by their first line in (table, key, id) order, so a batch covers neighbouring keys, and the
-    same plan and size always give the same batches (a resumed apply checks that they did)."""
-    conn.execute(
-        "CREATE TEMP TABLE _es_all AS SELECT row_number() OVER (ORDER BY tbl, k, id)::int AS n, "
-        f"{LINE_COLUMNS}, bool_or(image IS NOT NULL OR conflict IS NOT NULL OR kind IN "  # LiteralString: constants
-        "('delete-on-conflict', 'insert-row')) OVER (PARTITION BY tbl, k) AS bound, "
-        "row_number() OVER (PARTITION BY tbl, k ORDER BY id) = 1 AS first_of_row, NULL::int AS batch FROM _es_lines"
-    )
-    # Tokens: what relates lines (see the module's docstring), as numbers.
+    """Cut the lines in _es_lines (session-long) into batches of about batch_size actions: _es_lines becomes _es_all,
+    which outlives each batch's transaction, and _es_batch numbers its lines (n) by batch. Groups go in the order of
+    their first line in the plan file, so a batch covers neighbouring keys, and the same plan and size always give
+    the same batches (a resumed apply checks that they did)."""
+    conn.execute("ALTER TABLE _es_lines RENAME TO _es_all")
+    # Tokens: what relates lines (see the module's docstring), hashed to numbers (two different tokens hashing
+    # alike only join two groups: a larger batch, never a wrong one).
     conn.execute(
         """
         CREATE TEMP TABLE _es_tok AS
-        SELECT n, dense_rank() OVER (ORDER BY t)::int AS tok FROM (
-            SELECT n, 'a' || lower(old #>> '{}') AS t FROM _es_all WHERE jsonb_typeof(old) = 'string'
-            UNION SELECT n, 'a' || lower(new #>> '{}') FROM _es_all WHERE jsonb_typeof(new) = 'string'
-            UNION SELECT n, 'r' || tbl || ':' || k FROM _es_all WHERE bound
-        ) s
+        SELECT n, hashtextextended(lower(old #>> '{}'), 0) AS tok FROM _es_all WHERE jsonb_typeof(old) = 'string'
+        UNION ALL
+        SELECT n, hashtextextended(lower(new #>> '{}'), 0) FROM _es_all WHERE jsonb_typeof(new) = 'string'
+        UNION ALL
+        SELECT a.n, hashtextextended(a.tbl || ':' || a.k, 1) FROM _es_all a JOIN (
+            SELECT DISTINCT tbl, k FROM _es_all
+            WHERE image IS NOT NULL OR conflict IS NOT NULL OR kind IN ('delete-on-conflict', 'insert-row')
+        ) b ON b.tbl = a.tbl AND b.k = a.k
         """
     )
-    conn.execute("CREATE INDEX ON _es_tok (tok)")
-    conn.execute("CREATE INDEX ON _es_tok (n)")
-    conn.execute("CREATE TEMP TABLE _es_grp AS SELECT n, n AS g FROM _es_all")
-    conn.execute("ALTER TABLE _es_grp ADD PRIMARY KEY (n)")
-    conn.execute("ANALYZE _es_tok")
-    conn.execute("ANALYZE _es_grp")
-    # Connected components by label propagation: each line takes the least label among the lines it shares a token
-    # with, until none changes. Rounds: the longest path between two related lines (a chain's length), a few.
-    while (
+    # A first round joins every line to the least line sharing one of its tokens: the whole group, for groups whose
+    # lines all share one token (most: one address's rows).
+    conn.execute(
+        "CREATE TEMP TABLE _es_lab AS SELECT t.n, min(m.g) AS g FROM _es_tok t "
+        "JOIN (SELECT tok, min(n) AS g FROM _es_tok GROUP BY tok) m ON m.tok = t.tok GROUP BY t.n"
+    )
+    # Then only the tokens whose lines still disagree (a chain: a -> b, b -> c) are worked on, until none does.
+    while True:
         conn.execute(
-            """
-            UPDATE _es_grp x SET g = m.g FROM (
-                SELECT t.n, min(l.g) AS g FROM _es_tok t JOIN (
-                    SELECT t2.tok, min(gr.g) AS g FROM _es_tok t2 JOIN _es_grp gr ON gr.n = t2.n GROUP BY t2.tok
-                ) l ON l.tok = t.tok GROUP BY t.n
-            ) m WHERE x.n = m.n AND m.g < x.g
-            """
+            "CREATE TEMP TABLE _es_open AS SELECT t.tok, min(l.g) AS g FROM _es_tok t JOIN _es_lab l ON l.n = t.n "
+            "GROUP BY t.tok HAVING min(l.g) <> max(l.g)"
+        )
+        moved = conn.execute(
+            "UPDATE _es_lab l SET g = m.g FROM (SELECT t.n, min(o.g) AS g FROM _es_open o JOIN _es_tok t "
+            "ON t.tok = o.tok GROUP BY t.n) m WHERE l.n = m.n AND m.g < l.g"
         ).rowcount
-        > 0
-    ):
-        pass
-    # Groups packed in order: a group starts a new batch once the rows before it fill batch_size. A group larger
-    # than batch_size is a batch of its own.
+        conn.execute("DROP TABLE _es_open")
+        if moved == 0:
+            break
+    # Groups packed in order: a group starts a new batch once the actions before it fill batch_size. A group larger
+    # than batch_size is a batch of its own. Lines without a token are groups of one.
     conn.execute(
         """
-        WITH sizes AS (
-            SELECT g.g, sum(a.first_of_row::int) AS r FROM _es_all a JOIN _es_grp g ON g.n = a.n GROUP BY g.g
+        CREATE TEMP TABLE _es_batch AS
+        WITH lines AS (
+            SELECT a.n, COALESCE(l.g, a.n) AS g FROM _es_all a LEFT JOIN _es_lab l ON l.n = a.n
+        ), sizes AS (
+            SELECT g, count(*) AS r FROM lines GROUP BY g
         ), packed AS (
             SELECT g, div(sum(r) OVER (ORDER BY g) - r, %s) AS slot FROM sizes
         ), numbered AS (
             SELECT g, dense_rank() OVER (ORDER BY slot)::int - 1 AS batch FROM packed
         )
-        UPDATE _es_all a SET batch = nb.batch FROM _es_grp g JOIN numbered nb ON nb.g = g.g WHERE a.n = g.n
+        SELECT lines.n, numbered.batch FROM lines JOIN numbered ON numbered.g = lines.g
         """,
         (batch_size,),
     )
-    conn.execute("DROP TABLE _es_tok, _es_grp")
-    conn.execute("CREATE INDEX ON _es_all (batch)")
-    sizes = conn.execute(
-        "SELECT batch, sum(first_of_row::int)::int, count(*)::int FROM _es_all GROUP BY batch ORDER BY batch"
-    ).fetchall()
+    conn.execute("DROP TABLE _es_tok, _es_lab")
+    conn.execute("CREATE INDEX ON _es_batch (batch)")
+    conn.execute("CREATE UNIQUE INDEX ON _es_all (n)")
+    conn.execute("ANALYZE _es_batch")
+    sizes = conn.execute("SELECT batch, count(*)::int FROM _es_batch GROUP BY batch ORDER BY batch").fetchall()
     conn.commit()
-    return Batches(len(sizes), [r for _, r, _ in sizes], [n for _, _, n in sizes])
+    return Batches(len(sizes), [r for _, r in sizes])
+
+
+def _in_batch(where: str) -> str:
+    """The lines of the batches `where` chooses (on b.batch), read through _es_batch's index."""
+    return f"FROM _es_batch b JOIN _es_all a ON a.n = b.n WHERE {where}"
 
 
 def digests(conn: psycopg.Connection, batches: list[int]) -> dict[int, str]:
     """What each of these batches holds, as the md5 of its action ids: a resumed apply's batches must be the ones
     the ledger records."""
     rows = conn.execute(
-        "SELECT batch, md5(string_agg(id, E'\\n' ORDER BY id COLLATE \"C\")) FROM _es_all WHERE batch = ANY(%s) "
-        "GROUP BY batch",
+        "SELECT b.batch, md5(string_agg(a.id, E'\\n' ORDER BY a.id COLLATE \"C\")) "  # LiteralString: constants
+        + _in_batch("b.batch = ANY(%s)")
+        + " GROUP BY b.batch",
         (batches,),
     ).fetchall()
     conn.rollback()
@@ -111,9 +117,10 @@ def digests(conn: psycopg.Connection, batches: list[int]) -> dict[int, str]:
 
 def take(conn: psycopg.Connection, batch: int) -> tuple[int, str]:
     """Open the batch's transaction with its lines in _es_lines, dropped at commit; (lines, digest of its ids)."""
+    cols = ", ".join(f"a.{c}" for c in LINE_COLUMNS.split(", "))
     conn.execute(
-        f"CREATE TEMP TABLE _es_lines ON COMMIT DROP AS SELECT {LINE_COLUMNS} FROM _es_all "  # LiteralString
-        "WHERE batch = %s",
+        f"CREATE TEMP TABLE _es_lines ON COMMIT DROP AS SELECT {cols} "  # LiteralString: constants only
+        + _in_batch("b.batch = %s"),
         (batch,),
     )
     row = conn.execute(
@@ -142,6 +149,6 @@ class BatchLines:
     def __iter__(self) -> Iterator[Line]:
         with self.conn.cursor(name="_es_batch_lines") as cur:
             cur.itersize = 10_000
-            cur.execute("SELECT id, tbl, kind FROM _es_all WHERE batch = %s", (self.batch,))
+            cur.execute("SELECT a.id, a.tbl, a.kind " + _in_batch("b.batch = %s"), (self.batch,))
             for aid, tbl, kind in cur:
                 yield Line(aid, self.tables[tbl], kind)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, TypedDict
 
@@ -25,7 +24,7 @@ from emailsync.mappings import MappingSet
 from emailsync.plan import Action, PostgresAction, Section, Skipped, Store, TargetFingerprint
 from emailsync.stores.base import KEYS_KEPT, Journal, Progress, TargetRead, Warn, action_id
 from emailsync.stores.ledger import NoLedger, PastRun, Run
-from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status
+from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier, load_lines
 from emailsync.stores.postgres.batched import BatchedApply, _batched, _batched_statuses, cut, resume_size, retry_after
 from emailsync.stores.postgres.batches import Batches
@@ -197,7 +196,7 @@ class PostgresStore:
                 on_stale,
                 lock_timeout,
                 statement_timeout,
-                before_commit=lambda s: ledger.finish(ledger_status(s, self._full), dict(Counter(s.values()))),
+                before_commit=lambda o: ledger.finish(ledger_status(c := status_counts(o), self._full), c),
                 # Journaled once the actions are loaded (ids read back from the database, not from another pass
                 # over the plan) and before anything is written.
                 loaded=lambda ids: write(
