@@ -17,14 +17,11 @@ Contenders, in this order every round:
 - "emailsync batches of N": the same with `--batch-size N` (N rows, distinct table and key, a transaction; related
   rows stay together). Its batches are counted in the copy's emailsync.batches afterwards.
 - "hand-written one transaction" (the reference; not with --no-handwritten): estate.BASELINE as contenders.py runs it.
-- "hand-written batches of N": the same statements, the mappings cut into chunks of max(1, round(N * mappings /
-  rows_changed)) in mapping order, so that a chunk changes about N rows; each chunk its own transaction (the temporary
-  table m made ON COMMIT DROP and filled by a COPY of the chunk). Cutting is safe for this estate: a new address is
-  never an old one (no chains), and no two mappings share a new address, so no chunk's conflict check (the settings'
-  DELETE) or array rewrite depends on another chunk; a row named by two chunks (an employee's email and manager_email,
-  a members array) is simply written once per chunk. Its final rows are checked like everyone's. The statements scan
-  audit_log for unindexed columns and unnest every members array once per chunk, so this contender's time grows with
-  the number of chunks: it is what the set-based statements cost when merely cut up, not a tuned batched job.
+- "hand-written batches of N": an online migration as an expert writes it (HW_WORK). The work is found once (timed):
+  per target table one read-only set-based SELECT joined to the mapping (no more scans than estate.BASELINE) into a
+  temp table w_<table> of the rows to change, their key and planned old and new values (settings' conflicts as deletes,
+  numbered first), numbered by seq in key order and indexed on it. Then every N seqs of a table are one transaction of
+  conditional statements (UPDATE ... FROM w WHERE seq in range, key = w.key, column = planned old value).
 
 rows_changed is the number of distinct rows (table and key) the plan's actions change, which is what --batch-size
 counts (it equals the sum of emailsync.batches.rows_in); throughput is rows_changed / median apply seconds. Each
@@ -82,30 +79,110 @@ def hw_batches(n: int) -> str:
     return f"hand-written batches of {n:,}"
 
 
-def handwritten(dsn: str, mapping_file: str, chunk: int) -> None:
-    """estate.BASELINE in one transaction (chunk 0), or once per `chunk` mappings, each chunk a transaction of its own
-    (run as a child of this script: `--handwritten DSN MAPPINGS CHUNK`). Prints the chunks and the rows the UPDATE and
-    DELETE statements reported."""
-    assert estate.BASELINE[0].startswith("CREATE TEMP TABLE m ") and estate.BASELINE[1] == "__COPY__"
-    pairs = list(json.loads(Path(mapping_file).read_text()).items())
-    statements = estate.BASELINE
-    if chunk:  # each chunk's m goes with its transaction
-        statements = [f"{estate.BASELINE[0]} ON COMMIT DROP", *estate.BASELINE[1:]]
-    chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)] if chunk else [pairs]
+def copy_mapping(c: psycopg.Connection, mapping_file: str) -> None:
+    """estate.BASELINE's temporary table m (old, new), filled from the mappings and analysed."""
+    assert estate.BASELINE[0].startswith("CREATE TEMP TABLE m ") and estate.BASELINE[1:3] == ["__COPY__", "ANALYZE m"]
+    c.execute(estate.BASELINE[0])
+    with c.cursor().copy("COPY m (old, new) FROM STDIN") as cp:
+        for old, new in json.loads(Path(mapping_file).read_text()).items():
+            cp.write_row((old, new))
+    c.execute("ANALYZE m")
+
+
+def handwritten_one(dsn: str, mapping_file: str) -> None:
+    """estate.BASELINE in one transaction, as contenders.py runs it. Prints the rows its UPDATE and DELETE statements
+    reported (audit_log's rows twice: two statements write them)."""
     written = 0
     with psycopg.connect(dsn) as c:
-        for part in chunks:
-            for stmt in statements:
-                if stmt == "__COPY__":
-                    with c.cursor().copy("COPY m (old, new) FROM STDIN") as cp:
-                        for old, new in part:
-                            cp.write_row((old, new))
-                else:
-                    cur = c.execute(stmt)
-                    if stmt.startswith(("UPDATE", "DELETE")):
-                        written += max(cur.rowcount, 0)
-            c.commit()
-    print(json.dumps({"chunks": len(chunks), "row_writes": written}))
+        copy_mapping(c, mapping_file)
+        for stmt in estate.BASELINE[3:]:
+            written += max(c.execute(stmt).rowcount, 0)
+        c.commit()
+    print(json.dumps({"chunks": 1, "row_writes": written}))
+
+
+# The hand-written batched job, per target table in this order: the SELECT that finds its work (run once, into the
+# temp table w_<table>, seq numbering the rows in key order), and the statements each chunk runs on one seq range.
+# Every write is conditional on the values the work found. Settings: a row whose new address already has a row is
+# deleted (conflict), as the baseline does; the deletes are numbered first, so no move waits on a later chunk.
+HW_WORK: dict[str, tuple[str, list[str]]] = {
+    "user_settings": (
+        "SELECT row_number() OVER (ORDER BY x.conflict DESC, x.email) AS seq, x.* FROM (SELECT s.email, m.new, "
+        "EXISTS (SELECT 1 FROM user_settings y WHERE y.email = m.new) AS conflict "
+        "FROM user_settings s JOIN m ON m.old = s.email) x",
+        [
+            "DELETE FROM user_settings s USING w_user_settings w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND w.conflict AND s.email = w.email",
+            "UPDATE user_settings s SET email = w.new FROM w_user_settings w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND NOT w.conflict AND s.email = w.email",
+        ],
+    ),
+    "employees": (
+        "SELECT row_number() OVER (ORDER BY e.id) AS seq, e.id, e.email AS old_email, "
+        "coalesce(a.new, e.email) AS new_email, e.manager_email AS old_manager, "
+        "coalesce(b.new, e.manager_email) AS new_manager "
+        "FROM employees e LEFT JOIN m a ON a.old = e.email LEFT JOIN m b ON b.old = e.manager_email "
+        "WHERE a.old IS NOT NULL OR b.old IS NOT NULL",
+        [
+            "UPDATE employees e SET email = w.new_email, manager_email = w.new_manager FROM w_employees w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND e.id = w.id AND e.email = w.old_email "
+            "AND e.manager_email IS NOT DISTINCT FROM w.old_manager",
+        ],
+    ),
+    "leave_requests": (
+        "SELECT row_number() OVER (ORDER BY l.id) AS seq, l.id, l.employee_email AS old, m.new "
+        "FROM leave_requests l JOIN m ON m.old = l.employee_email",
+        [
+            "UPDATE leave_requests l SET employee_email = w.new FROM w_leave_requests w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND l.id = w.id AND l.employee_email = w.old",
+        ],
+    ),
+    "audit_log": (  # one scan for both columns; of the document only the path the baseline knows ('by')
+        "SELECT row_number() OVER (ORDER BY a.id) AS seq, a.id, a.actor_email AS old_actor, "
+        "coalesce(x.new, a.actor_email) AS new_actor, a.payload ->> 'by' AS old_by, y.new AS new_by "
+        "FROM audit_log a LEFT JOIN m x ON x.old = a.actor_email LEFT JOIN m y ON y.old = a.payload ->> 'by' "
+        "WHERE x.old IS NOT NULL OR y.old IS NOT NULL",
+        [
+            "UPDATE audit_log a SET actor_email = w.new_actor, payload = CASE WHEN w.new_by IS NULL THEN a.payload "
+            "ELSE jsonb_set(a.payload, '{by}', to_jsonb(w.new_by)) END FROM w_audit_log w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND a.id = w.id AND a.actor_email IS NOT DISTINCT FROM w.old_actor "
+            "AND a.payload ->> 'by' IS NOT DISTINCT FROM w.old_by",
+        ],
+    ),
+    "project_members": (  # the rows found as estate.BASELINE finds them; the whole old and new array
+        "SELECT row_number() OVER (ORDER BY p.id) AS seq, p.id, p.members AS old, "
+        "ARRAY(SELECT coalesce(m.new, e) FROM unnest(p.members) WITH ORDINALITY u(e, i) LEFT JOIN m ON m.old = e "
+        "ORDER BY i) AS new FROM project_members p JOIN (SELECT DISTINCT x.id FROM project_members x "
+        "CROSS JOIN LATERAL unnest(x.members) e JOIN m ON m.old = e) hit ON hit.id = p.id",
+        [
+            "UPDATE project_members p SET members = w.new FROM w_project_members w "
+            "WHERE w.seq BETWEEN %(lo)s AND %(hi)s AND p.id = w.id AND p.members = w.old",
+        ],
+    ),
+}
+
+
+def handwritten_batches(dsn: str, mapping_file: str, size: int) -> None:
+    """HW_WORK: the work found in one read-only transaction, then applied `size` rows of one table a transaction.
+    Prints the chunks, the rows found, the rows written (the statements' counts) and the seconds finding took."""
+    t0 = time.perf_counter()
+    found: dict[str, int] = {}
+    with psycopg.connect(dsn) as c:
+        copy_mapping(c, mapping_file)
+        for table, (find, _) in HW_WORK.items():
+            found[table] = c.execute(f"CREATE TEMP TABLE w_{table} AS {find}").rowcount
+            c.execute(f"ALTER TABLE w_{table} ADD PRIMARY KEY (seq)")
+            c.execute(f"ANALYZE w_{table}")
+        c.commit()
+        find_s = time.perf_counter() - t0
+        chunks = written = 0
+        for table, (_, steps) in HW_WORK.items():
+            for lo in range(1, found[table] + 1, size):
+                for stmt in steps:  # prepare=False: each chunk's plan is made for its own range
+                    written += c.execute(stmt, {"lo": lo, "hi": lo + size - 1}, prepare=False).rowcount
+                c.commit()
+                chunks += 1
+    print(json.dumps({"chunks": chunks, "work_rows": sum(found.values()), "row_writes": written, "find_s": find_s}))
 
 
 class Probe:
@@ -190,8 +267,12 @@ def short(n: int) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--handwritten"]:
-        handwritten(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if sys.argv[1:2] == ["--handwritten"]:  # a child: DSN MAPPINGS SIZE (0: one transaction)
+        dsn, mapping_file, size = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        if size:
+            handwritten_batches(dsn, mapping_file, size)
+        else:
+            handwritten_one(dsn, mapping_file)
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--employees", type=int, default=1_000_000)
@@ -259,14 +340,9 @@ def main() -> None:
         actions, rows_changed = rows_in_plan(plan_dir / "plan.jsonl.gz")
         if not rows_changed:
             raise SystemExit("the plan changes no PostgreSQL row")
-        chunk = {n: max(1, round(n * len(mapping) / rows_changed)) for n in sizes}
         result |= {"plan_s": round(plan_s, 3), "plan_rss_mb": plan_rss, "actions": actions}
-        result |= {"rows_changed": rows_changed, "handwritten_chunk_mappings": {str(n): chunk[n] for n in sizes}}
-        print(
-            f"plan: {plan_s:.2f} s, {plan_rss} MB; {actions:,} actions on {rows_changed:,} rows; hand-written chunks "
-            + ", ".join(f"{chunk[n]:,} mappings for {n:,} rows" for n in sizes),
-            flush=True,
-        )
+        result["rows_changed"] = rows_changed
+        print(f"plan: {plan_s:.2f} s, {plan_rss} MB; {actions:,} actions on {rows_changed:,} rows", flush=True)
 
         expected: dict[str, list[Any]] | None = None
         pending: dict[str, dict[str, list[Any]]] = {}  # rows of contenders that ran before the reference
@@ -299,11 +375,16 @@ def main() -> None:
                             cmd += ["--batch-size", str(size)]
                         one["apply_s"], one["peak_rss_mb"], _, _ = timed_child(cmd, env, work, (0,))
                     else:
-                        per_chunk = str(chunk[size] if size is not None else 0)
-                        cmd = [sys.executable, __file__, "--handwritten", dsn, "email_mappings.json", per_chunk]
+                        cmd = [sys.executable, __file__, "--handwritten", dsn, "email_mappings.json", str(size or 0)]
                         one["apply_s"], one["peak_rss_mb"], stdout, _ = timed_child(cmd, env, work, (0,))
                         said = json.loads(stdout)
                         one["batches"], one["row_writes"] = said["chunks"], said["row_writes"]
+                        if size is not None:
+                            one["find_s"] = round(said["find_s"], 3)
+                            found, wrote = said["work_rows"], said["row_writes"]
+                            if found != rows_changed or wrote != rows_changed:
+                                note = f"found {found:,} rows and wrote {wrote:,}, the plan changes {rows_changed:,}"
+                                print(f"  note: {name} {note}", flush=True)
                 one["server_s"] = log.since_mark()["server_s"]
                 if probe is not None:
                     one |= probe.stats()

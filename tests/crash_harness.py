@@ -17,9 +17,14 @@ KILL_POINT (counters start at 1 and count within this one process):
 - `none`: no kill point; the CLI runs normally (exit code as the CLI's).
 - `pg-step:N`: right after the N-th call of `PostgresApplier._run_step` returned (the step's statement ran inside
   the target's apply transaction, which is open and uncommitted). Every call counts, also a step that found
-  nothing pending; calls are counted across PostgreSQL targets in apply order.
+  nothing pending; calls are counted across PostgreSQL targets in apply order, and across the batches of a
+  batched apply (--batch-size: each batch's applier runs its own steps, inside the batch's open transaction).
 - `pg-commit:N`: right after the N-th PostgreSQL target finished with its transaction committed
-  (`PostgresApplier.run` returned a result with `committed` set); later targets and DynamoDB not started.
+  (`PostgresApplier.run` returned a result with `committed` set); later targets and DynamoDB not started. In a
+  batched apply each batch is one such transaction, so each committed batch counts.
+- `pg-batch:N`: right after the N-th batch of a batched apply (--batch-size) committed (`BatchedApply._batch`
+  returned a result with `committed` set, its journal `after` record written): the batch and its row in
+  `emailsync.batches` are committed, the next batch not started. Counted across targets in apply order.
 - `ddb-before:Operation[@Table]:N`: just before the N-th DynamoDB `Operation` request is sent
   (botocore `before-call.dynamodb.<Operation>`), e.g. `ddb-before:DeleteItem@auth:1`.
 - `ddb-after:Operation[@Table]:N`: right after the N-th *successful* (HTTP 2xx) DynamoDB `Operation` returned
@@ -91,14 +96,19 @@ def _parse(spec: str) -> tuple[str, str | None, str | None, int]:
         return "none", None, None, 0
     if parts == ["report"]:
         return "report", None, None, 1
-    if len(parts) == 2 and parts[0] in ("pg-step", "pg-commit") and parts[1].isdigit() and int(parts[1]) > 0:
+    if (
+        len(parts) == 2
+        and parts[0] in ("pg-step", "pg-commit", "pg-batch")
+        and parts[1].isdigit()
+        and int(parts[1]) > 0
+    ):
         return parts[0], None, None, int(parts[1])
     if len(parts) == 3 and parts[0] in ("ddb-before", "ddb-after") and parts[2].isdigit() and int(parts[2]) > 0:
         operation, _, table = parts[1].partition("@")
         if operation.isidentifier():
             return parts[0], operation, table or None, int(parts[2])
     raise SystemExit(
-        f"crash_harness: bad kill point {spec!r}; expected none, report, pg-step:N, pg-commit:N, "
+        f"crash_harness: bad kill point {spec!r}; expected none, report, pg-step:N, pg-commit:N, pg-batch:N, "
         "ddb-before:Operation[@Table]:N or ddb-after:Operation[@Table]:N"
     )
 
@@ -122,9 +132,11 @@ def install(kp: KillPoint) -> None:
     import emailsync.archive
     import emailsync.cli
     from emailsync.stores.postgres.applier import PostgresApplier
+    from emailsync.stores.postgres.batched import BatchedApply
 
     original_run_step = PostgresApplier._run_step
     original_run = PostgresApplier.run
+    original_batch = BatchedApply._batch
 
     def run_step(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = original_run_step(self, *args, **kwargs)
@@ -137,8 +149,15 @@ def install(kp: KillPoint) -> None:
             kp.event("pg-commit")
         return res
 
+    def batch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        res = original_batch(self, *args, **kwargs)
+        if getattr(res, "committed", False):
+            kp.event("pg-batch")
+        return res
+
     PostgresApplier._run_step = run_step  # type: ignore[method-assign]
     PostgresApplier.run = run  # type: ignore[method-assign]
+    BatchedApply._batch = batch  # type: ignore[method-assign]
 
     def remember_tables(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["crash_harness_tables"] = _tables(params)

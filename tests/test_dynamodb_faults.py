@@ -128,7 +128,8 @@ def test_writer_between_check_and_transaction_makes_only_that_item_stale(ddb, ws
             ddb.put("users", {"email": "u2@old.com", "i": Decimal(99)})  # another writer, just before our write
 
     hook_dynamodb(ws, "before-call.dynamodb.TransactWriteItems", concurrent_writer)
-    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip")
+    # One request at a time: the writer lands before the first transaction is sent, whichever item it holds.
+    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip", "--concurrency", "1")
     assert r.code == 3
     items = ddb.items("users")
     assert {"email": "u2@old.com", "i": Decimal(99)} in items  # kept, never overwritten

@@ -167,7 +167,7 @@ def test_outcomes_written_in_blocks_give_the_same_report_and_journal_bytes_as_on
     from emailsync.engine.applier import ReportActions
     from emailsync.stores import outcome as outcome_module
     from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
-    from emailsync.stores.postgres import store as pg_store
+    from emailsync.stores.postgres import journaling as pg_store
 
     monkeypatch.setattr(outcome_module, "SPILL_AFTER", 7)
     monkeypatch.setattr(pg_store, "BATCH", 5)
@@ -200,7 +200,7 @@ def test_outcomes_written_in_blocks_give_the_same_report_and_journal_bytes_as_on
     after = {"event": "write", "phase": "after"}
     for r in results:
         assert isinstance(r.outcomes, CompactOutcomes)
-        blocked = list(pg_store._batched_statuses(after, r.outcomes))
-        single = list(pg_store._batched(after, ((a, s) for a, s, *_ in r.outcomes.records()), "outcomes"))
+        blocked = list(pg_store.status_records(after, r.outcomes))
+        single = list(pg_store.journal_records(after, ((a, s) for a, s, *_ in r.outcomes.records()), "outcomes"))
         assert blocked == single and len(blocked) == 6
-    assert list(pg_store._batched_statuses(after, CompactOutcomes())) == [{**after, "outcomes": {}}]
+    assert list(pg_store.status_records(after, CompactOutcomes())) == [{**after, "outcomes": {}}]

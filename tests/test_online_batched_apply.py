@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from helpers import table_dump
 
 MAPPINGS = {
@@ -52,9 +51,7 @@ def seed(db: Any) -> None:
         "INSERT INTO settings VALUES ('a@x.com', 'dark'), ('b@x.com', 'light'), ('c@x.com', 'blue'), "
         "('u1@old.com', 'green'), ('u2@old.com', 'red'), ('zz@y.com', 'plain'), ('u3@new.com', 'taken')"
     )
-    db.execute(
-        "CREATE TABLE badges (id int PRIMARY KEY, owner text REFERENCES employees (email) ON UPDATE CASCADE)"
-    )
+    db.execute("CREATE TABLE badges (id int PRIMARY KEY, owner text REFERENCES employees (email) ON UPDATE CASCADE)")
     db.execute("INSERT INTO badges SELECT i, 'u' || i || '@old.com' FROM generate_series(0, 39) i")
     db.execute("CREATE TABLE requests (id int PRIMARY KEY, email text, approvers text[], meta jsonb)")
     with db.connect() as c, c.cursor() as cur:
@@ -122,9 +119,10 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
     proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "5")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
-            "SELECT count(*) FROM emailsync.batches"
-        )[0][0] >= 2:
+        if (
+            db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0]
+            and db.rows("SELECT count(*) FROM emailsync.batches")[0][0] >= 2
+        ):
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -166,9 +164,10 @@ def test_a_rerun_with_another_batch_size_is_refused(make_db: Any, ws: Any) -> No
     proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
-            "SELECT count(*) FROM emailsync.batches"
-        )[0][0] >= 1:
+        if (
+            db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0]
+            and db.rows("SELECT count(*) FROM emailsync.batches")[0][0] >= 1
+        ):
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -186,9 +185,10 @@ def _wait_for_batches(db: Any, n: int, seconds: float = 30) -> None:
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0] and db.rows(
-            "SELECT count(*) FROM emailsync.batches"
-        )[0][0] >= n:
+        if (
+            db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0]
+            and db.rows("SELECT count(*) FROM emailsync.batches")[0][0] >= n
+        ):
             return
         time.sleep(0.05)
     raise AssertionError(f"{n} batch(es) not committed within {seconds} s")
@@ -417,3 +417,31 @@ def test_a_dynamodb_target_pauses_between_batches_of_items_and_goes_on(ddb: Any,
     assert sorted((it["id"], it["email"]) for it in ddb.items("profiles")) == sorted(
         (f"p{i}", f"u{i}@new.com") for i in range(n)
     )
+
+
+def test_a_role_granted_the_ledger_alone_is_told_what_to_grant_for_batches(make_db: Any, ws: Any) -> None:
+    """An administrator set up the ledger before batches came, granting the apply role emailsync.ledger only: a
+    batched apply is refused with the grant to make, nothing written; without --batch-size it applies."""
+    from helpers import snapshot
+
+    db = make_db()
+    role = f"r_{db.name}"
+    plan = planned(ws, db)
+    db.execute("CREATE SCHEMA emailsync")
+    db.execute(
+        "CREATE TABLE emailsync.ledger (run_id text NOT NULL, target text NOT NULL, plan_digest text NOT NULL, "
+        "status text NOT NULL, started_at timestamptz NOT NULL, finished_at timestamptz, applied_by text NOT NULL, "
+        "host text NOT NULL, approver text, tool_version text NOT NULL, counts jsonb, PRIMARY KEY (run_id, target))"
+    )
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    db.execute(f'REVOKE CREATE ON DATABASE "{db.name}" FROM PUBLIC')
+    db.execute(f"GRANT USAGE ON SCHEMA emailsync TO {role}")
+    db.execute(f"GRANT SELECT, INSERT, UPDATE ON emailsync.ledger TO {role}")
+    db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    ws.monkeypatch.setenv("CORE_DSN", db.dsn.replace("user=postgres", f"user={role}"))
+    before = snapshot(db)
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "10")
+    assert r.code == 1 and "grant SELECT, INSERT on emailsync.batches" in r.err and "Traceback" not in r.err
+    assert snapshot(db) == before
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err

@@ -9,7 +9,7 @@ from typing import Any
 
 from helpers import plan_doc, rollback_plan
 
-import emailsync.stores.postgres.store
+import emailsync.stores.postgres.journaling
 
 
 def _journal(plan: Path) -> list[dict[str, Any]]:
@@ -20,7 +20,7 @@ def _journal(plan: Path) -> list[dict[str, Any]]:
 def test_a_large_transaction_is_journaled_in_batches_that_rollback_reads_whole(ws: Any, db: Any, monkeypatch) -> None:
     """BATCH lowered to 2: seven updates in one transaction are journaled as four before and four after records
     (2+2+2+1); the report lists all seven, and the rollback built from the journal undoes all seven."""
-    monkeypatch.setattr(emailsync.stores.postgres.store, "BATCH", 2)
+    monkeypatch.setattr(emailsync.stores.postgres.journaling, "BATCH", 2)
     db.execute("CREATE TABLE employees (id int PRIMARY KEY, email text)")
     rows = [(i, f"u{i}@old.com") for i in range(1, 8)]
     for row in rows:

@@ -14,36 +14,53 @@ the replicas; a batch that timed out on a lock is rolled back and tried again af
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 import psycopg
 
 from emailsync import progress
+from emailsync.config import PostgresTarget
 from emailsync.engine.online import Online, Rate, backoff, wait_for_lag
 from emailsync.errors import UserError
+from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Journal
+from emailsync.stores.ledger import NoLedger
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier
 from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take
+from emailsync.stores.postgres.catalog import TableMeta
+from emailsync.stores.postgres.journaling import journal_records, status_records
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
 
-if TYPE_CHECKING:
-    from emailsync.stores.postgres.store import PostgresStore
+
+class _Target(Protocol):
+    """The PostgreSQL store (store.py) as a batched apply uses it."""
+
+    name: str
+    kind: ClassVar[StoreKind]
+    target: PostgresTarget
+    online: Online
+    _metas: list[TableMeta]
+    _ledger: PgLedger | NoLedger
+    _batch_size: int | None
+
+    @property
+    def conn(self) -> psycopg.Connection: ...
+
+    def _timeouts(self) -> tuple[str | None, str | None]: ...
+
 
 # Replay lag of the slowest replica, in seconds (0 without replicas; the role needs pg_monitor to see it).
 REPLICA_LAG_SQL = "SELECT COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_catalog.pg_stat_replication"
 DONE = ("applied", "already-applied")
-BATCH = 10_000  # actions per journal record of a PostgreSQL transaction
 
 
 def resume_size(target: str, ledger: PgLedger, asked: int | None) -> tuple[int | None, list[BatchRecord]]:
     """The batch size of this run and the batches already committed: a plan whose apply was batched goes on at the
     size it started with (the batches are made from it)."""
-    done = ledger.batches()
+    done = ledger.batches(asked is not None)
     if not done:
         return asked, []
     size = done[0].batch_size
@@ -81,7 +98,7 @@ def cut(conn: psycopg.Connection, target: str, size: int, done: list[BatchRecord
 class BatchedApply:
     """One target's batched apply, run as the target's step of the PostgreSQL stage."""
 
-    def __init__(self, store: PostgresStore, batches: Batches, done: list[BatchRecord], on_stale: str, write: Journal):
+    def __init__(self, store: _Target, batches: Batches, done: list[BatchRecord], on_stale: str, write: Journal):
         self.store = store
         self.batches = batches
         self.done = {b.batch: b for b in done}
@@ -228,7 +245,7 @@ class BatchedApply:
                 break
         after = {**entry, "phase": "after", "committed": one.committed, "error": one.error}
         if isinstance(one.outcomes, CompactOutcomes):
-            self.write(_batched_statuses(after, one.outcomes))
+            self.write(status_records(after, one.outcomes))
         return one
 
     # -- outcomes and the ledger -----------------------------------------------------------------------------
@@ -310,39 +327,6 @@ def retry_after(online: Online, target: str, attempt: int, error: str | None, *,
     return not online.pause.sleep(wait)
 
 
-def _batched(entry: dict[str, Any], pairs: Iterator[tuple[str, Any]], field: str) -> Iterator[dict[str, Any]]:
-    """The entry once per BATCH actions (at least once): `field` holds their ids ("actions", with "count") or
-    their statuses by id ("outcomes"). Streamed, so a transaction of millions never makes one list or one line."""
-    first = True
-    while True:
-        batch = dict(itertools.islice(pairs, BATCH))
-        if not batch and not first:
-            return
-        first = False
-        if field == "actions":
-            yield {**entry, "count": len(batch), "actions": list(batch)}
-        else:
-            yield {**entry, field: batch}
-
-
-def _batched_statuses(entry: dict[str, Any], outcomes: CompactOutcomes) -> Iterator[dict[str, Any]]:
-    """_batched(entry, statuses, "outcomes"), made a block of alike outcomes at a time (dict.fromkeys, not an item
-    each)."""
-    batch: dict[str, str] = {}
-    sent = False
-    for ids, _, status, _, _ in outcomes.blocks():
-        at = 0
-        while at < len(ids):
-            take = ids[at : at + BATCH - len(batch)]
-            batch.update(dict.fromkeys(take, status))
-            at += len(take)
-            if len(batch) >= BATCH:
-                yield {**entry, "outcomes": batch}
-                batch, sent = {}, True
-    if batch or not sent:
-        yield {**entry, "outcomes": batch}
-
-
 def _statuses(one: TargetResult) -> Any:
     if isinstance(one.outcomes, CompactOutcomes):
         return one.outcomes.blocks()
@@ -350,4 +334,4 @@ def _statuses(one: TargetResult) -> Any:
 
 
 def _journal_batch(entry: dict[str, Any], ids: Any) -> Any:
-    return _batched(entry, ((aid, None) for aid in ids), "actions")
+    return journal_records(entry, ((aid, None) for aid in ids), "actions")

@@ -142,6 +142,8 @@ class PgLedger:
             self.conn.commit()
         except psycopg.Error as e:
             self.conn.rollback()
+            if found and found[0] is not None:
+                return  # a ledger an administrator made before batches came: batches() says what to grant
             msg = (e.diag.message_primary or str(e)).strip()
             raise UserError(
                 f"target {self.target.name!r}: cannot create the ledger tables {LEDGER_SCHEMA}.ledger and "
@@ -149,10 +151,26 @@ class PgLedger:
                 "an administrator, or set `ledger: false` for the target"
             ) from None
 
-    def batches(self) -> list[BatchRecord]:
-        """The committed batches of this plan on this target, by any run, in order."""
+    def batches(self, batching: bool) -> list[BatchRecord]:
+        """The committed batches of this plan on this target, by any run, in order. A role that may not read the
+        batches table (its administrator granted the ledger table only) applies in one transaction, and is told
+        what to grant when it asks for batches."""
         if not self.target.ledger:
             return []
+        may = self.conn.execute(
+            "SELECT has_table_privilege(t, 'SELECT'), has_table_privilege(t, 'INSERT') FROM to_regclass(%s) t",
+            (f"{LEDGER_SCHEMA}.batches",),
+        ).fetchone()
+        self.conn.rollback()
+        if not (may and may[0] and (may[1] or not batching)):
+            if not batching:
+                return []
+            raise UserError(
+                f"target {self.target.name!r}: apply --batch-size records each batch in {LEDGER_SCHEMA}.batches, "
+                f"which is missing or which this role may not read and write; create it (an apply by the database's "
+                f"owner does) and grant SELECT, INSERT on {LEDGER_SCHEMA}.batches, or apply without --batch-size; "
+                "nothing was written"
+            )
         rows = self.conn.execute(
             sql.SQL(
                 "SELECT batch, batches, batch_size, ids_md5, rows_in, rows_all, counts, stale, run_id, "

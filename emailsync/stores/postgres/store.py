@@ -26,10 +26,11 @@ from emailsync.stores.base import KEYS_KEPT, Journal, Progress, TargetRead, Warn
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier, load_lines
-from emailsync.stores.postgres.batched import BatchedApply, _batched, _batched_statuses, cut, resume_size, retry_after
+from emailsync.stores.postgres.batched import BatchedApply, cut, resume_size, retry_after
 from emailsync.stores.postgres.batches import Batches
 from emailsync.stores.postgres.catalog import TableMeta, resolve_table
 from emailsync.stores.postgres.connection import reached
+from emailsync.stores.postgres.journaling import journal_records, status_records
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
 from emailsync.stores.postgres.lines import load_levels, python_lines
 from emailsync.stores.postgres.planner import PostgresPlanner, TablePlan, TargetPlan
@@ -200,7 +201,7 @@ class PostgresStore:
                 # Journaled once the actions are loaded (ids read back from the database, not from another pass
                 # over the plan) and before anything is written.
                 loaded=lambda ids: write(
-                    _batched({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")
+                    journal_records({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")
                 ),
                 preloaded=self._preloaded,
             )
@@ -217,9 +218,9 @@ class PostgresStore:
         # transaction's outcomes go in several "after" records of BATCH actions (one fsync for all), never one line.
         after = {**entry, "phase": "after", "committed": res.committed, "error": res.error}
         if isinstance(res.outcomes, CompactOutcomes):
-            write(_batched_statuses(after, res.outcomes))
+            write(status_records(after, res.outcomes))
         else:
-            write(_batched(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
+            write(journal_records(after, ((aid, o.status) for aid, o in res.outcomes.items()), "outcomes"))
         return res
 
     def finish(self, results: list[TargetResult]) -> None:
