@@ -503,7 +503,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         if b:
             earlier = f", {b['resumed']:,} of them by an earlier run" if b.get("resumed") else ""
             lines.append(
-                f"{t['target']}: {b['committed']:,} of {b['batches']:,} batches of about {b['batch_size']:,} rows "
+                f"{t['target']}: {b['committed']:,} of {b['batches']:,} batches of about {b['batch_size']:,} actions "
                 f"committed{earlier}. Each batch committed alone: the database was consistent after each, not "
                 "changed all at once; a rollback plan restores the batches that ran"
             )

@@ -209,7 +209,7 @@ def _apply_read(
             )
         return person.approve_live(live)
 
-    run = Run(plan.digest, approver.strip() if approver else None)
+    run = Run(plan.digest, approver.strip() if approver else None, force=opts.force)
     journal = journal_writer(plan_file.with_name(f"apply-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.jsonl"))
     with store_errors("applying"):
         code, report = with_progress(

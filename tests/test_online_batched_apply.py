@@ -315,8 +315,15 @@ def test_json_events_and_the_report_say_how_the_batches_went(make_db: Any, ws: A
     report = json.loads(r.out)
     b = report["targets"][0]["batches"]
     assert b == {"batch_size": 30, "batches": len(batches), "committed": len(batches), "resumed": 0}
+    first = db.rows("SELECT DISTINCT run_id FROM emailsync.batches")
     r = ws.run("apply", str(plan), "--auto-approve", "--force", "--batch-size", "30")
-    assert "batches of about 30 rows committed" in r.out and "not changed all at once" in r.out
+    assert r.code == 0, r.out + r.err
+    assert f"{len(batches)} of {len(batches)} batches of about 30 actions committed." in r.out
+    assert "not changed all at once" in r.out
+    # --force ran every batch again (each found already applied) and recorded this run's batches instead
+    again = db.rows("SELECT DISTINCT run_id FROM emailsync.batches")
+    assert len(again) == 1 and again != first
+    assert db.rows("SELECT count(*) FROM emailsync.batches")[0][0] == len(batches)
 
 
 def test_option_mistakes_are_one_error_and_write_nothing(make_db: Any, ws: Any) -> None:

@@ -37,6 +37,7 @@ class Run:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     started_at: str = field(default_factory=now)
+    force: bool = False  # apply --force: the plan runs again whole, whatever the ledgers record as done
 
     @property
     def who(self) -> str:

@@ -42,6 +42,7 @@ class PgLedger:
         self.target = target
         self.run = run
         self.started = False  # a run that only re-checks a completed target records nothing
+        self._replaced = False  # --force: earlier runs' batch records removed (record_batch)
 
     def lock(self) -> None:
         """Take the database's apply lock (session level: a commit does not release it, a dead session does)."""
@@ -155,7 +156,7 @@ class PgLedger:
         """The committed batches of this plan on this target, by any run, in order. A role that may not read the
         batches table (its administrator granted the ledger table only) applies in one transaction, and is told
         what to grant when it asks for batches."""
-        if not self.target.ledger:
+        if not self.target.ledger or (self.run.force and not batching):
             return []
         may = self.conn.execute(
             "SELECT has_table_privilege(t, 'SELECT'), has_table_privilege(t, 'INSERT') FROM to_regclass(%s) t",
@@ -180,6 +181,8 @@ class PgLedger:
             (self.run.plan_digest, self.target.name),
         ).fetchall()
         self.conn.rollback()
+        if self.run.force:
+            return []  # --force: every batch runs again (its record is replaced when it commits)
         return [BatchRecord(*r) for r in rows]
 
     def progress(self) -> Progress:
@@ -244,6 +247,15 @@ class PgLedger:
         """A batch's record, in the batch's transaction: committed with its changes or not at all."""
         if not self.target.ledger:
             return
+        if self.run.force and not self._replaced:
+            # --force runs the plan again whole: its batches replace those of earlier runs, with its first commit.
+            self.conn.execute(
+                sql.SQL("DELETE FROM {}.batches WHERE plan_digest = %s AND target = %s").format(
+                    sql.Identifier(LEDGER_SCHEMA)
+                ),
+                (self.run.plan_digest, self.target.name),
+            )
+            self._replaced = True
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {}.batches (plan_digest, target, batch, batches, batch_size, ids_md5, rows_in, rows_all, "
