@@ -39,7 +39,7 @@ TIMEOUT = 120
 SIZE = 3  # rows a batch: the estate of test_online_batched_apply.py then makes dozens of batches (>= 10 asserted)
 SEED = 20240917
 N_STEPS, N_BATCHES = 6, 5  # seeded kill points of each kind; `report` besides
-ESTATE_TABLES = ("employees", "settings", "badges", "requests")
+ESTATE_TABLES = ("employees", "settings", "badges", "cards", "requests")
 
 
 def _ident(table: str, row: dict[str, Any]) -> Any:

@@ -27,6 +27,8 @@ TABLES = """\
   on_conflict: delete
 - table: badges
   columns: [owner]
+- table: cards
+  columns: [holder]
 - table: requests
   columns: [email, approvers, meta]
 """
@@ -53,6 +55,13 @@ def seed(db: Any) -> None:
     )
     db.execute("CREATE TABLE badges (id int PRIMARY KEY, owner text REFERENCES employees (email) ON UPDATE CASCADE)")
     db.execute("INSERT INTO badges SELECT i, 'u' || i || '@old.com' FROM generate_series(0, 39) i")
+    # A foreign key checked at the end of each statement (NO ACTION): a batch holding a card but not the row it
+    # points at would fail; related rows (one address) always share a batch.
+    db.execute("CREATE TABLE cards (id int PRIMARY KEY, holder text NOT NULL REFERENCES employees (email))")
+    db.execute(
+        "INSERT INTO cards VALUES (1, 'a@x.com'), (2, 'b@x.com'), (3, 'p@x.com')"
+        + "".join(f", ({10 + i}, 'u{i}@old.com')" for i in range(0, 40, 3))
+    )
     db.execute("CREATE TABLE requests (id int PRIMARY KEY, email text, approvers text[], meta jsonb)")
     with db.connect() as c, c.cursor() as cur:
         cur.executemany(
@@ -65,7 +74,7 @@ def seed(db: Any) -> None:
 
 
 def dump(db: Any) -> list[Any]:
-    return table_dump(db, "employees", "settings", "badges", "requests")
+    return table_dump(db, "employees", "settings", "badges", "cards", "requests")
 
 
 @pytest.mark.parametrize("size", [1, 3, 25])
@@ -369,10 +378,12 @@ def test_plan_md_advises_batches_for_a_large_database(make_db: Any, ws: Any, mon
     from emailsync import render
 
     db = make_db()
-    monkeypatch.setattr(render, "BATCH_ADVICE_ACTIONS", 100)  # the estate has 252 actions; the default is 50,000
+    monkeypatch.setattr(render, "BATCH_ADVICE_ACTIONS", 100)  # the estate has a few hundred; the default is 50,000
     plan = planned(ws, db)
+    n = sum(r["count"] for r in ws.plan_json(plan)["summary"] if r["kind"] != "skipped-conflict")
+    assert n > 100
     md = plan.with_name("plan.md").read_text()
-    assert "**Large database changes**: `core` (252 actions)" in md
+    assert f"**Large database changes**: `core` ({n:,} actions)" in md
     assert "--batch-size 10000" in md and "not changed all at once" in md
     monkeypatch.setattr(render, "BATCH_ADVICE_ACTIONS", 50_000)
     _, small = ws.plan()

@@ -128,6 +128,7 @@ class BatchedApply:
             counts.update(rec.counts)
         try:
             rows_todo = sum(self.batches.rows[b] for b in todo)
+            done_rows = 0
             rate = Rate(online.max_rate, online.pause)
             with progress.task(f"apply {s.name} ({len(todo)} batches)", total=rows_todo) as bar:
                 for b in range(self.batches.count):
@@ -154,7 +155,7 @@ class BatchedApply:
                     rows = self.batches.rows[b]
                     bar.advance(rows)
                     rate.wrote(rows)
-                    done_rows = sum(self.batches.rows[x] for x in todo if x <= b)
+                    done_rows += rows
                     per_s = rate.per_s()
                     online.emit(
                         {
