@@ -171,6 +171,7 @@ class _Events:
 
         from emailsync import progress
         from emailsync.plan import dumps
+        from emailsync.render import seconds_text
 
         if self.json_out:
             typer.echo(dumps(event), err=True)
@@ -184,7 +185,7 @@ class _Events:
                 return
             self.last = now
             eta = event.get("eta_s")
-            left = f", about {_duration(eta)} left" if eta is not None else ""
+            left = f", about {seconds_text(eta)} left" if eta is not None else ""
             progress.say(
                 f"apply {event['target']}: batch {event['batch']} of {event['batches']}, "
                 f"{event['rows_done']:,} of {event['rows_todo']:,} rows, {event['rows_per_s']:,.0f} rows/s{left}"
@@ -195,11 +196,6 @@ class _Events:
             progress.say(
                 f"{event['target']}: {event['error']}; trying again in {event['wait_s']:g} s (retry {event['attempt']})"
             )
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class _pause_on_signals:
@@ -231,7 +227,7 @@ class _pause_on_signals:
 
         from emailsync import progress
 
-        if self.pause.graceful and not self.pause.requested:
+        if self.pause.batched and not self.pause.requested:
             name = signal.Signals(signum).name
             self.pause.request(name)
             progress.say(
@@ -415,6 +411,7 @@ def apply(
         int | None,
         typer.Option(
             min=1,
+            max=2**31 - 1,
             metavar="N",
             help="Commit every N rows (DynamoDB: items) instead of one transaction per database, each batch with its "
             "ledger record, so a busy database never waits on one long transaction; related rows (a chain, a merge) "
@@ -469,6 +466,10 @@ def apply(
 
     for flag, value in (("--lock-timeout", lock_timeout), ("--statement-timeout", statement_timeout)):
         _check_duration_option(flag, value)
+    for flag, given in (("--max-rate", max_rate), ("--max-replica-lag", max_replica_lag)):
+        if given is not None and batch_size is None:
+            # Paced between batches: without them there is nothing to pace (a paused apply goes on with its size).
+            _fail(UserError(f"{flag} paces an apply in batches: pass --batch-size N with it; nothing was written"))
     pause = Pause()
     online = Online(
         batch_size=batch_size,

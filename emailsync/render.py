@@ -565,7 +565,7 @@ def status_lines(progress: list[Progress]) -> list[str]:
         total = f" of {p.rows_total:,}" if p.rows_total is not None else ""
         rate = f"{p.rows_per_s:,.0f} rows/s" if p.rows_per_s else "-"
         eta = p.eta_s
-        left = "-" if eta is None else _seconds(eta)
+        left = "-" if eta is None else seconds_text(eta)
         rows.append((p.target, p.store, p.state, batches, f"{p.rows_done:,}{total}", f"{p.stale:,}", rate, left))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -573,7 +573,7 @@ def status_lines(progress: list[Progress]) -> list[str]:
     return out
 
 
-def _seconds(s: float) -> str:
+def seconds_text(s: float) -> str:
     n = int(round(s))
     if n >= 3600:
         return f"{n // 3600}h{n % 3600 // 60:02d}m"

@@ -459,7 +459,66 @@ def test_a_role_granted_the_ledger_alone_is_told_what_to_grant_for_batches(make_
     ws.monkeypatch.setenv("CORE_DSN", db.dsn.replace("user=postgres", f"user={role}"))
     before = snapshot(db)
     r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "10")
-    assert r.code == 1 and "grant SELECT, INSERT on emailsync.batches" in r.err and "Traceback" not in r.err
+    assert r.code == 1 and "grant SELECT, INSERT (and DELETE, for --force) on emailsync.batches" in r.err
+    assert "Traceback" not in r.err
     assert snapshot(db) == before
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
+
+
+def test_an_address_many_rows_share_is_one_batch_of_its_own(make_db: Any, ws: Any) -> None:
+    """Rows of one address go together whatever the batch size: twelve rows of a shared address are one batch of
+    twelve, and the other batches keep to the size."""
+    db = make_db()
+    db.execute("CREATE TABLE notes (id int PRIMARY KEY, author text)")
+    db.execute(
+        "INSERT INTO notes SELECT i, CASE WHEN i % 3 = 0 AND i <= 36 THEN 'noreply@old.com' ELSE 'p' || i || '@old.com' "
+        "END FROM generate_series(1, 60) i"
+    )
+    ws.mappings({"noreply@old.com": "noreply@new.com", **{f"p{i}@old.com": f"p{i}@new.com" for i in range(1, 61)}})
+    ws.postgres_targets({"core": db}, "- table: notes\n  columns: [author]\n")
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "5")
+    assert r.code == 0, r.out + r.err
+    sizes = [n for (n,) in db.rows("SELECT rows_in FROM emailsync.batches ORDER BY batch")]
+    assert 12 in sizes and sum(sizes) == 60 and all(n <= 5 for n in sizes if n != 12)
+    assert db.rows("SELECT count(*) FROM notes WHERE author LIKE '%@new.com'") == [(60,)]
+
+
+def test_a_unique_index_batches_cannot_follow_is_refused_before_anything_is_written(make_db: Any, ws: Any) -> None:
+    from helpers import snapshot
+
+    db = make_db()
+    db.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text)")
+    db.execute("CREATE UNIQUE INDEX accounts_undotted ON accounts ((replace(email, '.', '')))")
+    db.execute("INSERT INTO accounts VALUES (1, 'a@old.com'), (2, 'b@old.com')")
+    ws.mappings({"a@old.com": "a@new.com", "b@old.com": "b@new.com"})
+    ws.postgres_targets({"core": db}, "- table: accounts\n  columns: [email]\n")
+    r, plan = ws.plan()
+    assert r.code == 0, r.err
+    before = snapshot(db)
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "1")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "public.accounts cannot be applied in batches: its unique index accounts_undotted" in r.err
+    assert "apply this target without --batch-size" in r.err
+    assert snapshot(db) == before
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    assert db.rows("SELECT email FROM accounts ORDER BY id") == [("a@new.com",), ("b@new.com",)]
+
+
+def test_pacing_without_batches_and_an_unreadable_lag_query_are_refused(make_db: Any, ws: Any) -> None:
+    from helpers import snapshot
+
+    db = make_db()
+    plan = planned(ws, db)
+    before = snapshot(db)
+    for flag in ("--max-rate", "--max-replica-lag"):
+        r = ws.run("apply", str(plan), "--auto-approve", flag, "5")
+        assert r.code == 1 and f"{flag} paces an apply in batches: pass --batch-size N" in r.err
+    text = ws.path.joinpath("targets.yaml").read_text()
+    ws.targets(text.replace("    tables:", "    replica_lag_query: SELECT 'soon'\n    tables:"))
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "10", "--max-replica-lag", "5")
+    assert r.code == 1 and "Traceback" not in r.err
+    assert "reading replica_lag_query for --max-replica-lag failed" in r.err and "nothing was written" in r.err
+    assert snapshot(db) == before

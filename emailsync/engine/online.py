@@ -9,9 +9,10 @@ store decides what a batch is.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,23 @@ class Pause:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.why = ""
-        # Set by a store once it applies in batches: only then does a first signal wait for the batch in flight.
-        self.graceful = False
+        self._batched = 0  # stores applying in batches now: only then does a first signal wait for a batch
+        self._lock = threading.Lock()
+
+    @property
+    def batched(self) -> bool:
+        return self._batched > 0
+
+    @contextlib.contextmanager
+    def graceful(self) -> Iterator[None]:
+        """While a store applies in batches: a first signal waits for the batch in flight."""
+        with self._lock:
+            self._batched += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batched -= 1
 
     def request(self, why: str) -> None:
         self.why = why
@@ -89,7 +105,6 @@ class Rate:
         self.pause = pause
         self.start = time.monotonic()
         self.rows = 0
-        self.waited = 0.0
 
     def wrote(self, rows: int) -> None:
         self.rows += rows
@@ -97,7 +112,6 @@ class Rate:
             return
         due = self.start + self.rows / self.cap - time.monotonic()
         if due > 0:
-            self.waited += due
             self.pause.sleep(due)
 
     def per_s(self) -> float:
@@ -105,20 +119,16 @@ class Rate:
         return self.rows / elapsed if elapsed > 0 else 0.0
 
 
-def wait_for_lag(
-    read_lag: Callable[[], float | None], most: float, pause: Pause, say: Callable[[float], None]
-) -> float:
+def wait_for_lag(read_lag: Callable[[], float | None], most: float, pause: Pause, say: Callable[[float], None]) -> None:
     """Before a batch: wait while the replicas' lag is above `most` seconds, saying so (once, then every
-    LAG_SAY_EVERY_S). Returns the seconds waited; a pause asked for meanwhile ends the wait."""
-    waited = 0.0
+    LAG_SAY_EVERY_S); a pause asked for meanwhile ends the wait."""
     said_at: float | None = None
     while True:
         lag = read_lag()
         if lag is None or lag <= most or pause.requested:
-            return waited
+            return
         now = time.monotonic()
         if said_at is None or now - said_at >= LAG_SAY_EVERY_S:
             say(lag)
             said_at = now
         pause.sleep(LAG_POLL_S)
-        waited += time.monotonic() - now

@@ -14,6 +14,7 @@ writes nothing if any is stale); after each step, every written item is read bac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections import defaultdict
@@ -113,26 +114,9 @@ class DynamoApplier:
             with progress.task(f"apply {self.target.name}{live}", total=todo_count) as bar:
                 self._bar = bar
                 rate = Rate(self.online.max_rate, self.online.pause)
-                if self.online.batch_size:
-                    self.online.pause.graceful = True  # a first signal now waits for the batch in flight
-                for step in sorted({a.step for a in self.actions}):
-                    todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
-                    # A step's actions change distinct items (the planner puts every later write to an item in a
-                    # later step): they go out `concurrency` requests at a time. Should two touch one item, the
-                    # second waits for a wave of its own, in the order they would have run one by one. With
-                    # --batch-size, a wave goes out that many items at a time, and a pause stops between them.
-                    for wave in _waves(todo, self._swapped):
-                        for batch in _batches(wave, self.online.batch_size):
-                            if self.online.pause.requested:
-                                res.paused = True
-                                break
-                            self.workers.each(_run, self._units(batch))
-                            rate.wrote(len(batch))
-                        if res.paused:
-                            break
-                    self._verify([a for a in todo if self.status[a.id].status == "applied"])
-                    if res.paused:
-                        break
+                graceful = self.online.pause.graceful() if self.online.batch_size else contextlib.nullcontext()
+                with graceful:  # a first signal waits for the batch in flight
+                    self._steps(res, rate)
         except UserError as e:
             # Credentials or a table gone while writing: other targets may have committed already, so this is
             # reported with them rather than raised past the report.
@@ -152,6 +136,28 @@ class DynamoApplier:
             res.outcomes[a.id] = o
         res.committed = res.error is None
         return res
+
+    def _steps(self, res: TargetResult, rate: Rate) -> None:
+        """Each step's writes, wave by wave; with --batch-size that many items at a time, a pause stopping between
+        them (res.paused)."""
+        for step in sorted({a.step for a in self.actions}):
+            todo = [a for a in self.actions if a.step == step and self.status[a.id].status == "pending"]
+            # A step's actions change distinct items (the planner puts every later write to an item in a
+            # later step): they go out `concurrency` requests at a time. Should two touch one item, the
+            # second waits for a wave of its own, in the order they would have run one by one. With
+            # --batch-size, a wave goes out that many items at a time, and a pause stops between them.
+            for wave in _waves(todo, self._swapped):
+                for batch in _batches(wave, self.online.batch_size):
+                    if self.online.pause.requested:
+                        res.paused = True
+                        break
+                    self.workers.each(_run, self._units(batch))
+                    rate.wrote(len(batch))
+                if res.paused:
+                    break
+            self._verify([a for a in todo if self.status[a.id].status == "applied"])
+            if res.paused:
+                break
 
     def _units(self, wave: list[DynamoAction]) -> list[Callable[[], None]]:
         """A wave's writes as units of work for the workers, each journaled before and after: transactions of

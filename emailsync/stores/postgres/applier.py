@@ -252,7 +252,8 @@ class PostgresApplier:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             msg = str(e) if isinstance(e, _Rollback) else (e.diag.message_primary or str(e)).strip()
-            self.timed_out = isinstance(e, psycopg.errors.LockNotAvailable) or (
+            # Worth trying again later: a lock held elsewhere, a statement too slow now, a deadlock with another writer.
+            self.timed_out = isinstance(e, psycopg.errors.LockNotAvailable | psycopg.errors.TransactionRollback) or (
                 isinstance(e, psycopg.errors.QueryCanceled) and "statement timeout" in msg
             )
             res.error = f"database error, rolled back: {msg}"

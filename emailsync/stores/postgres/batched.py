@@ -29,7 +29,7 @@ from emailsync.stores.base import Journal
 from emailsync.stores.ledger import NoLedger
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier
-from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take
+from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take, unbatchable
 from emailsync.stores.postgres.catalog import TableMeta
 from emailsync.stores.postgres.journaling import journal_records, status_records
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
@@ -57,6 +57,25 @@ REPLICA_LAG_SQL = "SELECT COALESCE(max(extract(epoch FROM replay_lag)), 0)::floa
 DONE = ("applied", "already-applied")
 
 
+def read_lag(conn: psycopg.Connection, target: PostgresTarget) -> float | None:
+    """The replicas' lag in seconds (--max-replica-lag): the target's replica_lag_query, else the replay lag of
+    pg_stat_replication. One clear error, naming the query, for a query that fails or reads no number."""
+    q = target.replica_lag_query or REPLICA_LAG_SQL
+    try:
+        row = conn.execute(q).fetchone()  # the target's own SQL, from its file (never values of ours)
+        value = None if not row or row[0] is None else float(row[0])
+    except (psycopg.Error, TypeError, ValueError) as e:
+        msg = (e.diag.message_primary or str(e)) if isinstance(e, psycopg.Error) else f"not a number: {e}"
+        where = "replica_lag_query" if target.replica_lag_query else "the replay lag in pg_stat_replication"
+        raise UserError(
+            f"target {target.name!r}: reading {where} for --max-replica-lag failed ({msg.strip()}); it must return "
+            "one number, the lag in seconds"
+        ) from None
+    finally:
+        conn.rollback()
+    return value
+
+
 def resume_size(target: str, ledger: PgLedger, asked: int | None) -> tuple[int | None, list[BatchRecord]]:
     """The batch size of this run and the batches already committed: a plan whose apply was batched goes on at the
     size it started with (the batches are made from it)."""
@@ -73,14 +92,40 @@ def resume_size(target: str, ledger: PgLedger, asked: int | None) -> tuple[int |
     return size, done
 
 
-def cut(conn: psycopg.Connection, target: str, size: int, done: list[BatchRecord]) -> Batches:
+def check_batchable(target: str, metas: list[TableMeta]) -> None:
+    """Refuse batches where the way they are cut cannot keep colliding changes together (batches.unbatchable)."""
+    for m in metas:
+        why = unbatchable(m)
+        if why is not None:
+            raise UserError(
+                f"target {target!r}: {m.display} cannot be applied in batches: its {why}, so two changes in "
+                "different batches could collide; apply this target without --batch-size (one transaction), or "
+                "apply the other targets in batches with --only-target; nothing was written"
+            )
+
+
+def cut(
+    conn: psycopg.Connection,
+    target: str,
+    metas: list[TableMeta],
+    size: int,
+    done: list[BatchRecord],
+    loaded: int,
+    planned: int | None,
+) -> Batches:
     """The target's loaded lines cut into batches, refused (nothing written) if the batches the ledger records as
     committed held other actions than these do now (the plan or emailsync changed under a paused apply)."""
+    check_batchable(target, metas)
+    if planned is not None and loaded != planned:
+        # Never apply part of a target's plan without saying so: every action must have found its table.
+        raise UserError(
+            f"target {target!r}: {loaded} of its {planned} planned actions were loaded; nothing was written"
+        )
     twice = conn.execute("SELECT id FROM _es_lines GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
     if twice is not None:
         conn.rollback()
         raise UserError(f"target {target!r}: two actions have the id {twice[0]!r} (the plan was edited)")
-    batches = split(conn, size)  # _es_lines becomes _es_all: each batch makes its own, dropped at its commit
+    batches = split(conn, size, metas)  # _es_lines becomes _es_all: each batch makes its own, dropped at its commit
     if done:
         now = digests(conn, [b.batch for b in done])
         changed = [b for b in done if b.batches != batches.count or now.get(b.batch) != b.ids_md5]
@@ -114,12 +159,17 @@ class BatchedApply:
         return self.stopped or self.store.online.pause.requested
 
     def stop(self) -> None:
-        """A sibling target failed or Ctrl-C came twice: no batch starts after the one in flight."""
+        """A sibling target failed or Ctrl-C came twice: no batch starts after the one in flight, and a wait for a
+        replica or the rate ends now (the pause they watch)."""
         self.stopped = True
+        self.store.online.pause.request("stopped")
 
     def run(self) -> TargetResult:
         s, online = self.store, self.store.online
-        online.pause.graceful = True  # a first signal now waits for the batch in flight
+        with online.pause.graceful():  # a first signal now waits for the batch in flight
+            return self._run(s, online)
+
+    def _run(self, s: _Target, online: Online) -> TargetResult:
         res = TargetResult(s.name, self.outcomes)
         todo = [b for b in range(self.batches.count) if b not in self.done]
         ended = -1  # the last batch looked at
@@ -137,11 +187,18 @@ class BatchedApply:
                         self._recorded(b, self.done[b])
                         continue
                     if online.max_replica_lag is not None and not self._halted():
-                        wait_for_lag(self._lag, online.max_replica_lag, online.pause, self._say_lag)
+                        try:
+                            wait_for_lag(self._lag, online.max_replica_lag, online.pause, self._say_lag)
+                        except UserError as e:
+                            res.error = f"{e}; the {b} batch(es) before batch {b + 1} stay committed"
+                            break
                     if self._halted():
                         res.paused = True
                         break
-                    one = self._batch(b, res)
+                    one = self._batch(b)
+                    if one.paused:  # asked to pause while the batch waited to be tried again
+                        res.paused = True
+                        break
                     self.committed_now += one.committed
                     for ids, _, st, _, _ in _statuses(one):
                         counts[st] += len(ids)
@@ -170,6 +227,7 @@ class BatchedApply:
                             "eta_s": round((rows_todo - done_rows) / per_s, 1) if per_s else None,
                         }
                     )
+            ran_through = not (res.paused or res.error)
             if res.paused or res.error:
                 why = (
                     "paused before this batch; apply the plan again to go on"
@@ -178,9 +236,12 @@ class BatchedApply:
                 )
                 start = ended if res.paused else ended + 1
                 self._not_run(range(start, self.batches.count), "not-applied", why, skip_done=True)
-        finally:
-            self._finish(res, counts)
-        res.committed = ended >= 0 and not res.error
+        except BaseException:
+            # Interrupted (a second Ctrl-C) or the connection lost: neither complete nor paused, whatever was counted.
+            self._finish("incomplete", counts)
+            raise
+        self._finish(_status(res, counts, ran_through), counts)
+        res.committed = self.committed_now > 0 and not res.error
         res.batches = {
             "batch_size": self.store._batch_size or 0,
             "batches": self.batches.count,
@@ -191,7 +252,7 @@ class BatchedApply:
 
     # -- one batch ------------------------------------------------------------------------------------------
 
-    def _batch(self, b: int, res: TargetResult) -> TargetResult:
+    def _batch(self, b: int) -> TargetResult:
         s, online = self.store, self.store.online
         ledger = s._ledger
         lock_timeout, statement_timeout = s._timeouts()
@@ -244,6 +305,8 @@ class BatchedApply:
             attempt += 1
             if not (applier.timed_out and retry_after(online, s.name, attempt, one.error, batched=True)):
                 break
+        if applier.timed_out and online.pause.requested:
+            return TargetResult(s.name, paused=True)  # rolled back: the batch runs when the apply goes on
         after = {**entry, "phase": "after", "committed": one.committed, "error": one.error}
         if isinstance(one.outcomes, CompactOutcomes):
             self.write(status_records(after, one.outcomes))
@@ -281,14 +344,8 @@ class BatchedApply:
         with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
 
-    def _finish(self, res: TargetResult, counts: Counter[str]) -> None:
+    def _finish(self, status: str, counts: Counter[str]) -> None:
         ledger = self.store._ledger
-        if res.paused and not res.error:
-            status = "paused"
-        elif res.error:
-            status = "failed" if counts.get("failed") else "incomplete"
-        else:
-            status = "complete" if all(k in DONE for k, n in counts.items() if n) else "incomplete"
         with contextlib.suppress(psycopg.Error):
             self.conn.rollback()
             ledger.finish(status, dict(counts))
@@ -297,14 +354,7 @@ class BatchedApply:
     # -- throttles ---------------------------------------------------------------------------------------------
 
     def _lag(self) -> float | None:
-        q = self.store.target.replica_lag_query or REPLICA_LAG_SQL
-        try:
-            row = self.conn.execute(q).fetchone()
-        finally:
-            self.conn.rollback()
-        if not row or row[0] is None:
-            return None
-        return float(row[0])
+        return read_lag(self.conn, self.store.target)
 
     def _say_lag(self, lag: float) -> None:
         online = self.store.online
@@ -326,6 +376,15 @@ def retry_after(online: Online, target: str, attempt: int, error: str | None, *,
     wait = backoff(attempt)
     online.emit({"event": "retry", "target": target, "attempt": attempt, "wait_s": wait, "error": error})
     return not online.pause.sleep(wait)
+
+
+def _status(res: TargetResult, counts: Counter[str], ran_through: bool) -> str:
+    """The run's status for the ledger: complete only when every batch has run and every action is done."""
+    if res.error:
+        return "failed" if counts.get("failed") else "incomplete"
+    if res.paused or not ran_through:
+        return "paused"
+    return "complete" if all(k in DONE for k, n in counts.items() if n) else "incomplete"
 
 
 def _statuses(one: TargetResult) -> Any:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from emailsync.stores.postgres.catalog import TableMeta
+
 # _es_lines' columns, as load_lines makes them: a batch's table has the same, so the applier reads it unchanged.
 LINE_COLUMNS = "n, tbl, step, id, kind, col, key, old, new, image, conflict, ins, k"
 
@@ -30,7 +32,28 @@ class Batches:
     rows: list[int]  # actions per batch, in order
 
 
-def split(conn: psycopg.Connection, batch_size: int) -> Batches:
+def unbatchable(m: TableMeta) -> str | None:
+    """Why the table's actions cannot be cut into batches, or None. Batches keep together the actions whose addresses
+    are equal case-insensitively; a unique index that compares addresses some other way (an expression other than
+    lower(), an array or jsonb column) could make two actions in different batches collide, in either order."""
+    emails = set(m.email_columns)
+    plain = emails | {f'"{c}"' for c in emails}
+    for u in m.unique_indexes:
+        if not u.columns & emails:
+            continue
+        for e in u.exprs:
+            bare = e.removeprefix("lower(").removesuffix(")") if e.startswith("lower(") else e
+            if bare in plain and m.columns[bare.strip('"')].kind == "text":
+                continue
+            if not any(c in e for c in emails):
+                continue  # another key column of the index (tenant_id): equal addresses are grouped already
+            return f"unique index {u.name} compares addresses as {e}"
+        if u.predicate and any(c in u.predicate for c in emails):
+            return f"unique index {u.name} holds only rows where {u.predicate}"
+    return None
+
+
+def split(conn: psycopg.Connection, batch_size: int, metas: list[TableMeta]) -> Batches:
     """Cut the lines in _es_lines (session-long) into batches of about batch_size actions: _es_lines becomes _es_all,
     which outlives each batch's transaction, and _es_batch numbers its lines (n) by batch. Groups go in the order of
     their first line in the plan file, so a batch covers neighbouring keys, and the same plan and size always give
@@ -45,11 +68,21 @@ def split(conn: psycopg.Connection, batch_size: int) -> Batches:
         UNION ALL
         SELECT n, hashtextextended(lower(new #>> '{}'), 0) FROM _es_all WHERE jsonb_typeof(new) = 'string'
         UNION ALL
+        -- every address in the whole row a line carries (a row deleted, put back, or moved by its key): it frees or
+        -- takes them all at once
+        SELECT a.n, hashtextextended(lower(a.image ->> e.col), 0)
+        FROM _es_all a JOIN unnest(%s::int[], %s::text[]) AS e(tbl, col) ON e.tbl = a.tbl
+        WHERE a.image IS NOT NULL AND jsonb_typeof(a.image -> e.col) = 'string'
+        UNION ALL
         SELECT a.n, hashtextextended(a.tbl || ':' || a.k, 1) FROM _es_all a JOIN (
             SELECT DISTINCT tbl, k FROM _es_all
             WHERE image IS NOT NULL OR conflict IS NOT NULL OR kind IN ('delete-on-conflict', 'insert-row')
         ) b ON b.tbl = a.tbl AND b.k = a.k
-        """
+        """,
+        (
+            [i for i, m in enumerate(metas) for c in m.email_columns if m.columns[c].kind == "text"],
+            [c for m in metas for c in m.email_columns if m.columns[c].kind == "text"],
+        ),
     )
     # A first round joins every line to the least line sharing one of its tokens: the whole group, for groups whose
     # lines all share one token (most: one address's rows).
@@ -70,8 +103,8 @@ def split(conn: psycopg.Connection, batch_size: int) -> Batches:
         conn.execute("DROP TABLE _es_open")
         if moved == 0:
             break
-    # Groups packed in order: a group starts a new batch once the actions before it fill batch_size. A group larger
-    # than batch_size is a batch of its own. Lines without a token are groups of one.
+    # Groups packed in order: a group starts a new batch once the actions before it fill batch_size; a group of
+    # batch_size or more is a batch of its own. Lines without a token are groups of one.
     conn.execute(
         """
         CREATE TEMP TABLE _es_batch AS
@@ -80,13 +113,14 @@ def split(conn: psycopg.Connection, batch_size: int) -> Batches:
         ), sizes AS (
             SELECT g, count(*) AS r FROM lines GROUP BY g
         ), packed AS (
-            SELECT g, div(sum(r) OVER (ORDER BY g) - r, %s) AS slot FROM sizes
+            SELECT g, div(sum(r) OVER (ORDER BY g) - r, %(size)s) AS slot, CASE WHEN r >= %(size)s THEN g END AS own
+            FROM sizes
         ), numbered AS (
-            SELECT g, dense_rank() OVER (ORDER BY slot)::int - 1 AS batch FROM packed
+            SELECT g, dense_rank() OVER (ORDER BY slot, own NULLS FIRST)::int - 1 AS batch FROM packed
         )
         SELECT lines.n, numbered.batch FROM lines JOIN numbered ON numbered.g = lines.g
         """,
-        (batch_size,),
+        {"size": batch_size},
     )
     conn.execute("DROP TABLE _es_tok, _es_lab")
     conn.execute("CREATE INDEX ON _es_batch (batch)")

@@ -158,9 +158,11 @@ class PgLedger:
         what to grant when it asks for batches."""
         if not self.target.ledger or (self.run.force and not batching):
             return []
+        # --force replaces the batches' records: DELETE too.
         may = self.conn.execute(
-            "SELECT has_table_privilege(t, 'SELECT'), has_table_privilege(t, 'INSERT') FROM to_regclass(%s) t",
-            (f"{LEDGER_SCHEMA}.batches",),
+            "SELECT has_table_privilege(t, 'SELECT'), has_table_privilege(t, 'INSERT') "
+            "AND (NOT %s OR has_table_privilege(t, 'DELETE')) FROM to_regclass(%s) t",
+            (self.run.force, f"{LEDGER_SCHEMA}.batches"),
         ).fetchone()
         self.conn.rollback()
         if not (may and may[0] and (may[1] or not batching)):
@@ -169,13 +171,14 @@ class PgLedger:
             raise UserError(
                 f"target {self.target.name!r}: apply --batch-size records each batch in {LEDGER_SCHEMA}.batches, "
                 f"which is missing or which this role may not read and write; create it (an apply by the database's "
-                f"owner does) and grant SELECT, INSERT on {LEDGER_SCHEMA}.batches, or apply without --batch-size; "
+                f"owner does) and grant SELECT, INSERT (and DELETE, for --force) on {LEDGER_SCHEMA}.batches, or apply "
+                "without --batch-size; "
                 "nothing was written"
             )
         rows = self.conn.execute(
             sql.SQL(
                 "SELECT batch, batches, batch_size, ids_md5, rows_in, rows_all, counts, stale, run_id, "
-                "extract(epoch FROM started_at)::float8, extract(epoch FROM committed_at)::float8 FROM {}.batches "
+                "extract(epoch FROM started_at)::float8 FROM {}.batches "
                 "WHERE plan_digest = %s AND target = %s ORDER BY batch"
             ).format(sql.Identifier(LEDGER_SCHEMA)),
             (self.run.plan_digest, self.target.name),
@@ -210,7 +213,8 @@ class PgLedger:
             counts = runs[-1][2] or {}
             p.rows_done = sum(int(counts.get(k, 0)) for k in ("applied", "already-applied"))
             p.stale = int(counts.get("stale", 0))
-        if found[1] is not None:
+        readable = self.conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (found[1],)).fetchone()
+        if found[1] is not None and readable and readable[0]:
             b = self.conn.execute(
                 sql.SQL(
                     "SELECT count(*), max(batches), sum(rows_in), max(rows_all), "
@@ -343,7 +347,6 @@ class BatchRecord:
     stale: dict[str, str]
     run_id: str
     started_at: float  # epoch seconds
-    committed_at: float | None = None
 
 
 def _ts(v: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, ClassVar, Literal, TypedDict
 
 import psycopg
@@ -26,7 +26,7 @@ from emailsync.stores.base import KEYS_KEPT, Journal, Progress, TargetRead, Warn
 from emailsync.stores.ledger import NoLedger, PastRun, Run
 from emailsync.stores.outcome import CompactOutcomes, TargetResult, counts_of, ledger_status, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier, load_lines
-from emailsync.stores.postgres.batched import BatchedApply, cut, resume_size, retry_after
+from emailsync.stores.postgres.batched import BatchedApply, check_batchable, cut, read_lag, resume_size, retry_after
 from emailsync.stores.postgres.batches import Batches
 from emailsync.stores.postgres.catalog import TableMeta, resolve_table
 from emailsync.stores.postgres.connection import reached
@@ -127,6 +127,14 @@ class PostgresStore:
             self._ledger.lock()
         self._metas = _table_metas(self.conn, self._loaded, self._index, columns)
         self.conn.rollback()
+        if run is not None and self.online.batch_size is not None:
+            # Refused before the ledger is made ready: nothing written yet.
+            check_batchable(self.name, self._metas)
+            if self.online.max_replica_lag is not None:
+                try:
+                    read_lag(self.conn, self.target)
+                except UserError as e:
+                    raise UserError(f"{e}; nothing was written") from None
         if run is not None:
             # The lines go in now, while the plan's check may still run (loads_unchecked): a table of this session,
             # committed with nothing else, that the writing transaction reads. Nothing else is written before the
@@ -143,7 +151,10 @@ class PostgresStore:
             # A plan whose apply was batched goes on in batches of the same size (the ledger knows which are done).
             self._batch_size, self._done = resume_size(self.name, self._ledger, self.online.batch_size)
         if self._batch_size is not None:
-            self._batches = cut(self.conn, self.name, self._batch_size, self._done)
+            planned = len(self._rows) if isinstance(self._rows, Sized) else None
+            self._batches = cut(
+                self.conn, self.name, self._metas, self._batch_size, self._done, self._preloaded or 0, planned
+            )
         return self._ledger.completed()
 
     def _timeouts(self) -> tuple[str | None, str | None]:
