@@ -472,8 +472,8 @@ def test_an_address_many_rows_share_is_one_batch_of_its_own(make_db: Any, ws: An
     db = make_db()
     db.execute("CREATE TABLE notes (id int PRIMARY KEY, author text)")
     db.execute(
-        "INSERT INTO notes SELECT i, CASE WHEN i % 3 = 0 AND i <= 36 THEN 'noreply@old.com' ELSE 'p' || i || '@old.com' "
-        "END FROM generate_series(1, 60) i"
+        "INSERT INTO notes SELECT i, CASE WHEN i % 3 = 0 AND i <= 36 THEN 'noreply@old.com' "
+        "ELSE 'p' || i || '@old.com' END FROM generate_series(1, 60) i"
     )
     ws.mappings({"noreply@old.com": "noreply@new.com", **{f"p{i}@old.com": f"p{i}@new.com" for i in range(1, 61)}})
     ws.postgres_targets({"core": db}, "- table: notes\n  columns: [author]\n")
