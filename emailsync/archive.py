@@ -19,8 +19,8 @@ from emailsync.errors import UserError
 from emailsync.files import write_atomic
 from emailsync.plan import Plan, loads
 from emailsync.planfile import beside, check_name, write_plan
+from emailsync.stores.outcome import DONE as DONE  # the journal's readers (rollback) take it from here
 
-DONE = ("applied", "already-applied")
 STICKY = (*DONE, "needs-review")  # written: a later run's outcome that wrote nothing does not undo that
 
 

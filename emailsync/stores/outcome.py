@@ -255,9 +255,12 @@ def _plain(aid: str) -> bool:
     return not aid.startswith('"') and "\t" not in aid and "\n" not in aid and "\r" not in aid
 
 
+DONE = ("applied", "already-applied")  # the statuses of an action whose change is in the store
+
+
 def ledger_status(counts: Mapping[str, int], full: bool) -> str:
     """complete: every action of the plan for the target is done, so applying the plan again is a replay."""
-    done = all(s in ("applied", "already-applied") for s, n in counts.items() if n)
+    done = all(s in DONE for s, n in counts.items() if n)
     return "complete" if done and full else "incomplete"
 
 

@@ -27,7 +27,7 @@ from emailsync.errors import UserError
 from emailsync.plan import Store as StoreKind
 from emailsync.stores.base import Journal
 from emailsync.stores.ledger import NoLedger
-from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult, status_counts
+from emailsync.stores.outcome import DONE, CompactOutcomes, Outcome, TargetResult, status_counts
 from emailsync.stores.postgres.applier import PostgresApplier
 from emailsync.stores.postgres.batches import Batches, BatchLines, digests, split, take, unbatchable
 from emailsync.stores.postgres.catalog import TableMeta
@@ -54,7 +54,6 @@ class _Target(Protocol):
 
 # Replay lag of the slowest replica, in seconds (0 without replicas; the role needs pg_monitor to see it).
 REPLICA_LAG_SQL = "SELECT COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_catalog.pg_stat_replication"
-DONE = ("applied", "already-applied")
 
 
 def read_lag(conn: psycopg.Connection, target: PostgresTarget) -> float | None:

@@ -21,6 +21,7 @@ from emailsync.config import PostgresTarget
 from emailsync.errors import UserError
 from emailsync.stores.base import Progress
 from emailsync.stores.ledger import LOCK_WAIT_SECONDS, PastRun, Run, only_rechecked, who_text
+from emailsync.stores.outcome import DONE
 
 # pg_try_advisory_lock's two int4 keys: 'emsy' and the target's name hashed. Advisory locks are per database
 # already; the name keeps two targets that share a database (different tables) from refusing each other.
@@ -211,7 +212,7 @@ class PgLedger:
         if runs:
             p.state = runs[-1][1]
             counts = runs[-1][2] or {}
-            p.rows_done = sum(int(counts.get(k, 0)) for k in ("applied", "already-applied"))
+            p.rows_done = sum(int(counts.get(k, 0)) for k in DONE)
             p.stale = int(counts.get("stale", 0))
         readable = self.conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (found[1],)).fetchone()
         if found[1] is not None and readable and readable[0]:
