@@ -113,7 +113,6 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
     shows the batches done; `apply PLAN` without --batch-size goes on at the same size and ends where one
     transaction would."""
     import signal
-    import time
 
     from helpers import cli_process
 
@@ -126,14 +125,7 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
     plan = planned(ws, db)
     # 5 rows a second: the run takes about half a minute, so the signal lands mid-run.
     proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "5")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if (
-            db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0]
-            and db.rows("SELECT count(*) FROM emailsync.batches")[0][0] >= 2
-        ):
-            break
-        time.sleep(0.1)
+    _wait_for_batches(db, 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -164,21 +156,13 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
 
 def test_a_rerun_with_another_batch_size_is_refused(make_db: Any, ws: Any) -> None:
     import signal
-    import time
 
     from helpers import cli_process
 
     db = make_db()
     plan = planned(ws, db)
     proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if (
-            db.rows("SELECT to_regclass('emailsync.batches') IS NOT NULL")[0][0]
-            and db.rows("SELECT count(*) FROM emailsync.batches")[0][0] >= 1
-        ):
-            break
-        time.sleep(0.1)
+    _wait_for_batches(db, 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -430,11 +414,17 @@ def test_a_dynamodb_target_pauses_between_batches_of_items_and_goes_on(ddb: Any,
     report = json.loads(plan.with_name("report.json").read_text())
     statuses = {a["status"] for a in report["actions"]}
     assert statuses == {"applied", "not-applied"} and report.get("paused") is True
+    r = ws.run("status", str(plan), "--json")
+    assert r.code == 0, r.err
+    (t,) = json.loads(r.out)["targets"]
+    assert t["store"] == "dynamodb" and t["state"] == "incomplete" and t["rows_done"] == done
     r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "4")
     assert r.code == 0, r.out + r.err
     assert sorted((it["id"], it["email"]) for it in ddb.items("profiles")) == sorted(
         (f"p{i}", f"u{i}@new.com") for i in range(n)
     )
+    (t,) = json.loads(ws.run("status", str(plan), "--json").out)["targets"]
+    assert t["state"] == "complete" and t["runs"] == 2
 
 
 def test_a_role_granted_the_ledger_alone_is_told_what_to_grant_for_batches(make_db: Any, ws: Any) -> None:

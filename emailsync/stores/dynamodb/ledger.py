@@ -7,6 +7,7 @@ that crashed elsewhere.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
@@ -133,8 +134,8 @@ class DynamoLedger:
         sk = f"{self.target.name}#{self.run.started_at}#{self.run.run_id}"
         return {"pk": {"S": f"run#{self.run.plan_digest}"}, "sk": {"S": sk}}
 
-    def completed(self) -> list[PastRun]:
-        out: list[PastRun] = []
+    def _runs(self) -> Iterator[dict[str, Any]]:
+        """This target's run records of the plan, oldest first (the sort key starts with the start time)."""
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :t)",
@@ -146,35 +147,25 @@ class DynamoLedger:
         }
         while True:
             resp = self.client.query(**kwargs)
-            for it in resp.get("Items", []):
-                if it.get("status", {}).get("S") == "complete":
-                    s = {k: v["S"] for k, v in it.items() if "S" in v}
-                    who = who_text(s.get("user"), s.get("host"), s.get("approver"))
-                    started, finished = s.get("started_at", ""), s.get("finished_at")
-                    out.append(PastRun(self.target.name, "complete", started, finished, who, s.get("run_id")))
+            yield from resp.get("Items", [])
             if "LastEvaluatedKey" not in resp:
-                return out
+                return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def completed(self) -> list[PastRun]:
+        out: list[PastRun] = []
+        for it in self._runs():
+            if it.get("status", {}).get("S") == "complete":
+                s = {k: v["S"] for k, v in it.items() if "S" in v}
+                who = who_text(s.get("user"), s.get("host"), s.get("approver"))
+                started, finished = s.get("started_at", ""), s.get("finished_at")
+                out.append(PastRun(self.target.name, "complete", started, finished, who, s.get("run_id")))
+        return out
 
     def progress(self) -> Progress:
         """This plan's applies on the target as the ledger table records them (reads only)."""
         p = Progress(self.target.name, "dynamodb", "not started")
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :t)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": f"run#{self.run.plan_digest}"},
-                ":t": {"S": f"{self.target.name}#"},
-            },
-            "ConsistentRead": True,
-        }
-        items: list[dict[str, Any]] = []
-        while True:
-            resp = self.client.query(**kwargs)
-            items += resp.get("Items", [])
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = list(self._runs())
         p.runs = len(items)
         if items:
             last = items[-1]  # sorted by the sort key: target, start time, run
