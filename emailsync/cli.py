@@ -413,9 +413,10 @@ def apply(
             min=1,
             max=2**31 - 1,
             metavar="N",
-            help="Commit every N rows (DynamoDB: items) instead of one transaction per database, each batch with its "
-            "ledger record, so a busy database never waits on one long transaction; related rows (a chain, a merge) "
-            "stay in one batch. A paused or killed apply goes on at the next batch. Default: one transaction.",
+            help="Commit about N changes at a time (a row's column; DynamoDB: an item) instead of one transaction per "
+            "database, each batch with its ledger record, so a busy database never waits on one long transaction; "
+            "related rows (an address's, a chain, a merge) stay in one batch. A paused or killed apply goes on at "
+            "the next batch. Default: one transaction.",
         ),
     ] = None,
     lock_timeout: Annotated[
@@ -444,7 +445,7 @@ def apply(
     ] = None,
     max_rate: Annotated[
         float | None,
-        typer.Option(min=0.001, metavar="ROWS/S", help="Rows (items) written a second at most, per target."),
+        typer.Option(min=0.001, metavar="ROWS/S", help="Changes (rows, items) written a second at most, per target."),
     ] = None,
     max_replica_lag: Annotated[
         float | None,
