@@ -512,3 +512,38 @@ def test_pacing_without_batches_and_an_unreadable_lag_query_are_refused(make_db:
     assert r.code == 1 and "Traceback" not in r.err
     assert "reading replica_lag_query for --max-replica-lag failed" in r.err and "nothing was written" in r.err
     assert snapshot(db) == before
+
+
+def test_a_connection_lost_mid_run_is_reported_and_a_rerun_goes_on(make_db: Any, ws: Any) -> None:
+    """The apply's backend is terminated between batches (a failover, an administrator): apply says so, exits 3 with
+    a report of what it knows, the committed batches stay, and a rerun ends where one transaction ends."""
+    import threading
+
+    want = reference(make_db, ws)
+    db = make_db()
+    plan = planned(ws, db)
+    killed: list[int] = []
+
+    def terminate() -> None:
+        _wait_for_batches(db, 3)
+        killed.extend(
+            pid
+            for (pid,) in db.rows(
+                "SELECT pg_terminate_backend(pid)::int * pid FROM pg_stat_activity "
+                "WHERE application_name LIKE 'emailsync apply %%' AND datname = current_database()"
+            )
+        )
+
+    t = threading.Thread(target=terminate)
+    t.start()
+    r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "10", "--max-rate", "40")
+    t.join()
+    assert killed and killed[0] > 0
+    assert r.code == 3, r.out + r.err
+    assert "the connection was lost during batch" in r.out and "Apply the plan again to go on" in r.out
+    assert "Traceback" not in r.out + r.err
+    done = db.rows("SELECT count(*) FROM emailsync.batches")[0][0]
+    assert done >= 3
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert dump(db) == want

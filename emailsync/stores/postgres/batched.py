@@ -172,6 +172,7 @@ class BatchedApply:
         res = TargetResult(s.name, self.outcomes)
         todo = [b for b in range(self.batches.count) if b not in self.done]
         ended = -1  # the last batch looked at
+        lost = False  # the connection went while a batch ran
         counts: Counter[str] = Counter()
         for rec in self.done.values():
             counts.update(rec.counts)
@@ -194,7 +195,20 @@ class BatchedApply:
                     if self._halted():
                         res.paused = True
                         break
-                    one = self._batch(b)
+                    try:
+                        one = self._batch(b)
+                    except psycopg.OperationalError as e:
+                        # The connection is gone: whether this batch committed is for its ledger row to say (a rerun
+                        # reads it), and no outcome of it or of later batches can be read back now.
+                        msg = (e.diag.message_primary or str(e)).strip()
+                        res.error = (
+                            f"the connection was lost during batch {b + 1} of {self.batches.count} ({msg}); the "
+                            f"batches before it stay committed, and this batch's and later actions' outcomes are "
+                            "not in this report. Apply the plan again to go on: the ledger records which batches "
+                            "committed"
+                        )
+                        lost = True
+                        break
                     if one.paused:  # asked to pause while the batch waited to be tried again
                         res.paused = True
                         break
@@ -227,7 +241,7 @@ class BatchedApply:
                         }
                     )
             ran_through = not (res.paused or res.error)
-            if res.paused or res.error:
+            if (res.paused or res.error) and not lost:
                 why = (
                     "paused before this batch; apply the plan again to go on"
                     if res.paused and not res.error
