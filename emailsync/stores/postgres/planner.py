@@ -36,6 +36,7 @@ from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
 
 SCAN_BATCH = 5000
+CONFLICTS_SHOWN = 20  # conflicts listed per table when on_conflict: fail refuses a plan
 # How long the helper connection waits for a lock on a table before leaving its section to planning's connection:
 # planning already holds one on each table, so the helper can only wait behind a DDL statement that waits for it.
 HELPER_LOCK_WAIT = "1s"
@@ -291,8 +292,10 @@ class PostgresPlanner:
                         indexes = [_index_sql(m, u, "troubled") for u in m.unique_indexes if u.columns & emails]
                         next(t for t in sql_tables if t.meta is m).troubled(indexes)
                     tables.append(TablePlan(m, self._read_table(conn, m, bar, troubled), analysed=troubled))
+            failed = [(tp.meta, problems) for tp in tables if (problems := self._resolve_conflicts(conn, tp))]
+            if failed:
+                raise self._refuse_conflicts(failed)
             for tp in tables:
-                self._resolve_conflicts(conn, tp)
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.
                 keyed = set(tp.meta.key)
@@ -557,6 +560,25 @@ class PostgresPlanner:
                 repl = {s: self.by_ord[o].new for s, o in pairs}
                 yield ident, key, rec[0], _walk_replace(rec[0], repl), tuple(sorted({o for _, o in pairs}))
 
+    def _refuse_conflicts(self, failed: list[tuple[TableMeta, list[str]]]) -> UserError:
+        """One error for every table with on_conflict: fail whose unique constraints the plan would break, each
+        table's conflicts listed (the first CONFLICTS_SHOWN of each), so one plan run shows them all."""
+        problems: list[str] = []
+        for meta, found in failed:
+            problems += found[:CONFLICTS_SHOWN]
+            if len(found) > CONFLICTS_SHOWN:
+                problems.append(f"{meta.display}: ... and {len(found) - CONFLICTS_SHOWN} more")
+        if len(failed) == 1:
+            meta = failed[0][0]
+            head = f"{self.where}.tables[{meta.index}] ({meta.display}) has on_conflict: fail and the plan"
+        else:
+            names = ", ".join(f"tables[{m.index}] ({m.display})" for m, _ in failed)
+            head = f"{self.where}: {names} have on_conflict: fail and the plan"
+        return UserError(
+            f"{head} would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
+            problems=problems,
+        )
+
     def _unfit(self, meta: TableMeta, col: str, why: str) -> UserError:
         return UserError(
             f"{self.where}.tables[{meta.index}]: {meta.display}.{col} ({meta.columns[col].type_sql}) cannot hold "
@@ -565,8 +587,9 @@ class PostgresPlanner:
 
     # -- unique constraints --------------------------------------------------------------------------------
 
-    def _resolve_conflicts(self, conn: psycopg.Connection, tp: TablePlan) -> None:
-        """Decide which changed rows may take their new index entries, under every unique index at once.
+    def _resolve_conflicts(self, conn: psycopg.Connection, tp: TablePlan) -> list[str]:
+        """Decide which changed rows may take their new index entries, under every unique index at once; with
+        on_conflict: fail, the conflicts found instead (nothing decided).
 
         Rows are considered in priority order (mapping position, then key). A row wins if none of its new
         entries is held by a row that stays (unchanged, or left unchanged by on_conflict: skip) or was taken by
@@ -578,7 +601,7 @@ class PostgresPlanner:
         changed_cols = {c for r in tp.rows for c in r.changes}
         relevant = [u for u in meta.unique_indexes if u.columns & changed_cols]
         if not relevant or not tp.rows:
-            return
+            return []
         conn.execute("DELETE FROM _es_chg")
         with conn.cursor().copy("COPY _es_chg (_es_kid, _es_key, _es_patch) FROM STDIN") as cp:
             for r in tp.rows:
@@ -663,11 +686,7 @@ class PostgresPlanner:
                 loser.delete_entries = tuple(sorted(loser.entries_for(a.index.columns)))
                 loser.conflict = (a.index, holder)
         if problems:
-            raise UserError(
-                f"{self.where}.tables[{meta.index}] ({meta.display}) has on_conflict: fail and the plan "
-                "would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
-                problems=problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50 else []),
-            )
+            return problems  # the caller says them with every other table's (_refuse_conflicts)
         # Ordering: a row arriving at an entry goes after the row leaving it (moving away or deleted).
         for a in analyses:
             arriving: dict[Any, list[RowPlan]] = defaultdict(list)
@@ -688,6 +707,7 @@ class PostgresPlanner:
                             if y.fate == "delete":
                                 y.arrivals.append((x, a.index.columns))
         self._holder_images(conn, meta, tp.rows, by_kid)
+        return []
 
     def _order(self, after: Iterable[int], before: Iterable[int]) -> None:
         for x in after:
