@@ -108,27 +108,30 @@ def planned(ws: Any, db: Any) -> Any:
     return plan
 
 
+def paused(ws: Any, db: Any, plan: Any, sig: int, batches: int, rate: str) -> str:
+    """`apply PLAN --batch-size 5 --max-rate RATE` in its own process, sent `sig` once `batches` batches have
+    committed; it must stop with exit code 130. Its stderr."""
+    from helpers import cli_process
+
+    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", rate)
+    _wait_for_batches(db, batches)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    return err
+
+
 def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: Any, ws: Any) -> None:
     """SIGTERM mid-run: the batch in flight commits, the run stops with exit code 130 and says how to go on; status
     shows the batches done; `apply PLAN` without --batch-size goes on at the same size and ends where one
     transaction would."""
     import signal
 
-    from helpers import cli_process
-
-    ref, db = make_db(), make_db()
-    seed(ref)
-    ws.mappings(MAPPINGS)
-    ws.postgres_targets({"core": ref}, TABLES)
-    _, ref_plan = ws.plan()
-    assert ws.run("apply", str(ref_plan), "--auto-approve").code == 0
+    want = reference(make_db, ws)
+    db = make_db()
     plan = planned(ws, db)
-    # 5 rows a second: the run takes about half a minute, so the signal lands mid-run.
-    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "5")
-    _wait_for_batches(db, 2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
+    # 5 rows a second: the run takes about a minute, so the signal lands mid-run.
+    err = paused(ws, db, plan, signal.SIGTERM, 2, "5")
     assert "SIGTERM: pausing" in err and "paused: the batches that ran are committed" in err
     assert f"emailsync apply {plan}" in err
     done = db.rows("SELECT count(*), min(batches) FROM emailsync.batches")[0]
@@ -148,7 +151,7 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
     assert r.code == 0, r.out + r.err
     assert db.rows("SELECT batch, run_id FROM emailsync.batches ORDER BY batch")[: len(first_run)] == first_run
     assert db.rows("SELECT count(*) FROM emailsync.batches")[0][0] == done[1]
-    assert dump(db) == dump(ref)
+    assert dump(db) == want
     r = ws.run("status", str(plan), "--json")
     t = json.loads(r.out)["targets"][0]
     assert t["state"] == "complete" and t["batches_done"] == t["batches"] and t["rows_done"] == t["rows_total"]
@@ -157,15 +160,9 @@ def test_sigterm_pauses_after_the_batch_in_flight_and_a_rerun_goes_on(make_db: A
 def test_a_rerun_with_another_batch_size_is_refused(make_db: Any, ws: Any) -> None:
     import signal
 
-    from helpers import cli_process
-
     db = make_db()
     plan = planned(ws, db)
-    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
-    _wait_for_batches(db, 1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
+    paused(ws, db, plan, signal.SIGINT, 1, "10")
     before = dump(db)
     r = ws.run("apply", str(plan), "--auto-approve", "--batch-size", "7")
     assert r.code == 1
@@ -341,16 +338,12 @@ def test_option_mistakes_are_one_error_and_write_nothing(make_db: Any, ws: Any) 
 def test_a_rollback_plan_restores_the_batches_a_paused_apply_committed(make_db: Any, ws: Any) -> None:
     import signal
 
-    from helpers import cli_process, rollback_plan
+    from helpers import rollback_plan
 
     db = make_db()
     plan = planned(ws, db)
     before = dump(db)
-    proc = cli_process(ws, "apply", str(plan), "--auto-approve", "--batch-size", "5", "--max-rate", "10")
-    _wait_for_batches(db, 3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
+    paused(ws, db, plan, signal.SIGINT, 3, "10")
     assert dump(db) != before
     back = rollback_plan(ws, plan)
     r = ws.run("apply", str(back), "--auto-approve")
