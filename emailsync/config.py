@@ -17,14 +17,16 @@ import urllib.parse
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -56,6 +58,8 @@ Loc = tuple[str | int, ...]
 # hide_input_in_errors: even a ValidationError raised by direct construction must not print a DSN.
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
+# Tags of the column entry union (ColumnEntry); left out of the places errors name.
+_NAME_TAG, _PATH_TAG = "\x00name", "\x00path"
 _TARGET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # What PostgreSQL accepts for a time setting such as lock_timeout: a number with an optional unit.
 # Validated strictly because the value ends up in a SET LOCAL statement.
@@ -173,11 +177,80 @@ def _check_duration(value: str | None, field: str) -> str | None:
 # Models
 
 
+class JsonPath(BaseModel):
+    """A column entry `{name: COLUMN, path: a.b.c}`: only the string (or the strings of the array) at that dotted path
+    of a jsonb column's document is remapped; the rest of the document stays as it is."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str
+    path: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value:
+            raise ValueError("name is empty; give the jsonb column's name")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value or any(not part or part != part.strip() for part in value.split(".")):
+            raise ValueError(
+                f"path {value!r} is not a dotted path into nested objects; write it like profile.contact.email"
+            )
+        return value
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
+
+
+def _check_columns(value: tuple[str | JsonPath, ...]) -> tuple[str | JsonPath, ...]:
+    if not value:
+        raise ValueError("columns must list at least one column")
+    _check_names(tuple(c for c in value if isinstance(c, str)), "columns", allow_empty=True)
+    whole = {c for c in value if isinstance(c, str)}
+    seen: dict[str, list[tuple[str, ...]]] = {}
+    for c in value:
+        if not isinstance(c, JsonPath):
+            continue
+        if c.name in whole:
+            raise ValueError(
+                f"column {c.name!r} is listed whole and with path {c.path!r}; list it one way: whole (every string "
+                "in the document) or path by path"
+            )
+        for other in seen.setdefault(c.name, []):
+            shorter, longer = sorted((other, c.parts), key=len)
+            if longer[: len(shorter)] == shorter:
+                raise ValueError(
+                    f"column {c.name!r} lists path {'.'.join(other)!r} and path {c.path!r}, one inside the other; "
+                    "list each address's path once"
+                    if other != c.parts
+                    else f"column {c.name!r} lists path {c.path!r} twice; list each path once"
+                )
+        seen[c.name].append(c.parts)
+    return value
+
+
+def _column_entry_kind(value: Any) -> str:
+    return _PATH_TAG if isinstance(value, dict | JsonPath) else _NAME_TAG
+
+
+# Each entry is validated as one or the other, so a mistake gets the errors of the form it was meant as, not both.
+ColumnEntry = Annotated[
+    Annotated[str, Tag(_NAME_TAG)] | Annotated[JsonPath, Tag(_PATH_TAG)], Discriminator(_column_entry_kind)
+]
+
+
 class PostgresTable(BaseModel):
     model_config = _MODEL_CONFIG
 
     table: str
-    columns: tuple[str, ...]
+    # A name: the column (text, text array, or a jsonb document whose every string is remapped); {name, path}: the
+    # addresses at one path of a jsonb column.
+    columns: tuple[ColumnEntry, ...]
     on_conflict: OnConflict = "delete"
     key: tuple[str, ...] | None = None
     verify_ignore: tuple[str, ...] = ()
@@ -190,8 +263,8 @@ class PostgresTable(BaseModel):
 
     @field_validator("columns")
     @classmethod
-    def _check_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_names(value, "columns", allow_empty=False)
+    def _check_columns(cls, value: tuple[str | JsonPath, ...]) -> tuple[str | JsonPath, ...]:
+        return _check_columns(value)
 
     @field_validator("key")
     @classmethod
@@ -204,6 +277,20 @@ class PostgresTable(BaseModel):
     @classmethod
     def _check_verify_ignore(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_names(value, "verify_ignore", allow_empty=True)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The columns holding addresses, each once, in the order listed."""
+        return tuple(dict.fromkeys(c if isinstance(c, str) else c.name for c in self.columns))
+
+    @property
+    def paths(self) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """The jsonb columns configured by path: column -> its paths, in the order listed."""
+        out: dict[str, list[tuple[str, ...]]] = {}
+        for c in self.columns:
+            if isinstance(c, JsonPath):
+                out.setdefault(c.name, []).append(c.parts)
+        return {k: tuple(v) for k, v in out.items()}
 
     @property
     def schema_name(self) -> str | None:
@@ -744,6 +831,8 @@ def _substitute(value: Any, loc: Loc, env: _Env, problems: list[tuple[Loc, str]]
 def _format_loc(loc: Sequence[Any]) -> str:
     out = ""
     for part in loc:
+        if part in (_NAME_TAG, _PATH_TAG):
+            continue
         if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
         elif isinstance(part, str) and _PLAIN_KEY_RE.fullmatch(part):
@@ -757,8 +846,8 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     """The model that validates the mapping at `loc`, to list its allowed keys."""
     model: type[BaseModel] = Targets
     for part in loc:
-        if isinstance(part, int):
-            continue  # an item of a tuple field: same model as the field
+        if isinstance(part, int) or part in (_NAME_TAG, _PATH_TAG):
+            continue  # an item of a tuple field, or the form of a column entry: same model as the field
         field = model.model_fields.get(str(part))
         sub = _find_model(field.annotation) if field else None
         if sub is None:

@@ -34,7 +34,7 @@ from emailsync.files import reader_at
 # v2: gzip'd JSON Lines, a header line then one line per action or skipped change, sorted by section (planfile.py).
 # v1 (one JSON document; its minors 1-3 added rollback plans, signatures and reached targets) is refused by name.
 PLAN_FORMAT = "emailsync.plan/v2"
-PLAN_FORMAT_MINOR = 0
+PLAN_FORMAT_MINOR = 1  # 1: PostgresAction.paths
 DIGEST_SCHEME = "sha256-jsonl/1"  # see planfile.py: the digest covers the header, the header the body's sha256
 # zlib level of plan files: on a 375 MB body (1.4M actions), level 6 took 2.9 s and made 37.0 MB, level 3 1.3 s and
 # 42.1 MB. Compression runs while planning's connection waits to write, so the faster level shortens `plan`.
@@ -93,6 +93,10 @@ class PostgresAction(ActionBase):
     column: str | None = None  # the column changed (none for insert-row: the whole row)
     old: Any = None
     new: Any = None
+    # A jsonb column configured by path (minor 1): its dotted paths. `old` and `new` are the whole documents as
+    # planned, and only the values at these paths differ; apply writes those values onto the document it finds,
+    # provided each path still holds its planned old value.
+    paths: list[str] | None = None
     # delete-on-conflict: the row holding the new value ({"key", "values"}); apply deletes only while that row
     # still holds it, so a conflict that disappeared since the plan never costs a row.
     conflict: dict[str, Any] | None = None
@@ -221,6 +225,7 @@ class Plan(_Frozen):
     targets: dict[str, TargetFingerprint]
     summary: list[SummaryRow]
     warnings: list[str]
+    notes: list[str] = []  # minor 1: what a reviewer should know that is not a warning
     reads: list[ReadRecord] = []
     rollback_of: RollbackOf | None = None
     action_count: int

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emailsync.engine.stages import planned_by_stage
-from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, SummaryRow, dumps, in_sections
+from emailsync.plan import Action, DynamoAction, Plan, PostgresAction, Rows, Skipped, SummaryRow, dumps, in_sections
 
 if TYPE_CHECKING:
     from emailsync.archive import ApplyRun
@@ -251,6 +251,8 @@ def plan_markdown(plan: Plan, *, redaction: str | None = None) -> str:
         if len(plan.warnings) > len(shown_w):
             out.append(f"- _… and {len(plan.warnings) - len(shown_w)} more: `emailsync show PLAN --format text`_")
         out.append("")
+    if plan.notes:
+        out += ["## Notes", ""] + [f"- {_prose(_raw(n, 300))}" for n in plan.notes[:MD_WARNINGS]] + [""]
 
     head = "\n".join(out)
     # Lines are rendered only while they fit: a plan of a million actions keeps a few hundred rows of plan.md.
@@ -295,8 +297,57 @@ def _ddb_row(a: DynamoAction) -> str:
     return f"| {a.step} | {_md_key(a.key, ddb=True)} | {_kind(a.kind)} | {changes} | {moves} | {there} |"
 
 
-def _pg_change(a: PostgresAction, width: int = 60) -> str:
+DOC_CHANGES_SHOWN = 10  # values shown per changed document in plan.md; the plan file has them all
+
+
+def doc_changes(old: Any, new: Any, at: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """The values that differ between two JSON documents, path by path (`owner`, `team.reviewers[0]`): objects
+    member by member, arrays of one length element by element; anything else, or arrays whose length changed,
+    as one value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(old.keys() | new.keys()):
+            name = k if _PLAIN_MEMBER.fullmatch(k) else _ENCODER.encode(k)
+            sub = f"{at}.{name}" if at else name
+            if k not in old or k not in new:
+                yield sub, old.get(k, _ABSENT), new.get(k, _ABSENT)
+            else:
+                yield from doc_changes(old[k], new[k], sub)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (o, n) in enumerate(zip(old, new, strict=True)):
+            yield from doc_changes(o, n, f"{at}[{i}]")
+    elif old != new or type(old) is not type(new):
+        yield at, old, new
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+_PLAIN_MEMBER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _pg_change(a: PostgresAction | Skipped, width: int = 60) -> str:
+    """old → new; for a jsonb document, each value that changes inside it (`meta.owner`: a → b), so a reviewer
+    sees exactly what moves and that nothing else does."""
+    if isinstance(a.old, dict | list) and isinstance(a.new, dict | list):
+        found = list(itertools.islice(doc_changes(a.old, a.new), DOC_CHANGES_SHOWN + 1))
+        if found:
+            col = a.column or ""
+            shown = [
+                f"{_code(f'{col}.{p}' if not p.startswith('[') else f'{col}{p}')}: "
+                f"{_md_doc_value(o, width // 2)} → {_md_doc_value(n, width // 2)}"
+                for p, o, n in found[:DOC_CHANGES_SHOWN]
+            ]
+            if len(found) > DOC_CHANGES_SHOWN:
+                shown.append("… (the plan file has every value)")
+            return "<br>".join(shown)
     return f"{_md_value(a.old, width)} → {_md_value(a.new, width)}"
+
+
+def _md_doc_value(value: Any, width: int) -> str:
+    return "*(absent)*" if value is _ABSENT else _md_value(value, width)
 
 
 def _row_id(a: Action) -> tuple[str, str, Any]:
@@ -408,7 +459,7 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
         yield from (
             (
                 f"| {_cell(s.target)} / {_cell(s.table)} | {_md_key(s.key)} | {_cell(s.column)} "
-                f"| {_md_value(s.old, 40)} → {_md_value(s.new, 40)} | {_code(s.reason)} |",
+                f"| {_pg_change(s, 40)} | {_code(s.reason)} |",
                 1,
             )
             for s in plan.skipped

@@ -356,7 +356,7 @@ def test_recomputed_digest_matches(planned: tuple[Any, Any, Path]) -> None:
     _, _, path = planned
     lines = plan_lines(path)
     header = json.loads(lines[0])
-    assert (header["format"], header["format_minor"]) == (PLAN_FORMAT, PLAN_FORMAT_MINOR) == ("emailsync.plan/v2", 0)
+    assert (header["format"], header["format_minor"]) == (PLAN_FORMAT, PLAN_FORMAT_MINOR) == ("emailsync.plan/v2", 1)
     assert header["digest_scheme"] == DIGEST_SCHEME == "sha256-jsonl/1"
     assert "signature" not in header  # unsigned: absent, not null
     assert (header["action_count"], header["skipped_count"]) == (2, 0) and len(lines) == 3

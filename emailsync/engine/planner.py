@@ -87,6 +87,7 @@ def build_plan(
         reads=[ReadRecord(**x) for r in reads for x in r.reads],
         summary=[SummaryRow(target=k[0], table=k[1], column=k[2], kind=k[3], count=n) for k, n in summary.items()],
         warnings=list(mset.warnings) + [w for r in reads for w in r.warnings],
+        notes=[n for r in reads for n in r.notes],
     )
     return seal_parts(body, [m.part for m in makers])
 

@@ -175,6 +175,7 @@ def _undo(a: Action, last: int, rows: _Rows) -> Iterator[Action]:
                 column=a.column,
                 old=a.new,
                 new=a.old,
+                paths=a.paths,
                 row=image,
                 reason=f"revert {a.id}",
                 **common,

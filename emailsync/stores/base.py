@@ -44,6 +44,7 @@ class TargetRead:
     name: str
     reached: dict[str, str | None]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the reviewer, not a warning (a generated column follows)
     edges: set[tuple[int, int]] = field(default_factory=set)
     reads: list[dict[str, Any]] = field(default_factory=list)
     state: Any = None

@@ -34,6 +34,7 @@ from emailsync.errors import UserError
 from emailsync.plan import SKIPPED_KIND, Action, TargetRows, chunked, dumps, line_of
 from emailsync.stores.outcome import CompactOutcomes, Outcome, TargetResult
 from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, foreign_keys, in_email_foreign_key
+from emailsync.stores.postgres.paths import path_list, rebased
 
 
 def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
@@ -101,6 +102,7 @@ def load_lines(
                COALESCE(doc ->> 'column', '') AS col, doc -> 'key' AS key,
                COALESCE(doc -> 'old', 'null') AS old, COALESCE(doc -> 'new', 'null') AS new,
                NULLIF(doc -> 'row', 'null') AS image, NULLIF(doc -> 'conflict', 'null') AS conflict,
+               NULLIF(doc -> 'paths', 'null') AS paths,
                doc ->> 'kind' = 'insert-row' AS ins, (doc -> 'key')::text COLLATE "C" AS k
         FROM _es_raw
         WHERE doc ->> 'target' = %s AND doc ->> 'kind' <> %s AND doc ->> 'table' = ANY(%s::text[])
@@ -310,7 +312,7 @@ class PostgresApplier:
                 self.conn.execute("SELECT set_config('statement_timeout', %s, true)", (self.statement_timeout,))
             _working_memory(self.conn)
             self.fks = foreign_keys(self.conn, [m.oid for m in self.metas])
-            self._load_lines()
+            self._load_lines(lock=False)
             self._load()
             for i, m in enumerate(self.metas):
                 self._classify(i, m, lock=False)
@@ -344,7 +346,7 @@ class PostgresApplier:
 
     # -- 1. load -------------------------------------------------------------------------------------------
 
-    def _load_lines(self) -> None:
+    def _load_lines(self, lock: bool = True) -> None:
         loaded = self.preloaded
         if loaded is None:
             loaded = load_lines(self.conn, self.target, self.metas, self.actions)
@@ -352,6 +354,43 @@ class PostgresApplier:
         if expected is not None and loaded != expected:
             # Never apply part of a target's plan without saying so: every action must have found its table.
             raise _Rollback(f"{loaded} of the target's {expected} planned actions were loaded; nothing was written")
+        for i, m in enumerate(self.metas):
+            for col, paths in m.paths.items():
+                self._rebase(i, m, col, paths, lock)
+
+    def _rebase(self, i: int, m: TableMeta, col: str, paths: tuple[tuple[str, ...], ...], lock: bool) -> None:
+        """Path actions whose document changed since the plan, elsewhere than at their paths: planned again onto the
+        document found (locked, so it stays so), as long as every path still holds its planned old value (old: the
+        document found; new: it with the planned values at the paths), or already its planned new one (new: the
+        document found, so the action reads as already applied). Any other is left to be judged stale. Only
+        actions carrying the column's configured paths: anything else is compared whole, as planned."""
+        T = m.alias("t")
+        doc = sql.SQL("c.d")
+        joins, same_old, same_new, written = rebased(doc, sql.SQL("c.old"), sql.SQL("c.new"), paths, m.prefix)
+        self.conn.execute(
+            sql.SQL(
+                "WITH c AS MATERIALIZED (SELECT p.ctid AS pid, p.old, p.new, to_jsonb({T}.{c}) AS d "
+                "FROM _es_lines p JOIN {tbl} {T} ON {km} WHERE p.tbl = {i} AND p.col = {lit} AND p.kind = 'update' "
+                "AND p.paths = {paths}::jsonb AND to_jsonb({T}.{c}) IS DISTINCT FROM p.old{lock}), "
+                "r AS (SELECT c.pid, CASE WHEN {same_old} THEN c.d END AS o, "
+                "CASE WHEN {same_old} THEN {written} WHEN {same_new} THEN c.d END AS n FROM c{joins}) "
+                "UPDATE _es_lines p SET old = COALESCE(r.o, p.old), new = r.n FROM r "
+                "WHERE p.ctid = r.pid AND r.n IS NOT NULL"
+            ).format(
+                T=T,
+                c=sql.Identifier(col),
+                tbl=m.ident,
+                km=m.key_match(T, sql.SQL("p.key")),
+                i=sql.Literal(i),
+                lit=sql.Literal(col),
+                paths=sql.Literal(dumps(path_list(paths))),
+                lock=sql.SQL(" FOR UPDATE OF {}").format(T) if lock else sql.SQL(""),
+                same_old=same_old,
+                same_new=same_new,
+                written=written,
+                joins=joins,
+            )
+        )
 
     def _plain_tables(self) -> dict[int, int]:
         """The tables whose actions can be written by one conditional UPDATE each, outside the steps: only plain
@@ -1048,7 +1087,39 @@ class PostgresApplier:
                     why = _mismatch(m, expected, actual)
                 for x in ids:
                     out[x] = why
+        for i, m in enumerate(self.metas):
+            self._verify_generated(i, m, out)
         return out
+
+    def _verify_generated(self, i: int, m: TableMeta, out: dict[str, str]) -> None:
+        """A generated column computed from a planned column is never written, it follows: each row written must
+        hold the column's expression computed over the row as it now is."""
+        T, S = m.alias("t"), m.alias("s")
+        for g, deps in m.generated_from.items():
+            cols = [d for d in deps if d in m.email_columns]
+            if not cols:
+                continue
+            expected = sql.SQL(
+                "to_jsonb((SELECT ({e}) FROM jsonb_populate_record(NULL::{tbl}, to_jsonb({T}.*)) {S}))"
+            ).format(e=sql.SQL(m.generated[g]), tbl=m.ident, T=T, S=S)
+            q = sql.SQL(
+                "SELECT a.id, {exp}, to_jsonb({T}.{g}) FROM _es_lines a JOIN {tbl} {T} ON {km} WHERE a.tbl = {i} "
+                "AND a.col = ANY({cols}) AND a.kind IN ('update', 'array-replace') "
+                "AND to_jsonb({T}.{g}) IS DISTINCT FROM {exp} LIMIT 1000"
+            ).format(
+                exp=expected,
+                T=T,
+                g=sql.Identifier(g),
+                tbl=m.ident,
+                km=m.key_match(T, sql.SQL("a.key")),
+                i=sql.Literal(i),
+                cols=sql.Literal(cols),
+            )
+            for aid, want, got in self.conn.execute(q):
+                out[aid] = (
+                    f"{m.display}.{g} is generated from {', '.join(cols)} and should now hold {dumps(want)}, "
+                    f"but holds {dumps(got)}"
+                )
 
 
 def _typed(m: TableMeta, c: str, value: sql.Composable) -> sql.Composable:

@@ -23,7 +23,7 @@ import psycopg
 from emailsync.stores.postgres.catalog import TableMeta
 
 # _es_lines' columns, as load_lines makes them: a batch's table has the same, so the applier reads it unchanged.
-LINE_COLUMNS = "n, tbl, step, id, kind, col, key, old, new, image, conflict, ins, k"
+LINE_COLUMNS = "n, tbl, step, id, kind, col, key, old, new, image, conflict, paths, ins, k"
 
 
 @dataclass(frozen=True)

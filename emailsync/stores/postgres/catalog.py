@@ -74,6 +74,10 @@ class TableMeta:
     email_columns: tuple[str, ...]
     unique_indexes: list[UniqueIndex] = field(default_factory=list)
     generated: dict[str, str] = field(default_factory=dict)  # generated column -> its expression
+    # generated column -> the columns it is computed from (a generated column is never written: it follows those)
+    generated_from: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # jsonb columns configured by path: column -> the paths whose addresses change (the rest of the document stays)
+    paths: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     @functools.cached_property  # used per action on plans of hundreds of thousands; never changes
     def display(self) -> str:
@@ -219,19 +223,25 @@ def resolve_table(
         cols[attname] = Column(attname, attnum, type_sql, kind, ci, bool(generated), typname, native)
 
     problems: list[str] = []
-    for c in cfg.columns:
+    for c in cfg.column_names:
         col = cols.get(c)
         if col is None:
             problems.append(
                 f"{where}.columns: column {c!r} does not exist in {schema}.{name} (columns: {', '.join(cols)})"
             )
         elif col.generated:
-            problems.append(f"{where}.columns: column {c!r} is a generated column and cannot be written")
+            problems.append(_generated_problem(conn, oid, where, f"{schema}.{name}", c))
         elif col.kind is None:
             hint = " (json is not supported: convert it to jsonb)" if col.base_type == "json" else ""
             problems.append(
                 f"{where}.columns: column {c!r} has type {col.type_sql}, not text-like, a text array or "
                 f"jsonb{hint}; remove it from columns"
+            )
+        elif c in cfg.paths and col.kind != "jsonb":
+            hint = " (json keeps its text as written, which a change at one path would not: convert it to jsonb)"
+            problems.append(
+                f"{where}.columns: column {c!r} is listed with a path but has type {col.type_sql}; paths are for "
+                f"jsonb columns{hint if col.base_type == 'json' else ''}: list it by name instead"
             )
     for c in cfg.verify_ignore:
         if c not in cols:  # a typo here would silently compare the column it meant to leave out
@@ -274,7 +284,8 @@ def resolve_table(
         name=name,
         columns=cols,
         key=key,
-        email_columns=tuple(cfg.columns),
+        email_columns=cfg.column_names,
+        paths=cfg.paths,
     )
     meta.unique_indexes = unique_indexes(conn, oid, cols)
     gen_deps: dict[str, set[str]] = {}
@@ -291,6 +302,7 @@ def resolve_table(
     ):
         meta.generated[gname] = gexpr
         gen_deps[gname] = set(deps)
+        meta.generated_from[gname] = tuple(deps)
     # An index over a generated column depends on the columns it is computed from.
     meta.unique_indexes = [
         UniqueIndex(
@@ -408,3 +420,26 @@ def foreign_keys(conn: psycopg.Connection, oids: list[int]) -> list[ForeignKey]:
         name, coid, cname, ccols, poid, pname, pcols, upd, dele, deferrable = row
         out.append(ForeignKey(name, coid, cname, tuple(ccols), poid, pname, tuple(pcols), upd, dele, bool(deferrable)))
     return out
+
+
+def _generated_problem(conn: psycopg.Connection, oid: int, where: str, table: str, column: str) -> str:
+    """Why a generated column cannot be configured, and the column (or jsonb path) to list instead."""
+    row = conn.execute(
+        """
+        SELECT pg_get_expr(d.adbin, d.adrelid),
+               ARRAY(SELECT c.attname FROM pg_depend x JOIN pg_attribute c
+                     ON c.attrelid = x.refobjid AND c.attnum = x.refobjsubid
+                     WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid AND x.refobjsubid > 0
+                     ORDER BY c.attnum)
+        FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = %s AND a.attname = %s
+        """,
+        (oid, column),
+    ).fetchone()
+    expr, deps = row if row is not None else ("?", [])
+    source = " or ".join(repr(d) for d in deps) or "the columns it is computed from"
+    return (
+        f"{where}.columns: {table}.{column} is a generated column (GENERATED ALWAYS AS ({expr}) STORED) and cannot "
+        f"be written; list {source} instead (with a path if the address sits inside a jsonb document), and "
+        f"{column!r} follows"
+    )

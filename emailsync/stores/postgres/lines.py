@@ -30,6 +30,7 @@ from psycopg import sql
 from emailsync.errors import UserError
 from emailsync.plan import Action, Chunk, Section, dumps, line_of
 from emailsync.stores.postgres.catalog import ForeignKey, TableMeta, in_email_foreign_key
+from emailsync.stores.postgres.paths import path_list, remapped_joins, strings_at
 
 # Made in the session before planning's read-only transaction starts (which allows no CREATE): helpers the lines'
 # SQL calls. _es_num writes a JSON number as the plan does (Python's Decimal: 0.0000001 is 1E-7); _es_doc writes a
@@ -417,6 +418,28 @@ class TableLines:
                 mp=mp,
                 ev=norm(sql.SQL("e.v")),
             )
+        elif col in meta.paths:
+            # Only the strings at the paths match; the new document is the old one with those values remapped
+            # (paths.remapped), written out in canonical form.
+            joins, newdoc = remapped_joins(ident, meta.paths[col], mp, norm, meta.prefix)
+            inner = sql.SQL(
+                "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
+                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
+                "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
+                "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
+                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
+                "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d{joins}"
+            ).format(
+                key=key,
+                old=_doc(ident, 0, mp, norm),
+                new=_doc(newdoc, 0, mp, norm),
+                strings=strings_at(ident, meta.paths[col]),
+                tbl=meta.ident,
+                t=t,
+                mp=mp,
+                sv=norm(sql.SQL("s.v")),
+                joins=joins,
+            )
         else:
             mode = 2 if ci else 1
             new = _doc(ident, mode, mp, norm)
@@ -452,11 +475,13 @@ class TableLines:
         tail = ',"store":"postgres","table":' + dumps(meta.display) + ',"target":' + dumps(self.target) + "}"
         return sql.SQL(
             'SELECT s.k, {col} AS c, s.id, {head} || s.id || \'","key":\' || s.k || {kind} || s.ords '
-            "|| '],\"new\":' || s.nw || ',\"old\":' || s.od || s.img || ',\"step\":' || s.step || {tail} AS line "
+            "|| '],\"new\":' || s.nw || ',\"old\":' || s.od || {paths} || s.img || ',\"step\":' || s.step || {tail} "
+            "AS line "
             "FROM (SELECT r.*, 'pg-' || left(encode(sha256(convert_to({id_pre} || to_json(r.k)::text || {id_post}, "
             "'UTF8')), 'hex'), 16) AS id FROM ({inner}) r) s"
         ).format(
             col=sql.Literal(col),
+            paths=sql.Literal(',"paths":' + dumps(path_list(meta.paths[col])) if col in meta.paths else ""),
             head=sql.Literal(head),
             kind=sql.Literal(',"kind":' + dumps(kind) + ',"mappings":['),
             tail=sql.Literal(tail),

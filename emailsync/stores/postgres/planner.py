@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from emailsync.stores.postgres.catalog import (
 )
 from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
+from emailsync.stores.postgres.paths import remapped_joins, strings_at
 
 SCAN_BATCH = 5000
 CONFLICTS_SHOWN = 20  # conflicts listed per table when on_conflict: fail refuses a plan
@@ -135,6 +136,7 @@ class TargetPlan:
     conn: psycopg.Connection | None = None  # planning's snapshot, open while sql_tables are still to be read
     skipped: list[Skipped] = field(default_factory=list)  # of analysed tables, made with their sections
     table_names: list[str] = field(default_factory=list)  # every configured table, in targets.yaml's order
+    notes: list[str] = field(default_factory=list)  # for the reviewer (plan.md's notes)
     # Another connection in planning's snapshot (its id), with the levels loaded: fills sections ahead (lines.Ahead).
     open_helper: Callable[[str, dict[int, int]], psycopg.Connection] | None = None
     ahead: Ahead | None = None
@@ -170,6 +172,17 @@ class TargetPlan:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _followers(meta: TableMeta) -> Iterator[str]:
+    """A note for each generated column computed from a configured column: it is never written, it follows."""
+    for g, deps in meta.generated_from.items():
+        sources = [d for d in deps if d in meta.email_columns]
+        if sources:
+            yield (
+                f"{meta.target} / {meta.display}: {g} is generated (GENERATED ALWAYS AS ({meta.generated[g]})) from "
+                f"{', '.join(sources)}; it is not written, it follows the changes there, and apply checks that it did"
+            )
 
 
 def _sortkey(meta: TableMeta, key: dict[str, Any]) -> tuple[Any, ...]:
@@ -213,6 +226,7 @@ class PostgresPlanner:
         self.by_ord = {m.ord: m for m in mappings}
         self.match = match
         self.warnings: list[str] = []
+        self.notes: list[str] = []
         self.edges: set[tuple[int, int]] = set()
         self._conn: psycopg.Connection | None = None
         self._stopped = False
@@ -258,6 +272,7 @@ class PostgresPlanner:
                 conn.execute(
                     sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.SQL(", ").join(m.ident for m in metas))
                 )
+            self.notes += [n for m in metas for n in _followers(m)]
             self._ci = any(m.columns[c].ci for m in metas for c in m.email_columns) or self.match == "casefold"
             if self._ci:
                 self._fill_ci(conn)
@@ -317,6 +332,7 @@ class PostgresPlanner:
                     sql_tables,
                     conn,
                     table_names=names,
+                    notes=self.notes,
                     open_helper=self.open_helper if self.helpers else None,
                     prefetch=prefetch,
                 )
@@ -326,7 +342,7 @@ class PostgresPlanner:
                 if prefetch is not None:
                     prefetch.close()
                 conn.close()
-        return TargetPlan(self.target, where, tables, self.edges, self.warnings, table_names=names)
+        return TargetPlan(self.target, where, tables, self.edges, self.warnings, table_names=names, notes=self.notes)
 
     def open_helper(self, snapshot: str, levels: dict[int, int]) -> psycopg.Connection:
         """A second connection reading in planning's snapshot, with the same temporary tables and levels."""
@@ -498,6 +514,26 @@ class PostgresPlanner:
                 mp=mp,
                 ev=norm(sql.SQL("e.v")),
             )
+        elif col in meta.paths:
+            # Only the strings at the configured paths are matched; the new document is made here too, by the same
+            # expressions the lines use (paths.remapped), so both ways plan the same bytes.
+            joins, newdoc = remapped_joins(sql.SQL("t.{}").format(ident), meta.paths[col], mp, norm, meta.prefix)
+            q = sql.SQL(
+                "SELECT t.{c}, {new}, h.ords, {k} FROM ("
+                "SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
+                "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
+                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h "
+                "JOIN {tbl} AS t ON t.ctid = h.tid{joins}"
+            ).format(
+                k=keysel,
+                c=ident,
+                new=newdoc,
+                tbl=meta.ident,
+                mp=mp,
+                sv=norm(sql.SQL("s.v")),
+                strings=strings_at(sql.SQL("t.{}").format(ident), meta.paths[col]),
+                joins=joins,
+            )
         else:
             # Every string of every document joined against the mapping, duplicates removed only among the matches:
             # a DISTINCT per document (a sort per row) made this five times slower on large tables.
@@ -555,6 +591,8 @@ class PostgresPlanner:
                 for pos, value in zip(positions, news, strict=True):
                     new[pos - 1] = value
                 yield ident, key, old, new, tuple(sorted(set(ords)))
+            elif col in meta.paths:
+                yield ident, key, rec[0], rec[1], tuple(rec[2])
             else:
                 pairs = rec[1]
                 repl = {s: self.by_ord[o].new for s, o in pairs}

@@ -33,6 +33,7 @@ from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.journaling import journal_records, status_records
 from emailsync.stores.postgres.ledger import BatchRecord, PgLedger
 from emailsync.stores.postgres.lines import load_levels, python_lines
+from emailsync.stores.postgres.paths import path_list
 from emailsync.stores.postgres.planner import PostgresPlanner, TablePlan, TargetPlan
 
 
@@ -81,7 +82,13 @@ class PostgresStore:
         def read() -> TargetRead:
             tp = planner.plan()
             return TargetRead(
-                self.name, tp.reached, warnings=tp.warnings, edges=tp.edges, state=tp, tables=tp.table_names
+                self.name,
+                tp.reached,
+                warnings=tp.warnings,
+                notes=tp.notes,
+                edges=tp.edges,
+                state=tp,
+                tables=tp.table_names,
             )
 
         return Call(read, planner.cancel)
@@ -368,6 +375,7 @@ def _table_actions(
                     column=ch.column,
                     old=ch.old,
                     new=ch.new,
+                    paths=path_list(meta.paths[ch.column]) if ch.column in meta.paths else None,
                     mappings=list(ch.entries),
                     row=row.image,
                     **base,
