@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from emailsync import progress
 from emailsync.config import (
     DynamoTarget,
+    JsonPath,
+    PostgresTable,
     PostgresTarget,
     check_targets,
     dsn_secrets,
@@ -62,6 +64,7 @@ class Evidence(_Frozen):
     """One column or attribute: what was sampled, and the decision."""
 
     name: str  # column name, or attribute name / dotted path into maps
+    path: str | None = None  # PostgreSQL jsonb: the dotted path inside the document where addresses were found
     type: str  # PostgreSQL type, or the DynamoDB types seen (S, L, SS)
     name_match: bool
     sampled: int  # non-empty values sampled
@@ -190,6 +193,65 @@ def _holds_email(kind: str, value: Any) -> bool | None:
     return any(is_email(s) for s in string_values(value))  # values only: the planner never changes keys
 
 
+def _doc_paths(doc: Any, at: tuple[str, ...] = (), depth: int = 0) -> Iterable[tuple[tuple[str, ...], bool]]:
+    """(path, holds an address) for every place in a document, through nested objects, that holds a string or an
+    array with strings: where a `path:` entry could point."""
+    if not isinstance(doc, dict) or depth > _MAX_DEPTH:
+        return
+    for k, v in doc.items():
+        here = (*at, k)
+        if isinstance(v, str):
+            yield here, is_email(v)
+        elif isinstance(v, list) and any(isinstance(e, str) for e in v):
+            yield here, any(isinstance(e, str) and is_email(e) for e in v)
+        elif isinstance(v, dict):
+            yield from _doc_paths(v, here, depth + 1)
+
+
+def _path_evidence(name: str, type_sql: str, docs: list[Any], cfg: PostgresTable | None) -> list[Evidence] | None:
+    """A jsonb column's sampled documents, path by path: Evidence for each path that held an address (proposed by
+    the same rule as a column, its last name part standing for the name). None where no path holds one: the column
+    is judged whole (an address inside an array of objects, which no path reaches; or none at all)."""
+    seen: dict[tuple[str, ...], list[int]] = {}  # path -> [documents holding a string there, holding an address]
+    for doc in docs:
+        for path, email in _doc_paths(doc):
+            counts = seen.setdefault(path, [0, 0])
+            counts[0] += 1
+            counts[1] += email
+    listed = {c.path for c in (cfg.columns if cfg else ()) if isinstance(c, JsonPath) and c.name == name}
+    out = []
+    taken: list[tuple[str, ...]] = []  # paths proposed so far: a column's paths may not nest (targets.yaml refuses)
+    # The most telling first (most documents with an address there, then the shallower), so a path nested in a better
+    # one is the one left out.
+    for path, (sampled, matched) in sorted(seen.items(), key=lambda kv: (-kv[1][1], len(kv[0]), kv[0])):
+        dotted = ".".join(path)
+        if not matched and dotted not in listed:
+            continue
+        if any("." in p or not p or p != p.strip() for p in path):
+            continue  # a name a dotted path cannot spell
+        name_match = NAME_RE.search(path[-1]) is not None
+        proposed, why = _decide(name_match, sampled, matched, "documents")
+        inside = next((t for t in taken if t == path[: len(t)] or path == t[: len(path)]), None)
+        if proposed and inside is not None:
+            proposed, why = False, f"{why}; overlaps path {'.'.join(inside)}, proposed instead (paths cannot nest)"
+        elif proposed:
+            taken.append(path)
+        out.append(
+            Evidence(
+                name=name,
+                path=dotted,
+                type=type_sql,
+                name_match=name_match,
+                sampled=sampled,
+                matched=matched,
+                proposed=proposed,
+                configured=dotted in listed,
+                why=f"{why} at this path",
+            )
+        )
+    return sorted(out, key=lambda e: e.path or "") if any(e.matched for e in out) else None
+
+
 def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
     from emailsync.stores import registry
     from emailsync.stores.postgres.catalog import column_kind, display_ident
@@ -252,12 +314,17 @@ def discover_postgres(target: PostgresTarget, sample: int) -> TargetFinding:
                     continue
                 evidence = []
                 for i, (attname, type_sql, kind) in enumerate(candidates):
+                    if kind == "jsonb":
+                        found_paths = _path_evidence(attname, type_sql, [r[i] for r in rows], cfg)
+                        if found_paths is not None:
+                            evidence += found_paths
+                            continue
                     verdicts = [v for v in (_holds_email(kind, r[i]) for r in rows) if v is not None]
                     matched = sum(verdicts)
                     name_match = NAME_RE.search(attname) is not None
                     noun = "documents" if kind == "jsonb" else "arrays" if kind == "array" else "values"
                     proposed, why = _decide(name_match, len(verdicts), matched, noun)
-                    in_cfg = cfg is not None and attname in cfg.columns
+                    in_cfg = cfg is not None and attname in cfg.columns  # listed whole (by name)
                     if proposed or in_cfg or matched or name_match:
                         evidence.append(
                             Evidence(
@@ -641,7 +708,8 @@ def merge(
         for table in tf.tables:
             proposed = table.proposed
             notes += [
-                f"not proposed ({tf.name} {table.table}.{e.name}): {e.type}; {e.why}"
+                f"not proposed ({tf.name} {table.table}.{e.name}{f' path {e.path}' if e.path else ''}): {e.type}; "
+                f"{e.why}"
                 for e in table.columns
                 if not e.proposed and not e.configured
             ]
@@ -676,15 +744,17 @@ def merge(
                 comments[(tf.kind, ti, "tables", at)] += "; " + table.note
             entry = tables[at]
             items = entry.setdefault(field, [])
-            have = {i["name"] if isinstance(i, dict) else i for i in items}
+            have = {_entry_id(i) for i in items}
             for ev in table.columns:
-                if ev.proposed and ev.name not in have:
-                    items.append({"name": ev.name, "template": ev.template} if ev.template else ev.name)
-                    added.append(f"{tf.name}/{table.table}: {ev.name}")
-                    have.add(ev.name)
+                if ev.proposed and (ev.name, ev.path) not in have:
+                    if ev.path is not None:
+                        items.append({"name": ev.name, "path": ev.path})
+                    else:
+                        items.append({"name": ev.name, "template": ev.template} if ev.template else ev.name)
+                    added.append(f"{tf.name}/{table.table}: {ev.name}{f' path {ev.path}' if ev.path else ''}")
+                    have.add((ev.name, ev.path))
             for k, item in enumerate(items):
-                name = item["name"] if isinstance(item, dict) else item
-                listed = next((e for e in table.columns if e.name == name), None)
+                listed = next((e for e in table.columns if (e.name, e.path) == _entry_id(item)), None)
                 if listed is not None:
                     mark = "" if listed.configured else "new: "
                     comments[(tf.kind, ti, "tables", at, field, k)] = f"{mark}{listed.type}; {listed.why}"
@@ -693,6 +763,13 @@ def merge(
                     f"unique ({', '.join(table.unique)}): choose delete or skip if the plan reports conflicts"
                 )
     return doc, comments, added, notes
+
+
+def _entry_id(item: Any) -> tuple[Any, Any]:
+    """(name, path) of a columns/attributes entry as written: a name, or a mapping with name (and path)."""
+    if isinstance(item, dict):
+        return item.get("name"), item.get("path")
+    return item, None
 
 
 def _table_comment(t: TableFinding) -> str:

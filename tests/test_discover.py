@@ -117,6 +117,7 @@ def test_discover_finds_every_email_column_of_the_estate_and_nothing_else(est_ws
         "sampled": 5,
         "matched": 5,
         "template": None,
+        "path": None,
         "proposed": True,
         "configured": False,
         "why": "its name looks like an email field; 5 of 5 sampled values are addresses",
@@ -154,7 +155,7 @@ def test_discover_write_then_plan(est_ws):
     path = est_ws.targets(EMPTY_TARGETS)
     r = est_ws.run("discover", "--write")
     assert r.code == 0, r.err
-    assert "13 added" in r.out
+    assert "14 added" in r.out  # projects.meta: its owner and reviewers paths
     (backup,) = est_ws.path.glob("targets.yaml.*.bak")
     assert backup.read_text() == EMPTY_TARGETS
     loaded = load_targets(path)  # a complete, valid targets file now

@@ -283,3 +283,29 @@ def test_batched_apply_writes_the_same_documents(db, ws):
     assert docs[1]["v"] == 2 and docs[1]["owner"] == "b@x.com" and docs[1]["previous"] == ["a@x.com", "old@x.com"]
     assert docs[3] == {"owner": ["b@x.com"], "team": "b@x.com"}
     assert docs[7]["owner"] == "c@x.com"
+
+
+def test_discover_proposes_the_paths_that_hold_addresses_with_their_evidence(db, ws):
+    _setup(db, ws, tables="- {table: profiles, columns: [note]}\n")
+    r = ws.run("discover", "--json")
+    assert r.code == 0, r.err
+    (table,) = [tb for t in json.loads(r.out)["targets"] for tb in t["tables"] if tb["table"] == "public.profiles"]
+    paths = {c["path"]: (c["sampled"], c["matched"], c["proposed"]) for c in table["columns"] if c["name"] == "meta"}
+    # Each path that held an address: in how many sampled documents it held a string (or strings), and an address.
+    assert paths == {
+        "owner": (4, 4, True),  # rows 1, 2, 3 (an array), 7
+        "previous": (1, 1, True),  # the history a reviewer will want to take out: proposed, with its evidence
+        "signup.email": (1, 1, True),
+        "team": (1, 1, False),  # row 3's team is an address; team.lead holds more, and paths cannot nest
+        "team.lead": (2, 2, True),
+        "team.reviewers": (1, 1, True),
+        "team.reviewers.0": (1, 1, False),  # row 5 (reviewers an object with a member "0"), inside team.reviewers
+    }
+    assert "we.ird" not in json.dumps(table)  # a member name with a dot: no path can spell it
+    path = ws.targets((ws.path / "targets.yaml").read_text())
+    r = ws.run("discover", "--write")
+    assert r.code == 0, r.err
+    # What it wrote plans: the proposal is a valid targets.yaml (nested paths would be refused).
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert "- name: meta  # new: jsonb; 4 of 4 sampled documents hold an address at this path\n" in path.read_text()

@@ -86,7 +86,8 @@ postgres:
       - table: public.emergency_contacts
         columns: [employee_email]
       - table: public.projects
-        columns: [members, meta]
+        # meta is a document: only its owner and reviewers are addresses to move
+        columns: [members, {name: meta, path: owner}, {name: meta, path: reviewers}]
   - name: tymeplushr-leave
     dsn: ${TYMEPLUSHR_LEAVE_DSN}
     tables:
