@@ -32,6 +32,7 @@ from emailsync.stores.postgres.catalog import (
     foreign_keys,
     resolve_table,
 )
+from emailsync.stores.postgres.checks import check_violations
 from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
 from emailsync.stores.postgres.paths import remapped_joins, strings_at
@@ -277,6 +278,14 @@ class PostgresPlanner:
             if self._ci:
                 self._fill_ci(conn)
                 self._check_ci_ambiguity(conn)
+            broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match)]
+            if broken:
+                raise UserError(
+                    f"{self.where}: the plan would break CHECK constraints of "
+                    + ", ".join(dict.fromkeys(f"tables[{m.index}] ({m.display})" for m, _ in broken))
+                    + "; fix the mappings of these rows (or the constraint) and plan again",
+                    problems=[p for _, p in broken],
+                )
             tables = []
             fks = foreign_keys(conn, [m.oid for m in metas])
             utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8'").fetchone() == (True,)
