@@ -542,6 +542,68 @@ class DynamoTarget(BaseModel):
         return self.live or any(t.live for t in self.tables if t.table == table)
 
 
+class GroupMember(BaseModel):
+    """One column (PostgreSQL) or attribute (DynamoDB) of a unique group."""
+
+    model_config = _MODEL_CONFIG
+
+    target: str
+    table: str
+    column: str | None = None
+    attribute: str | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> GroupMember:
+        if (self.column is None) == (self.attribute is None):
+            raise ValueError("give either column (a PostgreSQL target) or attribute (a DynamoDB target)")
+        return self
+
+    @property
+    def field(self) -> str:
+        return self.column if self.column is not None else str(self.attribute)
+
+
+class UniqueGroup(BaseModel):
+    """Columns or attributes that share one address namespace, unique across all of them (an application's rule
+    the database does not enforce): GitLab's users.email with emails.email, Auth.js's GSI1PK."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str | None = None
+    on_conflict: str = "fail"
+    members: tuple[GroupMember, ...]
+
+    @field_validator("on_conflict")
+    @classmethod
+    def _check_on_conflict(cls, value: str) -> str:
+        if value == "delete":
+            raise ValueError(
+                "on_conflict: delete is not available for a unique group: the row holding the address may sit in "
+                "another table, where apply cannot check it still does before deleting; use fail or skip"
+            )
+        if value not in ("fail", "skip"):
+            raise ValueError(f"on_conflict {value!r} is not one of fail, skip")
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _check_members(cls, value: tuple[GroupMember, ...]) -> tuple[GroupMember, ...]:
+        if not value:
+            raise ValueError("members must list at least one column or attribute")
+        if len({m.target for m in value}) > 1:
+            raise ValueError(
+                "members name more than one target; a group is decided while its target is planned, so list "
+                "members of one target (a group per target)"
+            )
+        seen = [(m.table, m.field) for m in value]
+        if len(set(seen)) < len(seen):
+            raise ValueError("members list one column or attribute twice; list each once")
+        return value
+
+    def label(self, i: int) -> str:
+        return f"unique_groups[{i}]" + (f" ({self.name})" if self.name else "")
+
+
 class Targets(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -550,6 +612,7 @@ class Targets(BaseModel):
     match: Literal["exact", "casefold"] = "exact"
     postgres: tuple[PostgresTarget, ...] = ()
     dynamodb: tuple[DynamoTarget, ...] = ()
+    unique_groups: tuple[UniqueGroup, ...] = ()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -563,6 +626,47 @@ class Targets(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("mappings is empty; give a file path or remove the key")
         return value
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> Targets:
+        problems = []
+        for gi, g in enumerate(self.unique_groups):
+            for mi, m in enumerate(g.members):
+                where = f"unique_groups[{gi}].members[{mi}]"
+                pg = next((t for t in self.postgres if t.name == m.target), None)
+                ddb = next((t for t in self.dynamodb if t.name == m.target), None)
+                if pg is None and ddb is None:
+                    problems.append(f"{where}: no target is named {m.target!r}; name a target of this file")
+                elif pg is not None:
+                    table = next((t for t in pg.tables if t.table == m.table), None)
+                    if m.column is None:
+                        problems.append(
+                            f"{where}: {m.target!r} is a PostgreSQL target; name a column, not an attribute"
+                        )
+                    elif table is None:
+                        problems.append(
+                            f"{where}: target {m.target!r} lists no table {m.table!r}; write the table as its "
+                            f"tables: entry does ({', '.join(repr(t.table) for t in pg.tables)})"
+                        )
+                    elif m.column not in table.column_names:
+                        problems.append(
+                            f"{where}: {m.table}.{m.column} is not among the table's columns in targets.yaml; "
+                            "add it there (a group only decides between addresses the plan moves)"
+                        )
+                elif ddb is not None:
+                    dtable = next((t for t in ddb.tables if t.table == m.table), None)
+                    if m.attribute is None:
+                        problems.append(f"{where}: {m.target!r} is a DynamoDB target; name an attribute, not a column")
+                    elif dtable is None:
+                        problems.append(f"{where}: target {m.target!r} lists no table {m.table!r}")
+                    elif m.attribute not in {a.name for a in dtable.attributes}:
+                        problems.append(
+                            f"{where}: {m.table}.{m.attribute} is not among the table's attributes in targets.yaml; "
+                            "add it there"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("postgres")
     @classmethod

@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from emailsync import progress
-from emailsync.config import PostgresTarget
+from emailsync.config import PostgresTarget, UniqueGroup
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping
 from emailsync.plan import Section, Skipped, dumps
@@ -34,6 +34,7 @@ from emailsync.stores.postgres.catalog import (
 )
 from emailsync.stores.postgres.checks import check_violations
 from emailsync.stores.postgres.connection import reached
+from emailsync.stores.postgres.groups import decide_group, group_tables
 from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
 from emailsync.stores.postgres.paths import remapped_joins, strings_at
 
@@ -213,10 +214,12 @@ class PostgresPlanner:
         connect: Callable[[PostgresTarget], psycopg.Connection],
         sql_lines: bool = True,
         helpers: bool = True,
+        groups: tuple[tuple[str, UniqueGroup], ...] = (),
     ) -> None:
         """sql_lines: let PostgreSQL make the lines of the tables that qualify (lines.way_of); off, every
         table is read into Python (the same plan, byte for byte: the tests compare the two)."""
         self.sql_lines = sql_lines
+        self.groups = groups  # (label, group) of the unique groups whose members are this target's (groups.py)
         self.helpers = helpers  # a second connection may fill sections ahead (lines.Ahead)
         self._copy_rows: bytes | None = None  # the mapping as COPY data (_fill_mapping)
         self._ci = False  # some column compares case-insensitively: _es_map_ci is filled
@@ -290,7 +293,11 @@ class PostgresPlanner:
             fks = foreign_keys(conn, [m.oid for m in metas])
             utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8'").fetchone() == (True,)
             names = [m.display for m in metas]
-            ways = {m.index: way_of(m, fks, utf8) if self.sql_lines else "python" for m in metas}
+            grouped = group_tables(self.groups, metas, self.where)
+            # A group's tables are read into Python: a row of one may be left unchanged for a row of another.
+            ways = {m.index: "python" if m.index in grouped else way_of(m, fks, utf8) for m in metas}
+            if not self.sql_lines:
+                ways = dict.fromkeys(ways, "python")
             name = self.target.name
             sql_tables = [
                 TableLines(conn, name, m, self.match, self._unfit, self.where, analysed=ways[m.index] == "analysed")
@@ -319,6 +326,8 @@ class PostgresPlanner:
             failed = [(tp.meta, problems) for tp in tables if (problems := self._resolve_conflicts(conn, tp))]
             if failed:
                 raise self._refuse_conflicts(failed)
+            for label, group in self.groups:
+                decide_group(conn, label, group, tables, self.where)
             for tp in tables:
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.

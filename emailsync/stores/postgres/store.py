@@ -77,6 +77,11 @@ class PostgresStore:
             self._connect,
             self.sql_lines,
             self.plan_helpers,
+            groups=tuple(
+                (g.label(i), g)
+                for i, g in enumerate(self._loaded.config.unique_groups)
+                if g.members[0].target == self.name
+            ),
         )
 
         def read() -> TargetRead:

@@ -1,0 +1,147 @@
+"""unique_groups: columns of several tables that share one address namespace (GitLab keeps an address on one user,
+across users.email and emails.email), decided at plan time like a unique index: on_conflict fail lists every row
+that would share an address, skip leaves those rows unchanged and plan.md names the row holding the address. Without
+a group, the tables' own unique indexes alone decide, and both rows end up with the address."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_user_error, plan_lines
+
+from emailsync.plan import SKIPPED_KIND, loads
+
+SCHEMA = [
+    "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text)",
+    "CREATE TABLE emails (id int PRIMARY KEY, user_id int NOT NULL REFERENCES users ON DELETE CASCADE, "
+    "email text NOT NULL UNIQUE)",
+    """INSERT INTO users VALUES (1, 'a@x.com', 'A'), (2, 'b@x.com', 'B'), (3, 'c@x.com', 'C'), (5, 'p@x.com', 'P'),
+       (6, 'Keep@x.com', 'K')""",
+    """INSERT INTO emails VALUES (7, 2, 'm@x.com'), (8, 3, 'd@x.com'), (9, 5, 'q@x.com'), (10, 1, 'z@x.com')""",
+]
+
+TABLES = "- {table: users, columns: [email]}\n- {table: emails, columns: [email]}\n"
+
+MAPPINGS = [
+    {"old": "a@x.com", "new": "m@x.com"},  # onto B's secondary address: A is left as it is
+    {"old": "c@x.com", "new": "n@x.com"},  # C's primary and secondary (d) both go to n: the first mapping wins
+    {"old": "d@x.com", "new": "n@x.com"},
+    {"old": "q@x.com", "new": "keep@x.com"},  # onto K's address, in another case: compared ignoring case
+    {"old": "z@x.com", "new": "a@x.com"},  # onto A's address, which A keeps once A is left unchanged: decided again
+    {"old": "p@x.com", "new": "p2@x.com"},  # nothing in the way
+]
+
+
+def _estate(db, ws, on_conflict: str | None) -> None:
+    for stmt in SCHEMA:
+        db.execute(stmt)
+    path = ws.postgres_targets({"gitlab": db}, TABLES)
+    if on_conflict is not None:
+        path.write_text(
+            path.read_text()
+            + "unique_groups:\n  - name: gitlab-addresses\n"
+            + (f"    on_conflict: {on_conflict}\n" if on_conflict != "default" else "")
+            + "    members:\n      - {target: gitlab, table: users, column: email}\n"
+            "      - {target: gitlab, table: emails, column: email}\n"
+        )
+    ws.mappings(MAPPINGS)
+
+
+def _rows(db):
+    return (
+        db.rows("SELECT id, email FROM users ORDER BY id"),
+        db.rows("SELECT id, user_id, email FROM emails ORDER BY id"),
+    )
+
+
+def test_skip_leaves_every_row_that_would_share_an_address_and_names_the_holder(db, ws):
+    _estate(db, ws, "skip")
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    body = [loads(x) for x in plan_lines(plan)[1:]]
+    skipped = {(s["table"], s["key"]["id"]): s["reason"] for s in body if s["kind"] == SKIPPED_KIND}
+    assert skipped == {
+        ("public.users", 1): 'unique_groups[0] (gitlab-addresses): m@x.com is already held by public.emails {"id":7}',
+        ("public.emails", 8): "unique_groups[0] (gitlab-addresses): n@x.com is taken by public.users "
+        '{"id":3}, whose mapping comes first',
+        ("public.emails", 9): "unique_groups[0] (gitlab-addresses): keep@x.com is already held by "
+        'public.users {"id":6}',
+        ("public.emails", 10): 'unique_groups[0] (gitlab-addresses): a@x.com is already held by public.users {"id":1}',
+    }
+    md = (plan.parent / "plan.md").read_text()
+    assert (
+        "| gitlab / public.users | `id=1` | email | `a@x.com` → `m@x.com` | `unique_groups[0] (gitlab-addresses): "
+        'm@x.com is already held by public.emails {"id":7}` |'
+    ) in md.splitlines()
+    r = ws.run("apply", str(plan), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert _rows(db) == (
+        [(1, "a@x.com"), (2, "b@x.com"), (3, "n@x.com"), (5, "p2@x.com"), (6, "Keep@x.com")],
+        [(7, 2, "m@x.com"), (8, 3, "d@x.com"), (9, 5, "q@x.com"), (10, 1, "z@x.com")],
+    )
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "default"])
+def test_fail_lists_every_row_that_would_share_an_address_and_writes_nothing(db, ws, on_conflict):
+    _estate(db, ws, on_conflict)
+    before = _rows(db)
+    r, plan = ws.plan()
+    msg = assert_user_error(r, "unique_groups[0] (gitlab-addresses) has on_conflict: fail", "choose on_conflict: skip")
+    for fragment in (
+        'public.users {"id":1}: unique_groups[0] (gitlab-addresses): m@x.com is already held by public.emails',
+        'public.emails {"id":8}: unique_groups[0] (gitlab-addresses): n@x.com is taken by public.users {"id":3}',
+        'public.emails {"id":9}: unique_groups[0] (gitlab-addresses): keep@x.com is already held by public.users',
+    ):
+        assert fragment in msg
+    assert not plan.exists()
+    assert _rows(db) == before
+
+
+def test_without_a_group_each_table_decides_alone_and_rows_share_addresses(db, ws):
+    _estate(db, ws, None)
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    users, emails = _rows(db)
+    shared = {e for _, e in users} & {e for _, _, e in emails}
+    assert shared == {"m@x.com", "n@x.com"}  # what the group prevents
+
+
+@pytest.mark.parametrize(
+    ("group", "fragments"),
+    [
+        (
+            "{members: [{target: gitlab, table: users, column: name}]}",
+            ("unique_groups[0].members[0]", "users.name is not among the table's columns", "add it there"),
+        ),
+        (
+            "{members: [{target: nope, table: users, column: email}]}",
+            ("unique_groups[0].members[0]", "no target is named 'nope'"),
+        ),
+        (
+            "{on_conflict: delete, members: [{target: gitlab, table: users, column: email}]}",
+            ("unique_groups[0].on_conflict", "not available for a unique group", "use fail or skip"),
+        ),
+        (
+            "{members: [{target: gitlab, table: accounts, column: email}]}",
+            ("unique_groups[0].members[0]", "lists no table 'accounts'"),
+        ),
+    ],
+)
+def test_group_mistakes_are_named_in_targets_yaml(db, ws, group, fragments):
+    _estate(db, ws, None)
+    path = ws.path / "targets.yaml"
+    path.write_text(path.read_text() + f"unique_groups:\n  - {group}\n")
+    r, plan = ws.plan()
+    assert_user_error(r, "targets.yaml", *fragments)
+    assert not plan.exists()
+
+
+def test_a_group_column_that_holds_more_than_one_address_is_refused_when_planning(db, ws):
+    db.execute("CREATE TABLE teams (id int PRIMARY KEY, emails text[])")
+    path = ws.postgres_targets({"gitlab": db}, "- {table: teams, columns: [emails]}\n")
+    path.write_text(
+        path.read_text() + "unique_groups:\n  - members: [{target: gitlab, table: teams, column: emails}]\n"
+    )
+    ws.mappings({"a@x.com": "b@x.com"})
+    r, _ = ws.plan()
+    assert_user_error(r, "unique_groups[0].members[0]", "public.teams.emails is text[]", "one address each")
