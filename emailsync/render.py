@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from emailsync.stores.base import Progress
 
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
+# Key values are shown whole up to this (a UUID, USER#<uuid>, an address): a key cut short cannot be told from another.
+KEY_WIDTH = 100
 MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)
 MD_COLLECT = 2_000  # live swaps, deletes and a deleted row's other changes gathered for plan.md: more than fit
 
@@ -38,7 +40,7 @@ def _v(value: Any, width: int = 60) -> str:
 
 
 def _key(key: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_v(v, 30)}" for k, v in key.items())
+    return ", ".join(f"{k}={_v(v, KEY_WIDTH)}" for k, v in key.items())
 
 
 def _ddb(av: Any, width: int = 50, fmt: Callable[[Any, int], str] = _v) -> str:
@@ -55,7 +57,7 @@ def _ddb(av: Any, width: int = 50, fmt: Callable[[Any, int], str] = _v) -> str:
 
 
 def ddb_key(key: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={_ddb(v, 40)}" for k, v in (key or {}).items())
+    return ", ".join(f"{k}={_ddb(v, KEY_WIDTH)}" for k, v in (key or {}).items())
 
 
 # --- Markdown pieces -----------------------------------------------------------------------------------------------
@@ -115,8 +117,8 @@ def _md_value(value: Any, width: int | None = 60) -> str:
 def _md_key(key: dict[str, Any] | None, ddb: bool = False) -> str:
     """A row's key (or an item's) in one code span: `id=1, email=a@x.com`."""
     if ddb:
-        return _code(", ".join(f"{k}={_ddb(v, 40, _raw)}" for k, v in (key or {}).items()))
-    return _code(", ".join(f"{k}={_raw(v, 30)}" for k, v in (key or {}).items()))
+        return _code(", ".join(f"{k}={_ddb(v, KEY_WIDTH, _raw)}" for k, v in (key or {}).items()))
+    return _code(", ".join(f"{k}={_raw(v, KEY_WIDTH)}" for k, v in (key or {}).items()))
 
 
 RISKY = ("delete-on-conflict", "live-swap", "merge-and-move")  # a row or an item goes away, or moves
@@ -442,7 +444,7 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
             )
             yield (
                 f"| {a.step} | {_cell(a.target)} / {_cell(a.table)} | {_md_key(a.key)} | {_cell(a.column or '')} "
-                f"| {_pg_change(a, 40)} | {_code(a.reason) if a.reason else ''} |{other} {_md_value(a.row, 120)} |",
+                f"| {_pg_change(a, 40)} | {_code(a.reason) if a.reason else ''} |{other} {_md_value(a.row, None)} |",
                 1 + len(others),
             )
         yield "", 0

@@ -103,6 +103,16 @@ def doc_strings(doc: sql.Composable) -> sql.Composable:
     ).format(doc)
 
 
+def text_moves(value: sql.Composable, type_sql: str) -> sql.Composable:
+    """A matched value really changes: its new value, in the column's type, is not exactly what the column holds (a
+    case-insensitive match of the new address itself would plan a change that changes nothing, and verify would
+    report it pending for ever). A new value the type cuts short still counts, so it is refused as such."""
+    return sql.SQL(
+        "(CAST(m.new AS {typ})::text IS DISTINCT FROM m.new OR to_jsonb(CAST(m.new AS {typ})) IS DISTINCT FROM "
+        "to_jsonb({v}))"
+    ).format(typ=sql.SQL(type_sql), v=value)
+
+
 Way = Literal["python", "sql", "analysed"]
 
 
@@ -192,8 +202,9 @@ class TableLines:
         changes = sql.SQL(" UNION ALL ").join(
             sql.SQL(
                 "SELECT {keyj} AS key, {c} AS col, to_jsonb(CAST(m.new AS {typ})) AS new FROM {tbl} AS {t} "
-                "JOIN {mp} m ON m.old = {nv}"
+                "JOIN {mp} m ON m.old = {nv} AND {moves}"
             ).format(
+                moves=text_moves(sql.SQL("{}.{}").format(t, sql.Identifier(col)), meta.columns[col].type_sql),
                 keyj=meta.key_json(t),
                 c=sql.Literal(col),
                 typ=sql.SQL(meta.columns[col].type_sql),
@@ -376,8 +387,9 @@ class TableLines:
                 "CASE WHEN CAST(m.new AS {typ})::text IS DISTINCT FROM m.new THEN {cut} "
                 "ELSE to_jsonb(CAST(m.new AS {typ}))::text END AS nw, "
                 "m.ord::text AS ords, (3 * COALESCE(l.lvl, 0) + 1)::text AS step, {image} AS img "
-                "FROM {tbl} AS {t} JOIN {mp} m ON m.old = {nv} LEFT JOIN _es_lvl l ON l.ord = m.ord{only}"
+                "FROM {tbl} AS {t} JOIN {mp} m ON m.old = {nv} AND {moves} LEFT JOIN _es_lvl l ON l.ord = m.ord{only}"
             ).format(
+                moves=text_moves(ident, c.type_sql),
                 key=key,
                 v=ident,
                 typ=typ,
@@ -406,7 +418,8 @@ class TableLines:
                 "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
                 "FROM (SELECT {t}.ctid AS tid, e.v, e.i FROM {tbl} AS {t} "
                 "CROSS JOIN LATERAL unnest({v}) WITH ORDINALITY e(v, i) OFFSET 0) e "
-                "JOIN {mp} m ON m.old = {ev} GROUP BY e.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid"
+                "JOIN {mp} m ON m.old = {ev} AND m.new IS DISTINCT FROM e.v::text GROUP BY e.tid) h "
+                "JOIN {tbl} AS {t} ON {t}.ctid = h.tid"
             ).format(
                 key=key,
                 v=ident,
@@ -427,7 +440,7 @@ class TableLines:
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
                 "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
-                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
+                "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d{joins}"
             ).format(
                 key=key,
@@ -454,7 +467,7 @@ class TableLines:
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
                 "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
-                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
+                "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 # OFFSET 0: the old document is rendered once, not again wherever the new one uses it
                 "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d "
                 "LEFT JOIN LATERAL (SELECT to_json(m.old)::text AS o, to_json(m.new)::text AS n FROM {mp} m "

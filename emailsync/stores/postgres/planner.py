@@ -35,7 +35,16 @@ from emailsync.stores.postgres.catalog import (
 from emailsync.stores.postgres.checks import check_violations
 from emailsync.stores.postgres.connection import reached
 from emailsync.stores.postgres.groups import decide_group, group_tables
-from emailsync.stores.postgres.lines import SETUP, Ahead, Prefetch, TableLines, doc_strings, load_levels, way_of
+from emailsync.stores.postgres.lines import (
+    SETUP,
+    Ahead,
+    Prefetch,
+    TableLines,
+    doc_strings,
+    load_levels,
+    text_moves,
+    way_of,
+)
 from emailsync.stores.postgres.paths import remapped_joins, strings_at
 
 SCAN_BATCH = 5000
@@ -488,7 +497,7 @@ class PostgresPlanner:
             q = sql.SQL(
                 "SELECT {old}, m.ord, {new}, "
                 "CAST(m.new AS {typ})::text IS DISTINCT FROM m.new, "  # an explicit cast truncates silently
-                "{k} FROM {tbl} AS t JOIN {mp} m ON m.old = {v}{only}"
+                "{k} FROM {tbl} AS t JOIN {mp} m ON m.old = {v} AND {moves}{only}"
             ).format(
                 only=sql.SQL(" WHERE EXISTS (SELECT 1 FROM _es_trouble x WHERE x.tbl = {} AND x.key = {})").format(
                     sql.Literal(meta.index), meta.key_json(t)
@@ -502,6 +511,7 @@ class PostgresPlanner:
                 tbl=meta.ident,
                 mp=mp,
                 v=norm(sql.SQL("t.{}").format(ident)),
+                moves=text_moves(sql.SQL("t.{}").format(ident), c.type_sql),
             )
         elif c.kind == "array":
             # One join of every element against the mapping, grouped by row: a per-row subquery would make
@@ -521,7 +531,8 @@ class PostgresPlanner:
                 "bool_or(CAST(ARRAY[m.new] AS {typ})::text[] IS DISTINCT FROM ARRAY[m.new]) AS cut "
                 "FROM (SELECT t.ctid AS tid, e.v, e.i FROM {tbl} AS t "
                 "CROSS JOIN LATERAL unnest(t.{c}) WITH ORDINALITY e(v, i) OFFSET 0) e "  # see _FENCE
-                "JOIN {mp} m ON m.old = {ev} GROUP BY e.tid) h JOIN {tbl} AS t ON t.ctid = h.tid"
+                "JOIN {mp} m ON m.old = {ev} AND m.new IS DISTINCT FROM e.v::text GROUP BY e.tid) h "
+                "JOIN {tbl} AS t ON t.ctid = h.tid"
             ).format(
                 k=keysel,
                 old=value(sql.SQL("t.{}").format(ident)),
@@ -540,7 +551,7 @@ class PostgresPlanner:
                 "SELECT t.{c}, {new}, h.ords, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
                 "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
-                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h "
+                "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid{joins}"
             ).format(
                 k=keysel,
@@ -559,7 +570,7 @@ class PostgresPlanner:
                 "SELECT t.{c}, h.pairs, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT jsonb_build_array(s.v, m.ord)) AS pairs FROM ("
                 "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
-                "JOIN {mp} m ON m.old = {sv} GROUP BY s.tid) h "
+                "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid"
             ).format(
                 k=keysel,
