@@ -274,7 +274,8 @@ def test_unknown_top_level_and_target_keys(tmp_path: Path) -> None:
     text = minimal().replace("    dsn:", "    lock_timeout_ms: 5\n    dsn:") + "extra: 1\n"
     error = load_error(tmp_path, text)
     assert "postgres[0].lock_timeout_ms: unknown key 'lock_timeout_ms' (allowed: name, dsn, tables," in str(error)
-    assert "extra: unknown key 'extra' (allowed: version, mappings, match, postgres, dynamodb, unique_groups)" in str(error)
+    allowed = "(allowed: version, mappings, match, postgres, dynamodb, unique_groups)"
+    assert f"extra: unknown key 'extra' {allowed}" in str(error)
 
 
 def test_bad_on_conflict_lists_allowed_values(tmp_path: Path) -> None:
