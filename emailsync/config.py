@@ -551,6 +551,8 @@ class GroupMember(BaseModel):
     table: str
     column: str | None = None
     attribute: str | None = None
+    # Whose address a row holds (GitLab's emails.user_id, users.id): rows of one owner may share an address.
+    owner: str | None = None
 
     @model_validator(mode="after")
     def _one_place(self) -> GroupMember:

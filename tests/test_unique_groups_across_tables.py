@@ -145,3 +145,34 @@ def test_a_group_column_that_holds_more_than_one_address_is_refused_when_plannin
     ws.mappings({"a@x.com": "b@x.com"})
     r, _ = ws.plan()
     assert_user_error(r, "unique_groups[0].members[0]", "public.teams.emails is text[]", "one address each")
+
+
+@pytest.mark.parametrize("owners", [True, False])
+def test_rows_of_one_owner_may_share_an_address_when_the_group_names_owners(db, ws, owners):
+    """GitLab keeps a user's primary address in emails too: users.id and emails.user_id say whose row it is, and a
+    user's own two rows moving together are no conflict. Without owners they are two holders, and one is left."""
+    for stmt in SCHEMA[:2]:
+        db.execute(stmt)
+    db.execute("INSERT INTO users VALUES (2, 'b@x.com', 'B'), (3, 'c@x.com', 'C')")
+    db.execute("INSERT INTO emails VALUES (7, 2, 'b@x.com'), (8, 3, 'c@x.com')")
+    path = ws.postgres_targets({"gitlab": db}, TABLES)
+    own = (", owner: id", ", owner: user_id") if owners else ("", "")
+    path.write_text(
+        path.read_text() + "unique_groups:\n  - on_conflict: skip\n    members:\n"
+        f"      - {{target: gitlab, table: users, column: email{own[0]}}}\n"
+        f"      - {{target: gitlab, table: emails, column: email{own[1]}}}\n"
+    )
+    ws.mappings({"b@x.com": "b2@x.com"})  # B renamed: B's row in users and B's row in emails move together
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    skipped = [
+        (s["table"], s["key"]["id"], s["reason"]) for s in map(loads, plan_lines(plan)[1:]) if s["kind"] == SKIPPED_KIND
+    ]
+    if owners:
+        assert skipped == []
+    else:  # two rows, so one holder too many: the users row comes first (same mapping, first table)
+        reason = 'unique_groups[0]: b2@x.com is taken by public.users {"id":2}, whose mapping comes first'
+        assert skipped == [("public.emails", 7, reason)]
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    expected_emails = [(7, 2, "b2@x.com" if owners else "b@x.com"), (8, 3, "c@x.com")]
+    assert _rows(db) == ([(2, "b2@x.com"), (3, "c@x.com")], expected_emails)

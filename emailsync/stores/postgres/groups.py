@@ -67,30 +67,41 @@ def group_tables(groups: Iterable[tuple[str, UniqueGroup]], metas: Sequence[Tabl
 def decide_group(
     conn: psycopg.Connection, label: str, group: UniqueGroup, tables: Sequence[_Table], where: str
 ) -> None:
-    members = [(tp, str(mem.column)) for mem in group.members for tp in tables if tp.meta.cfg.table == mem.table]
-    problems: list[str] = []
+    members = [
+        (tp, str(mem.column), mem.owner) for mem in group.members for tp in tables if tp.meta.cfg.table == mem.table
+    ]
     while True:
         arrivals: dict[str, list[tuple[_Table, _Row]]] = {}
-        for tp, col in members:
+        for tp, col, _ in members:
             for r in tp.rows:
                 ch = r.changes.get(col)
                 if r.fate == "move" and ch is not None and isinstance(ch.new, str):
                     arrivals.setdefault(ch.new.lower(), []).append((tp, r))
         if not arrivals:
             return
-        holders = _holders(conn, members, sorted(arrivals))
+        holders, owners = _holders(conn, members, sorted(arrivals))
         losers: list[tuple[_Table, _Row, str]] = []
         for addr, movers in arrivals.items():
-            rows = {(tp.meta.index, r.keystr): (tp, r) for tp, r in movers}  # a row moving in two columns: once
-            held = [h for h in holders.get(addr, []) if h[:2] not in rows]
-            if held:
-                what = f"already held by {held[0][2]}"
-                losers += [(tp, r, f"{label}: {addr} is {what}") for tp, r in rows.values()]
-            elif len(rows) > 1:
-                ranked = sorted(rows.values(), key=lambda x: _priority(x[1], x[0]))
-                first = ranked[0]
+            # One identity per owner (or per row, where the member names no owner): a row moving in two columns,
+            # or a user's own rows in two tables, never conflict with themselves.
+            by_owner: dict[Any, list[tuple[_Table, _Row]]] = {}
+            for tp, r in sorted(movers, key=lambda x: _priority(x[1], x[0])):
+                who = owners.get((tp.meta.index, r.keystr), ("row", tp.meta.index, r.keystr))
+                by_owner.setdefault(who, []).append((tp, r))
+            held = holders.get(addr, [])
+            held_by = {h[0] for h in held}
+            if held:  # rows keeping the address: every other owner's moving rows lose it
+                losers += [
+                    (tp, r, f"{label}: {addr} is already held by {next(n for h, n in held if h != who)}")
+                    for who, rows in by_owner.items()
+                    if who not in held_by
+                    for tp, r in rows
+                ]
+            elif len(by_owner) > 1:
+                ranked = list(by_owner.values())
+                first = ranked[0][0]
                 what = f"taken by {_name(first[0], first[1].keystr)}, whose mapping comes first"
-                losers += [(tp, r, f"{label}: {addr} is {what}") for tp, r in ranked[1:]]
+                losers += [(tp, r, f"{label}: {addr} is {what}") for rows in ranked[1:] for tp, r in rows]
         if not losers:
             return
         if group.on_conflict == "fail":
@@ -118,23 +129,36 @@ def decide_group(
 
 
 def _holders(
-    conn: psycopg.Connection, members: list[tuple[_Table, str]], addresses: list[str]
-) -> dict[str, list[tuple[int, str, str]]]:
-    """address -> (table, key, name) of each row that holds it in a member column once the plan is applied: holding
-    it now and not moved away or deleted by the plan."""
-    out: dict[str, list[tuple[int, str, str]]] = {}
-    for tp, col in members:
+    conn: psycopg.Connection, members: list[tuple[_Table, str, str | None]], addresses: list[str]
+) -> tuple[dict[str, list[tuple[Any, str]]], dict[tuple[int, str], Any]]:
+    """(address -> (owner, name) of each row that holds it in a member column once the plan is applied: holding it
+    now and not moved away or deleted by the plan; (table, key) -> owner of each moving row, where the member names
+    an owner column)."""
+    out: dict[str, list[tuple[Any, str]]] = {}
+    owners: dict[tuple[int, str], Any] = {}
+    for tp, col, owner in members:
         meta = tp.meta
+        if owner is not None and owner not in meta.columns:
+            raise UserError(f"{meta.display} has no column {owner!r} (the owner of a unique group's member)")
         gone = {r.keystr for r in tp.rows if r.fate == "delete" or (r.fate == "move" and col in r.changes)}
         t = meta.alias("t")
-        q = sql.SQL("SELECT {k}, lower({t}.{c}::text) FROM {tbl} {t} WHERE lower({t}.{c}::text) = ANY(%s)").format(
-            k=meta.key_json(t), t=t, c=sql.Identifier(col), tbl=meta.ident
-        )
-        for key, addr in conn.execute(q, (addresses,)):
+        who = sql.SQL("to_jsonb({}.{})").format(t, sql.Identifier(owner)) if owner else sql.SQL("NULL::jsonb")
+        q = sql.SQL(
+            "SELECT {k}, lower({t}.{c}::text), {who} FROM {tbl} {t} WHERE lower({t}.{c}::text) = ANY(%s)"
+        ).format(k=meta.key_json(t), t=t, c=sql.Identifier(col), tbl=meta.ident, who=who)
+        for key, addr, ov in conn.execute(q, (addresses,)):
             ks = dumps(key)
             if ks not in gone:
-                out.setdefault(addr, []).append((meta.index, ks, _name(tp, ks)))
-    return out
+                who_holds = ("owner", dumps(ov)) if owner else ("row", meta.index, ks)
+                out.setdefault(addr, []).append((who_holds, _name(tp, ks)))
+        if owner:
+            keys = [r.keystr for r in tp.rows if r.fate == "move" and col in r.changes]
+            q = sql.SQL("SELECT {k}, {who} FROM {tbl} {t} WHERE {k} = ANY(%s::jsonb[])").format(
+                k=meta.key_json(t), who=who, tbl=meta.ident, t=t
+            )
+            for key, ov in conn.execute(q, (keys,)):
+                owners[(meta.index, dumps(key))] = ("owner", dumps(ov))
+    return out, owners
 
 
 def _priority(r: _Row, tp: _Table) -> tuple[Any, ...]:
