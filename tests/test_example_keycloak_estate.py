@@ -138,7 +138,8 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
         'already held by the row with key {"id":"32462f6f-1291-4962-b31c-958faa854bea"}` |'
     ) in md.splitlines()
     assert (
-        "| keycloak / public.user_entity | `id=bc322bd5-6359-47d4-9926-363fe6a11024` | username | `samantha@acme.com` → "
+        "| keycloak / public.user_entity | `id=bc322bd5-6359-47d4-9926-363fe6a11024` | username | "
+        "`samantha@acme.com` → "
         "`sam.taylor@acme-group.com` | `unique index uk_dykn684sl8up1crfei6eckhd7: email_constraint="
         '"sam.taylor@acme-group.com" is also planned for the row with key '
         '{"id":"de2ba9c8-cf2e-41df-8b64-441c516b64ae"}, whose mapping comes first` |'
