@@ -410,19 +410,19 @@ SEED_USER_ITEMS = [
 ]
 
 # After the example's plan: every user item whose address is mapped is updated in place (email, GSI1PK and GSI1SK
-# together). emailsync does not know that Auth.js expects one user per GSI1PK = USER#<email>, so today the merge, the
-# taken address and the case variants each leave TWO user items under one GSI1PK (marked "shared").
+# together), except those the unique group on GSI1PK leaves as they are (marked "left"): the merge, the taken address
+# and the case variants would each have left TWO user items under one GSI1PK = USER#<email>.
 USER_ITEMS_AFTER = [
     _user("ann", "Ann Archer", "ann@newco.com", "2024-03-01T09:00:00.000Z", "https://avatars.example/ann.png"),
     _user("dave", "Dave Dunn", "dave@newco.com", None, None),  # chain: a -> b while b -> c
     _user("davej", "Dave Jones", "dave.jones@newco.com", "2024-06-10T12:30:00.000Z", None),
-    _user("eve", "Eve Ellis", "eve@newco.com", "2024-02-14T08:15:00.000Z", None),  # shared: merge
-    _user("eve2", "Eve Ellis", "eve@newco.com", None, "https://avatars.example/eve.png"),  # shared: merge
-    _user("frank", None, "frank@newco.com", "2023-11-20T17:45:00.000Z", None),  # shared: address taken
-    _user("frank2", "Frank Ford", "frank@newco.com", None, "https://avatars.example/frank.png"),  # shared: taken
+    _user("eve", "Eve Ellis", "eve@newco.com", "2024-02-14T08:15:00.000Z", None),  # merge: its mapping comes first
+    _user("eve2", "Eve Ellis", "eve.ellis@gmail.com", None, "https://avatars.example/eve.png"),  # left: merge
+    _user("frank", None, "frank@oldco.com", "2023-11-20T17:45:00.000Z", None),  # left: address taken by frank2
+    _user("frank2", "Frank Ford", "frank@newco.com", None, "https://avatars.example/frank.png"),
     _user("gina", "Gina Green", "gina@newco.com", None, None),  # case variant matched (casefold)
-    _user("hal", None, "hal@newco.com", "2024-01-05T10:00:00.000Z", None),  # shared: case variants
-    _user("hal2", "Hal Hill", "hal@newco.com", None, None),  # shared: case variants
+    _user("hal", None, "hal@oldco.com", "2024-01-05T10:00:00.000Z", None),  # left: one mapping, hal2's key first
+    _user("hal2", "Hal Hill", "hal@newco.com", None, None),  # case variants: HAL@oldco.com
     _user("ivy", "Ivy Iverson", "ivy@partner.org", "2024-04-04T04:04:00.000Z", None),
 ]
 
@@ -460,13 +460,13 @@ def test_dynamodb_discover_proposes_email_and_identifier_but_not_the_gsi_keys(dd
     assert "if people log in with this table, add `live: true`" in r.out
 
 
-def test_dynamodb_example_updates_users_in_place_and_leaves_duplicates_under_one_gsi1pk(ddb_local, ws):
+def test_dynamodb_example_updates_users_in_place_and_never_two_under_one_gsi1pk(ddb_local, ws):
     seeded = _ddb_estate(ddb_local, ws)
     others = [i for i in seeded if not i["sk"].startswith("USER#")]  # accounts, sessions, verification tokens
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     doc = plan_doc(plan)
-    assert doc["warnings"] == []  # today: nothing says two users will share an address
+    assert doc["warnings"] == []
     changes = {
         a["key"]["pk"]["S"]: (
             a["kind"],
@@ -488,10 +488,15 @@ def test_dynamodb_example_updates_users_in_place_and_leaves_duplicates_under_one
                     ("GSI1SK", f"USER#{old}", f"USER#{new}"),
                 ],
             )
-    assert changes == expected and len(changes) == 9 and doc["skipped"] == []
+    assert changes == expected and len(changes) == 6
+    left = {U["eve2"]: "eve@newco.com", U["frank"]: "frank@newco.com", U["hal"]: "hal@newco.com"}
+    assert sorted((s["key"]["pk"]["S"], s["column"]) for s in doc["skipped"]) == sorted(
+        (f"USER#{u}", a) for u in left for a in ("email", "GSI1PK", "GSI1SK")
+    )
+    assert all(s["reason"].startswith("unique_groups[0] (one-user-per-address): ") for s in doc["skipped"])
 
     md = (plan.parent / "plan.md").read_text()
-    assert "**9 updates in 1 target**" in md
+    assert "**6 updates, 9 skipped in 1 target**" in md
     assert "## ⚠ LIVE — the table people log in with (high risk)" in md
     for before, after in zip(SEED_USER_ITEMS, USER_ITEMS_AFTER, strict=True):
         if before != after:
@@ -504,16 +509,15 @@ def test_dynamodb_example_updates_users_in_place_and_leaves_duplicates_under_one
 
     # The login table needs its own confirmation; --auto-approve alone writes nothing.
     r = ws.run("apply", str(plan), "--auto-approve")
-    assert r.code == 1 and "the plan has 9 live action(s) on authjs-dynamo/next-auth: pass --confirm-live" in r.err
+    assert r.code == 1 and "the plan has 6 live action(s) on authjs-dynamo/next-auth: pass --confirm-live" in r.err
     assert _by_key(ddb_local.items("next-auth")) == _by_key(seeded)
 
     r = ws.run("apply", str(plan), "--auto-approve", "--confirm-live")
     assert r.code == 0, r.out + r.err
     assert _by_key(ddb_local.items("next-auth")) == _by_key(USER_ITEMS_AFTER + others)  # every item of the table
 
-    # What Auth.js's getUserByEmail (a Query of GSI1 on USER#<email>, then Items[0]) now finds: two users for each of
-    # eve@newco.com (merge), frank@newco.com (taken) and hal@newco.com (case variants). Which one signs the person in
-    # is up to DynamoDB. This is what a `unique_groups:` declaration of GSI1PK should turn into a refusal or a skip.
+    # What Auth.js's getUserByEmail (a Query of GSI1 on USER#<email>, then Items[0]) now finds: one user for each
+    # address, where without the unique group there were two for eve@newco.com, frank@newco.com and hal@newco.com.
     def by_email(email: str) -> list[str]:
         page = ddb_local.client.query(
             TableName="next-auth",
@@ -523,9 +527,9 @@ def test_dynamodb_example_updates_users_in_place_and_leaves_duplicates_under_one
         )
         return sorted(i["id"]["S"] for i in page["Items"])
 
-    assert by_email("eve@newco.com") == sorted([U["eve"], U["eve2"]])
-    assert by_email("frank@newco.com") == sorted([U["frank"], U["frank2"]])
-    assert by_email("hal@newco.com") == sorted([U["hal"], U["hal2"]])
+    assert by_email("eve@newco.com") == [U["eve"]]
+    assert by_email("frank@newco.com") == [U["frank2"]]
+    assert by_email("hal@newco.com") == [U["hal2"]]
     assert by_email("dave@newco.com") == [U["dave"]] and by_email("dave.jones@newco.com") == [U["davej"]]
     assert by_email("gina@newco.com") == [U["gina"]] and by_email("Gina.Green@OldCo.com") == []
 

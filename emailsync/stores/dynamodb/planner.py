@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emailsync import progress
-from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget
+from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget, UniqueGroup
 from emailsync.engine.executor import DEFAULT_CONCURRENCY, Workers
+from emailsync.engine.groups import Mover, losers, refusal
 from emailsync.errors import UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
+from emailsync.plan import Skipped, dumps
 from emailsync.stores.dynamodb.client import (
     MAX_HASH_KEY_BYTES,
     MAX_ITEM_BYTES,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
 
 
+GroupAttr = tuple[int, DynamoAttribute, str | None]  # a unique group's attribute in a table: (group, attribute, owner)
 SCAN_PAGE_BYTES = 1 << 20  # what one Scan request reads at most
 WHOLE_ITEM_BYTES = 4096  # tables whose items average at most this are scanned whole (a strongly consistent read unit)
 
@@ -76,6 +79,7 @@ class DynamoTargetPlan:
     actions: list[dict[str, Any]] = field(default_factory=list)
     reads: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # left out by a unique group (on_conflict: skip)
 
 
 class Lookup:
@@ -168,6 +172,7 @@ class DynamoPlanner:
         client: DynamoDBClient,
         probe: DynamoDBClient,
         concurrency: int = DEFAULT_CONCURRENCY,
+        groups: tuple[tuple[str, UniqueGroup], ...] = (),
     ) -> None:
         """`client` reads the items; `probe` (no retries) describes the tables (see client.client_for);
         `concurrency`: requests in flight (its tables' scan segments and batched reads together)."""
@@ -184,6 +189,18 @@ class DynamoPlanner:
         self.probe = probe
         self.out = DynamoTargetPlan(target)
         self._stop = threading.Event()
+        # Unique groups of this target: (group, attribute, owner) per table, and the items found holding a mapping's
+        # new address in a group's attribute as the scan went by: (group, table, attribute, key, address, owner).
+        self.groups = groups
+        self._group_attrs: dict[str, list[GroupAttr]] = {}
+        for gi, (_, g) in enumerate(groups):
+            for mem in g.members:
+                cfg = next(t for t in target.tables if t.table == mem.table)
+                attr = next(a for a in cfg.attributes if a.name == mem.attribute)
+                self._group_attrs.setdefault(mem.table, []).append((gi, attr, mem.owner))
+        self._news = {m.new.lower() for m in mset.mappings} if groups else set()
+        self._held: list[tuple[int, str, str, str, str, Any]] = []
+        self._held_lock = threading.Lock()
 
     def run(self) -> DynamoTargetPlan:  # executor.Step
         return self.plan()
@@ -205,7 +222,68 @@ class DynamoPlanner:
         for t in tables:
             self.out.actions += self._actions.pop(t.table)
             self.out.reads += self._reads.pop(t.table)
+        for gi, (label, group) in enumerate(self.groups):
+            self._decide_group(gi, label, group)
         return self.out
+
+    def _decide_group(self, gi: int, label: str, group: UniqueGroup) -> None:
+        """A unique group's attributes (engine/groups.py decides): items whose planned new address another item keeps
+        (or an item whose mapping comes first takes) are refused (fail) or left out (skip), until none is."""
+        attrs = {
+            (table, attr.name): (attr, owner)
+            for table, grouped in self._group_attrs.items()
+            for g, attr, owner in grouped
+            if g == gi
+        }
+        order = {t.table: i for i, t in enumerate(self.target.tables)}
+        while True:
+            moving: dict[str, list[Mover]] = {}
+            moved: set[tuple[str, str, str]] = set()
+            for a in sorted(self.out.actions, key=lambda a: (min(a["mappings"]), order[a["table"]], keystr(a["key"]))):
+                ks = keystr(a["key"])
+                for c in a["changes"]:
+                    spec = attrs.get((a["table"], c["attribute"]))
+                    if spec is None:
+                        continue
+                    moved.add((a["table"], c["attribute"], ks))
+                    email = _email_in(c["new"], spec[0])
+                    if email is not None:
+                        who = ("owner", dumps(a["row"].get(spec[1]))) if spec[1] else ("item", a["table"], ks)
+                        moving.setdefault(email.lower(), []).append(Mover(who, f"{a['table']} {ks}", a))
+            if not moving:
+                return
+            holders: dict[str, list[tuple[Any, str]]] = {}
+            for hg, table, attr, ks, addr, owner in self._held:
+                if hg == gi and addr in moving and (table, attr, ks) not in moved:
+                    who = ("owner", dumps(owner)) if attrs[(table, attr)][1] else ("item", table, ks)
+                    holders.setdefault(addr, []).append((who, f"{table} {ks}"))
+            lost = losers(label, {k: _unique_movers(v) for k, v in moving.items()}, holders)
+            if not lost:
+                return
+            if group.on_conflict == "fail":
+                head, problems = refusal(label, lost)
+                raise UserError(f"{self.where}: {head}", problems=problems)
+            for m, why in lost:
+                a = m.ref
+                if a["kind"] in ("merge-and-move", "live-swap"):
+                    raise UserError(
+                        f"{self.where}: {label} would leave out {m.name}, which moves to another key (its move may "
+                        "be part of a merge other items follow); use on_conflict: fail and resolve it first"
+                    )
+                if a in self.out.actions:
+                    self.out.actions.remove(a)
+                    self.out.skipped += [
+                        Skipped(
+                            target=self.target.name,
+                            table=a["table"],
+                            key=a["key"],
+                            column=c["attribute"],
+                            old=c["old"],
+                            new=c["new"],
+                            reason=why,
+                        )
+                        for c in a["changes"]
+                    ]
 
     def _describe(self, i: int, cfg: DynamoTable) -> TableInfo:
         where = f"{self.where}.tables[{i}]"
@@ -245,6 +323,8 @@ class DynamoPlanner:
         wanted = list(info.key_names) + [a.path[0] for a in info.cfg.attributes]
         if info.cfg.client_attribute:
             wanted.append(info.cfg.client_attribute)
+        grouped = self._group_attrs.get(info.cfg.table, [])
+        wanted += [owner for _, _, owner in grouped if owner]
         for n in dict.fromkeys(wanted):
             names[f"#p{len(names)}"] = n
         projection = ", ".join(names)
@@ -273,6 +353,8 @@ class DynamoPlanner:
                 for i in page.get("Items", []):
                     if (c := self._changes(info, i)) is not None:
                         found.append((i, c))
+                    if grouped:
+                        self._holding(info, i, grouped)
                     if any(i.get(name, {}).get("S") in values for name, values in targets.items()):
                         kept[keystr(item_to_json({k: i[k] for k in info.key_names}))] = i
                 if "LastEvaluatedKey" not in page:
@@ -300,6 +382,16 @@ class DynamoPlanner:
                 items_read=counters["items"],
             )
         )
+
+    def _holding(self, info: TableInfo, item: dict[str, Any], grouped: list[GroupAttr]) -> None:
+        """Remember an item that holds a mapping's new address in a unique group's attribute."""
+        for gi, attr, owner in grouped:
+            email = _email_in(get_path(item, attr.path), attr)
+            if email is not None and email.lower() in self._news:
+                ks = keystr(item_to_json({k: item[k] for k in info.key_names}))
+                held = (gi, info.cfg.table, attr.name, ks, email.lower(), item.get(owner) if owner else None)
+                with self._held_lock:
+                    self._held.append(held)
 
     def _arrival_values(self, info: TableInfo) -> dict[str, set[str]]:
         """Key attribute -> every value a move of this plan can give it (a mapping's new address in the
@@ -499,3 +591,25 @@ class DynamoPlanner:
                 **extra,
             )
         )
+
+
+def _email_in(value: Any, attr: DynamoAttribute) -> str | None:
+    """The address a String attribute holds, inside its template if it has one; None for anything else."""
+    if not isinstance(value, dict) or not isinstance(value.get("S"), str):
+        return None
+    text: str = value["S"]
+    before, after = attr.affixes
+    if len(text) <= len(before) + len(after) or not text.startswith(before) or not text.endswith(after):
+        return None
+    return text[len(before) : len(text) - len(after)]
+
+
+def _unique_movers(movers: list[Mover]) -> list[Mover]:
+    """An item changing several of a group's attributes to one address (email and GSI1PK) moves there once."""
+    seen: set[int] = set()
+    out = []
+    for m in movers:
+        if id(m.ref) not in seen:
+            seen.add(id(m.ref))
+            out.append(m)
+    return out

@@ -77,6 +77,11 @@ class DynamoStore:
             self.meter.attach(self._client_for(t, connections=self.concurrency)),
             self._client_for(t, probe=True),
             self.concurrency,
+            groups=tuple(
+                (g.label(i), g)
+                for i, g in enumerate(self._loaded.config.unique_groups)
+                if g.members[0].target == self.name
+            ),
         )
 
         def read() -> TargetRead:
@@ -87,6 +92,7 @@ class DynamoStore:
 
     def actions(self, read: TargetRead, levels: dict[int, int], skipped: list[Skipped]) -> Iterator[DynamoAction]:
         dp: DynamoTargetPlan = read.state
+        skipped += dp.skipped
         for d in dp.actions:
             kid = action_id(self.kind, d["target"], d["table"], dumps(d["key"]), "", d["kind"])
             yield DynamoAction(id=kid, **dict(d, changes=[AttrChange(**c) for c in d["changes"]]))

@@ -2,11 +2,10 @@
 of them by an application's rule the database does not enforce (GitLab keeps an address on one user, across
 users.email and emails.email).
 
-Decided after each table's own unique indexes, on what the plan would leave: a row the plan moves to an address
-loses it when another row of the group's columns already holds that address and keeps it (or a row whose mapping
-comes first takes it too). Addresses are compared ignoring case, as applications compare them. `fail` lists every
-such row; `skip` leaves each one unchanged (shown under Skipped in plan.md, naming the row holding the address), and
-decides again, since a row left where it is keeps holding its own address.
+Decided after each table's own unique indexes, on what the plan would leave (engine/groups.py decides; this finds
+the rows moving to an address and the rows keeping one). Addresses are compared ignoring case, as applications compare
+them. `fail` lists every losing row; `skip` leaves each one unchanged (shown under Skipped in plan.md, naming the row
+holding the address), and decides again, since a row left where it is keeps holding its own address.
 """
 
 from __future__ import annotations
@@ -18,11 +17,10 @@ import psycopg
 from psycopg import sql
 
 from emailsync.config import UniqueGroup
+from emailsync.engine.groups import Mover, losers, refusal
 from emailsync.errors import UserError
 from emailsync.plan import dumps
 from emailsync.stores.postgres.catalog import TableMeta
-
-SHOWN = 20  # conflicts listed per group when on_conflict: fail refuses a plan
 
 
 class _Change(Protocol):
@@ -71,51 +69,31 @@ def decide_group(
         (tp, str(mem.column), mem.owner) for mem in group.members for tp in tables if tp.meta.cfg.table == mem.table
     ]
     while True:
-        arrivals: dict[str, list[tuple[_Table, _Row]]] = {}
+        moving: dict[str, list[tuple[_Table, _Row]]] = {}
         for tp, col, _ in members:
             for r in tp.rows:
                 ch = r.changes.get(col)
                 if r.fate == "move" and ch is not None and isinstance(ch.new, str):
-                    arrivals.setdefault(ch.new.lower(), []).append((tp, r))
-        if not arrivals:
+                    moving.setdefault(ch.new.lower(), []).append((tp, r))
+        if not moving:
             return
-        holders, owners = _holders(conn, members, sorted(arrivals))
-        losers: list[tuple[_Table, _Row, str]] = []
-        for addr, movers in arrivals.items():
-            # One identity per owner (or per row, where the member names no owner): a row moving in two columns,
-            # or a user's own rows in two tables, never conflict with themselves.
-            by_owner: dict[Any, list[tuple[_Table, _Row]]] = {}
-            for tp, r in sorted(movers, key=lambda x: _priority(x[1], x[0])):
-                who = owners.get((tp.meta.index, r.keystr), ("row", tp.meta.index, r.keystr))
-                by_owner.setdefault(who, []).append((tp, r))
-            held = holders.get(addr, [])
-            held_by = {h[0] for h in held}
-            if held:  # rows keeping the address: every other owner's moving rows lose it
-                losers += [
-                    (tp, r, f"{label}: {addr} is already held by {next(n for h, n in held if h != who)}")
-                    for who, rows in by_owner.items()
-                    if who not in held_by
-                    for tp, r in rows
-                ]
-            elif len(by_owner) > 1:
-                ranked = list(by_owner.values())
-                first = ranked[0][0]
-                what = f"taken by {_name(first[0], first[1].keystr)}, whose mapping comes first"
-                losers += [(tp, r, f"{label}: {addr} is {what}") for rows in ranked[1:] for tp, r in rows]
-        if not losers:
+        holders, owners = _holders(conn, members, sorted(moving))
+        arrivals = {
+            addr: [
+                Mover(_owner(owners, tp, r), _name(tp, r.keystr), (tp, r))
+                for tp, r in sorted(rows, key=lambda x: _priority(x[1], x[0]))
+            ]
+            for addr, rows in moving.items()
+        }
+        lost = losers(label, arrivals, holders)
+        if not lost:
             return
         if group.on_conflict == "fail":
-            problems = [f"{_name(tp, r.keystr)}: {why}" for tp, r, why in losers]
-            shown = problems[:SHOWN]
-            if len(problems) > SHOWN:
-                shown.append(f"... and {len(problems) - SHOWN} more")
-            raise UserError(
-                f"{where}: {label} has on_conflict: fail and the plan would give one address to more than one row "
-                "across its columns; resolve these rows or choose on_conflict: skip",
-                problems=shown,
-            )
+            head, problems = refusal(label, lost)
+            raise UserError(f"{where}: {head}", problems=problems)
         skipped = set()
-        for tp, r, why in losers:
+        for m, why in lost:
+            tp, r = m.ref
             r.fate, r.reason = "skip", why
             skipped.add((tp.meta.index, r.kid))
         for tp in tables:  # a row deleted so that a skipped row could take its entry would be deleted for nothing
@@ -159,6 +137,10 @@ def _holders(
             for key, ov in conn.execute(q, (keys,)):
                 owners[(meta.index, dumps(key))] = ("owner", dumps(ov))
     return out, owners
+
+
+def _owner(owners: dict[tuple[int, str], Any], tp: _Table, r: _Row) -> Any:
+    return owners.get((tp.meta.index, r.keystr), ("row", tp.meta.index, r.keystr))
 
 
 def _priority(r: _Row, tp: _Table) -> tuple[Any, ...]:
