@@ -194,12 +194,15 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
     # users.email (users 8) keeps pat@initech.io; Patricia's secondary (emails 11, user 9) was left as it was.
     assert (
         "| gitlab / public.emails | `id=11` | email | `p.ops@initech.com` → `pat@initech.io` | "
-        "`unique_groups[0] (gitlab-user-addresses): pat@initech.io is taken by public.users {\"id\":8}, whose mapping "
+        '`unique_groups[0] (gitlab-user-addresses): pat@initech.io is taken by public.users {"id":8}, whose mapping '
         "comes first` |"
     ) in lines
-    assert db.rows(
-        "SELECT u.id, e.id, e.user_id, e.email FROM users u JOIN emails e ON e.email = u.email AND e.user_id <> u.id"
-    ) == []
+    assert (
+        db.rows(
+            "SELECT u.id, e.id, e.user_id, e.email FROM users u JOIN emails e ON e.email = u.email AND e.user_id <> u.id"
+        )
+        == []
+    )
 
 
 def test_deleting_users_on_a_conflict_is_refused(db: Any, ws: Any) -> None:
