@@ -176,3 +176,64 @@ def test_rows_of_one_owner_may_share_an_address_when_the_group_names_owners(db, 
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     expected_emails = [(7, 2, "b2@x.com" if owners else "b@x.com"), (8, 3, "c@x.com")]
     assert _rows(db) == ([(2, "b2@x.com"), (3, "c@x.com")], expected_emails)
+
+
+def _dynamo_estate(ddb, ws, on_conflict: str) -> None:
+    ddb.create("people", "id")
+    ddb.create("logins", "pk")
+    ddb.put(
+        "people",
+        {"id": "1", "email": "a@x.com"},
+        {"id": "2", "email": "b@x.com"},
+        {"id": "3", "email": "c@x.com"},
+    )
+    # logins: the address inside a templated attribute, and whose login it is (owner: person)
+    ddb.put(
+        "logins",
+        {"pk": "L1", "login": "USER#m@x.com", "person": "2"},
+        {"pk": "L3", "login": "USER#c@x.com", "person": "3"},
+    )
+    ws.targets(
+        "version: 1\nmappings: email_mappings.json\ndynamodb:\n  - name: hr\n    region: us-east-1\n"
+        "    endpoint_url: ${DYNAMODB_ENDPOINT}\n    tables:\n      - {table: people, attributes: [email]}\n"
+        "      - table: logins\n        attributes: [{name: login, template: 'USER#{email}'}]\n"
+        f"unique_groups:\n  - on_conflict: {on_conflict}\n    members:\n"
+        "      - {target: hr, table: people, attribute: email, owner: id}\n"
+        "      - {target: hr, table: logins, attribute: login, owner: person}\n"
+    )
+    # a → m, which person 2's login holds; c → n, for person 3 in both tables (one owner: no conflict)
+    ws.mappings({"a@x.com": "m@x.com", "c@x.com": "n@x.com"})
+
+
+def test_dynamodb_items_across_tables_skip_an_address_another_owner_keeps(ddb, ws):
+    _dynamo_estate(ddb, ws, "skip")
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    skipped = [
+        (s["table"], s["key"], s["reason"]) for s in map(loads, plan_lines(plan)[1:]) if s["kind"] == SKIPPED_KIND
+    ]
+    assert skipped == [
+        ("people", {"id": {"S": "1"}}, 'unique_groups[0]: m@x.com is already held by logins {"pk":{"S":"L1"}}')
+    ]
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    assert ddb.items("people") == [
+        {"id": "1", "email": "a@x.com"},
+        {"id": "2", "email": "b@x.com"},
+        {"id": "3", "email": "n@x.com"},
+    ]
+    assert ddb.items("logins") == [
+        {"pk": "L1", "login": "USER#m@x.com", "person": "2"},
+        {"pk": "L3", "login": "USER#n@x.com", "person": "3"},
+    ]
+
+
+def test_dynamodb_group_with_on_conflict_fail_lists_the_items_and_writes_nothing(ddb, ws):
+    _dynamo_estate(ddb, ws, "fail")
+    r, plan = ws.plan()
+    assert_user_error(
+        r,
+        "unique_groups[0] has on_conflict: fail",
+        'people {"id":{"S":"1"}}: unique_groups[0]: m@x.com is already held by logins {"pk":{"S":"L1"}}',
+    )
+    assert not plan.exists()
+    assert ddb.items("people")[0] == {"id": "1", "email": "a@x.com"}
