@@ -6,7 +6,7 @@ a group, the tables' own unique indexes alone decide, and both rows end up with 
 from __future__ import annotations
 
 import pytest
-from helpers import assert_user_error, plan_lines
+from helpers import assert_user_error, plan_doc, plan_lines
 
 from emailsync.plan import SKIPPED_KIND, loads
 
@@ -237,3 +237,27 @@ def test_dynamodb_group_with_on_conflict_fail_lists_the_items_and_writes_nothing
     )
     assert not plan.exists()
     assert ddb.items("people")[0] == {"id": "1", "email": "a@x.com"}
+
+
+def test_without_a_group_plan_md_warns_of_rows_that_would_share_an_address(db, ws):
+    _estate(db, ws, None)
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    warnings = [w for w in plan_doc(plan)["warnings"] if "would be held by" in w]
+    # a@x.com is not one of them: without the group, A moves away from it as z arrives.
+    assert [w.split(" (e.g. ")[0] for w in warnings] == [
+        "target 'gitlab': keep@x.com would be held by 2 rows that now hold 2 different addresses",
+        "target 'gitlab': m@x.com would be held by 2 rows that now hold 2 different addresses",
+        "target 'gitlab': n@x.com would be held by 2 rows that now hold 2 different addresses",
+    ]
+    assert 'public.emails.email {"id": 8} (d@x.com); public.users.email {"id": 3} (c@x.com)' in warnings[2]
+    assert all(w.endswith("declare these columns a unique group (unique_groups: in targets.yaml)") for w in warnings)
+    md = (plan.parent / "plan.md").read_text()
+    assert "## Warnings" in md and "m@x.com" in md.split("## Warnings", 1)[1]
+
+
+def test_with_a_group_declared_the_warning_gives_way_to_the_decision(db, ws):
+    _estate(db, ws, "skip")
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert not [w for w in plan_doc(plan)["warnings"] if "would be held by" in w]

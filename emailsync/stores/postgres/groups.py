@@ -149,3 +149,56 @@ def _priority(r: _Row, tp: _Table) -> tuple[Any, ...]:
 
 def _name(tp: _Table, keystr: str) -> str:
     return f"{tp.meta.display} {keystr}"
+
+
+SHARED_SHOWN = 20  # addresses warned about per target
+
+
+def shared_addresses(conn: psycopg.Connection, metas: Sequence[TableMeta], match: str, target: str) -> list[str]:
+    """Warnings for a target that declares no unique group: each address the plan would leave on rows (of any of its
+    text columns) that now hold different addresses, compared ignoring case: a merge, or a move onto an address some
+    row keeps. Counted and grouped by PostgreSQL; only the first SHARED_SHOWN addresses come back."""
+    parts = []
+    for m in metas:
+        t = m.alias("t")
+        for c in m.email_columns:
+            col = m.columns[c]
+            if col.kind != "text":
+                continue
+            v = sql.SQL("{}.{}").format(t, sql.Identifier(c))
+            ci = col.ci or match == "casefold"
+            mp = sql.Identifier("_es_map_ci" if ci else "_es_map")
+            norm = sql.SQL("lower({}::text)" if ci else "{}::text").format(v)
+            parts.append(
+                sql.SQL(
+                    "SELECT lower(COALESCE(m.new, {v}::text)) AS post, lower({v}::text) AS pre, "
+                    "{name} || ' ' || {key}::text || CASE WHEN m.new IS NULL THEN '' ELSE ' (' || {v}::text || ')' END "
+                    "AS who FROM {tbl} {t} LEFT JOIN {mp} m ON m.old = {norm} "
+                    "WHERE lower({v}::text) IN (SELECT lower(old) FROM _es_map UNION SELECT lower(new) FROM _es_map)"
+                ).format(
+                    v=v,
+                    name=sql.Literal(f"{m.display}.{c}"),
+                    key=m.key_json(t),
+                    tbl=m.ident,
+                    t=t,
+                    mp=mp,
+                    norm=norm,
+                )
+            )
+    if not parts:
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT post, count(DISTINCT pre), count(*), (array_agg(who ORDER BY who))[1:3], count(*) OVER () "
+            "FROM ({}) s GROUP BY post HAVING count(DISTINCT pre) > 1 ORDER BY post LIMIT {}"
+        ).format(sql.SQL(" UNION ALL ").join(parts), sql.Literal(SHARED_SHOWN))
+    ).fetchall()
+    out = [
+        f"target {target!r}: {post} would be held by {n} rows that now hold {pres} different addresses (e.g. "
+        f"{'; '.join(who)}); if the application keeps an address on one person, declare these columns a unique group "
+        "(unique_groups: in targets.yaml)"
+        for post, pres, n, who, _ in rows
+    ]
+    if rows and rows[0][4] > len(rows):
+        out.append(f"target {target!r}: ... and {rows[0][4] - len(rows)} more addresses shared after the plan")
+    return out

@@ -34,7 +34,7 @@ from emailsync.stores.postgres.catalog import (
 )
 from emailsync.stores.postgres.checks import check_violations
 from emailsync.stores.postgres.connection import reached
-from emailsync.stores.postgres.groups import decide_group, group_tables
+from emailsync.stores.postgres.groups import decide_group, group_tables, shared_addresses
 from emailsync.stores.postgres.lines import (
     SETUP,
     Ahead,
@@ -290,6 +290,8 @@ class PostgresPlanner:
             if self._ci:
                 self._fill_ci(conn)
                 self._check_ci_ambiguity(conn)
+            if not self.groups:
+                self.warnings += shared_addresses(conn, metas, self.match, self.target.name)
             broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match)]
             if broken:
                 raise UserError(
