@@ -46,3 +46,18 @@ class UserError(Exception):
         Exception.__init__(err, text)
         err.problems = list(problems)
         return err
+
+
+class Refusal(UserError):
+    """The data refuses the plan (conflicts under on_conflict: fail or a unique group, CHECK constraints): every
+    target is still planned, so one run lists the rows of all of them (combine)."""
+
+    @classmethod
+    def combine(cls, found: list[UserError]) -> UserError:
+        if len(found) == 1:
+            return found[0]
+        problems: list[str] = []
+        for e in found:
+            head, *rest = str(e).split("\n")
+            problems += [head] + [f"  {line.strip()[2:]}" for line in rest if line.strip().startswith("- ")]
+        return UserError(f"the plan is refused in {len(found)} targets; every one listed, with its rows", problems)

@@ -40,3 +40,31 @@ def test_one_table_keeps_its_own_message(db: Any, ws: Any) -> None:
     r, _ = ws.plan()
     err = assert_user_error(r, "tables[0] (public.employees) has on_conflict: fail")
     assert err.count("public.employees key") == 20 and "public.employees: ... and 5 more" in err
+
+
+def _conflicting(d: Any, rows: int) -> None:
+    d.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
+    d.execute(f"INSERT INTO employees SELECT i, 'u' || i || '@x.com' FROM generate_series(1, {rows}) i")
+    d.execute(f"INSERT INTO employees SELECT 100 + i, 'x' || i || '@x.com' FROM generate_series(1, {rows}) i")
+
+
+def test_every_target_is_planned_and_their_conflicts_listed_in_one_error(make_db: Any, ws: Any) -> None:
+    """Each PostgreSQL target is planned on its own (a process of its own when several run at once): a refusal in
+    one stops none of the others, and the plan's error lists them all. A target with no conflict is not named."""
+    one, two, calm = make_db(), make_db(), make_db()
+    _conflicting(one, 2)
+    _conflicting(two, 3)
+    calm.execute("CREATE TABLE employees (id int PRIMARY KEY, email text UNIQUE)")
+    calm.execute("INSERT INTO employees VALUES (1, 'u1@x.com')")
+    ws.postgres_targets(
+        {"one": one, "two": two, "calm": calm}, "- table: employees\n  columns: [email]\n  on_conflict: fail\n"
+    )
+    ws.mappings({f"u{i}@x.com": f"x{i}@x.com" for i in range(1, 4)})
+    for parallel in ("1", "3"):  # one target after another, and all at once
+        r, plan = ws.plan("--parallel", parallel)
+        err = assert_user_error(r, "the plan is refused in 2 targets")
+        assert "postgres[0].tables[0] (public.employees) has on_conflict: fail" in err
+        assert "postgres[1].tables[0] (public.employees) has on_conflict: fail" in err
+        assert "postgres[2]" not in err
+        assert err.count("public.employees key") == 5  # 2 rows of one, 3 of two
+        assert not plan.exists()

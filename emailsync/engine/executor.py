@@ -8,6 +8,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from emailsync.errors import Refusal, UserError
+
 T = TypeVar("T")
 R = TypeVar("R")
 T_co = TypeVar("T_co", covariant=True)
@@ -46,24 +48,39 @@ def run_all(steps: Sequence[Step[T]], width: int) -> list[T]:
     """Every step's result, in the steps' order. With width 1, one after another in this thread. Otherwise on
     `width` threads: when one fails, or Ctrl-C arrives, the others are stopped and waited for (nothing is left
     running), then the first failure in the steps' order that was not caused by stopping it is raised (or the
-    KeyboardInterrupt), so what is reported does not depend on timing."""
+    KeyboardInterrupt), so what is reported does not depend on timing. A Refusal (the data refuses the plan) stops
+    nothing: the other steps go on, and if they fail only so, every refusal is raised as one (Refusal.combine)."""
     if width <= 1 or len(steps) <= 1:
-        return [s.run() for s in steps]
+        results: list[T] = []
+        refused: list[UserError] = []
+        for s in steps:
+            try:
+                results.append(s.run())
+            except Refusal as refusal:
+                refused.append(refusal)
+        if refused:
+            raise Refusal.combine(refused)
+        return results
     pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="emailsync-step")
     futures: list[Future[T]] = [pool.submit(s.run) for s in steps]
     stopped: set[int] = set()
     try:
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.exception() is not None for f in done):
-            stopped = _stop(steps, futures)
+        pending: set[Future[T]] = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None and not isinstance(f.exception(), Refusal) for f in done):
+                stopped = _stop(steps, futures)
+                break
     except BaseException:  # KeyboardInterrupt while waiting: stop every worker, then let it through
         _stop(steps, futures)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     failed = [(i, e) for i, f in enumerate(futures) if not f.cancelled() and (e := f.exception()) is not None]
+    if failed and all(isinstance(x, Refusal) for _, x in failed):
+        raise Refusal.combine([x for _, x in failed if isinstance(x, Refusal)])
     if failed:  # a step's own failure before one caused by stopping it; then the steps' order
-        raise min(failed, key=lambda ie: (ie[0] in stopped, ie[0]))[1]
+        raise min(failed, key=lambda ie: (ie[0] in stopped or isinstance(ie[1], Refusal), ie[0]))[1]
     return [f.result() for f in futures]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from emailsync import progress
 from emailsync.engine.executor import Call, Step
-from emailsync.errors import UserError
+from emailsync.errors import Refusal, UserError
 from emailsync.forking import die_with_parent
 from emailsync.mappings import MappingSet
 from emailsync.plan import SKIPPED_KIND, Action, Part, PartRun, Skipped, summary_column, write_part
@@ -149,8 +149,8 @@ class Forked:
             return value
         if tag == "stopped":
             raise UserError(f"target {self.name!r}: planning stopped")
-        text, problems = value
-        raise UserError.as_reported(text, problems)
+        text, problems, refusal = value
+        raise (Refusal if refusal else UserError).as_reported(text, problems)
 
     def _stop(self) -> None:
         if self._proc.is_alive():
@@ -267,7 +267,7 @@ def _worker(store: Store, mset: MappingSet, part: Part, pipe: Any) -> None:
                     else:
                         break
             except UserError as e:
-                _send(pipe, lock, ("error", (str(e), e.problems)))
+                _send(pipe, lock, ("error", (str(e), e.problems, isinstance(e, Refusal))))
                 break
             except KeyboardInterrupt:
                 _send(pipe, lock, ("stopped", None))

@@ -19,7 +19,7 @@ from emailsync import progress
 from emailsync.config import DynamoAttribute, DynamoTable, DynamoTarget, UniqueGroup
 from emailsync.engine.executor import DEFAULT_CONCURRENCY, Workers
 from emailsync.engine.groups import Mover, losers, refusal
-from emailsync.errors import UserError
+from emailsync.errors import Refusal, UserError
 from emailsync.mappings import Mapping, MappingSet, match_key
 from emailsync.plan import Skipped, dumps
 from emailsync.stores.dynamodb.client import (
@@ -262,7 +262,7 @@ class DynamoPlanner:
                 return
             if group.on_conflict == "fail":
                 head, problems = refusal(label, lost)
-                raise UserError(f"{self.where}: {head}", problems=problems)
+                raise Refusal(f"{self.where}: {head}", problems=problems)
             for m, why in lost:
                 a = m.ref
                 if a["kind"] in ("merge-and-move", "live-swap"):

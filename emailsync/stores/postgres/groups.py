@@ -18,7 +18,7 @@ from psycopg import sql
 
 from emailsync.config import UniqueGroup
 from emailsync.engine.groups import Mover, losers, refusal
-from emailsync.errors import UserError
+from emailsync.errors import Refusal, UserError
 from emailsync.plan import dumps
 from emailsync.stores.postgres.catalog import TableMeta
 
@@ -90,7 +90,7 @@ def decide_group(
             return
         if group.on_conflict == "fail":
             head, problems = refusal(label, lost)
-            raise UserError(f"{where}: {head}", problems=problems)
+            raise Refusal(f"{where}: {head}", problems=problems)
         skipped = set()
         for m, why in lost:
             tp, r = m.ref

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from emailsync import progress
 from emailsync.config import PostgresTarget, UniqueGroup
-from emailsync.errors import UserError
+from emailsync.errors import Refusal, UserError
 from emailsync.mappings import Mapping
 from emailsync.plan import Section, Skipped, dumps
 from emailsync.stores.postgres.catalog import (
@@ -294,7 +294,7 @@ class PostgresPlanner:
                 self.warnings += shared_addresses(conn, metas, self.match, self.target.name)
             broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match)]
             if broken:
-                raise UserError(
+                raise Refusal(
                     f"{self.where}: the plan would break CHECK constraints of "
                     + ", ".join(dict.fromkeys(f"tables[{m.index}] ({m.display})" for m, _ in broken))
                     + "; fix the mappings of these rows (or the constraint) and plan again",
@@ -629,7 +629,7 @@ class PostgresPlanner:
                 repl = {s: self.by_ord[o].new for s, o in pairs}
                 yield ident, key, rec[0], _walk_replace(rec[0], repl), tuple(sorted({o for _, o in pairs}))
 
-    def _refuse_conflicts(self, failed: list[tuple[TableMeta, list[str]]]) -> UserError:
+    def _refuse_conflicts(self, failed: list[tuple[TableMeta, list[str]]]) -> Refusal:
         """One error for every table with on_conflict: fail whose unique constraints the plan would break, each
         table's conflicts listed (the first CONFLICTS_SHOWN of each), so one plan run shows them all."""
         problems: list[str] = []
@@ -643,7 +643,7 @@ class PostgresPlanner:
         else:
             names = ", ".join(f"tables[{m.index}] ({m.display})" for m, _ in failed)
             head = f"{self.where}: {names} have on_conflict: fail and the plan"
-        return UserError(
+        return Refusal(
             f"{head} would break unique constraints; resolve these rows or choose on_conflict: skip or delete",
             problems=problems,
         )
