@@ -300,6 +300,7 @@ def _ddb_row(a: DynamoAction) -> str:
 
 
 DOC_CHANGES_SHOWN = 10  # values shown per changed document in plan.md; the plan file has them all
+DOC_VALUE_WIDTH = 80  # a value inside a document is shown whole up to this, whatever the cell's width
 
 
 def doc_changes(old: Any, new: Any, at: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -339,7 +340,7 @@ def _pg_change(a: PostgresAction | Skipped, width: int = 60) -> str:
             col = a.column or ""
             shown = [
                 f"{_code(f'{col}.{p}' if not p.startswith('[') else f'{col}{p}')}: "
-                f"{_md_doc_value(o, width // 2)} → {_md_doc_value(n, width // 2)}"
+                f"{_md_doc_value(o, DOC_VALUE_WIDTH)} → {_md_doc_value(n, DOC_VALUE_WIDTH)}"
                 for p, o, n in found[:DOC_CHANGES_SHOWN]
             ]
             if len(found) > DOC_CHANGES_SHOWN:

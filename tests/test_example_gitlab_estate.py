@@ -199,7 +199,8 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
     ) in lines
     assert (
         db.rows(
-            "SELECT u.id, e.id, e.user_id, e.email FROM users u JOIN emails e ON e.email = u.email AND e.user_id <> u.id"
+            "SELECT u.id, e.id, e.user_id, e.email FROM users u "
+            "JOIN emails e ON e.email = u.email AND e.user_id <> u.id"
         )
         == []
     )

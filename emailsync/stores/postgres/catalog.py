@@ -294,7 +294,8 @@ def resolve_table(
         SELECT a.attname, pg_get_expr(d.adbin, d.adrelid),
                ARRAY(SELECT c.attname FROM pg_depend x JOIN pg_attribute c
                      ON c.attrelid = x.refobjid AND c.attnum = x.refobjsubid
-                     WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid AND x.refobjsubid > 0)
+                     WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid AND x.refobjsubid > 0
+                     AND x.deptype = 'n')
         FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE a.attrelid = %s AND a.attgenerated <> ''
         """,
@@ -430,6 +431,7 @@ def _generated_problem(conn: psycopg.Connection, oid: int, where: str, table: st
                ARRAY(SELECT c.attname FROM pg_depend x JOIN pg_attribute c
                      ON c.attrelid = x.refobjid AND c.attnum = x.refobjsubid
                      WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid AND x.refobjsubid > 0
+                     AND x.deptype = 'n'
                      ORDER BY c.attnum)
         FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE a.attrelid = %s AND a.attname = %s

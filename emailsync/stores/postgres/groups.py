@@ -21,6 +21,7 @@ from emailsync.engine.groups import Mover, losers, refusal
 from emailsync.errors import Refusal, UserError
 from emailsync.plan import dumps
 from emailsync.stores.postgres.catalog import TableMeta
+from emailsync.stores.postgres.paths import strings_at
 
 
 class _Change(Protocol):
@@ -154,51 +155,87 @@ def _name(tp: _Table, keystr: str) -> str:
 SHARED_SHOWN = 20  # addresses warned about per target
 
 
-def shared_addresses(conn: psycopg.Connection, metas: Sequence[TableMeta], match: str, target: str) -> list[str]:
-    """Warnings for a target that declares no unique group: each address the plan would leave on rows (of any of its
-    text columns) that now hold different addresses, compared ignoring case: a merge, or a move onto an address some
-    row keeps. Counted and grouped by PostgreSQL; only the first SHARED_SHOWN addresses come back."""
-    parts = []
+def shared_addresses(
+    conn: psycopg.Connection, metas: Sequence[TableMeta], tables: Sequence[_Table], match: str, target: str
+) -> list[str]:
+    """Warnings for a target that declares no unique group: each address that, once the plan is applied (its own
+    deletes and skips counted), rows of two or more of its identity columns would hold while they now hold different
+    addresses (a merge across tables, or a move onto an address another table's row keeps). Identity columns: text
+    columns a one-column unique index covers, where an address names one row, and jsonb paths (an identity's email).
+    A column that refers to a person (manager_email, an invitation unique per team) shares addresses by design, and
+    within one column a unique index itself decides. Compared ignoring case, and counted by PostgreSQL."""
+    decided = {tp.meta.index: tp for tp in tables}
+    parts: list[sql.Composable] = []
     for m in metas:
         t = m.alias("t")
+        tp = decided.get(m.index)
+        deleted = [r.keystr for r in tp.rows if r.fate == "delete"] if tp else []
+        kept = [r.keystr for r in tp.rows if r.fate == "skip"] if tp else []
         for c in m.email_columns:
             col = m.columns[c]
-            if col.kind != "text":
+            unique = col.kind == "text" and any(len(u.exprs) == 1 and c in u.columns for u in m.unique_indexes)
+            if not unique and c not in m.paths:
                 continue
-            v = sql.SQL("{}.{}").format(t, sql.Identifier(c))
             ci = col.ci or match == "casefold"
-            mp = sql.Identifier("_es_map_ci" if ci else "_es_map")
-            norm = sql.SQL("lower({}::text)" if ci else "{}::text").format(v)
+            # A text column's value, or each string at a jsonb column's paths (an identity's email).
+            if c in m.paths:
+                v: sql.Composable = sql.SQL("x")
+                src = sql.SQL("{} {} CROSS JOIN LATERAL {} x").format(
+                    m.ident, t, strings_at(sql.SQL("{}.{}").format(t, sql.Identifier(c)), m.paths[c])
+                )
+            else:
+                v = sql.SQL("{}.{}").format(t, sql.Identifier(c))
+                src = sql.SQL("{} {}").format(m.ident, t)
             parts.append(
                 sql.SQL(
-                    "SELECT lower(COALESCE(m.new, {v}::text)) AS post, lower({v}::text) AS pre, "
-                    "{name} || ' ' || {key}::text || CASE WHEN m.new IS NULL THEN '' ELSE ' (' || {v}::text || ')' END "
-                    "AS who FROM {tbl} {t} LEFT JOIN {mp} m ON m.old = {norm} "
-                    "WHERE lower({v}::text) IN (SELECT lower(old) FROM _es_map UNION SELECT lower(new) FROM _es_map)"
+                    "SELECT lower(CASE WHEN {k} = ANY({kept}::jsonb[]) THEN {v}::text ELSE COALESCE(m.new, {v}::text) "
+                    "END) AS post, lower({v}::text) AS pre, {name} || ' ' || {k}::text AS who "
+                    "FROM {src} LEFT JOIN {mp} m ON m.old = {norm} "
+                    "WHERE lower({v}::text) IN (SELECT lower(old) FROM _es_map UNION SELECT lower(new) FROM _es_map) "
+                    "AND NOT {k} = ANY({deleted}::jsonb[])"
                 ).format(
                     v=v,
+                    k=m.key_json(t),
+                    kept=sql.Literal(kept),
+                    deleted=sql.Literal(deleted),
                     name=sql.Literal(f"{m.display}.{c}"),
-                    key=m.key_json(t),
-                    tbl=m.ident,
-                    t=t,
-                    mp=mp,
-                    norm=norm,
+                    src=src,
+                    mp=sql.Identifier("_es_map_ci" if ci else "_es_map"),
+                    norm=sql.SQL("lower({}::text)" if ci else "{}::text").format(v),
                 )
             )
-    if not parts:
+    if len(parts) < 2:
         return []
+    union = sql.SQL(" UNION ALL ").join(parts)
+    # First only which addresses (cheap columns, one hash aggregate); the rows named come from a second pass over
+    # just those addresses, one per address it held before.
+    found = conn.execute(
+        sql.SQL(
+            "SELECT post, count(*) OVER () FROM ({}) s GROUP BY post HAVING min(pre) <> max(pre) ORDER BY post LIMIT {}"
+        ).format(union, sql.Literal(SHARED_SHOWN))
+    ).fetchall()
+    if not found:
+        return []
+    posts = [p for p, _ in found]
     rows = conn.execute(
         sql.SQL(
-            "SELECT post, count(DISTINCT pre), count(*), (array_agg(who ORDER BY who))[1:3], count(*) OVER () "
-            "FROM ({}) s GROUP BY post HAVING count(DISTINCT pre) > 1 ORDER BY post LIMIT {}"
-        ).format(sql.SQL(" UNION ALL ").join(parts), sql.Literal(SHARED_SHOWN))
+            "SELECT DISTINCT ON (post, pre) post, pre, who, count(*) OVER (PARTITION BY post) FROM ({}) s "
+            "WHERE post = ANY(%s) ORDER BY post, pre, who"
+        ).format(union),
+        (posts,),
     ).fetchall()
-    out = [
-        f"target {target!r}: {post} would be held by {n} rows that now hold {pres} different addresses (e.g. "
-        f"{'; '.join(who)}); if the application keeps an address on one person, declare these columns a unique group "
-        "(unique_groups: in targets.yaml)"
-        for post, pres, n, who, _ in rows
-    ]
-    if rows and rows[0][4] > len(rows):
-        out.append(f"target {target!r}: ... and {rows[0][4] - len(rows)} more addresses shared after the plan")
+    by_post: dict[str, list[tuple[str, str, int]]] = {}
+    for post, pre, who, n in rows:
+        by_post.setdefault(post, []).append((pre, who, n))
+    out = []
+    for post in posts:
+        held = by_post.get(post, [])
+        examples = "; ".join(f"{who} ({pre})" for pre, who, _ in held[:3])
+        out.append(
+            f"target {target!r}: {post} would be held by {held[0][2] if held else 0} rows of identity columns that now "
+            f"hold {len(held)} different addresses (e.g. {examples}); if the application keeps an address on one "
+            "person, declare these columns a unique group (unique_groups: in targets.yaml)"
+        )
+    if found[0][1] > len(found):
+        out.append(f"target {target!r}: ... and {found[0][1] - len(found)} more addresses shared after the plan")
     return out

@@ -290,8 +290,6 @@ class PostgresPlanner:
             if self._ci:
                 self._fill_ci(conn)
                 self._check_ci_ambiguity(conn)
-            if not self.groups:
-                self.warnings += shared_addresses(conn, metas, self.match, self.target.name)
             broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match)]
             if broken:
                 raise Refusal(
@@ -339,6 +337,8 @@ class PostgresPlanner:
                 raise self._refuse_conflicts(failed)
             for label, group in self.groups:
                 decide_group(conn, label, group, tables, self.where)
+            if not self.groups:
+                self.warnings += shared_addresses(conn, metas, tables, self.match, self.target.name)
             for tp in tables:
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.
