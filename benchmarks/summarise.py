@@ -14,7 +14,8 @@ def _floor(r: dict, field: str) -> str:
 
 
 def main() -> None:
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    # run.py's results (pg-*.json); contenders, batched, memory and DynamoDB results have tables of their own
+    runs = {p.stem: r for p in sorted(RESULTS.glob("*.json")) if "emailsync" in (r := json.loads(p.read_text()))}
     if not runs:
         sys.exit(f"no results in {RESULTS}; run benchmarks/suite.sh first")
     m = next(iter(runs.values()))["machine"]
