@@ -246,9 +246,9 @@ def test_without_a_group_plan_md_warns_of_rows_that_would_share_an_address(db, w
     warnings = [w for w in plan_doc(plan)["warnings"] if "would be held by" in w]
     # a@x.com is not one of them: without the group, A moves away from it as z arrives.
     assert [w.split(" (e.g. ")[0] for w in warnings] == [
-        "target 'gitlab': keep@x.com would be held by 2 rows of identity columns that now hold 2 different addresses",
-        "target 'gitlab': m@x.com would be held by 2 rows of identity columns that now hold 2 different addresses",
-        "target 'gitlab': n@x.com would be held by 2 rows of identity columns that now hold 2 different addresses",
+        "target 'gitlab': keep@x.com would be held by 2 rows of identity columns that now hold different addresses",
+        "target 'gitlab': m@x.com would be held by 2 rows of identity columns that now hold different addresses",
+        "target 'gitlab': n@x.com would be held by 2 rows of identity columns that now hold different addresses",
     ]
     # one example row for each address held before
     assert '(e.g. public.users.email {"id": 3} (c@x.com); public.emails.email {"id": 8} (d@x.com))' in warnings[2]

@@ -186,13 +186,15 @@ def shared_addresses(
             else:
                 v = sql.SQL("{}.{}").format(t, sql.Identifier(c))
                 src = sql.SQL("{} {}").format(m.ident, t)
+            # Only rows holding an address of the mapping, old or new, compared ignoring case as groups compare.
+            held = sql.SQL(
+                "lower({}::text) IN (SELECT lower(old) FROM _es_map UNION SELECT lower(new) FROM _es_map)"
+            ).format(v)
             parts.append(
                 sql.SQL(
                     "SELECT lower(CASE WHEN {k} = ANY({kept}::jsonb[]) THEN {v}::text ELSE COALESCE(m.new, {v}::text) "
                     "END) AS post, lower({v}::text) AS pre, {name} || ' ' || {k}::text AS who "
-                    "FROM {src} LEFT JOIN {mp} m ON m.old = {norm} "
-                    "WHERE lower({v}::text) IN (SELECT lower(old) FROM _es_map UNION SELECT lower(new) FROM _es_map) "
-                    "AND NOT {k} = ANY({deleted}::jsonb[])"
+                    "FROM {src} LEFT JOIN {mp} m ON m.old = {norm} WHERE {held} AND NOT {k} = ANY({deleted}::jsonb[])"
                 ).format(
                     v=v,
                     k=m.key_json(t),
@@ -202,40 +204,29 @@ def shared_addresses(
                     src=src,
                     mp=sql.Identifier("_es_map_ci" if ci else "_es_map"),
                     norm=sql.SQL("lower({}::text)" if ci else "{}::text").format(v),
+                    held=held,
                 )
             )
-    if len(parts) < 2:
+    if len(parts) < 2 and not any(c in m.paths for m in metas for c in m.email_columns):
         return []
-    union = sql.SQL(" UNION ALL ").join(parts)
-    # First only which addresses (cheap columns, one hash aggregate); the rows named come from a second pass over
-    # just those addresses, one per address it held before.
-    found = conn.execute(
-        sql.SQL(
-            "SELECT post, count(*) OVER () FROM ({}) s GROUP BY post HAVING min(pre) <> max(pre) ORDER BY post LIMIT {}"
-        ).format(union, sql.Literal(SHARED_SHOWN))
-    ).fetchall()
-    if not found:
+    if not parts:
         return []
-    posts = [p for p, _ in found]
+    # One pass, one hash aggregate: an address is shared when its holders held different addresses before; the
+    # holder with the least and the one with the greatest address before are its examples.
     rows = conn.execute(
         sql.SQL(
-            "SELECT DISTINCT ON (post, pre) post, pre, who, count(*) OVER (PARTITION BY post) FROM ({}) s "
-            "WHERE post = ANY(%s) ORDER BY post, pre, who"
-        ).format(union),
-        (posts,),
+            "SELECT post, count(*), min(pre || E'\\x1f' || who), max(pre || E'\\x1f' || who), count(*) OVER () "
+            "FROM ({}) s GROUP BY post HAVING min(pre) <> max(pre) ORDER BY post LIMIT {}"
+        ).format(sql.SQL(" UNION ALL ").join(parts), sql.Literal(SHARED_SHOWN))
     ).fetchall()
-    by_post: dict[str, list[tuple[str, str, int]]] = {}
-    for post, pre, who, n in rows:
-        by_post.setdefault(post, []).append((pre, who, n))
     out = []
-    for post in posts:
-        held = by_post.get(post, [])
-        examples = "; ".join(f"{who} ({pre})" for pre, who, _ in held[:3])
+    for post, n, first, last, _ in rows:
+        examples = "; ".join(f"{who} ({pre})" for pre, who in (first.split("\x1f", 1), last.split("\x1f", 1)))
         out.append(
-            f"target {target!r}: {post} would be held by {held[0][2] if held else 0} rows of identity columns that now "
-            f"hold {len(held)} different addresses (e.g. {examples}); if the application keeps an address on one "
-            "person, declare these columns a unique group (unique_groups: in targets.yaml)"
+            f"target {target!r}: {post} would be held by {n} rows of identity columns that now hold different "
+            f"addresses (e.g. {examples}); if the application keeps an address on one person, declare these columns "
+            "a unique group (unique_groups: in targets.yaml)"
         )
-    if found[0][1] > len(found):
-        out.append(f"target {target!r}: ... and {found[0][1] - len(found)} more addresses shared after the plan")
+    if rows and rows[0][4] > len(rows):
+        out.append(f"target {target!r}: ... and {rows[0][4] - len(rows)} more addresses shared after the plan")
     return out
