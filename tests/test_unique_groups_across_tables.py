@@ -262,3 +262,45 @@ def test_with_a_group_declared_the_warning_gives_way_to_the_decision(db, ws):
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     assert not [w for w in plan_doc(plan)["warnings"] if "would be held by" in w]
+
+
+def test_without_a_group_an_address_shared_in_a_gsi_key_is_warned_about(ddb, ws):
+    """An attribute a global secondary index is keyed by is a lookup by address (Auth.js's GSI1PK = USER#<email>):
+    two items under one value there are found together. Without a group, plan.md says which items would be."""
+    ddb.client.create_table(
+        TableName="auth",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "gk", "AttributeType": "S"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "byEmail",
+                "KeySchema": [{"AttributeName": "gk", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.put(
+        "auth",
+        {"pk": "U1", "gk": "USER#a@x.com", "note": "b@x.com"},
+        {"pk": "U2", "gk": "USER#b@x.com"},
+        {"pk": "U3", "gk": "USER#c@x.com", "note": "a@x.com"},
+    )
+    ws.targets(
+        "version: 1\nmappings: email_mappings.json\ndynamodb:\n  - name: hr\n    region: us-east-1\n"
+        "    endpoint_url: ${DYNAMODB_ENDPOINT}\n    tables:\n"
+        "      - table: auth\n        attributes: [{name: gk, template: 'USER#{email}'}, note]\n"
+    )
+    ws.mappings({"a@x.com": "b@x.com"})  # U1 onto U2's address; `note` is no lookup, so U3's note is no concern
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert plan_doc(plan)["warnings"] == [
+        'target \'hr\': auth {"pk":{"S":"U1"}} moves to an address another item keeps or takes in an attribute a '
+        'global secondary index is keyed by (b@x.com is already held by auth {"pk":{"S":"U2"}}); if the application '
+        "keeps an address on one item, declare the attribute a unique group (unique_groups: in targets.yaml)"
+    ]
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0  # a warning, not a refusal: U1 moves
+    assert [i["gk"] for i in ddb.items("auth")] == ["USER#b@x.com", "USER#b@x.com", "USER#c@x.com"]

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
 
 
+LOOKUP_GROUP = -1  # the attributes watched for the warning of a target without unique groups (_watch_lookups)
+SHARED_SHOWN = 20  # items warned about per target
 GroupAttr = tuple[int, DynamoAttribute, str | None]  # a unique group's attribute in a table: (group, attribute, owner)
 SCAN_PAGE_BYTES = 1 << 20  # what one Scan request reads at most
 WHOLE_ITEM_BYTES = 4096  # tables whose items average at most this are scanned whole (a strongly consistent read unit)
@@ -51,6 +53,7 @@ class TableInfo:
     range_key: str | None
     size_bytes: int
     item_count: int = 0  # DynamoDB's estimate (refreshed about every six hours): for progress only
+    lookup_keys: frozenset[str] = frozenset()  # attributes a global secondary index is keyed by (a lookup)
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -215,6 +218,8 @@ class DynamoPlanner:
         with Workers(max(1, len(tables))) as workers:
             try:
                 infos = workers.each(lambda it: self._describe(*it), enumerate(tables))
+                if not self.groups:
+                    self._watch_lookups(infos)
                 workers.each(self._plan_table, infos)
             except BaseException:  # a table failed, or Ctrl-C: the others stop scanning after the pages in flight
                 self._stop.set()
@@ -224,42 +229,14 @@ class DynamoPlanner:
             self.out.reads += self._reads.pop(t.table)
         for gi, (label, group) in enumerate(self.groups):
             self._decide_group(gi, label, group)
+        if not self.groups and any(g == LOOKUP_GROUP for grouped in self._group_attrs.values() for g, _, _ in grouped):
+            self._lookups_shared()
         return self.out
 
     def _decide_group(self, gi: int, label: str, group: UniqueGroup) -> None:
         """A unique group's attributes (engine/groups.py decides): items whose planned new address another item keeps
         (or an item whose mapping comes first takes) are refused (fail) or left out (skip), until none is."""
-        attrs = {
-            (table, attr.name): (attr, owner)
-            for table, grouped in self._group_attrs.items()
-            for g, attr, owner in grouped
-            if g == gi
-        }
-        order = {t.table: i for i, t in enumerate(self.target.tables)}
-        while True:
-            moving: dict[str, list[Mover]] = {}
-            moved: set[tuple[str, str, str]] = set()
-            for a in sorted(self.out.actions, key=lambda a: (min(a["mappings"]), order[a["table"]], keystr(a["key"]))):
-                ks = keystr(a["key"])
-                for c in a["changes"]:
-                    spec = attrs.get((a["table"], c["attribute"]))
-                    if spec is None:
-                        continue
-                    moved.add((a["table"], c["attribute"], ks))
-                    email = _email_in(c["new"], spec[0])
-                    if email is not None:
-                        who = ("owner", dumps(a["row"].get(spec[1]))) if spec[1] else ("item", a["table"], ks)
-                        moving.setdefault(email.lower(), []).append(Mover(who, f"{a['table']} {ks}", a))
-            if not moving:
-                return
-            holders: dict[str, list[tuple[Any, str]]] = {}
-            for hg, table, attr, ks, addr, owner in self._held:
-                if hg == gi and addr in moving and (table, attr, ks) not in moved:
-                    who = ("owner", dumps(owner)) if attrs[(table, attr)][1] else ("item", table, ks)
-                    holders.setdefault(addr, []).append((who, f"{table} {ks}"))
-            lost = losers(label, {k: _unique_movers(v) for k, v in moving.items()}, holders)
-            if not lost:
-                return
+        while lost := self._contest(gi, label):
             if group.on_conflict == "fail":
                 head, problems = refusal(label, lost)
                 raise Refusal(f"{self.where}: {head}", problems=problems)
@@ -285,6 +262,49 @@ class DynamoPlanner:
                         for c in a["changes"]
                     ]
 
+    def _contest(self, gi: int, label: str) -> list[tuple[Mover, str]]:
+        """The items of group `gi`'s attributes that would lose the address they move to (engine/groups.losers)."""
+        attrs = {
+            (table, attr.name): (attr, owner)
+            for table, grouped in self._group_attrs.items()
+            for g, attr, owner in grouped
+            if g == gi
+        }
+        order = {t.table: i for i, t in enumerate(self.target.tables)}
+        moving: dict[str, list[Mover]] = {}
+        moved: set[tuple[str, str, str]] = set()
+        for a in sorted(self.out.actions, key=lambda a: (min(a["mappings"]), order[a["table"]], keystr(a["key"]))):
+            ks = keystr(a["key"])
+            for c in a["changes"]:
+                spec = attrs.get((a["table"], c["attribute"]))
+                if spec is None:
+                    continue
+                moved.add((a["table"], c["attribute"], ks))
+                email = _email_in(c["new"], spec[0])
+                if email is not None:
+                    who = ("owner", dumps(a["row"].get(spec[1]))) if spec[1] else ("item", a["table"], ks)
+                    moving.setdefault(email.lower(), []).append(Mover(who, f"{a['table']} {ks}", a))
+        holders: dict[str, list[tuple[Any, str]]] = {}
+        for hg, table, attr, ks, addr, owner in self._held:
+            if hg == gi and addr in moving and (table, attr, ks) not in moved:
+                who = ("owner", dumps(owner)) if attrs[(table, attr)][1] else ("item", table, ks)
+                holders.setdefault(addr, []).append((who, f"{table} {ks}"))
+        return losers(label, {k: _unique_movers(v) for k, v in moving.items()}, holders)
+
+    def _lookups_shared(self) -> None:
+        """Without a unique group: a warning for each item that would move to an address another item keeps (or
+        takes) in an attribute some global secondary index is keyed by (a lookup by address, such as Auth.js's
+        GSI1PK = USER#<email>), where both would then be found."""
+        lost = self._contest(LOOKUP_GROUP, "lookup")
+        for m, why in lost[:SHARED_SHOWN]:
+            self.out.warnings.append(
+                f"target {self.target.name!r}: {m.name} moves to an address another item keeps or takes in an "
+                f"attribute a global secondary index is keyed by ({why.split(': ', 1)[1]}); if the application keeps "
+                "an address on one item, declare the attribute a unique group (unique_groups: in targets.yaml)"
+            )
+        if len(lost) > SHARED_SHOWN:
+            self.out.warnings.append(f"target {self.target.name!r}: ... and {len(lost) - SHARED_SHOWN} more items")
+
     def _describe(self, i: int, cfg: DynamoTable) -> TableInfo:
         where = f"{self.where}.tables[{i}]"
         t = call(self.target, f"describe {cfg.table}", self.probe.describe_table, TableName=cfg.table)["Table"]
@@ -293,6 +313,12 @@ class DynamoPlanner:
         info = TableInfo(
             cfg, i, keys["HASH"], keys.get("RANGE"), int(t.get("TableSizeBytes", 0)), int(t.get("ItemCount", 0))
         )
+        info.lookup_keys = frozenset(
+            k["AttributeName"]
+            for g in t.get("GlobalSecondaryIndexes", [])
+            for k in g["KeySchema"]
+            if k["KeyType"] == "HASH"
+        )
         for a in cfg.attributes:
             if a.path[0] in info.key_names and (len(a.path) > 1 or types.get(a.path[0]) != "S"):
                 raise UserError(
@@ -300,6 +326,16 @@ class DynamoPlanner:
                     f"{types.get(a.path[0])}; only String keys can hold emails"
                 )
         return info
+
+    def _watch_lookups(self, infos: list[TableInfo]) -> None:
+        """Without a unique group, the attributes a global secondary index is keyed by are watched like a group's
+        (LOOKUP_GROUP): the scan notes the items holding a mapping's new address there, for the warning."""
+        for info in infos:
+            for attr in info.cfg.attributes:
+                if len(attr.path) == 1 and attr.path[0] in info.lookup_keys:
+                    self._group_attrs.setdefault(info.cfg.table, []).append((LOOKUP_GROUP, attr, None))
+        if self._group_attrs:
+            self._news = {m.new.lower() for m in self.mset.mappings}
 
     def _segments(self, info: TableInfo) -> int:
         if info.cfg.segments:
