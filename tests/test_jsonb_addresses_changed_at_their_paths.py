@@ -309,3 +309,25 @@ def test_discover_proposes_the_paths_that_hold_addresses_with_their_evidence(db,
     r, plan = ws.plan()
     assert r.code == 0, r.out + r.err
     assert "- name: meta  # new: jsonb; 4 of 4 sampled documents hold an address at this path\n" in path.read_text()
+
+
+def test_a_path_part_that_looks_like_an_index_still_names_a_member_not_an_element(db, ws, monkeypatch):
+    """`codes.0` is the member "0" of an object: an array's first element is not at that path."""
+    db.execute("CREATE TABLE docs (id int PRIMARY KEY, d jsonb)")
+    db.execute(
+        """INSERT INTO docs VALUES (1, '{"codes": {"0": "a@x.com"}}'), (2, '{"codes": ["a@x.com"]}'),
+           (3, '{"codes": {"0": ["a@x.com", 1]}}')"""
+    )
+    ws.postgres_targets({"core": db}, "- {table: docs, columns: [{name: d, path: codes.0}]}\n")
+    ws.mappings({"a@x.com": "b@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    monkeypatch.setattr(PostgresStore, "sql_lines", False)
+    r, in_python = ws.plan()
+    _same_plans(plan_lines(plan), plan_lines(in_python))
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    assert db.rows("SELECT id, d FROM docs ORDER BY id") == [
+        (1, {"codes": {"0": "b@x.com"}}),
+        (2, {"codes": ["a@x.com"]}),
+        (3, {"codes": {"0": ["b@x.com", 1]}}),
+    ]

@@ -10,6 +10,7 @@ same expressions, so both sides agree on what a path holds.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 
 from psycopg import sql
@@ -27,8 +28,15 @@ def _jsonpath(path: Path, suffix: str = "") -> sql.Composable:
     return sql.Literal("strict $" + "".join("." + json.dumps(p, ensure_ascii=False) for p in path) + suffix)
 
 
+_INDEX = re.compile(r"-?[0-9]+")
+
+
 def value_at(doc: sql.Composable, path: Path) -> sql.Composable:
-    """The jsonb value at `path` through nested objects, or NULL."""
+    """The jsonb value at `path` through nested objects, or NULL. `#>` where no part could be taken as an array
+    index (it then steps into objects only, and is several times cheaper than a jsonpath); the strict jsonpath
+    otherwise."""
+    if not any(_INDEX.fullmatch(p) for p in path):
+        return sql.SQL("({} #> {}::text[])").format(doc, sql.Literal(list(path)))
     return sql.SQL("jsonb_path_query_first({}, {}, '{{}}', true)").format(doc, _jsonpath(path))
 
 
@@ -36,18 +44,22 @@ def strings_at(doc: sql.Composable, paths: Sequence[Path]) -> sql.Composable:
     """Every string at the paths (a string there, or the strings of an array there), as text rows: a set-returning
     expression, like lines.doc_strings for a whole document."""
     found = sql.SQL(" || ").join(
-        sql.SQL("jsonb_path_query_array({d}, {p}, '{{}}', true)").format(d=doc, p=_jsonpath(path, suffix))
+        sql.SQL(
+            # the element qualified by its alias: a bare name could be a column of the table read
+            "CASE jsonb_typeof({v}) WHEN 'string' THEN ARRAY[{v} #>> '{{}}'] WHEN 'array' THEN "
+            "ARRAY(SELECT _es_el.val #>> '{{}}' FROM jsonb_array_elements({v}) AS _es_el(val) "
+            "WHERE jsonb_typeof(_es_el.val) = 'string') END"
+        ).format(v=value_at(doc, path))
         for path in paths
-        for suffix in (' ? (@.type() == "string")', '[*] ? (@.type() == "string")')
     )
-    return sql.SQL("jsonb_array_elements_text({})").format(found)
+    return sql.SQL("unnest({})").format(found)
 
 
 def remapped(doc: sql.Composable, path: Path, mp: sql.Identifier, norm: Norm) -> sql.Composable:
     """`doc` with the address at `path` remapped through the mapping table `mp` (a string, or each string of an
     array); the document itself where the path holds nothing to remap."""
     v = value_at(doc, path)
-    lit = sql.Literal("{" + ",".join(json.dumps(p, ensure_ascii=False) for p in path) + "}")
+    lit = sql.Literal(list(path))
     elem = sql.SQL(
         "CASE WHEN jsonb_typeof(e.v) = 'string' THEN COALESCE((SELECT to_jsonb(m.new) FROM {mp} m "
         "WHERE m.old = {n}), e.v) ELSE e.v END"
@@ -100,7 +112,7 @@ def rebased(
     cur = doc
     for i, path in enumerate(paths):
         alias = sql.Identifier(f"{prefix}r{i}")
-        lit = sql.Literal("{" + ",".join(json.dumps(p, ensure_ascii=False) for p in path) + "}")
+        lit = sql.Literal(list(path))
         joins.append(
             sql.SQL(
                 " CROSS JOIN LATERAL (SELECT CASE WHEN {v} IS NULL THEN {d} ELSE jsonb_set({d}, {p}::text[], {v}) END "
