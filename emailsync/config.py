@@ -578,13 +578,8 @@ class UniqueGroup(BaseModel):
     @field_validator("on_conflict")
     @classmethod
     def _check_on_conflict(cls, value: str) -> str:
-        if value == "delete":
-            raise ValueError(
-                "on_conflict: delete is not available for a unique group: the row holding the address may sit in "
-                "another table, where apply cannot check it still does before deleting; use fail or skip"
-            )
-        if value not in ("fail", "skip"):
-            raise ValueError(f"on_conflict {value!r} is not one of fail, skip")
+        if value not in ("fail", "skip", "delete"):
+            raise ValueError(f"on_conflict {value!r} is not one of fail, skip, delete")
         return value
 
     @field_validator("members")
@@ -633,6 +628,11 @@ class Targets(BaseModel):
     def _check_groups(self) -> Targets:
         problems = []
         for gi, g in enumerate(self.unique_groups):
+            if g.on_conflict == "delete" and any(m.attribute is not None for m in g.members):
+                problems.append(
+                    f"unique_groups[{gi}].on_conflict: delete is for PostgreSQL columns only (a DynamoDB item is "
+                    "never deleted for a conflict); use fail or skip"
+                )
             for mi, m in enumerate(g.members):
                 where = f"unique_groups[{gi}].members[{mi}]"
                 pg = next((t for t in self.postgres if t.name == m.target), None)

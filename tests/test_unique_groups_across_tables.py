@@ -5,6 +5,8 @@ a group, the tables' own unique indexes alone decide, and both rows end up with 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers import assert_user_error, plan_doc, plan_lines
 
@@ -118,8 +120,12 @@ def test_without_a_group_each_table_decides_alone_and_rows_share_addresses(db, w
             ("unique_groups[0].members[0]", "no target is named 'nope'"),
         ),
         (
-            "{on_conflict: delete, members: [{target: gitlab, table: users, column: email}]}",
-            ("unique_groups[0].on_conflict", "not available for a unique group", "use fail or skip"),
+            "{on_conflict: maybe, members: [{target: gitlab, table: users, column: email}]}",
+            ("unique_groups[0].on_conflict", "'maybe' is not one of fail, skip, delete"),
+        ),
+        (
+            "{members: [{target: gitlab, table: users, column: email, owner: uid}]}",
+            ("unique_groups[0].members[0].owner", "public.users has no column 'uid'"),
         ),
         (
             "{members: [{target: gitlab, table: accounts, column: email}]}",
@@ -304,3 +310,70 @@ def test_without_a_group_an_address_shared_in_a_gsi_key_is_warned_about(ddb, ws)
     ]
     assert ws.run("apply", str(plan), "--auto-approve").code == 0  # a warning, not a refusal: U1 moves
     assert [i["gk"] for i in ddb.items("auth")] == ["USER#b@x.com", "USER#b@x.com", "USER#c@x.com"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_delete_removes_the_row_moving_onto_an_address_another_table_keeps(db, ws, batched):
+    from helpers import rollback_plan
+
+    _estate(db, ws, "delete")
+    before = _rows(db)
+    # Only the losers that are no one's parent: emails rows (users rows are referenced, which a delete refuses).
+    ws.mappings([{"old": "q@x.com", "new": "keep@x.com"}, {"old": "p@x.com", "new": "p2@x.com"}])
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    dels = [a for a in map(loads, plan_lines(plan)[1:]) if a["kind"] == "delete-on-conflict"]
+    assert [(a["table"], a["key"], a["row"], a["conflict"]) for a in dels] == [
+        (
+            "public.emails",
+            {"id": 9},
+            {"id": 9, "user_id": 5, "email": "q@x.com"},
+            {"key": {"id": 6}, "values": {"email": "Keep@x.com"}, "table": "public.users"},
+        )
+    ]
+    assert 'keep@x.com is already held by public.users {"id":6}' in dels[0]["reason"]
+    assert "Rows to be deleted" in (plan.parent / "plan.md").read_text()
+    r = ws.run("apply", str(plan), "--auto-approve", *(["--batch-size", "1"] if batched else []))
+    assert r.code == 0, r.out + r.err
+    assert _rows(db) == (
+        [(1, "a@x.com"), (2, "b@x.com"), (3, "c@x.com"), (5, "p2@x.com"), (6, "Keep@x.com")],
+        [(7, 2, "m@x.com"), (8, 3, "d@x.com"), (10, 1, "z@x.com")],
+    )
+    # and the rollback plan puts the deleted row back
+    r = ws.run("apply", str(rollback_plan(ws, plan)), "--auto-approve")
+    assert r.code == 0, r.out + r.err
+    assert _rows(db) == before
+
+
+def test_delete_is_not_carried_out_once_the_row_keeping_the_address_has_let_it_go(db, ws):
+    _estate(db, ws, "delete")
+    ws.mappings([{"old": "q@x.com", "new": "keep@x.com"}])
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    db.execute("UPDATE users SET email = 'kept.elsewhere@x.com' WHERE id = 6")  # after the plan
+    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip")
+    assert r.code == 3, r.out + r.err
+    report = json.loads((plan.parent / "report.json").read_text())["actions"]
+    assert [(a["status"], a["detail"]) for a in report] == [
+        ("stale", "not deleted: the row that was to hold email = keep@x.com no longer does")
+    ]
+    assert _rows(db)[1] == [(7, 2, "m@x.com"), (8, 3, "d@x.com"), (9, 5, "q@x.com"), (10, 1, "z@x.com")]
+
+
+def test_delete_refuses_rows_moving_together_onto_an_address_no_row_holds_yet(db, ws):
+    _estate(db, ws, "delete")
+    ws.mappings([{"old": "c@x.com", "new": "n@x.com"}, {"old": "d@x.com", "new": "n@x.com"}])
+    r, plan = ws.plan()
+    assert_user_error(
+        r,
+        "unique_groups[0] (gitlab-addresses) has on_conflict: delete",
+        "a delete needs a row that keeps the address",
+        'public.emails {"id":8}: unique_groups[0] (gitlab-addresses): n@x.com is taken by public.users {"id":3}',
+    )
+    assert not plan.exists()
+
+
+def test_delete_is_for_postgresql_members_only(ddb, ws):
+    _dynamo_estate(ddb, ws, "delete")
+    r, plan = ws.plan()
+    assert_user_error(r, "unique_groups[0].on_conflict: delete is for PostgreSQL columns only", "use fail or skip")

@@ -28,7 +28,20 @@ def losers(
 ) -> list[tuple[Mover, str]]:
     """(mover, why) of each mover that loses its address. `arrivals` lists each address's movers in priority order;
     `holders` each address's (owner, name) that keep it."""
-    out: list[tuple[Mover, str]] = []
+    return [(x.mover, x.why) for x in contest(label, arrivals, holders)]
+
+
+@dataclass(frozen=True)
+class Loss:
+    mover: Mover
+    why: str
+    address: str
+    held: int | None  # the position in holders[address] of the row keeping it; None: a mover whose mapping is first
+
+
+def contest(label: str, arrivals: dict[str, list[Mover]], holders: dict[str, list[tuple[Hashable, str]]]) -> list[Loss]:
+    """As losers(), saying for each loser the address and who keeps it."""
+    out: list[Loss] = []
     for addr, movers in arrivals.items():
         by_owner: dict[Hashable, list[Mover]] = {}
         for m in movers:
@@ -38,12 +51,12 @@ def losers(
         if held:
             for who, rows in by_owner.items():
                 if who not in held_by:
-                    name = next(n for h, n in held if h != who)
-                    out += [(m, f"{label}: {addr} is already held by {name}") for m in rows]
+                    at = next(k for k, (h, _) in enumerate(held) if h != who)
+                    out += [Loss(m, f"{label}: {addr} is already held by {held[at][1]}", addr, at) for m in rows]
         elif len(by_owner) > 1:
             first, *rest = by_owner.values()
             why = f"{label}: {addr} is taken by {first[0].name}, whose mapping comes first"
-            out += [(m, why) for rows in rest for m in rows]
+            out += [Loss(m, why, addr, None) for rows in rest for m in rows]
     return out
 
 

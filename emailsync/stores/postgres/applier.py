@@ -48,17 +48,37 @@ def _column_json(m: TableMeta, T: sql.Identifier) -> sql.Composable:
     )
 
 
-def _delete_premise(m: TableMeta, W: sql.Identifier, i: int) -> sql.Composable:
+def _delete_premise(metas: list[TableMeta], m: TableMeta, W: sql.Identifier, i: int) -> sql.Composable:
     """Why a delete-on-conflict may go ahead: the row that takes its entry still holds it, or is a planned row whose
-    move goes ahead. The same test at classification (so verify and --on-stale abort see it) and in the DELETE."""
+    move goes ahead; for a unique group's delete (its conflict names a table), the row keeping the address in that
+    table still holds it. The same test at classification (so verify and --on-stale abort see it) and in the DELETE."""
+    elsewhere = [
+        sql.SQL(
+            "WHEN {name} THEN EXISTS (SELECT 1 FROM {tbl} {H} WHERE {km} "
+            "AND to_jsonb({H}.*) @> (a.conflict -> 'values'))"
+        ).format(
+            name=sql.Literal(x.display),
+            tbl=x.ident,
+            H=x.alias(f"h{j}"),
+            km=x.key_match(x.alias(f"h{j}"), sql.SQL("(a.conflict -> 'key')")),
+        )
+        for j, x in enumerate(metas)
+    ]
     return sql.SQL(
-        "CASE WHEN a.conflict ? 'winner' THEN "
+        "CASE WHEN a.conflict ? 'table' THEN CASE a.conflict ->> 'table' {elsewhere} ELSE false END "
+        "WHEN a.conflict ? 'winner' THEN "
         "EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = {i} AND w.key = a.conflict -> 'winner' "
         "AND w.kind <> 'delete-on-conflict' AND w.status IN ('pending', 'applied', 'already-applied')) "
         "AND NOT EXISTS (SELECT 1 FROM _es_act w WHERE w.tbl = {i} "
         "AND w.key = a.conflict -> 'winner' AND w.status = 'stale') "
         "ELSE EXISTS (SELECT 1 FROM {tbl} {W} WHERE {kmw} AND to_jsonb({W}.*) @> (a.conflict -> 'values')) END"
-    ).format(tbl=m.ident, W=W, kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")), i=sql.Literal(i))
+    ).format(
+        elsewhere=sql.SQL(" ").join(elsewhere),
+        tbl=m.ident,
+        W=W,
+        kmw=m.key_match(W, sql.SQL("(a.conflict -> 'key')")),
+        i=sql.Literal(i),
+    )
 
 
 # Each action's status once every step has run: a pending action left is one a step wrote (see _run_step).
@@ -766,7 +786,7 @@ class PostgresApplier:
                 WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
                   AND NOT {premise}
                 """
-            ).format(premise=_delete_premise(m, W, i)),
+            ).format(premise=_delete_premise(self.metas, m, W, i)),
             (i,),
         )
         # A new value that a row outside the plan has taken since (a unique column): the update would fail the
@@ -886,7 +906,7 @@ class PostgresApplier:
                         i=sql.Literal(i),
                         s=sql.Literal(step),
                         km=m.key_match(T, sql.SQL("a.cur_key")),
-                        premise=_delete_premise(m, W, i),
+                        premise=_delete_premise(self.metas, m, W, i),
                         unreferenced=self._unreferenced(m, T),
                         # computed or trigger-set columns, changed by this plan's own earlier updates of the row
                         ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),

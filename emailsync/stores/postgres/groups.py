@@ -11,16 +11,17 @@ holding the address), and decides again, since a row left where it is keeps hold
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
 from emailsync.config import UniqueGroup
-from emailsync.engine.groups import Mover, losers, refusal
+from emailsync.engine.groups import SHOWN, Mover, contest, refusal
 from emailsync.errors import Refusal, UserError
 from emailsync.plan import dumps
-from emailsync.stores.postgres.catalog import TableMeta
+from emailsync.stores.postgres.catalog import TableMeta, UniqueIndex
 from emailsync.stores.postgres.paths import strings_at
 
 
@@ -53,6 +54,11 @@ def group_tables(groups: Iterable[tuple[str, UniqueGroup]], metas: Sequence[Tabl
     for label, g in groups:
         for mi, mem in enumerate(g.members):
             meta = next(m for m in metas if m.cfg.table == mem.table)
+            if mem.owner is not None and mem.owner not in meta.columns:
+                raise UserError(
+                    f"{where}: {label}.members[{mi}].owner: {meta.display} has no column {mem.owner!r}; name the "
+                    "column that says whose row it is (a user id)"
+                )
             col = meta.columns[str(mem.column)]
             if col.kind != "text":
                 raise UserError(
@@ -70,33 +76,54 @@ def decide_group(
         (tp, str(mem.column), mem.owner) for mem in group.members for tp in tables if tp.meta.cfg.table == mem.table
     ]
     while True:
-        moving: dict[str, list[tuple[_Table, _Row]]] = {}
+        moving: dict[str, list[tuple[_Table, _Row, str]]] = {}
         for tp, col, _ in members:
             for r in tp.rows:
                 ch = r.changes.get(col)
                 if r.fate == "move" and ch is not None and isinstance(ch.new, str):
-                    moving.setdefault(ch.new.lower(), []).append((tp, r))
+                    moving.setdefault(ch.new.lower(), []).append((tp, r, col))
         if not moving:
             return
-        holders, owners = _holders(conn, members, sorted(moving))
+        holders, places, owners = _holders(conn, members, sorted(moving))
         arrivals = {
             addr: [
-                Mover(_owner(owners, tp, r), _name(tp, r.keystr), (tp, r))
-                for tp, r in sorted(rows, key=lambda x: _priority(x[1], x[0]))
+                Mover(_owner(owners, tp, r), _name(tp, r.keystr), (tp, r, col))
+                for tp, r, col in sorted(rows, key=lambda x: _priority(x[1], x[0]))
             ]
             for addr, rows in moving.items()
         }
-        lost = losers(label, arrivals, holders)
+        lost = contest(label, arrivals, holders)
         if not lost:
             return
         if group.on_conflict == "fail":
-            head, problems = refusal(label, lost)
+            head, problems = refusal(label, [(x.mover, x.why) for x in lost])
             raise Refusal(f"{where}: {head}", problems=problems)
+        if group.on_conflict == "delete":
+            together = [f"{x.mover.name}: {x.why}" for x in lost if x.held is None]
+            if together:
+                raise Refusal(
+                    f"{where}: {label} has on_conflict: delete, but these rows would take an address that a row moving "
+                    "there too takes first, and no row holds it yet: a delete needs a row that keeps the address, "
+                    "which apply checks before deleting; resolve these rows or choose on_conflict: skip",
+                    problems=together[:SHOWN],
+                )
         skipped = set()
-        for m, why in lost:
-            tp, r = m.ref
-            r.fate, r.reason = "skip", why
-            skipped.add((tp.meta.index, r.kid))
+        for x in lost:
+            tp, r, col = x.mover.ref
+            r.fate, r.reason = ("delete" if group.on_conflict == "delete" else "skip"), x.why
+            if r.fate == "delete":
+                # Deleted as a unique index's loser is: its entries in the group's column go, and apply deletes it
+                # only while the row keeping the address (in its own table) still holds it.
+                held = places[x.address][x.held or 0]
+                r.unique_cols = frozenset({col}).union(*(u.columns for u in tp.meta.unique_indexes))
+                r.delete_entries = tuple(sorted(r.changes[col].entries))
+                r.conflict = (
+                    UniqueIndex(label, (col,), None, False, frozenset({col})),
+                    _Holder(("row", dumps(held[1]))),
+                )
+                r.conflict_check = {"key": held[1], "values": held[2], "table": held[0]}
+            else:
+                skipped.add((tp.meta.index, r.kid))
         for tp in tables:  # a row deleted so that a skipped row could take its entry would be deleted for nothing
             for r in tp.rows:
                 holder = r.conflict[1].node if r.fate == "delete" and r.conflict else None
@@ -107,29 +134,42 @@ def decide_group(
                     )
 
 
+@dataclass(frozen=True)
+class _Holder:
+    """Who keeps the address a group's delete is for (as planner.Holder: the kind and the key)."""
+
+    node: tuple[str, Any]
+
+
 def _holders(
     conn: psycopg.Connection, members: list[tuple[_Table, str, str | None]], addresses: list[str]
-) -> tuple[dict[str, list[tuple[Any, str]]], dict[tuple[int, str], Any]]:
+) -> tuple[
+    dict[str, list[tuple[Any, str]]],
+    dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]],
+    dict[tuple[int, str], Any],
+]:
     """(address -> (owner, name) of each row that holds it in a member column once the plan is applied: holding it
-    now and not moved away or deleted by the plan; (table, key) -> owner of each moving row, where the member names
-    an owner column)."""
+    now and not moved away or deleted by the plan; address -> (table, key, {column: value}) of those rows, in the
+    same order, for a delete's check at apply; (table, key) -> owner of each moving row, where the member names an
+    owner column)."""
     out: dict[str, list[tuple[Any, str]]] = {}
+    places: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
     owners: dict[tuple[int, str], Any] = {}
     for tp, col, owner in members:
         meta = tp.meta
-        if owner is not None and owner not in meta.columns:
-            raise UserError(f"{meta.display} has no column {owner!r} (the owner of a unique group's member)")
         gone = {r.keystr for r in tp.rows if r.fate == "delete" or (r.fate == "move" and col in r.changes)}
         t = meta.alias("t")
         who = sql.SQL("to_jsonb({}.{})").format(t, sql.Identifier(owner)) if owner else sql.SQL("NULL::jsonb")
         q = sql.SQL(
-            "SELECT {k}, lower({t}.{c}::text), {who} FROM {tbl} {t} WHERE lower({t}.{c}::text) = ANY(%s)"
+            "SELECT {k}, lower({t}.{c}::text), {who}, to_jsonb({t}.{c}) FROM {tbl} {t} "
+            "WHERE lower({t}.{c}::text) = ANY(%s)"
         ).format(k=meta.key_json(t), t=t, c=sql.Identifier(col), tbl=meta.ident, who=who)
-        for key, addr, ov in conn.execute(q, (addresses,)):
+        for key, addr, ov, value in conn.execute(q, (addresses,)):
             ks = dumps(key)
             if ks not in gone:
                 who_holds = ("owner", dumps(ov)) if owner else ("row", meta.index, ks)
                 out.setdefault(addr, []).append((who_holds, _name(tp, ks)))
+                places.setdefault(addr, []).append((meta.display, key, {col: value}))
         if owner:
             keys = [r.keystr for r in tp.rows if r.fate == "move" and col in r.changes]
             q = sql.SQL("SELECT {k}, {who} FROM {tbl} {t} WHERE {k} = ANY(%s::jsonb[])").format(
@@ -137,7 +177,7 @@ def _holders(
             )
             for key, ov in conn.execute(q, (keys,)):
                 owners[(meta.index, dumps(key))] = ("owner", dumps(ov))
-    return out, owners
+    return out, places, owners
 
 
 def _owner(owners: dict[tuple[int, str], Any], tp: _Table, r: _Row) -> Any:
