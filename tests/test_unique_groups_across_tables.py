@@ -377,3 +377,36 @@ def test_delete_is_for_postgresql_members_only(ddb, ws):
     _dynamo_estate(ddb, ws, "delete")
     r, plan = ws.plan()
     assert_user_error(r, "unique_groups[0].on_conflict: delete is for PostgreSQL columns only", "use fail or skip")
+
+
+def test_delete_checks_the_holder_in_a_table_the_plan_does_not_change(db, ws):
+    """Only emails changes: the row keeping the address is in users, which has no action of its own."""
+    _estate(db, ws, "delete")
+    ws.mappings([{"old": "q@x.com", "new": "keep@x.com"}])
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert {loads(x)["table"] for x in plan_lines(plan)[1:]} == {"public.emails"}
+    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "abort")
+    assert r.code == 0, r.out + r.err
+    assert _rows(db)[1] == [(7, 2, "m@x.com"), (8, 3, "d@x.com"), (10, 1, "z@x.com")]
+
+
+def test_a_group_delete_that_would_take_the_row_another_delete_counts_on_is_refused(db, ws):
+    """users' own unique index deletes user 2 (user 1 takes a@x.com first); the group would then delete user 1 too,
+    because emails row 7 (user 2's) keeps that address: both would go."""
+    db.execute("CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, note text)")
+    db.execute("CREATE TABLE emails (id int PRIMARY KEY, user_id int, email text UNIQUE)")
+    db.execute("INSERT INTO users VALUES (1, 'o1@x.com', 'o1@x.com'), (2, 'o2@x.com', NULL)")
+    db.execute("INSERT INTO emails VALUES (7, 2, 'a@x.com')")
+    path = ws.postgres_targets(
+        {"gitlab": db}, "- {table: users, columns: [email, note]}\n- {table: emails, columns: [email]}\n"
+    )
+    path.write_text(
+        path.read_text() + "unique_groups:\n  - on_conflict: delete\n    members:\n"
+        "      - {target: gitlab, table: users, column: email, owner: id}\n"
+        "      - {target: gitlab, table: emails, column: email, owner: user_id}\n"
+    )
+    ws.mappings([{"old": "o1@x.com", "new": "a@x.com"}, {"old": "o2@x.com", "new": "a@x.com"}])
+    r, plan = ws.plan()
+    assert_user_error(r, "unique_groups[0] would delete public.users", "so both would go")
+    assert not plan.exists()

@@ -23,7 +23,7 @@ locked and judged before any is written; one not all pending goes the way above,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import psycopg
@@ -147,8 +147,10 @@ class PostgresApplier:
         loaded: Callable[[Iterator[str]], None] | None = None,
         preloaded: int | None = None,
         bars: bool = True,
+        others: Sequence[TableMeta] = (),
     ) -> None:
         self.conn = conn
+        self.others = list(others)  # the target's tables without actions: where a unique group's delete may check
         self.bars = bars  # its own progress bars (a batched apply draws one bar for all its batches instead)
         self.scope = "database"  # what one run() writes or rolls back (a batched apply: "batch")
         self.timed_out = False  # the run failed on lock_timeout or statement_timeout: worth retrying later
@@ -683,14 +685,25 @@ class PostgresApplier:
         )
 
     def _lock_holders(self, i: int, m: TableMeta) -> None:
-        """A delete relies on the row that holds its new value: keep that row from changing until commit."""
-        W = m.alias("w")
+        """A delete relies on the row that holds its new value: keep that row from changing until commit. A unique
+        group's delete names the holder's table: the holder is locked there."""
+        self._lock_in(i, m, sql.SQL("NOT a.conflict ? 'table'"))
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM _es_act WHERE tbl = %s AND conflict ? 'table')", (i,)
+        ).fetchone()
+        if row is not None and row[0]:
+            for x in {x.display: x for x in [*self.metas, *self.others]}.values():
+                self._lock_in(i, x, sql.SQL("a.conflict ->> 'table' = {}").format(sql.Literal(x.display)))
+
+    def _lock_in(self, i: int, x: TableMeta, which: sql.Composable) -> None:
+        W = x.alias("w")
         self.conn.execute(
             sql.SQL(
-                "SELECT count(*) FROM (SELECT 1 FROM {tbl} {W} JOIN _es_act a ON a.tbl = %s "
-                "AND a.conflict IS NOT NULL AND {km} FOR SHARE OF {W}) s"
-            ).format(tbl=m.ident, W=W, km=m.key_match(W, sql.SQL("(a.conflict -> 'key')"))),
-            (i,),
+                "SELECT count(*) FROM (SELECT 1 FROM {tbl} {W} JOIN _es_act a ON a.tbl = {i} "
+                "AND a.conflict IS NOT NULL AND {which} AND {km} FOR SHARE OF {W}) s"
+            ).format(
+                tbl=x.ident, W=W, i=sql.Literal(i), which=which, km=x.key_match(W, sql.SQL("(a.conflict -> 'key')"))
+            )
         )
 
     def _classify(self, i: int, m: TableMeta, lock: bool = True) -> None:
@@ -783,11 +796,10 @@ class PostgresApplier:
                 """
                 UPDATE _es_act a SET status = 'stale', detail = 'not deleted: the row that was to hold ' || a.col
                     || ' = ' || (a.new #>> '{{}}') || ' no longer does'
-                WHERE a.tbl = %s AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
+                WHERE a.tbl = {i} AND a.status = 'pending' AND a.kind = 'delete-on-conflict' AND a.conflict IS NOT NULL
                   AND NOT {premise}
                 """
-            ).format(premise=_delete_premise(self.metas, m, W, i)),
-            (i,),
+            ).format(i=sql.Literal(i), premise=_delete_premise(self.metas + self.others, m, W, i)),
         )
         # A new value that a row outside the plan has taken since (a unique column): the update would fail the
         # index and roll the whole database back, so it is stale, like an item created at a move's new key.
@@ -906,7 +918,7 @@ class PostgresApplier:
                         i=sql.Literal(i),
                         s=sql.Literal(step),
                         km=m.key_match(T, sql.SQL("a.cur_key")),
-                        premise=_delete_premise(self.metas, m, W, i),
+                        premise=_delete_premise(self.metas + self.others, m, W, i),
                         unreferenced=self._unreferenced(m, T),
                         # computed or trigger-set columns, changed by this plan's own earlier updates of the row
                         ign=sql.SQL("{}::text[]").format(sql.Literal(self._ignored(m))),

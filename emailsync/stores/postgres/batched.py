@@ -43,6 +43,7 @@ class _Target(Protocol):
     target: PostgresTarget
     online: Online
     _metas: list[TableMeta]
+    _others: list[TableMeta]
     _ledger: PgLedger | NoLedger
     _batch_size: int | None
 
@@ -310,6 +311,7 @@ class BatchedApply:
                 loaded=lambda ids: self.write(_journal_batch({**entry, "phase": "before"}, ids)),
                 preloaded=lines,
                 bars=False,
+                others=s._others,
             )
             applier.scope = "batch"
             one = applier.run()

@@ -38,6 +38,9 @@ class _Row(Protocol):
     changes: dict[str, Any]
     kid: int
     conflict: Any
+    conflict_check: dict[str, Any] | None
+    unique_cols: frozenset[str]
+    delete_entries: tuple[int, ...]
 
 
 class _Table(Protocol):
@@ -72,6 +75,37 @@ def group_tables(groups: Iterable[tuple[str, UniqueGroup]], metas: Sequence[Tabl
 def decide_group(
     conn: psycopg.Connection, label: str, group: UniqueGroup, tables: Sequence[_Table], where: str
 ) -> None:
+    _decide(conn, label, group, tables, where)
+    if group.on_conflict == "delete":
+        _deletes_kept_justified(label, tables, where)
+
+
+def _deletes_kept_justified(label: str, tables: Sequence[_Table], where: str) -> None:
+    """Every delete (a unique index's or a group's) must still have its row keeping the address: a group's delete
+    may have taken that row, and both would then go. Refused, naming both."""
+    deleted = {(tp.meta.display, r.keystr) for tp in tables for r in tp.rows if r.fate == "delete"}
+    for tp in tables:
+        by_kid = {r.kid: r for r in tp.rows}
+        for r in tp.rows:
+            if r.fate != "delete":
+                continue
+            check = r.conflict_check or {}
+            if "table" in check:
+                holder = (str(check["table"]), dumps(check["key"]))
+            elif r.conflict is not None:
+                kind, ident = r.conflict[1].node
+                holder = (tp.meta.display, ident if kind == "row" else by_kid[ident].keystr)
+            else:
+                continue
+            if holder in deleted:
+                raise Refusal(
+                    f"{where}: {label} would delete {holder[0]} {holder[1]}, the row that {tp.meta.display} "
+                    f"{r.keystr} is deleted for (it keeps the address that row loses), so both would go; choose "
+                    "on_conflict: skip or fail for the group, or resolve these rows"
+                )
+
+
+def _decide(conn: psycopg.Connection, label: str, group: UniqueGroup, tables: Sequence[_Table], where: str) -> None:
     members = [
         (tp, str(mem.column), mem.owner) for mem in group.members for tp in tables if tp.meta.cfg.table == mem.table
     ]

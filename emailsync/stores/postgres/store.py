@@ -63,6 +63,7 @@ class PostgresStore:
         self._rows: Iterable[Action] = ()
         self._full = True
         self._metas: list[TableMeta] = []
+        self._others: list[TableMeta] = []  # the target's other tables (where a unique group's delete may check)
         self._ledger: PgLedger | NoLedger = NoLedger()
         self._preloaded: int | None = None  # actions prepare() loaded into the session's _es_lines
 
@@ -137,7 +138,7 @@ class PostgresStore:
         if run is not None:
             self._ledger = PgLedger(self.conn, self.target, run)
             self._ledger.lock()
-        self._metas = _table_metas(self.conn, self._loaded, self._index, columns)
+        self._metas, self._others = _table_metas(self.conn, self._loaded, self._index, columns)
         self.conn.rollback()
         if run is not None and self.online.batch_size is not None:
             # Refused before the ledger is made ready: nothing written yet.
@@ -227,6 +228,7 @@ class PostgresStore:
                     journal_records({**entry, "phase": "before"}, ((aid, None) for aid in ids), "actions")
                 ),
                 preloaded=self._preloaded,
+                others=self._others,
             )
             res = applier.run()
             attempt += 1
@@ -251,7 +253,14 @@ class PostgresStore:
 
     def classify(self) -> tuple[CompactOutcomes, dict[str, dict[str, Any]]]:
         applier = PostgresApplier(
-            self.conn, self.name, self._metas, self._rows, "abort", None, self.target.statement_timeout
+            self.conn,
+            self.name,
+            self._metas,
+            self._rows,
+            "abort",
+            None,
+            self.target.statement_timeout,
+            others=self._others,
         )
         found = applier.classify_only()
         return found, _keys_of_drifted(found, self._rows)
@@ -270,8 +279,9 @@ class PostgresStore:
 
 def _table_metas(
     conn: psycopg.Connection, loaded: LoadedTargets, idx: int, columns: dict[str, set[str]]
-) -> list[TableMeta]:
-    """The tables the plan changes, resolved now, each still listed with the columns the plan changes."""
+) -> tuple[list[TableMeta], list[TableMeta]]:
+    """The tables the plan changes, resolved now, each still listed with the columns the plan changes; and the
+    target's other tables (a unique group's delete checks the row keeping the address in its own table)."""
     target = loaded.config.postgres[idx]
     metas = [
         resolve_table(conn, target, f"{loaded.path.name}: postgres[{idx}].tables[{i}]", i, t)
@@ -293,7 +303,7 @@ def _table_metas(
                 "list for that table; apply with the targets file the plan was made from"
             )
         used.append(m)
-    return used
+    return used, [m for m in metas if m not in used]
 
 
 def _keys_of_drifted(found: CompactOutcomes, rows: Iterable[Action]) -> dict[str, dict[str, Any]]:
