@@ -172,7 +172,9 @@ def test_generated_columns_follow_their_path_and_are_checked(db, ws):
     """Supabase's auth.identities: email is GENERATED ALWAYS AS (lower(identity_data->>'email')) STORED."""
     db.execute(
         "CREATE TABLE identities (id int PRIMARY KEY, identity_data jsonb NOT NULL, "
-        "email text GENERATED ALWAYS AS (lower(identity_data->>'email')) STORED)"
+        "email text GENERATED ALWAYS AS (lower(identity_data->>'email')) STORED, "
+        # a padded type: checked in the column's own type, not as the expression's text
+        "domain char(12) GENERATED ALWAYS AS (split_part(identity_data->>'email', '@', 2)) STORED)"
     )
     db.execute(
         """INSERT INTO identities (id, identity_data) VALUES
@@ -188,6 +190,7 @@ def test_generated_columns_follow_their_path_and_are_checked(db, ws):
     assert "email" in md and "follows" in md
     r = ws.run("apply", str(plan), "--auto-approve")
     assert r.code == 0, r.out + r.err
+    assert db.rows("SELECT domain FROM identities ORDER BY id") == [("x.com       ",), ("x.com       ",)]
     assert db.rows("SELECT id, identity_data, email FROM identities ORDER BY id") == [
         (1, {"sub": "1", "email": "New@x.com", "email_verified": True}, "new@x.com"),
         (2, {"sub": "2", "email": "other@x.com"}, "other@x.com"),
@@ -331,3 +334,36 @@ def test_a_path_part_that_looks_like_an_index_still_names_a_member_not_an_elemen
         (2, {"codes": ["a@x.com"]}),
         (3, {"codes": {"0": ["b@x.com", 1]}}),
     ]
+
+
+def test_a_document_reshaped_since_the_plan_is_stale_and_the_others_are_written(db, ws):
+    """The application turned row 1's `team` into an array after the plan: its paths no longer hold their planned
+    values, so it is stale; nothing fails, and the other documents are written."""
+    _setup(db, ws)
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    db.execute("""UPDATE profiles SET meta = jsonb_set(meta, '{team}', '["x"]') WHERE id = 1""")
+    r = ws.run("apply", str(plan), "--auto-approve", "--on-stale", "skip")
+    assert r.code == 3, r.out + r.err
+    assert _statuses(plan) == {1: "stale", 3: "applied", 7: "applied"}
+    docs = _docs(db)
+    assert docs[1]["team"] == ["x"] and docs[1]["owner"] == "a@x.com"
+    assert docs[3] == {"owner": ["b@x.com"], "team": "b@x.com"}
+    assert ws.run("verify", str(plan)).code == 3  # verify reads it as drifted, without a traceback
+
+
+@pytest.mark.parametrize("sql_lines", [True, False])
+def test_columns_named_like_the_planners_aliases_change_nothing(db, ws, monkeypatch, sql_lines):
+    """A table whose columns are called x, e, m, v, t: the documents' strings are still found and remapped."""
+    monkeypatch.setattr(PostgresStore, "sql_lines", sql_lines)
+    db.execute("CREATE TABLE odd (id int PRIMARY KEY, x text, e text, m text, v text, t text, d jsonb, p jsonb)")
+    db.execute(
+        """INSERT INTO odd VALUES (1, 'x', 'e', 'm', 'v', 't', '{"to": ["a@x.com"], "n": {"k": "a@x.com"}}',
+           '{"owner": "a@x.com"}')"""
+    )
+    ws.postgres_targets({"core": db}, "- {table: odd, columns: [d, {name: p, path: owner}]}\n")
+    ws.mappings({"a@x.com": "b@x.com"})
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err
+    assert ws.run("apply", str(plan), "--auto-approve").code == 0
+    assert db.rows("SELECT d, p FROM odd") == [({"to": ["b@x.com"], "n": {"k": "b@x.com"}}, {"owner": "b@x.com"})]

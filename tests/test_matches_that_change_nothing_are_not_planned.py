@@ -44,3 +44,28 @@ def test_a_match_that_would_write_the_same_value_is_not_planned(db, ws, monkeypa
     assert ws.run("verify", str(plan)).code == 0
     r, again = ws.plan("--detailed-exitcode")
     assert r.code == 0, r.out + r.err  # nothing left to change
+
+
+def test_a_key_column_whose_match_changes_nothing_does_not_make_the_row_a_keyed_move(db, ws, monkeypatch):
+    """The row's key holds hal@x.com, which the mapping matches ignoring case and leaves as it is; only its `alt`
+    moves. Both ways of planning leave the whole row out of that line (it is not a move by key)."""
+    from helpers import plan_lines
+    from test_plan_lines_made_in_sql import _same_plans
+
+    db.execute("CREATE TABLE accounts (email text PRIMARY KEY, alt text UNIQUE)")
+    db.execute("INSERT INTO accounts VALUES ('hal@x.com', 'A@x.com'), ('z@x.com', 'q@x.com')")
+    ws.postgres_targets({"core": db}, "- {table: accounts, columns: [email, alt]}\n", match="casefold")
+    ws.mappings({"HAL@x.com": "hal@x.com", "a@x.com": "b@x.com"})
+    r, in_sql = ws.plan()
+    assert r.code == 0, r.out + r.err
+    monkeypatch.setattr(PostgresStore, "sql_lines", False)
+    r, in_python = ws.plan()
+    assert r.code == 0, r.out + r.err
+    _same_plans(plan_lines(in_sql), plan_lines(in_python))
+    (line,) = [loads(x) for x in plan_lines(in_sql)[1:]]
+    assert (line["column"], line["old"], line["new"], "row" in line) == ("alt", "A@x.com", "b@x.com", False)
+    assert ws.run("apply", str(in_sql), "--auto-approve").code == 0
+    assert db.rows("SELECT email, alt FROM accounts ORDER BY email") == [
+        ("hal@x.com", "b@x.com"),
+        ("z@x.com", "q@x.com"),
+    ]

@@ -1131,9 +1131,10 @@ class PostgresApplier:
             cols = [d for d in deps if d in m.email_columns]
             if not cols:
                 continue
+            # In the column's own type, as PostgreSQL stores it (char(n) padded, numeric(p,s) rounded).
             expected = sql.SQL(
-                "to_jsonb((SELECT ({e}) FROM jsonb_populate_record(NULL::{tbl}, to_jsonb({T}.*)) {S}))"
-            ).format(e=sql.SQL(m.generated[g]), tbl=m.ident, T=T, S=S)
+                "to_jsonb(CAST((SELECT ({e}) FROM jsonb_populate_record(NULL::{tbl}, to_jsonb({T}.*)) {S}) AS {typ}))"
+            ).format(e=sql.SQL(m.generated[g]), tbl=m.ident, T=T, S=S, typ=sql.SQL(m.columns[g].type_sql))
             q = sql.SQL(
                 "SELECT a.id, {exp}, to_jsonb({T}.{g}) FROM _es_lines a JOIN {tbl} {T} ON {km} WHERE a.tbl = {i} "
                 "AND a.col = ANY({cols}) AND a.kind IN ('update', 'array-replace') "

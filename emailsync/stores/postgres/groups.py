@@ -253,8 +253,9 @@ def shared_addresses(
             ci = col.ci or match == "casefold"
             # A text column's value, or each string at a jsonb column's paths (an identity's email).
             if c in m.paths:
-                v: sql.Composable = sql.SQL("x")
-                src = sql.SQL("{} {} CROSS JOIN LATERAL {} x").format(
+                # qualified: a bare name could be a column of the table read
+                v: sql.Composable = sql.SQL("_es_x.v")
+                src = sql.SQL("{} {} CROSS JOIN LATERAL {} AS _es_x(v)").format(
                     m.ident, t, strings_at(sql.SQL("{}.{}").format(t, sql.Identifier(c)), m.paths[c])
                 )
             else:

@@ -103,14 +103,15 @@ def doc_strings(doc: sql.Composable) -> sql.Composable:
     ).format(doc)
 
 
-def text_moves(value: sql.Composable, type_sql: str) -> sql.Composable:
+def text_moves(value: sql.Composable, type_sql: str, mapping: str = "m") -> sql.Composable:
     """A matched value really changes: its new value, in the column's type, is not exactly what the column holds (a
     case-insensitive match of the new address itself would plan a change that changes nothing, and verify would
     report it pending for ever). A new value the type cuts short still counts, so it is refused as such."""
+    m = sql.Identifier(mapping)
     return sql.SQL(
-        "(CAST(m.new AS {typ})::text IS DISTINCT FROM m.new OR to_jsonb(CAST(m.new AS {typ})) IS DISTINCT FROM "
+        "(CAST({m}.new AS {typ})::text IS DISTINCT FROM {m}.new OR to_jsonb(CAST({m}.new AS {typ})) IS DISTINCT FROM "
         "to_jsonb({v}))"
-    ).format(typ=sql.SQL(type_sql), v=value)
+    ).format(typ=sql.SQL(type_sql), v=value, m=m)
 
 
 Way = Literal["python", "sql", "analysed"]
@@ -374,8 +375,11 @@ class TableLines:
                 keyed = [k for k in meta.key if k in meta.email_columns]
                 if keyed:
                     moves = sql.SQL(" OR ").join(
-                        sql.SQL("EXISTS (SELECT 1 FROM {} x WHERE x.old = {})").format(
-                            self._map(k), self._norm(k, sql.SQL("{}.{}").format(t, sql.Identifier(k)))
+                        sql.SQL("EXISTS (SELECT 1 FROM {} x WHERE x.old = {} AND {})").format(
+                            self._map(k),
+                            self._norm(k, sql.SQL("{}.{}").format(t, sql.Identifier(k))),
+                            # as the Python way: a key column whose match changes nothing does not move the row
+                            text_moves(sql.SQL("{}.{}").format(t, sql.Identifier(k)), meta.columns[k].type_sql, "x"),
                         )
                         for k in keyed
                     )
@@ -439,7 +443,8 @@ class TableLines:
                 "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
-                "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
+                "SELECT {t}.ctid AS tid, _es_x.v AS v FROM {tbl} AS {t} "
+                "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "
                 "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d{joins}"
             ).format(
@@ -466,7 +471,8 @@ class TableLines:
                 "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
                 "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
-                "SELECT {t}.ctid AS tid, x AS v FROM {tbl} AS {t} CROSS JOIN LATERAL {strings} x OFFSET 0) s "
+                "SELECT {t}.ctid AS tid, _es_x.v AS v FROM {tbl} AS {t} "
+                "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "
                 "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 # OFFSET 0: the old document is rendered once, not again wherever the new one uses it
                 "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d "

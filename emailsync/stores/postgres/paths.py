@@ -28,7 +28,7 @@ def _jsonpath(path: Path, suffix: str = "") -> sql.Composable:
     return sql.Literal("strict $" + "".join("." + json.dumps(p, ensure_ascii=False) for p in path) + suffix)
 
 
-_INDEX = re.compile(r"-?[0-9]+")
+_INDEX = re.compile(r"\s*[+-]?[0-9]+\s*")  # what PostgreSQL would read as an array index
 
 
 def value_at(doc: sql.Composable, path: Path) -> sql.Composable:
@@ -115,9 +115,11 @@ def rebased(
         lit = sql.Literal(list(path))
         joins.append(
             sql.SQL(
-                " CROSS JOIN LATERAL (SELECT CASE WHEN {v} IS NULL THEN {d} ELSE jsonb_set({d}, {p}::text[], {v}) END "
-                "AS d OFFSET 0) {a}"
-            ).format(v=value_at(new, path), d=cur, p=lit, a=alias)
+                # Written only where every path still holds its planned old value (else the result is not used):
+                # on a document the application reshaped since (a parent now an array), jsonb_set would raise.
+                " CROSS JOIN LATERAL (SELECT CASE WHEN {v} IS NULL OR NOT ({same_old}) THEN {d} "
+                "ELSE jsonb_set({d}, {p}::text[], {v}) END AS d OFFSET 0) {a}"
+            ).format(v=value_at(new, path), d=cur, p=lit, a=alias, same_old=same_old)
         )
         cur = sql.SQL("{}.d").format(alias)
     return sql.Composed(joins), same_old, same_new, cur

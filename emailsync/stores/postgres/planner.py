@@ -552,7 +552,8 @@ class PostgresPlanner:
             q = sql.SQL(
                 "SELECT t.{c}, {new}, h.ords, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
-                "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
+                "SELECT t.ctid AS tid, _es_x.v AS v FROM {tbl} AS t "
+                "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "  # _FENCE
                 "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid{joins}"
             ).format(
@@ -571,7 +572,8 @@ class PostgresPlanner:
             q = sql.SQL(
                 "SELECT t.{c}, h.pairs, {k} FROM ("
                 "SELECT s.tid, array_agg(DISTINCT jsonb_build_array(s.v, m.ord)) AS pairs FROM ("
-                "SELECT t.ctid AS tid, x AS v FROM {tbl} AS t CROSS JOIN LATERAL {strings} x OFFSET 0) s "  # _FENCE
+                "SELECT t.ctid AS tid, _es_x.v AS v FROM {tbl} AS t "
+                "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "  # _FENCE
                 "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h "
                 "JOIN {tbl} AS t ON t.ctid = h.tid"
             ).format(
