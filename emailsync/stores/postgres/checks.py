@@ -9,6 +9,8 @@ out false refuses the plan (NULL passes, as it does in PostgreSQL).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 from psycopg import sql
 
@@ -20,9 +22,13 @@ from emailsync.stores.postgres.paths import remapped_joins
 SHOWN = 20  # rows listed per constraint
 
 
-def check_violations(conn: psycopg.Connection, meta: TableMeta, match: str) -> list[str]:
+def check_violations(conn: psycopg.Connection, meta: TableMeta, match: str, unchanged: Sequence[str] = ()) -> list[str]:
     """One line per changed row whose planned values a CHECK constraint of the table refuses (the first SHOWN of
-    each constraint, then how many more)."""
+    each constraint, then how many more). `unchanged`: the keys of rows the plan deletes or leaves as they are.
+
+    A constraint that also reads a generated column is left to apply (what that column will hold is PostgreSQL's
+    to compute); so is one this query cannot evaluate (a new value the column's type refuses is said by planning's
+    own reading, more precisely)."""
     checks = conn.execute(
         """
         SELECT k.conname, pg_get_expr(k.conbin, k.conrelid),
@@ -32,7 +38,8 @@ def check_violations(conn: psycopg.Connection, meta: TableMeta, match: str) -> l
         (meta.oid,),
     ).fetchall()
     emails = set(meta.email_columns)
-    relevant = [(name, expr) for name, expr, cols in checks if emails & set(cols)]
+    generated = set(meta.generated)
+    relevant = [(name, expr) for name, expr, cols in checks if emails & set(cols) and not set(cols) & generated]
     if not relevant:
         return []
     t = meta.alias("t")
@@ -49,12 +56,13 @@ def check_violations(conn: psycopg.Connection, meta: TableMeta, match: str) -> l
         new, extra = _new_value(meta, c, t, match, len(joins))
         joins += extra
         values.append(sql.SQL("{} AS {}").format(new, sql.Identifier(c)))
-        changed.append(sql.SQL("({}) IS DISTINCT FROM {}.{}").format(new, t, sql.Identifier(c)))
+        # as text: citext's own equality would take a change of case for no change
+        changed.append(sql.SQL("({})::text IS DISTINCT FROM {}.{}::text").format(new, t, sql.Identifier(c)))
     out: list[str] = []
     for name, expr in relevant:
         q = sql.SQL(
             "SELECT {key}, count(*) OVER () FROM (SELECT {values}, {keyj} AS {key} FROM {tbl} AS {t}{joins} "
-            "WHERE {changed}) {s} WHERE ({expr}) IS FALSE LIMIT {n}"
+            "WHERE ({changed}) AND NOT {keyj} = ANY({unchanged}::jsonb[])) {s} WHERE ({expr}) IS FALSE LIMIT {n}"
         ).format(
             key=meta.alias("key"),
             values=sql.SQL(", ").join(values),
@@ -66,8 +74,13 @@ def check_violations(conn: psycopg.Connection, meta: TableMeta, match: str) -> l
             s=s,
             expr=sql.SQL(expr),
             n=sql.Literal(SHOWN),
+            unchanged=sql.Literal(list(unchanged)),
         )
-        rows = conn.execute(q).fetchall()
+        try:
+            with conn.transaction():  # a savepoint: a failed evaluation leaves planning's transaction usable
+                rows = conn.execute(q).fetchall()
+        except psycopg.Error:
+            continue
         out += [f"{meta.display}: row {dumps(key)} would break CHECK {name} ({expr})" for key, _ in rows]
         if rows and rows[0][1] > len(rows):
             out.append(f"{meta.display}: ... and {rows[0][1] - len(rows)} more rows breaking {name}")

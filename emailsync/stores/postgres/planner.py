@@ -290,14 +290,6 @@ class PostgresPlanner:
             if self._ci:
                 self._fill_ci(conn)
                 self._check_ci_ambiguity(conn)
-            broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match)]
-            if broken:
-                raise Refusal(
-                    f"{self.where}: the plan would break CHECK constraints of "
-                    + ", ".join(dict.fromkeys(f"tables[{m.index}] ({m.display})" for m, _ in broken))
-                    + "; fix the mappings of these rows (or the constraint) and plan again",
-                    problems=[p for _, p in broken],
-                )
             tables = []
             fks = foreign_keys(conn, [m.oid for m in metas])
             utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8'").fetchone() == (True,)
@@ -339,6 +331,16 @@ class PostgresPlanner:
                 decide_group(conn, label, group, tables, self.where)
             if not self.groups:
                 self.warnings += shared_addresses(conn, metas, tables, self.match, self.target.name)
+            # On the rows as the plan leaves them: its deletes and skips decided (in the tables read into Python).
+            decided = {tp.meta.index: [r.keystr for r in tp.rows if r.fate != "move"] for tp in tables}
+            broken = [(m, p) for m in metas for p in check_violations(conn, m, self.match, decided.get(m.index, ()))]
+            if broken:
+                raise Refusal(
+                    f"{self.where}: the plan would break CHECK constraints of "
+                    + ", ".join(dict.fromkeys(f"tables[{m.index}] ({m.display})" for m, _ in broken))
+                    + "; fix the mappings of these rows (or the constraint) and plan again",
+                    problems=[p for _, p in broken],
+                )
             for tp in tables:
                 # Whole rows for deletes, and for updates of a key column: where the email is the key, the
                 # key alone cannot tell the planned row from another that has since moved onto that key.
