@@ -745,7 +745,18 @@ def merge(
             entry = tables[at]
             items = entry.setdefault(field, [])
             have = {_entry_id(i) for i in items}
+            # A column is listed whole or by paths, never both (targets.yaml refuses it): what is there decides.
+            whole = {name for name, path in have if path is None}
+            by_path = {name for name, path in have if path is not None}
             for ev in table.columns:
+                if ev.proposed and ev.path is not None and ev.name in whole:
+                    notes.append(
+                        f"not proposed ({tf.name} {table.table}.{ev.name} path {ev.path}): the column is listed whole "
+                        "already; list it by paths instead if only some values are addresses"
+                    )
+                    continue
+                if ev.proposed and ev.path is None and ev.name in by_path:
+                    continue
                 if ev.proposed and (ev.name, ev.path) not in have:
                     if ev.path is not None:
                         items.append({"name": ev.name, "path": ev.path})

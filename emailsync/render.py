@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 MD_LIMIT = 60_000  # GitHub comments cap at 65,536 characters; keep a margin for the header
 # Key values are shown whole up to this (a UUID, USER#<uuid>, an address): a key cut short cannot be told from another.
 KEY_WIDTH = 100
+# A deleted row is shown whole up to this (every column of an ordinary row); one holding a large document is cut, so
+# that it cannot push the rest of plan.md past a comment's size. The plan file has it whole.
+ROW_WIDTH = 2_000
 MD_WARNINGS = 50  # warnings shown in plan.md (each up to 300 characters)
 MD_COLLECT = 2_000  # live swaps, deletes and a deleted row's other changes gathered for plan.md: more than fit
 
@@ -445,7 +448,8 @@ def _body_lines(plan: Plan) -> Iterator[tuple[str, int]]:
             )
             yield (
                 f"| {a.step} | {_cell(a.target)} / {_cell(a.table)} | {_md_key(a.key)} | {_cell(a.column or '')} "
-                f"| {_pg_change(a, 40)} | {_code(a.reason) if a.reason else ''} |{other} {_md_value(a.row, None)} |",
+                f"| {_pg_change(a, 40)} | {_code(a.reason) if a.reason else ''} |{other} "
+                f"{_md_value(a.row, ROW_WIDTH)} |",
                 1 + len(others),
             )
         yield "", 0

@@ -367,3 +367,16 @@ def test_columns_named_like_the_planners_aliases_change_nothing(db, ws, monkeypa
     assert r.code == 0, r.out + r.err
     assert ws.run("apply", str(plan), "--auto-approve").code == 0
     assert db.rows("SELECT d, p FROM odd") == [({"to": ["b@x.com"], "n": {"k": "b@x.com"}}, {"owner": "b@x.com"})]
+
+
+def test_discover_leaves_a_column_listed_whole_as_it_is(db, ws):
+    """targets.yaml lists meta whole: proposing its paths beside it would make a file targets.yaml refuses."""
+    _setup(db, ws, tables="- {table: profiles, columns: [meta]}\n")
+    path = ws.path / "targets.yaml"
+    r = ws.run("discover", "--write")
+    assert r.code == 0, r.err
+    assert "path: owner" not in path.read_text()
+    r = ws.run("discover")
+    assert "not proposed (core public.profiles.meta path owner): the column is listed whole already" in r.out
+    r, plan = ws.plan()
+    assert r.code == 0, r.out + r.err  # the file is still valid

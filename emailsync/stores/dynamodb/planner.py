@@ -240,6 +240,7 @@ class DynamoPlanner:
             if group.on_conflict == "fail":
                 head, problems = refusal(label, lost)
                 raise Refusal(f"{self.where}: {head}", problems=problems)
+            dropped: set[int] = set()
             for m, why in lost:
                 a = m.ref
                 if a["kind"] in ("merge-and-move", "live-swap"):
@@ -247,8 +248,8 @@ class DynamoPlanner:
                         f"{self.where}: {label} would leave out {m.name}, which moves to another key (its move may "
                         "be part of a merge other items follow); use on_conflict: fail and resolve it first"
                     )
-                if a in self.out.actions:
-                    self.out.actions.remove(a)
+                if id(a) not in dropped:
+                    dropped.add(id(a))
                     self.out.skipped += [
                         Skipped(
                             target=self.target.name,
@@ -261,6 +262,8 @@ class DynamoPlanner:
                         )
                         for c in a["changes"]
                     ]
+            # Dropped at once: removing each from the list would cost a pass over every action per item left out.
+            self.out.actions = [a for a in self.out.actions if id(a) not in dropped]
 
     def _contest(self, gi: int, label: str) -> list[tuple[Mover, str]]:
         """The items of group `gi`'s attributes that would lose the address they move to (engine/groups.losers)."""
