@@ -8,11 +8,11 @@ with the rows it must hold.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from example_estates import changed, load_example, table
 from helpers import apply_confirmed, plan_doc, refused
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "django"
@@ -28,24 +28,7 @@ postgres:
 
 
 def load(db: Any, ws: Any) -> None:
-    """The example's schema and seed in a fresh database; its targets.yaml and mappings in the workspace, with
-    DJANGO_DSN (which targets.yaml reads) pointing at the database."""
-    db.execute((EXAMPLE / "schema.sql").read_text())
-    db.execute((EXAMPLE / "seed.sql").read_text())
-    for name in ("targets.yaml", "email_mappings.json"):
-        shutil.copy(EXAMPLE / name, ws.path / name)
-    ws.monkeypatch.setenv("DJANGO_DSN", db.dsn)
-
-
-def table(db: Any, name: str) -> list[dict[str, Any]]:
-    """Every row of a table, every column, as PostgreSQL renders it (to_jsonb), by id."""
-    return [row for (row,) in db.rows(f"SELECT to_jsonb(t) FROM {name} t ORDER BY id")]
-
-
-def changed(before: list[dict[str, Any]], changes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The seed's rows with exactly these cells changed: every other cell of every row must be as seeded."""
-    assert set(changes) <= {r["id"] for r in before}, "an id in the expectation is not in the seed"
-    return [{**r, **changes.get(r["id"], {})} for r in before]
+    load_example(db, ws, EXAMPLE, "DJANGO_DSN")
 
 
 def test_discover_proposes_the_address_columns(db: Any, ws: Any) -> None:

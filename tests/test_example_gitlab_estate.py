@@ -8,11 +8,11 @@ compared whole with the rows they must hold.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from example_estates import changed, load_example, table
 from helpers import apply_confirmed, plan_doc, refused
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gitlab"
@@ -27,30 +27,6 @@ postgres:
 """
 
 
-def load(db: Any, ws: Any) -> None:
-    """The example's schema and seed in a fresh database; its targets.yaml and mappings in the workspace, with
-    GITLAB_DSN (which targets.yaml reads) pointing at the database."""
-    db.execute((EXAMPLE / "schema.sql").read_text())
-    db.execute((EXAMPLE / "seed.sql").read_text())
-    for name in ("targets.yaml", "email_mappings.json"):
-        shutil.copy(EXAMPLE / name, ws.path / name)
-    ws.monkeypatch.setenv("GITLAB_DSN", db.dsn)
-
-
-def table(db: Any, name: str) -> list[dict[str, Any]]:
-    """Every row of a table, every column, as PostgreSQL renders it (to_jsonb), by id."""
-    return [row for (row,) in db.rows(f"SELECT to_jsonb(t) FROM {name} t ORDER BY id")]
-
-
-def changed(
-    before: list[dict[str, Any]], changes: dict[int, dict[str, Any]], deleted: tuple[int, ...] = ()
-) -> list[dict[str, Any]]:
-    """The seed's rows with exactly these cells changed and these rows gone: every other cell must be as seeded."""
-    ids = {r["id"] for r in before}
-    assert set(changes) <= ids and set(deleted) <= ids, "an id in the expectation is not in the seed"
-    return [{**r, **changes.get(r["id"], {})} for r in before if r["id"] not in deleted]
-
-
 def set_on_conflict(ws: Any, table_name: str, policy: str) -> None:
     """Edit the workspace's copy of targets.yaml: `table_name`'s on_conflict becomes `policy`."""
     path = ws.path / "targets.yaml"
@@ -60,6 +36,10 @@ def set_on_conflict(ws: Any, table_name: str, policy: str) -> None:
     start = rest.index("on_conflict: ")
     end = rest.index("\n", start)
     path.write_text(text[:at] + rest[:start] + f"on_conflict: {policy}" + rest[end:])
+
+
+def load(db: Any, ws: Any) -> None:
+    load_example(db, ws, EXAMPLE, "GITLAB_DSN")
 
 
 def test_discover_proposes_the_address_columns(db: Any, ws: Any) -> None:

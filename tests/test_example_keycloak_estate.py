@@ -7,11 +7,11 @@ own targets.yaml, reviewed in plan.md and applied; then every table is compared 
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from example_estates import changed, load_example, table
 from helpers import apply_confirmed, plan_doc, refused
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "keycloak"
@@ -39,33 +39,13 @@ postgres:
 """
 
 
-def load(db: Any, ws: Any) -> None:
-    """The example's schema and seed in a fresh database; its targets.yaml and mappings in the workspace, with
-    KEYCLOAK_DSN (which targets.yaml reads) pointing at the database."""
-    db.execute((EXAMPLE / "schema.sql").read_text())
-    db.execute((EXAMPLE / "seed.sql").read_text())
-    for name in ("targets.yaml", "email_mappings.json"):
-        shutil.copy(EXAMPLE / name, ws.path / name)
-    ws.monkeypatch.setenv("KEYCLOAK_DSN", db.dsn)
-
-
-def table(db: Any, name: str, order: str) -> list[dict[str, Any]]:
-    """Every row of a table, every column, as PostgreSQL renders it (to_jsonb)."""
-    return [row for (row,) in db.rows(f"SELECT to_jsonb(t) FROM {name} t ORDER BY {order}")]
-
-
-def changed(
-    before: list[dict[str, Any]], key: str, changes: dict[str, dict[str, Any]], deleted: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    """The seed's rows with exactly these cells changed and these rows gone: every other cell must be as seeded."""
-    keys = {r[key] for r in before}
-    assert set(changes) <= keys and set(deleted) <= keys, "a key in the expectation is not in the seed"
-    return [{**r, **changes.get(r[key], {})} for r in before if r[key] not in deleted]
-
-
 def moved(address: str) -> dict[str, str]:
     """A user of realm acme (email as username, no duplicates): the three columns move together."""
     return {"email": address, "email_constraint": address, "username": address}
+
+
+def load(db: Any, ws: Any) -> None:
+    load_example(db, ws, EXAMPLE, "KEYCLOAK_DSN")
 
 
 def test_new_addresses_in_the_mappings_are_lower_case() -> None:
@@ -153,7 +133,6 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
 
     assert table(db, "user_entity", "id") == changed(
         before["user_entity"],
-        "id",
         {
             ALICE: moved("alice@acme-group.com"),
             BOB: moved("bob@acme-group.com"),
@@ -169,7 +148,6 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
     )
     assert table(db, "user_attribute", "id") == changed(
         before["user_attribute"],
-        "id",
         {
             # Bob's secondaryEmail, typed Bob@Acme.com: found by match: casefold
             "afce6dfe-b614-4ea5-95e0-957e81f276f3": {"value": "bob@acme-group.com"},
@@ -180,7 +158,6 @@ def test_plan_review_and_apply_leave_exactly_the_expected_rows(db: Any, ws: Any)
     )
     assert table(db, "fed_user_attribute", "id") == changed(
         before["fed_user_attribute"],
-        "id",
         {
             "66a1c76b-78cf-413a-8c4b-a42a1aa7b7c6": {"value": "erin@acme-group.com"},
             "2c7990c7-bbfa-4fa3-a122-1b8e710450aa": {"value": "alice@acme-group.com"},  # was ALICE@acme.com

@@ -9,11 +9,11 @@ hold, jsonb documents included.
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from example_estates import changed, load_example, table
 from helpers import apply_confirmed, plan_doc, refused
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "supabase"
@@ -61,36 +61,12 @@ postgres:
 """
 
 
-def load(db: Any, ws: Any) -> None:
-    """The example's schema and seed in a fresh database; its targets.yaml and mappings in the workspace, with
-    SUPABASE_DB_DSN (which targets.yaml reads) pointing at the database."""
-    db.execute((EXAMPLE / "schema.sql").read_text())
-    db.execute((EXAMPLE / "seed.sql").read_text())
-    for name in ("targets.yaml", "email_mappings.json"):
-        shutil.copy(EXAMPLE / name, ws.path / name)
-    ws.monkeypatch.setenv("SUPABASE_DB_DSN", db.dsn)
-
-
 def edit_targets(ws: Any, old: str, new: str) -> None:
     """Replace the one occurrence of `old` in the workspace's copy of targets.yaml."""
     path = ws.path / "targets.yaml"
     text = path.read_text()
     assert text.count(old) == 1, old
     path.write_text(text.replace(old, new))
-
-
-def table(db: Any, name: str) -> list[dict[str, Any]]:
-    """Every row of a table, every column, as PostgreSQL renders it (to_jsonb), by id."""
-    return [row for (row,) in db.rows(f"SELECT to_jsonb(t) FROM {name} t ORDER BY id")]
-
-
-def changed(
-    before: list[dict[str, Any]], changes: dict[Any, dict[str, Any]], deleted: tuple[Any, ...] = ()
-) -> list[dict[str, Any]]:
-    """The seed's rows with exactly these cells changed and these rows gone: every other cell must be as seeded."""
-    ids = {r["id"] for r in before}
-    assert set(changes) <= ids and set(deleted) <= ids, "an id in the expectation is not in the seed"
-    return [{**r, **changes.get(r["id"], {})} for r in before if r["id"] not in deleted]
 
 
 def signup(uid: str, email: str, **more: Any) -> dict[str, Any]:
@@ -129,6 +105,10 @@ def findings(ws: Any) -> dict[tuple[str, str, str | None], dict[str, Any]]:
         for tb in t["tables"]
         for c in tb["columns"]
     }
+
+
+def load(db: Any, ws: Any) -> None:
+    load_example(db, ws, EXAMPLE, "SUPABASE_DB_DSN")
 
 
 def test_discover_proposes_the_address_columns_and_paths(db: Any, ws: Any) -> None:
