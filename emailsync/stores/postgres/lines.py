@@ -435,38 +435,32 @@ class TableLines:
                 mp=mp,
                 ev=norm(sql.SQL("e.v")),
             )
-        elif col in meta.paths:
-            # Only the strings at the paths match; the new document is the old one with those values remapped
-            # (paths.remapped), written out in canonical form.
-            joins, newdoc = remapped_joins(ident, meta.paths[col], mp, norm, meta.prefix)
-            inner = sql.SQL(
-                "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
-                "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
-                "'' AS img FROM (SELECT s.tid, array_agg(DISTINCT m.ord ORDER BY m.ord) AS ords FROM ("
-                "SELECT {t}.ctid AS tid, _es_x.v AS v FROM {tbl} AS {t} "
-                "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "
-                "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
-                "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d{joins}"
-            ).format(
-                key=key,
-                old=_doc(ident, 0, mp, norm),
-                new=_doc(newdoc, 0, mp, norm),
-                strings=strings_at(ident, meta.paths[col]),
-                tbl=meta.ident,
-                t=t,
-                mp=mp,
-                sv=norm(sql.SQL("s.v")),
-                joins=joins,
-            )
         else:
-            mode = 2 if ci else 1
-            new = _doc(ident, mode, mp, norm)
-            if mode == 1:
-                # A document holding one mapped address (the usual case): the new document is the old one's text
-                # with that string's every value token replaced (_swapped), not rendered again member by member.
-                new = sql.SQL(
-                    "CASE WHEN cardinality(h.ords) = 1 AND left(d.od, 1) IN ('{{', '[') THEN {swapped} ELSE {new} END"
-                ).format(swapped=_swapped(sql.SQL("d.od"), sql.SQL("r.o"), sql.SQL("r.n")), new=new)
+            # A document, at its paths or whole: the rows holding a mapped string (where the address may be), then
+            # each one's old and new document written out in canonical form.
+            after: sql.Composable  # what the document's new form needs joined after the old form
+            if col in meta.paths:
+                # Only the strings at the paths match; the new document is the old one with those values remapped
+                # (paths.remapped).
+                after, newdoc = remapped_joins(ident, meta.paths[col], mp, norm, meta.prefix)
+                strings = strings_at(ident, meta.paths[col])
+                new = _doc(newdoc, 0, mp, norm)
+            else:
+                mode = 2 if ci else 1
+                strings = doc_strings(ident)
+                new = _doc(ident, mode, mp, norm)
+                if mode == 1:
+                    # A document holding one mapped address (the usual case): the new document is the old one's
+                    # text with that string's every value token replaced (_swapped), not rendered again member by
+                    # member.
+                    new = sql.SQL(
+                        "CASE WHEN cardinality(h.ords) = 1 AND left(d.od, 1) IN ('{{', '[') THEN {swapped} "
+                        "ELSE {new} END"
+                    ).format(swapped=_swapped(sql.SQL("d.od"), sql.SQL("r.o"), sql.SQL("r.n")), new=new)
+                after = sql.SQL(
+                    " LEFT JOIN LATERAL (SELECT to_json(m.old)::text AS o, to_json(m.new)::text AS n FROM {mp} m "
+                    "WHERE m.ord = h.ords[1]) r ON true"
+                ).format(mp=mp)
             inner = sql.SQL(
                 "SELECT {key} AS k, d.od, {new} AS nw, array_to_string(h.ords, ',') AS ords, "
                 "(3 * COALESCE((SELECT max(l.lvl) FROM _es_lvl l WHERE l.ord = ANY(h.ords)), 0) + 1)::text AS step, "
@@ -475,18 +469,17 @@ class TableLines:
                 "CROSS JOIN LATERAL {strings} AS _es_x(v) OFFSET 0) s "
                 "JOIN {mp} m ON m.old = {sv} AND m.new <> s.v GROUP BY s.tid) h JOIN {tbl} AS {t} ON {t}.ctid = h.tid "
                 # OFFSET 0: the old document is rendered once, not again wherever the new one uses it
-                "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d "
-                "LEFT JOIN LATERAL (SELECT to_json(m.old)::text AS o, to_json(m.new)::text AS n FROM {mp} m "
-                "WHERE m.ord = h.ords[1]) r ON true"
+                "CROSS JOIN LATERAL (SELECT {old} AS od OFFSET 0) d{after}"
             ).format(
                 key=key,
                 old=_doc(ident, 0, mp, norm),
                 new=new,
-                strings=doc_strings(ident),
+                strings=strings,
                 tbl=meta.ident,
                 t=t,
                 mp=mp,
                 sv=norm(sql.SQL("s.v")),
+                after=after,
             )
         id_pre = "[" + dumps(self.target) + "," + dumps(meta.display) + ","
         id_post = "," + dumps(col) + "," + dumps(kind) + "]"
